@@ -1,0 +1,498 @@
+package poolmgr
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ReusePolicy says whether a released connection may serve another lease.
+type ReusePolicy int
+
+const (
+	// Reuse returns a cleanly released connection to the idle set (the default).
+	Reuse ReusePolicy = iota
+	// SingleUse prewarms connections but closes each one after a single lease,
+	// for session-stateful protocols.
+	SingleUse
+)
+
+func (r ReusePolicy) String() string {
+	switch r {
+	case Reuse:
+		return "REUSE"
+	case SingleUse:
+		return "SINGLE_USE"
+	}
+	return "ReusePolicy(" + strconv.Itoa(int(r)) + ")"
+}
+
+// IdleOrder is the order in which idle connections are handed out.
+type IdleOrder int
+
+const (
+	// LIFO hands out the most recently released connection first (the default):
+	// it keeps a hot working set and lets the rest expire by idle_timeout.
+	LIFO IdleOrder = iota
+	// FIFO hands out the connection idle the longest, spreading use evenly.
+	FIFO
+)
+
+func (o IdleOrder) String() string {
+	switch o {
+	case LIFO:
+		return "LIFO"
+	case FIFO:
+		return "FIFO"
+	}
+	return "IdleOrder(" + strconv.Itoa(int(o)) + ")"
+}
+
+// HealthCheckKind selects how idle connections are probed.
+type HealthCheckKind int
+
+const (
+	// HealthNone disables active health checks (the default); checkout still peeks.
+	HealthNone HealthCheckKind = iota
+	// HealthTCP checks an idle connection with a non-blocking peek for EOF,
+	// reset or stray bytes.
+	HealthTCP
+	// HealthTLS is HealthTCP on a TLS connection (the peek is on the socket).
+	HealthTLS
+	// HealthHTTP sends "HEAD <path> HTTP/1.1" and expects a 2xx/3xx response.
+	HealthHTTP
+	// HealthRedisPing sends "PING" and expects "+PONG".
+	HealthRedisPing
+)
+
+func (k HealthCheckKind) String() string {
+	switch k {
+	case HealthNone:
+		return "NONE"
+	case HealthTCP:
+		return "TCP"
+	case HealthTLS:
+		return "TLS"
+	case HealthHTTP:
+		return "HTTP"
+	case HealthRedisPing:
+		return "REDIS_PING"
+	}
+	return "HealthCheckKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// TLSConfig configures TLS to the upstream. Changing any field bumps the
+// pool's generation: existing connections are retired (idle ones at once,
+// leased ones on release).
+type TLSConfig struct {
+	// Enabled turns TLS on. Minimum version is TLS 1.2.
+	Enabled bool
+	// ServerName is the name verified in the upstream certificate; default:
+	// the host part of the endpoint.
+	ServerName string
+	// CAPEM holds PEM-encoded roots; empty means the system roots.
+	CAPEM string
+	// ClientCertPEM and ClientKeyPEM are the client certificate and key for
+	// mTLS. The key is write-only: the API never returns it.
+	ClientCertPEM string
+	ClientKeyPEM  string
+}
+
+// Limits bound the pool's size and the time callers wait. Changes apply at once.
+type Limits struct {
+	// MaxConnections is the most connections open at once, idle or leased.
+	// Default 10; range 1..100000.
+	MaxConnections int
+	// MinIdle connections are kept open and idle (prewarm). Default 0; at most MaxConnections.
+	MinIdle int
+	// MaxIdle is the most idle connections kept; extra released ones close.
+	// Default: MaxConnections; range MinIdle..MaxConnections.
+	MaxIdle int
+	// MaxWaiters is the most acquirers queued; the next fails at once with
+	// ErrExhausted. Default 1024; range 0..1000000 (0 means no queueing).
+	MaxWaiters int
+	// AcquireTimeout bounds how long an acquire waits. Default 30s; range 1ms..1h.
+	AcquireTimeout time.Duration
+	// DialTimeout bounds a dial including the TLS handshake. Default 5s; range 1ms..5m.
+	DialTimeout time.Duration
+}
+
+// Lifecycle bounds the life of connections and leases. Changes apply at the
+// next check (checkout, release or maintenance sweep).
+type Lifecycle struct {
+	// MaxLifetime closes a connection this long after it was opened, at
+	// checkout or in the sweep, never while leased. Default 30m; range 1s..720h.
+	MaxLifetime time.Duration
+	// LifetimeJitter spreads expiries: each connection's lifetime is reduced
+	// by a random amount in [0, LifetimeJitter). Default MaxLifetime/10;
+	// range 0..MaxLifetime.
+	LifetimeJitter time.Duration
+	// IdleTimeout closes a connection idle this long. Default 5m; range 1s..720h.
+	IdleTimeout time.Duration
+	// ValidateAfterIdle: a connection idle longer than this gets a
+	// non-blocking peek at checkout. Default 0: every checkout peeks.
+	ValidateAfterIdle time.Duration
+	// MaxLeaseDuration revokes a lease held longer. Default 0: unlimited.
+	MaxLeaseDuration time.Duration
+	// TCPKeepAlive is the keepalive period on upstream sockets. Default 15s;
+	// a negative value disables keepalive.
+	TCPKeepAlive time.Duration
+}
+
+// HealthCheck configures active checks of idle connections.
+type HealthCheck struct {
+	Kind HealthCheckKind
+	// Interval between checks of each idle connection. Default 30s when Kind is set; range 100ms..1h.
+	Interval time.Duration
+	// Timeout of one check. Default 2s; range 1ms..Interval.
+	Timeout time.Duration
+	// HTTPPath for HealthHTTP. Default "/".
+	HTTPPath string
+}
+
+// Config is the configuration of one pool. The zero value of a field means
+// its default; WithDefaults fills them in, and Validate checks the result.
+type Config struct {
+	// Endpoints are "host:port" upstream addresses; names are re-resolved
+	// every DNSRefresh. Changing them bumps the generation.
+	Endpoints   []string
+	TLS         TLSConfig
+	Limits      Limits
+	Lifecycle   Lifecycle
+	HealthCheck HealthCheck
+	// DNSRefresh is how often names are re-resolved. Default 30s; range 1s..24h.
+	DNSRefresh time.Duration
+	Reuse      ReusePolicy
+	IdleOrder  IdleOrder
+	// Labels are free-form key/value pairs for operators.
+	Labels map[string]string
+}
+
+// Defaults.
+const (
+	DefaultMaxConnections = 10
+	DefaultMaxWaiters     = 1024
+	DefaultAcquireTimeout = 30 * time.Second
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultMaxLifetime    = 30 * time.Minute
+	DefaultIdleTimeout    = 5 * time.Minute
+	DefaultTCPKeepAlive   = 15 * time.Second
+	DefaultHealthInterval = 30 * time.Second
+	DefaultHealthTimeout  = 2 * time.Second
+	DefaultDNSRefresh     = 30 * time.Second
+)
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	l := &c.Limits
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.MaxIdle == 0 {
+		l.MaxIdle = l.MaxConnections
+	}
+	if l.MaxWaiters == 0 {
+		l.MaxWaiters = DefaultMaxWaiters
+	}
+	if l.AcquireTimeout == 0 {
+		l.AcquireTimeout = DefaultAcquireTimeout
+	}
+	if l.DialTimeout == 0 {
+		l.DialTimeout = DefaultDialTimeout
+	}
+	lc := &c.Lifecycle
+	if lc.MaxLifetime == 0 {
+		lc.MaxLifetime = DefaultMaxLifetime
+		if lc.LifetimeJitter == 0 {
+			lc.LifetimeJitter = lc.MaxLifetime / 10
+		}
+	}
+	if lc.IdleTimeout == 0 {
+		lc.IdleTimeout = DefaultIdleTimeout
+	}
+	if lc.TCPKeepAlive == 0 {
+		lc.TCPKeepAlive = DefaultTCPKeepAlive
+	}
+	if c.HealthCheck.Kind != HealthNone {
+		if c.HealthCheck.Interval == 0 {
+			c.HealthCheck.Interval = DefaultHealthInterval
+		}
+		if c.HealthCheck.Timeout == 0 {
+			c.HealthCheck.Timeout = DefaultHealthTimeout
+		}
+		if c.HealthCheck.Kind == HealthHTTP && c.HealthCheck.HTTPPath == "" {
+			c.HealthCheck.HTTPPath = "/"
+		}
+	}
+	if c.DNSRefresh == 0 {
+		c.DNSRefresh = DefaultDNSRefresh
+	}
+	return c
+}
+
+// FieldViolation names one invalid field by its API path (for example
+// "limits.max_connections") and says why.
+type FieldViolation struct {
+	Field  string
+	Reason string
+}
+
+// ValidationError lists every invalid field of a Config at once.
+// errors.Is(err, ErrInvalidConfig) is true for it.
+type ValidationError struct {
+	Violations []FieldViolation
+}
+
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid pool config: ")
+	for i, v := range e.Violations {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(v.Field)
+		b.WriteString(": ")
+		b.WriteString(v.Reason)
+	}
+	return b.String()
+}
+
+// Is reports whether target is ErrInvalidConfig.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalidConfig }
+
+var poolIDRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidatePoolID checks a pool ID: 1 to 63 characters of lowercase letters,
+// digits and hyphens, starting with a letter and not ending with a hyphen
+// (AIP-122).
+func ValidatePoolID(id string) error {
+	if !poolIDRE.MatchString(id) {
+		return &ValidationError{Violations: []FieldViolation{{
+			Field:  "name",
+			Reason: fmt.Sprintf("pool id %q must be 1-63 lowercase letters, digits or hyphens, start with a letter and not end with a hyphen", id),
+		}}}
+	}
+	return nil
+}
+
+// Validate checks a Config after WithDefaults and returns a *ValidationError
+// listing every violation, or nil.
+func (c Config) Validate() error {
+	var vs []FieldViolation
+	bad := func(field, format string, args ...any) {
+		vs = append(vs, FieldViolation{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+	durRange := func(field string, d, lo, hi time.Duration) {
+		if d < lo || d > hi {
+			bad(field, "must be between %v and %v, got %v", lo, hi, d)
+		}
+	}
+
+	if len(c.Endpoints) == 0 {
+		bad("endpoints", "at least one endpoint is required")
+	}
+	if len(c.Endpoints) > 64 {
+		bad("endpoints", "at most 64 endpoints, got %d", len(c.Endpoints))
+	}
+	for i, ep := range c.Endpoints {
+		if err := validateEndpoint(ep); err != nil {
+			bad(fmt.Sprintf("endpoints[%d]", i), "%v", err)
+		}
+		if slices.Index(c.Endpoints, ep) != i {
+			bad(fmt.Sprintf("endpoints[%d]", i), "duplicate endpoint %q", ep)
+		}
+	}
+
+	l := c.Limits
+	if l.MaxConnections < 1 || l.MaxConnections > 100000 {
+		bad("limits.max_connections", "must be between 1 and 100000, got %d", l.MaxConnections)
+	}
+	if l.MinIdle < 0 || l.MinIdle > l.MaxConnections {
+		bad("limits.min_idle", "must be between 0 and max_connections (%d), got %d", l.MaxConnections, l.MinIdle)
+	}
+	if l.MaxIdle < l.MinIdle || l.MaxIdle > l.MaxConnections {
+		bad("limits.max_idle", "must be between min_idle (%d) and max_connections (%d), got %d", l.MinIdle, l.MaxConnections, l.MaxIdle)
+	}
+	if l.MaxWaiters < 0 || l.MaxWaiters > 1000000 {
+		bad("limits.max_waiters", "must be between 0 and 1000000, got %d", l.MaxWaiters)
+	}
+	durRange("limits.acquire_timeout", l.AcquireTimeout, time.Millisecond, time.Hour)
+	durRange("limits.dial_timeout", l.DialTimeout, time.Millisecond, 5*time.Minute)
+
+	lc := c.Lifecycle
+	durRange("lifecycle.max_lifetime", lc.MaxLifetime, time.Second, 720*time.Hour)
+	durRange("lifecycle.lifetime_jitter", lc.LifetimeJitter, 0, lc.MaxLifetime)
+	durRange("lifecycle.idle_timeout", lc.IdleTimeout, time.Second, 720*time.Hour)
+	durRange("lifecycle.validate_after_idle", lc.ValidateAfterIdle, 0, 720*time.Hour)
+	durRange("lifecycle.max_lease_duration", lc.MaxLeaseDuration, 0, 720*time.Hour)
+	if lc.TCPKeepAlive > time.Hour {
+		bad("lifecycle.tcp_keepalive", "must be at most 1h, got %v", lc.TCPKeepAlive)
+	}
+
+	hc := c.HealthCheck
+	switch hc.Kind {
+	case HealthNone:
+	case HealthTCP, HealthTLS, HealthHTTP, HealthRedisPing:
+		durRange("health_check.interval", hc.Interval, 100*time.Millisecond, time.Hour)
+		durRange("health_check.timeout", hc.Timeout, time.Millisecond, max(hc.Interval, time.Millisecond))
+		if hc.Kind == HealthTLS && !c.TLS.Enabled {
+			bad("health_check.kind", "TLS health checks need tls.enabled")
+		}
+		if hc.Kind == HealthHTTP && !strings.HasPrefix(hc.HTTPPath, "/") {
+			bad("health_check.http_path", "must start with '/', got %q", hc.HTTPPath)
+		}
+	default:
+		bad("health_check.kind", "unknown kind %d", hc.Kind)
+	}
+
+	durRange("dns_refresh", c.DNSRefresh, time.Second, 24*time.Hour)
+	if c.Reuse != Reuse && c.Reuse != SingleUse {
+		bad("reuse_policy", "unknown policy %d", c.Reuse)
+	}
+	if c.IdleOrder != LIFO && c.IdleOrder != FIFO {
+		bad("idle_order", "unknown order %d", c.IdleOrder)
+	}
+
+	t := c.TLS
+	if !t.Enabled && (t.ServerName != "" || t.CAPEM != "" || t.ClientCertPEM != "" || t.ClientKeyPEM != "") {
+		bad("tls.enabled", "TLS settings are given but tls.enabled is false")
+	}
+	if (t.ClientCertPEM == "") != (t.ClientKeyPEM == "") {
+		bad("tls.client_cert_pem", "client certificate and key must be given together")
+	}
+	if t.Enabled {
+		if err := t.check(); err != nil {
+			bad("tls", "%v", err)
+		}
+	}
+
+	if len(c.Labels) > 64 {
+		bad("labels", "at most 64 labels, got %d", len(c.Labels))
+	}
+	for k, v := range c.Labels {
+		if k == "" || len(k) > 63 || len(v) > 256 {
+			bad("labels", "label %q: keys are 1-63 characters, values at most 256", k)
+		}
+	}
+
+	if len(vs) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(vs, func(a, b FieldViolation) int { return strings.Compare(a.Field, b.Field) })
+	return &ValidationError{Violations: vs}
+}
+
+func validateEndpoint(ep string) error {
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return fmt.Errorf("endpoint %q must be host:port: %w", ep, err)
+	}
+	if host == "" {
+		return fmt.Errorf("endpoint %q has no host", ep)
+	}
+	if len(host) > 253 {
+		return fmt.Errorf("endpoint %q: host longer than 253 characters", ep)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("endpoint %q: port must be 1-65535", ep)
+	}
+	return nil
+}
+
+// Equal reports whether two configs are the same.
+func (c Config) Equal(o Config) bool {
+	return len(c.DiffFields(o)) == 0
+}
+
+// generationFields are the fields whose change bumps the generation.
+func (c Config) sameUpstream(o Config) bool {
+	return slices.Equal(c.Endpoints, o.Endpoints) && c.TLS == o.TLS
+}
+
+// DiffFields returns the API paths of the fields that differ between c and o,
+// sorted. Private key material is compared but reported as "tls.client_key_pem".
+func (c Config) DiffFields(o Config) []string {
+	var d []string
+	add := func(cond bool, path string) {
+		if cond {
+			d = append(d, path)
+		}
+	}
+	add(!slices.Equal(c.Endpoints, o.Endpoints), "endpoints")
+	add(c.TLS.Enabled != o.TLS.Enabled, "tls.enabled")
+	add(c.TLS.ServerName != o.TLS.ServerName, "tls.server_name")
+	add(c.TLS.CAPEM != o.TLS.CAPEM, "tls.ca_pem")
+	add(c.TLS.ClientCertPEM != o.TLS.ClientCertPEM, "tls.client_cert_pem")
+	add(c.TLS.ClientKeyPEM != o.TLS.ClientKeyPEM, "tls.client_key_pem")
+	add(c.Limits.MaxConnections != o.Limits.MaxConnections, "limits.max_connections")
+	add(c.Limits.MinIdle != o.Limits.MinIdle, "limits.min_idle")
+	add(c.Limits.MaxIdle != o.Limits.MaxIdle, "limits.max_idle")
+	add(c.Limits.MaxWaiters != o.Limits.MaxWaiters, "limits.max_waiters")
+	add(c.Limits.AcquireTimeout != o.Limits.AcquireTimeout, "limits.acquire_timeout")
+	add(c.Limits.DialTimeout != o.Limits.DialTimeout, "limits.dial_timeout")
+	add(c.Lifecycle.MaxLifetime != o.Lifecycle.MaxLifetime, "lifecycle.max_lifetime")
+	add(c.Lifecycle.LifetimeJitter != o.Lifecycle.LifetimeJitter, "lifecycle.lifetime_jitter")
+	add(c.Lifecycle.IdleTimeout != o.Lifecycle.IdleTimeout, "lifecycle.idle_timeout")
+	add(c.Lifecycle.ValidateAfterIdle != o.Lifecycle.ValidateAfterIdle, "lifecycle.validate_after_idle")
+	add(c.Lifecycle.MaxLeaseDuration != o.Lifecycle.MaxLeaseDuration, "lifecycle.max_lease_duration")
+	add(c.Lifecycle.TCPKeepAlive != o.Lifecycle.TCPKeepAlive, "lifecycle.tcp_keepalive")
+	add(c.HealthCheck.Kind != o.HealthCheck.Kind, "health_check.kind")
+	add(c.HealthCheck.Interval != o.HealthCheck.Interval, "health_check.interval")
+	add(c.HealthCheck.Timeout != o.HealthCheck.Timeout, "health_check.timeout")
+	add(c.HealthCheck.HTTPPath != o.HealthCheck.HTTPPath, "health_check.http_path")
+	add(c.DNSRefresh != o.DNSRefresh, "dns_refresh")
+	add(c.Reuse != o.Reuse, "reuse_policy")
+	add(c.IdleOrder != o.IdleOrder, "idle_order")
+	add(!mapsEqual(c.Labels, o.Labels), "labels")
+	return d
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// check parses the PEM material.
+func (t TLSConfig) check() error {
+	_, err := t.clientTLS("")
+	return err
+}
+
+// clientTLS builds the crypto/tls configuration used to dial upstreams.
+// defaultServerName is used when ServerName is empty.
+func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if cfg.ServerName == "" {
+		cfg.ServerName = defaultServerName
+	}
+	if t.CAPEM != "" {
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM([]byte(t.CAPEM)) {
+			return nil, errors.New("ca_pem holds no PEM certificate")
+		}
+		cfg.RootCAs = roots
+	}
+	if t.ClientCertPEM != "" {
+		cert, err := tls.X509KeyPair([]byte(t.ClientCertPEM), []byte(t.ClientKeyPEM))
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
