@@ -1,26 +1,40 @@
 package poolmgr
 
-// This file declares the engine's API; the bodies are being filled in.
-
 import (
 	"context"
-	"errors"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
-)
 
-var errNotYet = errors.New("poolmgr: engine not implemented yet")
+	"github.com/poolplane/poolplane/poolmgr/internal/deque"
+	"github.com/poolplane/poolplane/poolmgr/internal/waitq"
+)
 
 // State is a pool's lifecycle state.
 type State int
 
 const (
+	// StateActive: the pool grants leases.
 	StateActive State = iota
+	// StatePaused: new acquires wait (counting against acquire_timeout)
+	// until Resume; leases in progress are unaffected.
 	StatePaused
+	// StateDraining: new acquires fail with ErrDraining, idle connections are
+	// closed and leased ones close when released.
 	StateDraining
 )
 
+// String returns the API name of the state.
 func (s State) String() string {
 	switch s {
 	case StateActive:
@@ -30,7 +44,7 @@ func (s State) String() string {
 	case StateDraining:
 		return "DRAINING"
 	}
-	return "State(?)"
+	return "State(" + strconv.Itoa(int(s)) + ")"
 }
 
 // DialFunc dials one resolved address ("ip:port"). It is the process boundary
@@ -50,117 +64,922 @@ type Env struct {
 	Logger   *slog.Logger     // default slog.Default()
 }
 
+// Tuning constants of the dial circuit.
+const (
+	dialBackoffBase  = 50 * time.Millisecond
+	dialBackoffMax   = 5 * time.Second
+	circuitThreshold = 5 // consecutive dial failures that open the circuit
+	maxFreeWaiters   = 1024
+)
+
 // Pool is one named pool of upstream connections. All methods are safe for
 // concurrent use.
+//
+// A Pool runs one maintenance goroutine (expiry, health checks, min_idle
+// refill, DNS re-resolution, lease revocation) and one goroutine per dial in
+// flight; Close stops and waits for all of them. Callers never dial on their
+// own goroutine: a dial belongs to the pool, and a caller that gives up does
+// not cancel it.
+//
+// Callers that want to follow a pool's state either poll Stats (the server's
+// WatchPoolStats does so on a ticker) or wait on Changed.
 type Pool struct {
-	name string
+	name        string
+	env         Env
+	leasePrefix string // name + "-" + random instance tag + "-"
+
+	ctx    context.Context    // cancelled by Close; bounds every dial
+	cancel context.CancelFunc // cancels ctx
+	stopc  chan struct{}      // closed by Close: stops the maintenance loop
+	donec  chan struct{}      // closed when the maintenance loop has returned
+	kickc  chan struct{}      // size 1: wakes the maintenance loop early
+	dialWG sync.WaitGroup     // dial goroutines in flight
+
+	bytesIn, bytesOut atomic.Uint64 // bumped outside the lock by Conn.AddBytes
+
+	mu sync.Mutex // protects every field below, and the Locked fields of each Conn
+	// cfg is the live configuration; tlsBase is built from cfg.TLS (nil
+	// without TLS) and keeps the TLS session cache across dials.
+	cfg     Config
+	tlsBase *tls.Config
+	state   State
+	closed  bool
+	gen     uint64
+	// genCount counts open connections by generation (for WaitGeneration).
+	genCount map[uint64]int
+	// idle holds idle connections, most recently released at the back.
+	idle deque.Deque[*Conn]
+	// leased holds the connections under lease; Conn.leaseIdx indexes it.
+	leased []*Conn
+	// waiters queue FIFO for a connection; freeWaiters recycles them.
+	waiters     waitq.Queue[*waiter]
+	freeWaiters []*waiter
+	total       int // open connections: idle + leased + being checked
+	dialing     int // dials in flight
+	leaseSeq    uint64
+	// addrs are the resolved upstream addresses, dialed round-robin (rr).
+	addrs       []upstreamAddr
+	rr          int
+	hasNames    bool      // some endpoint is a name to resolve
+	lastResolve time.Time // when addrs were last resolved
+	resolving   bool
+	// Dial circuit: consecutive failures back off until nextDialAt; at
+	// circuitThreshold the circuit opens and one probe dial at a time runs.
+	consecFails int
+	nextDialAt  time.Time
+	circuitOpen bool
+	lastDialErr error
+	// changec is closed at the next change and reset to nil; nil when no one
+	// waits, so changes cost nothing then.
+	changec chan struct{}
+	st      counters
 }
 
 // NewPool starts a pool (its maintenance loop and min_idle prewarm). cfg must
-// have passed WithDefaults and Validate.
-func NewPool(name string, cfg Config, env Env) (*Pool, error) { return nil, errNotYet }
+// have passed WithDefaults and Validate; NewPool returns a *ValidationError
+// otherwise.
+func NewPool(name string, cfg Config, env Env) (*Pool, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var tlsBase *tls.Config
+	if cfg.TLS.Enabled {
+		var err error
+		if tlsBase, err = newTLSBase(cfg.TLS); err != nil {
+			return nil, fmt.Errorf("pool %s: tls: %w", name, err)
+		}
+	}
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	if env.Resolver == nil {
+		env.Resolver = net.DefaultResolver
+	}
+	if env.Logger == nil {
+		env.Logger = slog.Default()
+	}
+	var inst [4]byte
+	_, _ = rand.Read(inst[:]) // crypto/rand.Read never fails
+	p := &Pool{
+		name:        name,
+		env:         env,
+		leasePrefix: name + "-" + hex.EncodeToString(inst[:]) + "-",
+		stopc:       make(chan struct{}),
+		donec:       make(chan struct{}),
+		kickc:       make(chan struct{}, 1),
+		cfg:         cloneConfig(cfg),
+		tlsBase:     tlsBase,
+		gen:         1,
+		genCount:    make(map[uint64]int),
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.setEndpointsLocked()
+	p.mu.Lock()
+	p.maybeDialLocked(nil) // prewarm min_idle
+	p.mu.Unlock()
+	go p.loop()
+	return p, nil
+}
+
+func cloneConfig(c Config) Config {
+	c.Endpoints = slices.Clone(c.Endpoints)
+	c.Labels = maps.Clone(c.Labels)
+	return c
+}
 
 // Name returns the pool's ID.
 func (p *Pool) Name() string { return p.name }
 
-// Acquire leases a connection. holder names the caller (for ListLeases).
-func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) { return nil, errNotYet }
+// waiter is one queued acquirer. Waiters are recycled through
+// Pool.freeWaiters, so a wait allocates nothing in steady state.
+type waiter struct {
+	elem   waitq.Elem[*waiter]
+	ch     chan waitResult // size 1: exactly one delivery, which never blocks
+	timer  *time.Timer     // acquire_timeout
+	holder string
+	start  time.Time
+}
+
+// waitResult is delivered to a waiter: a leased connection, an error, or
+// retry (go back and look at the idle set, after Resume).
+type waitResult struct {
+	c     *Conn
+	err   error
+	retry bool
+}
+
+func (p *Pool) getWaiterLocked(holder string, start time.Time) *waiter {
+	var w *waiter
+	if n := len(p.freeWaiters); n > 0 {
+		w = p.freeWaiters[n-1]
+		p.freeWaiters[n-1] = nil
+		p.freeWaiters = p.freeWaiters[:n-1]
+	} else {
+		w = &waiter{ch: make(chan waitResult, 1)}
+		w.elem.Value = w
+	}
+	w.holder, w.start = holder, start
+	return w
+}
+
+func (p *Pool) putWaiterLocked(w *waiter) {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.holder = ""
+	if len(p.freeWaiters) < maxFreeWaiters {
+		p.freeWaiters = append(p.freeWaiters, w)
+	}
+}
+
+// Acquire leases a connection. holder names the caller (for Leases).
+//
+// It takes an idle connection that passes the checkout checks (lifetime; a
+// non-blocking peek when idle longer than validate_after_idle), or waits in
+// FIFO order for a released connection or one the pool dials. It returns:
+//   - ErrPoolClosed after Close, ErrDraining while draining;
+//   - *AcquireError with ErrExhausted at once when max_waiters callers are
+//     already queued beyond the dials in flight;
+//   - *AcquireError with ErrUnavailable at once when a dial is needed but
+//     the dial circuit is open (RetryAfter says when it probes next);
+//   - *AcquireError with ErrAcquireTimeout after acquire_timeout (time
+//     spent paused counts);
+//   - ctx.Err() when ctx ends first.
+//
+// An acquire served from the idle set allocates nothing.
+func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	start := p.env.Now()
+	var w *waiter
+	var deadline time.Time
+	p.mu.Lock()
+	for {
+		if err := p.acquirableLocked(); err != nil {
+			if w != nil {
+				p.putWaiterLocked(w)
+			}
+			p.mu.Unlock()
+			return nil, err
+		}
+		now := p.env.Now()
+		if p.state == StateActive {
+			if c, ok := p.popIdleLocked(); ok {
+				if c.expiredLocked(&p.cfg, now) {
+					p.discardLocked(c, CloseMaxLifetime)
+					p.mu.Unlock()
+					c.closeNet()
+					p.mu.Lock()
+					continue
+				}
+				if c.raw == nil || now.Sub(c.idleSince) < p.cfg.Lifecycle.ValidateAfterIdle {
+					p.leaseLocked(c, holder, start, now)
+					if w != nil {
+						p.putWaiterLocked(w)
+					}
+					p.mu.Unlock()
+					return c, nil
+				}
+				// Peek outside the lock; the connection is ours meanwhile.
+				c.state = connChecking
+				p.mu.Unlock()
+				ok := c.alive()
+				p.mu.Lock()
+				if ok {
+					if p.acquirableLocked() == nil {
+						p.leaseLocked(c, holder, start, p.env.Now())
+						if w != nil {
+							p.putWaiterLocked(w)
+						}
+						p.mu.Unlock()
+						return c, nil
+					}
+					// Closed or draining meanwhile: put it back through the
+					// usual checks, which close it; the loop then fails.
+					if reason, bad := p.putLocked(c, now); bad {
+						p.discardLocked(c, reason)
+						p.mu.Unlock()
+						c.closeNet()
+						p.mu.Lock()
+					}
+					continue
+				}
+				p.discardLocked(c, CloseUnhealthy)
+				p.maybeDialLocked(ctx)
+				p.mu.Unlock()
+				c.closeNet()
+				p.mu.Lock()
+				continue
+			}
+		}
+
+		// Nothing idle: queue, and let the pool dial if it may.
+		if w == nil {
+			deadline = start.Add(p.cfg.Limits.AcquireTimeout)
+		}
+		canDial := p.state == StateActive && p.total+p.dialing < p.cfg.Limits.MaxConnections
+		if canDial && p.circuitOpen && p.waiters.Len() >= p.dialing && (p.dialing > 0 || now.Before(p.nextDialAt)) {
+			// Would need a dial, but the circuit is open and its probe is
+			// either running (and spoken for) or not due yet.
+			err := p.acquireErrorLocked(ErrUnavailable, now)
+			if w != nil {
+				p.putWaiterLocked(w)
+			}
+			p.mu.Unlock()
+			return nil, err
+		}
+		if !canDial && p.waiters.Len()-p.dialing >= p.cfg.Limits.MaxWaiters {
+			p.st.backlogRejections++
+			err := p.acquireErrorLocked(ErrExhausted, now)
+			if w != nil {
+				p.putWaiterLocked(w)
+			}
+			p.mu.Unlock()
+			return nil, err
+		}
+		if w == nil {
+			w = p.getWaiterLocked(holder, start)
+			p.st.waits++
+		}
+		p.waiters.PushBack(&w.elem)
+		p.maybeDialLocked(ctx)
+		p.notifyLocked()
+		p.mu.Unlock()
+
+		wait := deadline.Sub(now)
+		if w.timer == nil {
+			w.timer = time.NewTimer(wait)
+		} else {
+			w.timer.Reset(wait)
+		}
+		var err error
+		select {
+		case r := <-w.ch:
+			w.timer.Stop()
+			if r.err != nil || r.c != nil {
+				p.mu.Lock()
+				p.putWaiterLocked(w)
+				p.mu.Unlock()
+				return r.c, r.err
+			}
+			// retry: look at the idle set again.
+			p.mu.Lock()
+			continue
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-w.timer.C:
+		}
+
+		p.mu.Lock()
+		if p.waiters.Remove(&w.elem) {
+			if err == nil {
+				p.st.timeouts++
+				err = p.acquireErrorLocked(ErrAcquireTimeout, p.env.Now())
+			}
+			p.putWaiterLocked(w)
+			p.notifyLocked()
+			p.mu.Unlock()
+			return nil, err
+		}
+		// Already served: the result is in w.ch. Give a connection back.
+		r := <-w.ch
+		if err == nil {
+			p.st.timeouts++
+			err = p.acquireErrorLocked(ErrAcquireTimeout, p.env.Now())
+		}
+		p.putWaiterLocked(w)
+		if r.retry && p.state == StateActive && p.idle.Len() > 0 {
+			// Pass the wake-up on to the next waiter.
+			if e := p.waiters.PopFront(); e != nil {
+				e.Value.ch <- waitResult{retry: true}
+			}
+		}
+		if r.c != nil {
+			c := r.c
+			p.unleaseLocked(c)
+			p.st.acquires--
+			if c.reused {
+				p.st.reused--
+			} else {
+				p.st.created--
+			}
+			c.uses--
+			if reason, bad := p.putLocked(c, p.env.Now()); bad {
+				p.discardLocked(c, reason)
+				p.maybeDialLocked(nil)
+				p.mu.Unlock()
+				c.closeNet()
+				return nil, err
+			}
+		}
+		p.mu.Unlock()
+		return nil, err
+	}
+}
+
+// acquirableLocked returns the error an acquire fails with now, if any.
+func (p *Pool) acquirableLocked() error {
+	if p.closed {
+		return ErrPoolClosed
+	}
+	if p.state == StateDraining {
+		return ErrDraining
+	}
+	return nil
+}
+
+func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
+	e := &AcquireError{
+		Err:  sentinel,
+		Pool: p.name,
+		Snapshot: Snapshot{
+			Max:     p.cfg.Limits.MaxConnections,
+			Total:   p.total,
+			InUse:   len(p.leased),
+			Idle:    p.idle.Len(),
+			Waiters: p.waiters.Len(),
+		},
+		LastDialErr: p.lastDialErr,
+	}
+	if sentinel == ErrUnavailable {
+		e.RetryAfter = max(p.nextDialAt.Sub(now), 0)
+	}
+	return e
+}
+
+func (p *Pool) popIdleLocked() (*Conn, bool) {
+	if p.cfg.IdleOrder == FIFO {
+		return p.idle.PopFront()
+	}
+	return p.idle.PopBack()
+}
+
+// leaseLocked records c, open and owned by nobody, as leased to holder.
+func (p *Pool) leaseLocked(c *Conn, holder string, start, now time.Time) {
+	c.state = connLeased
+	c.leaseIdx = len(p.leased)
+	p.leased = append(p.leased, c)
+	p.leaseSeq++
+	c.leaseSeq = p.leaseSeq
+	c.holder = holder
+	c.since = now
+	c.reused = c.uses > 0
+	c.uses++
+	if c.reused {
+		p.st.reused++
+	} else {
+		p.st.created++
+	}
+	c.waitTime = now.Sub(start)
+	if c.idleSince.IsZero() {
+		c.idleTime = 0
+	} else {
+		c.idleTime = now.Sub(c.idleSince)
+	}
+	c.age = now.Sub(c.created)
+	c.active.Store(true)
+	p.st.acquires++
+	p.st.waitTime.observe(c.waitTime)
+	p.notifyLocked()
+}
+
+// unleaseLocked removes c from the leased set.
+func (p *Pool) unleaseLocked(c *Conn) {
+	i := c.leaseIdx
+	last := len(p.leased) - 1
+	p.leased[i] = p.leased[last]
+	p.leased[i].leaseIdx = i
+	p.leased[last] = nil
+	p.leased = p.leased[:last]
+	c.leaseIdx = -1
+	c.holder = ""
+	c.active.Store(false)
+	c.state = connChecking
+}
+
+// putLocked hands c, open and owned by nobody, to the first waiter or the
+// idle set. It reports the reason to close c instead (the caller discards
+// it); it checks the pool's state, c's generation and lifetime, the size
+// limits and max_idle.
+func (p *Pool) putLocked(c *Conn, now time.Time) (CloseReason, bool) {
+	if reason, bad := p.retireReasonLocked(c, now); bad {
+		return reason, true
+	}
+	if p.state == StateActive {
+		if e := p.waiters.PopFront(); e != nil {
+			w := e.Value
+			c.idleSince = time.Time{}
+			p.leaseLocked(c, w.holder, w.start, now)
+			w.ch <- waitResult{c: c}
+			return 0, false
+		}
+	}
+	if p.idle.Len() >= p.cfg.Limits.MaxIdle {
+		return CloseShrink, true
+	}
+	c.state = connIdle
+	c.idleSince = now
+	p.idle.PushBack(c)
+	p.notifyLocked()
+	return 0, false
+}
+
+// retireReasonLocked reports why c, not leased, may not be kept.
+func (p *Pool) retireReasonLocked(c *Conn, now time.Time) (CloseReason, bool) {
+	switch {
+	case p.closed:
+		return CloseClosed, true
+	case p.state == StateDraining:
+		return CloseDrain, true
+	case c.gen != p.gen:
+		return CloseGeneration, true
+	case c.retire >= 0:
+		return c.retire, true
+	case c.expiredLocked(&p.cfg, now):
+		return CloseMaxLifetime, true
+	case p.total > p.cfg.Limits.MaxConnections:
+		return CloseShrink, true
+	}
+	return 0, false
+}
+
+// discardLocked forgets c, open and not idle, for reason; the caller closes
+// its net.Conn after unlocking (closeNet).
+func (p *Pool) discardLocked(c *Conn, reason CloseReason) {
+	if c.state == connLeased {
+		p.st.holdTime.observe(p.env.Now().Sub(c.since))
+		p.unleaseLocked(c)
+	}
+	c.state = connClosed
+	c.active.Store(false)
+	close(c.done)
+	p.total--
+	if n := p.genCount[c.gen] - 1; n > 0 {
+		p.genCount[c.gen] = n
+	} else {
+		delete(p.genCount, c.gen)
+	}
+	p.st.closes[reason]++
+	p.notifyLocked()
+}
+
+// discardIdleLocked removes every idle connection for which drop returns
+// true, discarding it for the returned reason, and appends it to out.
+func (p *Pool) discardIdleLocked(out []*Conn, drop func(*Conn) (CloseReason, bool)) []*Conn {
+	p.idle.Filter(func(c *Conn) bool {
+		reason, bad := drop(c)
+		if bad {
+			p.discardLocked(c, reason)
+			out = append(out, c)
+		}
+		return !bad
+	})
+	return out
+}
+
+func closeAll(cs []*Conn) {
+	for _, c := range cs {
+		c.closeNet()
+	}
+}
+
+// failWaitersLocked ends every queued acquire with err.
+func (p *Pool) failWaitersLocked(err error) {
+	for e := p.waiters.PopFront(); e != nil; e = p.waiters.PopFront() {
+		e.Value.ch <- waitResult{err: err}
+	}
+}
+
+// notifyLocked wakes whoever waits on Changed.
+func (p *Pool) notifyLocked() {
+	if p.changec != nil {
+		close(p.changec)
+		p.changec = nil
+	}
+}
+
+// kickLocked wakes the maintenance loop to recompute its schedule.
+func (p *Pool) kickLocked() {
+	select {
+	case p.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// Changed returns a channel closed at the next change of the pool's state,
+// configuration or counts (a lease, a release, a dial, a close...). Callers
+// re-read what they need (Stats, Leases) and call Changed again; polling
+// Stats on a ticker is the simpler alternative.
+func (p *Pool) Changed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.changec == nil {
+		p.changec = make(chan struct{})
+	}
+	return p.changec
+}
+
+// waitFor waits until cond, evaluated under the lock, holds.
+func (p *Pool) waitFor(ctx context.Context, cond func() bool) error {
+	for {
+		p.mu.Lock()
+		if cond() {
+			p.mu.Unlock()
+			return nil
+		}
+		if p.changec == nil {
+			p.changec = make(chan struct{})
+		}
+		ch := p.changec
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
 
 // Retired counts connections a change retires.
 type Retired struct{ Idle, Leased int }
 
-// Plan reports what Reconfigure(cfg) would retire, without changing anything.
-func (p *Pool) Plan(cfg Config) Retired { return Retired{} }
+// Plan reports what Reconfigure(cfg) would retire, without changing anything:
+// every connection when the endpoints or TLS change, else the idle ones
+// closed to fit a smaller max_connections or max_idle and the leased ones
+// that will close on release.
+func (p *Pool) Plan(cfg Config) Retired {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.planLocked(cfg)
+}
 
-// Reconfigure applies cfg live; endpoint or TLS changes bump the generation.
-func (p *Pool) Reconfigure(cfg Config) (Retired, error) { return Retired{}, errNotYet }
+func (p *Pool) planLocked(cfg Config) Retired {
+	idle := p.idle.Len()
+	if !p.cfg.sameUpstream(cfg) {
+		return Retired{Idle: idle, Leased: p.total - idle}
+	}
+	var r Retired
+	if excess := p.total - cfg.Limits.MaxConnections; excess > 0 {
+		r.Idle = min(excess, idle)
+		r.Leased = excess - r.Idle
+	}
+	if rest := idle - r.Idle; rest > cfg.Limits.MaxIdle {
+		r.Idle += rest - cfg.Limits.MaxIdle
+	}
+	return r
+}
 
-// Config returns the pool's current configuration.
-func (p *Pool) Config() Config { return Config{} }
+// Reconfigure applies cfg live and returns what it retired (see Plan).
+// Limits and timeouts apply at once: a smaller max closes idle connections
+// first and leased ones on release, never cutting a lease; queued acquires
+// are re-evaluated (a larger max lets them dial). An endpoint or TLS change
+// bumps the generation: idle connections close now, leased ones on release.
+// cfg must have passed WithDefaults and Validate. It returns ErrPoolClosed
+// after Close, or an error for unusable TLS material.
+func (p *Pool) Reconfigure(cfg Config) (Retired, error) {
+	var tlsBase *tls.Config
+	if cfg.TLS.Enabled {
+		var err error
+		if tlsBase, err = newTLSBase(cfg.TLS); err != nil {
+			return Retired{}, fmt.Errorf("pool %s: tls: %w", p.name, err)
+		}
+	}
+	cfg = cloneConfig(cfg)
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return Retired{}, ErrPoolClosed
+	}
+	r := p.planLocked(cfg)
+	var toClose []*Conn
+	if !p.cfg.sameUpstream(cfg) {
+		p.cfg = cfg
+		p.tlsBase = tlsBase
+		p.bumpGenerationLocked()
+		toClose = p.discardIdleLocked(toClose, func(*Conn) (CloseReason, bool) { return CloseGeneration, true })
+	} else {
+		p.cfg = cfg
+		// The idle connections to close are the ones idle the longest: at the front.
+		for range r.Idle {
+			c, _ := p.idle.PopFront()
+			p.discardLocked(c, CloseShrink)
+			toClose = append(toClose, c)
+		}
+	}
+	p.maybeDialLocked(nil)
+	p.kickLocked()
+	p.notifyLocked()
+	p.mu.Unlock()
+	closeAll(toClose)
+	return r, nil
+}
+
+// bumpGenerationLocked starts a new generation: connections of older ones
+// retire, and endpoints are resolved afresh.
+func (p *Pool) bumpGenerationLocked() {
+	p.gen++
+	p.setEndpointsLocked()
+	p.consecFails, p.circuitOpen, p.nextDialAt, p.lastDialErr = 0, false, time.Time{}, nil
+}
+
+// Config returns a copy of the pool's current configuration.
+func (p *Pool) Config() Config {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return cloneConfig(p.cfg)
+}
 
 // State returns the lifecycle state.
-func (p *Pool) State() State { return StateActive }
+func (p *Pool) State() State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
 
-// Generation returns the current generation.
-func (p *Pool) Generation() uint64 { return 0 }
+// Generation returns the current generation. It starts at 1 and grows with
+// every endpoint or TLS change and every Reconnect.
+func (p *Pool) Generation() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gen
+}
 
-// Drain stops new leases, closes idle connections; leases finish normally.
-func (p *Pool) Drain() {}
+// Drain stops new leases (acquires fail with ErrDraining, queued ones too)
+// and closes idle connections; leases finish normally and their connections
+// close on release. Resume ends it.
+func (p *Pool) Drain() {
+	p.mu.Lock()
+	if p.closed || p.state == StateDraining {
+		p.mu.Unlock()
+		return
+	}
+	p.state = StateDraining
+	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseDrain, true })
+	p.failWaitersLocked(ErrDraining)
+	p.notifyLocked()
+	p.mu.Unlock()
+	closeAll(toClose)
+}
 
-// Pause makes new acquires wait until Resume.
-func (p *Pool) Pause() {}
+// Pause makes new acquires wait until Resume (their acquire_timeout keeps
+// running). Leases in progress are unaffected. It does nothing while
+// draining.
+func (p *Pool) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed && p.state == StateActive {
+		p.state = StatePaused
+		p.notifyLocked()
+	}
+}
 
-// Resume ends Pause or Drain.
-func (p *Pool) Resume() {}
+// Resume ends Pause or Drain: queued acquires take idle connections or get
+// new ones dialed, and min_idle is refilled.
+func (p *Pool) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.state == StateActive {
+		return
+	}
+	p.state = StateActive
+	// Idle connections were kept while paused; waiters go back and take
+	// them through the usual checkout checks.
+	for range p.idle.Len() {
+		e := p.waiters.PopFront()
+		if e == nil {
+			break
+		}
+		e.Value.ch <- waitResult{retry: true}
+	}
+	p.maybeDialLocked(nil)
+	p.notifyLocked()
+}
 
-// Reconnect bumps the generation and returns the new one.
-func (p *Pool) Reconnect() uint64 { return 0 }
+// Reconnect bumps the generation and returns the new one: idle connections
+// close now, leased ones on release, and min_idle is refilled with new ones.
+// Use WaitGeneration to wait for the old connections to be gone.
+func (p *Pool) Reconnect() uint64 {
+	p.mu.Lock()
+	p.bumpGenerationLocked()
+	gen := p.gen
+	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseGeneration, true })
+	p.maybeDialLocked(nil)
+	p.kickLocked()
+	p.notifyLocked()
+	p.mu.Unlock()
+	closeAll(toClose)
+	return gen
+}
 
-// WaitGeneration waits until no connection of a generation below gen remains.
-func (p *Pool) WaitGeneration(ctx context.Context, gen uint64) error { return errNotYet }
+// WaitGeneration waits until no open connection of a generation below gen
+// remains, or ctx ends (returning ctx.Err()).
+func (p *Pool) WaitGeneration(ctx context.Context, gen uint64) error {
+	return p.waitFor(ctx, func() bool {
+		for g := range p.genCount {
+			if g < gen {
+				return false
+			}
+		}
+		return true
+	})
+}
 
-// WaitDrained waits until no connection is leased.
-func (p *Pool) WaitDrained(ctx context.Context) error { return errNotYet }
+// WaitDrained waits until no connection is leased, or ctx ends (returning
+// ctx.Err()).
+func (p *Pool) WaitDrained(ctx context.Context) error {
+	return p.waitFor(ctx, func() bool { return len(p.leased) == 0 })
+}
 
-// Close closes the pool: waiters fail with ErrPoolClosed, idle connections
-// close, leased ones close on release. It waits for background goroutines.
-// Idempotent.
-func (p *Pool) Close() error { return nil }
+// Close closes the pool: queued acquires fail with ErrPoolClosed, idle
+// connections close, leased ones are closed too (their Done channels close
+// and a later Release does nothing), dials in flight are cancelled and their
+// results closed. It waits for the pool's goroutines. Idempotent; it always
+// returns nil.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		<-p.donec
+		p.dialWG.Wait()
+		return nil
+	}
+	p.closed = true
+	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseClosed, true })
+	for len(p.leased) > 0 {
+		c := p.leased[len(p.leased)-1]
+		p.discardLocked(c, CloseClosed)
+		toClose = append(toClose, c)
+	}
+	p.failWaitersLocked(ErrPoolClosed)
+	p.notifyLocked()
+	p.cancel()
+	close(p.stopc)
+	p.mu.Unlock()
+	closeAll(toClose)
+	<-p.donec
+	p.dialWG.Wait()
+	return nil
+}
 
-// Leases lists the active leases.
-func (p *Pool) Leases() []LeaseInfo { return nil }
+// Leases lists the active leases, in no particular order.
+func (p *Pool) Leases() []LeaseInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]LeaseInfo, 0, len(p.leased))
+	for _, c := range p.leased {
+		out = append(out, LeaseInfo{
+			ID:           p.leaseID(c.leaseSeq),
+			Pool:         p.name,
+			Holder:       c.holder,
+			Since:        c.since,
+			UpstreamAddr: c.addr,
+			Generation:   c.gen,
+		})
+	}
+	return out
+}
 
-// Revoke ends a lease by closing its connection.
-func (p *Pool) Revoke(leaseID string) error { return ErrLeaseNotFound }
+func (p *Pool) leaseID(seq uint64) string {
+	return p.leasePrefix + strconv.FormatUint(seq, 10)
+}
 
-// Serving reports whether the pool can hand out connections now (active and
-// circuit closed).
-func (p *Pool) Serving() bool { return false }
+// Revoke ends a lease by closing its connection: the holder's I/O fails and
+// Conn.Done is closed; its later Release does nothing. It returns
+// ErrLeaseNotFound when no active lease of this pool has that ID.
+func (p *Pool) Revoke(leaseID string) error {
+	rest, ok := strings.CutPrefix(leaseID, p.leasePrefix)
+	if !ok {
+		return fmt.Errorf("pool %s: lease %q: %w", p.name, leaseID, ErrLeaseNotFound)
+	}
+	seq, err := strconv.ParseUint(rest, 10, 64)
+	if err != nil {
+		return fmt.Errorf("pool %s: lease %q: %w", p.name, leaseID, ErrLeaseNotFound)
+	}
+	p.mu.Lock()
+	for _, c := range p.leased {
+		if c.leaseSeq == seq {
+			p.discardLocked(c, CloseRevoked)
+			p.maybeDialLocked(nil)
+			p.mu.Unlock()
+			c.closeNet()
+			return nil
+		}
+	}
+	p.mu.Unlock()
+	return fmt.Errorf("pool %s: lease %q: %w", p.name, leaseID, ErrLeaseNotFound)
+}
 
-// Stats returns a snapshot.
-func (p *Pool) Stats() Stats { return Stats{} }
+// Serving reports whether the pool can hand out connections now: open,
+// active (not paused or draining) and with its dial circuit closed.
+func (p *Pool) Serving() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.closed && p.state == StateActive && !p.circuitOpen
+}
+
+// Stats returns a value snapshot taken under the pool's lock.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	s := Stats{
+		Pool:              p.name,
+		State:             p.state,
+		Generation:        p.gen,
+		Max:               p.cfg.Limits.MaxConnections,
+		Total:             p.total,
+		InUse:             len(p.leased),
+		Idle:              p.idle.Len(),
+		Dialing:           p.dialing,
+		Waiters:           p.waiters.Len(),
+		MinIdle:           p.cfg.Limits.MinIdle,
+		CircuitOpen:       p.circuitOpen,
+		Acquires:          p.st.acquires,
+		Reused:            p.st.reused,
+		New:               p.st.created,
+		Waits:             p.st.waits,
+		Timeouts:          p.st.timeouts,
+		BacklogRejections: p.st.backlogRejections,
+		Dials:             p.st.dials,
+		DialFailures:      p.st.dialFailures,
+		Closes:            make(map[string]uint64),
+		WaitTime:          p.st.waitTime.snapshot(),
+		DialTime:          p.st.dialTime.snapshot(),
+		HoldTime:          p.st.holdTime.snapshot(),
+	}
+	if p.lastDialErr != nil {
+		s.LastDialError = p.lastDialErr.Error()
+	}
+	for r, n := range p.st.closes {
+		if n > 0 {
+			s.Closes[CloseReason(r).String()] = n
+		}
+	}
+	p.mu.Unlock()
+	s.BytesIn = p.bytesIn.Load()
+	s.BytesOut = p.bytesOut.Load()
+	return s
+}
 
 // LeaseInfo describes an active lease.
 type LeaseInfo struct {
-	ID           string
-	Pool         string
-	Holder       string
-	Since        time.Time
-	UpstreamAddr string
-	Generation   uint64
+	ID           string    // unique: "<pool>-<instance>-<n>"
+	Pool         string    // the pool's ID
+	Holder       string    // as given to Acquire
+	Since        time.Time // when the lease was granted
+	UpstreamAddr string    // the resolved "ip:port" dialed
+	Generation   uint64    // the connection's generation
 }
 
 // AcquireInfo describes how an acquire was served (like net/http's GotConnInfo).
 type AcquireInfo struct {
-	LeaseID      string
-	Reused       bool
-	IdleTime     time.Duration
-	ConnAge      time.Duration
-	WaitTime     time.Duration
-	UpstreamAddr string
-	Generation   uint64
+	LeaseID      string        // as in LeaseInfo.ID
+	Reused       bool          // the connection served an earlier lease
+	IdleTime     time.Duration // how long it was idle before this lease
+	ConnAge      time.Duration // how long it had been open at the acquire
+	WaitTime     time.Duration // how long Acquire took
+	UpstreamAddr string        // the resolved "ip:port" dialed
+	Generation   uint64        // the connection's generation
 }
-
-// Conn is a leased connection.
-type Conn struct{}
-
-// NetConn returns the upstream connection.
-func (c *Conn) NetConn() net.Conn { return nil }
-
-// Info describes the acquire.
-func (c *Conn) Info() AcquireInfo { return AcquireInfo{} }
-
-// Done is closed when the lease is revoked.
-func (c *Conn) Done() <-chan struct{} { return nil }
-
-// AddBytes counts relayed bytes for stats.
-func (c *Conn) AddBytes(in, out int64) {}
-
-// Release ends the lease.
-func (c *Conn) Release(reusable bool) {}
-
-// CloseReason says why a connection was closed.
-type CloseReason int
 
 // Histogram has explicit bucket bounds.
 type Histogram struct {
@@ -172,17 +991,21 @@ type Histogram struct {
 
 // Stats is a value snapshot of a pool.
 type Stats struct {
-	Pool                                     string
-	State                                    State
-	Generation                               uint64
+	Pool       string
+	State      State
+	Generation uint64
+	// Gauges: Total = Idle + InUse + connections being health-checked.
 	Max, Total, InUse, Idle, Dialing, Waiters int
-	MinIdle                                  int
-	CircuitOpen                              bool
-	LastDialError                            string
+	MinIdle                                   int
+	CircuitOpen                               bool
+	LastDialError                             string // "" after a successful dial
 
+	// Counters since the pool was created. Acquires = Reused + New.
 	Acquires, Reused, New, Waits, Timeouts, BacklogRejections uint64
 	Dials, DialFailures                                       uint64
 	Closes                                                    map[string]uint64 // by CloseReason.String()
 	BytesIn, BytesOut                                         uint64
-	WaitTime, DialTime, HoldTime                              Histogram
+	// WaitTime observes every successful acquire (0 on an idle hit),
+	// DialTime every successful dial, HoldTime every ended lease.
+	WaitTime, DialTime, HoldTime Histogram
 }

@@ -1,0 +1,218 @@
+package poolmgr
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"time"
+)
+
+// maxSleep bounds the maintenance loop's sleep when nothing is scheduled.
+const maxSleep = time.Minute
+
+// loop is the pool's one maintenance goroutine: it expires idle connections
+// (idle_timeout, max_lifetime), health-checks them, refills min_idle, retries
+// dials after their backoff, re-resolves names and revokes leases held past
+// max_lease_duration. It sleeps on one timer until the next thing is due or
+// it is kicked.
+func (p *Pool) loop() {
+	defer close(p.donec)
+	t := time.NewTimer(maxSleep)
+	defer t.Stop()
+	for {
+		t.Reset(p.maintain())
+		select {
+		case <-p.stopc:
+			return
+		case <-p.kickc:
+		case <-t.C:
+		}
+	}
+}
+
+// maintain does what is due and returns how long to sleep.
+func (p *Pool) maintain() time.Duration {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return maxSleep
+	}
+	now := p.env.Now()
+	cfg := &p.cfg
+	hc := cfg.HealthCheck
+	var toClose, toProbe []*Conn
+
+	// Idle connections: lifetime, idle_timeout (never below min_idle),
+	// retired ones, and those due for a health check.
+	excess := p.idle.Len() - cfg.Limits.MinIdle
+	p.idle.Filter(func(c *Conn) bool {
+		reason, bad := p.retireReasonLocked(c, now)
+		if !bad && excess > 0 && now.Sub(c.idleSince) >= cfg.Lifecycle.IdleTimeout {
+			reason, bad = CloseIdleTimeout, true
+		}
+		if bad {
+			excess--
+			p.discardLocked(c, reason)
+			toClose = append(toClose, c)
+			return false
+		}
+		if hc.Kind != HealthNone && now.Sub(c.lastCheck) >= hc.Interval {
+			c.state = connChecking
+			toProbe = append(toProbe, c)
+			return false
+		}
+		return true
+	})
+
+	// Leases held past max_lease_duration are revoked.
+	if d := cfg.Lifecycle.MaxLeaseDuration; d > 0 {
+		for i := 0; i < len(p.leased); {
+			c := p.leased[i]
+			if now.Sub(c.since) >= d {
+				p.discardLocked(c, CloseRevoked) // swaps the last lease into i
+				toClose = append(toClose, c)
+				continue
+			}
+			i++
+		}
+	}
+
+	resolve := p.hasNames && !p.resolving && !now.Before(p.lastResolve.Add(cfg.DNSRefresh))
+	p.maybeDialLocked(nil)
+	p.mu.Unlock()
+
+	closeAll(toClose)
+	if len(toProbe) > 0 {
+		p.probeAll(toProbe, hc)
+	}
+	if resolve {
+		p.refreshDNS()
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nextWakeLocked(p.env.Now())
+}
+
+// nextWakeLocked is how long until the next scheduled maintenance.
+func (p *Pool) nextWakeLocked(now time.Time) time.Duration {
+	next := now.Add(maxSleep)
+	at := func(t time.Time) {
+		if t.After(now) && t.Before(next) {
+			next = t
+		}
+	}
+	cfg := &p.cfg
+	aboveMin := p.idle.Len() > cfg.Limits.MinIdle
+	for i := range p.idle.Len() {
+		c := p.idle.At(i)
+		at(c.expiryLocked(cfg))
+		if aboveMin {
+			at(c.idleSince.Add(cfg.Lifecycle.IdleTimeout))
+		}
+		if cfg.HealthCheck.Kind != HealthNone {
+			at(c.lastCheck.Add(cfg.HealthCheck.Interval))
+		}
+	}
+	if d := cfg.Lifecycle.MaxLeaseDuration; d > 0 {
+		for _, c := range p.leased {
+			at(c.since.Add(d))
+		}
+	}
+	if p.hasNames {
+		at(p.lastResolve.Add(cfg.DNSRefresh))
+	}
+	if p.dialing < p.dialNeedLocked() {
+		at(p.nextDialAt)
+	}
+	return next.Sub(now)
+}
+
+// probeAll health-checks connections taken out of the idle set, without the
+// lock, and puts the healthy ones back.
+func (p *Pool) probeAll(cs []*Conn, hc HealthCheck) {
+	for _, c := range cs {
+		ok := p.probe(c, hc)
+		p.mu.Lock()
+		now := p.env.Now()
+		c.lastCheck = now
+		reason, bad := CloseUnhealthy, !ok
+		if !bad {
+			// Back in its place by idle age: keep the idle time it had.
+			idleSince := c.idleSince
+			reason, bad = p.putLocked(c, now)
+			if !bad && c.state == connIdle {
+				c.idleSince = idleSince
+			}
+		}
+		if bad {
+			p.discardLocked(c, reason)
+			p.maybeDialLocked(nil)
+		}
+		p.mu.Unlock()
+		if bad {
+			c.closeNet()
+		}
+	}
+}
+
+var (
+	redisPing = []byte("*1\r\n$4\r\nPING\r\n")
+	redisPong = []byte("+PONG\r\n")
+)
+
+// probe runs one health check on c, owned by the caller. Every kind starts
+// with the peek; HTTP and REDIS_PING then exchange a request and a reply
+// within hc.Timeout.
+func (p *Pool) probe(c *Conn, hc HealthCheck) bool {
+	if !c.alive() {
+		return false
+	}
+	switch hc.Kind {
+	case HealthHTTP, HealthRedisPing:
+	default:
+		return true
+	}
+	// Socket deadlines are wall-clock time, so time.Now here, not Env.Now.
+	if c.nc.SetDeadline(time.Now().Add(hc.Timeout)) != nil {
+		return false
+	}
+	var ok bool
+	if hc.Kind == HealthHTTP {
+		ok = probeHTTP(c.nc, c.host, hc.HTTPPath)
+	} else {
+		ok = probeRedis(c.nc)
+	}
+	return ok && c.nc.SetDeadline(time.Time{}) == nil
+}
+
+func probeHTTP(rw io.ReadWriter, host, path string) bool {
+	var b bytes.Buffer
+	b.WriteString("HEAD ")
+	b.WriteString(path)
+	b.WriteString(" HTTP/1.1\r\nHost: ")
+	b.WriteString(host)
+	b.WriteString("\r\nUser-Agent: poolplane-health\r\n\r\n")
+	if _, err := rw.Write(b.Bytes()); err != nil {
+		return false
+	}
+	br := bufio.NewReader(rw)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close() // a HEAD response has no body
+	return resp.StatusCode >= 200 && resp.StatusCode < 400 && !resp.Close && br.Buffered() == 0
+}
+
+func probeRedis(rw io.ReadWriter) bool {
+	if _, err := rw.Write(redisPing); err != nil {
+		return false
+	}
+	var buf [7]byte
+	if _, err := io.ReadFull(rw, buf[:]); err != nil {
+		return false
+	}
+	return bytes.Equal(buf[:], redisPong)
+}

@@ -1,0 +1,118 @@
+package poolmgr
+
+import (
+	"strconv"
+	"time"
+)
+
+// CloseReason says why the pool closed a connection. Stats.Closes counts
+// closes by CloseReason.String().
+type CloseReason int
+
+// Close reasons.
+const (
+	// CloseIdleTimeout: idle longer than lifecycle.idle_timeout.
+	CloseIdleTimeout CloseReason = iota
+	// CloseMaxLifetime: older than lifecycle.max_lifetime (minus its jitter).
+	CloseMaxLifetime
+	// CloseUnhealthy: a checkout peek or a health check found it dead or
+	// holding stray bytes.
+	CloseUnhealthy
+	// CloseGeneration: retired by an endpoint/TLS change or Reconnect.
+	CloseGeneration
+	// CloseShrink: above max_connections or max_idle after a release or a
+	// reconfiguration.
+	CloseShrink
+	// CloseDirty: released as not reusable, or with unread upstream bytes.
+	CloseDirty
+	// CloseRevoked: its lease was revoked (RevokeLease or max_lease_duration).
+	CloseRevoked
+	// CloseDrain: the pool is draining.
+	CloseDrain
+	// CloseClosed: the pool was closed.
+	CloseClosed
+	// CloseDNS: its address no longer resolves from the endpoint.
+	CloseDNS
+	// CloseSingleUse: the pool's reuse policy is SINGLE_USE.
+	CloseSingleUse
+	// CloseError: an I/O error while the pool handled it (for example a TLS
+	// read during validation).
+	CloseError
+
+	numCloseReasons
+)
+
+var closeReasonNames = [numCloseReasons]string{
+	CloseIdleTimeout: "idle_timeout",
+	CloseMaxLifetime: "max_lifetime",
+	CloseUnhealthy:   "unhealthy",
+	CloseGeneration:  "generation",
+	CloseShrink:      "shrink",
+	CloseDirty:       "dirty",
+	CloseRevoked:     "revoked",
+	CloseDrain:       "drain",
+	CloseClosed:      "closed",
+	CloseDNS:         "dns",
+	CloseSingleUse:   "single_use",
+	CloseError:       "error",
+}
+
+// String returns the snake_case name used as the key of Stats.Closes.
+func (r CloseReason) String() string {
+	if r >= 0 && r < numCloseReasons {
+		return closeReasonNames[r]
+	}
+	return "CloseReason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// HistogramBounds are the upper bounds of the WaitTime, DialTime and
+// HoldTime buckets: 100µs to 10s in a 1-2-5 series. The last bucket of a
+// Histogram (beyond 10s) is +Inf.
+var histogramBounds = [...]time.Duration{
+	100 * time.Microsecond, 200 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second,
+}
+
+// HistogramBounds returns a copy of the bucket upper bounds used by every
+// Histogram in Stats.
+func HistogramBounds() []time.Duration {
+	return append([]time.Duration(nil), histogramBounds[:]...)
+}
+
+// histogram is the allocation-free live form of a Histogram, guarded by the
+// pool's mutex.
+type histogram struct {
+	counts [len(histogramBounds) + 1]uint64
+	sum    time.Duration
+	count  uint64
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(histogramBounds) && d > histogramBounds[i] {
+		i++
+	}
+	h.counts[i]++
+	h.sum += d
+	h.count++
+}
+
+func (h *histogram) snapshot() Histogram {
+	return Histogram{
+		Bounds: HistogramBounds(),
+		Counts: append([]uint64(nil), h.counts[:]...),
+		Sum:    h.sum,
+		Count:  h.count,
+	}
+}
+
+// counters are the cumulative counters of a pool, guarded by its mutex.
+type counters struct {
+	acquires, reused, created, waits, timeouts, backlogRejections uint64
+	dials, dialFailures                                           uint64
+	closes                                                        [numCloseReasons]uint64
+	waitTime, dialTime, holdTime                                  histogram
+}
