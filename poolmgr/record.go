@@ -1,0 +1,292 @@
+package poolmgr
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// This file is the persisted form of a pool: poolmgr's own versioned record,
+// stored as the value of the key "pools/<id>". It is never a gen/ API
+// message. The record is JSON with explicit field names; enums are stored
+// by name and durations as integer nanoseconds, so renumbering a Go constant
+// or changing a default never changes the meaning of a stored pool.
+//
+// Compatibility rules: a change a version-1 reader would misread bumps
+// recordVersion (and adds a migration in decodeRecord). Decoding refuses
+// records of a newer version and, within version 1, unknown fields: this
+// build cannot honour what it does not understand.
+
+// recordVersion is the schema version this build writes and the newest it reads.
+const recordVersion = 1
+
+// errRecord is wrapped by every record decoding error.
+var errRecord = errors.New("poolmgr: bad pool record")
+
+// record is the decoded value of one pool key.
+type record struct {
+	Config     Config
+	State      State
+	CreateTime time.Time
+	UpdateTime time.Time
+	// Op is what wrote this revision (ActionCreate, ...). For
+	// ActionReconnect it is the only trace of the reconnect: the generation
+	// is not persisted.
+	Op Action
+}
+
+// Wire shapes. Field names are part of the format: never rename.
+type (
+	recordJSON struct {
+		V          int        `json:"v"`
+		State      string     `json:"state"`
+		CreateTime time.Time  `json:"create_time"`
+		UpdateTime time.Time  `json:"update_time"`
+		Op         string     `json:"op,omitempty"`
+		Config     configJSON `json:"config"`
+	}
+	configJSON struct {
+		Endpoints   []string          `json:"endpoints"`
+		TLS         tlsJSON           `json:"tls"`
+		Limits      limitsJSON        `json:"limits"`
+		Lifecycle   lifecycleJSON     `json:"lifecycle"`
+		HealthCheck healthJSON        `json:"health_check"`
+		DNSRefresh  int64             `json:"dns_refresh_ns"`
+		Reuse       string            `json:"reuse_policy"`
+		IdleOrder   string            `json:"idle_order"`
+		Labels      map[string]string `json:"labels,omitempty"`
+	}
+	tlsJSON struct {
+		Enabled       bool   `json:"enabled"`
+		ServerName    string `json:"server_name,omitempty"`
+		CAPEM         string `json:"ca_pem,omitempty"`
+		ClientCertPEM string `json:"client_cert_pem,omitempty"`
+		// The key is kept so the pool can be restored; the store file is
+		// mode 0600 and the API never returns it.
+		ClientKeyPEM string `json:"client_key_pem,omitempty"`
+	}
+	limitsJSON struct {
+		MaxConnections int   `json:"max_connections"`
+		MinIdle        int   `json:"min_idle"`
+		MaxIdle        int   `json:"max_idle"`
+		MaxWaiters     int   `json:"max_waiters"`
+		AcquireTimeout int64 `json:"acquire_timeout_ns"`
+		DialTimeout    int64 `json:"dial_timeout_ns"`
+	}
+	lifecycleJSON struct {
+		MaxLifetime       int64 `json:"max_lifetime_ns"`
+		LifetimeJitter    int64 `json:"lifetime_jitter_ns"`
+		IdleTimeout       int64 `json:"idle_timeout_ns"`
+		ValidateAfterIdle int64 `json:"validate_after_idle_ns"`
+		MaxLeaseDuration  int64 `json:"max_lease_duration_ns"`
+		TCPKeepAlive      int64 `json:"tcp_keepalive_ns"`
+	}
+	healthJSON struct {
+		Kind     string `json:"kind"`
+		Interval int64  `json:"interval_ns"`
+		Timeout  int64  `json:"timeout_ns"`
+		HTTPPath string `json:"http_path,omitempty"`
+	}
+)
+
+// encodeRecord encodes r in the current schema. It fails only for a
+// Config holding enum values outside their declared sets.
+func encodeRecord(r record) ([]byte, error) {
+	c := r.Config
+	state, err := stateName(r.State)
+	if err != nil {
+		return nil, err
+	}
+	reuse, err := enumName(int(c.Reuse), reuseNames, "reuse_policy")
+	if err != nil {
+		return nil, err
+	}
+	order, err := enumName(int(c.IdleOrder), idleOrderNames, "idle_order")
+	if err != nil {
+		return nil, err
+	}
+	kind, err := enumName(int(c.HealthCheck.Kind), healthKindNames, "health_check.kind")
+	if err != nil {
+		return nil, err
+	}
+	j := recordJSON{
+		V:          recordVersion,
+		State:      state,
+		CreateTime: r.CreateTime.UTC(),
+		UpdateTime: r.UpdateTime.UTC(),
+		Op:         string(r.Op),
+		Config: configJSON{
+			Endpoints: c.Endpoints,
+			TLS: tlsJSON{
+				Enabled:       c.TLS.Enabled,
+				ServerName:    c.TLS.ServerName,
+				CAPEM:         c.TLS.CAPEM,
+				ClientCertPEM: c.TLS.ClientCertPEM,
+				ClientKeyPEM:  c.TLS.ClientKeyPEM,
+			},
+			Limits: limitsJSON{
+				MaxConnections: c.Limits.MaxConnections,
+				MinIdle:        c.Limits.MinIdle,
+				MaxIdle:        c.Limits.MaxIdle,
+				MaxWaiters:     c.Limits.MaxWaiters,
+				AcquireTimeout: int64(c.Limits.AcquireTimeout),
+				DialTimeout:    int64(c.Limits.DialTimeout),
+			},
+			Lifecycle: lifecycleJSON{
+				MaxLifetime:       int64(c.Lifecycle.MaxLifetime),
+				LifetimeJitter:    int64(c.Lifecycle.LifetimeJitter),
+				IdleTimeout:       int64(c.Lifecycle.IdleTimeout),
+				ValidateAfterIdle: int64(c.Lifecycle.ValidateAfterIdle),
+				MaxLeaseDuration:  int64(c.Lifecycle.MaxLeaseDuration),
+				TCPKeepAlive:      int64(c.Lifecycle.TCPKeepAlive),
+			},
+			HealthCheck: healthJSON{
+				Kind:     kind,
+				Interval: int64(c.HealthCheck.Interval),
+				Timeout:  int64(c.HealthCheck.Timeout),
+				HTTPPath: c.HealthCheck.HTTPPath,
+			},
+			DNSRefresh: int64(c.DNSRefresh),
+			Reuse:      reuse,
+			IdleOrder:  order,
+			Labels:     c.Labels,
+		},
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return nil, fmt.Errorf("encode pool record: %w", err)
+	}
+	return b, nil
+}
+
+// decodeRecord decodes a stored record. It refuses records written by a
+// newer schema, unknown fields, unknown enum names and trailing data, with
+// an error wrapping errRecord. It does not validate the Config: callers
+// that start pools validate it.
+func decodeRecord(b []byte) (record, error) {
+	var head struct {
+		V *int `json:"v"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return record{}, fmt.Errorf("%w: %w", errRecord, err)
+	}
+	switch {
+	case head.V == nil:
+		return record{}, fmt.Errorf("%w: no schema version", errRecord)
+	case *head.V > recordVersion:
+		return record{}, fmt.Errorf("%w: schema version %d is newer than this build supports (%d); upgrade poold", errRecord, *head.V, recordVersion)
+	case *head.V < 1:
+		return record{}, fmt.Errorf("%w: invalid schema version %d", errRecord, *head.V)
+	}
+
+	var j recordJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return record{}, fmt.Errorf("%w: %w", errRecord, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return record{}, fmt.Errorf("%w: trailing data after the record", errRecord)
+	}
+
+	var r record
+	var err error
+	if r.State, err = parseState(j.State); err != nil {
+		return record{}, err
+	}
+	c := j.Config
+	reuse, err := parseEnum(c.Reuse, reuseNames, "reuse_policy")
+	if err != nil {
+		return record{}, err
+	}
+	order, err := parseEnum(c.IdleOrder, idleOrderNames, "idle_order")
+	if err != nil {
+		return record{}, err
+	}
+	kind, err := parseEnum(c.HealthCheck.Kind, healthKindNames, "health_check.kind")
+	if err != nil {
+		return record{}, err
+	}
+	r.CreateTime = j.CreateTime.UTC()
+	r.UpdateTime = j.UpdateTime.UTC()
+	for _, t := range []time.Time{r.CreateTime, r.UpdateTime} {
+		if y := t.Year(); y < 0 || y > 9999 {
+			return record{}, fmt.Errorf("%w: time %v out of range", errRecord, t)
+		}
+	}
+	r.Op = Action(j.Op)
+	r.Config = Config{
+		Endpoints: c.Endpoints,
+		TLS: TLSConfig{
+			Enabled:       c.TLS.Enabled,
+			ServerName:    c.TLS.ServerName,
+			CAPEM:         c.TLS.CAPEM,
+			ClientCertPEM: c.TLS.ClientCertPEM,
+			ClientKeyPEM:  c.TLS.ClientKeyPEM,
+		},
+		Limits: Limits{
+			MaxConnections: c.Limits.MaxConnections,
+			MinIdle:        c.Limits.MinIdle,
+			MaxIdle:        c.Limits.MaxIdle,
+			MaxWaiters:     c.Limits.MaxWaiters,
+			AcquireTimeout: time.Duration(c.Limits.AcquireTimeout),
+			DialTimeout:    time.Duration(c.Limits.DialTimeout),
+		},
+		Lifecycle: Lifecycle{
+			MaxLifetime:       time.Duration(c.Lifecycle.MaxLifetime),
+			LifetimeJitter:    time.Duration(c.Lifecycle.LifetimeJitter),
+			IdleTimeout:       time.Duration(c.Lifecycle.IdleTimeout),
+			ValidateAfterIdle: time.Duration(c.Lifecycle.ValidateAfterIdle),
+			MaxLeaseDuration:  time.Duration(c.Lifecycle.MaxLeaseDuration),
+			TCPKeepAlive:      time.Duration(c.Lifecycle.TCPKeepAlive),
+		},
+		HealthCheck: HealthCheck{
+			Kind:     HealthCheckKind(kind),
+			Interval: time.Duration(c.HealthCheck.Interval),
+			Timeout:  time.Duration(c.HealthCheck.Timeout),
+			HTTPPath: c.HealthCheck.HTTPPath,
+		},
+		DNSRefresh: time.Duration(c.DNSRefresh),
+		Reuse:      ReusePolicy(reuse),
+		IdleOrder:  IdleOrder(order),
+		Labels:     c.Labels,
+	}
+	return r, nil
+}
+
+// Stored enum names. They are part of the format: never change one.
+var (
+	reuseNames      = map[int]string{int(Reuse): "REUSE", int(SingleUse): "SINGLE_USE"}
+	idleOrderNames  = map[int]string{int(LIFO): "LIFO", int(FIFO): "FIFO"}
+	healthKindNames = map[int]string{
+		int(HealthNone): "NONE", int(HealthTCP): "TCP", int(HealthTLS): "TLS",
+		int(HealthHTTP): "HTTP", int(HealthRedisPing): "REDIS_PING",
+	}
+	stateNames = map[int]string{int(StateActive): "ACTIVE", int(StatePaused): "PAUSED", int(StateDraining): "DRAINING"}
+)
+
+func enumName(v int, names map[int]string, field string) (string, error) {
+	if s, ok := names[v]; ok {
+		return s, nil
+	}
+	return "", fmt.Errorf("encode pool record: %s: unknown value %d", field, v)
+}
+
+func parseEnum(s string, names map[int]string, field string) (int, error) {
+	for v, n := range names {
+		if n == s {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %s: unknown value %q", errRecord, field, s)
+}
+
+func stateName(s State) (string, error) { return enumName(int(s), stateNames, "state") }
+
+func parseState(s string) (State, error) {
+	v, err := parseEnum(s, stateNames, "state")
+	return State(v), err
+}
