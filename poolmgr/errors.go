@@ -31,6 +31,8 @@ var (
 	ErrInvalidConfig = errors.New("invalid pool config")
 	// ErrRevisionNotFound: a requested history revision is not retained.
 	ErrRevisionNotFound = errors.New("revision not found")
+	// ErrCompacted: Watch from a revision older than the retained history.
+	ErrCompacted = errors.New("revision compacted")
 )
 
 // Snapshot is the state of a pool at the moment an acquire failed.
