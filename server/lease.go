@@ -1,0 +1,422 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+const (
+	// relayBufSize is the upstream read size: one data frame at most.
+	relayBufSize = 32 << 10
+	// MaxDataFrame is the largest data frame a client may send.
+	MaxDataFrame = 1 << 20
+	// maxClientName bounds Open.client_name.
+	maxClientName = 128
+)
+
+// relayBufs holds the upstream read buffers, one per live lease.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// poolSource is what the lease service needs of the core: the live pool by ID.
+type poolSource interface {
+	Pool(id string) (*poolmgr.Pool, error)
+}
+
+// LeaseServer implements poolv1.LeaseService: each Lease stream carries
+// leases one after another, relaying bytes between the stream and the leased
+// upstream connection. Its methods are safe for concurrent use.
+type LeaseServer struct {
+	poolv1.UnimplementedLeaseServiceServer
+
+	pools  poolSource
+	logger *slog.Logger
+
+	stopc    chan struct{} // closed by Shutdown: idle streams end, no new leases
+	stopOnce sync.Once
+	wg       sync.WaitGroup // the relay goroutines of every stream
+}
+
+var _ poolv1.LeaseServiceServer = (*LeaseServer)(nil)
+
+// NewLeaseServer returns the lease service over the manager's pools.
+func NewLeaseServer(m *poolmgr.Manager, logger *slog.Logger) *LeaseServer {
+	return newLeaseServer(m, logger)
+}
+
+func newLeaseServer(pools poolSource, logger *slog.Logger) *LeaseServer {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &LeaseServer{pools: pools, logger: logger, stopc: make(chan struct{})}
+}
+
+// Shutdown stops granting leases: streams without a lease end at once with
+// UNAVAILABLE, streams with one end when it is released. It does not wait;
+// grpc.Server.GracefulStop waits for the streams, and Wait for the relay
+// goroutines. Idempotent.
+func (s *LeaseServer) Shutdown() {
+	s.stopOnce.Do(func() { close(s.stopc) })
+}
+
+// Wait blocks until every relay goroutine has exited.
+func (s *LeaseServer) Wait() { s.wg.Wait() }
+
+// errShutdown ends idle streams when the server stops.
+var errShutdown = status.Error(codes.Unavailable, "server shutting down")
+
+// Lease serves one lease stream. The handler goroutine waits while the
+// stream's receive loop (one goroutine) reads client frames, acquires, writes
+// to the upstream and releases, and a reader goroutine per lease copies
+// upstream bytes to the stream. Only one of them sends at a time: granted and
+// ended{RELEASED} are sent by the receive loop while no reader runs.
+func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
+	ls := &leaseStream{srv: s, stream: stream, ctx: stream.Context(), donec: make(chan struct{}), idlec: make(chan struct{}, 1)}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ls.err = ls.recvLoop()
+		close(ls.donec)
+	}()
+	select {
+	case <-ls.donec:
+		return ls.err
+	case <-s.stopc:
+	}
+	for {
+		ls.mu.Lock()
+		ls.stopping = true
+		if !ls.busy {
+			// No lease and none being opened: end the stream now. The
+			// receive loop sends nothing more and exits when RecvMsg fails.
+			ls.finished = true
+			ls.mu.Unlock()
+			return errShutdown
+		}
+		ls.mu.Unlock()
+		select {
+		case <-ls.donec:
+			return ls.err
+		case <-ls.idlec:
+		}
+	}
+}
+
+// leaseStream is the state of one Lease stream.
+type leaseStream struct {
+	srv    *LeaseServer
+	stream poolv1.LeaseService_LeaseServer
+	ctx    context.Context
+
+	err   error         // the stream's result, set before donec closes
+	donec chan struct{} // closed when the receive loop returns
+	idlec chan struct{} // size 1: a nudge to the handler that busy was cleared
+
+	mu       sync.Mutex // protects the following fields and serialises Send
+	busy     bool       // a lease is being opened or is held
+	stopping bool       // the server is shutting down
+	finished bool       // the handler returned: send nothing more
+
+	lease *lease // the current lease, or nil; owned by the receive loop
+	req   poolv1.LeaseRequest
+}
+
+// send sends one frame unless the handler has already returned.
+func (ls *leaseStream) send(m *poolv1.LeaseResponse) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.finished {
+		return errShutdown
+	}
+	return ls.stream.Send(m)
+}
+
+// setBusy marks a lease being opened (true) or ended (false) and reports
+// whether the server is shutting down.
+func (ls *leaseStream) setBusy(b bool) (stopping bool) {
+	ls.mu.Lock()
+	ls.busy = b
+	stopping = ls.stopping
+	ls.mu.Unlock()
+	if !b {
+		select {
+		case ls.idlec <- struct{}{}:
+		default:
+		}
+	}
+	return stopping
+}
+
+// lease is one granted lease on a stream.
+type lease struct {
+	conn    *poolmgr.Conn
+	nc      net.Conn
+	readerc chan struct{} // closed when the reader goroutine exits
+
+	// Set by the reader before it exits; read after readerc closes.
+	readErr error
+
+	releasing atomic.Bool // the client released: a read deadline stops the reader
+	ended     atomic.Bool // ended was sent (by the reader) or the lease is over
+	finish    sync.Once   // the Release of conn
+	broken    bool        // a write or close_write failed or half-closed: never reuse
+	bytesOut  int64
+	bytesIn   atomic.Int64
+}
+
+// release hands the connection back once.
+func (l *lease) release(reusable bool) {
+	l.finish.Do(func() {
+		l.conn.AddBytes(l.bytesIn.Load(), l.bytesOut)
+		l.conn.Release(reusable)
+	})
+}
+
+func protocolError(msg string) error {
+	return newStatus(codes.InvalidArgument, poolv1.ErrorReason_PROTOCOL_VIOLATION, msg, nil)
+}
+
+// recvLoop reads client frames until the stream ends.
+func (ls *leaseStream) recvLoop() (err error) {
+	defer func() {
+		if l := ls.lease; l != nil {
+			// The stream died without release: the connection's state is
+			// unknown, so it is closed, not reused.
+			ls.abandon(l)
+		}
+	}()
+	req := &ls.req
+	for {
+		req.Reset()
+		if err := ls.stream.RecvMsg(req); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		switch f := req.Frame.(type) {
+		case *poolv1.LeaseRequest_Open_:
+			if ls.lease != nil {
+				return protocolError("open while a lease is held: send release first")
+			}
+			if ls.setBusy(true) {
+				return errShutdown
+			}
+			if err := ls.open(f.Open); err != nil {
+				return err
+			}
+		case *poolv1.LeaseRequest_Data_:
+			l := ls.lease
+			if l == nil {
+				return protocolError("data before open")
+			}
+			data := f.Data.GetData()
+			if len(data) > MaxDataFrame {
+				return protocolError("data frame larger than 1 MiB")
+			}
+			if l.ended.Load() || l.broken {
+				continue // the lease ended upstream; the client has not seen it yet
+			}
+			if _, err := l.nc.Write(data); err != nil {
+				l.broken = true
+				l.nc.Close() // the reader reports the end
+				continue
+			}
+			l.bytesOut += int64(len(data))
+		case *poolv1.LeaseRequest_CloseWrite_:
+			l := ls.lease
+			if l == nil {
+				return protocolError("close_write before open")
+			}
+			if l.ended.Load() || l.broken {
+				continue
+			}
+			l.broken = true
+			if cw, ok := l.nc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+				l.nc.Close()
+			}
+		case *poolv1.LeaseRequest_Release_:
+			l := ls.lease
+			if l == nil {
+				return protocolError("release without a lease")
+			}
+			if err := ls.release(l, f.Release.GetReusable()); err != nil {
+				return err
+			}
+		default:
+			return protocolError("empty frame")
+		}
+	}
+}
+
+// open acquires a connection, sends granted and starts the reader.
+func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
+	id := strings.TrimPrefix(o.GetPool(), "pools/")
+	if err := poolmgr.ValidatePoolID(id); err != nil {
+		return invalidArgument("open.pool", err.Error())
+	}
+	holder := o.GetClientName()
+	if len(holder) > maxClientName {
+		return invalidArgument("open.client_name", "at most 128 bytes")
+	}
+	p, err := ls.srv.pools.Pool(id)
+	if err != nil {
+		return toStatus(err)
+	}
+	ctx := ls.ctx
+	var cancel context.CancelFunc
+	if d := o.GetAcquireTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return invalidArgument("open.acquire_timeout", "must be a non-negative duration")
+		}
+		if t := d.AsDuration(); t > 0 && t < p.Config().Limits.AcquireTimeout {
+			ctx, cancel = context.WithTimeout(ctx, t)
+		}
+	}
+	c, err := p.Acquire(ctx, holder)
+	if cancel != nil {
+		cancel()
+	}
+	if err != nil {
+		if cancel != nil && errors.Is(err, context.DeadlineExceeded) && ls.ctx.Err() == nil {
+			st := p.Stats()
+			err = &poolmgr.AcquireError{Err: poolmgr.ErrAcquireTimeout, Pool: id, Snapshot: poolmgr.Snapshot{
+				Max: st.Max, Total: st.Total, InUse: st.InUse, Idle: st.Idle, Waiters: st.Waiters}}
+		}
+		return toStatus(err)
+	}
+	info := c.Info()
+	l := &lease{conn: c, nc: c.NetConn(), readerc: make(chan struct{})}
+	ls.lease = l
+	err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Granted_{Granted: &poolv1.LeaseResponse_Granted{
+		LeaseId:      "pools/" + id + "/leases/" + info.LeaseID,
+		UpstreamAddr: info.UpstreamAddr,
+		Reused:       info.Reused,
+		IdleTime:     durationpb.New(info.IdleTime),
+		ConnAge:      durationpb.New(info.ConnAge),
+		WaitTime:     durationpb.New(info.WaitTime),
+		Generation:   info.Generation,
+	}}})
+	if err != nil {
+		close(l.readerc)
+		return err // recvLoop's defer abandons the lease
+	}
+	ls.srv.wg.Add(1)
+	go func() {
+		defer ls.srv.wg.Done()
+		ls.relayUpstream(l)
+	}()
+	return nil
+}
+
+// relayUpstream copies upstream bytes into data frames until the upstream
+// ends or the client releases. On an upstream end it sends ended itself and
+// closes the connection, so the client learns of it at once.
+func (ls *leaseStream) relayUpstream(l *lease) {
+	defer close(l.readerc)
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	buf := *bp
+	data := &poolv1.LeaseResponse_Data{}
+	msg := &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Data_{Data: data}}
+	var in int64
+	defer func() { l.bytesIn.Add(in) }()
+	for {
+		n, err := l.nc.Read(buf)
+		if n > 0 {
+			in += int64(n)
+			data.Data = buf[:n]
+			if serr := ls.send(msg); serr != nil {
+				l.readErr = serr
+				return
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+			return // stopped by release: the receive loop sends ended
+		}
+		l.readErr = err
+		reason := poolv1.EndReason_END_REASON_UPSTREAM_ERROR
+		select {
+		case <-l.conn.Done():
+			reason = poolv1.EndReason_END_REASON_REVOKED
+		default:
+			if errors.Is(err, io.EOF) {
+				reason = poolv1.EndReason_END_REASON_UPSTREAM_EOF
+			}
+		}
+		if l.releasing.Load() {
+			return // the receive loop is ending the lease and sends ended
+		}
+		l.ended.Store(true)
+		l.release(false)
+		msg := ""
+		if reason == poolv1.EndReason_END_REASON_UPSTREAM_ERROR {
+			msg = err.Error()
+		}
+		_ = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{Reason: reason, Message: msg}}})
+		return
+	}
+}
+
+// release ends the current lease at the client's request: it stops the
+// reader, returns the connection and sends ended (unless the reader already
+// ended the lease).
+func (ls *leaseStream) release(l *lease, reusable bool) error {
+	l.releasing.Store(true)
+	alreadyEnded := l.ended.Load()
+	if !alreadyEnded {
+		// Wake the reader without closing the connection.
+		if err := l.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
+			l.broken = true
+			l.nc.Close()
+		}
+	}
+	<-l.readerc
+	ls.lease = nil
+	clean := reusable && !l.broken && l.readErr != nil && errors.Is(l.readErr, os.ErrDeadlineExceeded) && !alreadyEnded && !l.ended.Load()
+	if clean {
+		if err := l.nc.SetReadDeadline(time.Time{}); err != nil {
+			clean = false
+		}
+	}
+	sendEnded := !alreadyEnded && !l.ended.Load()
+	l.ended.Store(true)
+	l.release(clean)
+	var err error
+	if sendEnded {
+		err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
+			Reason: poolv1.EndReason_END_REASON_RELEASED, Reused: clean}}})
+	}
+	if ls.setBusy(false) && err == nil {
+		return errShutdown
+	}
+	return err
+}
+
+// abandon closes the connection of a lease whose stream ended without
+// release.
+func (ls *leaseStream) abandon(l *lease) {
+	l.releasing.Store(true)
+	l.ended.Store(true)
+	l.nc.Close()
+	<-l.readerc
+	l.release(false)
+	ls.lease = nil
+}
