@@ -174,14 +174,14 @@ type lease struct {
 	ended     atomic.Bool // ended was sent (by the reader) or the lease is over
 	finish    sync.Once   // the Release of conn
 	broken    bool        // a write or close_write failed or half-closed: never reuse
-	bytesOut  int64
+	bytesOut  atomic.Int64
 	bytesIn   atomic.Int64
 }
 
 // release hands the connection back once.
 func (l *lease) release(reusable bool) {
 	l.finish.Do(func() {
-		l.conn.AddBytes(l.bytesIn.Load(), l.bytesOut)
+		l.conn.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
 		l.conn.Release(reusable)
 	})
 }
@@ -236,7 +236,7 @@ func (ls *leaseStream) recvLoop() (err error) {
 				l.nc.Close() // the reader reports the end
 				continue
 			}
-			l.bytesOut += int64(len(data))
+			l.bytesOut.Add(int64(len(data)))
 		case *poolv1.LeaseRequest_CloseWrite_:
 			l := ls.lease
 			if l == nil {
@@ -333,12 +333,10 @@ func (ls *leaseStream) relayUpstream(l *lease) {
 	buf := *bp
 	data := &poolv1.LeaseResponse_Data{}
 	msg := &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Data_{Data: data}}
-	var in int64
-	defer func() { l.bytesIn.Add(in) }()
 	for {
 		n, err := l.nc.Read(buf)
 		if n > 0 {
-			in += int64(n)
+			l.bytesIn.Add(int64(n))
 			data.Data = buf[:n]
 			if serr := ls.send(msg); serr != nil {
 				l.readErr = serr
@@ -348,10 +346,10 @@ func (ls *leaseStream) relayUpstream(l *lease) {
 		if err == nil {
 			continue
 		}
+		l.readErr = err
 		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 			return // stopped by release: the receive loop sends ended
 		}
-		l.readErr = err
 		reason := poolv1.EndReason_END_REASON_UPSTREAM_ERROR
 		select {
 		case <-l.conn.Done():
@@ -390,7 +388,7 @@ func (ls *leaseStream) release(l *lease, reusable bool) error {
 	}
 	<-l.readerc
 	ls.lease = nil
-	clean := reusable && !l.broken && l.readErr != nil && errors.Is(l.readErr, os.ErrDeadlineExceeded) && !alreadyEnded && !l.ended.Load()
+	clean := reusable && !l.broken && errors.Is(l.readErr, os.ErrDeadlineExceeded) && !alreadyEnded && !l.ended.Load()
 	if clean {
 		if err := l.nc.SetReadDeadline(time.Time{}); err != nil {
 			clean = false
