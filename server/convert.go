@@ -1,0 +1,597 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+// This file converts between the wire messages and poolmgr's types. The
+// client private key is write-only: it goes into a poolmgr.Config, and
+// nothing converted back to the wire ever carries it; the wire shows its
+// fingerprint instead.
+
+// configFromProto converts p's writable fields to a poolmgr.Config. Unset
+// (zero) fields stay zero, which the core reads as "default". Output-only
+// fields are ignored. It returns every field it cannot convert (a malformed
+// duration, an unknown enum value) as a violation, by API path relative to
+// the Pool; the core validates ranges.
+func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) {
+	var (
+		cfg poolmgr.Config
+		vs  []poolmgr.FieldViolation
+	)
+	bad := func(field, format string, args ...any) {
+		vs = append(vs, poolmgr.FieldViolation{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+	dur := func(field string, d *durationpb.Duration) time.Duration {
+		if d == nil {
+			return 0
+		}
+		if err := d.CheckValid(); err != nil {
+			bad(field, "invalid duration: %v", err)
+			return 0
+		}
+		return d.AsDuration()
+	}
+	if p == nil {
+		return cfg, nil
+	}
+	if len(p.GetEndpoints()) > 0 {
+		cfg.Endpoints = slices.Clone(p.GetEndpoints())
+	}
+	if t := p.GetTls(); t != nil {
+		cfg.TLS = poolmgr.TLSConfig{
+			Enabled:       t.GetEnabled(),
+			ServerName:    t.GetServerName(),
+			CAPEM:         t.GetCaPem(),
+			ClientCertPEM: t.GetClientCertPem(),
+			ClientKeyPEM:  t.GetClientKeyPem(),
+		}
+	}
+	if l := p.GetLimits(); l != nil {
+		cfg.Limits = poolmgr.Limits{
+			MaxConnections: int(l.GetMaxConnections()),
+			MinIdle:        int(l.GetMinIdle()),
+			MaxIdle:        int(l.GetMaxIdle()),
+			MaxWaiters:     int(l.GetMaxWaiters()),
+			AcquireTimeout: dur("limits.acquire_timeout", l.GetAcquireTimeout()),
+			DialTimeout:    dur("limits.dial_timeout", l.GetDialTimeout()),
+		}
+	}
+	if lc := p.GetLifecycle(); lc != nil {
+		cfg.Lifecycle = poolmgr.Lifecycle{
+			MaxLifetime:       dur("lifecycle.max_lifetime", lc.GetMaxLifetime()),
+			LifetimeJitter:    dur("lifecycle.lifetime_jitter", lc.GetLifetimeJitter()),
+			IdleTimeout:       dur("lifecycle.idle_timeout", lc.GetIdleTimeout()),
+			ValidateAfterIdle: dur("lifecycle.validate_after_idle", lc.GetValidateAfterIdle()),
+			MaxLeaseDuration:  dur("lifecycle.max_lease_duration", lc.GetMaxLeaseDuration()),
+			TCPKeepAlive:      dur("lifecycle.tcp_keepalive", lc.GetTcpKeepalive()),
+		}
+	}
+	if hc := p.GetHealthCheck(); hc != nil {
+		cfg.HealthCheck = poolmgr.HealthCheck{
+			Interval: dur("health_check.interval", hc.GetInterval()),
+			Timeout:  dur("health_check.timeout", hc.GetTimeout()),
+			HTTPPath: hc.GetHttpPath(),
+		}
+		switch k := hc.GetKind(); k {
+		case poolv1.HealthCheckKind_HEALTH_CHECK_KIND_UNSPECIFIED:
+			cfg.HealthCheck.Kind = poolmgr.HealthNone
+		case poolv1.HealthCheckKind_HEALTH_CHECK_KIND_TCP:
+			cfg.HealthCheck.Kind = poolmgr.HealthTCP
+		case poolv1.HealthCheckKind_HEALTH_CHECK_KIND_TLS:
+			cfg.HealthCheck.Kind = poolmgr.HealthTLS
+		case poolv1.HealthCheckKind_HEALTH_CHECK_KIND_HTTP:
+			cfg.HealthCheck.Kind = poolmgr.HealthHTTP
+		case poolv1.HealthCheckKind_HEALTH_CHECK_KIND_REDIS_PING:
+			cfg.HealthCheck.Kind = poolmgr.HealthRedisPing
+		default:
+			bad("health_check.kind", "unknown kind %d", int32(k))
+		}
+	}
+	cfg.DNSRefresh = dur("dns_refresh", p.GetDnsRefresh())
+	switch r := p.GetReusePolicy(); r {
+	case poolv1.ReusePolicy_REUSE_POLICY_UNSPECIFIED, poolv1.ReusePolicy_REUSE_POLICY_REUSE:
+		cfg.Reuse = poolmgr.Reuse
+	case poolv1.ReusePolicy_REUSE_POLICY_SINGLE_USE:
+		cfg.Reuse = poolmgr.SingleUse
+	default:
+		bad("reuse_policy", "unknown policy %d", int32(r))
+	}
+	switch o := p.GetIdleOrder(); o {
+	case poolv1.IdleOrder_IDLE_ORDER_UNSPECIFIED, poolv1.IdleOrder_IDLE_ORDER_LIFO:
+		cfg.IdleOrder = poolmgr.LIFO
+	case poolv1.IdleOrder_IDLE_ORDER_FIFO:
+		cfg.IdleOrder = poolmgr.FIFO
+	default:
+		bad("idle_order", "unknown order %d", int32(o))
+	}
+	if len(p.GetLabels()) > 0 {
+		cfg.Labels = maps.Clone(p.GetLabels())
+	}
+	return cfg, vs
+}
+
+// poolToProto converts a stored pool. The client key is left out; its
+// fingerprint is set instead.
+func poolToProto(info poolmgr.PoolInfo) *poolv1.Pool {
+	p := configToProto(info.Config)
+	p.Name = poolName(info.ID)
+	p.State = stateToProto(info.State)
+	p.Generation = info.Generation
+	p.Revision = info.Revision
+	if info.Revision > 0 {
+		p.Etag = etagOf(info.Revision)
+	}
+	if !info.CreateTime.IsZero() {
+		p.CreateTime = timestamppb.New(info.CreateTime)
+	}
+	if !info.UpdateTime.IsZero() {
+		p.UpdateTime = timestamppb.New(info.UpdateTime)
+	}
+	return p
+}
+
+// configToProto converts a Config's writable fields, without the client key.
+func configToProto(c poolmgr.Config) *poolv1.Pool {
+	p := &poolv1.Pool{
+		Endpoints: slices.Clone(c.Endpoints),
+		Limits: &poolv1.Limits{
+			MaxConnections: int32(c.Limits.MaxConnections),
+			MinIdle:        int32(c.Limits.MinIdle),
+			MaxIdle:        int32(c.Limits.MaxIdle),
+			MaxWaiters:     int32(c.Limits.MaxWaiters),
+			AcquireTimeout: durationpb.New(c.Limits.AcquireTimeout),
+			DialTimeout:    durationpb.New(c.Limits.DialTimeout),
+		},
+		Lifecycle: &poolv1.Lifecycle{
+			MaxLifetime:       durationpb.New(c.Lifecycle.MaxLifetime),
+			LifetimeJitter:    durationpb.New(c.Lifecycle.LifetimeJitter),
+			IdleTimeout:       durationpb.New(c.Lifecycle.IdleTimeout),
+			ValidateAfterIdle: durationpb.New(c.Lifecycle.ValidateAfterIdle),
+			MaxLeaseDuration:  durationpb.New(c.Lifecycle.MaxLeaseDuration),
+			TcpKeepalive:      durationpb.New(c.Lifecycle.TCPKeepAlive),
+		},
+		DnsRefresh: durationpb.New(c.DNSRefresh),
+		Labels:     maps.Clone(c.Labels),
+	}
+	if t := c.TLS; t != (poolmgr.TLSConfig{}) {
+		p.Tls = &poolv1.UpstreamTLS{
+			Enabled:              t.Enabled,
+			ServerName:           t.ServerName,
+			CaPem:                t.CAPEM,
+			ClientCertPem:        t.ClientCertPEM,
+			ClientKeyFingerprint: keyFingerprint(t.ClientKeyPEM),
+			// ClientKeyPem is write-only: never set here.
+		}
+	}
+	if hc := c.HealthCheck; hc != (poolmgr.HealthCheck{}) {
+		p.HealthCheck = &poolv1.HealthCheck{
+			Kind:     healthKindToProto(hc.Kind),
+			Interval: durationpb.New(hc.Interval),
+			Timeout:  durationpb.New(hc.Timeout),
+			HttpPath: hc.HTTPPath,
+		}
+	}
+	switch c.Reuse {
+	case poolmgr.SingleUse:
+		p.ReusePolicy = poolv1.ReusePolicy_REUSE_POLICY_SINGLE_USE
+	default:
+		p.ReusePolicy = poolv1.ReusePolicy_REUSE_POLICY_REUSE
+	}
+	switch c.IdleOrder {
+	case poolmgr.FIFO:
+		p.IdleOrder = poolv1.IdleOrder_IDLE_ORDER_FIFO
+	default:
+		p.IdleOrder = poolv1.IdleOrder_IDLE_ORDER_LIFO
+	}
+	return p
+}
+
+// keyFingerprint returns "sha256:<hex>" of the DER bytes of the first PEM
+// block of key (of key's bytes if it holds no PEM block), or "" for no key.
+func keyFingerprint(key string) string {
+	if key == "" {
+		return ""
+	}
+	b := []byte(key)
+	if blk, _ := pem.Decode(b); blk != nil {
+		b = blk.Bytes
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func healthKindToProto(k poolmgr.HealthCheckKind) poolv1.HealthCheckKind {
+	switch k {
+	case poolmgr.HealthTCP:
+		return poolv1.HealthCheckKind_HEALTH_CHECK_KIND_TCP
+	case poolmgr.HealthTLS:
+		return poolv1.HealthCheckKind_HEALTH_CHECK_KIND_TLS
+	case poolmgr.HealthHTTP:
+		return poolv1.HealthCheckKind_HEALTH_CHECK_KIND_HTTP
+	case poolmgr.HealthRedisPing:
+		return poolv1.HealthCheckKind_HEALTH_CHECK_KIND_REDIS_PING
+	}
+	return poolv1.HealthCheckKind_HEALTH_CHECK_KIND_UNSPECIFIED
+}
+
+func stateToProto(s poolmgr.State) poolv1.PoolState {
+	switch s {
+	case poolmgr.StateActive:
+		return poolv1.PoolState_POOL_STATE_ACTIVE
+	case poolmgr.StatePaused:
+		return poolv1.PoolState_POOL_STATE_PAUSED
+	case poolmgr.StateDraining:
+		return poolv1.PoolState_POOL_STATE_DRAINING
+	}
+	return poolv1.PoolState_POOL_STATE_UNSPECIFIED
+}
+
+// revisionToProto converts one history entry of pool id.
+func revisionToProto(id string, r poolmgr.Revision) *poolv1.PoolRevision {
+	out := &poolv1.PoolRevision{
+		Revision: r.Revision,
+		Actor:    r.Actor,
+		Deleted:  r.Deleted,
+	}
+	if out.Actor == "" {
+		out.Actor = anonymous
+	}
+	if !r.Time.IsZero() {
+		out.Time = timestamppb.New(r.Time)
+	}
+	if !r.Deleted {
+		out.Pool = poolToProto(poolmgr.PoolInfo{ID: id, Config: r.Config, State: r.State, Revision: r.Revision, UpdateTime: r.Time})
+	} else {
+		out.Pool = &poolv1.Pool{Name: poolName(id), Revision: r.Revision}
+	}
+	return out
+}
+
+// eventToProto converts a Watch event.
+func eventToProto(ev poolmgr.PoolEvent) *poolv1.WatchPoolsResponse {
+	t := poolv1.WatchPoolsResponse_EVENT_TYPE_PUT
+	if ev.Type == poolmgr.EventDelete {
+		t = poolv1.WatchPoolsResponse_EVENT_TYPE_DELETE
+	}
+	return &poolv1.WatchPoolsResponse{Type: t, Pool: poolToProto(ev.Info), Revision: ev.Revision}
+}
+
+// planToProto converts an Apply plan. written says whether the apply
+// committed anything (the response's revision is 0 otherwise).
+func planToProto(plan poolmgr.Plan, written bool) *poolv1.ApplyPoolsResponse {
+	out := &poolv1.ApplyPoolsResponse{Changes: make([]*poolv1.PoolChange, 0, len(plan.Actions))}
+	if written {
+		out.Revision = plan.Revision
+	}
+	for _, a := range plan.Actions {
+		out.Changes = append(out.Changes, &poolv1.PoolChange{
+			Name:          poolName(a.ID),
+			Action:        actionToProto(a.Action),
+			ChangedFields: slices.Clone(a.ChangedFields),
+			RetiredIdle:   int32(a.Retired.Idle),
+			RetiredLeased: int32(a.Retired.Leased),
+		})
+	}
+	slices.SortStableFunc(out.Changes, func(a, b *poolv1.PoolChange) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func actionToProto(a poolmgr.Action) poolv1.PoolChange_Action {
+	switch a {
+	case poolmgr.ActionCreate:
+		return poolv1.PoolChange_ACTION_CREATE
+	case poolmgr.ActionUpdate:
+		return poolv1.PoolChange_ACTION_UPDATE
+	case poolmgr.ActionDelete:
+		return poolv1.PoolChange_ACTION_DELETE
+	case poolmgr.ActionUnchanged:
+		return poolv1.PoolChange_ACTION_UNCHANGED
+	}
+	return poolv1.PoolChange_ACTION_UNSPECIFIED
+}
+
+// leaseToProto converts an active lease; now gives its held time.
+func leaseToProto(l poolmgr.LeaseInfo, now time.Time) *poolv1.LeaseInfo {
+	out := &poolv1.LeaseInfo{
+		Name:         leaseName(l.Pool, l.ID),
+		ClientName:   l.Holder,
+		UpstreamAddr: l.UpstreamAddr,
+		Generation:   l.Generation,
+	}
+	if !l.Since.IsZero() {
+		out.GrantTime = timestamppb.New(l.Since)
+		out.Held = durationpb.New(max(now.Sub(l.Since), 0))
+	}
+	return out
+}
+
+// statsToProto converts a stats snapshot taken at now.
+func statsToProto(s poolmgr.Stats, now time.Time) *poolv1.PoolStats {
+	return &poolv1.PoolStats{
+		Name:              poolName(s.Pool),
+		Time:              timestamppb.New(now),
+		State:             stateToProto(s.State),
+		Generation:        s.Generation,
+		Serving:           s.State == poolmgr.StateActive && !s.CircuitOpen,
+		CircuitOpen:       s.CircuitOpen,
+		LastDialError:     s.LastDialError,
+		MaxConnections:    int32(s.Max),
+		MinIdle:           int32(s.MinIdle),
+		Total:             int32(s.Total),
+		InUse:             int32(s.InUse),
+		Idle:              int32(s.Idle),
+		Dialing:           int32(s.Dialing),
+		Waiters:           int32(s.Waiters),
+		Acquires:          s.Acquires,
+		Reused:            s.Reused,
+		Created:           s.New,
+		Waits:             s.Waits,
+		Timeouts:          s.Timeouts,
+		BacklogRejections: s.BacklogRejections,
+		Dials:             s.Dials,
+		DialFailures:      s.DialFailures,
+		Closes:            maps.Clone(s.Closes),
+		BytesIn:           s.BytesIn,
+		BytesOut:          s.BytesOut,
+		AcquireWait:       histogramToProto(s.WaitTime),
+		DialTime:          histogramToProto(s.DialTime),
+		HoldTime:          histogramToProto(s.HoldTime),
+	}
+}
+
+func histogramToProto(h poolmgr.Histogram) *poolv1.Histogram {
+	out := &poolv1.Histogram{
+		Bounds: make([]float64, len(h.Bounds)),
+		Counts: slices.Clone(h.Counts),
+		Sum:    h.Sum.Seconds(),
+		Count:  h.Count,
+	}
+	for i, b := range h.Bounds {
+		out.Bounds[i] = b.Seconds()
+	}
+	return out
+}
+
+// Field masks (AIP-161) for UpdatePool.
+
+// writableLeaves are the writable Pool fields an update mask can name, as
+// leaf paths; a mask path may also name their parent message ("limits").
+var writableLeaves = []string{
+	"endpoints",
+	"tls.enabled", "tls.server_name", "tls.ca_pem", "tls.client_cert_pem", "tls.client_key_pem",
+	"limits.max_connections", "limits.min_idle", "limits.max_idle", "limits.max_waiters",
+	"limits.acquire_timeout", "limits.dial_timeout",
+	"lifecycle.max_lifetime", "lifecycle.lifetime_jitter", "lifecycle.idle_timeout",
+	"lifecycle.validate_after_idle", "lifecycle.max_lease_duration", "lifecycle.tcp_keepalive",
+	"health_check.kind", "health_check.interval", "health_check.timeout", "health_check.http_path",
+	"dns_refresh", "reuse_policy", "idle_order", "labels",
+}
+
+// writableGroups are the message fields whose leaves a path can name at once.
+var writableGroups = []string{"tls", "limits", "lifecycle", "health_check"}
+
+// outputOnlyPaths may not be named in an update mask.
+var outputOnlyPaths = []string{
+	"name", "state", "generation", "revision", "etag", "create_time", "update_time",
+	"tls.client_key_fingerprint",
+}
+
+// keyPath is the write-only client key.
+const keyPath = "tls.client_key_pem"
+
+// updateMask is a resolved update mask: the leaves to copy.
+type updateMask struct {
+	leaves map[string]bool
+	// keyImplicit: the key is included only through "*", an empty mask or
+	// "tls"; then an empty key with an unchanged client certificate keeps
+	// the stored key (a Pool read back never carries the key). Naming
+	// "tls.client_key_pem" explicitly with an empty value clears the key.
+	keyImplicit bool
+}
+
+// covers reports whether a violation of field (a Pool-relative path)
+// concerns a masked leaf.
+func (m updateMask) covers(field string) bool {
+	for leaf := range m.leaves {
+		if leaf == field || strings.HasPrefix(field, leaf+".") || strings.HasPrefix(field, leaf+"[") || strings.HasPrefix(leaf, field+".") {
+			return true
+		}
+	}
+	return false
+}
+
+// validateUpdateMask resolves the paths of an UpdatePool mask. Paths are
+// snake_case ("limits.max_connections"); lowerCamelCase segments, as in
+// FieldMask JSON, are accepted too. An empty mask or "*" names every writable
+// field. Naming an output-only, immutable or unknown field fails with
+// InvalidArgument listing every bad path.
+func validateUpdateMask(paths []string) (updateMask, error) {
+	m := updateMask{leaves: make(map[string]bool)}
+	all := func() {
+		for _, l := range writableLeaves {
+			m.leaves[l] = true
+		}
+		m.keyImplicit = true
+	}
+	if len(paths) == 0 {
+		all()
+		return m, nil
+	}
+	var vs []poolmgr.FieldViolation
+	bad := func(i int, reason string) {
+		vs = append(vs, poolmgr.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: reason})
+	}
+	explicitKey := false
+	for i, raw := range paths {
+		p := snakePath(raw)
+		switch {
+		case p == "*":
+			if len(paths) != 1 {
+				bad(i, `"*" must be the only path`)
+				continue
+			}
+			all()
+		case slices.Contains(outputOnlyPaths, p):
+			if p == "name" {
+				bad(i, `"name" is immutable`)
+			} else {
+				bad(i, fmt.Sprintf("%q is output only", p))
+			}
+		case slices.Contains(writableLeaves, p):
+			m.leaves[p] = true
+			if p == keyPath {
+				explicitKey = true
+			}
+		case slices.Contains(writableGroups, p):
+			for _, l := range writableLeaves {
+				if strings.HasPrefix(l, p+".") {
+					m.leaves[l] = true
+				}
+			}
+			if p == "tls" {
+				m.keyImplicit = true
+			}
+		default:
+			bad(i, fmt.Sprintf("unknown field %q", raw))
+		}
+	}
+	if explicitKey {
+		m.keyImplicit = false
+	}
+	if len(vs) > 0 {
+		return updateMask{}, &poolmgr.ValidationError{Violations: vs}
+	}
+	return m, nil
+}
+
+// snakePath converts a lowerCamelCase path ("limits.maxConnections") to
+// snake_case; a snake_case path is returned unchanged.
+func snakePath(p string) string {
+	if strings.IndexFunc(p, func(r rune) bool { return r >= 'A' && r <= 'Z' }) < 0 {
+		return p
+	}
+	var b strings.Builder
+	for _, r := range p {
+		if r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// mergeConfig returns cur with the masked leaves taken from src (see
+// updateMask.keyImplicit for the client key).
+func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
+	dst := cur
+	dst.Endpoints = slices.Clone(cur.Endpoints)
+	dst.Labels = maps.Clone(cur.Labels)
+	for leaf := range m.leaves {
+		copyLeaf(&dst, &src, leaf)
+	}
+	if m.leaves[keyPath] && m.keyImplicit && src.TLS.ClientKeyPEM == "" &&
+		src.TLS.ClientCertPEM != "" && src.TLS.ClientCertPEM == cur.TLS.ClientCertPEM {
+		dst.TLS.ClientKeyPEM = cur.TLS.ClientKeyPEM
+	}
+	return dst
+}
+
+// copyLeaf copies one writable leaf from src to dst.
+func copyLeaf(dst, src *poolmgr.Config, leaf string) {
+	switch leaf {
+	case "endpoints":
+		dst.Endpoints = slices.Clone(src.Endpoints)
+	case "tls.enabled":
+		dst.TLS.Enabled = src.TLS.Enabled
+	case "tls.server_name":
+		dst.TLS.ServerName = src.TLS.ServerName
+	case "tls.ca_pem":
+		dst.TLS.CAPEM = src.TLS.CAPEM
+	case "tls.client_cert_pem":
+		dst.TLS.ClientCertPEM = src.TLS.ClientCertPEM
+	case "tls.client_key_pem":
+		dst.TLS.ClientKeyPEM = src.TLS.ClientKeyPEM
+	case "limits.max_connections":
+		dst.Limits.MaxConnections = src.Limits.MaxConnections
+	case "limits.min_idle":
+		dst.Limits.MinIdle = src.Limits.MinIdle
+	case "limits.max_idle":
+		dst.Limits.MaxIdle = src.Limits.MaxIdle
+	case "limits.max_waiters":
+		dst.Limits.MaxWaiters = src.Limits.MaxWaiters
+	case "limits.acquire_timeout":
+		dst.Limits.AcquireTimeout = src.Limits.AcquireTimeout
+	case "limits.dial_timeout":
+		dst.Limits.DialTimeout = src.Limits.DialTimeout
+	case "lifecycle.max_lifetime":
+		dst.Lifecycle.MaxLifetime = src.Lifecycle.MaxLifetime
+	case "lifecycle.lifetime_jitter":
+		dst.Lifecycle.LifetimeJitter = src.Lifecycle.LifetimeJitter
+	case "lifecycle.idle_timeout":
+		dst.Lifecycle.IdleTimeout = src.Lifecycle.IdleTimeout
+	case "lifecycle.validate_after_idle":
+		dst.Lifecycle.ValidateAfterIdle = src.Lifecycle.ValidateAfterIdle
+	case "lifecycle.max_lease_duration":
+		dst.Lifecycle.MaxLeaseDuration = src.Lifecycle.MaxLeaseDuration
+	case "lifecycle.tcp_keepalive":
+		dst.Lifecycle.TCPKeepAlive = src.Lifecycle.TCPKeepAlive
+	case "health_check.kind":
+		dst.HealthCheck.Kind = src.HealthCheck.Kind
+	case "health_check.interval":
+		dst.HealthCheck.Interval = src.HealthCheck.Interval
+	case "health_check.timeout":
+		dst.HealthCheck.Timeout = src.HealthCheck.Timeout
+	case "health_check.http_path":
+		dst.HealthCheck.HTTPPath = src.HealthCheck.HTTPPath
+	case "dns_refresh":
+		dst.DNSRefresh = src.DNSRefresh
+	case "reuse_policy":
+		dst.Reuse = src.Reuse
+	case "idle_order":
+		dst.IdleOrder = src.IdleOrder
+	case "labels":
+		dst.Labels = maps.Clone(src.Labels)
+	default:
+		panic("server: internal error: no copy for writable field " + leaf)
+	}
+}
+
+// prefixed returns a *poolmgr.ValidationError with every field prefixed,
+// or nil for no violations.
+func prefixed(prefix string, vs []poolmgr.FieldViolation) error {
+	if len(vs) == 0 {
+		return nil
+	}
+	out := make([]poolmgr.FieldViolation, len(vs))
+	for i, v := range vs {
+		out[i] = poolmgr.FieldViolation{Field: prefix + v.Field, Reason: v.Reason}
+	}
+	return &poolmgr.ValidationError{Violations: out}
+}
+
+// prefixErr prefixes the fields of a *poolmgr.ValidationError in err (the
+// core names them relative to the Pool; requests nest it in "pool."). Other
+// errors are returned unchanged.
+func prefixErr(prefix string, err error) error {
+	var verr *poolmgr.ValidationError
+	if !errors.As(err, &verr) {
+		return err
+	}
+	return prefixed(prefix, verr.Violations)
+}

@@ -1,0 +1,161 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+// Keepalive defaults: the server pings an idle connection every
+// DefaultKeepaliveTime and closes it, ending its streams, when the ping is
+// not answered within DefaultKeepaliveTimeout; so a dead client's lease and
+// watch streams end within about 40s.
+const (
+	DefaultKeepaliveTime    = 30 * time.Second
+	DefaultKeepaliveTimeout = 10 * time.Second
+	// DefaultKeepaliveMinTime is the shortest client ping interval allowed;
+	// clients that ping more often are disconnected (GOAWAY).
+	DefaultKeepaliveMinTime = 10 * time.Second
+)
+
+// Config configures New.
+type Config struct {
+	// Manager is the pool registry the services adapt. Required.
+	Manager *poolmgr.Manager
+	// Logger receives the RPC log (one line per finished call) and
+	// recovered panics. Default slog.Default().
+	Logger *slog.Logger
+	// AuthFunc, when set, authenticates every call but grpc.health.v1.Health
+	// (go-grpc-middleware's auth interceptor): it returns the context the
+	// handler runs with (carrying the principal) or an error status
+	// (Unauthenticated, PermissionDenied).
+	AuthFunc auth.AuthFunc
+	// UnaryInterceptors and StreamInterceptors run first, outside logging
+	// (the place for metrics, such as go-grpc-prometheus server metrics).
+	UnaryInterceptors  []grpc.UnaryServerInterceptor
+	StreamInterceptors []grpc.StreamServerInterceptor
+	// KeepaliveTime, KeepaliveTimeout and KeepaliveMinTime override the
+	// Default* keepalive values when positive (tests shorten them; grpc
+	// raises a KeepaliveTime below 1s to 1s).
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	KeepaliveMinTime time.Duration
+}
+
+// New builds the gRPC server: it registers PoolAdminService (AdminServer),
+// StatsService (StatsServer), LeaseService (LeaseServer), grpc.health.v1.Health
+// (the returned Health: run Health.Run, call Health.Shutdown at shutdown)
+// and server reflection, behind the interceptor chain
+//
+//	cfg.*Interceptors (metrics) -> logging -> auth (if cfg.AuthFunc; not for
+//	Health) -> validation -> recovery
+//
+// Recovery runs last, next to the handler: a panic becomes codes.Internal
+// with a generic message, and the panic value and stack go to the log.
+// opts are added after New's own options (TLS credentials, limits). It
+// returns an error if cfg.Manager is nil.
+func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Health, error) {
+	if cfg.Manager == nil {
+		return nil, nil, errors.New("server: Config.Manager is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	unary, stream := interceptorChain(cfg)
+	kp := keepalive.ServerParameters{
+		Time:    orDefault(cfg.KeepaliveTime, DefaultKeepaliveTime),
+		Timeout: orDefault(cfg.KeepaliveTimeout, DefaultKeepaliveTimeout),
+	}
+	kep := keepalive.EnforcementPolicy{
+		MinTime:             orDefault(cfg.KeepaliveMinTime, DefaultKeepaliveMinTime),
+		PermitWithoutStream: true,
+	}
+	all := append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
+		grpc.KeepaliveParams(kp),
+		grpc.KeepaliveEnforcementPolicy(kep),
+	}, opts...)
+	srv := grpc.NewServer(all...)
+
+	poolv1.RegisterPoolAdminServiceServer(srv, NewAdminServer(cfg.Manager))
+	poolv1.RegisterStatsServiceServer(srv, NewStatsServer(cfg.Manager))
+	poolv1.RegisterLeaseServiceServer(srv, NewLeaseServer(cfg.Manager, cfg.Logger))
+	h := NewHealth(cfg.Manager)
+	healthpb.RegisterHealthServer(srv, h.Server())
+	reflection.Register(srv)
+	return srv, h, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// interceptorChain returns the unary and stream chains New installs.
+func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamServerInterceptor) {
+	logger := slogLogger(cfg.Logger)
+	// FinishCall only: payloads are never logged, since requests carry
+	// write-only client keys.
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(recoverHandler(cfg.Logger))}
+
+	unary := append([]grpc.UnaryServerInterceptor(nil), cfg.UnaryInterceptors...)
+	stream := append([]grpc.StreamServerInterceptor(nil), cfg.StreamInterceptors...)
+	unary = append(unary, logging.UnaryServerInterceptor(logger, logOpts...))
+	stream = append(stream, logging.StreamServerInterceptor(logger, logOpts...))
+	if cfg.AuthFunc != nil {
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(cfg.AuthFunc), selector.MatchFunc(needsAuth)))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(cfg.AuthFunc), selector.MatchFunc(needsAuth)))
+	}
+	// Validation: messages with Validate/ValidateAll methods (protovalidate
+	// or PGV generated) are checked here; the handlers' validateXxx
+	// functions check the rest.
+	unary = append(unary, validator.UnaryServerInterceptor())
+	stream = append(stream, validator.StreamServerInterceptor())
+	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpts...))
+	stream = append(stream, recovery.StreamServerInterceptor(recoverOpts...))
+	return unary, stream
+}
+
+// needsAuth exempts the health service from authentication (load
+// balancers and orchestrators probe it without credentials).
+func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
+	return c.Service != healthpb.Health_ServiceDesc.ServiceName
+}
+
+// slogLogger adapts slog to go-grpc-middleware's logging.Logger.
+func slogLogger(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
+
+// recoverHandler logs a recovered panic with its stack and returns a
+// generic Internal status: the panic text never reaches the client.
+func recoverHandler(l *slog.Logger) recovery.RecoveryHandlerFuncContext {
+	return func(ctx context.Context, p any) error {
+		l.LogAttrs(ctx, slog.LevelError, "panic in RPC handler",
+			slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		return newStatus(codes.Internal, poolv1.ErrorReason_INTERNAL, "internal error", nil)
+	}
+}

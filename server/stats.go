@@ -1,0 +1,141 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+// statsCore is what StatsServer and Health need from the pool registry;
+// *poolmgr.Manager implements it.
+type statsCore interface {
+	Pool(id string) (*poolmgr.Pool, error)
+	Pools() []string
+}
+
+var _ statsCore = (*poolmgr.Manager)(nil)
+
+// StatsServer implements poolv1.StatsServiceServer over a poolmgr.Manager.
+// Its methods are safe for concurrent use.
+type StatsServer struct {
+	poolv1.UnimplementedStatsServiceServer
+
+	core statsCore
+	now  func() time.Time
+}
+
+var _ poolv1.StatsServiceServer = (*StatsServer)(nil)
+
+// NewStatsServer returns a StatsServer over m.
+func NewStatsServer(m *poolmgr.Manager) *StatsServer {
+	return &StatsServer{core: m, now: time.Now}
+}
+
+// WatchPoolStats interval bounds.
+const (
+	defaultStatsInterval = time.Second
+	minStatsInterval     = 100 * time.Millisecond
+	maxStatsInterval     = time.Hour
+)
+
+// GetPoolStats returns one pool's statistics: NOT_FOUND if it is not
+// running. See poolv1.StatsServiceServer.
+func (s *StatsServer) GetPoolStats(ctx context.Context, req *poolv1.GetPoolStatsRequest) (*poolv1.PoolStats, error) {
+	id, err := parsePoolName(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	p, err := s.core.Pool(id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return statsToProto(p.Stats(), s.now()), nil
+}
+
+// WatchPoolStats sends a snapshot of the named pools (every running pool
+// if none is named) at once and then every interval, until the client
+// goes away. A named pool that is not running ends the stream with
+// NOT_FOUND. See poolv1.StatsServiceServer.
+func (s *StatsServer) WatchPoolStats(req *poolv1.WatchPoolStatsRequest, stream grpc.ServerStreamingServer[poolv1.WatchPoolStatsResponse]) error {
+	ids, interval, err := validateWatchPoolStatsRequest(req)
+	if err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		resp, err := s.snapshot(ids)
+		if err != nil {
+			return toStatus(err)
+		}
+		if err := stream.Send(resp); err != nil { // no lock is held here
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-t.C:
+		}
+	}
+}
+
+// snapshot takes the stats of ids (or of every running pool), in name order.
+// Each pool's snapshot is taken under that pool's lock, inside Stats.
+func (s *StatsServer) snapshot(ids []string) (*poolv1.WatchPoolStatsResponse, error) {
+	all := len(ids) == 0
+	if all {
+		ids = s.core.Pools() // sorted
+	}
+	now := s.now()
+	resp := &poolv1.WatchPoolStatsResponse{Stats: make([]*poolv1.PoolStats, 0, len(ids))}
+	for _, id := range ids {
+		p, err := s.core.Pool(id)
+		if err != nil {
+			if all && errorIsNotFound(err) {
+				continue // deleted since Pools
+			}
+			return nil, err
+		}
+		resp.Stats = append(resp.Stats, statsToProto(p.Stats(), now))
+	}
+	return resp, nil
+}
+
+// validateWatchPoolStatsRequest returns the sorted, distinct pool IDs (nil
+// for every pool) and the interval (default 1s, 100ms..1h).
+func validateWatchPoolStatsRequest(req *poolv1.WatchPoolStatsRequest) ([]string, time.Duration, error) {
+	var ids []string
+	seen := make(map[string]bool, len(req.GetNames()))
+	for i, name := range req.GetNames() {
+		id, err := parsePoolNameField(fmt.Sprintf("names[%d]", i), name)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	sortStrings(ids)
+	interval := defaultStatsInterval
+	if d := req.GetInterval(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, 0, invalidArgument("interval", "invalid duration: "+err.Error())
+		}
+		interval = d.AsDuration()
+		if interval < minStatsInterval || interval > maxStatsInterval {
+			return nil, 0, invalidArgument("interval", fmt.Sprintf("must be between %v and %v, got %v", minStatsInterval, maxStatsInterval, interval))
+		}
+	}
+	return ids, interval, nil
+}
