@@ -1,0 +1,298 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/server"
+	"github.com/poolplane/poolplane/store"
+)
+
+// adminEnv is a real poold in miniature: a store on t.TempDir(), a loaded
+// Manager, the server from server.New on 127.0.0.1:0, a client connection,
+// and a loopback TCP echo upstream. Everything is closed by t.Cleanup.
+type adminEnv struct {
+	mgr      *poolmgr.Manager
+	health   *server.Health
+	conn     *grpc.ClientConn
+	admin    poolv1.PoolAdminServiceClient
+	stats    poolv1.StatsServiceClient
+	healthc  healthpb.HealthClient
+	upstream string // "127.0.0.1:port" of the echo server
+	log      *syncBuffer
+}
+
+// adminEnvOptions tweak startAdminEnv.
+type adminEnvOptions struct {
+	storeOpts store.Options
+	config    func(*server.Config)
+	register  func(*grpc.Server) // extra services, before Serve
+}
+
+func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
+	t.Helper()
+	var o adminEnvOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	e := &adminEnv{upstream: startEcho(t), log: &syncBuffer{}}
+	logger := slog.New(slog.NewTextHandler(e.log, nil))
+
+	st, err := store.Open(filepath.Join(t.TempDir(), "pools.db"), o.storeOpts)
+	if err != nil {
+		t.Fatalf("store.Open: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
+	if err != nil {
+		t.Fatalf("NewManager: %v", err)
+	}
+	t.Cleanup(func() { _ = mgr.Close() })
+	if err := mgr.Load(context.Background()); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	e.mgr = mgr
+
+	cfg := server.Config{Manager: mgr, Logger: logger}
+	if o.config != nil {
+		o.config(&cfg)
+	}
+	srv, h, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("server.New: %v", err)
+	}
+	e.health = h
+	if o.register != nil {
+		o.register(srv)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	e.conn = conn
+	e.admin = poolv1.NewPoolAdminServiceClient(conn)
+	e.stats = poolv1.NewStatsServiceClient(conn)
+	e.healthc = healthpb.NewHealthClient(conn)
+	return e
+}
+
+// startEcho starts a loopback TCP echo server and returns its address.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // protects conns
+		conns []net.Conn
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = io.Copy(c, c)
+				_ = c.Close()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return lis.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use, for captured logs.
+type syncBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func ctxT(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitUntil polls cond until it holds, failing the test at a bound below
+// the test deadline.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	if d, ok := t.Deadline(); ok && time.Until(d) < 15*time.Second {
+		deadline = d.Add(-time.Until(d) / 3)
+	}
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for state
+	}
+}
+
+// wantCode checks err's status code and ErrorInfo reason ("" to skip) and
+// returns the status.
+func wantCode(t *testing.T, err error, code codes.Code, reason string) *status.Status {
+	t.Helper()
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != code {
+		t.Fatalf("got error %v, want code %v", err, code)
+	}
+	if reason != "" {
+		info := errorInfo(st)
+		if info == nil {
+			t.Fatalf("status %v has no ErrorInfo", st)
+		}
+		if info.GetReason() != reason || info.GetDomain() != server.ErrorDomain {
+			t.Fatalf("ErrorInfo = %v, want reason %s domain %s", info, reason, server.ErrorDomain)
+		}
+	}
+	return st
+}
+
+func errorInfo(st *status.Status) *errdetails.ErrorInfo {
+	var out *errdetails.ErrorInfo
+	n := 0
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			out = ei
+			n++
+		}
+	}
+	if n > 1 {
+		return nil
+	}
+	return out
+}
+
+// violations returns the fields of st's BadRequest.
+func violations(st *status.Status) []string {
+	var fs []string
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				fs = append(fs, v.GetField())
+			}
+		}
+	}
+	return fs
+}
+
+func hasField(fs []string, f string) bool {
+	for _, x := range fs {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+// mustCreate creates pool id with the echo upstream and mod applied.
+func (e *adminEnv) mustCreate(t *testing.T, id string, mod func(*poolv1.Pool)) *poolv1.Pool {
+	t.Helper()
+	p := &poolv1.Pool{Endpoints: []string{e.upstream}, Limits: &poolv1.Limits{MaxConnections: 4}}
+	if mod != nil {
+		mod(p)
+	}
+	got, err := e.admin.CreatePool(ctxT(t), &poolv1.CreatePoolRequest{PoolId: id, Pool: p})
+	if err != nil {
+		t.Fatalf("CreatePool(%s): %v", id, err)
+	}
+	return got
+}
+
+// testClientCert returns a self-signed client certificate and its key, PEM.
+func testClientCert(t *testing.T) (certPEM, keyPEM string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "poolplane-test-client"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+}
+
+var errStop = errors.New("stop")
