@@ -9,13 +9,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +43,7 @@ type adminEnv struct {
 	stats    poolv1.StatsServiceClient
 	healthc  healthpb.HealthClient
 	upstream string // "127.0.0.1:port" of the echo server
+	addr     string // the gRPC server's address
 	log      *syncBuffer
 }
 
@@ -93,6 +94,7 @@ func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.addr = lis.Addr().String()
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -295,4 +297,78 @@ func testClientCert(t *testing.T) (certPEM, keyPEM string) {
 		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
 }
 
-var errStop = errors.New("stop")
+// blackholeProxy forwards TCP between clients and target until freeze is
+// called; from then on it drops every byte both ways, keeping the
+// connections open, like a peer whose host vanished.
+type blackholeProxy struct {
+	addr   string
+	frozen atomic.Bool
+}
+
+func startBlackholeProxy(t *testing.T, target string) *blackholeProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &blackholeProxy{addr: lis.Addr().String()}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // protects conns
+		conns []net.Conn
+	)
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	pipe := func(dst, src net.Conn) {
+		defer wg.Done()
+		defer func() { _ = dst.Close(); _ = src.Close() }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			if p.frozen.Load() {
+				continue // dropped
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			track(c)
+			track(u)
+			wg.Add(2)
+			go pipe(u, c)
+			go pipe(c, u)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *blackholeProxy) freeze() { p.frozen.Store(true) }
