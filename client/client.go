@@ -1,0 +1,373 @@
+// Package client is the Go SDK of poolplane: it leases pooled upstream
+// connections from a poold server and hands them out as net.Conn values whose
+// bytes travel over a gRPC stream.
+//
+//	c, err := client.New("127.0.0.1:7070", client.WithInsecure())
+//	...
+//	defer c.Close()
+//	conn, err := c.Lease(ctx, "redis") // a net.Conn to a warm upstream connection
+//	...
+//	defer conn.Close() // releases it; the pool keeps it when it is clean
+//
+// Dialer adapts a pool to net/http's Transport.DialContext and go-redis's
+// Options.Dialer. WatchStats and PoolStats report pool statistics.
+//
+// Each leased connection rides its own Lease stream. Released streams stay
+// warm in a small per-pool cache (WithIdleStreams), so a lease-per-request
+// client pays one round trip per lease and no stream setup.
+//
+// The package imports only the generated API and gRPC.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+const (
+	// DefaultIdleStreams is the default number of warm streams kept per pool.
+	DefaultIdleStreams = 8
+	// defaultEndedTimeout bounds the wait for the server's ended after a
+	// release; a stream that misses it is discarded.
+	defaultEndedTimeout = 10 * time.Second
+	// maxClientName is the server's bound on Open.client_name.
+	maxClientName = 128
+)
+
+// Option configures a Client; see New.
+type Option func(*options)
+
+type options struct {
+	tlsConfig   *tls.Config
+	insecure    bool
+	token       string
+	dialOpts    []grpc.DialOption
+	clientName  string
+	idleStreams int
+}
+
+// WithTLS dials the server over TLS with cfg (nil means the system roots and
+// the target's host name). Add cfg.Certificates for mTLS.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) {
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		o.tlsConfig = cfg
+	}
+}
+
+// WithInsecure dials the server without transport security: for loopback
+// addresses and Unix sockets, poold's default listeners.
+func WithInsecure() Option { return func(o *options) { o.insecure = true } }
+
+// WithToken sends token on every call as "authorization: Bearer <token>".
+// Over an insecure transport the token is sent in the clear; use it there
+// only on loopback or a Unix socket.
+func WithToken(token string) Option { return func(o *options) { o.token = token } }
+
+// WithDialOptions adds gRPC dial options, applied after the SDK's own. When
+// neither WithTLS nor WithInsecure is given they must set the transport
+// credentials.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
+}
+
+// WithClientName names this client in the server's ListLeases (at most 128
+// bytes; longer names are cut). The default is "host/program:pid".
+func WithClientName(name string) Option { return func(o *options) { o.clientName = name } }
+
+// WithIdleStreams sets how many released Lease streams are kept warm per
+// pool for the next lease (default DefaultIdleStreams). 0 opens a new
+// stream for every lease.
+func WithIdleStreams(n int) Option {
+	return func(o *options) {
+		if n < 0 {
+			n = 0
+		}
+		o.idleStreams = n
+	}
+}
+
+// Client is a connection to a poold server: one gRPC ClientConn shared by
+// every lease, plus the warm streams of released leases. Its methods are
+// safe for concurrent use.
+type Client struct {
+	cc           *grpc.ClientConn
+	leases       poolv1.LeaseServiceClient
+	stats        poolv1.StatsServiceClient
+	name         string
+	maxIdle      int
+	endedTimeout time.Duration // overridden by tests
+
+	ctx    context.Context // parent of every stream; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the goroutines of every stream
+
+	mu     sync.Mutex // protects the following fields
+	closed bool
+	idle   map[string][]*stream // warm streams by pool, most recently released last
+
+	// testHookIdle, if set, is called after a stream joins the idle cache.
+	testHookIdle func(pool string)
+}
+
+// New returns a Client for the poold server at target, a gRPC target such as
+// "127.0.0.1:7070", "dns:///poold.internal:7070" or "unix:///run/poold.sock".
+// It does not connect: the first call does. It fails when the options are
+// invalid, for example when no transport security is chosen.
+func New(target string, opts ...Option) (*Client, error) {
+	o := options{idleStreams: DefaultIdleStreams}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var dial []grpc.DialOption
+	switch {
+	case o.tlsConfig != nil && o.insecure:
+		return nil, errors.New("client: WithTLS and WithInsecure are exclusive")
+	case o.tlsConfig != nil:
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(o.tlsConfig)))
+	case o.insecure:
+		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	case len(o.dialOpts) == 0:
+		return nil, errors.New("client: no transport security: use WithTLS or WithInsecure")
+	}
+	if o.token != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer{
+			md:     map[string]string{"authorization": "Bearer " + o.token},
+			secure: !o.insecure,
+		}))
+	}
+	dial = append(dial, o.dialOpts...)
+	cc, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	name := o.clientName
+	if name == "" {
+		name = defaultClientName()
+	}
+	if len(name) > maxClientName {
+		name = name[:maxClientName]
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{
+		cc:           cc,
+		leases:       poolv1.NewLeaseServiceClient(cc),
+		stats:        poolv1.NewStatsServiceClient(cc),
+		name:         name,
+		maxIdle:      o.idleStreams,
+		endedTimeout: defaultEndedTimeout,
+		ctx:          ctx,
+		cancel:       cancel,
+		idle:         make(map[string][]*stream),
+	}, nil
+}
+
+func defaultClientName() string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	return host + "/" + filepath.Base(os.Args[0]) + ":" + strconv.Itoa(os.Getpid())
+}
+
+// bearer is per-RPC bearer-token credentials.
+type bearer struct {
+	md     map[string]string
+	secure bool
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return b.md, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.secure }
+
+// Close ends every stream, warm or leased (their Conns then fail with
+// ErrClientClosed), waits for the SDK's goroutines and closes the gRPC
+// connection. It is idempotent; later calls return nil.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.idle = nil
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	return c.cc.Close()
+}
+
+// Lease leases a connection from pool ("name" or "pools/name") and returns
+// it as a *Conn. It reuses a warm stream when there is one; either way a
+// lease costs one round trip. ctx bounds only the wait for the connection:
+// its deadline is sent as the acquire timeout, and the Conn outlives ctx.
+//
+// Errors match ErrPoolNotFound, ErrBacklogFull, ErrAcquireTimeout (also
+// when ctx's deadline passes first), ErrUpstreamUnavailable, ErrDraining,
+// ErrPermissionDenied, ErrUnauthenticated, ErrProtocol or ErrClientClosed;
+// they are *Error values unless ctx was cancelled, in which case the error
+// wraps ctx.Err(). Safe for concurrent use.
+func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
+	return c.LeaseWith(ctx, pool, nil)
+}
+
+// LeaseWith is Lease with 0-RTT data: firstWrite (which may be nil) is sent
+// right behind the open frame, before the connection is granted, and the
+// server writes it to the connection as soon as it has one. A request
+// therefore reaches the upstream after half a round trip. firstWrite is
+// copied; it counts as written only if LeaseWith succeeds.
+//
+// Unlike Lease, LeaseWith with data does not retry on a fresh stream when a
+// warm stream turns out to be broken, since the data may have reached the
+// upstream.
+func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) (*Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, leaseCtxErr(pool, err)
+	}
+	open := &poolv1.LeaseRequest_Open{Pool: pool, ClientName: c.name}
+	if dl, ok := ctx.Deadline(); ok {
+		d := time.Until(dl)
+		if d <= 0 {
+			return nil, acquireTimeout(pool)
+		}
+		open.AcquireTimeout = durationpb.New(d)
+	}
+	for attempt := 0; ; attempt++ {
+		s, warm, err := c.stream(ctx, pool)
+		if err != nil {
+			return nil, err
+		}
+		conn, err := s.open(ctx, open, firstWrite)
+		if err == nil {
+			return conn, nil
+		}
+		if warm && attempt == 0 && firstWrite == nil && retryable(err) && ctx.Err() == nil {
+			continue // the warm stream had died: try a new one once
+		}
+		return nil, err
+	}
+}
+
+// retryable reports whether a lease that failed on a warm stream may be
+// retried on a new one: the stream broke (no poolplane reason), the server
+// did not refuse the lease.
+func retryable(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	return e.Reason == "" && e.Code != codes.Canceled
+}
+
+func leaseCtxErr(pool string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return acquireTimeout(pool)
+	}
+	return fmt.Errorf("client: lease %s: %w", pool, err)
+}
+
+// Dialer returns a dial function that leases from pool, ignoring its
+// network and address arguments, for http.Transport.DialContext and
+// go-redis's Options.Dialer:
+//
+//	tr := &http.Transport{DialContext: c.Dialer("api")}
+//	rdb := redis.NewClient(&redis.Options{Dialer: c.Dialer("redis")})
+//
+// The pool does the upstream's TLS, so HTTP clients use http:// URLs. The
+// returned function is safe for concurrent use.
+func (c *Client) Dialer(pool string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, _, _ string) (net.Conn, error) {
+		conn, err := c.Lease(ctx, pool)
+		if err != nil {
+			return nil, err
+		}
+		return conn, nil
+	}
+}
+
+// stream returns a warm stream of pool, marked opening, or a new one.
+func (c *Client) stream(ctx context.Context, pool string) (s *stream, warm bool, err error) {
+	if s := c.takeIdle(pool); s != nil {
+		return s, true, nil
+	}
+	s, err = c.newStream(ctx, pool)
+	return s, false, err
+}
+
+// takeIdle pops the most recently released live stream of pool and marks
+// it opening, or returns nil.
+func (c *Client) takeIdle(pool string) *stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		ss := c.idle[pool]
+		if len(ss) == 0 {
+			return nil
+		}
+		s := ss[len(ss)-1]
+		ss[len(ss)-1] = nil
+		c.idle[pool] = ss[:len(ss)-1]
+		if s.claim() {
+			return s
+		}
+	}
+}
+
+// putIdle caches a stream whose lease ended, or discards it when the cache
+// is full or the client closed.
+func (c *Client) putIdle(s *stream) {
+	c.mu.Lock()
+	if c.closed || len(c.idle[s.pool]) >= c.maxIdle || !s.isIdle() {
+		c.mu.Unlock()
+		s.fail(errDiscarded)
+		return
+	}
+	c.idle[s.pool] = append(c.idle[s.pool], s)
+	hook := c.testHookIdle
+	c.mu.Unlock()
+	if hook != nil {
+		hook(s.pool)
+	}
+}
+
+// removeIdle drops a dead stream from the cache.
+func (c *Client) removeIdle(s *stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ss := c.idle[s.pool]
+	for i, x := range ss {
+		if x == s {
+			copy(ss[i:], ss[i+1:])
+			ss[len(ss)-1] = nil
+			c.idle[s.pool] = ss[:len(ss)-1]
+			return
+		}
+	}
+}
+
+// idleStreams returns the number of warm streams of pool (for tests).
+func (c *Client) idleStreams(pool string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.idle[pool])
+}

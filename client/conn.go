@@ -1,0 +1,380 @@
+package client
+
+import (
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+// LeaseInfo describes a leased connection, like net/http's GotConnInfo.
+type LeaseInfo struct {
+	// LeaseID is "pools/{pool}/leases/{lease}", for ListLeases and
+	// RevokeLease.
+	LeaseID string
+	// UpstreamAddr is the upstream's "ip:port".
+	UpstreamAddr string
+	// Reused is true when the connection served an earlier lease.
+	Reused bool
+	// IdleTime is how long the connection was idle before this lease (0 when
+	// new).
+	IdleTime time.Duration
+	// ConnAge is how long ago the connection was opened.
+	ConnAge time.Duration
+	// WaitTime is how long the lease waited for the connection.
+	WaitTime time.Duration
+	// Generation is the connection's pool generation.
+	Generation uint64
+}
+
+// Conn is a leased upstream connection: a net.Conn whose bytes travel over a
+// gRPC stream to the pool's connection. Read, Write, the deadline setters,
+// Close, Discard and CloseWrite are safe for concurrent use; concurrent Reads
+// (and concurrent Writes) are serialised.
+//
+// Close releases the lease: the pool keeps the connection for the next
+// lease when it is clean (no error or timeout was seen, no unread data is
+// pending, the upstream did not close, no CloseWrite). Discard releases it
+// for closing. Either way the Conn must be closed, or the stream it rides
+// on leaks until the Client is closed.
+type Conn struct {
+	s            *stream
+	info         LeaseInfo // set before grantedc closes, then immutable
+	laddr, raddr Addr
+
+	grantedc chan struct{} // closed when the lease is granted
+	datac    chan []byte   // unbuffered: the receive goroutine hands a chunk to Read
+
+	endc    chan struct{} // closed when the lease ended remotely, after its last chunk
+	endOnce sync.Once
+	rerr    error // what Read returns after endc closes; set before
+	werr    error // what Write returns after endc closes; set before
+
+	closedc   chan struct{} // closed by Close or Discard
+	closeOnce sync.Once
+
+	unread atomic.Int64 // bytes received and not read yet
+	dirty  atomic.Bool  // an error or timeout makes the connection unfit for reuse
+
+	rmu  sync.Mutex // serialises Read; protects rbuf
+	rbuf []byte     // the unread rest of a chunk
+
+	wmu     sync.Mutex // serialises Write, CloseWrite and the release; protects wclosed
+	wclosed bool       // CloseWrite was called
+
+	rdl, wdl deadline
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+func newConn(s *stream) *Conn {
+	return &Conn{
+		s:        s,
+		grantedc: make(chan struct{}),
+		datac:    make(chan []byte),
+		endc:     make(chan struct{}),
+		closedc:  make(chan struct{}),
+		rdl:      makeDeadline(),
+		wdl:      makeDeadline(),
+	}
+}
+
+// grant records the granted frame; called once by the receive goroutine.
+func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
+	c.info = LeaseInfo{
+		LeaseID:      g.GetLeaseId(),
+		UpstreamAddr: g.GetUpstreamAddr(),
+		Reused:       g.GetReused(),
+		IdleTime:     g.GetIdleTime().AsDuration(),
+		ConnAge:      g.GetConnAge().AsDuration(),
+		WaitTime:     g.GetWaitTime().AsDuration(),
+		Generation:   g.GetGeneration(),
+	}
+	c.laddr = Addr{name: c.s.c.name + "/" + g.GetLeaseId()}
+	c.raddr = Addr{name: g.GetUpstreamAddr()}
+	close(c.grantedc)
+}
+
+// deliver hands one chunk to Read, waiting until a Read takes it (so gRPC's
+// flow control holds back a slow reader), the Conn is closed (the chunk is
+// dropped) or the stream dies.
+func (c *Conn) deliver(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	c.unread.Add(int64(len(b)))
+	select {
+	case c.datac <- b:
+	case <-c.closedc:
+	case <-c.s.ctx.Done():
+	}
+}
+
+// remoteEnd ends the lease from the server's side: Read returns rerr once
+// the data before it is read, Write returns werr.
+func (c *Conn) remoteEnd(rerr, werr error) {
+	c.endOnce.Do(func() {
+		c.rerr, c.werr = rerr, werr
+		c.dirty.Store(true)
+		close(c.endc)
+	})
+}
+
+// Read reads upstream bytes into b. It returns io.EOF after the upstream
+// closed its side and every byte before was read; an *EndedError after the
+// server ended the lease for another reason (an upstream error, a revocation,
+// max_lease_duration, shutdown); an *Error or ErrClientClosed when the stream
+// broke; os.ErrDeadlineExceeded at the read deadline; net.ErrClosed after
+// Close or Discard, which also unblock a pending Read. A chunk larger than b
+// is kept for the next Read. Read does not allocate.
+func (c *Conn) Read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	switch {
+	case isClosed(c.closedc):
+		return 0, net.ErrClosed
+	case isClosed(c.rdl.wait()):
+		c.dirty.Store(true)
+		return 0, os.ErrDeadlineExceeded
+	}
+	if len(c.rbuf) > 0 {
+		return c.copyOut(b, c.rbuf), nil
+	}
+	if len(b) == 0 {
+		return 0, nil
+	}
+	select {
+	case chunk := <-c.datac:
+		return c.copyOut(b, chunk), nil
+	case <-c.endc:
+		return 0, c.rerr
+	case <-c.closedc:
+		return 0, net.ErrClosed
+	case <-c.rdl.wait():
+		c.dirty.Store(true)
+		return 0, os.ErrDeadlineExceeded
+	}
+}
+
+// copyOut copies chunk into b and keeps the rest; c.rmu is held.
+func (c *Conn) copyOut(b, chunk []byte) int {
+	n := copy(b, chunk)
+	if n < len(chunk) {
+		c.rbuf = chunk[n:]
+	} else {
+		c.rbuf = nil
+	}
+	c.unread.Add(-int64(n))
+	return n
+}
+
+// Write sends b to the upstream. It copies b into frames of at most 32 KiB
+// and returns once every byte is queued for the stream, so b may be reused at
+// once. It returns fewer bytes and an error on: os.ErrDeadlineExceeded at the
+// write deadline; net.ErrClosed after Close or Discard (which unblock a
+// pending Write); an error after CloseWrite; an *EndedError after the lease
+// ended; an *Error or ErrClientClosed when the stream broke. Any error makes
+// the connection unfit for reuse.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wclosed {
+		return 0, errWriteClosed
+	}
+	n := 0
+	for {
+		if err := c.writeErr(); err != nil {
+			c.dirty.Store(true)
+			return n, err
+		}
+		if n == len(b) {
+			return n, nil
+		}
+		k := min(len(b)-n, maxFrame)
+		if err := c.s.sendData(c, dataReq(b[n:n+k]), k); err != nil {
+			c.dirty.Store(true)
+			return n, err
+		}
+		n += k
+	}
+}
+
+// writeErr says why Write cannot go on, or nil.
+func (c *Conn) writeErr() error {
+	switch {
+	case isClosed(c.closedc):
+		return net.ErrClosed
+	case isClosed(c.endc):
+		return c.werr
+	case isClosed(c.s.deadc):
+		return c.s.deadErr()
+	case isClosed(c.wdl.wait()):
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// CloseWrite half-closes the connection: the upstream sees EOF (TCP FIN)
+// and Read goes on until the upstream's own EOF. The connection is not
+// reused. Later Writes fail. It returns net.ErrClosed after Close.
+func (c *Conn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	switch {
+	case isClosed(c.closedc):
+		return net.ErrClosed
+	case c.wclosed:
+		return nil
+	case isClosed(c.endc):
+		return nil // the lease is over already
+	}
+	c.wclosed = true
+	c.dirty.Store(true)
+	c.s.enqueue(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_CloseWrite_{CloseWrite: &poolv1.LeaseRequest_CloseWrite{}}})
+	return nil
+}
+
+// Close releases the lease, reusable when the connection is clean (see
+// Conn). It unblocks pending Reads and Writes with net.ErrClosed and does not
+// wait for the server: the stream returns to the Client's cache when the
+// server confirms the end. It is idempotent and always returns nil.
+func (c *Conn) Close() error {
+	c.release(true)
+	return nil
+}
+
+// Discard releases the lease and tells the pool to close the connection,
+// for example after a protocol error the SDK cannot see. It is Close
+// otherwise, and is idempotent with it: whichever runs first decides.
+func (c *Conn) Discard() error {
+	c.release(false)
+	return nil
+}
+
+func (c *Conn) release(reusable bool) {
+	c.closeOnce.Do(func() {
+		close(c.closedc)
+		c.rdl.set(time.Time{})
+		c.wdl.set(time.Time{})
+		c.wmu.Lock() // a pending Write has left; no data follows the release
+		defer c.wmu.Unlock()
+		clean := reusable && !c.dirty.Load() && !c.wclosed && c.unread.Load() == 0
+		c.s.release(c, clean)
+	})
+}
+
+// Info describes the lease. Safe for concurrent use.
+func (c *Conn) Info() LeaseInfo { return c.info }
+
+// LocalAddr returns an Addr of network "poolplane" naming the client and the
+// lease: "<client name>/pools/<pool>/leases/<lease>".
+func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+
+// RemoteAddr returns an Addr of network "poolplane" holding the upstream's
+// "ip:port".
+func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+
+// SetDeadline sets the read and write deadlines; see SetReadDeadline and
+// SetWriteDeadline.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if isClosed(c.closedc) {
+		return net.ErrClosed
+	}
+	c.rdl.set(t)
+	c.wdl.set(t)
+	return nil
+}
+
+// SetReadDeadline sets when Read fails with os.ErrDeadlineExceeded: a past
+// time fails Reads at once, including a pending one; the zero time means
+// none. A timeout leaves the Conn usable but unfit for reuse. It returns
+// net.ErrClosed after Close.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if isClosed(c.closedc) {
+		return net.ErrClosed
+	}
+	c.rdl.set(t)
+	return nil
+}
+
+// SetWriteDeadline sets when Write fails with os.ErrDeadlineExceeded, like
+// SetReadDeadline. Bytes Write reported as written are still sent.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if isClosed(c.closedc) {
+		return net.ErrClosed
+	}
+	c.wdl.set(t)
+	return nil
+}
+
+// Addr is the net.Addr of either end of a Conn. Its network is "poolplane".
+type Addr struct {
+	name string
+}
+
+var _ net.Addr = Addr{}
+
+// Network returns "poolplane".
+func (Addr) Network() string { return "poolplane" }
+
+// String returns the address: the client name and lease for LocalAddr, the
+// upstream's "ip:port" for RemoteAddr.
+func (a Addr) String() string { return a.name }
+
+// deadline is a deadline whose channel closes when it passes, after
+// net.Pipe's pipeDeadline: setting one wakes the calls waiting on the old
+// channel if it is in the past.
+type deadline struct {
+	mu     sync.Mutex // guards timer and cancel
+	timer  *time.Timer
+	cancel chan struct{} // closed when the deadline passed; never nil
+}
+
+func makeDeadline() deadline { return deadline{cancel: make(chan struct{})} }
+
+// set sets the deadline; the zero time clears it.
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.cancel // the timer fired: wait for it to close cancel
+	}
+	d.timer = nil
+	closed := isClosed(d.cancel)
+	if t.IsZero() {
+		if closed {
+			d.cancel = make(chan struct{})
+		}
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		if closed {
+			d.cancel = make(chan struct{})
+		}
+		cancel := d.cancel
+		d.timer = time.AfterFunc(dur, func() { close(cancel) })
+		return
+	}
+	if !closed {
+		close(d.cancel)
+	}
+}
+
+// wait returns a channel closed when the deadline passes.
+func (d *deadline) wait() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cancel
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}

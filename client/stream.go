@@ -1,0 +1,469 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+const (
+	// maxFrame is the largest data frame Write sends (the server's relay
+	// reads 32 KiB at a time too).
+	maxFrame = 32 << 10
+	// maxQueued is how many data bytes may wait for the sender before Write
+	// blocks: two frames, so Write copies the next frame while the sender
+	// hands the previous one to gRPC. gRPC's flow control does the rest.
+	maxQueued = 2 * maxFrame
+)
+
+var (
+	// errDiscarded ends a stream the SDK gave up on (cache full, lease
+	// abandoned); a Conn on it was closed already.
+	errDiscarded = errors.New("client: lease stream discarded")
+	// errEndedTimeout ends a stream whose ended frame did not arrive in time
+	// after a release.
+	errEndedTimeout = errors.New("client: no ended frame after release")
+	// errWriteClosed is returned by Write after CloseWrite.
+	errWriteClosed = errors.New("client: write after CloseWrite")
+)
+
+// streamState is where a stream is in its lease cycle.
+type streamState uint8
+
+const (
+	stIdle    streamState = iota // no lease: in the cache, or leaving it
+	stOpening                    // open queued, waiting for granted
+	stActive                     // granted; released and ended track the end
+	stDead                       // broken or discarded; err says why
+)
+
+func (st streamState) String() string {
+	switch st {
+	case stIdle:
+		return "idle"
+	case stOpening:
+		return "opening"
+	case stActive:
+		return "active"
+	}
+	return "dead"
+}
+
+// stream is one Lease RPC carrying leases one after another. A receive
+// goroutine reads server frames and routes them to the current lease's Conn;
+// a send goroutine drains a queue of client frames, so a Write can time out
+// while gRPC's flow control holds a frame. Both are owned by the Client
+// (Client.wg) and stop when the stream's context is cancelled.
+//
+// A lease ends when the release is queued and the server's ended frame has
+// arrived, in either order; the stream is then idle and goes back to the
+// Client's cache. Any unexpected frame, a late ended or a broken RPC kills
+// the stream.
+type stream struct {
+	c      *Client
+	pool   string
+	ctx    context.Context // owned by the stream, child of the Client's
+	cancel context.CancelFunc
+	rpc    grpc.BidiStreamingClient[poolv1.LeaseRequest, poolv1.LeaseResponse]
+
+	live  atomic.Int32  // goroutines still running
+	donec chan struct{} // closed when both goroutines have exited
+	deadc chan struct{} // closed when the stream died; err is set first
+
+	wakec  chan struct{} // size 1: nudges the sender after an enqueue
+	spacec chan struct{} // size 1: nudges a Write waiting for queue space
+
+	qmu    sync.Mutex // protects the following fields
+	q      []*poolv1.LeaseRequest
+	qbytes int // data bytes in q
+
+	mu       sync.Mutex // protects the following fields; taken before qmu
+	state    streamState
+	err      error       // why the stream died
+	cur      *Conn       // the lease being opened or held
+	released bool        // cur's release is queued
+	ended    bool        // cur's ended frame arrived
+	timer    *time.Timer // discards the stream when ended is late
+}
+
+// newStream opens a Lease RPC for pool and starts its goroutines. The RPC's
+// context is the stream's own; ctx only bounds the call.
+func (c *Client) newStream(ctx context.Context, pool string) (*stream, error) {
+	sctx, cancel := context.WithCancel(c.ctx)
+	stop := context.AfterFunc(ctx, cancel)
+	rpc, err := c.leases.Lease(sctx)
+	if !stop() {
+		cancel()
+		return nil, leaseCtxErr(pool, ctx.Err())
+	}
+	if err != nil {
+		cancel()
+		if c.ctx.Err() != nil {
+			return nil, ErrClientClosed
+		}
+		return nil, fromStatus(err)
+	}
+	s := &stream{
+		c:      c,
+		pool:   pool,
+		ctx:    sctx,
+		cancel: cancel,
+		rpc:    rpc,
+		donec:  make(chan struct{}),
+		deadc:  make(chan struct{}),
+		wakec:  make(chan struct{}, 1),
+		spacec: make(chan struct{}, 1),
+		state:  stOpening,
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cancel()
+		return nil, ErrClientClosed
+	}
+	c.wg.Add(2)
+	c.mu.Unlock()
+	s.live.Store(2)
+	go s.recvLoop()
+	go s.sendLoop()
+	return s, nil
+}
+
+// exit is deferred by both goroutines.
+func (s *stream) exit() {
+	if s.live.Add(-1) == 0 {
+		close(s.donec)
+	}
+	s.c.wg.Done()
+}
+
+// claim marks an idle stream opening; false means it died meanwhile.
+func (s *stream) claim() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stIdle {
+		return false
+	}
+	s.state = stOpening
+	return true
+}
+
+func (s *stream) isIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == stIdle
+}
+
+// open starts a lease on a stream marked opening and waits for granted.
+func (s *stream) open(ctx context.Context, o *poolv1.LeaseRequest_Open, first []byte) (*Conn, error) {
+	conn := newConn(s)
+	s.mu.Lock()
+	if s.state != stOpening {
+		err := s.err
+		s.mu.Unlock()
+		return nil, err
+	}
+	s.cur = conn
+	s.released, s.ended = false, false
+	s.mu.Unlock()
+
+	reqs := make([]*poolv1.LeaseRequest, 0, 1+(len(first)+maxFrame-1)/maxFrame)
+	reqs = append(reqs, &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: o}})
+	for b := first; len(b) > 0; {
+		k := min(len(b), maxFrame)
+		reqs = append(reqs, dataReq(b[:k]))
+		b = b[k:]
+	}
+	s.enqueue(reqs...)
+
+	select {
+	case <-conn.grantedc:
+		return conn, nil
+	case <-s.deadc:
+		select {
+		case <-conn.grantedc:
+			return conn, nil // granted, then broken: Read reports it
+		default:
+		}
+		return nil, s.deadErr()
+	case <-ctx.Done():
+		// The server may be acquiring: the stream's state is unknown.
+		s.fail(errDiscarded)
+		<-s.donec
+		return nil, leaseCtxErr(o.GetPool(), ctx.Err())
+	}
+}
+
+// dataReq copies b into a data frame.
+func dataReq(b []byte) *poolv1.LeaseRequest {
+	p := make([]byte, len(b))
+	copy(p, b)
+	return &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Data_{Data: &poolv1.LeaseRequest_Data{Data: p}}}
+}
+
+// enqueue queues control frames (and 0-RTT data) without waiting.
+func (s *stream) enqueue(reqs ...*poolv1.LeaseRequest) {
+	s.qmu.Lock()
+	for _, r := range reqs {
+		s.q = append(s.q, r)
+		s.qbytes += len(r.GetData().GetData())
+	}
+	s.qmu.Unlock()
+	nudge(s.wakec)
+}
+
+// sendData queues one data frame of c, waiting while maxQueued bytes are
+// queued already. It fails at c's write deadline, c's close, or the lease's
+// end.
+func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
+	for {
+		if err := c.writeErr(); err != nil {
+			return err
+		}
+		s.qmu.Lock()
+		if s.qbytes < maxQueued {
+			s.q = append(s.q, req)
+			s.qbytes += n
+			s.qmu.Unlock()
+			nudge(s.wakec)
+			return nil
+		}
+		s.qmu.Unlock()
+		select {
+		case <-s.spacec:
+		case <-c.wdl.wait():
+		case <-c.closedc:
+		case <-c.endc:
+		case <-s.deadc:
+		}
+	}
+}
+
+func nudge(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// sendLoop sends queued frames in order until the stream dies.
+func (s *stream) sendLoop() {
+	defer s.exit()
+	for {
+		s.qmu.Lock()
+		if len(s.q) == 0 {
+			s.qmu.Unlock()
+			select {
+			case <-s.wakec:
+				continue
+			case <-s.ctx.Done():
+				return
+			}
+		}
+		req := s.q[0]
+		copy(s.q, s.q[1:])
+		s.q[len(s.q)-1] = nil
+		s.q = s.q[:len(s.q)-1]
+		if d := req.GetData(); d != nil {
+			s.qbytes -= len(d.GetData())
+			nudge(s.spacec)
+		}
+		s.qmu.Unlock()
+		if err := s.rpc.Send(req); err != nil {
+			// io.EOF: the server ended the RPC and the receive loop gets
+			// its status. Anything else breaks the stream here.
+			if !errors.Is(err, io.EOF) {
+				s.fail(fromStatus(err))
+			}
+			return
+		}
+	}
+}
+
+// recvLoop reads server frames until the stream dies. It reuses one message:
+// proto.Unmarshal copies bytes fields, so a data chunk handed to a Conn
+// stays valid.
+func (s *stream) recvLoop() {
+	defer s.exit()
+	m := new(poolv1.LeaseResponse)
+	for {
+		if err := s.rpc.RecvMsg(m); err != nil {
+			s.fail(s.recvErr(err))
+			return
+		}
+		if err := s.handle(m); err != nil {
+			s.fail(err)
+			return
+		}
+	}
+}
+
+// recvErr maps the error that ended the RPC.
+func (s *stream) recvErr(err error) error {
+	if s.c.ctx.Err() != nil {
+		return ErrClientClosed
+	}
+	if errors.Is(err, io.EOF) {
+		return &Error{Code: codes.Unavailable, Message: "lease stream ended by the server", err: io.ErrUnexpectedEOF}
+	}
+	return fromStatus(err)
+}
+
+// handle routes one server frame; an error kills the stream.
+func (s *stream) handle(m *poolv1.LeaseResponse) error {
+	switch f := m.GetFrame().(type) {
+	case *poolv1.LeaseResponse_Granted_:
+		s.mu.Lock()
+		if s.state != stOpening {
+			st := s.state
+			s.mu.Unlock()
+			return protocolError("granted on a stream that is %s", st)
+		}
+		s.state = stActive
+		c := s.cur
+		s.mu.Unlock()
+		c.grant(f.Granted)
+	case *poolv1.LeaseResponse_Data_:
+		s.mu.Lock()
+		ok := s.state == stActive && !s.ended
+		st := s.state
+		c := s.cur
+		s.mu.Unlock()
+		if !ok {
+			return protocolError("data on a stream that is %s", st)
+		}
+		c.deliver(f.Data.GetData())
+	case *poolv1.LeaseResponse_Ended_:
+		s.mu.Lock()
+		if s.state != stActive || s.ended {
+			st := s.state
+			s.mu.Unlock()
+			return protocolError("ended on a stream that is %s", st)
+		}
+		s.ended = true
+		c := s.cur
+		done := s.released
+		if done {
+			s.finishLocked()
+		}
+		s.mu.Unlock()
+		c.remoteEnd(endErrs(f.Ended))
+		if done {
+			s.c.putIdle(s)
+		}
+	default:
+		return protocolError("empty frame")
+	}
+	return nil
+}
+
+// endErrs maps an ended frame to what Read and Write return afterwards.
+func endErrs(e *poolv1.LeaseResponse_Ended) (rerr, werr error) {
+	switch e.GetReason() {
+	case poolv1.EndReason_END_REASON_RELEASED:
+		return net.ErrClosed, net.ErrClosed
+	case poolv1.EndReason_END_REASON_UPSTREAM_EOF:
+		return io.EOF, &EndedError{Reason: e.GetReason(), Message: e.GetMessage()}
+	}
+	err := &EndedError{Reason: e.GetReason(), Message: e.GetMessage()}
+	return err, err
+}
+
+// finishLocked ends the current lease: the stream is idle.
+func (s *stream) finishLocked() {
+	s.state = stIdle
+	s.cur = nil
+	s.released, s.ended = false, false
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+}
+
+// release queues c's release. The stream goes back to the cache once the
+// server's ended has arrived too; if it does not come within the Client's
+// endedTimeout the stream is discarded. On a dead stream it waits for the
+// stream's goroutines.
+func (s *stream) release(c *Conn, reusable bool) {
+	s.mu.Lock()
+	if s.cur != c || s.state != stActive || s.released {
+		dead := s.state == stDead
+		s.mu.Unlock()
+		if dead {
+			<-s.donec
+		}
+		return
+	}
+	s.released = true
+	s.enqueue(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Release_{Release: &poolv1.LeaseRequest_Release{Reusable: reusable}}})
+	done := s.ended
+	if done {
+		s.finishLocked()
+	} else if s.timer == nil {
+		s.timer = time.AfterFunc(s.c.endedTimeout, s.endedLate)
+	} else {
+		s.timer.Reset(s.c.endedTimeout)
+	}
+	s.mu.Unlock()
+	if done {
+		s.c.putIdle(s)
+	}
+}
+
+// endedLate discards the stream if it still waits for ended.
+func (s *stream) endedLate() {
+	s.mu.Lock()
+	late := s.state == stActive && s.released && !s.ended
+	s.mu.Unlock()
+	if late {
+		s.fail(errEndedTimeout)
+	}
+}
+
+// fail kills the stream once: it records err, cancels the RPC (its
+// goroutines then exit), ends the current lease's Conn with err and drops
+// the stream from the cache.
+func (s *stream) fail(err error) {
+	s.mu.Lock()
+	if s.state == stDead {
+		s.mu.Unlock()
+		return
+	}
+	s.state = stDead
+	s.err = err
+	c := s.cur
+	s.cur = nil
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	close(s.deadc)
+	s.mu.Unlock()
+	s.cancel()
+	if c != nil {
+		c.remoteEnd(err, err)
+	}
+	s.c.removeIdle(s)
+}
+
+// deadErr returns why the stream died.
+func (s *stream) deadErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// String describes the stream for debugging.
+func (s *stream) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("stream(%s, %s)", s.pool, s.state)
+}
