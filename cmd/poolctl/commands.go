@@ -1,0 +1,644 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+// version is poolctl's version, set at build time with
+// -ldflags "-X main.version=v1.2.3"; without it the module version is used.
+var version = ""
+
+// fileList is a repeatable flag.
+type fileList []string
+
+func (f *fileList) String() string { return strings.Join(*f, ",") }
+
+func (f *fileList) Set(v string) error {
+	*f = append(*f, v)
+	return nil
+}
+
+func applyCommand() *command {
+	return &command{
+		name: "apply", args: "-f FILE [-f FILE...] [--prune] [--dry-run]",
+		summary: "make the server's pools match a YAML or JSON file (\"-\" is stdin)",
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			var files fileList
+			fs.Var(&files, "f", "`FILE` to apply, YAML or JSON; \"-\" reads stdin; repeatable")
+			prune := fs.Bool("prune", false, "delete every pool not in the files")
+			dryRun := fs.Bool("dry-run", false, "print the plan without changing anything (validate_only)")
+			return func(ctx context.Context, e *env, _ []string) error {
+				if len(files) == 0 {
+					return usagef("apply: -f FILE is required")
+				}
+				pools, err := readApplyFiles(e.stdin, files)
+				if err != nil {
+					return err
+				}
+				return e.apply(ctx, pools, *prune, *dryRun)
+			}
+		},
+	}
+}
+
+// readApplyFiles parses every file ("-" is stdin, read once) into one set.
+func readApplyFiles(stdin io.Reader, files []string) ([]*poolv1.Pool, error) {
+	var all []*poolv1.Pool
+	where := map[string]string{}
+	stdinRead := false
+	for _, f := range files {
+		var (
+			data []byte
+			err  error
+		)
+		if f == "-" {
+			if stdinRead {
+				return nil, usagef("apply: -f - given twice")
+			}
+			stdinRead = true
+			data, err = io.ReadAll(io.LimitReader(stdin, maxApplyFileSize+1))
+		} else {
+			var fh *os.File
+			if fh, err = os.Open(f); err == nil {
+				data, err = io.ReadAll(io.LimitReader(fh, maxApplyFileSize+1))
+				fh.Close()
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("apply: %w", err)
+		}
+		name := f
+		if f == "-" {
+			name = "<stdin>"
+		}
+		if len(data) > maxApplyFileSize {
+			return nil, fmt.Errorf("apply: %s: larger than %d bytes", name, maxApplyFileSize)
+		}
+		pools, err := parseApplyFile(data)
+		if err != nil {
+			return nil, fmt.Errorf("apply: %s: %w", name, err)
+		}
+		for _, p := range pools {
+			if prev, dup := where[p.GetName()]; dup {
+				return nil, fmt.Errorf("apply: %s: %s is also in %s", name, p.GetName(), prev)
+			}
+			where[p.GetName()] = name
+		}
+		all = append(all, pools...)
+	}
+	return all, nil
+}
+
+// apply sends the wanted pools and prints the plan.
+func (e *env) apply(ctx context.Context, pools []*poolv1.Pool, prune, dryRun bool) error {
+	if err := e.connect(); err != nil {
+		return err
+	}
+	ctx, cancel := e.rpcContext(ctx)
+	defer cancel()
+	resp, err := e.admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: pools, Prune: prune, ValidateOnly: dryRun})
+	if err != nil {
+		return err
+	}
+	if e.g.output != "table" {
+		return writeStructured(e.stdout, e.g.output, resp)
+	}
+	t := newTable(e.stdout, "NAME", "ACTION", "CHANGED FIELDS", "RETIRED IDLE", "RETIRED LEASED")
+	counts := map[poolv1.PoolChange_Action]int{}
+	for _, c := range resp.GetChanges() {
+		counts[c.GetAction()]++
+		t.row(c.GetName(), actionString(c.GetAction()), strings.Join(c.GetChangedFields(), ","),
+			itoa(c.GetRetiredIdle()), itoa(c.GetRetiredLeased()))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	summary := fmt.Sprintf("%d to create, %d to update, %d to delete, %d unchanged",
+		counts[poolv1.PoolChange_ACTION_CREATE], counts[poolv1.PoolChange_ACTION_UPDATE],
+		counts[poolv1.PoolChange_ACTION_DELETE], counts[poolv1.PoolChange_ACTION_UNCHANGED])
+	switch {
+	case dryRun:
+		fmt.Fprintf(e.stdout, "dry run: %s; nothing changed\n", summary)
+	case resp.GetRevision() == 0:
+		fmt.Fprintf(e.stdout, "no changes\n")
+	default:
+		summary = fmt.Sprintf("%d created, %d updated, %d deleted, %d unchanged",
+			counts[poolv1.PoolChange_ACTION_CREATE], counts[poolv1.PoolChange_ACTION_UPDATE],
+			counts[poolv1.PoolChange_ACTION_DELETE], counts[poolv1.PoolChange_ACTION_UNCHANGED])
+		fmt.Fprintf(e.stdout, "applied at revision %d: %s\n", resp.GetRevision(), summary)
+	}
+	return nil
+}
+
+func getCommand() *command {
+	return &command{
+		name: "get", args: "POOL", summary: "show a pool's configuration and state",
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				p, err := e.admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: poolName(args[0])})
+				if err != nil {
+					return err
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, p)
+				}
+				return fieldTable(e.stdout, p)
+			}
+		},
+	}
+}
+
+func listCommand() *command {
+	return &command{
+		name: "list", summary: "list pools",
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, _ []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				all := &poolv1.ListPoolsResponse{}
+				req := &poolv1.ListPoolsRequest{PageSize: 1000}
+				for {
+					resp, err := e.admin.ListPools(ctx, req)
+					if err != nil {
+						return err
+					}
+					all.Pools = append(all.Pools, resp.GetPools()...)
+					if resp.GetNextPageToken() == "" {
+						break
+					}
+					req.PageToken = resp.GetNextPageToken()
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, all)
+				}
+				return poolTable(e.stdout, all.GetPools())
+			}
+		},
+	}
+}
+
+func deleteCommand() *command {
+	return &command{
+		name: "delete", args: "POOL [--etag ETAG] [--dry-run]",
+		summary: "delete a pool: no new leases, idle connections closed, leased ones on release",
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			etag := fs.String("etag", "", "delete only if the pool's etag is still `ETAG` (from get -o yaml)")
+			dryRun := fs.Bool("dry-run", false, "check the request without deleting (validate_only)")
+			return func(ctx context.Context, e *env, args []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				name := poolName(args[0])
+				_, err := e.admin.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: name, Etag: *etag, ValidateOnly: *dryRun})
+				if err != nil {
+					return err
+				}
+				if e.g.output != "table" {
+					return writeValue(e.stdout, e.g.output, map[string]any{"name": name, "deleted": !*dryRun})
+				}
+				if *dryRun {
+					fmt.Fprintf(e.stdout, "%s would be deleted (dry run)\n", name)
+				} else {
+					fmt.Fprintf(e.stdout, "%s deleted\n", name)
+				}
+				return nil
+			}
+		},
+	}
+}
+
+// defaultWaitTimeout bounds --wait.
+const defaultWaitTimeout = 5 * time.Minute
+
+// lifecycleCommand is drain, pause, resume or reconnect.
+func lifecycleCommand(verb, summary string) *command {
+	return &command{
+		name: verb, args: "POOL [--wait] [--wait-timeout D]", summary: summary,
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			wait := fs.Bool("wait", false, waitHelp[verb])
+			waitTimeout := fs.Duration("wait-timeout", defaultWaitTimeout, "give up --wait after this long (exit status 1)")
+			return func(ctx context.Context, e *env, args []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				name := poolName(args[0])
+				rctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				var (
+					p   *poolv1.Pool
+					err error
+				)
+				switch verb {
+				case "drain":
+					p, err = e.admin.DrainPool(rctx, &poolv1.DrainPoolRequest{Name: name})
+				case "pause":
+					p, err = e.admin.PausePool(rctx, &poolv1.PausePoolRequest{Name: name})
+				case "resume":
+					p, err = e.admin.ResumePool(rctx, &poolv1.ResumePoolRequest{Name: name})
+				case "reconnect":
+					p, err = e.admin.ReconnectPool(rctx, &poolv1.ReconnectPoolRequest{Name: name})
+				}
+				if err != nil {
+					return err
+				}
+				if *wait {
+					if err := e.waitConverged(ctx, verb, p, *waitTimeout); err != nil {
+						return err
+					}
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, p)
+				}
+				return poolTable(e.stdout, []*poolv1.Pool{p})
+			}
+		},
+	}
+}
+
+var waitHelp = map[string]string{
+	"drain":     "wait until no connection is leased (stats in_use 0)",
+	"pause":     "wait until the pool reports state PAUSED",
+	"resume":    "wait until the pool reports state ACTIVE",
+	"reconnect": "wait until no lease holds a connection of an older generation",
+}
+
+// waitPoll is how often --wait polls.
+const waitPoll = 200 * time.Millisecond
+
+// waitConverged polls until the lifecycle change has taken full effect:
+//
+//   - drain: GetPoolStats reports in_use 0 (every lease returned; draining
+//     closed the idle connections at once);
+//   - reconnect: ListLeases shows no lease on a connection of a generation
+//     older than the one ReconnectPool returned (idle connections of older
+//     generations are closed at once by the bump, leased ones on release);
+//   - pause, resume: GetPoolStats reports the new state.
+//
+// It gives up after timeout.
+func (e *env) waitConverged(ctx context.Context, verb string, p *poolv1.Pool, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	name := p.GetName()
+	last := ""
+	tick := time.NewTicker(waitPoll)
+	defer tick.Stop()
+	for {
+		pending, err := e.pendingWork(ctx, verb, p)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s --wait: gave up after %s: %s", verb, timeout, last)
+			}
+			return err
+		}
+		if pending == "" {
+			return nil
+		}
+		if pending != last {
+			fmt.Fprintf(e.stderr, "%s: waiting: %s\n", name, pending)
+			last = pending
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s --wait: gave up after %s: %s", verb, timeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// pendingWork describes what --wait still waits for, or "" when done.
+func (e *env) pendingWork(ctx context.Context, verb string, p *poolv1.Pool) (string, error) {
+	rctx, cancel := e.rpcContext(ctx)
+	defer cancel()
+	if verb == "reconnect" {
+		resp, err := e.admin.ListLeases(rctx, &poolv1.ListLeasesRequest{Parent: p.GetName()})
+		if err != nil {
+			return "", err
+		}
+		old := 0
+		for _, l := range resp.GetLeases() {
+			if l.GetGeneration() < p.GetGeneration() {
+				old++
+			}
+		}
+		if old == 0 {
+			return "", nil
+		}
+		return fmt.Sprintf("%d leases on connections older than generation %d", old, p.GetGeneration()), nil
+	}
+	st, err := e.stats.GetPoolStats(rctx, &poolv1.GetPoolStatsRequest{Name: p.GetName()})
+	if err != nil {
+		return "", err
+	}
+	switch verb {
+	case "drain":
+		if st.GetInUse() == 0 {
+			return "", nil
+		}
+		return fmt.Sprintf("%d connections in use", st.GetInUse()), nil
+	case "pause", "resume":
+		want := poolv1.PoolState_POOL_STATE_PAUSED
+		if verb == "resume" {
+			want = poolv1.PoolState_POOL_STATE_ACTIVE
+		}
+		if st.GetState() == want {
+			return "", nil
+		}
+		return "state " + stateString(st.GetState()), nil
+	}
+	return "", nil
+}
+
+func historyCommand() *command {
+	return &command{
+		name: "history", args: "POOL", summary: "list a pool's configuration revisions, newest first",
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				all := &poolv1.ListPoolRevisionsResponse{}
+				req := &poolv1.ListPoolRevisionsRequest{Name: poolName(args[0]), PageSize: 1000}
+				for {
+					resp, err := e.admin.ListPoolRevisions(ctx, req)
+					if err != nil {
+						return err
+					}
+					all.Revisions = append(all.Revisions, resp.GetRevisions()...)
+					if resp.GetNextPageToken() == "" {
+						break
+					}
+					req.PageToken = resp.GetNextPageToken()
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, all)
+				}
+				return historyTable(e.stdout, all.GetRevisions())
+			}
+		},
+	}
+}
+
+// historyTable lists revisions with the fields each changed against the
+// next older one.
+func historyTable(w io.Writer, revs []*poolv1.PoolRevision) error {
+	t := newTable(w, "REVISION", "TIME", "ACTOR", "CHANGE", "ENDPOINTS")
+	for i, r := range revs {
+		change := ""
+		switch {
+		case r.GetDeleted():
+			change = "deleted"
+		case i == len(revs)-1:
+			change = "oldest retained"
+		default:
+			fields, err := changedFields(revs[i+1].GetPool(), r.GetPool())
+			if err != nil {
+				return err
+			}
+			change = strings.Join(fields, ",")
+			if revs[i+1].GetDeleted() {
+				change = "recreated"
+			}
+		}
+		t.row(itoa(r.GetRevision()), timeString(r.GetTime()), r.GetActor(), change,
+			strings.Join(r.GetPool().GetEndpoints(), ","))
+	}
+	return t.flush()
+}
+
+// outputOnly are the Pool fields a configuration diff ignores.
+var outputOnly = []string{"name", "state", "generation", "revision", "etag", "create_time", "update_time"}
+
+// changedFields lists the configuration paths that differ between a and
+// b (state changes show as "state").
+func changedFields(a, b *poolv1.Pool) ([]string, error) {
+	fa, err := flatten(a)
+	if err != nil {
+		return nil, err
+	}
+	fb, err := flatten(b)
+	if err != nil {
+		return nil, err
+	}
+	ma := map[string]string{}
+	for _, kv := range fa {
+		ma[kv[0]] = kv[1]
+	}
+	mb := map[string]string{}
+	for _, kv := range fb {
+		mb[kv[0]] = kv[1]
+	}
+	var out []string
+	for k, v := range ma {
+		if mb[k] != v {
+			out = append(out, k)
+		}
+	}
+	for k := range mb {
+		if _, ok := ma[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	out = slices.DeleteFunc(out, func(k string) bool {
+		return k != "state" && slices.Contains(outputOnly, k)
+	})
+	slices.Sort(out)
+	return out, nil
+}
+
+func rollbackCommand() *command {
+	return &command{
+		name: "rollback", args: "POOL --revision N",
+		summary: "restore a pool's configuration from revision N (see history), as a new revision",
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			rev := fs.Int64("revision", 0, "the revision `N` to restore (required)")
+			return func(ctx context.Context, e *env, args []string) error {
+				if *rev <= 0 {
+					return usagef("rollback: --revision N is required (see poolctl history %s)", args[0])
+				}
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				p, err := e.admin.RollbackPool(ctx, &poolv1.RollbackPoolRequest{Name: poolName(args[0]), Revision: *rev})
+				if err != nil {
+					return err
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, p)
+				}
+				if err := poolTable(e.stdout, []*poolv1.Pool{p}); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%s rolled back to revision %d, now revision %d\n", p.GetName(), *rev, p.GetRevision())
+				return nil
+			}
+		},
+	}
+}
+
+func leasesCommand() *command {
+	return &command{
+		name: "leases", args: "[POOL]", summary: "list active leases, of one pool or of all",
+		maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				parent := "pools/-"
+				if len(args) == 1 {
+					parent = poolName(args[0])
+				}
+				resp, err := e.admin.ListLeases(ctx, &poolv1.ListLeasesRequest{Parent: parent})
+				if err != nil {
+					return err
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, resp)
+				}
+				t := newTable(e.stdout, "NAME", "CLIENT", "UPSTREAM", "GENERATION", "HELD", "GRANTED")
+				for _, l := range resp.GetLeases() {
+					t.row(l.GetName(), l.GetClientName(), l.GetUpstreamAddr(), itoa(l.GetGeneration()),
+						durString(l.GetHeld()), timeString(l.GetGrantTime()))
+				}
+				return t.flush()
+			}
+		},
+	}
+}
+
+func revokeCommand() *command {
+	return &command{
+		name: "revoke", args: "LEASE_NAME",
+		summary: "end a lease by closing its upstream connection (LEASE_NAME is pools/POOL/leases/ID, from leases)",
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				if !strings.HasPrefix(args[0], poolsPrefix) || !strings.Contains(args[0], "/leases/") {
+					return usagef("revoke: want a lease name pools/POOL/leases/ID (see poolctl leases), got %q", args[0])
+				}
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				if _, err := e.admin.RevokeLease(ctx, &poolv1.RevokeLeaseRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				if e.g.output != "table" {
+					return writeValue(e.stdout, e.g.output, map[string]any{"name": args[0], "revoked": true})
+				}
+				fmt.Fprintf(e.stdout, "%s revoked\n", args[0])
+				return nil
+			}
+		},
+	}
+}
+
+// errBackupUnsupported is backup's answer while the API has no Backup RPC.
+var errBackupUnsupported = errors.New("backup: not supported by this server: the poolplane.v1 API has no Backup RPC yet " +
+	"(back up the poold database file while poold is stopped)")
+
+func backupCommand() *command {
+	return &command{
+		name: "backup", args: "-o FILE", summary: "write a consistent snapshot of the server's database to FILE (not supported yet)",
+		noOutputFlag: true,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			var out string
+			fs.StringVar(&out, "o", "", "the `FILE` to write (required)")
+			fs.StringVar(&out, "output", "", "the `FILE` to write (required)")
+			return func(ctx context.Context, e *env, _ []string) error {
+				if out == "" {
+					return usagef("backup: -o FILE is required")
+				}
+				// TODO(backup RPC): stream the snapshot store.Backup takes
+				// once the API has a Backup method; write to FILE.tmp, fsync,
+				// rename.
+				return errBackupUnsupported
+			}
+		},
+	}
+}
+
+func versionCommand() *command {
+	return &command{
+		name: "version", summary: "print poolctl's version",
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, _ []string) error {
+				v, commit := buildVersion()
+				if e.g.output != "table" {
+					return writeValue(e.stdout, e.g.output, map[string]any{
+						"version": v, "commit": commit, "go": runtime.Version(),
+						"platform": runtime.GOOS + "/" + runtime.GOARCH,
+					})
+				}
+				fmt.Fprintf(e.stdout, "poolctl %s", v)
+				if commit != "" {
+					fmt.Fprintf(e.stdout, " (%s)", commit)
+				}
+				fmt.Fprintf(e.stdout, " %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+				return nil
+			}
+		},
+	}
+}
+
+// buildVersion returns the version and VCS commit poolctl was built from.
+func buildVersion() (v, commit string) {
+	v = version
+	bi, ok := debug.ReadBuildInfo()
+	if ok {
+		if v == "" && bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				commit = s.Value
+				if len(commit) > 12 {
+					commit = commit[:12]
+				}
+			}
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v, commit
+}
+
+// protoClone is proto.Clone with the static type kept.
+func protoClone[M proto.Message](m M) M { return proto.Clone(m).(M) }

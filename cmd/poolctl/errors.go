@@ -1,0 +1,99 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+)
+
+// usageError is a command-line mistake: poolctl prints it with a hint and
+// exits with status 2.
+type usageError struct {
+	msg string
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+// usagef returns a *usageError.
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// formatError renders err for stderr. A gRPC status becomes
+//
+//	poolctl: <CODE> <REASON>: <message>
+//	  <metadata key>: <value>          (ErrorInfo metadata, sorted by key)
+//	  <field>: <description>           (BadRequest field violations)
+//	  retry after: <delay>             (RetryInfo)
+//
+// with <REASON> left out when the status has no ErrorInfo. Any other error
+// is "poolctl: <error>". The result ends with a newline.
+func formatError(err error) string {
+	var b strings.Builder
+	var gs interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &gs) || gs.GRPCStatus() == nil {
+		fmt.Fprintf(&b, "poolctl: %v\n", err)
+		return b.String()
+	}
+	// A wrapped status keeps the wrapper's context in front of the message.
+	prefix := ""
+	if msg := err.Error(); !strings.HasPrefix(msg, "rpc error:") {
+		if i := strings.Index(msg, ": rpc error:"); i > 0 {
+			prefix = msg[:i] + ": "
+		}
+	}
+	st := gs.GRPCStatus()
+	head := code.Code(st.Code()).String()
+	var (
+		info  *errdetails.ErrorInfo
+		bad   *errdetails.BadRequest
+		retry *errdetails.RetryInfo
+	)
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if info == nil {
+				info = d
+			}
+		case *errdetails.BadRequest:
+			bad = d
+		case *errdetails.RetryInfo:
+			retry = d
+		}
+	}
+	if info != nil && info.GetReason() != "" {
+		head += " " + info.GetReason()
+	}
+	fmt.Fprintf(&b, "poolctl: %s%s: %s\n", prefix, head, st.Message())
+	if info != nil {
+		for _, k := range slices.Sorted(maps.Keys(info.GetMetadata())) {
+			fmt.Fprintf(&b, "  %s: %s\n", k, info.GetMetadata()[k])
+		}
+	}
+	for _, v := range bad.GetFieldViolations() {
+		fmt.Fprintf(&b, "  %s: %s\n", v.GetField(), v.GetDescription())
+	}
+	if d := retry.GetRetryDelay(); d != nil {
+		fmt.Fprintf(&b, "  retry after: %s\n", d.AsDuration())
+	}
+	return b.String()
+}
+
+// reportError prints err to w and returns the exit status: 2 for a usage
+// error, else 1.
+func reportError(w io.Writer, err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(w, "poolctl: %s\nRun 'poolctl help' for usage.\n", ue.msg)
+		return 2
+	}
+	io.WriteString(w, formatError(err))
+	return 1
+}

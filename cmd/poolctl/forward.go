@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/poolplane/poolplane/client"
+)
+
+// defaultShutdownTimeout bounds how long forward waits for open
+// connections after SIGINT/SIGTERM before it closes them.
+const defaultShutdownTimeout = 30 * time.Second
+
+func forwardCommand() *command {
+	return &command{
+		name: "forward", args: "POOL [--listen ADDR]",
+		summary: "accept local TCP connections and relay each through its own lease of POOL",
+		minArgs: 1, maxArgs: 1,
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			listen := fs.String("listen", "127.0.0.1:0", "accept connections on local `ADDR` (port 0 picks one)")
+			name := fs.String("client-name", "", "client `NAME` shown by poolctl leases (default host/poolctl:pid)")
+			acquire := fs.Duration("acquire-timeout", 0, "bound on each lease's wait for a connection (0: the pool's acquire_timeout)")
+			grace := fs.Duration("shutdown-timeout", defaultShutdownTimeout, "after SIGINT/SIGTERM, wait this long for connections, then close them")
+			return func(ctx context.Context, e *env, args []string) error {
+				if *acquire < 0 || *grace < 0 {
+					return usagef("forward: durations must not be negative")
+				}
+				c, err := e.newClient(*name)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				f := &forwarder{
+					c:              c,
+					pool:           poolName(args[0]),
+					acquireTimeout: *acquire,
+					log:            &lockedWriter{w: e.stderr},
+					conns:          map[*forwardConn]struct{}{},
+				}
+				return f.run(ctx, *listen, *grace, e.stdout)
+			}
+		},
+	}
+}
+
+// forwarder relays accepted connections through leases.
+type forwarder struct {
+	c              *client.Client
+	pool           string
+	acquireTimeout time.Duration
+	log            io.Writer // safe for concurrent use
+
+	wg sync.WaitGroup // one per accepted connection
+
+	mu    sync.Mutex // protects conns
+	conns map[*forwardConn]struct{}
+}
+
+// forwardConn is one relayed connection.
+type forwardConn struct {
+	local net.Conn
+
+	mu     sync.Mutex // protects up and closed
+	up     *client.Conn
+	closed bool // forceClose was called
+}
+
+// run listens on addr and relays until ctx ends; then it stops accepting,
+// waits up to grace for open connections and closes the rest.
+func (f *forwarder) run(ctx context.Context, addr string, grace time.Duration, stdout io.Writer) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("forward: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	fmt.Fprintf(stdout, "forwarding %s -> %s\n", ln.Addr(), f.pool)
+
+	var acceptErr error
+	backoff := time.Duration(0)
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				break
+			}
+			if isTemporary(err) {
+				// Out of file descriptors and the like: back off as
+				// net/http's Server does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				fmt.Fprintf(f.log, "poolctl: forward: accept: %v; retrying in %s\n", err, backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			acceptErr = fmt.Errorf("forward: accept: %w", err)
+			break
+		}
+		backoff = 0
+		fc := &forwardConn{local: conn}
+		f.mu.Lock()
+		f.conns[fc] = struct{}{}
+		f.mu.Unlock()
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.serve(ctx, fc)
+			f.mu.Lock()
+			delete(f.conns, fc)
+			f.mu.Unlock()
+		}()
+	}
+	ln.Close()
+	f.shutdown(grace)
+	return acceptErr
+}
+
+// isTemporary reports accept errors worth retrying (EMFILE, ENFILE,
+// ECONNABORTED...).
+func isTemporary(err error) bool {
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
+}
+
+// shutdown waits up to grace for the open connections, then closes the
+// rest and waits for their goroutines.
+func (f *forwarder) shutdown(grace time.Duration) {
+	f.mu.Lock()
+	n := len(f.conns)
+	f.mu.Unlock()
+	if n == 0 {
+		f.wg.Wait()
+		return
+	}
+	fmt.Fprintf(f.log, "poolctl: forward: stopped listening; waiting up to %s for %d connections\n", grace, n)
+	donec := make(chan struct{})
+	go func() {
+		f.wg.Wait()
+		close(donec)
+	}()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-donec:
+		return
+	case <-timer.C:
+	}
+	f.mu.Lock()
+	for fc := range f.conns {
+		fc.forceClose()
+	}
+	f.mu.Unlock()
+	<-donec
+}
+
+// forceClose closes both ends of fc; the upstream connection is discarded.
+func (fc *forwardConn) forceClose() {
+	fc.mu.Lock()
+	fc.closed = true
+	up := fc.up
+	fc.mu.Unlock()
+	fc.local.Close()
+	if up != nil {
+		up.Discard()
+	}
+}
+
+// serve leases a connection for fc and copies bytes both ways. EOF on one
+// side half-closes the other (CloseWrite); an error on either side closes
+// both and discards the upstream connection. Closing both ends releases
+// the lease.
+func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
+	local := fc.local
+	defer local.Close()
+	lctx := ctx
+	if f.acquireTimeout > 0 {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, f.acquireTimeout)
+		defer cancel()
+	}
+	up, err := f.c.Lease(lctx, f.pool)
+	if err != nil {
+		msg := strings.TrimPrefix(strings.TrimSuffix(formatError(err), "\n"), "poolctl: ")
+		fmt.Fprintf(f.log, "poolctl: forward: %s: lease: %s\n", local.RemoteAddr(), msg)
+		return
+	}
+	fc.mu.Lock()
+	fc.up = up
+	closed := fc.closed
+	fc.mu.Unlock()
+	if closed { // shut down while leasing
+		up.Discard()
+		return
+	}
+
+	var (
+		wg     sync.WaitGroup
+		failMu sync.Mutex
+		failed bool
+	)
+	fail := func() {
+		failMu.Lock()
+		failed = true
+		failMu.Unlock()
+		up.Discard()
+		local.Close()
+	}
+	wg.Go(func() { // local -> upstream
+		if _, err := io.Copy(up, local); err != nil {
+			fail()
+			return
+		}
+		up.CloseWrite()
+	})
+	// upstream -> local
+	if _, err := io.Copy(local, up); err != nil {
+		fail()
+	} else if cw, ok := local.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	wg.Wait()
+	failMu.Lock()
+	defer failMu.Unlock()
+	if failed {
+		return
+	}
+	up.Close()
+}
+
+// lockedWriter serialises writes from the connection goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}

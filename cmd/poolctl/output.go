@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"gopkg.in/yaml.v3"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+// writeStructured writes m as -o json (protojson, multiline, lowerCamelCase
+// field names as grpcurl prints them) or -o yaml (snake_case field names,
+// as apply files are usually written).
+func writeStructured(w io.Writer, format string, m proto.Message) error {
+	switch format {
+	case "json":
+		b, err := protojson.Marshal(m)
+		if err != nil {
+			return err
+		}
+		// protojson varies its spacing on purpose; indent with
+		// encoding/json for output that is stable across runs.
+		var out bytes.Buffer
+		if err := json.Indent(&out, compactJSON(b), "", "  "); err != nil {
+			return err
+		}
+		out.WriteByte('\n')
+		_, err = w.Write(out.Bytes())
+		return err
+	case "yaml":
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		return writeYAML(w, b)
+	}
+	return fmt.Errorf("internal error: writeStructured(%q)", format)
+}
+
+// compactJSON removes insignificant space from b (which is valid JSON).
+func compactJSON(b []byte) []byte {
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return b
+	}
+	return out.Bytes()
+}
+
+// writeYAML converts JSON to block-style YAML, keeping the key order.
+func writeYAML(w io.Writer, js []byte) error {
+	var n yaml.Node
+	if err := yaml.Unmarshal(js, &n); err != nil {
+		return err
+	}
+	blockStyle(&n)
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(&n); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
+// blockStyle clears the flow and quoting styles JSON input gives nodes.
+func blockStyle(n *yaml.Node) {
+	n.Style = 0
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
+}
+
+// writeValue writes a plain Go value (for commands without a proto
+// response) as json or yaml.
+func writeValue(w io.Writer, format string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if format == "yaml" {
+		return writeYAML(w, b)
+	}
+	b = append(b, '\n')
+	_, err = w.Write(b)
+	return err
+}
+
+// table writes aligned columns.
+type table struct {
+	tw *tabwriter.Writer
+}
+
+func newTable(w io.Writer, header ...string) *table {
+	t := &table{tw: tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)}
+	if len(header) > 0 {
+		t.row(header...)
+	}
+	return t
+}
+
+func (t *table) row(cols ...string) {
+	for i, c := range cols {
+		if c == "" {
+			c = "-"
+		}
+		// A tab or newline in a value would break the columns.
+		c = strings.Map(func(r rune) rune {
+			if r == '\t' || r == '\n' || r == '\r' {
+				return ' '
+			}
+			return r
+		}, c)
+		if i > 0 {
+			io.WriteString(t.tw, "\t")
+		}
+		io.WriteString(t.tw, c)
+	}
+	io.WriteString(t.tw, "\n")
+}
+
+func (t *table) flush() error { return t.tw.Flush() }
+
+// Column formatting.
+
+func stateString(s poolv1.PoolState) string {
+	if s == poolv1.PoolState_POOL_STATE_UNSPECIFIED {
+		return ""
+	}
+	return strings.TrimPrefix(s.String(), "POOL_STATE_")
+}
+
+func actionString(a poolv1.PoolChange_Action) string {
+	return strings.TrimPrefix(a.String(), "ACTION_")
+}
+
+func itoa[T ~int32 | ~int64 | ~uint64 | ~int](v T) string { return fmt.Sprint(v) }
+
+func durString(d *durationpb.Duration) string {
+	if d == nil {
+		return ""
+	}
+	return d.AsDuration().Round(time.Millisecond).String()
+}
+
+func timeString(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return ""
+	}
+	return t.AsTime().Local().Format(time.RFC3339)
+}
+
+// ageString is how long ago t was, in kubectl's style ("5m", "3h", "2d").
+func ageString(t *timestamppb.Timestamp, now time.Time) string {
+	if t == nil {
+		return ""
+	}
+	d := max(now.Sub(t.AsTime()), 0)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// poolTable writes pools as list does.
+func poolTable(w io.Writer, pools []*poolv1.Pool) error {
+	now := time.Now()
+	t := newTable(w, "NAME", "STATE", "ENDPOINTS", "TLS", "MAX", "MIN_IDLE", "GENERATION", "REVISION", "AGE")
+	for _, p := range pools {
+		max := "10"
+		if v := p.GetLimits().GetMaxConnections(); v != 0 {
+			max = itoa(v)
+		}
+		t.row(p.GetName(), stateString(p.GetState()), strings.Join(p.GetEndpoints(), ","),
+			yesNo(p.GetTls().GetEnabled()), max, itoa(p.GetLimits().GetMinIdle()),
+			itoa(p.GetGeneration()), itoa(p.GetRevision()), ageString(p.GetCreateTime(), now))
+	}
+	return t.flush()
+}
+
+// flatten returns the populated fields of m as dotted snake_case paths
+// and display values, in field order.
+func flatten(m proto.Message) ([][2]string, error) {
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var n yaml.Node
+	if err := yaml.Unmarshal(b, &n); err != nil {
+		return nil, err
+	}
+	var out [][2]string
+	var walk func(prefix string, n *yaml.Node)
+	walk = func(prefix string, n *yaml.Node) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(prefix, c)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i].Value
+				if prefix != "" {
+					k = prefix + "." + k
+				}
+				walk(k, n.Content[i+1])
+			}
+		case yaml.SequenceNode:
+			vals := make([]string, 0, len(n.Content))
+			scalars := true
+			for _, c := range n.Content {
+				scalars = scalars && c.Kind == yaml.ScalarNode
+				vals = append(vals, c.Value)
+			}
+			if scalars {
+				out = append(out, [2]string{prefix, strings.Join(vals, ",")})
+				return
+			}
+			for i, c := range n.Content {
+				walk(fmt.Sprintf("%s[%d]", prefix, i), c)
+			}
+		default:
+			v := n.Value
+			if strings.Contains(v, "\n") { // PEM blocks
+				v = fmt.Sprintf("<%d bytes>", len(v))
+			}
+			out = append(out, [2]string{prefix, v})
+		}
+	}
+	walk("", &n)
+	return out, nil
+}
+
+// fieldTable writes m as FIELD VALUE rows.
+func fieldTable(w io.Writer, m proto.Message) error {
+	rows, err := flatten(m)
+	if err != nil {
+		return err
+	}
+	t := newTable(w, "FIELD", "VALUE")
+	for _, r := range rows {
+		t.row(r[0], r[1])
+	}
+	return t.flush()
+}
