@@ -1,0 +1,1303 @@
+package poolmgr
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/poolplane/poolplane/store"
+)
+
+// Action names what a change does to a pool: in a Plan (CREATE, UPDATE,
+// DELETE, UNCHANGED) and in a pool's History (every value but UNCHANGED).
+type Action string
+
+// Actions.
+const (
+	ActionCreate    Action = "CREATE"
+	ActionUpdate    Action = "UPDATE"
+	ActionDelete    Action = "DELETE"
+	ActionUnchanged Action = "UNCHANGED" // Plan only: nothing to write
+	ActionRollback  Action = "ROLLBACK"
+	ActionDrain     Action = "DRAIN"
+	ActionPause     Action = "PAUSE"
+	ActionResume    Action = "RESUME"
+	ActionReconnect Action = "RECONNECT"
+)
+
+// ManagerConfig configures NewManager.
+type ManagerConfig struct {
+	// Store persists pool records. Required.
+	Store Store
+	// Env is passed to every pool. Its zero Now and Logger fields default
+	// to the Manager's.
+	Env Env
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Now stamps create and update times. Default time.Now.
+	Now func() time.Time
+}
+
+// WriteOptions go with every single-pool write.
+type WriteOptions struct {
+	// Actor names who made the change; it is recorded in the pool's history.
+	Actor string
+	// ValidateOnly checks the request and returns what would result,
+	// writing nothing and touching no live pool.
+	ValidateOnly bool
+}
+
+// ApplyOptions go with Apply.
+type ApplyOptions struct {
+	// Actor names who made the change; it is recorded in history.
+	Actor string
+	// Prune deletes stored pools that are not in the wanted set.
+	Prune bool
+	// ValidateOnly computes and returns the plan without writing anything.
+	ValidateOnly bool
+}
+
+// PoolSpec is one wanted pool in Apply.
+type PoolSpec struct {
+	ID     string
+	Config Config
+}
+
+// PlannedAction is what Apply does (or, with ValidateOnly, would do) to one pool.
+type PlannedAction struct {
+	ID     string
+	Action Action
+	// ChangedFields are the API paths of the fields an UPDATE changes.
+	ChangedFields []string
+	// Retired counts the connections the change recycles: for an UPDATE,
+	// those Pool.Plan reports (endpoint/TLS changes, smaller limits); for a
+	// DELETE, every idle and leased connection of the pool. Leased ones are
+	// closed on release, never cut.
+	Retired Retired
+}
+
+// Plan is the result of Apply.
+type Plan struct {
+	// Revision is the store revision of the committed change; if nothing
+	// was written (all UNCHANGED, or ValidateOnly), the revision the plan
+	// was computed at.
+	Revision int64
+	// Actions has one entry per wanted pool, plus one DELETE per pruned
+	// pool, sorted by ID.
+	Actions []PlannedAction
+}
+
+// PoolInfo is a pool's stored configuration and state.
+type PoolInfo struct {
+	ID     string
+	Config Config
+	State  State
+	// Generation is the live pool's current generation (0 if it is not
+	// running in this process). It is not persisted.
+	Generation uint64
+	// Revision is the store revision that last changed the pool (its etag).
+	Revision int64
+	// CreateRevision is the store revision that created the pool.
+	CreateRevision int64
+	CreateTime     time.Time
+	UpdateTime     time.Time
+}
+
+// Revision is one retained version of a pool, from History.
+type Revision struct {
+	Revision int64
+	Time     time.Time
+	// Action is what wrote the version (ActionCreate, ActionUpdate,
+	// ActionDrain, ...; ActionDelete for a deletion).
+	Action Action
+	Actor  string
+	// Config and State are the pool as written; zero when Deleted.
+	Config  Config
+	State   State
+	Deleted bool
+}
+
+// EventType is the kind of a PoolEvent.
+type EventType int
+
+// Event types.
+const (
+	EventPut    EventType = iota + 1 // a pool was created or changed
+	EventDelete                      // a pool was deleted
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventPut:
+		return "PUT"
+	case EventDelete:
+		return "DELETE"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// PoolEvent is one committed change delivered by Watch.
+type PoolEvent struct {
+	Revision int64
+	Type     EventType
+	// Info is the pool after a PUT. For a DELETE it is the pool as it was
+	// just before the delete (Revision is then its last change's revision).
+	// Generation is the live pool's at delivery time.
+	Info PoolInfo
+}
+
+// Manager is the registry of pools: it persists each pool's configuration
+// and state in a Store and keeps a live Pool for each. Every change is
+// validated, committed to the store, applied to the live pool, and only
+// then answered. All methods are safe for concurrent use; writes are
+// serialised so that live pools follow the store's order.
+type Manager struct {
+	store  Store
+	env    Env
+	logger *slog.Logger
+	now    func() time.Time
+
+	// wsem (size 1: a mutex whose wait honours ctx) is held by a write from
+	// reading the current record through commit and live apply, so live
+	// pools change in store order. It is never held by reads.
+	wsem chan struct{}
+
+	// stopCtx is cancelled by Close: it ends Watch goroutines and the
+	// waits of retiring pools.
+	stopCtx context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup // Watch goroutines and retiring pools' waits
+
+	mu    sync.Mutex       // protects following fields; never held across I/O
+	pools map[string]*Pool // live pools by ID
+	// retiring holds deleted (or replaced) pools: draining, closed once
+	// their last lease is released, or at Close. Each channel is closed
+	// once its pool is closed.
+	retiring map[*Pool]chan struct{}
+	loaded   bool // Load was called
+	closed   bool // Close was called
+}
+
+// NewManager returns a Manager with no live pools; call Load to start the
+// stored ones before serving.
+func NewManager(cfg ManagerConfig) (*Manager, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("poolmgr: ManagerConfig.Store is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	env := cfg.Env
+	if env.Now == nil {
+		env.Now = cfg.Now
+	}
+	if env.Logger == nil {
+		env.Logger = cfg.Logger
+	}
+	stopCtx, stop := context.WithCancel(context.Background())
+	return &Manager{
+		store:    cfg.Store,
+		env:      env,
+		logger:   cfg.Logger,
+		now:      cfg.Now,
+		wsem:     make(chan struct{}, 1),
+		stopCtx:  stopCtx,
+		stop:     stop,
+		pools:    make(map[string]*Pool),
+		retiring: make(map[*Pool]chan struct{}),
+	}, nil
+}
+
+// Load starts a live pool for every stored pool, in its stored state. Call
+// it once, before serving. A pool whose record cannot be decoded or whose
+// config no longer validates is left stopped (Get still shows it; Update,
+// Rollback or Delete repair it) and reported: Load returns the errors of
+// every such pool joined, after starting all the others.
+func (m *Manager) Load(ctx context.Context) error {
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m.mu.Lock()
+	loaded := m.loaded
+	m.loaded = true
+	m.mu.Unlock()
+	if loaded {
+		return errors.New("poolmgr: Load called twice")
+	}
+	kvs, _, err := m.store.Snapshot(ctx, keyPrefix)
+	if err != nil {
+		return fmt.Errorf("load pools: %w", mapStoreErr("", err))
+	}
+	var errs []error
+	n := 0
+	for _, kv := range kvs {
+		id := strings.TrimPrefix(kv.Key, keyPrefix)
+		rec, err := decodeRecord(kv.Value)
+		if err == nil {
+			err = rec.Config.WithDefaults().Validate()
+		}
+		if err == nil {
+			err = m.startPool(id, rec)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load pool %s: %w", id, err))
+			continue
+		}
+		n++
+	}
+	m.logger.LogAttrs(ctx, slog.LevelInfo, "pools loaded", slog.Int("pools", n), slog.Int("failed", len(errs)))
+	return errors.Join(errs...)
+}
+
+// Create stores a new pool in state ACTIVE and starts it. cfg is stored
+// with its defaults filled in.
+//
+// It returns a *ValidationError (ErrInvalidConfig) for a bad id or config,
+// ErrPoolExists if the id is taken, ctx's error, and ErrPoolClosed after
+// Close. With o.ValidateOnly it returns what would be created.
+func (m *Manager) Create(ctx context.Context, id string, cfg Config, o WriteOptions) (PoolInfo, error) {
+	if err := ValidatePoolID(id); err != nil {
+		return PoolInfo{}, err
+	}
+	cfg, err := prepare(cfg)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	defer unlock()
+
+	now := m.now()
+	rec := record{Config: cfg, State: StateActive, CreateTime: now, UpdateTime: now, Op: ActionCreate}
+	if o.ValidateOnly {
+		switch _, err := m.store.Get(ctx, poolKey(id)); {
+		case err == nil:
+			return PoolInfo{}, fmt.Errorf("pool %s: %w", id, ErrPoolExists)
+		case !errors.Is(err, store.ErrNotFound):
+			return PoolInfo{}, mapStoreErr(id, err)
+		}
+		return m.info(id, rec, 0, 0), nil
+	}
+	rev, err := m.put(ctx, id, rec, store.Absent(), o.Actor)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if err := m.startPool(id, rec); err != nil {
+		return PoolInfo{}, liveErr(id, rev, err)
+	}
+	return m.info(id, rec, rev, rev), nil
+}
+
+// Get returns a stored pool. It returns a *ValidationError for a bad id,
+// ErrPoolNotFound, ctx's error, and ErrPoolClosed after Close.
+func (m *Manager) Get(ctx context.Context, id string) (PoolInfo, error) {
+	if err := m.checkRead(id); err != nil {
+		return PoolInfo{}, err
+	}
+	rec, kv, err := m.read(ctx, id)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+}
+
+// List returns one page of pools sorted by ID: at most pageSize (all if 0),
+// starting after pageToken (from a previous List; "" for the first page).
+// The returned token is "" on the last page. It returns a
+// *ValidationError for a negative pageSize or a bad token, ctx's error, and
+// ErrPoolClosed after Close.
+func (m *Manager) List(ctx context.Context, pageSize int, pageToken string) ([]PoolInfo, string, error) {
+	if err := m.checkRead(""); err != nil {
+		return nil, "", err
+	}
+	if pageSize < 0 {
+		return nil, "", &ValidationError{Violations: []FieldViolation{{Field: "page_size", Reason: fmt.Sprintf("must not be negative, got %d", pageSize)}}}
+	}
+	kvs, next, err := m.store.List(ctx, keyPrefix, pageSize, pageToken)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalidArgument) && pageToken != "" {
+			return nil, "", &ValidationError{Violations: []FieldViolation{{Field: "page_token", Reason: "invalid page token"}}}
+		}
+		return nil, "", fmt.Errorf("list pools: %w", mapStoreErr("", err))
+	}
+	out := make([]PoolInfo, 0, len(kvs))
+	for _, kv := range kvs {
+		id := strings.TrimPrefix(kv.Key, keyPrefix)
+		rec, err := decodeRecord(kv.Value)
+		if err != nil {
+			return nil, "", fmt.Errorf("list pools: pool %s: %w", id, err)
+		}
+		out = append(out, m.info(id, rec, kv.CreateRevision, kv.ModRevision))
+	}
+	return out, next, nil
+}
+
+// Update replaces a pool's config (the caller merges any field mask first)
+// and reconfigures the live pool: limits apply at once, endpoint or TLS
+// changes bump the generation; nothing leased is cut. The state is kept.
+// expectRevision 0 means any revision; otherwise it must equal the pool's
+// Revision. An Update that changes nothing writes nothing.
+//
+// It returns a *ValidationError for a bad id or config, ErrPoolNotFound, a
+// *RevisionMismatchError (ErrRevisionMismatch), ctx's error, and
+// ErrPoolClosed after Close. An error from the live pool after the commit
+// is returned wrapped; the stored config stands.
+func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevision int64, o WriteOptions) (PoolInfo, error) {
+	if err := ValidatePoolID(id); err != nil {
+		return PoolInfo{}, err
+	}
+	cfg, err := prepare(cfg)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	defer unlock()
+
+	rec, kv, err := m.readExpect(ctx, id, expectRevision)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if rec.Config.Equal(cfg) {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rec.Config, rec.UpdateTime, rec.Op = cfg, m.now(), ActionUpdate
+	if o.ValidateOnly {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rev, err := m.put(ctx, id, rec, store.AtRevision(kv.ModRevision), o.Actor)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if err := m.applyLive(id, rec, true, false); err != nil {
+		return PoolInfo{}, liveErr(id, rev, err)
+	}
+	return m.info(id, rec, kv.CreateRevision, rev), nil
+}
+
+// Delete removes a pool from the store, then drains and closes the live
+// pool: it grants no new lease and closes its idle connections at once;
+// leased connections close when released. expectRevision 0 means any.
+//
+// It returns a *ValidationError for a bad id, ErrPoolNotFound, a
+// *RevisionMismatchError, ctx's error, and ErrPoolClosed after Close.
+// A record that no longer decodes can still be deleted.
+func (m *Manager) Delete(ctx context.Context, id string, expectRevision int64, o WriteOptions) error {
+	if err := ValidatePoolID(id); err != nil {
+		return err
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	kv, err := m.store.Get(ctx, poolKey(id))
+	if err != nil {
+		return mapStoreErr(id, err)
+	}
+	if expectRevision != 0 && expectRevision != kv.ModRevision {
+		return &RevisionMismatchError{Pool: id, Expected: expectRevision, Current: kv.ModRevision}
+	}
+	if o.ValidateOnly {
+		return nil
+	}
+	if _, err := m.store.Delete(ctx, poolKey(id), store.AtRevision(kv.ModRevision), o.Actor); err != nil {
+		return mapStoreErr(id, err)
+	}
+	m.stopPool(id)
+	return nil
+}
+
+// Apply makes the stored pools match want, atomically. It validates every
+// spec (one *ValidationError with fields prefixed "pools[i]."), plans one
+// action per pool (CREATE, UPDATE, UNCHANGED, and with o.Prune DELETE for
+// stored pools not wanted), commits every write in one store transaction,
+// and then applies the changes to the live pools. States are kept:
+// Apply changes configs only.
+//
+// Each write in the transaction expects the revision the plan was computed
+// from, so a pool changed concurrently aborts the whole Apply with an error
+// matching ErrRevisionMismatch and nothing is written. If nothing changes,
+// nothing is written. With o.ValidateOnly the plan is returned unapplied.
+// Errors of live pools after the commit are returned joined, with the plan.
+func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (Plan, error) {
+	specs, err := prepareSpecs(want)
+	if err != nil {
+		return Plan{}, err
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return Plan{}, err
+	}
+	defer unlock()
+
+	kvs, rev, err := m.store.Snapshot(ctx, keyPrefix)
+	if err != nil {
+		return Plan{}, fmt.Errorf("apply: %w", mapStoreErr("", err))
+	}
+	type current struct {
+		rec record
+		kv  store.KeyValue
+	}
+	cur := make(map[string]current, len(kvs))
+	for _, kv := range kvs {
+		id := strings.TrimPrefix(kv.Key, keyPrefix)
+		rec, err := decodeRecord(kv.Value)
+		if err != nil {
+			return Plan{}, fmt.Errorf("apply: stored pool %s: %w", id, err)
+		}
+		cur[id] = current{rec, kv}
+	}
+
+	type change struct {
+		id      string
+		action  Action
+		rec     record
+		created int64 // CreateRevision of an updated pool
+	}
+	var (
+		plan    = Plan{Revision: rev}
+		ops     []store.Op
+		changes []change
+		now     = m.now()
+	)
+	for _, s := range specs {
+		c, ok := cur[s.ID]
+		if !ok {
+			rec := record{Config: s.Config, State: StateActive, CreateTime: now, UpdateTime: now, Op: ActionCreate}
+			val, err := encodeRecord(rec)
+			if err != nil {
+				return Plan{}, err
+			}
+			ops = append(ops, store.Op{Kind: store.OpPut, Key: poolKey(s.ID), Value: val, Expect: store.Absent()})
+			changes = append(changes, change{id: s.ID, action: ActionCreate, rec: rec})
+			plan.Actions = append(plan.Actions, PlannedAction{ID: s.ID, Action: ActionCreate})
+			continue
+		}
+		diff := c.rec.Config.DiffFields(s.Config)
+		if len(diff) == 0 {
+			plan.Actions = append(plan.Actions, PlannedAction{ID: s.ID, Action: ActionUnchanged})
+			continue
+		}
+		var retired Retired
+		if p := m.lookup(s.ID); p != nil {
+			retired = p.Plan(s.Config)
+		}
+		rec := c.rec
+		rec.Config, rec.UpdateTime, rec.Op = s.Config, now, ActionUpdate
+		val, err := encodeRecord(rec)
+		if err != nil {
+			return Plan{}, err
+		}
+		ops = append(ops, store.Op{Kind: store.OpPut, Key: poolKey(s.ID), Value: val, Expect: store.AtRevision(c.kv.ModRevision)})
+		changes = append(changes, change{id: s.ID, action: ActionUpdate, rec: rec, created: c.kv.CreateRevision})
+		plan.Actions = append(plan.Actions, PlannedAction{ID: s.ID, Action: ActionUpdate, ChangedFields: diff, Retired: retired})
+	}
+	if o.Prune {
+		wanted := make(map[string]bool, len(specs))
+		for _, s := range specs {
+			wanted[s.ID] = true
+		}
+		for _, kv := range kvs {
+			id := strings.TrimPrefix(kv.Key, keyPrefix)
+			if wanted[id] {
+				continue
+			}
+			var retired Retired
+			if p := m.lookup(id); p != nil {
+				st := p.Stats()
+				retired = Retired{Idle: st.Idle, Leased: st.InUse}
+			}
+			ops = append(ops, store.Op{Kind: store.OpDelete, Key: kv.Key, Expect: store.AtRevision(kv.ModRevision)})
+			changes = append(changes, change{id: id, action: ActionDelete})
+			plan.Actions = append(plan.Actions, PlannedAction{ID: id, Action: ActionDelete, Retired: retired})
+		}
+	}
+	slices.SortFunc(plan.Actions, func(a, b PlannedAction) int { return cmp.Compare(a.ID, b.ID) })
+	if o.ValidateOnly || len(ops) == 0 {
+		return plan, nil
+	}
+
+	rev, err = m.store.Txn(ctx, ops, o.Actor)
+	if err != nil {
+		var rm *store.RevisionMismatchError
+		switch {
+		case errors.As(err, &rm):
+			return Plan{}, fmt.Errorf("apply: pool changed concurrently: %w", mapStoreErr(strings.TrimPrefix(rm.Key, keyPrefix), err))
+		case errors.Is(err, store.ErrExists):
+			return Plan{}, fmt.Errorf("apply: pool created concurrently: %w: %w", ErrRevisionMismatch, err)
+		case errors.Is(err, store.ErrNotFound):
+			return Plan{}, fmt.Errorf("apply: pool deleted concurrently: %w: %w", ErrRevisionMismatch, err)
+		}
+		return Plan{}, fmt.Errorf("apply: %w", mapStoreErr("", err))
+	}
+	plan.Revision = rev
+
+	var errs []error
+	for _, c := range changes {
+		var err error
+		switch c.action {
+		case ActionCreate, ActionUpdate:
+			err = m.applyLive(c.id, c.rec, true, false)
+		case ActionDelete:
+			m.stopPool(c.id)
+		}
+		if err != nil {
+			errs = append(errs, liveErr(c.id, rev, err))
+		}
+	}
+	return plan, errors.Join(errs...)
+}
+
+// History returns a pool's retained versions, oldest first, deletions
+// included; it outlives the pool. Configs include the client key: callers
+// that return them must strip it. It returns a *ValidationError for a bad
+// id, ErrPoolNotFound if the pool has no history, ctx's error, and
+// ErrPoolClosed after Close.
+func (m *Manager) History(ctx context.Context, id string) ([]Revision, error) {
+	if err := m.checkRead(id); err != nil {
+		return nil, err
+	}
+	es, err := m.store.History(ctx, poolKey(id))
+	if err != nil {
+		return nil, mapStoreErr(id, err)
+	}
+	out := make([]Revision, 0, len(es))
+	for _, e := range es {
+		r, err := revisionOf(e)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", id, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Rollback writes the config the pool had at revision toRevision (the
+// version in effect then, as History lists) as a new revision, and applies
+// it live. The state is kept; a deleted pool is re-created, ACTIVE. If the
+// config is already current, nothing is written.
+//
+// It returns a *ValidationError for a bad id, for a revision at which the
+// pool did not exist, or for a config that no longer validates;
+// ErrRevisionNotFound if that revision is not retained; a
+// *RevisionMismatchError if the pool changed concurrently; ctx's error; and
+// ErrPoolClosed after Close.
+func (m *Manager) Rollback(ctx context.Context, id string, toRevision int64, o WriteOptions) (PoolInfo, error) {
+	if err := ValidatePoolID(id); err != nil {
+		return PoolInfo{}, err
+	}
+	if toRevision <= 0 {
+		return PoolInfo{}, badRevision(toRevision, "must be positive")
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	defer unlock()
+
+	e, err := m.store.HistoryAt(ctx, poolKey(id), toRevision)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCompacted):
+		return PoolInfo{}, fmt.Errorf("pool %s at revision %d: %w: %w", id, toRevision, ErrRevisionNotFound, err)
+	case errors.Is(err, store.ErrInvalidArgument):
+		return PoolInfo{}, badRevision(toRevision, "is beyond the current revision")
+	case err != nil:
+		return PoolInfo{}, mapStoreErr(id, err)
+	case e.Action == store.ActionDelete:
+		return PoolInfo{}, badRevision(toRevision, fmt.Sprintf("pool %s did not exist at revision %d (deleted at %d)", id, toRevision, e.Revision))
+	}
+	old, err := decodeRecord(e.Value)
+	if err != nil {
+		return PoolInfo{}, fmt.Errorf("pool %s at revision %d: %w", id, toRevision, err)
+	}
+	cfg, err := prepare(old.Config)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+
+	now := m.now()
+	rec, kv, err := m.read(ctx, id)
+	if errors.Is(err, ErrPoolNotFound) {
+		rec = record{Config: cfg, State: StateActive, CreateTime: now, UpdateTime: now, Op: ActionRollback}
+		if o.ValidateOnly {
+			return m.info(id, rec, 0, 0), nil
+		}
+		rev, err := m.put(ctx, id, rec, store.Absent(), o.Actor)
+		if err != nil {
+			return PoolInfo{}, err
+		}
+		if err := m.startPool(id, rec); err != nil {
+			return PoolInfo{}, liveErr(id, rev, err)
+		}
+		return m.info(id, rec, rev, rev), nil
+	}
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if rec.Config.Equal(cfg) {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rec.Config, rec.UpdateTime, rec.Op = cfg, now, ActionRollback
+	if o.ValidateOnly {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rev, err := m.put(ctx, id, rec, store.AtRevision(kv.ModRevision), o.Actor)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if err := m.applyLive(id, rec, true, false); err != nil {
+		return PoolInfo{}, liveErr(id, rev, err)
+	}
+	return m.info(id, rec, kv.CreateRevision, rev), nil
+}
+
+// Drain stores state DRAINING and drains the live pool: no new leases, idle
+// connections closed, leases finish normally (see WaitDrained). Resume
+// ends it. Errors are those of Update, without the config ones.
+func (m *Manager) Drain(ctx context.Context, id string, o WriteOptions) (PoolInfo, error) {
+	return m.setState(ctx, id, StateDraining, ActionDrain, o)
+}
+
+// Pause stores state PAUSED and pauses the live pool: new acquires wait
+// until Resume. Errors are those of Drain.
+func (m *Manager) Pause(ctx context.Context, id string, o WriteOptions) (PoolInfo, error) {
+	return m.setState(ctx, id, StatePaused, ActionPause, o)
+}
+
+// Resume stores state ACTIVE and ends a Pause or Drain of the live pool.
+// Errors are those of Drain.
+func (m *Manager) Resume(ctx context.Context, id string, o WriteOptions) (PoolInfo, error) {
+	return m.setState(ctx, id, StateActive, ActionResume, o)
+}
+
+// Reconnect recycles every connection of the pool gracefully by bumping
+// its generation: idle connections close at once, leased ones on release.
+// The generation is not persisted; the store records a RECONNECT revision
+// (who and when) with the config and state unchanged. The returned
+// Generation is the new one (see WaitGeneration). Errors are those of
+// Drain.
+func (m *Manager) Reconnect(ctx context.Context, id string, o WriteOptions) (PoolInfo, error) {
+	if err := ValidatePoolID(id); err != nil {
+		return PoolInfo{}, err
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	defer unlock()
+
+	rec, kv, err := m.read(ctx, id)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if o.ValidateOnly {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rec.UpdateTime, rec.Op = m.now(), ActionReconnect
+	rev, err := m.put(ctx, id, rec, store.AtRevision(kv.ModRevision), o.Actor)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if p := m.lookup(id); p != nil {
+		p.Reconnect()
+	} else if err := m.startPool(id, rec); err != nil {
+		return PoolInfo{}, liveErr(id, rev, err)
+	}
+	return m.info(id, rec, kv.CreateRevision, rev), nil
+}
+
+// WaitGeneration waits until the live pool holds no connection of a
+// generation below gen, or ctx ends. It returns ErrPoolNotFound if the pool
+// is not running, and otherwise what Pool.WaitGeneration returns.
+func (m *Manager) WaitGeneration(ctx context.Context, id string, gen uint64) error {
+	p, err := m.Pool(id)
+	if err != nil {
+		return err
+	}
+	return p.WaitGeneration(ctx, gen)
+}
+
+// WaitDrained waits until the live pool has no leased connection, or ctx
+// ends. It returns ErrPoolNotFound if the pool is not running, and
+// otherwise what Pool.WaitDrained returns.
+func (m *Manager) WaitDrained(ctx context.Context, id string) error {
+	p, err := m.Pool(id)
+	if err != nil {
+		return err
+	}
+	return p.WaitDrained(ctx)
+}
+
+// Pool returns the live pool with that id, for leasing and stats. It
+// returns ErrPoolNotFound if no such pool runs, and ErrPoolClosed after
+// Close. The pool may be deleted (and closed) at any time after.
+func (m *Manager) Pool(id string) (*Pool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrPoolClosed
+	}
+	p, ok := m.pools[id]
+	if !ok {
+		return nil, fmt.Errorf("pool %s: %w", id, ErrPoolNotFound)
+	}
+	return p, nil
+}
+
+// Pools returns the IDs of the live pools, sorted.
+func (m *Manager) Pools() []string {
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.pools))
+	for id := range m.pools {
+		ids = append(ids, id)
+	}
+	m.mu.Unlock()
+	slices.Sort(ids)
+	return ids
+}
+
+// Leases lists the active leases of pool id, or of every pool if id is "",
+// sorted by pool then lease start. It returns ErrPoolNotFound for an
+// unknown id, ctx's error, and ErrPoolClosed after Close.
+func (m *Manager) Leases(ctx context.Context, id string) ([]LeaseInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var pools []*Pool
+	if id != "" {
+		p, err := m.Pool(id)
+		if err != nil {
+			return nil, err
+		}
+		pools = []*Pool{p}
+	} else {
+		pools = m.livePools()
+		if pools == nil && m.isClosed() {
+			return nil, ErrPoolClosed
+		}
+	}
+	var out []LeaseInfo
+	for _, p := range pools {
+		ls := p.Leases()
+		slices.SortStableFunc(ls, func(a, b LeaseInfo) int { return a.Since.Compare(b.Since) })
+		out = append(out, ls...)
+	}
+	return out, nil
+}
+
+// RevokeLease ends the lease with that ID, in whichever pool holds it, by
+// closing its connection. It returns ErrLeaseNotFound if no pool has it,
+// ctx's error, and ErrPoolClosed after Close.
+func (m *Manager) RevokeLease(ctx context.Context, leaseID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if m.isClosed() {
+		return ErrPoolClosed
+	}
+	for _, p := range m.livePools() {
+		err := p.Revoke(leaseID)
+		if !errors.Is(err, ErrLeaseNotFound) {
+			return err
+		}
+	}
+	return fmt.Errorf("lease %s: %w", leaseID, ErrLeaseNotFound)
+}
+
+// Watch delivers every committed pool change with a revision above
+// fromRevision, in revision order, then live changes. Pass the Revision of
+// a List/Get (or a Plan) to watch from then, or the current revision
+// (CurrentRevision) for changes from now. The channel is closed when ctx
+// ends, the Manager or store closes, or the watcher falls so far behind
+// that the store compacted changes it still needs (watch again; that
+// fails with ErrRevisionNotFound, so re-read with List).
+//
+// It returns ErrRevisionNotFound if fromRevision is older than the store
+// retains, a *ValidationError for a negative fromRevision, ctx's error,
+// and ErrPoolClosed after Close.
+func (m *Manager) Watch(ctx context.Context, fromRevision int64) (<-chan PoolEvent, error) {
+	if fromRevision < 0 {
+		return nil, badRevision(fromRevision, "must not be negative")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		cancel()
+		return nil, ErrPoolClosed
+	}
+	m.wg.Add(1) // under mu, so Close cannot be waiting already
+	m.mu.Unlock()
+
+	in, err := m.store.Watch(ctx, fromRevision)
+	if err != nil {
+		cancel()
+		m.wg.Done()
+		if errors.Is(err, store.ErrCompacted) {
+			return nil, fmt.Errorf("watch from revision %d: %w: %w", fromRevision, ErrRevisionNotFound, err)
+		}
+		return nil, fmt.Errorf("watch: %w", mapStoreErr("", err))
+	}
+	// Close cancels ctx too, which ends the store's watcher and closes in.
+	unhook := context.AfterFunc(m.stopCtx, cancel)
+	out := make(chan PoolEvent) // unbuffered: the store's log is the buffer
+	go func() {
+		defer m.wg.Done()
+		defer close(out)
+		defer unhook()
+		defer cancel()
+		for ev := range in {
+			pe, ok := m.event(ev)
+			if !ok {
+				continue
+			}
+			select {
+			case out <- pe:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// CurrentRevision returns the store's current revision: Watch from it to
+// see only changes made after the call.
+func (m *Manager) CurrentRevision(ctx context.Context) (int64, error) {
+	if m.isClosed() {
+		return 0, ErrPoolClosed
+	}
+	rev, err := m.store.Revision(ctx)
+	if err != nil {
+		return 0, mapStoreErr("", err)
+	}
+	return rev, nil
+}
+
+// Close closes every pool, live or retiring, with Pool.Close semantics
+// (waiters fail with ErrPoolClosed; idle and leased connections close: to
+// let leases finish first, Drain and WaitDrained before Close), and ends
+// every Watch. It does not close the Store. Later calls to other methods
+// return ErrPoolClosed. Idempotent: later calls return nil.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	pools := m.pools
+	m.pools = nil
+	m.mu.Unlock()
+	m.stop() // retiring pools close themselves
+
+	var errs []error
+	for id, p := range pools {
+		if err := p.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close pool %s: %w", id, err))
+		}
+	}
+	m.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// lockWrites takes the write semaphore, giving up when ctx ends, and fails
+// after Close.
+func (m *Manager) lockWrites(ctx context.Context) (unlock func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	select {
+	case m.wsem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if m.isClosed() {
+		<-m.wsem
+		return nil, ErrPoolClosed
+	}
+	return func() { <-m.wsem }, nil
+}
+
+func (m *Manager) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// checkRead validates id (if not "") and fails after Close.
+func (m *Manager) checkRead(id string) error {
+	if id != "" {
+		if err := ValidatePoolID(id); err != nil {
+			return err
+		}
+	}
+	if m.isClosed() {
+		return ErrPoolClosed
+	}
+	return nil
+}
+
+func (m *Manager) lookup(id string) *Pool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pools[id]
+}
+
+// livePools returns the live pools and the retiring ones (which may still
+// have leases), sorted by ID; nil after Close.
+func (m *Manager) livePools() []*Pool {
+	m.mu.Lock()
+	ps := make([]*Pool, 0, len(m.pools)+len(m.retiring))
+	for _, p := range m.pools {
+		ps = append(ps, p)
+	}
+	for p := range m.retiring {
+		ps = append(ps, p)
+	}
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		return nil
+	}
+	slices.SortFunc(ps, func(a, b *Pool) int { return cmp.Compare(a.Name(), b.Name()) })
+	return ps
+}
+
+// read returns a pool's decoded record and store metadata.
+func (m *Manager) read(ctx context.Context, id string) (record, store.KeyValue, error) {
+	kv, err := m.store.Get(ctx, poolKey(id))
+	if err != nil {
+		return record{}, store.KeyValue{}, mapStoreErr(id, err)
+	}
+	rec, err := decodeRecord(kv.Value)
+	if err != nil {
+		return record{}, store.KeyValue{}, fmt.Errorf("pool %s: %w", id, err)
+	}
+	return rec, kv, nil
+}
+
+// readExpect is read, checking expectRevision (0: any) against ModRevision.
+func (m *Manager) readExpect(ctx context.Context, id string, expectRevision int64) (record, store.KeyValue, error) {
+	if expectRevision != 0 {
+		// Check the revision before decoding: a stale etag on a record
+		// that no longer decodes is still a mismatch.
+		kv, err := m.store.Get(ctx, poolKey(id))
+		if err != nil {
+			return record{}, store.KeyValue{}, mapStoreErr(id, err)
+		}
+		if kv.ModRevision != expectRevision {
+			return record{}, store.KeyValue{}, &RevisionMismatchError{Pool: id, Expected: expectRevision, Current: kv.ModRevision}
+		}
+	}
+	rec, kv, err := m.read(ctx, id)
+	if err == nil && expectRevision != 0 && kv.ModRevision != expectRevision {
+		err = &RevisionMismatchError{Pool: id, Expected: expectRevision, Current: kv.ModRevision}
+	}
+	return rec, kv, err
+}
+
+// put encodes and writes one record.
+func (m *Manager) put(ctx context.Context, id string, rec record, expect store.Expect, actor string) (int64, error) {
+	val, err := encodeRecord(rec)
+	if err != nil {
+		return 0, fmt.Errorf("pool %s: %w", id, err)
+	}
+	rev, err := m.store.Put(ctx, poolKey(id), val, expect, actor)
+	if err != nil {
+		return 0, mapStoreErr(id, err)
+	}
+	return rev, nil
+}
+
+// setState is Drain, Pause and Resume.
+func (m *Manager) setState(ctx context.Context, id string, s State, op Action, o WriteOptions) (PoolInfo, error) {
+	if err := ValidatePoolID(id); err != nil {
+		return PoolInfo{}, err
+	}
+	unlock, err := m.lockWrites(ctx)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	defer unlock()
+
+	rec, kv, err := m.read(ctx, id)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if rec.State == s {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rec.State, rec.UpdateTime, rec.Op = s, m.now(), op
+	if o.ValidateOnly {
+		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	rev, err := m.put(ctx, id, rec, store.AtRevision(kv.ModRevision), o.Actor)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	if err := m.applyLive(id, rec, false, true); err != nil {
+		return PoolInfo{}, liveErr(id, rev, err)
+	}
+	return m.info(id, rec, kv.CreateRevision, rev), nil
+}
+
+// startPool starts a live pool for rec, in rec's state, and registers it,
+// replacing (and closing) any pool of that id. The caller holds wsem.
+func (m *Manager) startPool(id string, rec record) error {
+	p, err := NewPool(id, rec.Config, m.env)
+	if err != nil {
+		return err
+	}
+	applyState(p, rec.State)
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = p.Close() // never served; ErrPoolClosed is the error to report
+		return ErrPoolClosed
+	}
+	old := m.pools[id]
+	m.pools[id] = p
+	m.mu.Unlock()
+	if old != nil {
+		m.retire(old)
+	}
+	return nil
+}
+
+// applyLive brings the live pool of id to rec: its config if cfgChanged,
+// its state if stateChanged. A pool not running (its start failed before)
+// is started. The caller holds wsem.
+func (m *Manager) applyLive(id string, rec record, cfgChanged, stateChanged bool) error {
+	p := m.lookup(id)
+	if p == nil {
+		if m.isClosed() {
+			return ErrPoolClosed
+		}
+		return m.startPool(id, rec)
+	}
+	if cfgChanged {
+		if _, err := p.Reconfigure(rec.Config); err != nil {
+			return err
+		}
+	}
+	if stateChanged {
+		applyState(p, rec.State)
+	}
+	return nil
+}
+
+// stopPool unregisters the live pool of id and retires it. The caller
+// holds wsem.
+func (m *Manager) stopPool(id string) {
+	m.mu.Lock()
+	p := m.pools[id]
+	delete(m.pools, id)
+	m.mu.Unlock()
+	if p != nil {
+		m.retire(p)
+	}
+}
+
+// retire drains p (no new leases, idle connections closed) and closes it
+// once its last lease is released, so no lease is cut; Close closes it
+// sooner.
+func (m *Manager) retire(p *Pool) {
+	p.Drain()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = p.Close() // Pool.Close always returns nil
+		return
+	}
+	donec := make(chan struct{})
+	m.retiring[p] = donec
+	m.wg.Add(1) // under mu, so Close cannot be waiting already
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		defer close(donec)
+		// An error means Close was called: close now all the same.
+		_ = p.WaitDrained(m.stopCtx)
+		_ = p.Close() // Pool.Close always returns nil
+		m.mu.Lock()
+		delete(m.retiring, p)
+		m.mu.Unlock()
+	}()
+}
+
+// applyState moves a live pool to s.
+func applyState(p *Pool, s State) {
+	switch s {
+	case StateActive:
+		if p.State() != StateActive {
+			p.Resume()
+		}
+	case StatePaused:
+		if p.State() == StateDraining {
+			p.Resume() // Pool.Pause does nothing while draining
+		}
+		p.Pause()
+	case StateDraining:
+		p.Drain()
+	default:
+		panic(fmt.Sprintf("poolmgr: internal error: unknown state %d", s))
+	}
+}
+
+// info builds a PoolInfo from a record, with the live generation.
+func (m *Manager) info(id string, rec record, createRev, modRev int64) PoolInfo {
+	var gen uint64
+	if p := m.lookup(id); p != nil {
+		gen = p.Generation()
+	}
+	return PoolInfo{
+		ID:             id,
+		Config:         rec.Config,
+		State:          rec.State,
+		Generation:     gen,
+		Revision:       modRev,
+		CreateRevision: createRev,
+		CreateTime:     rec.CreateTime,
+		UpdateTime:     rec.UpdateTime,
+	}
+}
+
+// event converts a store event under keyPrefix; ok is false for other keys
+// and for records that do not decode (logged).
+func (m *Manager) event(ev store.Event) (PoolEvent, bool) {
+	id, ok := strings.CutPrefix(ev.KV.Key, keyPrefix)
+	if !ok {
+		return PoolEvent{}, false
+	}
+	rec, err := decodeRecord(ev.KV.Value)
+	if err != nil {
+		m.logger.LogAttrs(context.Background(), slog.LevelError, "watch: undecodable pool record",
+			slog.String("pool", id), slog.Int64("revision", ev.Revision), slog.Any("error", err))
+		if ev.Action != store.ActionDelete {
+			return PoolEvent{}, false
+		}
+		rec = record{}
+	}
+	pe := PoolEvent{Revision: ev.Revision, Type: EventPut, Info: m.info(id, rec, ev.KV.CreateRevision, ev.KV.ModRevision)}
+	if ev.Action == store.ActionDelete {
+		pe.Type = EventDelete
+	}
+	return pe, true
+}
+
+// revisionOf converts a history entry.
+func revisionOf(e store.HistoryEntry) (Revision, error) {
+	r := Revision{Revision: e.Revision, Time: e.Time, Actor: e.Actor}
+	if e.Action == store.ActionDelete {
+		r.Action, r.Deleted = ActionDelete, true
+		return r, nil
+	}
+	rec, err := decodeRecord(e.Value)
+	if err != nil {
+		return Revision{}, fmt.Errorf("revision %d: %w", e.Revision, err)
+	}
+	r.Action, r.Config, r.State = rec.Op, rec.Config, rec.State
+	if r.Action == "" {
+		r.Action = ActionUpdate
+	}
+	return r, nil
+}
+
+// prepare fills in cfg's defaults, copying its slices and maps so the
+// caller's cannot alias stored ones, and validates it.
+func prepare(cfg Config) (Config, error) {
+	cfg.Endpoints = slices.Clone(cfg.Endpoints)
+	if cfg.Labels != nil {
+		l := make(map[string]string, len(cfg.Labels))
+		for k, v := range cfg.Labels {
+			l[k] = v
+		}
+		cfg.Labels = l
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// prepareSpecs validates every spec of Apply and returns them with defaults
+// filled in; violations of spec i are prefixed "pools[i].".
+func prepareSpecs(want []PoolSpec) ([]PoolSpec, error) {
+	var vs []FieldViolation
+	out := make([]PoolSpec, len(want))
+	seen := make(map[string]int, len(want))
+	for i, s := range want {
+		prefix := fmt.Sprintf("pools[%d].", i)
+		var verr *ValidationError
+		if err := ValidatePoolID(s.ID); errors.As(err, &verr) {
+			for _, v := range verr.Violations {
+				vs = append(vs, FieldViolation{Field: prefix + v.Field, Reason: v.Reason})
+			}
+		} else if j, dup := seen[s.ID]; dup {
+			vs = append(vs, FieldViolation{Field: prefix + "name", Reason: fmt.Sprintf("pool %q is also pools[%d]", s.ID, j)})
+		} else {
+			seen[s.ID] = i
+		}
+		cfg, err := prepare(s.Config)
+		if errors.As(err, &verr) {
+			for _, v := range verr.Violations {
+				vs = append(vs, FieldViolation{Field: prefix + v.Field, Reason: v.Reason})
+			}
+		} else if err != nil {
+			return nil, err
+		}
+		out[i] = PoolSpec{ID: s.ID, Config: cfg}
+	}
+	if len(vs) > 0 {
+		return nil, &ValidationError{Violations: vs}
+	}
+	return out, nil
+}
+
+// mapStoreErr turns a store error about pool id (or "") into poolmgr's.
+func mapStoreErr(id string, err error) error {
+	what := "store"
+	if id != "" {
+		what = "pool " + id
+	}
+	var rm *store.RevisionMismatchError
+	switch {
+	case errors.As(err, &rm):
+		return &RevisionMismatchError{Pool: id, Expected: rm.Expected, Current: rm.Current}
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%s: %w", what, ErrPoolNotFound)
+	case errors.Is(err, store.ErrExists):
+		return fmt.Errorf("%s: %w", what, ErrPoolExists)
+	case errors.Is(err, store.ErrClosed):
+		return fmt.Errorf("%s: %w: %w", what, ErrPoolClosed, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// liveErr reports a live pool that did not follow a committed change.
+func liveErr(id string, rev int64, err error) error {
+	return fmt.Errorf("pool %s: committed at revision %d, but the live pool did not follow: %w", id, rev, err)
+}
+
+func badRevision(rev int64, reason string) error {
+	return &ValidationError{Violations: []FieldViolation{{Field: "revision", Reason: fmt.Sprintf("revision %d: %s", rev, reason)}}}
+}
