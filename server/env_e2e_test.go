@@ -82,11 +82,11 @@ func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
 	if o.config != nil {
 		o.config(&cfg)
 	}
-	srv, h, err := server.New(cfg)
+	srv, svc, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
-	e.health = h
+	e.health = svc.Health
 	if o.register != nil {
 		o.register(srv)
 	}

@@ -61,7 +61,7 @@ type Config struct {
 
 // New builds the gRPC server: it registers PoolAdminService (AdminServer),
 // StatsService (StatsServer), LeaseService (LeaseServer), grpc.health.v1.Health
-// (the returned Health: run Health.Run, call Health.Shutdown at shutdown)
+// (see Services for what the owner drives at shutdown)
 // and server reflection, behind the interceptor chain
 //
 //	cfg.*Interceptors (metrics) -> logging -> auth (if cfg.AuthFunc; not for
@@ -71,7 +71,7 @@ type Config struct {
 // with a generic message, and the panic value and stack go to the log.
 // opts are added after New's own options (TLS credentials, limits). It
 // returns an error if cfg.Manager is nil.
-func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Health, error) {
+func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error) {
 	if cfg.Manager == nil {
 		return nil, nil, errors.New("server: Config.Manager is required")
 	}
@@ -97,11 +97,21 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Health, error) {
 
 	poolv1.RegisterPoolAdminServiceServer(srv, NewAdminServer(cfg.Manager))
 	poolv1.RegisterStatsServiceServer(srv, NewStatsServer(cfg.Manager))
-	poolv1.RegisterLeaseServiceServer(srv, NewLeaseServer(cfg.Manager, cfg.Logger))
-	h := NewHealth(cfg.Manager)
-	healthpb.RegisterHealthServer(srv, h.Server())
+	svc := &Services{Health: NewHealth(cfg.Manager), Lease: NewLeaseServer(cfg.Manager, cfg.Logger)}
+	poolv1.RegisterLeaseServiceServer(srv, svc.Lease)
+	healthpb.RegisterHealthServer(srv, svc.Health.Server())
 	reflection.Register(srv)
-	return srv, h, nil
+	return srv, svc, nil
+}
+
+// Services are the parts of a server its owner drives during shutdown.
+type Services struct {
+	// Health holds the per-pool serving statuses; run Health.Run in a
+	// goroutine and call Health.Shutdown when stopping.
+	Health *Health
+	// Lease is the lease service; call Lease.Shutdown before
+	// grpc.Server.GracefulStop so idle streams end, and Lease.Wait after.
+	Lease *LeaseServer
 }
 
 func orDefault(d, def time.Duration) time.Duration {
