@@ -92,7 +92,16 @@ func (p *Pool) maintain() time.Duration {
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.nextWakeLocked(p.env.Now())
+	// Kicks sent so far (some by this sweep) are answered by the schedule
+	// computed now; later ones come after it and wake the loop again.
+	select {
+	case <-p.kickc:
+	default:
+	}
+	now = p.env.Now()
+	d := p.nextWakeLocked(now)
+	p.wakeAt = now.Add(d)
+	return d
 }
 
 // nextWakeLocked is how long until the next scheduled maintenance.

@@ -129,6 +129,8 @@ type Pool struct {
 	nextDialAt  time.Time
 	circuitOpen bool
 	lastDialErr error
+	// wakeAt is when the maintenance loop will next wake by itself.
+	wakeAt time.Time
 	// changec is closed at the next change and reset to nil; nil when no one
 	// waits, so changes cost nothing then.
 	changec chan struct{}
@@ -272,6 +274,9 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 					c.closeNet()
 					p.mu.Lock()
 					continue
+				}
+				if p.idle.Len() < p.cfg.Limits.MinIdle {
+					p.maybeDialLocked(ctx) // refill min_idle
 				}
 				if c.raw == nil || now.Sub(c.idleSince) < p.cfg.Lifecycle.ValidateAfterIdle {
 					p.leaseLocked(c, holder, start, now)
@@ -478,6 +483,9 @@ func (p *Pool) leaseLocked(c *Conn, holder string, start, now time.Time) {
 		c.idleTime = now.Sub(c.idleSince)
 	}
 	c.age = now.Sub(c.created)
+	if d := p.cfg.Lifecycle.MaxLeaseDuration; d > 0 {
+		p.scheduleLocked(now.Add(d))
+	}
 	c.active.Store(true)
 	p.st.acquires++
 	p.st.waitTime.observe(c.waitTime)
@@ -521,8 +529,21 @@ func (p *Pool) putLocked(c *Conn, now time.Time) (CloseReason, bool) {
 	c.state = connIdle
 	c.idleSince = now
 	p.idle.PushBack(c)
+	p.scheduleLocked(c.expiryLocked(&p.cfg))
+	p.scheduleLocked(now.Add(p.cfg.Lifecycle.IdleTimeout))
+	if p.cfg.HealthCheck.Kind != HealthNone {
+		p.scheduleLocked(c.lastCheck.Add(p.cfg.HealthCheck.Interval))
+	}
 	p.notifyLocked()
 	return 0, false
+}
+
+// scheduleLocked makes sure the maintenance loop wakes by t.
+func (p *Pool) scheduleLocked(t time.Time) {
+	if t.Before(p.wakeAt) {
+		p.wakeAt = t
+		p.kickLocked()
+	}
 }
 
 // retireReasonLocked reports why c, not leased, may not be kept.
