@@ -195,8 +195,8 @@ func TestConnForGivenUpWaiterGoesToNext(t *testing.T) {
 			second := acquireAsync(p, context.Background(), "second")
 			synctest.Wait()
 
-			cancel()         // first gives up...
-			c.Release(true)  // ...as the conn is delivered to it
+			cancel()        // first gives up...
+			c.Release(true) // ...as the conn is delivered to it
 			c1, err1 := first.result(t)
 			if err1 == nil {
 				second.wantBlocked(t)
