@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 )
 
@@ -45,6 +43,9 @@ func applyCommand() *command {
 				if len(files) == 0 {
 					return usagef("apply: -f FILE is required")
 				}
+				if i := slices.Index(files, "-"); i >= 0 && slices.Contains(files[i+1:], "-") {
+					return usagef("apply: -f - given twice")
+				}
 				pools, err := readApplyFiles(e.stdin, files)
 				if err != nil {
 					return err
@@ -59,17 +60,12 @@ func applyCommand() *command {
 func readApplyFiles(stdin io.Reader, files []string) ([]*poolv1.Pool, error) {
 	var all []*poolv1.Pool
 	where := map[string]string{}
-	stdinRead := false
 	for _, f := range files {
 		var (
 			data []byte
 			err  error
 		)
 		if f == "-" {
-			if stdinRead {
-				return nil, usagef("apply: -f - given twice")
-			}
-			stdinRead = true
 			data, err = io.ReadAll(io.LimitReader(stdin, maxApplyFileSize+1))
 		} else {
 			var fh *os.File
@@ -639,6 +635,3 @@ func buildVersion() (v, commit string) {
 	}
 	return v, commit
 }
-
-// protoClone is proto.Clone with the static type kept.
-func protoClone[M proto.Message](m M) M { return proto.Clone(m).(M) }

@@ -1,0 +1,537 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/server"
+	"github.com/poolplane/poolplane/store"
+)
+
+// testServer is poold in miniature: a store on t.TempDir(), a loaded
+// Manager and server.New's gRPC server on 127.0.0.1:0. t.Cleanup stops it.
+type testServer struct {
+	addr string
+	log  *syncBuffer
+}
+
+func startServer(t *testing.T) *testServer {
+	t.Helper()
+	ts := &testServer{log: &syncBuffer{}}
+	logger := slog.New(slog.NewTextHandler(ts.log, nil))
+	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatalf("store.Open: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	m, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
+	if err != nil {
+		t.Fatalf("NewManager: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.Load(context.Background()); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	srv, _, err := server.New(server.Config{Manager: m, Logger: logger})
+	if err != nil {
+		t.Fatalf("server.New: %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = lis.Addr().String()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+	return ts
+}
+
+// cli runs poolctl against the server.
+func (ts *testServer) cli(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	return runCLI(t, stdin, append([]string{"--server", ts.addr}, args...)...)
+}
+
+// ok runs poolctl and fails the test unless it exits 0.
+func (ts *testServer) ok(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	r := ts.cli(t, stdin, args...)
+	if r.code != 0 {
+		t.Fatalf("poolctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// fails runs poolctl and checks it exits 1 with want in stderr, formatted
+// as poolctl errors are.
+func (ts *testServer) fails(t *testing.T, want string, args ...string) string {
+	t.Helper()
+	r := ts.cli(t, "", args...)
+	if r.code != 1 {
+		t.Fatalf("poolctl %s: exit %d, want 1\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, want) || !strings.HasPrefix(r.stderr, "poolctl: ") || strings.Contains(r.stderr, "rpc error") {
+		t.Fatalf("poolctl %s: stderr %q, want %q", strings.Join(args, " "), r.stderr, want)
+	}
+	return r.stderr
+}
+
+// startEcho starts a loopback TCP echo upstream that closes its side after
+// its client's EOF.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // protects conns
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				io.Copy(c, c)
+				c.Close()
+			})
+		}
+	})
+	t.Cleanup(func() {
+		lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return lis.Addr().String()
+}
+
+// waitUntil polls cond until it holds, failing the test at a bound below
+// the test deadline.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	if d, ok := t.Deadline(); ok && time.Until(d) < 20*time.Second {
+		deadline = d.Add(-time.Until(d) / 3)
+	}
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for state
+	}
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// unmarshal parses -o json output.
+func unmarshal[M proto.Message](t *testing.T, out string, m M) M {
+	t.Helper()
+	if err := protojson.Unmarshal([]byte(out), m); err != nil {
+		t.Fatalf("output is not a %T: %v\n%s", m, err, out)
+	}
+	return m
+}
+
+// actions maps pool names to apply actions.
+func actions(resp *poolv1.ApplyPoolsResponse) map[string]string {
+	out := map[string]string{}
+	for _, c := range resp.GetChanges() {
+		out[c.GetName()] = actionString(c.GetAction())
+	}
+	return out
+}
+
+func TestEndToEnd(t *testing.T) {
+	ts := startServer(t)
+	echo := startEcho(t)
+	file := writeFile(t, "pools.yaml", `
+pools:
+  - id: echo
+    endpoints: [`+echo+`]
+    limits: {max_connections: 4, acquire_timeout: 5s}
+    labels: {role: test}
+  - name: pools/other
+    endpoints: [`+echo+`]
+    reuse_policy: single_use
+`)
+
+	// Dry run: the plan, nothing written.
+	out := ts.ok(t, "", "apply", "--dry-run", "-f", file)
+	if !regexp.MustCompile(`pools/echo\s+CREATE`).MatchString(out) || !strings.Contains(out, "dry run: 2 to create") {
+		t.Fatalf("apply --dry-run:\n%s", out)
+	}
+	if out := ts.ok(t, "", "list", "-o", "json"); len(unmarshal(t, out, &poolv1.ListPoolsResponse{}).GetPools()) != 0 {
+		t.Fatalf("dry run created pools:\n%s", out)
+	}
+
+	// Apply, then apply again: UNCHANGED.
+	out = ts.ok(t, "", "apply", "-f", file)
+	if !strings.Contains(out, "applied at revision") || !strings.Contains(out, "2 created") {
+		t.Fatalf("apply:\n%s", out)
+	}
+	out = ts.ok(t, "", "apply", "-f", file)
+	if !regexp.MustCompile(`pools/echo\s+UNCHANGED`).MatchString(out) || !strings.Contains(out, "no changes") {
+		t.Fatalf("second apply:\n%s", out)
+	}
+	resp := unmarshal(t, ts.ok(t, "", "apply", "-f", file, "-o", "json"), &poolv1.ApplyPoolsResponse{})
+	if a := actions(resp); a["pools/echo"] != "UNCHANGED" || a["pools/other"] != "UNCHANGED" || resp.GetRevision() != 0 {
+		t.Fatalf("third apply: %v", resp)
+	}
+
+	// get: table, json, and yaml that applies back unchanged from stdin.
+	out = ts.ok(t, "", "get", "echo")
+	if !regexp.MustCompile(`limits\.max_connections\s+4`).MatchString(out) || !strings.Contains(out, "labels.role") {
+		t.Fatalf("get:\n%s", out)
+	}
+	p := unmarshal(t, ts.ok(t, "", "get", "pools/echo", "-o", "json"), &poolv1.Pool{})
+	if p.GetName() != "pools/echo" || p.GetState() != poolv1.PoolState_POOL_STATE_ACTIVE || p.GetEtag() == "" {
+		t.Fatalf("get -o json: %v", p)
+	}
+	staleEtag := p.GetEtag() // the pool changes below
+	y := ts.ok(t, "", "get", "echo", "-o", "yaml")
+	if !strings.Contains(y, "max_connections: 4") {
+		t.Fatalf("get -o yaml:\n%s", y)
+	}
+	resp = unmarshal(t, ts.ok(t, y, "apply", "-f", "-", "-o", "json"), &poolv1.ApplyPoolsResponse{})
+	if a := actions(resp); a["pools/echo"] != "UNCHANGED" {
+		t.Fatalf("apply of get -o yaml: %v", resp)
+	}
+
+	// list.
+	list := unmarshal(t, ts.ok(t, "", "list", "-o", "json"), &poolv1.ListPoolsResponse{})
+	if len(list.GetPools()) != 2 || list.GetPools()[0].GetName() != "pools/echo" || list.GetPools()[1].GetName() != "pools/other" {
+		t.Fatalf("list -o json: %v", list)
+	}
+	out = ts.ok(t, "", "list")
+	if !regexp.MustCompile(`(?m)^pools/echo\s+ACTIVE\s+` + regexp.QuoteMeta(echo) + `\s+no\s+4\s`).MatchString(out) {
+		t.Fatalf("list:\n%s", out)
+	}
+	if out := ts.ok(t, "", "list", "-o", "yaml"); !strings.Contains(out, "pools:\n  - name: pools/echo") {
+		t.Fatalf("list -o yaml:\n%s", out)
+	}
+
+	// Lifecycle.
+	out = ts.ok(t, "", "drain", "echo", "--wait")
+	if !strings.Contains(out, "DRAINING") {
+		t.Fatalf("drain:\n%s", out)
+	}
+	ts.ok(t, "", "pause", "echo", "--wait")
+	p = unmarshal(t, ts.ok(t, "", "resume", "echo", "--wait", "-o", "json"), &poolv1.Pool{})
+	if p.GetState() != poolv1.PoolState_POOL_STATE_ACTIVE {
+		t.Fatalf("resume: %v", p)
+	}
+
+	// An update, then history and rollback to the first revision.
+	file2 := writeFile(t, "pools2.yaml", strings.Replace(mustRead(t, file), "max_connections: 4", "max_connections: 6", 1))
+	out = ts.ok(t, "", "apply", "--dry-run", "-f", file2)
+	if !regexp.MustCompile(`pools/echo\s+UPDATE\s+limits\.max_connections`).MatchString(out) {
+		t.Fatalf("apply --dry-run of an update:\n%s", out)
+	}
+	ts.ok(t, "", "apply", "-f", file2)
+	hist := unmarshal(t, ts.ok(t, "", "history", "echo", "-o", "json"), &poolv1.ListPoolRevisionsResponse{})
+	revs := hist.GetRevisions()
+	if len(revs) < 2 || revs[0].GetPool().GetLimits().GetMaxConnections() != 6 {
+		t.Fatalf("history: %v", hist)
+	}
+	first := revs[len(revs)-1]
+	out = ts.ok(t, "", "history", "echo")
+	if !strings.Contains(out, "limits.max_connections") || !strings.Contains(out, "oldest retained") {
+		t.Fatalf("history:\n%s", out)
+	}
+	out = ts.ok(t, "", "rollback", "echo", "--revision", itoa(first.GetRevision()))
+	if !strings.Contains(out, "rolled back to revision "+itoa(first.GetRevision())) {
+		t.Fatalf("rollback:\n%s", out)
+	}
+	p = unmarshal(t, ts.ok(t, "", "get", "echo", "-o", "json"), &poolv1.Pool{})
+	if p.GetLimits().GetMaxConnections() != 4 {
+		t.Fatalf("after rollback: %v", p)
+	}
+
+	// stats.
+	out = ts.ok(t, "", "stats", "echo")
+	if !regexp.MustCompile(`(?m)^pools/echo\s+ACTIVE\s+yes`).MatchString(out) {
+		t.Fatalf("stats:\n%s", out)
+	}
+	all := unmarshal(t, ts.ok(t, "", "stats", "-o", "json"), &poolv1.WatchPoolStatsResponse{})
+	if len(all.GetStats()) != 2 {
+		t.Fatalf("stats -o json: %v", all)
+	}
+
+	// Errors are formatted, never raw statuses.
+	ts.fails(t, "poolctl: NOT_FOUND POOL_NOT_FOUND:", "get", "nosuch")
+	ts.fails(t, "ABORTED ETAG_MISMATCH", "delete", "echo", "--etag", staleEtag)
+	ts.fails(t, "INVALID_ARGUMENT", "delete", "echo", "--etag", "bogus")
+	bad := writeFile(t, "bad.yaml", "pools:\n- id: bad\n  endpoints: [h:1]\n  limits: {max_connections: -1}\n")
+	stderr := ts.fails(t, "INVALID_ARGUMENT INVALID_ARGUMENT", "apply", "-f", bad)
+	if !strings.Contains(stderr, "\n  pools[0].limits.max_connections: ") {
+		t.Fatalf("apply of a bad pool: no field violation line:\n%s", stderr)
+	}
+	ts.fails(t, `unknown field "maxconn"`, "apply", "-f", writeFile(t, "typo.yaml", "pools:\n- id: a\n  maxconn: 3\n"))
+
+	// delete with a dry run, then for real.
+	ts.ok(t, "", "delete", "other", "--dry-run")
+	ts.ok(t, "", "get", "other")
+	etag := unmarshal(t, ts.ok(t, "", "get", "other", "-o", "json"), &poolv1.Pool{}).GetEtag()
+	if out := ts.ok(t, "", "delete", "other", "--etag", etag); !strings.Contains(out, "pools/other deleted") {
+		t.Fatalf("delete:\n%s", out)
+	}
+	ts.fails(t, "NOT_FOUND", "get", "other")
+
+	// The example file applies cleanly, and a prune dry run would remove
+	// what it does not list.
+	example := filepath.Join("..", "..", "examples", "pools.yaml")
+	resp = unmarshal(t, ts.ok(t, "", "apply", "-f", example, "-o", "json"), &poolv1.ApplyPoolsResponse{})
+	if a := actions(resp); a["pools/api"] != "CREATE" || a["pools/cache"] != "CREATE" {
+		t.Fatalf("apply examples/pools.yaml: %v", resp)
+	}
+	resp = unmarshal(t, ts.ok(t, "", "apply", "-f", example, "-o", "json"), &poolv1.ApplyPoolsResponse{})
+	if a := actions(resp); a["pools/api"] != "UNCHANGED" || a["pools/cache"] != "UNCHANGED" {
+		t.Fatalf("second apply examples/pools.yaml: %v", resp)
+	}
+	out = ts.ok(t, "", "apply", "-f", example, "--prune", "--dry-run")
+	if !regexp.MustCompile(`pools/echo\s+DELETE`).MatchString(out) {
+		t.Fatalf("apply --prune --dry-run:\n%s", out)
+	}
+	ts.ok(t, "", "delete", "api")
+	ts.ok(t, "", "delete", "cache")
+}
+
+func mustRead(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// startForward runs poolctl forward until the returned stop is called and
+// returns the local address it listens on.
+func (ts *testServer) startForward(t *testing.T, pool string, extra ...string) (addr string, stop func() result) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	donec := make(chan int, 1)
+	args := append([]string{"--server", ts.addr, "forward", pool, "--listen", "127.0.0.1:0"}, extra...)
+	go func() { donec <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
+	re := regexp.MustCompile(`forwarding (127\.0\.0\.1:\d+) -> pools/` + pool + `\n`)
+	var m []string
+	waitUntil(t, "forward to listen", func() bool {
+		select {
+		case code := <-donec:
+			t.Fatalf("forward exited %d early: %s", code, errb.String())
+		default:
+		}
+		m = re.FindStringSubmatch(out.String())
+		return m != nil
+	})
+	var once sync.Once
+	var res result
+	stop = func() result {
+		once.Do(func() {
+			cancel()
+			res = result{code: <-donec, stdout: out.String(), stderr: errb.String()}
+		})
+		return res
+	}
+	t.Cleanup(func() { stop() })
+	return m[1], stop
+}
+
+func TestForward(t *testing.T) {
+	ts := startServer(t)
+	echo := startEcho(t)
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "echo", "--client-name", "forward-test")
+
+	// Two connections at once, each its own lease, bytes both ways.
+	c1, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	for i, c := range []net.Conn{c1, c2} {
+		msg := []byte("hello " + itoa(i))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+			t.Fatalf("conn %d: read %q, %v; want %q", i, got, err, msg)
+		}
+	}
+	leases := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{})
+	if len(leases.GetLeases()) != 2 || leases.GetLeases()[0].GetClientName() != "forward-test" {
+		t.Fatalf("leases: %v", leases)
+	}
+	if out := ts.ok(t, "", "leases"); !strings.Contains(out, "forward-test") {
+		t.Fatalf("leases (all pools):\n%s", out)
+	}
+
+	// Half-close: the echo upstream sees EOF, closes, and c1 reads EOF.
+	c1.(*net.TCPConn).CloseWrite()
+	if b, err := io.ReadAll(c1); err != nil || len(b) != 0 {
+		t.Fatalf("after CloseWrite: read %q, %v; want EOF", b, err)
+	}
+	c1.Close()
+	waitUntil(t, "the first lease to end", func() bool {
+		l := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{})
+		return len(l.GetLeases()) == 1
+	})
+
+	// reconnect --wait waits for the remaining lease of the old
+	// generation; revoking it ends the forwarded connection.
+	name := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{}).GetLeases()[0].GetName()
+	reconnected := make(chan result, 1)
+	go func() {
+		reconnected <- runCLI(t, "", "--server", ts.addr, "reconnect", "echo", "--wait")
+	}()
+	if out := ts.ok(t, "", "revoke", name); !strings.Contains(out, name+" revoked") {
+		t.Fatalf("revoke:\n%s", out)
+	}
+	c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c2); err != nil {
+		t.Fatalf("forwarded connection after revoke: %v", err)
+	}
+	if r := <-reconnected; r.code != 0 {
+		t.Fatalf("reconnect --wait: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// A lease failure is reported and the local connection closed.
+	ts.ok(t, "", "drain", "echo")
+	c3, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	c3.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c3); err != nil {
+		t.Fatalf("connection to a draining pool: %v", err)
+	}
+	ts.ok(t, "", "resume", "echo")
+
+	r := stop()
+	if r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "FAILED_PRECONDITION POOL_DRAINING") {
+		t.Errorf("forward stderr does not report the drained lease:\n%s", r.stderr)
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Errorf("forward still listens after stop")
+	}
+}
+
+func TestForwardShutdownClosesConnections(t *testing.T) {
+	ts := startServer(t)
+	echo := startEcho(t)
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "echo", "--shutdown-timeout", "100ms")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatal(err)
+	}
+	// The connection stays open: stop waits --shutdown-timeout, then
+	// closes it.
+	r := stop()
+	if r.code != 0 || !strings.Contains(r.stderr, "waiting up to 100ms for 1 connections") {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+		t.Fatalf("after shutdown: %v", err)
+	}
+}
+
+func isReset(err error) bool {
+	return strings.Contains(err.Error(), "connection reset")
+}
+
+func TestStatsWatch(t *testing.T) {
+	ts := startServer(t)
+	echo := startEcho(t)
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb syncBuffer
+	donec := make(chan int, 1)
+	go func() {
+		donec <- run(ctx, []string{"--server", ts.addr, "stats", "--watch", "--interval", "100ms"},
+			strings.NewReader(""), &out, &errb)
+	}()
+	waitUntil(t, "two redraws", func() bool { return strings.Contains(out.String(), "\x1b[4A") })
+	cancel()
+	if code := <-donec; code != 0 {
+		t.Fatalf("stats --watch: exit %d\n%s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "\r\x1b[2Kpools/echo") {
+		t.Errorf("stats --watch output %q", out.String())
+	}
+
+	// -o json: one document per snapshot.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	var out2 syncBuffer
+	go func() {
+		donec <- run(ctx2, []string{"--server", ts.addr, "stats", "echo", "-w", "--interval", "100ms", "-o", "json"},
+			strings.NewReader(""), &out2, &errb)
+	}()
+	waitUntil(t, "two snapshots", func() bool { return strings.Count(out2.String(), `"name": "pools/echo"`) >= 2 })
+	cancel2()
+	if code := <-donec; code != 0 {
+		t.Fatalf("stats --watch -o json: exit %d\n%s", code, errb.String())
+	}
+}
