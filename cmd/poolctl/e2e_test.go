@@ -2,8 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +21,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -31,40 +44,7 @@ type testServer struct {
 
 func startServer(t *testing.T) *testServer {
 	t.Helper()
-	ts := &testServer{log: &syncBuffer{}}
-	logger := slog.New(slog.NewTextHandler(ts.log, nil))
-	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
-	m, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	t.Cleanup(func() { m.Close() })
-	if err := m.Load(context.Background()); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	srv, _, err := server.New(server.Config{Manager: m, Logger: logger})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts.addr = lis.Addr().String()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return ts
+	return startServerWith(t, serverOptions{})
 }
 
 // cli runs poolctl against the server.
@@ -534,4 +514,196 @@ func TestStatsWatch(t *testing.T) {
 	if code := <-donec; code != 0 {
 		t.Fatalf("stats --watch -o json: exit %d\n%s", code, errb.String())
 	}
+}
+
+// serverOptions tweak startServerWith.
+type serverOptions struct {
+	config   func(*server.Config)
+	grpcOpts []grpc.ServerOption
+	network  string // "tcp" (default) or "unix"
+}
+
+// startServerWith is startServer with options; addr is "unix://<path>"
+// for a Unix socket.
+func startServerWith(t *testing.T, o serverOptions) *testServer {
+	t.Helper()
+	ts := &testServer{log: &syncBuffer{}}
+	logger := slog.New(slog.NewTextHandler(ts.log, nil))
+	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatalf("store.Open: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	m, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
+	if err != nil {
+		t.Fatalf("NewManager: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.Load(context.Background()); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	cfg := server.Config{Manager: m, Logger: logger}
+	if o.config != nil {
+		o.config(&cfg)
+	}
+	srv, _, err := server.New(cfg, o.grpcOpts...)
+	if err != nil {
+		t.Fatalf("server.New: %v", err)
+	}
+	var lis net.Listener
+	if o.network == "unix" {
+		dir, err := os.MkdirTemp("", "poolctl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		path := filepath.Join(dir, "poold.sock")
+		if lis, err = net.Listen("unix", path); err != nil {
+			t.Fatal(err)
+		}
+		ts.addr = "unix://" + path
+	} else {
+		if lis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		ts.addr = lis.Addr().String()
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+	return ts
+}
+
+func TestUnixSocket(t *testing.T) {
+	ts := startServerWith(t, serverOptions{network: "unix"})
+	echo := startEcho(t)
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	if out := ts.ok(t, "", "list"); !strings.Contains(out, "pools/echo") {
+		t.Fatalf("list over a Unix socket:\n%s", out)
+	}
+	// A bare absolute path is a Unix socket too.
+	path := strings.TrimPrefix(ts.addr, "unix://")
+	if r := runCLI(t, "", "--server", path, "get", "echo"); r.code != 0 {
+		t.Fatalf("--server %s: exit %d\n%s", path, r.code, r.stderr)
+	}
+	// forward over the socket.
+	addr, stop := ts.startForward(t, "echo")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "ping" {
+		t.Fatalf("forward over a Unix socket: read %q, %v", b, err)
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+func TestTLSAndToken(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSigned(t, dir)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const token = "s3cret"
+	ts := startServerWith(t, serverOptions{
+		grpcOpts: []grpc.ServerOption{grpc.Creds(credentials.NewServerTLSFromCert(&cert))},
+		config: func(c *server.Config) {
+			c.AuthFunc = func(ctx context.Context) (context.Context, error) {
+				got, err := auth.AuthFromMD(ctx, "bearer")
+				if err != nil {
+					return nil, err
+				}
+				if got != token {
+					return nil, status.Error(codes.Unauthenticated, "bad token")
+				}
+				return ctx, nil
+			}
+		},
+	})
+	echo := startEcho(t)
+	tlsArgs := []string{"--ca-file", certFile, "--server-name", "poold.test"}
+
+	// No TLS: the handshake fails.
+	ts.fails(t, "UNAVAILABLE", "list")
+	// TLS, no token.
+	ts.fails(t, "UNAUTHENTICATED", append(tlsArgs, "list")...)
+	ts.fails(t, "UNAUTHENTICATED: bad token", append(tlsArgs, "--token", "wrong", "list")...)
+	// TLS and token, from flags or the environment.
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", append(tlsArgs, "--token", token, "apply", "-f", "-")...)
+	t.Setenv("POOLPLANE_CA_FILE", certFile)
+	t.Setenv("POOLPLANE_SERVER_NAME", "poold.test")
+	t.Setenv("POOLPLANE_TOKEN", token)
+	if out := ts.ok(t, "", "list"); !strings.Contains(out, "pools/echo") {
+		t.Fatalf("list with TLS and token from the environment:\n%s", out)
+	}
+	// The wrong server name fails verification.
+	ts.fails(t, "UNAVAILABLE", "--server-name", "other.test", "list")
+
+	// forward uses the same credentials.
+	addr, stop := ts.startForward(t, "echo")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("tls"))
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "tls" {
+		t.Fatalf("forward with TLS and token: read %q, %v", b, err)
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// writeSelfSigned writes a self-signed certificate for poold.test and its
+// key to dir.
+func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "poold.test"},
+		DNSNames:              []string{"poold.test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile = filepath.Join(dir, "cert.pem")
+	keyFile = filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
