@@ -234,7 +234,6 @@ func (c *Conn) Release(reusable bool) {
 		return
 	}
 	p.discardLocked(c, reason)
-	p.maybeDialLocked(nil)
 	p.mu.Unlock()
-	c.closeNet()
+	p.closeConn(c)
 }

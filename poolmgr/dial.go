@@ -75,7 +75,7 @@ func (p *Pool) maybeDialLocked(ctx context.Context) {
 		p.kickLocked() // the maintenance loop dials when the backoff ends
 		return
 	}
-	for p.dialing < need && p.total+p.dialing < p.cfg.Limits.MaxConnections {
+	for p.dialing < need && p.total+p.dialing+p.closing < p.cfg.Limits.MaxConnections {
 		if p.circuitOpen && p.dialing > 0 {
 			return
 		}
@@ -229,7 +229,7 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 	p.notifyLocked()
 	p.mu.Unlock()
 	if bad {
-		c.closeNet()
+		p.closeConn(c)
 	}
 }
 
@@ -310,5 +310,5 @@ func (p *Pool) refreshDNS() {
 	p.maybeDialLocked(nil)
 	p.notifyLocked()
 	p.mu.Unlock()
-	closeAll(toClose)
+	p.closeAll(toClose)
 }

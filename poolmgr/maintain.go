@@ -82,7 +82,7 @@ func (p *Pool) maintain() time.Duration {
 	p.maybeDialLocked(nil)
 	p.mu.Unlock()
 
-	closeAll(toClose)
+	p.closeAll(toClose)
 	if len(toProbe) > 0 {
 		p.probeAll(toProbe, hc)
 	}
@@ -157,11 +157,10 @@ func (p *Pool) probeAll(cs []*Conn, hc HealthCheck) {
 		}
 		if bad {
 			p.discardLocked(c, reason)
-			p.maybeDialLocked(nil)
 		}
 		p.mu.Unlock()
 		if bad {
-			c.closeNet()
+			p.closeConn(c)
 		}
 	}
 }

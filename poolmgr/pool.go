@@ -115,6 +115,7 @@ type Pool struct {
 	waiters     waitq.Queue[*waiter]
 	freeWaiters []*waiter
 	total       int // open connections: idle + leased + being checked
+	closing     int // discarded connections not closed yet; they hold their slot
 	dialing     int // dials in flight
 	leaseSeq    uint64
 	// addrs are the resolved upstream addresses, dialed round-robin (rr).
@@ -273,6 +274,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 					p.mu.Unlock()
 					c.closeNet()
 					p.mu.Lock()
+					p.closing--
 					continue
 				}
 				if p.idle.Len() < p.cfg.Limits.MinIdle {
@@ -307,14 +309,15 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 						p.mu.Unlock()
 						c.closeNet()
 						p.mu.Lock()
+						p.closing--
 					}
 					continue
 				}
 				p.discardLocked(c, CloseUnhealthy)
-				p.maybeDialLocked(ctx)
 				p.mu.Unlock()
 				c.closeNet()
 				p.mu.Lock()
+				p.closing--
 				continue
 			}
 		}
@@ -412,9 +415,8 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 			c.uses--
 			if reason, bad := p.putLocked(c, p.env.Now()); bad {
 				p.discardLocked(c, reason)
-				p.maybeDialLocked(nil)
 				p.mu.Unlock()
-				c.closeNet()
+				p.closeConn(c)
 				return nil, err
 			}
 		}
@@ -566,7 +568,7 @@ func (p *Pool) retireReasonLocked(c *Conn, now time.Time) (CloseReason, bool) {
 }
 
 // discardLocked forgets c, open and not idle, for reason; the caller closes
-// its net.Conn after unlocking (closeNet).
+// it after unlocking with closeConn or closeAll, which free its slot.
 func (p *Pool) discardLocked(c *Conn, reason CloseReason) {
 	if c.state == connLeased {
 		p.st.holdTime.observe(p.env.Now().Sub(c.since))
@@ -576,6 +578,7 @@ func (p *Pool) discardLocked(c *Conn, reason CloseReason) {
 	c.active.Store(false)
 	close(c.done)
 	p.total--
+	p.closing++
 	if n := p.genCount[c.gen] - 1; n > 0 {
 		p.genCount[c.gen] = n
 	} else {
@@ -599,10 +602,29 @@ func (p *Pool) discardIdleLocked(out []*Conn, drop func(*Conn) (CloseReason, boo
 	return out
 }
 
-func closeAll(cs []*Conn) {
+// closeConn closes a discarded connection, then frees its slot: a
+// replacement is dialed only once the old socket is closed, so the upstream
+// never sees more than max_connections.
+func (p *Pool) closeConn(c *Conn) {
+	c.closeNet()
+	p.mu.Lock()
+	p.closing--
+	p.maybeDialLocked(nil)
+	p.mu.Unlock()
+}
+
+// closeAll is closeConn for several connections.
+func (p *Pool) closeAll(cs []*Conn) {
+	if len(cs) == 0 {
+		return
+	}
 	for _, c := range cs {
 		c.closeNet()
 	}
+	p.mu.Lock()
+	p.closing -= len(cs)
+	p.maybeDialLocked(nil)
+	p.mu.Unlock()
 }
 
 // failWaitersLocked ends every queued acquire with err.
@@ -732,7 +754,7 @@ func (p *Pool) Reconfigure(cfg Config) (Retired, error) {
 	p.kickLocked()
 	p.notifyLocked()
 	p.mu.Unlock()
-	closeAll(toClose)
+	p.closeAll(toClose)
 	return r, nil
 }
 
@@ -780,7 +802,7 @@ func (p *Pool) Drain() {
 	p.failWaitersLocked(ErrDraining)
 	p.notifyLocked()
 	p.mu.Unlock()
-	closeAll(toClose)
+	p.closeAll(toClose)
 }
 
 // Pause makes new acquires wait until Resume (their acquire_timeout keeps
@@ -829,7 +851,7 @@ func (p *Pool) Reconnect() uint64 {
 	p.kickLocked()
 	p.notifyLocked()
 	p.mu.Unlock()
-	closeAll(toClose)
+	p.closeAll(toClose)
 	return gen
 }
 
@@ -877,7 +899,7 @@ func (p *Pool) Close() error {
 	p.cancel()
 	close(p.stopc)
 	p.mu.Unlock()
-	closeAll(toClose)
+	p.closeAll(toClose)
 	<-p.donec
 	p.dialWG.Wait()
 	return nil
@@ -921,9 +943,8 @@ func (p *Pool) Revoke(leaseID string) error {
 	for _, c := range p.leased {
 		if c.leaseSeq == seq {
 			p.discardLocked(c, CloseRevoked)
-			p.maybeDialLocked(nil)
 			p.mu.Unlock()
-			c.closeNet()
+			p.closeConn(c)
 			return nil
 		}
 	}
