@@ -454,7 +454,7 @@ func TestIOTLSUntrustedUpstreamFailsDial(t *testing.T) {
 	u := startUpstream(t, "127.0.0.1:0", func(ln net.Listener) net.Listener { return tls.NewListener(ln, srvCfg) }, nil)
 	p := newIOPool(t, ioConfig(u.addr(), func(c *Config) {
 		c.TLS = TLSConfig{Enabled: true, ServerName: "upstream.test"} // system roots
-		c.Limits.AcquireTimeout = 5 * time.Second // ends early: the circuit opens
+		c.Limits.AcquireTimeout = 5 * time.Second                     // ends early: the circuit opens
 	}), Env{})
 	_, err := p.Acquire(context.Background(), "t")
 	var ae *AcquireError
