@@ -23,8 +23,10 @@ var version = ""
 // fileList is a repeatable flag.
 type fileList []string
 
+// String implements flag.Value.
 func (f *fileList) String() string { return strings.Join(*f, ",") }
 
+// Set implements flag.Value: each -f adds a file.
 func (f *fileList) Set(v string) error {
 	*f = append(*f, v)
 	return nil

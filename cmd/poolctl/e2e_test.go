@@ -179,7 +179,7 @@ pools:
 	if !regexp.MustCompile(`pools/echo\s+CREATE`).MatchString(out) || !strings.Contains(out, "dry run: 2 to create") {
 		t.Fatalf("apply --dry-run:\n%s", out)
 	}
-	if out := ts.ok(t, "", "list", "-o", "json"); len(unmarshal(t, out, &poolv1.ListPoolsResponse{}).GetPools()) != 0 {
+	if out := ts.ok(t, "", "list", "-o", "json"); out != "{\n  \"pools\": []\n}\n" {
 		t.Fatalf("dry run created pools:\n%s", out)
 	}
 
@@ -706,4 +706,73 @@ func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// startSilent starts an upstream that reads until EOF and then neither
+// writes nor closes, as a server that ignores half-closes would.
+func startSilent(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // protects conns
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(io.Discard, c) })
+		}
+	})
+	t.Cleanup(func() {
+		_ = lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return lis.Addr().String()
+}
+
+func TestForwardHalfCloseTimeout(t *testing.T) {
+	ts := startServer(t)
+	silent := startSilent(t)
+	ts.ok(t, "pools:\n- id: silent\n  endpoints: ["+silent+"]\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "silent", "--half-close-timeout", "200ms")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if _, err := c.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// The upstream never answers nor closes: forward gives up on it.
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+		t.Fatalf("read after the half-close timeout: %v", err)
+	}
+	waitUntil(t, "the lease to end", func() bool {
+		l := unmarshal(t, ts.ok(t, "", "leases", "silent", "-o", "json"), &poolv1.ListLeasesResponse{})
+		return len(l.GetLeases()) == 0
+	})
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
 }

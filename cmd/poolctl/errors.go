@@ -19,6 +19,7 @@ type usageError struct {
 	msg string
 }
 
+// Error returns the message, without the "poolctl: " prefix.
 func (e *usageError) Error() string { return e.msg }
 
 // usagef returns a *usageError.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/poolplane/poolplane/client"
@@ -17,6 +18,12 @@ import (
 // defaultShutdownTimeout bounds how long forward waits for open
 // connections after SIGINT/SIGTERM before it closes them.
 const defaultShutdownTimeout = 30 * time.Second
+
+// defaultHalfCloseTimeout bounds how long a lease outlives its local
+// connection's EOF while the upstream sends nothing: an upstream that
+// ignores the half-close (and never closes) would otherwise hold the lease
+// forever.
+const defaultHalfCloseTimeout = 30 * time.Second
 
 func forwardCommand() *command {
 	return &command{
@@ -28,8 +35,10 @@ func forwardCommand() *command {
 			name := fs.String("client-name", "", "client `NAME` shown by poolctl leases (default host/poolctl:pid)")
 			acquire := fs.Duration("acquire-timeout", 0, "bound on each lease's wait for a connection (0: the pool's acquire_timeout)")
 			grace := fs.Duration("shutdown-timeout", defaultShutdownTimeout, "after SIGINT/SIGTERM, wait this long for connections, then close them")
+			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
+				"after a local connection's EOF, end its lease once the upstream is silent this long (0: never)")
 			return func(ctx context.Context, e *env, args []string) error {
-				if *acquire < 0 || *grace < 0 {
+				if *acquire < 0 || *grace < 0 || *halfClose < 0 {
 					return usagef("forward: durations must not be negative")
 				}
 				c, err := e.newClient(*name)
@@ -38,11 +47,12 @@ func forwardCommand() *command {
 				}
 				defer c.Close()
 				f := &forwarder{
-					c:              c,
-					pool:           poolName(args[0]),
-					acquireTimeout: *acquire,
-					log:            &lockedWriter{w: e.stderr},
-					conns:          map[*forwardConn]struct{}{},
+					c:                c,
+					pool:             poolName(args[0]),
+					acquireTimeout:   *acquire,
+					halfCloseTimeout: *halfClose,
+					log:              &lockedWriter{w: e.stderr},
+					conns:            map[*forwardConn]struct{}{},
 				}
 				return f.run(ctx, *listen, *grace, e.stdout)
 			}
@@ -55,7 +65,10 @@ type forwarder struct {
 	c              *client.Client
 	pool           string
 	acquireTimeout time.Duration
-	log            io.Writer // safe for concurrent use
+	// halfCloseTimeout bounds how long the upstream may stay silent after
+	// the local side's EOF; 0 means forever.
+	halfCloseTimeout time.Duration
+	log              io.Writer // safe for concurrent use
 
 	wg sync.WaitGroup // one per accepted connection
 
@@ -173,9 +186,11 @@ func (fc *forwardConn) forceClose() {
 }
 
 // serve leases a connection for fc and copies bytes both ways. EOF on one
-// side half-closes the other (CloseWrite); an error on either side closes
-// both and discards the upstream connection. Closing both ends releases
-// the lease.
+// side half-closes the other (CloseWrite; a half-closed upstream
+// connection is not reused); an error on either side, or an upstream
+// silent for halfCloseTimeout after the local EOF, closes both and
+// discards the upstream connection. When both directions have ended the
+// lease is released.
 func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	local := fc.local
 	defer local.Close()
@@ -201,37 +216,56 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	}
 
 	var (
-		wg     sync.WaitGroup
-		failMu sync.Mutex
-		failed bool
+		wg         sync.WaitGroup
+		failed     atomic.Bool
+		halfClosed atomic.Bool // the local side sent EOF
 	)
 	fail := func() {
-		failMu.Lock()
-		failed = true
-		failMu.Unlock()
-		up.Discard()
-		local.Close()
+		failed.Store(true)
+		_ = up.Discard()
+		_ = local.Close()
 	}
 	wg.Go(func() { // local -> upstream
 		if _, err := io.Copy(up, local); err != nil {
 			fail()
 			return
 		}
-		up.CloseWrite()
+		_ = up.CloseWrite()
+		if f.halfCloseTimeout > 0 {
+			halfClosed.Store(true)
+			_ = up.SetReadDeadline(time.Now().Add(f.halfCloseTimeout))
+		}
 	})
-	// upstream -> local
-	if _, err := io.Copy(local, up); err != nil {
-		fail()
-	} else if cw, ok := local.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
+	// upstream -> local. After the local EOF, an upstream silent for
+	// halfCloseTimeout ends the lease (its read deadline is pushed back
+	// before every read).
+	buf := make([]byte, 32<<10)
+	for {
+		if halfClosed.Load() {
+			_ = up.SetReadDeadline(time.Now().Add(f.halfCloseTimeout))
+		}
+		n, rerr := up.Read(buf)
+		if n > 0 {
+			if _, werr := local.Write(buf[:n]); werr != nil {
+				fail()
+				break
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			if cw, ok := local.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+			}
+			break
+		}
+		if rerr != nil {
+			fail()
+			break
+		}
 	}
 	wg.Wait()
-	failMu.Lock()
-	defer failMu.Unlock()
-	if failed {
-		return
+	if !failed.Load() {
+		_ = up.Close()
 	}
-	up.Close()
 }
 
 // lockedWriter serialises writes from the connection goroutines.
@@ -240,6 +274,7 @@ type lockedWriter struct {
 	w  io.Writer
 }
 
+// Write writes p to the underlying writer, one call at a time.
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -28,6 +28,9 @@ func writeStructured(w io.Writer, format string, m proto.Message) error {
 		if err != nil {
 			return err
 		}
+		if b, err = withEmptyLists(b, m, false); err != nil {
+			return err
+		}
 		// protojson varies its spacing on purpose; indent with
 		// encoding/json for output that is stable across runs.
 		var out bytes.Buffer
@@ -42,9 +45,41 @@ func writeStructured(w io.Writer, format string, m proto.Message) error {
 		if err != nil {
 			return err
 		}
+		if b, err = withEmptyLists(b, m, true); err != nil {
+			return err
+		}
 		return writeYAML(w, b)
 	}
 	return fmt.Errorf("internal error: writeStructured(%q)", format)
+}
+
+// withEmptyLists adds the empty top-level repeated fields of m to its
+// protojson encoding js, which leaves them out: a list command with nothing
+// to list prints {"pools": []}, so that scripts can iterate over it.
+func withEmptyLists(js []byte, m proto.Message, protoNames bool) ([]byte, error) {
+	var missing []string
+	fields := m.ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if fd.IsList() && m.ProtoReflect().Get(fd).List().Len() == 0 {
+			name := fd.JSONName()
+			if protoNames {
+				name = string(fd.Name())
+			}
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return js, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(js, &obj); err != nil {
+		return nil, err
+	}
+	for _, k := range missing {
+		obj[k] = json.RawMessage("[]")
+	}
+	return json.Marshal(obj)
 }
 
 // compactJSON removes insignificant space from b (which is valid JSON).

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -85,7 +86,7 @@ func (e *env) watchStats(ctx context.Context, names []string, interval time.Dura
 	if err != nil {
 		return err
 	}
-	var r redrawer
+	r := redrawer{plain: !isTerminal(e.stdout)}
 	for n := 0; ; n++ {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -122,7 +123,19 @@ func (e *env) watchStats(ctx context.Context, names []string, interval time.Dura
 
 // redrawer redraws a block of text in place on a terminal.
 type redrawer struct {
-	lines int // lines drawn last time
+	plain bool // not a terminal: print each block after the last
+	lines int  // lines drawn last time
+}
+
+// isTerminal reports whether w is a file that is not a terminal's; other
+// writers (buffers, pipes wrapped by callers) count as terminals.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return true
+	}
+	fi, err := f.Stat()
+	return err != nil || fi.Mode()&os.ModeCharDevice != 0
 }
 
 // draw moves the cursor up over the previous block, then writes text,
@@ -130,6 +143,14 @@ type redrawer struct {
 // the screen after it ("\x1b[J") so that a shorter block leaves nothing
 // behind.
 func (r *redrawer) draw(w io.Writer, text string) error {
+	if r.plain {
+		if r.lines > 0 {
+			text = "\n" + text
+		}
+		r.lines++
+		_, err := io.WriteString(w, text)
+		return err
+	}
 	var b strings.Builder
 	if r.lines > 0 {
 		fmt.Fprintf(&b, "\x1b[%dA", r.lines)
