@@ -21,8 +21,10 @@ import (
 )
 
 const (
-	// relayBufSize is the upstream read size: one data frame at most.
-	relayBufSize = 32 << 10
+	// relayBufSize is the upstream read size: one data frame at most. An
+	// encoded frame must fit grpc-go's 32 KiB buffer tier; one byte more and
+	// every message takes (and zeroes) a 1 MiB buffer, a tenfold slowdown.
+	relayBufSize = 32<<10 - 64
 	// MaxDataFrame is the largest data frame a client may send.
 	MaxDataFrame = 1 << 20
 	// maxClientName bounds Open.client_name.
