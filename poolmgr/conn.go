@@ -55,6 +55,8 @@ type Conn struct {
 
 	// Guarded by pool.mu.
 	state     connState
+	expiresAt time.Time // cache of expiryLocked
+	expVer    uint64    // the Pool.cfgVer expiresAt was computed for
 	retire    CloseReason // >= 0: close at the next release for this reason (DNS)
 	idleSince time.Time   // when it last went idle; zero when handed over directly
 	lastCheck time.Time   // last health check (or creation)
@@ -102,13 +104,19 @@ func (p *Pool) newConn(nc net.Conn, a upstreamAddr, gen uint64, now time.Time, j
 }
 
 // expiredLocked reports whether c has reached its (jittered) max lifetime.
-func (c *Conn) expiredLocked(cfg *Config, now time.Time) bool {
-	return !now.Before(c.expiryLocked(cfg))
+func (p *Pool) expiredLocked(c *Conn, now time.Time) bool {
+	return !now.Before(p.expiryLocked(c))
 }
 
-func (c *Conn) expiryLocked(cfg *Config) time.Time {
-	life := cfg.Lifecycle.MaxLifetime - time.Duration(c.jitter*float64(cfg.Lifecycle.LifetimeJitter))
-	return c.created.Add(life)
+// expiryLocked returns when c reaches its max lifetime, cached until the
+// configuration changes.
+func (p *Pool) expiryLocked(c *Conn) time.Time {
+	if c.expVer != p.cfgVer || c.expiresAt.IsZero() {
+		lc := &p.cfg.Lifecycle
+		c.expiresAt = c.created.Add(lc.MaxLifetime - time.Duration(c.jitter*float64(lc.LifetimeJitter)))
+		c.expVer = p.cfgVer
+	}
+	return c.expiresAt
 }
 
 func (c *Conn) closeNet() {

@@ -65,6 +65,17 @@ func (p *Pool) maintain() time.Duration {
 		return true
 	})
 
+	// Acquires queued past acquire_timeout fail.
+	for e := p.waiters.Front(); e != nil; {
+		next := e.Next()
+		if w := e.Value; !now.Before(w.deadline) {
+			p.waiters.Remove(e)
+			p.st.timeouts++
+			w.ch <- waitResult{err: p.acquireErrorLocked(ErrAcquireTimeout, now)}
+		}
+		e = next
+	}
+
 	// Leases held past max_lease_duration are revoked.
 	if d := cfg.Lifecycle.MaxLeaseDuration; d > 0 {
 		for i := 0; i < len(p.leased); {
@@ -116,7 +127,7 @@ func (p *Pool) nextWakeLocked(now time.Time) time.Duration {
 	aboveMin := p.idle.Len() > cfg.Limits.MinIdle
 	for i := range p.idle.Len() {
 		c := p.idle.At(i)
-		at(c.expiryLocked(cfg))
+		at(p.expiryLocked(c))
 		if aboveMin {
 			at(c.idleSince.Add(cfg.Lifecycle.IdleTimeout))
 		}
@@ -128,6 +139,9 @@ func (p *Pool) nextWakeLocked(now time.Time) time.Duration {
 		for _, c := range p.leased {
 			at(c.since.Add(d))
 		}
+	}
+	for e := p.waiters.Front(); e != nil; e = e.Next() {
+		at(e.Value.deadline)
 	}
 	if p.hasNames {
 		at(p.lastResolve.Add(cfg.DNSRefresh))

@@ -2,7 +2,10 @@
 
 package poolmgr
 
-import "syscall"
+import (
+	"errors"
+	"syscall"
+)
 
 const peekSupported = true
 
@@ -11,7 +14,8 @@ const peekSupported = true
 func (c *Conn) peekSocket(fd uintptr) bool {
 	n, _, err := syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	c.peekN = n
-	if errno, ok := err.(syscall.Errno); ok {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
 		c.peekErrno = errno
 	} else if err != nil {
 		c.peekErrno = syscall.EINVAL

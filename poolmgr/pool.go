@@ -58,7 +58,7 @@ type Resolver interface {
 
 // Env is what a pool takes from its owner besides its Config.
 type Env struct {
-	Now      func() time.Time // default time.Now
+	Now      func() time.Time // default: time.Now read through the monotonic clock (see NewPool)
 	Dial     DialFunc         // default net.Dialer with the pool's keepalive
 	Resolver Resolver         // default net.DefaultResolver
 	Logger   *slog.Logger     // default slog.Default()
@@ -101,6 +101,7 @@ type Pool struct {
 	// cfg is the live configuration; tlsBase is built from cfg.TLS (nil
 	// without TLS) and keeps the TLS session cache across dials.
 	cfg     Config
+	cfgVer  uint64 // bumped by every Reconfigure
 	tlsBase *tls.Config
 	state   State
 	closed  bool
@@ -153,7 +154,11 @@ func NewPool(name string, cfg Config, env Env) (*Pool, error) {
 		}
 	}
 	if env.Now == nil {
-		env.Now = time.Now
+		// The default clock reads only the monotonic clock (time.Since),
+		// half the cost of time.Now on the acquire path; wall times are
+		// derived from the pool's creation.
+		epoch := time.Now()
+		env.Now = func() time.Time { return epoch.Add(time.Since(epoch)) }
 	}
 	if env.Resolver == nil {
 		env.Resolver = net.DefaultResolver
@@ -198,7 +203,9 @@ func (p *Pool) Name() string { return p.name }
 type waiter struct {
 	elem   waitq.Elem[*waiter]
 	ch     chan waitResult // size 1: exactly one delivery, which never blocks
-	timer  *time.Timer     // acquire_timeout
+	// deadline is when acquire_timeout expires; the maintenance loop
+	// fails the waiter then, so a wait needs no timer of its own.
+	deadline time.Time
 	holder string
 	start  time.Time
 }
@@ -226,9 +233,6 @@ func (p *Pool) getWaiterLocked(holder string, start time.Time) *waiter {
 }
 
 func (p *Pool) putWaiterLocked(w *waiter) {
-	if w.timer != nil {
-		w.timer.Stop()
-	}
 	w.holder = ""
 	if len(p.freeWaiters) < maxFreeWaiters {
 		p.freeWaiters = append(p.freeWaiters, w)
@@ -255,10 +259,10 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 		return nil, err
 	}
 	start := p.env.Now()
+	now := start
 	var w *waiter
-	var deadline time.Time
 	p.mu.Lock()
-	for {
+	for first := true; ; first = false {
 		if err := p.acquirableLocked(); err != nil {
 			if w != nil {
 				p.putWaiterLocked(w)
@@ -266,10 +270,12 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 			p.mu.Unlock()
 			return nil, err
 		}
-		now := p.env.Now()
+		if !first {
+			now = p.env.Now()
+		}
 		if p.state == StateActive {
 			if c, ok := p.popIdleLocked(); ok {
-				if c.expiredLocked(&p.cfg, now) {
+				if p.expiredLocked(c, now) {
 					p.discardLocked(c, CloseMaxLifetime)
 					p.mu.Unlock()
 					c.closeNet()
@@ -323,9 +329,6 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 		}
 
 		// Nothing idle: queue, and let the pool dial if it may.
-		if w == nil {
-			deadline = start.Add(p.cfg.Limits.AcquireTimeout)
-		}
 		canDial := p.state == StateActive && p.total+p.dialing < p.cfg.Limits.MaxConnections
 		if canDial && p.circuitOpen && p.waiters.Len() >= p.dialing && (p.dialing > 0 || now.Before(p.nextDialAt)) {
 			// Would need a dial, but the circuit is open and its probe is
@@ -348,23 +351,17 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 		}
 		if w == nil {
 			w = p.getWaiterLocked(holder, start)
+			w.deadline = start.Add(p.cfg.Limits.AcquireTimeout)
 			p.st.waits++
 		}
 		p.waiters.PushBack(&w.elem)
+		p.scheduleLocked(w.deadline)
 		p.maybeDialLocked(ctx)
 		p.notifyLocked()
 		p.mu.Unlock()
 
-		wait := deadline.Sub(now)
-		if w.timer == nil {
-			w.timer = time.NewTimer(wait)
-		} else {
-			w.timer.Reset(wait)
-		}
-		var err error
 		select {
 		case r := <-w.ch:
-			w.timer.Stop()
 			if r.err != nil || r.c != nil {
 				p.mu.Lock()
 				p.putWaiterLocked(w)
@@ -375,16 +372,11 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 			p.mu.Lock()
 			continue
 		case <-ctx.Done():
-			err = ctx.Err()
-		case <-w.timer.C:
 		}
 
+		err := ctx.Err()
 		p.mu.Lock()
 		if p.waiters.Remove(&w.elem) {
-			if err == nil {
-				p.st.timeouts++
-				err = p.acquireErrorLocked(ErrAcquireTimeout, p.env.Now())
-			}
 			p.putWaiterLocked(w)
 			p.notifyLocked()
 			p.mu.Unlock()
@@ -392,10 +384,6 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 		}
 		// Already served: the result is in w.ch. Give a connection back.
 		r := <-w.ch
-		if err == nil {
-			p.st.timeouts++
-			err = p.acquireErrorLocked(ErrAcquireTimeout, p.env.Now())
-		}
 		p.putWaiterLocked(w)
 		if r.retry && p.state == StateActive && p.idle.Len() > 0 {
 			// Pass the wake-up on to the next waiter.
@@ -531,7 +519,7 @@ func (p *Pool) putLocked(c *Conn, now time.Time) (CloseReason, bool) {
 	c.state = connIdle
 	c.idleSince = now
 	p.idle.PushBack(c)
-	p.scheduleLocked(c.expiryLocked(&p.cfg))
+	p.scheduleLocked(p.expiryLocked(c))
 	p.scheduleLocked(now.Add(p.cfg.Lifecycle.IdleTimeout))
 	if p.cfg.HealthCheck.Kind != HealthNone {
 		p.scheduleLocked(c.lastCheck.Add(p.cfg.HealthCheck.Interval))
@@ -559,7 +547,7 @@ func (p *Pool) retireReasonLocked(c *Conn, now time.Time) (CloseReason, bool) {
 		return CloseGeneration, true
 	case c.retire >= 0:
 		return c.retire, true
-	case c.expiredLocked(&p.cfg, now):
+	case p.expiredLocked(c, now):
 		return CloseMaxLifetime, true
 	case p.total > p.cfg.Limits.MaxConnections:
 		return CloseShrink, true
@@ -734,6 +722,7 @@ func (p *Pool) Reconfigure(cfg Config) (Retired, error) {
 		p.mu.Unlock()
 		return Retired{}, ErrPoolClosed
 	}
+	p.cfgVer++
 	r := p.planLocked(cfg)
 	var toClose []*Conn
 	if !p.cfg.sameUpstream(cfg) {

@@ -20,6 +20,12 @@ type Queue[T any] struct {
 // Len returns the number of queued elements.
 func (q *Queue[T]) Len() int { return q.n }
 
+// Front returns the front element, or nil when empty.
+func (q *Queue[T]) Front() *Elem[T] { return q.head }
+
+// Next returns the element behind e in its queue, or nil.
+func (e *Elem[T]) Next() *Elem[T] { return e.next }
+
 // PushBack queues e at the back. It panics if e is already queued.
 func (q *Queue[T]) PushBack(e *Elem[T]) {
 	if e.q != nil {
