@@ -55,8 +55,8 @@ type Conn struct {
 
 	// Guarded by pool.mu.
 	state     connState
-	expiresAt time.Time // cache of expiryLocked
-	expVer    uint64    // the Pool.cfgVer expiresAt was computed for
+	expiresAt time.Time   // cache of expiryLocked
+	expVer    uint64      // the Pool.cfgVer expiresAt was computed for
 	retire    CloseReason // >= 0: close at the next release for this reason (DNS)
 	idleSince time.Time   // when it last went idle; zero when handed over directly
 	lastCheck time.Time   // last health check (or creation)

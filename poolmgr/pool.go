@@ -201,13 +201,13 @@ func (p *Pool) Name() string { return p.name }
 // waiter is one queued acquirer. Waiters are recycled through
 // Pool.freeWaiters, so a wait allocates nothing in steady state.
 type waiter struct {
-	elem   waitq.Elem[*waiter]
-	ch     chan waitResult // size 1: exactly one delivery, which never blocks
+	elem waitq.Elem[*waiter]
+	ch   chan waitResult // size 1: exactly one delivery, which never blocks
 	// deadline is when acquire_timeout expires; the maintenance loop
 	// fails the waiter then, so a wait needs no timer of its own.
 	deadline time.Time
-	holder string
-	start  time.Time
+	holder   string
+	start    time.Time
 }
 
 // waitResult is delivered to a waiter: a leased connection, an error, or
