@@ -34,6 +34,7 @@ type acquireRelease func(b *testing.B) (op func(), cleanup func())
 
 func benchPoolmgr(dial DialFunc) acquireRelease {
 	return func(b *testing.B) (func(), func()) {
+		b.Helper()
 		cfg := Config{Endpoints: []string{"127.0.0.1:1"}}
 		cfg.Limits.MaxConnections = benchPoolSize
 		cfg.Limits.MinIdle = benchPoolSize
@@ -62,6 +63,7 @@ func benchPoolmgr(dial DialFunc) acquireRelease {
 }
 
 func benchPuddle(b *testing.B) (func(), func()) {
+	b.Helper()
 	p, err := puddle.NewPool(&puddle.Config[net.Conn]{
 		Constructor: func(context.Context) (net.Conn, error) { return benchConn{}, nil },
 		Destructor:  func(net.Conn) {},
@@ -92,6 +94,7 @@ func benchPuddle(b *testing.B) (func(), func()) {
 }
 
 func benchChan(b *testing.B) (func(), func()) {
+	b.Helper()
 	// A buffered channel of benchPoolSize is the simplest pool, used as the
 	// reference floor; its size is the pool size.
 	ch := make(chan net.Conn, benchPoolSize)
@@ -106,6 +109,7 @@ func benchChan(b *testing.B) (func(), func()) {
 
 // runConcurrent runs b.N operations spread over g goroutines.
 func runConcurrent(b *testing.B, g int, op func()) {
+	b.Helper()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})

@@ -65,7 +65,8 @@ func (p *Pool) dialNeedLocked() int {
 
 // maybeDialLocked starts the dials the pool needs, within max_connections,
 // the dial backoff and the circuit (one probe at a time while open). ctx
-// supplies values for the dials (a caller's), or is nil.
+// supplies values for the dials (a caller's, or context.Background()); its
+// cancellation is ignored.
 func (p *Pool) maybeDialLocked(ctx context.Context) {
 	need := p.dialNeedLocked()
 	if p.dialing >= need {
@@ -111,9 +112,6 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 		s.endpoint = p.cfg.Endpoints[p.rr%len(p.cfg.Endpoints)]
 	}
 	p.rr++
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	p.dialWG.Add(1)
 	go p.runDial(ctx, s)
 }
@@ -225,7 +223,7 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 	if bad {
 		p.discardLocked(c, reason)
 	}
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.notifyLocked()
 	p.mu.Unlock()
 	if bad {
@@ -307,7 +305,7 @@ func (p *Pool) refreshDNS() {
 			c.retire = CloseDNS
 		}
 	}
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.notifyLocked()
 	p.mu.Unlock()
 	p.closeAll(toClose)

@@ -224,7 +224,7 @@ type asyncAcquire struct {
 	err  error
 }
 
-func acquireAsync(p *Pool, ctx context.Context, holder string) *asyncAcquire {
+func acquireAsync(ctx context.Context, p *Pool, holder string) *asyncAcquire {
 	a := &asyncAcquire{done: make(chan struct{})}
 	go func() {
 		defer close(a.done)

@@ -3,6 +3,7 @@ package poolmgr
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"time"
@@ -90,7 +91,7 @@ func (p *Pool) maintain() time.Duration {
 	}
 
 	resolve := p.hasNames && !p.resolving && !now.Before(p.lastResolve.Add(cfg.DNSRefresh))
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.mu.Unlock()
 
 	p.closeAll(toClose)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -24,12 +25,12 @@ import (
 type State int
 
 const (
-	// StateActive: the pool grants leases.
+	// StateActive means the pool grants leases.
 	StateActive State = iota
-	// StatePaused: new acquires wait (counting against acquire_timeout)
+	// StatePaused means new acquires wait (counting against acquire_timeout)
 	// until Resume; leases in progress are unaffected.
 	StatePaused
-	// StateDraining: new acquires fail with ErrDraining, idle connections are
+	// StateDraining means new acquires fail with ErrDraining, idle connections are
 	// closed and leased ones close when released.
 	StateDraining
 )
@@ -183,7 +184,7 @@ func NewPool(name string, cfg Config, env Env) (*Pool, error) {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.setEndpointsLocked()
 	p.mu.Lock()
-	p.maybeDialLocked(nil) // prewarm min_idle
+	p.maybeDialLocked(context.Background()) // prewarm min_idle
 	p.mu.Unlock()
 	go p.loop()
 	return p, nil
@@ -437,7 +438,7 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 		},
 		LastDialErr: p.lastDialErr,
 	}
-	if sentinel == ErrUnavailable {
+	if errors.Is(sentinel, ErrUnavailable) {
 		e.RetryAfter = max(p.nextDialAt.Sub(now), 0)
 	}
 	return e
@@ -597,7 +598,7 @@ func (p *Pool) closeConn(c *Conn) {
 	c.closeNet()
 	p.mu.Lock()
 	p.closing--
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.mu.Unlock()
 }
 
@@ -611,7 +612,7 @@ func (p *Pool) closeAll(cs []*Conn) {
 	}
 	p.mu.Lock()
 	p.closing -= len(cs)
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.mu.Unlock()
 }
 
@@ -739,7 +740,7 @@ func (p *Pool) Reconfigure(cfg Config) (Retired, error) {
 			toClose = append(toClose, c)
 		}
 	}
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.kickLocked()
 	p.notifyLocked()
 	p.mu.Unlock()
@@ -824,7 +825,7 @@ func (p *Pool) Resume() {
 		}
 		e.Value.ch <- waitResult{retry: true}
 	}
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.notifyLocked()
 }
 
@@ -836,7 +837,7 @@ func (p *Pool) Reconnect() uint64 {
 	p.bumpGenerationLocked()
 	gen := p.gen
 	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseGeneration, true })
-	p.maybeDialLocked(nil)
+	p.maybeDialLocked(context.Background())
 	p.kickLocked()
 	p.notifyLocked()
 	p.mu.Unlock()

@@ -19,7 +19,7 @@ func TestAcquireDialsThenReusesIdle(t *testing.T) {
 		n := newFakeNet(t, false)
 		p := newTestPool(t, n, testConfig(nil))
 
-		a := acquireAsync(p, context.Background(), "alice")
+		a := acquireAsync(context.Background(), p, "alice")
 		n.wantDial().finish(nil)
 		c, err := a.result(t)
 		if err != nil {
@@ -87,7 +87,7 @@ func TestWaitersServedFIFO(t *testing.T) {
 		c := mustAcquire(t, p)
 		var ws []*asyncAcquire
 		for i := range 4 {
-			ws = append(ws, acquireAsync(p, context.Background(), "w"+string(rune('0'+i))))
+			ws = append(ws, acquireAsync(context.Background(), p, "w"+string(rune('0'+i))))
 			synctest.Wait() // queue in order
 		}
 		if s := p.Stats(); s.Waiters != 4 || s.Waits != 5 {
@@ -117,7 +117,7 @@ func TestAcquireTimeoutRemovesWaiter(t *testing.T) {
 			c.Limits.MaxConnections = 1
 			c.Limits.AcquireTimeout = 2 * time.Second
 		}))
-		a := acquireAsync(p, context.Background(), "a")
+		a := acquireAsync(context.Background(), p, "a")
 		d := n.wantDial() // parked: the dial never finishes in time
 		start := time.Now()
 		_, err := func() (*Conn, error) { <-a.done; return a.c, a.err }()
@@ -151,7 +151,7 @@ func TestContextCancelRemovesWaiterDialContinues(t *testing.T) {
 		p := newTestPool(t, n, testConfig(nil))
 		type key struct{}
 		ctx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
-		a := acquireAsync(p, ctx, "a")
+		a := acquireAsync(ctx, p, "a")
 		d := n.wantDial()
 		if d.ctx.Value(key{}) != "v" {
 			t.Fatal("dial context lost the caller's values")
@@ -190,9 +190,9 @@ func TestConnForGivenUpWaiterGoesToNext(t *testing.T) {
 			p := newTestPool(t, n, testConfig(func(c *Config) { c.Limits.MaxConnections = 1 }))
 			c := mustAcquire(t, p)
 			ctx, cancel := context.WithCancel(context.Background())
-			first := acquireAsync(p, ctx, "first")
+			first := acquireAsync(ctx, p, "first")
 			synctest.Wait()
-			second := acquireAsync(p, context.Background(), "second")
+			second := acquireAsync(context.Background(), p, "second")
 			synctest.Wait()
 
 			cancel()        // first gives up...
@@ -234,9 +234,9 @@ func TestBacklogFull(t *testing.T) {
 			c.Limits.MaxWaiters = 2
 		}))
 		c := mustAcquire(t, p)
-		w1 := acquireAsync(p, context.Background(), "w1")
+		w1 := acquireAsync(context.Background(), p, "w1")
 		synctest.Wait()
-		w2 := acquireAsync(p, context.Background(), "w2")
+		w2 := acquireAsync(context.Background(), p, "w2")
 		synctest.Wait()
 		_, err := p.Acquire(context.Background(), "w3")
 		var ae *AcquireError
@@ -260,7 +260,7 @@ func TestMaxWaitersZeroStillWaitsForOwnDial(t *testing.T) {
 		cfg := testConfig(func(c *Config) { c.Limits.MaxConnections = 1 })
 		cfg.Limits.MaxWaiters = 0
 		p := newTestPool(t, n, cfg)
-		a := acquireAsync(p, context.Background(), "a")
+		a := acquireAsync(context.Background(), p, "a")
 		n.wantDial().finish(nil)
 		c, err := a.result(t)
 		if err != nil {
@@ -384,7 +384,7 @@ func TestDialBackoffAndCircuit(t *testing.T) {
 		n.setAuto(true, errRefused)
 		p := newTestPool(t, n, testConfig(func(c *Config) { c.Limits.AcquireTimeout = time.Minute }))
 		start := time.Now()
-		a := acquireAsync(p, context.Background(), "a")
+		a := acquireAsync(context.Background(), p, "a")
 		_, err := func() (*Conn, error) { <-a.done; return a.c, a.err }()
 		var ae *AcquireError
 		if !errors.As(err, &ae) || !errors.Is(err, ErrUnavailable) || !errors.Is(ae.LastDialErr, errRefused) {
@@ -444,7 +444,7 @@ func TestCircuitProbeIsSingle(t *testing.T) {
 		}
 		n.setAuto(false, nil)
 		time.Sleep(dialBackoffMax)
-		a := acquireAsync(p, context.Background(), "a") // starts the probe
+		a := acquireAsync(context.Background(), p, "a") // starts the probe
 		d := n.wantDial()
 		if _, err := p.Acquire(context.Background(), "b"); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("second acquire during the probe: %v, want ErrUnavailable", err)
@@ -524,7 +524,7 @@ func TestPauseResume(t *testing.T) {
 		if p.State() != StatePaused || p.Serving() {
 			t.Fatal("not paused")
 		}
-		a := acquireAsync(p, context.Background(), "a")
+		a := acquireAsync(context.Background(), p, "a")
 		a.wantBlocked(t)
 		time.Sleep(5 * time.Second)
 		a.wantBlocked(t)
@@ -536,7 +536,7 @@ func TestPauseResume(t *testing.T) {
 		c.Release(true)
 		// Paused time counts against acquire_timeout.
 		p.Pause()
-		b := acquireAsync(p, context.Background(), "b")
+		b := acquireAsync(context.Background(), p, "b")
 		time.Sleep(10 * time.Second)
 		if _, err := b.result(t); !errors.Is(err, ErrAcquireTimeout) {
 			t.Fatalf("paused acquire: %v, want ErrAcquireTimeout", err)
@@ -552,7 +552,7 @@ func TestDrain(t *testing.T) {
 		mustAcquire(t, p).Release(true)
 		// A waiter queued behind a full pool fails when the drain starts.
 		leased2 := mustAcquire(t, p)
-		w := acquireAsync(p, context.Background(), "w")
+		w := acquireAsync(context.Background(), p, "w")
 		w.wantBlocked(t)
 		p.Drain()
 		if _, err := w.result(t); !errors.Is(err, ErrDraining) {
@@ -621,7 +621,7 @@ func TestReconfigureGrowServesWaiters(t *testing.T) {
 		cfg := testConfig(func(c *Config) { c.Limits.MaxConnections = 1 })
 		p := newTestPool(t, n, cfg)
 		c := mustAcquire(t, p)
-		w := acquireAsync(p, context.Background(), "w")
+		w := acquireAsync(context.Background(), p, "w")
 		w.wantBlocked(t)
 		bigger := cfg
 		bigger.Limits.MaxConnections, bigger.Limits.MaxIdle = 2, 2
@@ -708,10 +708,10 @@ func TestCloseFailsWaitersAndEndsLeases(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		n := newFakeNet(t, false)
 		p := newTestPool(t, n, testConfig(func(c *Config) { c.Limits.MaxConnections = 2 }))
-		a := acquireAsync(p, context.Background(), "a")
+		a := acquireAsync(context.Background(), p, "a")
 		n.wantDial().finish(nil)
 		c, _ := a.result(t)
-		w := acquireAsync(p, context.Background(), "w")
+		w := acquireAsync(context.Background(), p, "w")
 		d := n.wantDial() // parked in flight
 		_ = d
 		p.Close()
