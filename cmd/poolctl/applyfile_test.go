@@ -205,12 +205,12 @@ func TestParseApplyFileAliasBomb(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("pools:\n- id: a\n  endpoints:\n    - &a0 [x, x, x, x, x, x, x, x, x, x]\n")
 	for i := 1; i < 9; i++ {
-		fmt.Fprintf(&b, "    - &a%d [", i)
+		_, _ = fmt.Fprintf(&b, "    - &a%d [", i)
 		for j := range 10 {
 			if j > 0 {
 				b.WriteString(", ")
 			}
-			fmt.Fprintf(&b, "*a%d", i-1)
+			_, _ = fmt.Fprintf(&b, "*a%d", i-1)
 		}
 		b.WriteString("]\n")
 	}

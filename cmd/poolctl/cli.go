@@ -55,7 +55,7 @@ type env struct {
 // close closes the gRPC connection, if one was made.
 func (e *env) close() {
 	if e.cc != nil {
-		e.cc.Close()
+		_ = e.cc.Close()
 	}
 }
 
@@ -259,7 +259,7 @@ func (e *env) help(args []string) error {
 
 // usage prints the command reference.
 func (e *env) usage(w io.Writer) {
-	fmt.Fprint(w, `poolctl manages poolplane pools on a poold server.
+	_, _ = fmt.Fprint(w, `poolctl manages poolplane pools on a poold server.
 
 Usage: poolctl [global flags] <command> [flags] [arguments]
 
@@ -267,10 +267,10 @@ Commands:
 `)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	for _, c := range commands() {
-		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+		_, _ = fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
 	}
-	tw.Flush()
-	fmt.Fprint(w, `
+	_ = tw.Flush()
+	_, _ = fmt.Fprint(w, `
 Global flags (also accepted after the command):
   --server ADDR        poold address: host:port or unix:///path (env POOLPLANE_SERVER; default 127.0.0.1:7700)
   --token TOKEN        bearer token, sent as "authorization: Bearer TOKEN" (env POOLPLANE_TOKEN)
@@ -290,7 +290,7 @@ Run 'poolctl help <command>' for a command's flags.
 
 // commandUsage prints one command's synopsis and flags.
 func (e *env) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: poolctl %s %s\n\n%s.\n", cmd.name, cmd.args, capitalize(cmd.summary))
+	_, _ = fmt.Fprintf(w, "Usage: poolctl %s %s\n\n%s.\n", cmd.name, cmd.args, capitalize(cmd.summary))
 	global := map[string]bool{}
 	g := newFlagSet("")
 	(&globals{}).addGlobalFlags(g, !cmd.noOutputFlag)
@@ -301,7 +301,7 @@ func (e *env) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
 			return
 		}
 		if first {
-			fmt.Fprint(w, "\nFlags:\n")
+			_, _ = fmt.Fprint(w, "\nFlags:\n")
 			first = false
 		}
 		name, usage := flag.UnquoteUsage(f)
@@ -313,13 +313,13 @@ func (e *env) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
 		if name != "" {
 			line += " " + name
 		}
-		fmt.Fprintf(w, "%s\n    \t%s", line, usage)
+		_, _ = fmt.Fprintf(w, "%s\n    \t%s", line, usage)
 		if !slices.Contains([]string{"", "false", "0", "0s"}, f.DefValue) {
-			fmt.Fprintf(w, " (default %s)", f.DefValue)
+			_, _ = fmt.Fprintf(w, " (default %s)", f.DefValue)
 		}
-		fmt.Fprintln(w)
+		_, _ = fmt.Fprintln(w)
 	})
-	fmt.Fprint(w, "\nGlobal flags: see 'poolctl help'.\n")
+	_, _ = fmt.Fprint(w, "\nGlobal flags: see 'poolctl help'.\n")
 }
 
 func capitalize(s string) string {

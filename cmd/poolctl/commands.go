@@ -73,7 +73,7 @@ func readApplyFiles(stdin io.Reader, files []string) ([]*poolv1.Pool, error) {
 			var fh *os.File
 			if fh, err = os.Open(f); err == nil {
 				data, err = io.ReadAll(io.LimitReader(fh, maxApplyFileSize+1))
-				fh.Close()
+				_ = fh.Close()
 			}
 		}
 		if err != nil {
@@ -130,14 +130,14 @@ func (e *env) apply(ctx context.Context, pools []*poolv1.Pool, prune, dryRun boo
 		counts[poolv1.PoolChange_ACTION_DELETE], counts[poolv1.PoolChange_ACTION_UNCHANGED])
 	switch {
 	case dryRun:
-		fmt.Fprintf(e.stdout, "dry run: %s; nothing changed\n", summary)
+		_, _ = fmt.Fprintf(e.stdout, "dry run: %s; nothing changed\n", summary)
 	case resp.GetRevision() == 0:
-		fmt.Fprintf(e.stdout, "no changes\n")
+		_, _ = fmt.Fprintf(e.stdout, "no changes\n")
 	default:
 		summary = fmt.Sprintf("%d created, %d updated, %d deleted, %d unchanged",
 			counts[poolv1.PoolChange_ACTION_CREATE], counts[poolv1.PoolChange_ACTION_UPDATE],
 			counts[poolv1.PoolChange_ACTION_DELETE], counts[poolv1.PoolChange_ACTION_UNCHANGED])
-		fmt.Fprintf(e.stdout, "applied at revision %d: %s\n", resp.GetRevision(), summary)
+		_, _ = fmt.Fprintf(e.stdout, "applied at revision %d: %s\n", resp.GetRevision(), summary)
 	}
 	return nil
 }
@@ -221,9 +221,9 @@ func deleteCommand() *command {
 					return writeValue(e.stdout, e.g.output, map[string]any{"name": name, "deleted": !*dryRun})
 				}
 				if *dryRun {
-					fmt.Fprintf(e.stdout, "%s would be deleted (dry run)\n", name)
+					_, _ = fmt.Fprintf(e.stdout, "%s would be deleted (dry run)\n", name)
 				} else {
-					fmt.Fprintf(e.stdout, "%s deleted\n", name)
+					_, _ = fmt.Fprintf(e.stdout, "%s deleted\n", name)
 				}
 				return nil
 			}
@@ -319,7 +319,7 @@ func (e *env) waitConverged(ctx context.Context, verb string, p *poolv1.Pool, ti
 			return nil
 		}
 		if pending != last {
-			fmt.Fprintf(e.stderr, "%s: waiting: %s\n", name, pending)
+			_, _ = fmt.Fprintf(e.stderr, "%s: waiting: %s\n", name, pending)
 			last = pending
 		}
 		select {
@@ -499,7 +499,7 @@ func rollbackCommand() *command {
 				if err := poolTable(e.stdout, []*poolv1.Pool{p}); err != nil {
 					return err
 				}
-				fmt.Fprintf(e.stdout, "%s rolled back to revision %d, now revision %d\n", p.GetName(), *rev, p.GetRevision())
+				_, _ = fmt.Fprintf(e.stdout, "%s rolled back to revision %d, now revision %d\n", p.GetName(), *rev, p.GetRevision())
 				return nil
 			}
 		},
@@ -560,7 +560,7 @@ func revokeCommand() *command {
 				if e.g.output != "table" {
 					return writeValue(e.stdout, e.g.output, map[string]any{"name": args[0], "revoked": true})
 				}
-				fmt.Fprintf(e.stdout, "%s revoked\n", args[0])
+				_, _ = fmt.Fprintf(e.stdout, "%s revoked\n", args[0])
 				return nil
 			}
 		},
@@ -604,11 +604,11 @@ func versionCommand() *command {
 						"platform": runtime.GOOS + "/" + runtime.GOARCH,
 					})
 				}
-				fmt.Fprintf(e.stdout, "poolctl %s", v)
+				_, _ = fmt.Fprintf(e.stdout, "poolctl %s", v)
 				if commit != "" {
-					fmt.Fprintf(e.stdout, " (%s)", commit)
+					_, _ = fmt.Fprintf(e.stdout, " (%s)", commit)
 				}
-				fmt.Fprintf(e.stdout, " %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+				_, _ = fmt.Fprintf(e.stdout, " %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 				return nil
 			}
 		},

@@ -67,7 +67,7 @@ func (g *globals) tlsConfig() (*tls.Config, error) {
 // clear.
 func (e *env) checkToken() {
 	if e.g.token != "" && !e.g.useTLS() && !isLocalTarget(e.g.target()) {
-		fmt.Fprintf(e.stderr, "poolctl: warning: sending --token without TLS to %s\n", e.g.server)
+		_, _ = fmt.Fprintf(e.stderr, "poolctl: warning: sending --token without TLS to %s\n", e.g.server)
 	}
 }
 

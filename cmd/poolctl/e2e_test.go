@@ -101,15 +101,15 @@ func startEcho(t *testing.T) string {
 			mu.Unlock()
 			wg.Go(func() {
 				io.Copy(c, c)
-				c.Close()
+				_ = c.Close()
 			})
 		}
 	})
 	t.Cleanup(func() {
-		lis.Close()
+		_ = lis.Close()
 		mu.Lock()
 		for _, c := range conns {
-			c.Close()
+			_ = c.Close()
 		}
 		mu.Unlock()
 		wg.Wait()
@@ -368,12 +368,12 @@ func TestForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c1.Close()
+	defer func() { _ = c1.Close() }()
 	c2, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
+	defer func() { _ = c2.Close() }()
 	for i, c := range []net.Conn{c1, c2} {
 		msg := []byte("hello " + itoa(i))
 		if _, err := c.Write(msg); err != nil {
@@ -398,7 +398,7 @@ func TestForward(t *testing.T) {
 	if b, err := io.ReadAll(c1); err != nil || len(b) != 0 {
 		t.Fatalf("after CloseWrite: read %q, %v; want EOF", b, err)
 	}
-	c1.Close()
+	_ = c1.Close()
 	waitUntil(t, "the first lease to end", func() bool {
 		l := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{})
 		return len(l.GetLeases()) == 1
@@ -428,7 +428,7 @@ func TestForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c3.Close()
+	defer func() { _ = c3.Close() }()
 	c3.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadAll(c3); err != nil {
 		t.Fatalf("connection to a draining pool: %v", err)
@@ -456,7 +456,7 @@ func TestForwardShutdownClosesConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	if _, err := c.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +598,7 @@ func TestUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	c.Write([]byte("ping"))
 	c.(*net.TCPConn).CloseWrite()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -658,7 +658,7 @@ func TestTLSAndToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	c.Write([]byte("tls"))
 	c.(*net.TCPConn).CloseWrite()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))

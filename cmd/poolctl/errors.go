@@ -40,7 +40,7 @@ func formatError(err error) string {
 	var b strings.Builder
 	var gs interface{ GRPCStatus() *status.Status }
 	if !errors.As(err, &gs) || gs.GRPCStatus() == nil {
-		fmt.Fprintf(&b, "poolctl: %v\n", err)
+		_, _ = fmt.Fprintf(&b, "poolctl: %v\n", err)
 		return b.String()
 	}
 	// A wrapped status keeps the wrapper's context in front of the message.
@@ -72,17 +72,17 @@ func formatError(err error) string {
 	if info != nil && info.GetReason() != "" {
 		head += " " + info.GetReason()
 	}
-	fmt.Fprintf(&b, "poolctl: %s%s: %s\n", prefix, head, st.Message())
+	_, _ = fmt.Fprintf(&b, "poolctl: %s%s: %s\n", prefix, head, st.Message())
 	if info != nil {
 		for _, k := range slices.Sorted(maps.Keys(info.GetMetadata())) {
-			fmt.Fprintf(&b, "  %s: %s\n", k, info.GetMetadata()[k])
+			_, _ = fmt.Fprintf(&b, "  %s: %s\n", k, info.GetMetadata()[k])
 		}
 	}
 	for _, v := range bad.GetFieldViolations() {
-		fmt.Fprintf(&b, "  %s: %s\n", v.GetField(), v.GetDescription())
+		_, _ = fmt.Fprintf(&b, "  %s: %s\n", v.GetField(), v.GetDescription())
 	}
 	if d := retry.GetRetryDelay(); d != nil {
-		fmt.Fprintf(&b, "  retry after: %s\n", d.AsDuration())
+		_, _ = fmt.Fprintf(&b, "  retry after: %s\n", d.AsDuration())
 	}
 	return b.String()
 }
@@ -92,9 +92,9 @@ func formatError(err error) string {
 func reportError(w io.Writer, err error) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(w, "poolctl: %s\nRun 'poolctl help' for usage.\n", ue.msg)
+		_, _ = fmt.Fprintf(w, "poolctl: %s\nRun 'poolctl help' for usage.\n", ue.msg)
 		return 2
 	}
-	io.WriteString(w, formatError(err))
+	_, _ = io.WriteString(w, formatError(err))
 	return 1
 }

@@ -45,7 +45,7 @@ func forwardCommand() *command {
 				if err != nil {
 					return err
 				}
-				defer c.Close()
+				defer func() { _ = c.Close() }()
 				f := &forwarder{
 					c:                c,
 					pool:             poolName(args[0]),
@@ -93,9 +93,9 @@ func (f *forwarder) run(ctx context.Context, addr string, grace time.Duration, s
 	if err != nil {
 		return fmt.Errorf("forward: %w", err)
 	}
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
-	fmt.Fprintf(stdout, "forwarding %s -> %s\n", ln.Addr(), f.pool)
+	_, _ = fmt.Fprintf(stdout, "forwarding %s -> %s\n", ln.Addr(), f.pool)
 
 	var acceptErr error
 	backoff := time.Duration(0)
@@ -109,7 +109,7 @@ func (f *forwarder) run(ctx context.Context, addr string, grace time.Duration, s
 				// Out of file descriptors and the like: back off as
 				// net/http's Server does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				fmt.Fprintf(f.log, "poolctl: forward: accept: %v; retrying in %s\n", err, backoff)
+				_, _ = fmt.Fprintf(f.log, "poolctl: forward: accept: %v; retrying in %s\n", err, backoff)
 				time.Sleep(backoff)
 				continue
 			}
@@ -130,7 +130,7 @@ func (f *forwarder) run(ctx context.Context, addr string, grace time.Duration, s
 			f.mu.Unlock()
 		}()
 	}
-	ln.Close()
+	_ = ln.Close()
 	f.shutdown(grace)
 	return acceptErr
 }
@@ -152,7 +152,7 @@ func (f *forwarder) shutdown(grace time.Duration) {
 		f.wg.Wait()
 		return
 	}
-	fmt.Fprintf(f.log, "poolctl: forward: stopped listening; waiting up to %s for %d connections\n", grace, n)
+	_, _ = fmt.Fprintf(f.log, "poolctl: forward: stopped listening; waiting up to %s for %d connections\n", grace, n)
 	donec := make(chan struct{})
 	go func() {
 		f.wg.Wait()
@@ -179,9 +179,9 @@ func (fc *forwardConn) forceClose() {
 	fc.closed = true
 	up := fc.up
 	fc.mu.Unlock()
-	fc.local.Close()
+	_ = fc.local.Close()
 	if up != nil {
-		up.Discard()
+		_ = up.Discard()
 	}
 }
 
@@ -193,7 +193,7 @@ func (fc *forwardConn) forceClose() {
 // lease is released.
 func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	local := fc.local
-	defer local.Close()
+	defer func() { _ = local.Close() }()
 	lctx := ctx
 	if f.acquireTimeout > 0 {
 		var cancel context.CancelFunc
@@ -203,7 +203,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	up, err := f.c.Lease(lctx, f.pool)
 	if err != nil {
 		msg := strings.TrimPrefix(strings.TrimSuffix(formatError(err), "\n"), "poolctl: ")
-		fmt.Fprintf(f.log, "poolctl: forward: %s: lease: %s\n", local.RemoteAddr(), msg)
+		_, _ = fmt.Fprintf(f.log, "poolctl: forward: %s: lease: %s\n", local.RemoteAddr(), msg)
 		return
 	}
 	fc.mu.Lock()
@@ -211,7 +211,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	closed := fc.closed
 	fc.mu.Unlock()
 	if closed { // shut down while leasing
-		up.Discard()
+		_ = up.Discard()
 		return
 	}
 

@@ -155,11 +155,11 @@ func (t *table) row(cols ...string) {
 			return r
 		}, c)
 		if i > 0 {
-			io.WriteString(t.tw, "\t")
+			_, _ = io.WriteString(t.tw, "\t")
 		}
-		io.WriteString(t.tw, c)
+		_, _ = io.WriteString(t.tw, c)
 	}
-	io.WriteString(t.tw, "\n")
+	_, _ = io.WriteString(t.tw, "\n")
 }
 
 func (t *table) flush() error { return t.tw.Flush() }

@@ -101,7 +101,7 @@ func (e *env) watchStats(ctx context.Context, names []string, interval time.Dura
 		switch e.g.output {
 		case "table":
 			var buf bytes.Buffer
-			fmt.Fprintf(&buf, "Every %s: %s\n\n", interval, time.Now().Format(time.TimeOnly))
+			_, _ = fmt.Fprintf(&buf, "Every %s: %s\n\n", interval, time.Now().Format(time.TimeOnly))
 			if err := statsTable(&buf, resp.GetStats()); err != nil {
 				return err
 			}
@@ -110,7 +110,7 @@ func (e *env) watchStats(ctx context.Context, names []string, interval time.Dura
 			}
 		case "yaml":
 			if n > 0 {
-				io.WriteString(e.stdout, "---\n")
+				_, _ = io.WriteString(e.stdout, "---\n")
 			}
 			fallthrough
 		default:
@@ -153,7 +153,7 @@ func (r *redrawer) draw(w io.Writer, text string) error {
 	}
 	var b strings.Builder
 	if r.lines > 0 {
-		fmt.Fprintf(&b, "\x1b[%dA", r.lines)
+		_, _ = fmt.Fprintf(&b, "\x1b[%dA", r.lines)
 	}
 	text = strings.TrimSuffix(text, "\n")
 	lines := strings.Split(text, "\n")
