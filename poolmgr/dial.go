@@ -51,7 +51,8 @@ func newTLSBase(t TLSConfig) (*tls.Config, error) {
 }
 
 // dialNeedLocked is how many dials the pool wants in flight: one per queued
-// acquirer (unless paused) plus the min_idle shortfall.
+// acquirer (unless paused) plus the min_idle shortfall, and at least the
+// probe while the circuit is open.
 func (p *Pool) dialNeedLocked() int {
 	if p.closed || p.state == StateDraining {
 		return 0
@@ -59,6 +60,11 @@ func (p *Pool) dialNeedLocked() int {
 	need := max(p.cfg.Limits.MinIdle-p.idle.Len(), 0)
 	if p.state == StateActive {
 		need += p.waiters.Len()
+	}
+	if p.circuitOpen {
+		// Probe on our own after each backoff, so the circuit closes (and
+		// Serving turns true) without waiting for an acquire.
+		need = max(need, 1)
 	}
 	return need
 }

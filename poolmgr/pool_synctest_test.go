@@ -357,6 +357,20 @@ func TestMaxLifetimeAtCheckout(t *testing.T) {
 	})
 }
 
+func TestMaxIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newFakeNet(t, true)
+		p := newTestPool(t, n, testConfig(func(c *Config) { c.Limits.MaxConnections = 4; c.Limits.MaxIdle = 2 }))
+		cs := []*Conn{mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)}
+		for _, c := range cs {
+			c.Release(true)
+		}
+		if s := p.Stats(); s.Idle != 2 || s.Total != 2 || s.Closes["shrink"] != 2 {
+			t.Fatalf("Stats = %+v, want 2 idle kept and 2 closed", s)
+		}
+	})
+}
+
 func TestMinIdlePrewarmAndRefill(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		n := newFakeNet(t, true)
@@ -456,6 +470,24 @@ func TestCircuitProbeIsSingle(t *testing.T) {
 			t.Fatalf("probe: %v", err)
 		}
 		c.Release(true)
+	})
+}
+
+func TestCircuitClosesWithoutAcquires(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newFakeNet(t, true)
+		n.setAuto(true, errRefused)
+		p := newTestPool(t, n, testConfig(nil))
+		p.Acquire(context.Background(), "x")
+		if p.Serving() {
+			t.Fatal("Serving with the circuit open")
+		}
+		n.setAuto(true, nil)
+		time.Sleep(2 * dialBackoffMax)
+		synctest.Wait()
+		if s := p.Stats(); !p.Serving() || s.Idle != 1 {
+			t.Fatalf("after the upstream came back: serving=%v %+v", p.Serving(), s)
+		}
 	})
 }
 
