@@ -423,6 +423,9 @@ func historyTable(w io.Writer, revs []*poolv1.PoolRevision) error {
 				return err
 			}
 			change = strings.Join(fields, ",")
+			if change == "" {
+				change = "no config change" // e.g. reconnect
+			}
 			if revs[i+1].GetDeleted() {
 				change = "recreated"
 			}
@@ -433,11 +436,13 @@ func historyTable(w io.Writer, revs []*poolv1.PoolRevision) error {
 	return t.flush()
 }
 
-// outputOnly are the Pool fields a configuration diff ignores.
-var outputOnly = []string{"name", "state", "generation", "revision", "etag", "create_time", "update_time"}
+// notDiffed are the Pool fields history's CHANGE column ignores: they
+// change with every revision.
+var notDiffed = []string{"name", "revision", "etag", "create_time", "update_time"}
 
-// changedFields lists the configuration paths that differ between a and
-// b (state changes show as "state").
+// changedFields lists the paths that differ between a and b: configuration
+// fields, and "state" and "generation" for lifecycle changes (drain,
+// reconnect...).
 func changedFields(a, b *poolv1.Pool) ([]string, error) {
 	fa, err := flatten(a)
 	if err != nil {
@@ -466,9 +471,7 @@ func changedFields(a, b *poolv1.Pool) ([]string, error) {
 			out = append(out, k)
 		}
 	}
-	out = slices.DeleteFunc(out, func(k string) bool {
-		return k != "state" && slices.Contains(outputOnly, k)
-	})
+	out = slices.DeleteFunc(out, func(k string) bool { return slices.Contains(notDiffed, k) })
 	slices.Sort(out)
 	return out, nil
 }
