@@ -132,6 +132,7 @@ const (
 	EventDelete                      // a pool was deleted
 )
 
+// String returns "PUT" or "DELETE".
 func (t EventType) String() string {
 	switch t {
 	case EventPut:
@@ -243,6 +244,10 @@ func (m *Manager) Load(ctx context.Context) error {
 	n := 0
 	for _, kv := range kvs {
 		id := strings.TrimPrefix(kv.Key, keyPrefix)
+		if m.lookup(id) != nil {
+			n++ // started by a write before Load
+			continue
+		}
 		rec, err := decodeRecord(kv.Value)
 		if err == nil {
 			err = rec.Config.WithDefaults().Validate()
