@@ -293,8 +293,14 @@ func leaseCtxErr(pool string, err error) error {
 //	tr := &http.Transport{DialContext: c.Dialer("api")}
 //	rdb := redis.NewClient(&redis.Options{Dialer: c.Dialer("redis")})
 //
-// The pool does the upstream's TLS, so HTTP clients use http:// URLs. The
-// returned function is safe for concurrent use.
+// The pool does the upstream's TLS, so HTTP clients use http:// URLs.
+//
+// These clients keep their own pools of open connections, each holding a
+// lease: cap them at or below the pool's max_connections
+// (Transport.MaxConnsPerHost, go-redis PoolSize), or their surplus dials wait
+// for a lease until the acquire timeout. go-redis v9 may hold one connection
+// beyond PoolSize, so leave the pool some headroom. The returned function is
+// safe for concurrent use.
 func (c *Client) Dialer(pool string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, _, _ string) (net.Conn, error) {
 		conn, err := c.Lease(ctx, pool)

@@ -19,7 +19,9 @@ import (
 const (
 	// maxFrame is the largest data frame Write sends (the server's relay
 	// reads 32 KiB at a time too).
-	maxFrame = 32 << 10
+	// An encoded frame must fit grpc-go's 32 KiB buffer tier: one byte more
+	// and every message takes (and zeroes) a 1 MiB buffer.
+	maxFrame = 32<<10 - 64
 	// maxQueued is how many data bytes may wait for the sender before Write
 	// blocks: two frames, so Write copies the next frame while the sender
 	// hands the previous one to gRPC. gRPC's flow control does the rest.

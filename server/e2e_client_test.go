@@ -25,8 +25,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/stats"
 
-	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/client"
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
@@ -572,4 +572,3 @@ func BenchmarkSDKThroughput(b *testing.B) {
 		}
 	}
 }
-
