@@ -282,6 +282,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 					c.closeNet()
 					p.mu.Lock()
 					p.closing--
+					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
 					continue
 				}
 				if p.idle.Len() < p.cfg.Limits.MinIdle {
@@ -317,6 +318,8 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 						c.closeNet()
 						p.mu.Lock()
 						p.closing--
+						p.maybeDialLocked(ctx)
+					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
 					}
 					continue
 				}
@@ -325,6 +328,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 				c.closeNet()
 				p.mu.Lock()
 				p.closing--
+				p.maybeDialLocked(ctx)
 				continue
 			}
 		}
