@@ -593,7 +593,7 @@ func TestUnixSocket(t *testing.T) {
 		t.Fatalf("--server %s: exit %d\n%s", path, r.code, r.stderr)
 	}
 	// forward over the socket.
-	addr, stop := ts.startForward(t, "echo")
+	addr, stop := ts.startForward(t, "echo", "--half-close")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -653,7 +653,7 @@ func TestTLSAndToken(t *testing.T) {
 	ts.fails(t, "UNAVAILABLE", "--server-name", "other.test", "list")
 
 	// forward uses the same credentials.
-	addr, stop := ts.startForward(t, "echo")
+	addr, stop := ts.startForward(t, "echo", "--half-close")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -749,7 +749,7 @@ func TestForwardHalfCloseTimeout(t *testing.T) {
 	ts := startServer(t)
 	silent := startSilent(t)
 	ts.ok(t, "pools:\n- id: silent\n  endpoints: ["+silent+"]\n", "apply", "-f", "-")
-	addr, stop := ts.startForward(t, "silent", "--half-close-timeout", "200ms")
+	addr, stop := ts.startForward(t, "silent", "--half-close", "--half-close-timeout", "200ms")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -772,6 +772,41 @@ func TestForwardHalfCloseTimeout(t *testing.T) {
 		l := unmarshal(t, ts.ok(t, "", "leases", "silent", "-o", "json"), &poolv1.ListLeasesResponse{})
 		return len(l.GetLeases()) == 0
 	})
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// TestForwardReusesConnections: closing a forwarded connection releases its
+// lease, so the next forwarded connection reuses the pooled upstream
+// connection instead of dialing a new one.
+func TestForwardReusesConnections(t *testing.T) {
+	ts := startServer(t)
+	echo := startEcho(t)
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "echo")
+	for i := range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("round " + itoa(i))
+		c.Write(msg)
+		got := make([]byte, len(msg))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+			t.Fatalf("round %d: read %q, %v", i, got, err)
+		}
+		c.Close()
+		waitUntil(t, "the lease to be released", func() bool {
+			l := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{})
+			return len(l.GetLeases()) == 0
+		})
+	}
+	st := unmarshal(t, ts.ok(t, "", "stats", "echo", "-o", "json"), &poolv1.PoolStats{})
+	if st.GetCreated() != 1 || st.GetReused() != 2 || st.GetIdle() != 1 {
+		t.Fatalf("after 3 forwarded connections: created %d reused %d idle %d; want 1, 2, 1", st.GetCreated(), st.GetReused(), st.GetIdle())
+	}
 	if r := stop(); r.code != 0 {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
 	}

@@ -35,8 +35,11 @@ func forwardCommand() *command {
 			name := fs.String("client-name", "", "client `NAME` shown by poolctl leases (default host/poolctl:pid)")
 			acquire := fs.Duration("acquire-timeout", 0, "bound on each lease's wait for a connection (0: the pool's acquire_timeout)")
 			grace := fs.Duration("shutdown-timeout", defaultShutdownTimeout, "after SIGINT/SIGTERM, wait this long for connections, then close them")
+			halfCloseMode := fs.Bool("half-close", false,
+				"on a local connection's EOF, half-close the upstream and relay its answer until it closes (the connection is then not reused); "+
+					"by default the EOF releases the lease, so the pooled connection serves the next one")
 			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
-				"after a local connection's EOF, end its lease once the upstream is silent this long (0: never)")
+				"with --half-close, end a lease once the upstream is silent this long after the local EOF (0: never)")
 			return func(ctx context.Context, e *env, args []string) error {
 				if *acquire < 0 || *grace < 0 || *halfClose < 0 {
 					return usagef("forward: durations must not be negative")
@@ -51,6 +54,7 @@ func forwardCommand() *command {
 					pool:             poolName(args[0]),
 					acquireTimeout:   *acquire,
 					halfCloseTimeout: *halfClose,
+					halfClose:        *halfCloseMode,
 					log:              &lockedWriter{w: e.stderr},
 					conns:            map[*forwardConn]struct{}{},
 				}
@@ -65,6 +69,9 @@ type forwarder struct {
 	c              *client.Client
 	pool           string
 	acquireTimeout time.Duration
+	// halfClose makes a local EOF half-close the upstream instead of
+	// releasing the lease.
+	halfClose bool
 	// halfCloseTimeout bounds how long the upstream may stay silent after
 	// the local side's EOF; 0 means forever.
 	halfCloseTimeout time.Duration
@@ -185,9 +192,12 @@ func (fc *forwardConn) forceClose() {
 	}
 }
 
-// serve leases a connection for fc and copies bytes both ways. EOF on one
-// side half-closes the other (CloseWrite; a half-closed upstream
-// connection is not reused); an error on either side, or an upstream
+// serve leases a connection for fc and copies bytes both ways. The local
+// side's EOF releases the lease (reused when clean: the server checks that
+// no upstream bytes are pending) and closes the local connection; with
+// halfClose it half-closes the upstream instead (CloseWrite; a half-closed
+// upstream connection is not reused). The upstream's EOF half-closes the
+// local side. An error on either side, or (with halfClose) an upstream
 // silent for halfCloseTimeout after the local EOF, closes both and
 // discards the upstream connection. When both directions have ended the
 // lease is released.
@@ -218,7 +228,8 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	var (
 		wg         sync.WaitGroup
 		failed     atomic.Bool
-		halfClosed atomic.Bool // the local side sent EOF
+		halfClosed atomic.Bool // the local side sent EOF (halfClose mode)
+		released   atomic.Bool // the local side sent EOF: the lease is released
 	)
 	fail := func() {
 		failed.Store(true)
@@ -228,6 +239,11 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	wg.Go(func() { // local -> upstream
 		if _, err := io.Copy(up, local); err != nil {
 			fail()
+			return
+		}
+		if !f.halfClose {
+			released.Store(true)
+			_ = up.Close() // release; the read loop below ends with net.ErrClosed
 			return
 		}
 		_ = up.CloseWrite()
@@ -258,7 +274,9 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			break
 		}
 		if rerr != nil {
-			fail()
+			if !released.Load() {
+				fail()
+			}
 			break
 		}
 	}
