@@ -319,7 +319,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 						p.mu.Lock()
 						p.closing--
 						p.maybeDialLocked(ctx)
-					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
+						p.maybeDialLocked(ctx) // the freed slot may serve a waiter
 					}
 					continue
 				}
