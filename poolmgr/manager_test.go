@@ -68,9 +68,12 @@ func upstream(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex // protects conns and closed
+		conns  []net.Conn
+		closed bool
+	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -80,6 +83,11 @@ func upstream(t *testing.T) string {
 				return
 			}
 			mu.Lock()
+			if closed {
+				mu.Unlock()
+				_ = c.Close()
+				continue
+			}
 			conns = append(conns, c)
 			mu.Unlock()
 			wg.Add(1)
@@ -93,6 +101,7 @@ func upstream(t *testing.T) string {
 	t.Cleanup(func() {
 		_ = ln.Close()
 		mu.Lock()
+		closed = true
 		for _, c := range conns {
 			_ = c.Close()
 		}
