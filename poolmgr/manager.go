@@ -440,6 +440,7 @@ func (m *Manager) Delete(ctx context.Context, id string, expectRevision int64, o
 // from, so a pool changed concurrently aborts the whole Apply with an error
 // matching ErrRevisionMismatch and nothing is written. If nothing changes,
 // nothing is written. With o.ValidateOnly the plan is returned unapplied.
+// A stored record that does not decode fails the Apply (Delete repairs it).
 // Errors of live pools after the commit are returned joined, with the plan.
 func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (Plan, error) {
 	specs, err := prepareSpecs(want)
