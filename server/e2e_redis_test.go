@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,8 @@ func startRedis(t *testing.T) string {
 	_ = lis.Close()
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", t.TempDir(), "--protected-mode", "no")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	logPath := filepath.Join(t.TempDir(), "redis.log")
+	cmd.Args = append(cmd.Args, "--logfile", logPath)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
@@ -50,7 +52,8 @@ func startRedis(t *testing.T) string {
 	sdkWaitFor(t, "redis-server to listen on "+addr, func() bool {
 		select {
 		case <-exited:
-			t.Fatalf("redis-server exited early")
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("redis-server exited early:\n%s", b)
 		default:
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
