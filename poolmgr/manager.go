@@ -95,8 +95,14 @@ type Plan struct {
 
 // PoolInfo is a pool's stored configuration and state.
 type PoolInfo struct {
-	ID     string
+	ID string
+	// Config is the effective configuration: Spec with every default
+	// filled in.
 	Config Config
+	// Spec is the configuration as written, zero fields meaning their
+	// defaults. Merge partial updates onto Spec, not Config, so that a
+	// defaulted field (max_idle follows max_connections) keeps following.
+	Spec  Config
 	State  State
 	// Generation is the live pool's current generation (0 if it is not
 	// running in this process). It is not persisted.
@@ -378,7 +384,7 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 	if err != nil {
 		return PoolInfo{}, err
 	}
-	if rec.Config.Equal(cfg) {
+	if rec.Config.WithDefaults().Equal(cfg.WithDefaults()) {
 		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
 	}
 	rec.Config, rec.UpdateTime, rec.Op = cfg, m.now(), ActionUpdate
@@ -496,14 +502,17 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 			plan.Actions = append(plan.Actions, PlannedAction{ID: s.ID, Action: ActionCreate})
 			continue
 		}
-		diff := c.rec.Config.DiffFields(s.Config)
+		// Compare effective configs: a field written out at its default
+		// value is no change, and a default that follows another field
+		// shows as changed with it.
+		diff := c.rec.Config.WithDefaults().DiffFields(s.Config.WithDefaults())
 		if len(diff) == 0 {
 			plan.Actions = append(plan.Actions, PlannedAction{ID: s.ID, Action: ActionUnchanged})
 			continue
 		}
 		var retired Retired
 		if p := m.lookup(s.ID); p != nil {
-			retired = p.Plan(s.Config)
+			retired = p.Plan(s.Config.WithDefaults())
 		}
 		rec := c.rec
 		rec.Config, rec.UpdateTime, rec.Op = s.Config, now, ActionUpdate
@@ -857,7 +866,7 @@ func (m *Manager) Watch(ctx context.Context, fromRevision int64) (<-chan PoolEve
 		cancel()
 		m.wg.Done()
 		if errors.Is(err, store.ErrCompacted) {
-			return nil, fmt.Errorf("watch from revision %d: %w: %w", fromRevision, ErrRevisionNotFound, err)
+			return nil, fmt.Errorf("watch from revision %d: %w: %w", fromRevision, ErrCompacted, err)
 		}
 		return nil, fmt.Errorf("watch: %w", mapStoreErr("", err))
 	}
@@ -1068,7 +1077,7 @@ func (m *Manager) setState(ctx context.Context, id string, s State, op Action, o
 // startPool starts a live pool for rec, in rec's state, and registers it,
 // replacing (and closing) any pool of that id. The caller holds wsem.
 func (m *Manager) startPool(id string, rec record) error {
-	p, err := NewPool(id, rec.Config, m.env)
+	p, err := NewPool(id, rec.Config.WithDefaults(), m.env)
 	if err != nil {
 		return err
 	}
@@ -1100,7 +1109,7 @@ func (m *Manager) applyLive(id string, rec record, cfgChanged, stateChanged bool
 		return m.startPool(id, rec)
 	}
 	if cfgChanged {
-		if _, err := p.Reconfigure(rec.Config); err != nil {
+		if _, err := p.Reconfigure(rec.Config.WithDefaults()); err != nil {
 			return err
 		}
 	}
@@ -1176,7 +1185,8 @@ func (m *Manager) info(id string, rec record, createRev, modRev int64) PoolInfo 
 	}
 	return PoolInfo{
 		ID:             id,
-		Config:         rec.Config,
+		Config:         rec.Config.WithDefaults(),
+		Spec:           rec.Config,
 		State:          rec.State,
 		Generation:     gen,
 		Revision:       modRev,
@@ -1227,8 +1237,10 @@ func revisionOf(e store.HistoryEntry) (Revision, error) {
 	return r, nil
 }
 
-// prepare fills in cfg's defaults, copying its slices and maps so the
-// caller's cannot alias stored ones, and validates it.
+// prepare validates cfg with its defaults filled in and returns it as
+// written (zero fields still meaning their defaults, so a default that
+// follows another field keeps following it), copying its slices and maps
+// so the caller's cannot alias stored ones.
 func prepare(cfg Config) (Config, error) {
 	cfg.Endpoints = slices.Clone(cfg.Endpoints)
 	if cfg.Labels != nil {
@@ -1238,8 +1250,7 @@ func prepare(cfg Config) (Config, error) {
 		}
 		cfg.Labels = l
 	}
-	cfg = cfg.WithDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.WithDefaults().Validate(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil

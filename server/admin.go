@@ -142,7 +142,7 @@ func (s *AdminServer) UpdatePool(ctx context.Context, req *poolv1.UpdatePoolRequ
 		if expect == 0 {
 			expect = cur.Revision
 		}
-		info, err := s.core.Update(ctx, id, mergeConfig(cur.Config, src, mask), expect, o)
+		info, err := s.core.Update(ctx, id, mergeConfig(cur.Spec, src, mask), expect, o)
 		if err != nil && etag == 0 && attempt < maxUpdateRetries && errors.Is(err, poolmgr.ErrRevisionMismatch) {
 			continue
 		}
@@ -388,13 +388,9 @@ func (s *AdminServer) WatchPools(req *poolv1.WatchPoolsRequest, stream grpc.Serv
 	}
 }
 
-// watchStatus maps a Watch error: a revision no longer retained is
-// OUT_OF_RANGE, reason REVISION_COMPACTED, as the API documents.
-func watchStatus(from int64, err error) error {
-	if errors.Is(err, poolmgr.ErrRevisionNotFound) && !errors.Is(err, poolmgr.ErrCompacted) {
-		// Manager.Watch reports compaction as ErrRevisionNotFound.
-		err = fmt.Errorf("watch from revision %d: %w", from, poolmgr.ErrCompacted)
-	}
+// watchStatus maps a Watch error: a revision no longer retained
+// (ErrCompacted) is OUT_OF_RANGE, reason REVISION_COMPACTED.
+func watchStatus(_ int64, err error) error {
 	return toStatus(err)
 }
 

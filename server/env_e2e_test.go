@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"io"
 	"log/slog"
 	"math/big"
@@ -372,3 +373,25 @@ func startBlackholeProxy(t *testing.T, target string) *blackholeProxy {
 }
 
 func (p *blackholeProxy) freeze() { p.frozen.Store(true) }
+
+// TestUpdateLowersDefaultedLimit: a defaulted field follows the field it
+// defaults from, so lowering max_connections alone is valid and max_idle
+// follows it down.
+func TestUpdateLowersDefaultedLimit(t *testing.T) {
+	e := startAdminEnv(t)
+	ctx := ctxT(t)
+	if _, err := e.admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "lower", Pool: &poolv1.Pool{
+		Endpoints: []string{e.upstream}, Limits: &poolv1.Limits{MaxConnections: 8}}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{
+		Pool:       &poolv1.Pool{Name: "pools/lower", Limits: &poolv1.Limits{MaxConnections: 2}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"limits.max_connections"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := got.GetLimits(); l.GetMaxConnections() != 2 || l.GetMaxIdle() != 2 {
+		t.Fatalf("limits after lowering max_connections: %v; want max 2, max_idle 2", l)
+	}
+}
