@@ -170,9 +170,10 @@ func TestReleaseReusable(t *testing.T) {
 		do   func(t *testing.T, conn *Conn, l *fakeLease)
 		want bool
 	}{
-		{"clean", func(t *testing.T, conn *Conn, l *fakeLease) { conn.Close() }, true},
-		{"discard", func(t *testing.T, conn *Conn, l *fakeLease) { conn.Discard(); conn.Close() }, false},
+		{"clean", func(t *testing.T, conn *Conn, l *fakeLease) { t.Helper(); conn.Close() }, true},
+		{"discard", func(t *testing.T, conn *Conn, l *fakeLease) { t.Helper(); conn.Discard(); conn.Close() }, false},
 		{"unread", func(t *testing.T, conn *Conn, l *fakeLease) {
+			t.Helper()
 			go l.far.Write([]byte("12345"))
 			if _, err := conn.Read(make([]byte, 1)); err != nil {
 				t.Fatal(err)
@@ -180,6 +181,7 @@ func TestReleaseReusable(t *testing.T) {
 			conn.Close()
 		}, false},
 		{"read timeout", func(t *testing.T, conn *Conn, l *fakeLease) {
+			t.Helper()
 			conn.SetReadDeadline(time.Now().Add(-time.Second))
 			if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("Read: %v", err)
@@ -187,6 +189,7 @@ func TestReleaseReusable(t *testing.T) {
 			conn.Close()
 		}, false},
 		{"close write", func(t *testing.T, conn *Conn, l *fakeLease) {
+			t.Helper()
 			if err := conn.CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
@@ -260,7 +263,7 @@ func TestUpstreamEOF(t *testing.T) {
 	if err != nil || string(b) != "bye" {
 		t.Fatalf("ReadAll = %q, %v", b, err)
 	}
-	if _, err := conn.Read(make([]byte, 1)); err != io.EOF {
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Errorf("Read after EOF: %v", err)
 	}
 	if _, err := conn.Write([]byte("x")); !errors.Is(err, ErrLeaseEnded) {
@@ -324,7 +327,7 @@ func TestErrorMapping(t *testing.T) {
 			c := newTestClient(t, f)
 			_, err := c.Lease(context.Background(), "api")
 			for _, s := range sentinels {
-				if got := errors.Is(err, s); got != (s == tt.want) {
+				if got := errors.Is(err, s); got != errors.Is(s, tt.want) {
 					t.Errorf("errors.Is(%v, %v) = %v", err, s, got)
 				}
 			}
@@ -338,10 +341,10 @@ func TestErrorMapping(t *testing.T) {
 			if st, ok := status.FromError(err); !ok || st.Code() != tt.code {
 				t.Errorf("status.FromError: %v %v", st, ok)
 			}
-			if tt.want == ErrBacklogFull && e.Metadata["waiters"] != "9" {
+			if errors.Is(tt.want, ErrBacklogFull) && e.Metadata["waiters"] != "9" {
 				t.Errorf("Metadata = %v", e.Metadata)
 			}
-			if tt.want == ErrAcquireTimeout && !errors.Is(err, context.DeadlineExceeded) {
+			if errors.Is(tt.want, ErrAcquireTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 				t.Error("ACQUIRE_TIMEOUT does not match context.DeadlineExceeded")
 			}
 		})
