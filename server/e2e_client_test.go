@@ -401,21 +401,31 @@ func TestSDKLeaseErrors(t *testing.T) {
 	if err := within(t, waiterErr); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled waiter: %v", err)
 	}
-	sdkWaitFor(t, "no waiter", func() bool { return p.Stats().Waiters == 0 })
+	_ = held.Close()
+
+	// The other checks use a pool of their own.
+	e.createPool(t, "two", poolmgr.Config{
+		Endpoints: []string{up.addr},
+		Limits:    poolmgr.Limits{MaxConnections: 1},
+	})
+	held, err = e.c.Lease(ctx, "two")
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A deadline becomes the acquire timeout.
 	tctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
-	_, err = e.c.Lease(tctx, "one")
+	_, err = e.c.Lease(tctx, "two")
 	cancel()
 	if !errors.Is(err, client.ErrAcquireTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("acquire timeout: %v", err)
 	}
 	_ = held.Close()
 	// Revocation ends a held lease.
-	conn, err := e.c.Lease(ctx, "one")
+	conn, err := e.c.Lease(ctx, "two")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.mgr.RevokeLease(ctx, strings.TrimPrefix(conn.Info().LeaseID, "pools/one/leases/")); err != nil {
+	if err := e.mgr.RevokeLease(ctx, strings.TrimPrefix(conn.Info().LeaseID, "pools/two/leases/")); err != nil {
 		t.Fatalf("RevokeLease(%s): %v", conn.Info().LeaseID, err)
 	}
 	var ended *client.EndedError
@@ -424,10 +434,10 @@ func TestSDKLeaseErrors(t *testing.T) {
 	}
 	_ = conn.Close()
 	// Draining refuses new leases.
-	if _, err := e.mgr.Drain(ctx, "one", poolmgr.WriteOptions{}); err != nil {
+	if _, err := e.mgr.Drain(ctx, "two", poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.c.Lease(ctx, "one"); !errors.Is(err, client.ErrDraining) {
+	if _, err := e.c.Lease(ctx, "two"); !errors.Is(err, client.ErrDraining) {
 		t.Errorf("draining pool: %v", err)
 	}
 }
