@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 FUZZTIME ?= 10s
 BENCHOUT ?= bench.txt
 
-.PHONY: all generate check-generated lint test bench fuzz build run clean
+.PHONY: all generate check-generated lint test bench fuzz build tools run clean
 
 all: check-generated lint test build
 
@@ -50,6 +50,10 @@ fuzz:
 ## build: bin/poold and bin/poolctl.
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
+
+## tools: bin/grpcurl, pinned in tools/go.mod, for the README's tour.
+tools:
+	$(GO) build -modfile=tools/go.mod -trimpath -o bin/ github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 ## run: build and start poold on 127.0.0.1:7700 with its data under ./data.
 run: build
