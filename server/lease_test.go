@@ -384,6 +384,9 @@ func TestLeaseOpenErrors(t *testing.T) {
 		mustSend(t, full, openFrame("echo"))
 		wantStatus(t, full, codes.ResourceExhausted, poolv1.ErrorReason_BACKLOG_FULL)
 		cancel()
+		for p.Stats().Waiters != 0 {
+			<-p.Changed()
+		}
 
 		short, err := e.client.Lease(context.Background())
 		if err != nil {
