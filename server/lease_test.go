@@ -246,6 +246,24 @@ func waitInUse(t testing.TB, mgr *poolmgr.Manager, n int) {
 	}
 }
 
+// waitWaiters waits until the pool has n queued acquirers.
+func waitWaiters(t testing.TB, p *poolmgr.Pool, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		ch := p.Changed()
+		if p.Stats().Waiters == n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatalf("waiters = %d, want %d", p.Stats().Waiters, n)
+		}
+	}
+}
+
 func TestLeaseEchoAndStreamReuse(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{Limits: poolmgr.Limits{MaxConnections: 2}})
 	s, err := e.client.Lease(context.Background())
@@ -374,9 +392,7 @@ func TestLeaseOpenErrors(t *testing.T) {
 		}
 		mustSend(t, waiter, openFrame("echo"))
 		p, _ := e.mgr.Pool("echo")
-		for p.Stats().Waiters != 1 {
-			<-p.Changed()
-		}
+		waitWaiters(t, p, 1)
 		full, err := e.client.Lease(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -384,9 +400,7 @@ func TestLeaseOpenErrors(t *testing.T) {
 		mustSend(t, full, openFrame("echo"))
 		wantStatus(t, full, codes.ResourceExhausted, poolv1.ErrorReason_BACKLOG_FULL)
 		cancel()
-		for p.Stats().Waiters != 0 {
-			<-p.Changed()
-		}
+		waitWaiters(t, p, 0)
 
 		short, err := e.client.Lease(context.Background())
 		if err != nil {
