@@ -90,6 +90,7 @@ func commands() []*command {
 		statsCommand(),
 		backupCommand(),
 		forwardCommand(),
+		benchCommand(),
 		versionCommand(),
 	}
 }
