@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -103,7 +105,7 @@ type PoolInfo struct {
 	// defaults. Merge partial updates onto Spec, not Config, so that a
 	// defaulted field (max_idle follows max_connections) keeps following.
 	Spec  Config
-	State  State
+	State State
 	// Generation is the live pool's current generation (0 if it is not
 	// running in this process). It is not persisted.
 	Generation uint64
@@ -1317,4 +1319,52 @@ func liveErr(id string, rev int64, err error) error {
 
 func badRevision(rev int64, reason string) error {
 	return &ValidationError{Violations: []FieldViolation{{Field: "revision", Reason: fmt.Sprintf("revision %d: %s", rev, reason)}}}
+}
+
+// Backuper is implemented by stores that can write a consistent snapshot of
+// their whole database; *store.Store does.
+type Backuper interface {
+	Backup(w io.Writer) (int64, error)
+}
+
+// Backup writes a consistent snapshot of the store's database to w and
+// returns its size. The snapshot is taken into a temporary file first, so
+// the store's read transaction never waits on w (a network stream). It
+// returns an error wrapping errors.ErrUnsupported if the store cannot back
+// up. Safe for concurrent use.
+func (m *Manager) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	b, ok := m.store.(Backuper)
+	if !ok {
+		return 0, fmt.Errorf("backup: %w", errors.ErrUnsupported)
+	}
+	f, err := os.CreateTemp("", "poolplane-backup-*.db")
+	if err != nil {
+		return 0, fmt.Errorf("backup: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := b.Backup(f); err != nil {
+		return 0, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("backup: %w", err)
+	}
+	n, err := io.Copy(ctxWriter{ctx: ctx, w: w}, f)
+	if err != nil {
+		return n, fmt.Errorf("backup: %w", err)
+	}
+	return n, nil
+}
+
+// ctxWriter stops a copy once ctx ends.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,7 @@ type adminCore interface {
 	Leases(ctx context.Context, id string) ([]poolmgr.LeaseInfo, error)
 	RevokeLease(ctx context.Context, leaseID string) error
 	Watch(ctx context.Context, fromRevision int64) (<-chan poolmgr.PoolEvent, error)
+	Backup(ctx context.Context, w io.Writer) (int64, error)
 	CurrentRevision(ctx context.Context) (int64, error)
 }
 

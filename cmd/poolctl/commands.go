@@ -570,13 +570,9 @@ func revokeCommand() *command {
 	}
 }
 
-// errBackupUnsupported is backup's answer while the API has no Backup RPC.
-var errBackupUnsupported = errors.New("backup: not supported by this server: the poolplane.v1 API has no Backup RPC yet " +
-	"(back up the poold database file while poold is stopped)")
-
 func backupCommand() *command {
 	return &command{
-		name: "backup", args: "-o FILE", summary: "write a consistent snapshot of the server's database to FILE (not supported yet)",
+		name: "backup", args: "-o FILE", summary: "write a consistent snapshot of the server's database to FILE",
 		noOutputFlag: true,
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			var out string
@@ -586,13 +582,63 @@ func backupCommand() *command {
 				if out == "" {
 					return usagef("backup: -o FILE is required")
 				}
-				// TODO(backup RPC): stream the snapshot store.Backup takes
-				// once the API has a Backup method; write to FILE.tmp, fsync,
-				// rename.
-				return errBackupUnsupported
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				n, err := backup(ctx, e.admin, out)
+				if err != nil {
+					return err
+				}
+				_, _ = fmt.Fprintf(e.stdout, "wrote %s (%d bytes); restore it by stopping poold and putting it in place of <data-dir>/poolplane.db\n", out, n)
+				return nil
 			}
 		},
 	}
+}
+
+// backup streams the server's snapshot into FILE.tmp, syncs it and renames
+// it to FILE, so FILE is never a partial snapshot.
+func backup(ctx context.Context, admin poolv1.PoolAdminServiceClient, file string) (int64, error) {
+	stream, err := admin.BackupDatabase(ctx, &poolv1.BackupDatabaseRequest{})
+	if err != nil {
+		return 0, err
+	}
+	tmp := file + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("backup: %w", err)
+	}
+	defer os.Remove(tmp) // after a successful rename it is gone already
+	var n int64
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			f.Close()
+			return n, err
+		}
+		k, err := f.Write(resp.GetChunk())
+		n += int64(k)
+		if err != nil {
+			f.Close()
+			return n, fmt.Errorf("backup: %w", err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return n, fmt.Errorf("backup: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return n, fmt.Errorf("backup: %w", err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return n, fmt.Errorf("backup: %w", err)
+	}
+	return n, nil
 }
 
 func versionCommand() *command {

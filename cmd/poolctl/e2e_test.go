@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"math/big"
@@ -809,5 +810,29 @@ func TestForwardReusesConnections(t *testing.T) {
 	}
 	if r := stop(); r.code != 0 {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// TestBackup: backup writes a snapshot that store.Open reads back, with the
+// pools in it.
+func TestBackup(t *testing.T) {
+	ts := startServer(t)
+	echo := startEcho(t)
+	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	file := filepath.Join(t.TempDir(), "backup.db")
+	if out := ts.ok(t, "", "backup", "-o", file); !strings.Contains(out, "wrote "+file) {
+		t.Fatalf("backup output: %q", out)
+	}
+	if _, err := os.Stat(file + ".tmp"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("temporary file left behind: %v", err)
+	}
+	st, err := store.Open(file, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	kv, err := st.Get(context.Background(), "pools/echo")
+	if err != nil || !strings.Contains(string(kv.Value), echo) {
+		t.Fatalf("pools/echo in the backup: %q, %v", kv.Value, err)
 	}
 }

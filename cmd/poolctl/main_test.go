@@ -272,14 +272,6 @@ func TestRedrawer(t *testing.T) {
 	}
 }
 
-func TestBackupUnsupported(t *testing.T) {
-	file := t.TempDir() + "/backup.db"
-	r := runCLI(t, "", "backup", "-o", file)
-	if r.code != 1 || !strings.Contains(r.stderr, "not supported by this server") {
-		t.Errorf("backup: exit %d, stderr %q", r.code, r.stderr)
-	}
-}
-
 func TestVersion(t *testing.T) {
 	r := runCLI(t, "", "version")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "poolctl ") {

@@ -1471,6 +1471,89 @@ func (x *WatchPoolsResponse) GetRevision() int64 {
 	return 0
 }
 
+// Request for BackupDatabase.
+type BackupDatabaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupDatabaseRequest) Reset() {
+	*x = BackupDatabaseRequest{}
+	mi := &file_poolplane_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupDatabaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupDatabaseRequest) ProtoMessage() {}
+
+func (x *BackupDatabaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupDatabaseRequest.ProtoReflect.Descriptor instead.
+func (*BackupDatabaseRequest) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+// Response of BackupDatabase: the next part of the database file.
+type BackupDatabaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the file, in order; at most 32 KiB.
+	Chunk         []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupDatabaseResponse) Reset() {
+	*x = BackupDatabaseResponse{}
+	mi := &file_poolplane_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupDatabaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupDatabaseResponse) ProtoMessage() {}
+
+func (x *BackupDatabaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupDatabaseResponse.ProtoReflect.Descriptor instead.
+func (*BackupDatabaseResponse) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BackupDatabaseResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 var File_poolplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_admin_proto_rawDesc = "" +
@@ -1569,7 +1652,10 @@ const file_poolplane_v1_admin_proto_rawDesc = "" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x022\xe3\b\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x02\"\x17\n" +
+	"\x15BackupDatabaseRequest\".\n" +
+	"\x16BackupDatabaseResponse\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk2\xc2\t\n" +
 	"\x10PoolAdminService\x12A\n" +
 	"\n" +
 	"CreatePool\x12\x1f.poolplane.v1.CreatePoolRequest\x1a\x12.poolplane.v1.Pool\x12;\n" +
@@ -1592,7 +1678,8 @@ const file_poolplane_v1_admin_proto_rawDesc = "" +
 	"ListLeases\x12\x1f.poolplane.v1.ListLeasesRequest\x1a .poolplane.v1.ListLeasesResponse\x12G\n" +
 	"\vRevokeLease\x12 .poolplane.v1.RevokeLeaseRequest\x1a\x16.google.protobuf.Empty\x12Q\n" +
 	"\n" +
-	"WatchPools\x12\x1f.poolplane.v1.WatchPoolsRequest\x1a .poolplane.v1.WatchPoolsResponse0\x01B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
+	"WatchPools\x12\x1f.poolplane.v1.WatchPoolsRequest\x1a .poolplane.v1.WatchPoolsResponse0\x01\x12]\n" +
+	"\x0eBackupDatabase\x12#.poolplane.v1.BackupDatabaseRequest\x1a$.poolplane.v1.BackupDatabaseResponse0\x01B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
 
 var (
 	file_poolplane_v1_admin_proto_rawDescOnce sync.Once
@@ -1607,7 +1694,7 @@ func file_poolplane_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_poolplane_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_poolplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_poolplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_poolplane_v1_admin_proto_goTypes = []any{
 	(PoolChange_Action)(0),            // 0: poolplane.v1.PoolChange.Action
 	(WatchPoolsResponse_EventType)(0), // 1: poolplane.v1.WatchPoolsResponse.EventType
@@ -1634,28 +1721,30 @@ var file_poolplane_v1_admin_proto_goTypes = []any{
 	(*RevokeLeaseRequest)(nil),        // 22: poolplane.v1.RevokeLeaseRequest
 	(*WatchPoolsRequest)(nil),         // 23: poolplane.v1.WatchPoolsRequest
 	(*WatchPoolsResponse)(nil),        // 24: poolplane.v1.WatchPoolsResponse
-	(*Pool)(nil),                      // 25: poolplane.v1.Pool
-	(*fieldmaskpb.FieldMask)(nil),     // 26: google.protobuf.FieldMask
-	(*timestamppb.Timestamp)(nil),     // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 28: google.protobuf.Duration
-	(*emptypb.Empty)(nil),             // 29: google.protobuf.Empty
+	(*BackupDatabaseRequest)(nil),     // 25: poolplane.v1.BackupDatabaseRequest
+	(*BackupDatabaseResponse)(nil),    // 26: poolplane.v1.BackupDatabaseResponse
+	(*Pool)(nil),                      // 27: poolplane.v1.Pool
+	(*fieldmaskpb.FieldMask)(nil),     // 28: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 30: google.protobuf.Duration
+	(*emptypb.Empty)(nil),             // 31: google.protobuf.Empty
 }
 var file_poolplane_v1_admin_proto_depIdxs = []int32{
-	25, // 0: poolplane.v1.CreatePoolRequest.pool:type_name -> poolplane.v1.Pool
-	25, // 1: poolplane.v1.ListPoolsResponse.pools:type_name -> poolplane.v1.Pool
-	25, // 2: poolplane.v1.UpdatePoolRequest.pool:type_name -> poolplane.v1.Pool
-	26, // 3: poolplane.v1.UpdatePoolRequest.update_mask:type_name -> google.protobuf.FieldMask
-	25, // 4: poolplane.v1.ApplyPoolsRequest.pools:type_name -> poolplane.v1.Pool
+	27, // 0: poolplane.v1.CreatePoolRequest.pool:type_name -> poolplane.v1.Pool
+	27, // 1: poolplane.v1.ListPoolsResponse.pools:type_name -> poolplane.v1.Pool
+	27, // 2: poolplane.v1.UpdatePoolRequest.pool:type_name -> poolplane.v1.Pool
+	28, // 3: poolplane.v1.UpdatePoolRequest.update_mask:type_name -> google.protobuf.FieldMask
+	27, // 4: poolplane.v1.ApplyPoolsRequest.pools:type_name -> poolplane.v1.Pool
 	10, // 5: poolplane.v1.ApplyPoolsResponse.changes:type_name -> poolplane.v1.PoolChange
 	0,  // 6: poolplane.v1.PoolChange.action:type_name -> poolplane.v1.PoolChange.Action
 	13, // 7: poolplane.v1.ListPoolRevisionsResponse.revisions:type_name -> poolplane.v1.PoolRevision
-	27, // 8: poolplane.v1.PoolRevision.time:type_name -> google.protobuf.Timestamp
-	25, // 9: poolplane.v1.PoolRevision.pool:type_name -> poolplane.v1.Pool
+	29, // 8: poolplane.v1.PoolRevision.time:type_name -> google.protobuf.Timestamp
+	27, // 9: poolplane.v1.PoolRevision.pool:type_name -> poolplane.v1.Pool
 	21, // 10: poolplane.v1.ListLeasesResponse.leases:type_name -> poolplane.v1.LeaseInfo
-	27, // 11: poolplane.v1.LeaseInfo.grant_time:type_name -> google.protobuf.Timestamp
-	28, // 12: poolplane.v1.LeaseInfo.held:type_name -> google.protobuf.Duration
+	29, // 11: poolplane.v1.LeaseInfo.grant_time:type_name -> google.protobuf.Timestamp
+	30, // 12: poolplane.v1.LeaseInfo.held:type_name -> google.protobuf.Duration
 	1,  // 13: poolplane.v1.WatchPoolsResponse.type:type_name -> poolplane.v1.WatchPoolsResponse.EventType
-	25, // 14: poolplane.v1.WatchPoolsResponse.pool:type_name -> poolplane.v1.Pool
+	27, // 14: poolplane.v1.WatchPoolsResponse.pool:type_name -> poolplane.v1.Pool
 	2,  // 15: poolplane.v1.PoolAdminService.CreatePool:input_type -> poolplane.v1.CreatePoolRequest
 	3,  // 16: poolplane.v1.PoolAdminService.GetPool:input_type -> poolplane.v1.GetPoolRequest
 	4,  // 17: poolplane.v1.PoolAdminService.ListPools:input_type -> poolplane.v1.ListPoolsRequest
@@ -1671,23 +1760,25 @@ var file_poolplane_v1_admin_proto_depIdxs = []int32{
 	19, // 27: poolplane.v1.PoolAdminService.ListLeases:input_type -> poolplane.v1.ListLeasesRequest
 	22, // 28: poolplane.v1.PoolAdminService.RevokeLease:input_type -> poolplane.v1.RevokeLeaseRequest
 	23, // 29: poolplane.v1.PoolAdminService.WatchPools:input_type -> poolplane.v1.WatchPoolsRequest
-	25, // 30: poolplane.v1.PoolAdminService.CreatePool:output_type -> poolplane.v1.Pool
-	25, // 31: poolplane.v1.PoolAdminService.GetPool:output_type -> poolplane.v1.Pool
-	5,  // 32: poolplane.v1.PoolAdminService.ListPools:output_type -> poolplane.v1.ListPoolsResponse
-	25, // 33: poolplane.v1.PoolAdminService.UpdatePool:output_type -> poolplane.v1.Pool
-	29, // 34: poolplane.v1.PoolAdminService.DeletePool:output_type -> google.protobuf.Empty
-	9,  // 35: poolplane.v1.PoolAdminService.ApplyPools:output_type -> poolplane.v1.ApplyPoolsResponse
-	12, // 36: poolplane.v1.PoolAdminService.ListPoolRevisions:output_type -> poolplane.v1.ListPoolRevisionsResponse
-	25, // 37: poolplane.v1.PoolAdminService.RollbackPool:output_type -> poolplane.v1.Pool
-	25, // 38: poolplane.v1.PoolAdminService.DrainPool:output_type -> poolplane.v1.Pool
-	25, // 39: poolplane.v1.PoolAdminService.PausePool:output_type -> poolplane.v1.Pool
-	25, // 40: poolplane.v1.PoolAdminService.ResumePool:output_type -> poolplane.v1.Pool
-	25, // 41: poolplane.v1.PoolAdminService.ReconnectPool:output_type -> poolplane.v1.Pool
-	20, // 42: poolplane.v1.PoolAdminService.ListLeases:output_type -> poolplane.v1.ListLeasesResponse
-	29, // 43: poolplane.v1.PoolAdminService.RevokeLease:output_type -> google.protobuf.Empty
-	24, // 44: poolplane.v1.PoolAdminService.WatchPools:output_type -> poolplane.v1.WatchPoolsResponse
-	30, // [30:45] is the sub-list for method output_type
-	15, // [15:30] is the sub-list for method input_type
+	25, // 30: poolplane.v1.PoolAdminService.BackupDatabase:input_type -> poolplane.v1.BackupDatabaseRequest
+	27, // 31: poolplane.v1.PoolAdminService.CreatePool:output_type -> poolplane.v1.Pool
+	27, // 32: poolplane.v1.PoolAdminService.GetPool:output_type -> poolplane.v1.Pool
+	5,  // 33: poolplane.v1.PoolAdminService.ListPools:output_type -> poolplane.v1.ListPoolsResponse
+	27, // 34: poolplane.v1.PoolAdminService.UpdatePool:output_type -> poolplane.v1.Pool
+	31, // 35: poolplane.v1.PoolAdminService.DeletePool:output_type -> google.protobuf.Empty
+	9,  // 36: poolplane.v1.PoolAdminService.ApplyPools:output_type -> poolplane.v1.ApplyPoolsResponse
+	12, // 37: poolplane.v1.PoolAdminService.ListPoolRevisions:output_type -> poolplane.v1.ListPoolRevisionsResponse
+	27, // 38: poolplane.v1.PoolAdminService.RollbackPool:output_type -> poolplane.v1.Pool
+	27, // 39: poolplane.v1.PoolAdminService.DrainPool:output_type -> poolplane.v1.Pool
+	27, // 40: poolplane.v1.PoolAdminService.PausePool:output_type -> poolplane.v1.Pool
+	27, // 41: poolplane.v1.PoolAdminService.ResumePool:output_type -> poolplane.v1.Pool
+	27, // 42: poolplane.v1.PoolAdminService.ReconnectPool:output_type -> poolplane.v1.Pool
+	20, // 43: poolplane.v1.PoolAdminService.ListLeases:output_type -> poolplane.v1.ListLeasesResponse
+	31, // 44: poolplane.v1.PoolAdminService.RevokeLease:output_type -> google.protobuf.Empty
+	24, // 45: poolplane.v1.PoolAdminService.WatchPools:output_type -> poolplane.v1.WatchPoolsResponse
+	26, // 46: poolplane.v1.PoolAdminService.BackupDatabase:output_type -> poolplane.v1.BackupDatabaseResponse
+	31, // [31:47] is the sub-list for method output_type
+	15, // [15:31] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -1705,7 +1796,7 @@ func file_poolplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_admin_proto_rawDesc), len(file_poolplane_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

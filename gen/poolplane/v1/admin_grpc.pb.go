@@ -35,6 +35,7 @@ const (
 	PoolAdminService_ListLeases_FullMethodName        = "/poolplane.v1.PoolAdminService/ListLeases"
 	PoolAdminService_RevokeLease_FullMethodName       = "/poolplane.v1.PoolAdminService/RevokeLease"
 	PoolAdminService_WatchPools_FullMethodName        = "/poolplane.v1.PoolAdminService/WatchPools"
+	PoolAdminService_BackupDatabase_FullMethodName    = "/poolplane.v1.PoolAdminService/BackupDatabase"
 )
 
 // PoolAdminServiceClient is the client API for PoolAdminService service.
@@ -86,6 +87,10 @@ type PoolAdminServiceClient interface {
 	// OUT_OF_RANGE (reason REVISION_COMPACTED) when that revision is no longer
 	// retained: re-list and watch from the list's revision.
 	WatchPools(ctx context.Context, in *WatchPoolsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPoolsResponse], error)
+	// Streams a consistent snapshot of poold's database (a bbolt file) while
+	// poold keeps serving. To restore, stop poold and put the file in place of
+	// <data-dir>/poolplane.db.
+	BackupDatabase(ctx context.Context, in *BackupDatabaseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupDatabaseResponse], error)
 }
 
 type poolAdminServiceClient struct {
@@ -255,6 +260,25 @@ func (c *poolAdminServiceClient) WatchPools(ctx context.Context, in *WatchPoolsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PoolAdminService_WatchPoolsClient = grpc.ServerStreamingClient[WatchPoolsResponse]
 
+func (c *poolAdminServiceClient) BackupDatabase(ctx context.Context, in *BackupDatabaseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupDatabaseResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PoolAdminService_ServiceDesc.Streams[1], PoolAdminService_BackupDatabase_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupDatabaseRequest, BackupDatabaseResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PoolAdminService_BackupDatabaseClient = grpc.ServerStreamingClient[BackupDatabaseResponse]
+
 // PoolAdminServiceServer is the server API for PoolAdminService service.
 // All implementations must embed UnimplementedPoolAdminServiceServer
 // for forward compatibility.
@@ -304,6 +328,10 @@ type PoolAdminServiceServer interface {
 	// OUT_OF_RANGE (reason REVISION_COMPACTED) when that revision is no longer
 	// retained: re-list and watch from the list's revision.
 	WatchPools(*WatchPoolsRequest, grpc.ServerStreamingServer[WatchPoolsResponse]) error
+	// Streams a consistent snapshot of poold's database (a bbolt file) while
+	// poold keeps serving. To restore, stop poold and put the file in place of
+	// <data-dir>/poolplane.db.
+	BackupDatabase(*BackupDatabaseRequest, grpc.ServerStreamingServer[BackupDatabaseResponse]) error
 	mustEmbedUnimplementedPoolAdminServiceServer()
 }
 
@@ -358,6 +386,9 @@ func (UnimplementedPoolAdminServiceServer) RevokeLease(context.Context, *RevokeL
 }
 func (UnimplementedPoolAdminServiceServer) WatchPools(*WatchPoolsRequest, grpc.ServerStreamingServer[WatchPoolsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchPools not implemented")
+}
+func (UnimplementedPoolAdminServiceServer) BackupDatabase(*BackupDatabaseRequest, grpc.ServerStreamingServer[BackupDatabaseResponse]) error {
+	return status.Error(codes.Unimplemented, "method BackupDatabase not implemented")
 }
 func (UnimplementedPoolAdminServiceServer) mustEmbedUnimplementedPoolAdminServiceServer() {}
 func (UnimplementedPoolAdminServiceServer) testEmbeddedByValue()                          {}
@@ -643,6 +674,17 @@ func _PoolAdminService_WatchPools_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PoolAdminService_WatchPoolsServer = grpc.ServerStreamingServer[WatchPoolsResponse]
 
+func _PoolAdminService_BackupDatabase_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupDatabaseRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PoolAdminServiceServer).BackupDatabase(m, &grpc.GenericServerStream[BackupDatabaseRequest, BackupDatabaseResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PoolAdminService_BackupDatabaseServer = grpc.ServerStreamingServer[BackupDatabaseResponse]
+
 // PoolAdminService_ServiceDesc is the grpc.ServiceDesc for PoolAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -711,6 +753,11 @@ var PoolAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchPools",
 			Handler:       _PoolAdminService_WatchPools_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "BackupDatabase",
+			Handler:       _PoolAdminService_BackupDatabase_Handler,
 			ServerStreams: true,
 		},
 	},

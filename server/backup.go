@@ -1,0 +1,35 @@
+package server
+
+import (
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+// backupChunk is the most file bytes one BackupDatabaseResponse carries.
+const backupChunk = 32<<10 - 64
+
+// BackupDatabase streams a consistent snapshot of the database.
+func (s *AdminServer) BackupDatabase(_ *poolv1.BackupDatabaseRequest, stream poolv1.PoolAdminService_BackupDatabaseServer) error {
+	w := &chunkWriter{send: stream.Send}
+	if _, err := s.core.Backup(stream.Context(), w); err != nil {
+		return toStatus(err)
+	}
+	return nil
+}
+
+// chunkWriter sends what is written as BackupDatabaseResponse chunks.
+type chunkWriter struct {
+	send func(*poolv1.BackupDatabaseResponse) error
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), backupChunk)
+		if err := w.send(&poolv1.BackupDatabaseResponse{Chunk: p[:k]}); err != nil {
+			return n, err
+		}
+		n += k
+		p = p[k:]
+	}
+	return n, nil
+}
