@@ -99,6 +99,7 @@ type dialSpec struct {
 	keepAlive time.Duration
 	tlsBase   *tls.Config
 	jitter    float64
+	failRound uint64 // Pool.failRound when the dial started
 }
 
 func (p *Pool) startDialLocked(ctx context.Context) {
@@ -110,6 +111,7 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 		keepAlive: p.cfg.Lifecycle.TCPKeepAlive,
 		tlsBase:   p.tlsBase,
 		jitter:    rand.Float64(),
+		failRound: p.failRound,
 	}
 	if len(p.addrs) > 0 && (!p.hasNames || !p.lastResolve.IsZero()) {
 		s.target = p.addrs[p.rr%len(p.addrs)]
@@ -199,9 +201,17 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 			return // cancelled by Close
 		}
 		p.st.dialFailures++
-		p.consecFails++
 		p.lastDialErr = err
-		p.nextDialAt = now.Add(backoff(p.consecFails))
+		if s.failRound == p.failRound {
+			// The first failure among the dials started since the last
+			// one: a new round. Dials of the same round (started
+			// together, for several waiters) failing after it count
+			// once, so one refused burst neither escalates the backoff
+			// nor opens the circuit by itself.
+			p.failRound++
+			p.consecFails++
+			p.nextDialAt = now.Add(backoff(p.consecFails))
+		}
 		if p.consecFails >= circuitThreshold && !p.circuitOpen {
 			p.circuitOpen = true
 			p.env.Logger.Warn("upstream circuit open", "pool", p.name, "consecutive_failures", p.consecFails, "err", err)

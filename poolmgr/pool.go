@@ -128,7 +128,10 @@ type Pool struct {
 	resolving   bool
 	// Dial circuit: consecutive failures back off until nextDialAt; at
 	// circuitThreshold the circuit opens and one probe dial at a time runs.
+	// Failures count by round: failRound grows with each counted failure,
+	// and a dial started before it (in the same round) adds nothing.
 	consecFails int
+	failRound   uint64
 	nextDialAt  time.Time
 	circuitOpen bool
 	lastDialErr error
