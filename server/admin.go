@@ -61,17 +61,6 @@ func NewAdminServer(m *poolmgr.Manager) *AdminServer {
 	return &AdminServer{core: m}
 }
 
-// anonymous is the actor of requests without an authenticated principal.
-const anonymous = "anonymous"
-
-// actorFromContext names who makes a request, for the pools' history: the
-// authenticated principal, or "anonymous".
-// TODO(security issue): read the principal the AuthFunc stores in ctx.
-func actorFromContext(ctx context.Context) string {
-	_ = ctx
-	return anonymous
-}
-
 // Page sizes (AIP-158).
 const (
 	defaultPageSize = 100

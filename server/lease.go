@@ -47,6 +47,7 @@ type LeaseServer struct {
 
 	pools  poolSource
 	logger *slog.Logger
+	caps   leaseCaps // leases held per principal, for Principal.MaxLeases
 
 	stopc    chan struct{} // closed by Shutdown: idle streams end, no new leases
 	stopOnce sync.Once
@@ -87,7 +88,9 @@ var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 // upstream bytes to the stream. Only one of them sends at a time: granted and
 // ended{RELEASED} are sent by the receive loop while no reader runs.
 func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
-	ls := &leaseStream{srv: s, stream: stream, ctx: stream.Context(), donec: make(chan struct{}), idlec: make(chan struct{}, 1)}
+	ctx := stream.Context()
+	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx),
+		donec: make(chan struct{}), idlec: make(chan struct{}, 1)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -123,6 +126,9 @@ type leaseStream struct {
 	srv    *LeaseServer
 	stream poolv1.LeaseService_LeaseServer
 	ctx    context.Context
+	// principal is the caller (nil without authentication): each open
+	// checks its pool patterns and lease cap.
+	principal *Principal
 
 	err   error         // the stream's result, set before donec closes
 	donec chan struct{} // closed when the receive loop returns
@@ -172,10 +178,11 @@ type lease struct {
 	// Set by the reader before it exits; read after readerc closes.
 	readErr error
 
-	releasing atomic.Bool // the client released: a read deadline stops the reader
-	ended     atomic.Bool // ended was sent (by the reader) or the lease is over
-	finish    sync.Once   // the Release of conn
-	broken    bool        // a write or close_write failed or half-closed: never reuse
+	capc      *atomic.Int64 // the principal's lease count, decremented at release; nil without a cap
+	releasing atomic.Bool   // the client released: a read deadline stops the reader
+	ended     atomic.Bool   // ended was sent (by the reader) or the lease is over
+	finish    sync.Once     // the Release of conn
+	broken    bool          // a write or close_write failed or half-closed: never reuse
 	bytesOut  atomic.Int64
 	bytesIn   atomic.Int64
 }
@@ -185,6 +192,9 @@ func (l *lease) release(reusable bool) {
 	l.finish.Do(func() {
 		l.conn.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
 		l.conn.Release(reusable)
+		if l.capc != nil {
+			l.capc.Add(-1)
+		}
 	})
 }
 
@@ -275,6 +285,9 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	if len(holder) > maxClientName {
 		return invalidArgument("open.client_name", "at most 128 bytes")
 	}
+	if err := checkPoolOf(ls.principal, id); err != nil {
+		return err
+	}
 	p, err := ls.srv.pools.Pool(id)
 	if err != nil {
 		return toStatus(err)
@@ -289,11 +302,21 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 			ctx, cancel = context.WithTimeout(ctx, t)
 		}
 	}
+	capc, err := ls.srv.caps.take(ls.principal)
+	if err != nil {
+		if cancel != nil {
+			cancel()
+		}
+		return err
+	}
 	c, err := p.Acquire(ctx, holder)
 	if cancel != nil {
 		cancel()
 	}
 	if err != nil {
+		if capc != nil {
+			capc.Add(-1)
+		}
 		if cancel != nil && errors.Is(err, context.DeadlineExceeded) && ls.ctx.Err() == nil {
 			st := p.Stats()
 			err = &poolmgr.AcquireError{Err: poolmgr.ErrAcquireTimeout, Pool: id, Snapshot: poolmgr.Snapshot{
@@ -302,7 +325,7 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		return toStatus(err)
 	}
 	info := c.Info()
-	l := &lease{conn: c, nc: c.NetConn(), readerc: make(chan struct{})}
+	l := &lease{conn: c, nc: c.NetConn(), readerc: make(chan struct{}), capc: capc}
 	ls.lease = l
 	err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Granted_{Granted: &poolv1.LeaseResponse_Granted{
 		LeaseId:      "pools/" + id + "/leases/" + info.LeaseID,

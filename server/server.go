@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"time"
@@ -35,6 +36,19 @@ const (
 	DefaultKeepaliveMinTime = 10 * time.Second
 )
 
+// Abuse limits (Config overrides them).
+const (
+	// DefaultMaxRecvMsgSize bounds one received message: 4 MiB, room for a
+	// 1 MiB lease data frame and an ApplyPools of a few thousand pools.
+	DefaultMaxRecvMsgSize = 4 << 20
+	// DefaultMaxConcurrentStreams bounds the streams of one client
+	// connection; the SDK opens one per lease in flight.
+	DefaultMaxConcurrentStreams = 1024
+	// DefaultMaxStatsWatchers bounds the WatchPoolStats streams of the
+	// whole server.
+	DefaultMaxStatsWatchers = 64
+)
+
 // Config configures New.
 type Config struct {
 	// Manager is the pool registry the services adapt. Required.
@@ -42,11 +56,28 @@ type Config struct {
 	// Logger receives the RPC log (one line per finished call) and
 	// recovered panics. Default slog.Default().
 	Logger *slog.Logger
-	// AuthFunc, when set, authenticates every call but grpc.health.v1.Health
-	// (go-grpc-middleware's auth interceptor): it returns the context the
-	// handler runs with (carrying the principal) or an error status
-	// (Unauthenticated, PermissionDenied).
+	// Auth, when set, authenticates every call but grpc.health.v1.Health
+	// against its principals (bearer token or mTLS identity) and enforces
+	// their roles (methodPermissions in authz.go) and pool patterns.
+	Auth *Authenticator
+	// AuthFunc, when set instead of Auth, authenticates every call but
+	// grpc.health.v1.Health (go-grpc-middleware's auth interceptor): it
+	// returns the context the handler runs with or an error status
+	// (Unauthenticated, PermissionDenied). Roles are enforced for a context
+	// it gives a Principal (ContextWithPrincipal); a context without one is
+	// allowed every method. Setting both Auth and AuthFunc is an error.
 	AuthFunc auth.AuthFunc
+	// MaxRecvMsgSize bounds a received message; default
+	// DefaultMaxRecvMsgSize. It must leave room for a lease data frame
+	// (MaxDataFrame).
+	MaxRecvMsgSize int
+	// MaxConcurrentStreams bounds the streams (calls, leases) open at once
+	// on one client connection; default DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams uint32
+	// MaxStatsWatchers bounds the WatchPoolStats streams served at once;
+	// default DefaultMaxStatsWatchers. One more fails with
+	// RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED.
+	MaxStatsWatchers int
 	// UnaryInterceptors and StreamInterceptors run first, outside logging
 	// (the place for metrics, such as go-grpc-prometheus server metrics).
 	UnaryInterceptors  []grpc.UnaryServerInterceptor
@@ -64,8 +95,9 @@ type Config struct {
 // (see Services for what the owner drives at shutdown)
 // and server reflection, behind the interceptor chain
 //
-//	cfg.*Interceptors (metrics) -> logging -> auth (if cfg.AuthFunc; not for
-//	Health) -> validation -> recovery
+//	cfg.*Interceptors (metrics) -> logging -> authentication (if cfg.Auth
+//	or cfg.AuthFunc; not for Health) -> audit (unary mutations) ->
+//	authorization (methodPermissions) -> validation -> recovery
 //
 // Recovery runs last, next to the handler: a panic becomes codes.Internal
 // with a generic message, and the panic value and stack go to the log.
@@ -77,6 +109,24 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Auth != nil {
+		if cfg.AuthFunc != nil {
+			return nil, nil, errors.New("server: set Config.Auth or Config.AuthFunc, not both")
+		}
+		cfg.AuthFunc = cfg.Auth.Authenticate
+	}
+	if cfg.MaxRecvMsgSize == 0 {
+		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if cfg.MaxRecvMsgSize < MaxDataFrame+1024 {
+		return nil, nil, fmt.Errorf("server: Config.MaxRecvMsgSize %d leaves no room for a %d-byte lease data frame", cfg.MaxRecvMsgSize, MaxDataFrame)
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if cfg.MaxStatsWatchers <= 0 {
+		cfg.MaxStatsWatchers = DefaultMaxStatsWatchers
 	}
 	unary, stream := interceptorChain(cfg)
 	kp := keepalive.ServerParameters{
@@ -92,11 +142,15 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.KeepaliveParams(kp),
 		grpc.KeepaliveEnforcementPolicy(kep),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 	}, opts...)
 	srv := grpc.NewServer(all...)
 
 	poolv1.RegisterPoolAdminServiceServer(srv, NewAdminServer(cfg.Manager))
-	poolv1.RegisterStatsServiceServer(srv, NewStatsServer(cfg.Manager))
+	stats := NewStatsServer(cfg.Manager)
+	stats.maxWatchers = int64(cfg.MaxStatsWatchers)
+	poolv1.RegisterStatsServiceServer(srv, stats)
 	svc := &Services{Health: NewHealth(cfg.Manager), Lease: NewLeaseServer(cfg.Manager, cfg.Logger)}
 	poolv1.RegisterLeaseServiceServer(srv, svc.Lease)
 	healthpb.RegisterHealthServer(srv, svc.Health.Server())
@@ -137,6 +191,10 @@ func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamS
 		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(cfg.AuthFunc), selector.MatchFunc(needsAuth)))
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(cfg.AuthFunc), selector.MatchFunc(needsAuth)))
 	}
+	// Audit sits between authentication and authorization, so refused
+	// mutations are logged with the principal that tried them.
+	unary = append(unary, auditUnary(cfg.Logger), authzUnary)
+	stream = append(stream, auditStream(cfg.Logger), authzStream)
 	// Validation: messages with Validate/ValidateAll methods (protovalidate
 	// or PGV generated) are checked here; the handlers' validateXxx
 	// functions check the rest.

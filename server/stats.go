@@ -3,9 +3,12 @@ package server
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
@@ -28,13 +31,16 @@ type StatsServer struct {
 
 	core statsCore
 	now  func() time.Time
+
+	maxWatchers int64        // bound on concurrent WatchPoolStats streams
+	watchers    atomic.Int64 // WatchPoolStats streams being served
 }
 
 var _ poolv1.StatsServiceServer = (*StatsServer)(nil)
 
 // NewStatsServer returns a StatsServer over m.
 func NewStatsServer(m *poolmgr.Manager) *StatsServer {
-	return &StatsServer{core: m, now: time.Now}
+	return &StatsServer{core: m, now: time.Now, maxWatchers: DefaultMaxStatsWatchers}
 }
 
 // WatchPoolStats interval bounds.
@@ -51,6 +57,9 @@ func (s *StatsServer) GetPoolStats(ctx context.Context, req *poolv1.GetPoolStats
 	if err != nil {
 		return nil, err
 	}
+	if err := checkPool(ctx, id); err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
@@ -64,17 +73,33 @@ func (s *StatsServer) GetPoolStats(ctx context.Context, req *poolv1.GetPoolStats
 // WatchPoolStats sends a snapshot of the named pools (every running pool
 // if none is named) at once and then every interval, until the client
 // goes away. A named pool that is not running ends the stream with
-// NOT_FOUND. See poolv1.StatsServiceServer.
+// NOT_FOUND. A principal limited to some pools may name only those, and
+// sees only those when it names none. At most maxWatchers streams are
+// served at once; one more fails with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED).
+// See poolv1.StatsServiceServer.
 func (s *StatsServer) WatchPoolStats(req *poolv1.WatchPoolStatsRequest, stream grpc.ServerStreamingServer[poolv1.WatchPoolStatsResponse]) error {
 	ids, interval, err := validateWatchPoolStatsRequest(req)
 	if err != nil {
 		return err
 	}
 	ctx := stream.Context()
+	who := PrincipalFromContext(ctx)
+	for _, id := range ids {
+		if err := checkPoolOf(who, id); err != nil {
+			return err
+		}
+	}
+	if n := s.watchers.Add(1); n > s.maxWatchers {
+		s.watchers.Add(-1)
+		return newStatus(codes.ResourceExhausted, poolv1.ErrorReason_QUOTA_EXCEEDED,
+			fmt.Sprintf("the server already serves %d WatchPoolStats streams", s.maxWatchers),
+			map[string]string{"quota": "stats_watchers", "limit": strconv.FormatInt(s.maxWatchers, 10)})
+	}
+	defer s.watchers.Add(-1)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		resp, err := s.snapshot(ids)
+		resp, err := s.snapshot(ids, who)
 		if err != nil {
 			return toStatus(err)
 		}
@@ -89,9 +114,10 @@ func (s *StatsServer) WatchPoolStats(req *poolv1.WatchPoolStatsRequest, stream g
 	}
 }
 
-// snapshot takes the stats of ids (or of every running pool), in name order.
-// Each pool's snapshot is taken under that pool's lock, inside Stats.
-func (s *StatsServer) snapshot(ids []string) (*poolv1.WatchPoolStatsResponse, error) {
+// snapshot takes the stats of ids (or of every running pool who may see),
+// in name order. Each pool's snapshot is taken under that pool's lock,
+// inside Stats.
+func (s *StatsServer) snapshot(ids []string, who *Principal) (*poolv1.WatchPoolStatsResponse, error) {
 	all := len(ids) == 0
 	if all {
 		ids = s.core.Pools() // sorted
@@ -99,6 +125,9 @@ func (s *StatsServer) snapshot(ids []string) (*poolv1.WatchPoolStatsResponse, er
 	now := s.now()
 	resp := &poolv1.WatchPoolStatsResponse{Stats: make([]*poolv1.PoolStats, 0, len(ids))}
 	for _, id := range ids {
+		if all && checkPoolOf(who, id) != nil {
+			continue
+		}
 		p, err := s.core.Pool(id)
 		if err != nil {
 			if all && errorIsNotFound(err) {

@@ -70,6 +70,11 @@ const (
 	ErrorReason_REVISION_COMPACTED ErrorReason = 17
 	// INTERNAL: an unexpected server error; details are in the server log.
 	ErrorReason_INTERNAL ErrorReason = 18
+	// RESOURCE_EXHAUSTED: a per-caller or per-server quota is used up: the
+	// principal already holds its max_leases leases, or the server already
+	// serves its most WatchPoolStats subscribers. metadata["quota"] names it
+	// ("max_leases" or "stats_watchers"). Retry once a lease or watch ends.
+	ErrorReason_QUOTA_EXCEEDED ErrorReason = 19
 )
 
 // Enum value maps for ErrorReason.
@@ -94,6 +99,7 @@ var (
 		16: "PERMISSION_DENIED",
 		17: "REVISION_COMPACTED",
 		18: "INTERNAL",
+		19: "QUOTA_EXCEEDED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -115,6 +121,7 @@ var (
 		"PERMISSION_DENIED":        16,
 		"REVISION_COMPACTED":       17,
 		"INTERNAL":                 18,
+		"QUOTA_EXCEEDED":           19,
 	}
 )
 
@@ -149,7 +156,7 @@ var File_poolplane_v1_errors_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x19poolplane/v1/errors.proto\x12\fpoolplane.v1*\xa0\x03\n" +
+	"\x19poolplane/v1/errors.proto\x12\fpoolplane.v1*\xb4\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fBACKLOG_FULL\x10\x01\x12\x13\n" +
@@ -170,7 +177,8 @@ const file_poolplane_v1_errors_proto_rawDesc = "" +
 	"\x0fUNAUTHENTICATED\x10\x0f\x12\x15\n" +
 	"\x11PERMISSION_DENIED\x10\x10\x12\x16\n" +
 	"\x12REVISION_COMPACTED\x10\x11\x12\f\n" +
-	"\bINTERNAL\x10\x12B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
+	"\bINTERNAL\x10\x12\x12\x12\n" +
+	"\x0eQUOTA_EXCEEDED\x10\x13B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
 
 var (
 	file_poolplane_v1_errors_proto_rawDescOnce sync.Once

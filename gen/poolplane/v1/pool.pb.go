@@ -462,17 +462,29 @@ type UpstreamTLS struct {
 	// PEM-encoded CA certificates to verify the upstream with.
 	// Default: the system roots.
 	CaPem string `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
-	// PEM-encoded client certificate chain for mTLS. Requires client_key_pem.
+	// PEM-encoded client certificate chain for mTLS. Requires client_key_pem
+	// or client_key_file.
 	ClientCertPem string `protobuf:"bytes,4,opt,name=client_cert_pem,json=clientCertPem,proto3" json:"client_cert_pem,omitempty"`
 	// Input only. The PEM-encoded private key of the client certificate. It is
 	// write-only: no response, history entry or log ever contains it. To keep
 	// the stored key on an UpdatePool, leave this field out of update_mask.
+	// poold stores it encrypted (AES-256-GCM) and accepts it only when it runs
+	// with --secret-key-file; otherwise give client_key_file. Exclusive with
+	// client_key_file.
 	ClientKeyPem string `protobuf:"bytes,5,opt,name=client_key_pem,json=clientKeyPem,proto3" json:"client_key_pem,omitempty"`
 	// Output only. SHA-256 fingerprint of the stored client key
-	// ("sha256:<hex>"), empty when there is none.
+	// ("sha256:<hex>"), empty when there is none (and with client_key_file,
+	// whose path is shown instead).
 	ClientKeyFingerprint string `protobuf:"bytes,6,opt,name=client_key_fingerprint,json=clientKeyFingerprint,proto3" json:"client_key_fingerprint,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Absolute path, on the poold host, of a PEM file holding the private key
+	// of client_cert_pem: a reference to key material rather than the key
+	// itself. poold reads it when the pool is written (to check it) and each
+	// time the pool starts or its TLS settings change; the key never enters
+	// the store. Unlike client_key_pem the path is not secret and is returned.
+	// Exclusive with client_key_pem.
+	ClientKeyFile string `protobuf:"bytes,7,opt,name=client_key_file,json=clientKeyFile,proto3" json:"client_key_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpstreamTLS) Reset() {
@@ -543,6 +555,13 @@ func (x *UpstreamTLS) GetClientKeyPem() string {
 func (x *UpstreamTLS) GetClientKeyFingerprint() string {
 	if x != nil {
 		return x.ClientKeyFingerprint
+	}
+	return ""
+}
+
+func (x *UpstreamTLS) GetClientKeyFile() string {
+	if x != nil {
+		return x.ClientKeyFile
 	}
 	return ""
 }
@@ -854,7 +873,7 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"updateTime\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x02\n" +
 	"\vUpstreamTLS\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1f\n" +
 	"\vserver_name\x18\x02 \x01(\tR\n" +
@@ -862,7 +881,8 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x06ca_pem\x18\x03 \x01(\tR\x05caPem\x12&\n" +
 	"\x0fclient_cert_pem\x18\x04 \x01(\tR\rclientCertPem\x12$\n" +
 	"\x0eclient_key_pem\x18\x05 \x01(\tR\fclientKeyPem\x124\n" +
-	"\x16client_key_fingerprint\x18\x06 \x01(\tR\x14clientKeyFingerprint\"\x8a\x02\n" +
+	"\x16client_key_fingerprint\x18\x06 \x01(\tR\x14clientKeyFingerprint\x12&\n" +
+	"\x0fclient_key_file\x18\a \x01(\tR\rclientKeyFile\"\x8a\x02\n" +
 	"\x06Limits\x12'\n" +
 	"\x0fmax_connections\x18\x01 \x01(\x05R\x0emaxConnections\x12\x19\n" +
 	"\bmin_idle\x18\x02 \x01(\x05R\aminIdle\x12\x19\n" +

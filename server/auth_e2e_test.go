@@ -1,0 +1,567 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/store"
+)
+
+// testCA issues certificates for TLS and mTLS tests.
+type testCA struct {
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	pem    []byte
+	serial int64
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "poolplane test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), serial: 1}
+}
+
+func (ca *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+// issue returns a leaf certificate for a server (dns names) or a client
+// (subject, URIs), with its PEM forms.
+func (ca *testCA) issue(t testing.TB, subject pkix.Name, dns []string, uris []string, client bool) (tls.Certificate, []byte, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.serial++
+	usage := x509.ExtKeyUsageServerAuth
+	if client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(ca.serial),
+		Subject:      subject,
+		DNSNames:     dns,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	for _, u := range uris {
+		pu, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, pu)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, certPEM, keyPEM
+}
+
+// lockedBuffer is a log sink safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// authEnv is a server with authentication, on loopback.
+type authEnv struct {
+	mgr  *poolmgr.Manager
+	addr string
+	log  *lockedBuffer
+	echo *echoUpstream
+}
+
+// startAuthEnv starts a server authenticating against ps, over TLS when
+// serverTLS is set.
+func startAuthEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Config)) *authEnv {
+	t.Helper()
+	e := &authEnv{log: &lockedBuffer{}, echo: newEchoUpstream(t)}
+	logger := slog.New(slog.NewTextHandler(e.log, nil))
+	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mgr.Close() })
+	if err := mgr.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.mgr = mgr
+	a, err := NewAuthenticator(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Manager: mgr, Logger: logger, Auth: a}
+	if mod != nil {
+		mod(&cfg)
+	}
+	var opts []grpc.ServerOption
+	if serverTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(serverTLS)))
+	}
+	srv, svc, err := New(cfg, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addr = ln.Addr().String()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		svc.Lease.Shutdown()
+		srv.Stop()
+		<-done
+		svc.Lease.Wait()
+	})
+	return e
+}
+
+func (e *authEnv) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	cc, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// create makes pool id over the echo upstream, as the manager (no RPC).
+func (e *authEnv) create(t *testing.T, id string) {
+	t.Helper()
+	if _, err := e.mgr.Create(context.Background(), id, poolmgr.Config{Endpoints: []string{e.echo.addr()}}, poolmgr.WriteOptions{Actor: "test"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func bearer(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+}
+
+// invoke calls method with an empty request and returns the first error
+// (nil when the call succeeds or a stream sends a first message).
+func invoke(ctx context.Context, cc *grpc.ClientConn, method string, sd grpc.StreamDesc, unary bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if unary {
+		return cc.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{})
+	}
+	s, err := cc.NewStream(ctx, &sd, method)
+	if err != nil {
+		return err
+	}
+	if err := s.SendMsg(&emptypb.Empty{}); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		_ = err // the status comes with RecvMsg
+	}
+	_ = s.CloseSend()
+	return s.RecvMsg(&emptypb.Empty{})
+}
+
+type rpc struct {
+	method string
+	desc   grpc.StreamDesc
+	unary  bool
+}
+
+// everyRPC lists every method of the poolplane services.
+func everyRPC() []rpc {
+	var out []rpc
+	for _, sd := range []grpc.ServiceDesc{poolv1.PoolAdminService_ServiceDesc, poolv1.LeaseService_ServiceDesc, poolv1.StatsService_ServiceDesc} {
+		for _, m := range sd.Methods {
+			out = append(out, rpc{method: "/" + sd.ServiceName + "/" + m.MethodName, unary: true})
+		}
+		for _, s := range sd.Streams {
+			out = append(out, rpc{method: "/" + sd.ServiceName + "/" + s.StreamName, desc: s})
+		}
+	}
+	return out
+}
+
+func reasonOf(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei.GetReason()
+		}
+	}
+	return ""
+}
+
+var roleTokens = map[Role]string{RoleAdmin: "tok-admin", RoleOperator: "tok-operator", RoleViewer: "tok-viewer", RoleClient: "tok-client"}
+
+func rolePrincipals() []Principal {
+	var ps []Principal
+	for r, tok := range roleTokens {
+		ps = append(ps, Principal{Name: "p-" + string(r), Role: r, TokenSHA256: HashToken(tok)})
+	}
+	return ps
+}
+
+// TestAuthEveryRPC calls every RPC of every service without credentials,
+// with a wrong token, and as every role: unauthenticated calls fail with
+// UNAUTHENTICATED, calls the role may not make with PERMISSION_DENIED, and
+// the others get past authorization.
+func TestAuthEveryRPC(t *testing.T) {
+	e := startAuthEnv(t, rolePrincipals(), nil, nil)
+	e.create(t, "a")
+	cc := e.dial(t, nil)
+	ctx := context.Background()
+	for _, r := range everyRPC() {
+		for _, tok := range []string{"", "wrong"} {
+			c := ctx
+			if tok != "" {
+				c = bearer(ctx, tok)
+			}
+			err := invoke(c, cc, r.method, r.desc, r.unary)
+			if status.Code(err) != codes.Unauthenticated || reasonOf(err) != "UNAUTHENTICATED" {
+				t.Errorf("%s with token %q: %v, want UNAUTHENTICATED", r.method, tok, err)
+			}
+		}
+		for _, role := range roles {
+			err := invoke(bearer(ctx, roleTokens[role]), cc, r.method, r.desc, r.unary)
+			code := status.Code(err)
+			if contains(wantAllowed[r.method], role) {
+				if code == codes.PermissionDenied || code == codes.Unauthenticated {
+					t.Errorf("%s as %s: %v, want it allowed", r.method, role, err)
+				}
+			} else if code != codes.PermissionDenied || reasonOf(err) != "PERMISSION_DENIED" {
+				t.Errorf("%s as %s: %v, want PERMISSION_DENIED", r.method, role, err)
+			}
+		}
+	}
+	// Health stays open.
+	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("health without credentials: %v", err)
+	}
+	if strings.Contains(e.log.String(), "tok-") {
+		t.Fatal("a token reached the log")
+	}
+}
+
+func TestAuthClientPoolPatterns(t *testing.T) {
+	ps := []Principal{{Name: "payments", Role: RoleClient, TokenSHA256: HashToken("pay"), Pools: []string{"pay-*"}}}
+	e := startAuthEnv(t, ps, nil, nil)
+	e.create(t, "pay-eu")
+	e.create(t, "api")
+	cc := e.dial(t, nil)
+	ctx := bearer(context.Background(), "pay")
+	lc := poolv1.NewLeaseServiceClient(cc)
+
+	s, err := lc.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s, openFrame("pools/api"))
+	_, err = s.Recv()
+	if status.Code(err) != codes.PermissionDenied || reasonOf(err) != "PERMISSION_DENIED" {
+		t.Fatalf("lease outside the patterns: %v", err)
+	}
+	if st, _ := e.mgr.Pool("api"); st.Stats().Acquires != 0 {
+		t.Fatal("the refused lease acquired a connection")
+	}
+
+	s, err = lc.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s, openFrame("pools/pay-eu"))
+	recvGranted(t, s)
+	mustSend(t, s, dataFrame([]byte("hi")))
+	if got := readEcho(t, s, 2); string(got) != "hi" {
+		t.Fatalf("echo %q", got)
+	}
+	// The same stream cannot switch to a pool outside the patterns.
+	mustSend(t, s, releaseFrame(true))
+	recvEnded(t, s)
+	mustSend(t, s, openFrame("pools/api"))
+	if _, err := s.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("second open outside the patterns: %v", err)
+	}
+
+	stats := poolv1.NewStatsServiceClient(cc)
+	if _, err := stats.GetPoolStats(ctx, &poolv1.GetPoolStatsRequest{Name: "pools/api"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("GetPoolStats outside: %v", err)
+	}
+	if _, err := stats.GetPoolStats(ctx, &poolv1.GetPoolStatsRequest{Name: "pools/pay-eu"}); err != nil {
+		t.Fatalf("GetPoolStats inside: %v", err)
+	}
+	w, err := stats.WatchPoolStats(ctx, &poolv1.WatchPoolStatsRequest{Names: []string{"pools/api"}})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("WatchPoolStats of a pool outside: %v", err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err = stats.WatchPoolStats(wctx, &poolv1.WatchPoolStatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetStats()) != 1 || resp.GetStats()[0].GetName() != "pools/pay-eu" {
+		t.Fatalf("WatchPoolStats of every pool shows %v, want only pools/pay-eu", resp.GetStats())
+	}
+}
+
+func TestAuthLeaseCap(t *testing.T) {
+	ps := []Principal{{Name: "capped", Role: RoleClient, TokenSHA256: HashToken("c"), MaxLeases: 1}}
+	e := startAuthEnv(t, ps, nil, nil)
+	e.create(t, "a")
+	cc := e.dial(t, nil)
+	ctx := bearer(context.Background(), "c")
+	lc := poolv1.NewLeaseServiceClient(cc)
+	s1, err := lc.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s1, openFrame("pools/a"))
+	recvGranted(t, s1)
+
+	s2, err := lc.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s2, openFrame("pools/a"))
+	_, err = s2.Recv()
+	if status.Code(err) != codes.ResourceExhausted || reasonOf(err) != "QUOTA_EXCEEDED" {
+		t.Fatalf("second lease: %v, want RESOURCE_EXHAUSTED QUOTA_EXCEEDED", err)
+	}
+
+	mustSend(t, s1, releaseFrame(true))
+	recvEnded(t, s1)
+	s3, err := lc.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s3, openFrame("pools/a"))
+	recvGranted(t, s3)
+	mustSend(t, s3, releaseFrame(true))
+	recvEnded(t, s3)
+}
+
+func TestStatsWatcherBound(t *testing.T) {
+	e := startAuthEnv(t, rolePrincipals(), nil, func(c *Config) { c.MaxStatsWatchers = 1 })
+	cc := e.dial(t, nil)
+	ctx, cancel := context.WithCancel(bearer(context.Background(), "tok-viewer"))
+	defer cancel()
+	stats := poolv1.NewStatsServiceClient(cc)
+	w1, err := stats.WatchPoolStats(ctx, &poolv1.WatchPoolStatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w1.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := stats.WatchPoolStats(ctx, &poolv1.WatchPoolStatsRequest{})
+	if err == nil {
+		_, err = w2.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted || reasonOf(err) != "QUOTA_EXCEEDED" {
+		t.Fatalf("second watcher: %v", err)
+	}
+}
+
+func TestAuthMTLS(t *testing.T) {
+	ca := newTestCA(t)
+	serverCert, _, _ := ca.issue(t, pkix.Name{CommonName: "poold"}, []string{"poold.test"}, nil, false)
+	serverTLS := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{serverCert},
+		ClientCAs:    ca.pool(),
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+	}
+	ps := []Principal{
+		{Name: "ops-cert", Role: RoleAdmin, MTLSSubject: "CN=ops,O=Acme"},
+		{Name: "svc-cert", Role: RoleViewer, MTLSSAN: "spiffe://acme/svc"},
+		{Name: "cn-only", Role: RoleViewer, MTLSSubject: "bare"},
+		{Name: "bot", Role: RoleAdmin, TokenSHA256: HashToken("bot")},
+	}
+	e := startAuthEnv(t, ps, serverTLS, nil)
+	clientTLS := func(certs ...tls.Certificate) credentials.TransportCredentials {
+		return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: ca.pool(), ServerName: "poold.test", Certificates: certs})
+	}
+	ctx := context.Background()
+
+	ops, _, _ := ca.issue(t, pkix.Name{CommonName: "ops", Organization: []string{"Acme"}}, nil, nil, true)
+	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(ops)))
+	if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "m", Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}}}); err != nil {
+		t.Fatalf("create as ops-cert: %v", err)
+	}
+	revs, err := admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/m"})
+	if err != nil || revs.GetRevisions()[0].GetActor() != "ops-cert" {
+		t.Fatalf("history actor: %v %v", revs, err)
+	}
+
+	svc, _, _ := ca.issue(t, pkix.Name{CommonName: "whatever"}, nil, []string{"spiffe://acme/svc"}, true)
+	viewer := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(svc)))
+	if _, err := viewer.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"}); err != nil {
+		t.Fatalf("read as svc-cert (SAN): %v", err)
+	}
+	_, err = viewer.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: "pools/m"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("delete as a viewer certificate: %v", err)
+	}
+	bare, _, _ := ca.issue(t, pkix.Name{CommonName: "bare", Organization: []string{"X"}}, nil, nil, true)
+	if _, err := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(bare))).GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"}); err != nil {
+		t.Fatalf("read as cn-only: %v", err)
+	}
+
+	stranger, _, _ := ca.issue(t, pkix.Name{CommonName: "stranger"}, nil, nil, true)
+	_, err = poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(stranger))).GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"})
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "CN=stranger") {
+		t.Fatalf("unmapped certificate: %v", err)
+	}
+	// A certificate from another CA fails the handshake.
+	other := newTestCA(t)
+	forged, _, _ := other.issue(t, pkix.Name{CommonName: "ops", Organization: []string{"Acme"}}, nil, nil, true)
+	_, err = poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(forged))).GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"})
+	if code := status.Code(err); code != codes.Unavailable && code != codes.Unauthenticated {
+		t.Fatalf("certificate of another CA: %v", err)
+	}
+
+	// No certificate: a token over TLS works, nothing does not.
+	anon := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS()))
+	if _, err := anon.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("TLS without credentials: %v", err)
+	}
+	if _, err := anon.GetPool(bearer(ctx, "bot"), &poolv1.GetPoolRequest{Name: "pools/m"}); err != nil {
+		t.Fatalf("token over TLS: %v", err)
+	}
+	// A wrong token fails even with a valid certificate.
+	if _, err := admin.GetPool(bearer(ctx, "nope"), &poolv1.GetPoolRequest{Name: "pools/m"}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("wrong token with a certificate: %v", err)
+	}
+}
+
+func TestAuditLog(t *testing.T) {
+	e := startAuthEnv(t, rolePrincipals(), nil, nil)
+	cc := e.dial(t, nil)
+	ctx := context.Background()
+	admin := poolv1.NewPoolAdminServiceClient(cc)
+	p, err := admin.CreatePool(bearer(ctx, "tok-admin"), &poolv1.CreatePoolRequest{PoolId: "x", Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.DeletePool(bearer(ctx, "tok-viewer"), &poolv1.DeletePoolRequest{Name: "pools/x"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("delete as viewer: %v", err)
+	}
+	if _, err := admin.DrainPool(bearer(ctx, "tok-operator"), &poolv1.DrainPoolRequest{Name: "pools/x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.GetPool(bearer(ctx, "tok-viewer"), &poolv1.GetPoolRequest{Name: "pools/x"}); err != nil {
+		t.Fatal(err)
+	}
+	log := e.log.String()
+	for _, want := range []string{
+		"msg=audit method=/poolplane.v1.PoolAdminService/CreatePool principal=p-admin target=pools/x code=OK revision=" + itoa64(p.GetRevision()),
+		"msg=audit method=/poolplane.v1.PoolAdminService/DeletePool principal=p-viewer target=pools/x code=PermissionDenied",
+		"msg=audit method=/poolplane.v1.PoolAdminService/DrainPool principal=p-operator target=pools/x code=OK",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "msg=audit method=/poolplane.v1.PoolAdminService/GetPool") {
+		t.Error("reads are audited")
+	}
+	revs, err := admin.ListPoolRevisions(bearer(ctx, "tok-viewer"), &poolv1.ListPoolRevisionsRequest{Name: "pools/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actors []string
+	for _, r := range revs.GetRevisions() {
+		actors = append(actors, r.GetActor())
+	}
+	if strings.Join(actors, ",") != "p-operator,p-admin" {
+		t.Fatalf("history actors %v", actors)
+	}
+}
+
+func itoa64(n int64) string { return big.NewInt(n).String() }
