@@ -108,9 +108,11 @@ func benchCommand() *command {
 				}
 				cmdline := []string{"poolctl", "bench"}
 				fs.Visit(func(f *flag.Flag) {
-					if f.Name != "server" {
-						cmdline = append(cmdline, "--"+f.Name+"="+f.Value.String())
+					dash := "--"
+					if len(f.Name) == 1 {
+						dash = "-"
 					}
+					cmdline = append(cmdline, dash+f.Name+"="+f.Value.String())
 				})
 				cfg.command = strings.Join(cmdline, " ")
 				return runBench(ctx, cfg, e.stdout, e.stderr)

@@ -205,7 +205,7 @@ func (b *bench) targets(results map[string][]cellResult, key func(string, int) s
 		t := targetCheck{Name: d.name, Want: d.want}
 		ra, rb := results[d.a], results[d.b]
 		if len(ra) == 0 || len(rb) == 0 {
-			t.Note = "not measured in this run (" + strings.TrimSpace(missing(ra, d.a)+" "+missing(rb, d.b)) + ")"
+			t.Note = "not measured: " + strings.TrimSpace(missing(ra, d.a)+" "+missing(rb, d.b))
 			out = append(out, t)
 			continue
 		}
@@ -347,7 +347,7 @@ func (r *benchReport) writeTables(w io.Writer, md bool) {
 			verdict = map[bool]string{true: "met", false: "MISSED"}[*t.Met]
 		}
 		if t.Note != "" {
-			verdict += " (" + t.Note + ")"
+			verdict += ", " + t.Note
 		}
 		tg = append(tg, []string{t.Name, t.Want, got, verdict})
 	}
