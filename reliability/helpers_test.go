@@ -180,7 +180,6 @@ type handler func(u *upstream, c net.Conn, epoch int64)
 // and open connections.
 type upstream struct {
 	addr string
-	h    handler
 
 	accepted atomic.Int64
 	open     atomic.Int64
@@ -190,6 +189,7 @@ type upstream struct {
 	wg sync.WaitGroup // accept loops and handlers
 
 	mu    sync.Mutex // protects the fields below
+	h     handler
 	ln    net.Listener
 	conns map[net.Conn]struct{}
 	epoch int64
@@ -213,7 +213,7 @@ func startUpstream(t testing.TB, addr string, h handler) *upstream {
 func (u *upstream) serve(ln net.Listener) {
 	u.mu.Lock()
 	u.ln = ln
-	epoch := u.epoch
+	epoch, h := u.epoch, u.h
 	u.mu.Unlock()
 	u.wg.Add(1)
 	go func() {
@@ -236,7 +236,7 @@ func (u *upstream) serve(ln net.Listener) {
 			u.mu.Unlock()
 			go func() {
 				defer u.wg.Done()
-				u.h(u, c, epoch)
+				h(u, c, epoch)
 				c.Close()
 				u.mu.Lock()
 				delete(u.conns, c)
@@ -266,14 +266,27 @@ func (u *upstream) kill() {
 // restart listens again on the same address with the next epoch.
 func (u *upstream) restart(t testing.TB) {
 	t.Helper()
+	u.restartWith(t, nil, nil)
+}
+
+// restartWith is restart with another handler (if h is not nil) and a
+// listener wrapper (tls.NewListener, if wrap is not nil).
+func (u *upstream) restartWith(t testing.TB, wrap func(net.Listener) net.Listener, h handler) {
+	t.Helper()
 	var ln net.Listener
 	var err error
 	waitFor(t, "relisten on "+u.addr, 5*time.Second, func() bool {
 		ln, err = net.Listen("tcp", u.addr)
 		return err == nil
 	})
+	if wrap != nil {
+		ln = wrap(ln)
+	}
 	u.mu.Lock()
 	u.epoch++
+	if h != nil {
+		u.h = h
+	}
 	u.mu.Unlock()
 	u.serve(ln)
 }
