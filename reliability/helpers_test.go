@@ -199,12 +199,16 @@ type upstream struct {
 // killed by the test's cleanup.
 func startUpstream(t testing.TB, addr string, h handler) *upstream {
 	t.Helper()
-	u := &upstream{h: h, conns: make(map[net.Conn]struct{})}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.addr = ln.Addr().String()
+	return upstreamOn(t, ln, h)
+}
+
+// upstreamOn is startUpstream on a listener.
+func upstreamOn(t testing.TB, ln net.Listener, h handler) *upstream {
+	u := &upstream{h: h, conns: make(map[net.Conn]struct{}), addr: ln.Addr().String()}
 	u.serve(ln)
 	t.Cleanup(u.kill)
 	return u
