@@ -72,7 +72,8 @@ func benchCommand() *command {
 			clients := fs.String("clients", defaultBenchClients, "comma-separated `LIST` of concurrent client counts")
 			size := fs.Int("size", defaultBenchSize, "request and response size in `BYTES`")
 			maxReq := fs.Int("max-requests", defaultBenchMaxReq, "bound on the requests of one case in one round")
-			cases := fs.String("cases", "", "comma-separated case names or prefixes to run (default: all); see 'poolctl help bench'")
+			cases := fs.String("cases", "", "comma-separated case names or prefixes to run (default: all): "+
+				"tcp|tls/new-conn, tcp|tls/direct, tcp|tls/lease-per-req, tcp|tls/lease-held, tcp/haproxy, bulk/direct|lease|haproxy")
 			poold := fs.String("poold", "", "poold binary `PATH` (default: poold next to poolctl, else on PATH)")
 			haproxy := fs.String("haproxy", "haproxy", `haproxy binary (PATH or name); "off" skips the HAProxy cases`)
 			report := fs.String("report", "", "write report.md and latency.png to `DIR`")
