@@ -159,11 +159,8 @@ func freePort(t *testing.T) string {
 
 // tourEnv runs the README's commands.
 type tourEnv struct {
-	dir   string // the working directory
-	env   []string
-	ports *strings.Replacer
-	mu    sync.Mutex // protects bg
-	bg    []*exec.Cmd
+	dir string // the working directory
+	env []string
 }
 
 func (e *tourEnv) command(ctx context.Context, cmdline string, out *syncBuffer) *exec.Cmd {
@@ -262,6 +259,47 @@ func buildBinaries(t *testing.T, root, bin string) {
 	}
 }
 
+// linkTree makes dst a copy of the repository root made of symbolic links,
+// except examples/pools.yaml, copied with the tour's ports remapped, so the
+// tour's commands (go run ./examples/..., apply -f examples/pools.yaml) work
+// in dst as in a checkout.
+func linkTree(t *testing.T, root, dst string, ports *strings.Replacer) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dst, "examples"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := func(from, to string) {
+		if err := os.Symlink(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	top, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range top {
+		if name := e.Name(); name != "examples" && name != "data" && name != "bin" && name != ".git" {
+			link(filepath.Join(root, name), filepath.Join(dst, name))
+		}
+	}
+	ex, err := os.ReadDir(filepath.Join(root, "examples"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ex {
+		if e.Name() != "pools.yaml" {
+			link(filepath.Join(root, "examples", e.Name()), filepath.Join(dst, "examples", e.Name()))
+		}
+	}
+	pools, err := os.ReadFile(filepath.Join(root, "examples", "pools.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dst, "examples", "pools.yaml"), []byte(ports.Replace(string(pools))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestREADME(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binaries and runs the README tour")
@@ -288,19 +326,9 @@ func TestREADME(t *testing.T) {
 	grpcPort, metricsPort, redisPort, fwdPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	ports := strings.NewReplacer("7700", grpcPort, "7701", metricsPort, "6379", redisPort, "6390", fwdPort)
 	work := filepath.Join(tmp, "work")
-	if err := os.MkdirAll(filepath.Join(work, "examples"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pools, err := os.ReadFile(filepath.Join(root, "examples", "pools.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(work, "examples", "pools.yaml"), []byte(ports.Replace(string(pools))), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	linkTree(t, root, work, ports)
 	e := &tourEnv{
-		dir:   work,
-		ports: ports,
+		dir: work,
 		env: append(os.Environ(),
 			"PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"),
 			"POOLPLANE_SERVER=127.0.0.1:"+grpcPort,
