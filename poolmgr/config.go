@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -100,9 +102,16 @@ type TLSConfig struct {
 	// CAPEM holds PEM-encoded roots; empty means the system roots.
 	CAPEM string
 	// ClientCertPEM and ClientKeyPEM are the client certificate and key for
-	// mTLS. The key is write-only: the API never returns it.
+	// mTLS. The key is write-only: the API never returns it, and the
+	// Manager stores it encrypted (ManagerConfig.SecretKey).
 	ClientCertPEM string
 	ClientKeyPEM  string
+	// ClientKeyFile is the absolute path of a PEM file holding the client
+	// key, instead of ClientKeyPEM: the key stays out of the store. It is
+	// read when the config is validated and whenever a pool starts or its
+	// TLS settings change; to rotate the key in place, write the new file
+	// and then change any TLS setting, or the path.
+	ClientKeyFile string
 }
 
 // Limits bound the pool's size and the time callers wait. Changes apply at once.
@@ -361,11 +370,18 @@ func (c Config) Validate() error {
 	}
 
 	t := c.TLS
-	if !t.Enabled && (t.ServerName != "" || t.CAPEM != "" || t.ClientCertPEM != "" || t.ClientKeyPEM != "") {
+	if !t.Enabled && (t.ServerName != "" || t.CAPEM != "" || t.ClientCertPEM != "" || t.ClientKeyPEM != "" || t.ClientKeyFile != "") {
 		bad("tls.enabled", "TLS settings are given but tls.enabled is false")
 	}
-	if (t.ClientCertPEM == "") != (t.ClientKeyPEM == "") {
-		bad("tls.client_cert_pem", "client certificate and key must be given together")
+	hasKey := t.ClientKeyPEM != "" || t.ClientKeyFile != ""
+	if (t.ClientCertPEM == "") != !hasKey {
+		bad("tls.client_cert_pem", "client certificate and key (client_key_pem or client_key_file) must be given together")
+	}
+	if t.ClientKeyPEM != "" && t.ClientKeyFile != "" {
+		bad("tls.client_key_file", "give client_key_pem or client_key_file, not both")
+	}
+	if t.ClientKeyFile != "" && !filepath.IsAbs(t.ClientKeyFile) {
+		bad("tls.client_key_file", "must be an absolute path on the poold host, got %q", t.ClientKeyFile)
 	}
 	if t.Enabled {
 		if err := t.check(); err != nil {
@@ -432,6 +448,7 @@ func (c Config) DiffFields(o Config) []string {
 	add(c.TLS.CAPEM != o.TLS.CAPEM, "tls.ca_pem")
 	add(c.TLS.ClientCertPEM != o.TLS.ClientCertPEM, "tls.client_cert_pem")
 	add(c.TLS.ClientKeyPEM != o.TLS.ClientKeyPEM, "tls.client_key_pem")
+	add(c.TLS.ClientKeyFile != o.TLS.ClientKeyFile, "tls.client_key_file")
 	add(c.Limits.MaxConnections != o.Limits.MaxConnections, "limits.max_connections")
 	add(c.Limits.MinIdle != o.Limits.MinIdle, "limits.min_idle")
 	add(c.Limits.MaxIdle != o.Limits.MaxIdle, "limits.max_idle")
@@ -488,8 +505,18 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 		cfg.RootCAs = roots
 	}
 	if t.ClientCertPEM != "" {
-		cert, err := tls.X509KeyPair([]byte(t.ClientCertPEM), []byte(t.ClientKeyPEM))
+		key := []byte(t.ClientKeyPEM)
+		if t.ClientKeyFile != "" {
+			b, err := os.ReadFile(t.ClientKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("client_key_file: %w", err)
+			}
+			key = b
+		}
+		cert, err := tls.X509KeyPair([]byte(t.ClientCertPEM), key)
 		if err != nil {
+			// Never wrap err's text with key bytes: X509KeyPair's errors
+			// do not quote the key.
 			return nil, fmt.Errorf("client certificate: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}

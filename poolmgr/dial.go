@@ -147,6 +147,11 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, er
 		}
 		target = addrs[rand.IntN(len(addrs))]
 	}
+	// Every address is checked right before it is dialed, whatever the
+	// resolver said earlier: a name rebound to a forbidden address fails.
+	if err := p.checkDial(target.host, target.addr); err != nil {
+		return nil, target, err
+	}
 	var nc net.Conn
 	var err error
 	if p.env.Dial != nil {
@@ -263,9 +268,21 @@ func (p *Pool) resolveEndpoint(ctx context.Context, ep string) ([]upstreamAddr, 
 	if len(ips) == 0 {
 		return nil, fmt.Errorf("resolve %s: %w", host, errNoAddress)
 	}
-	out := make([]upstreamAddr, len(ips))
-	for i, ip := range ips {
-		out[i] = upstreamAddr{addr: net.JoinHostPort(ip, port), host: host, endpoint: ep}
+	out := make([]upstreamAddr, 0, len(ips))
+	var refused error
+	for _, ip := range ips {
+		a := upstreamAddr{addr: net.JoinHostPort(ip, port), host: host, endpoint: ep}
+		if err := p.checkDial(host, a.addr); err != nil {
+			// Never dialed: dial checks again, but a refused address
+			// must not take a turn in the round-robin.
+			p.env.Logger.Warn("resolved address refused by the upstream policy", "pool", p.name, "endpoint", ep, "err", err)
+			refused = err
+			continue
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("resolve %s: every address refused: %w", host, refused)
 	}
 	return out, nil
 }

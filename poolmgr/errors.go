@@ -33,6 +33,9 @@ var (
 	ErrRevisionNotFound = errors.New("revision not found")
 	// ErrCompacted: Watch from a revision older than the retained history.
 	ErrCompacted = errors.New("revision compacted")
+	// ErrUpstreamNotAllowed: an endpoint, or an address it resolved to, is
+	// refused by the UpstreamPolicy (the upstream allowlist).
+	ErrUpstreamNotAllowed = errors.New("upstream not allowed")
 )
 
 // Snapshot is the state of a pool at the moment an acquire failed.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/poolplane/poolplane/poolmgr/internal/seal"
 	"github.com/poolplane/poolplane/store"
 )
 
@@ -44,6 +45,12 @@ type ManagerConfig struct {
 	Logger *slog.Logger
 	// Now stamps create and update times. Default time.Now.
 	Now func() time.Time
+	// SecretKey, 32 bytes, encrypts client private keys in the store
+	// (AES-256-GCM). Without it, pools that give a client key inline
+	// (TLSConfig.ClientKeyPEM) are refused with a *ValidationError; give
+	// TLSConfig.ClientKeyFile instead. Records with encrypted keys need the
+	// key they were written with to be read.
+	SecretKey []byte
 }
 
 // WriteOptions go with every single-pool write.
@@ -171,6 +178,7 @@ type Manager struct {
 	env    Env
 	logger *slog.Logger
 	now    func() time.Time
+	sealer *seal.Sealer // encrypts client keys at rest; nil without a secret key
 
 	// wsem (size 1: a mutex whose wait honours ctx) is held by a write from
 	// reading the current record through commit and live apply, so live
@@ -212,12 +220,23 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if env.Logger == nil {
 		env.Logger = cfg.Logger
 	}
+	if env.Upstreams == nil {
+		env.Upstreams = defaultUpstreams
+	}
+	var sealer *seal.Sealer
+	if cfg.SecretKey != nil {
+		var err error
+		if sealer, err = seal.New(cfg.SecretKey); err != nil {
+			return nil, fmt.Errorf("poolmgr: ManagerConfig.SecretKey: %w", err)
+		}
+	}
 	stopCtx, stop := context.WithCancel(context.Background())
 	return &Manager{
 		store:    cfg.Store,
 		env:      env,
 		logger:   cfg.Logger,
 		now:      cfg.Now,
+		sealer:   sealer,
 		wsem:     make(chan struct{}, 1),
 		stopCtx:  stopCtx,
 		stop:     stop,
@@ -256,7 +275,7 @@ func (m *Manager) Load(ctx context.Context) error {
 			n++ // started by a write before Load
 			continue
 		}
-		rec, err := decodeRecord(kv.Value)
+		rec, err := decodeRecord(kv.Value, m.sealer)
 		if err == nil {
 			err = rec.Config.WithDefaults().Validate()
 		}
@@ -285,6 +304,9 @@ func (m *Manager) Create(ctx context.Context, id string, cfg Config, o WriteOpti
 	}
 	cfg, err := prepare(cfg)
 	if err != nil {
+		return PoolInfo{}, err
+	}
+	if err := m.checkWrite(cfg, ""); err != nil {
 		return PoolInfo{}, err
 	}
 	unlock, err := m.lockWrites(ctx)
@@ -349,7 +371,7 @@ func (m *Manager) List(ctx context.Context, pageSize int, pageToken string) ([]P
 	out := make([]PoolInfo, 0, len(kvs))
 	for _, kv := range kvs {
 		id := strings.TrimPrefix(kv.Key, keyPrefix)
-		rec, err := decodeRecord(kv.Value)
+		rec, err := decodeRecord(kv.Value, m.sealer)
 		if err != nil {
 			return nil, "", fmt.Errorf("list pools: pool %s: %w", id, err)
 		}
@@ -388,6 +410,9 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 	}
 	if rec.Config.WithDefaults().Equal(cfg.WithDefaults()) {
 		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
+	}
+	if err := m.checkWrite(cfg, ""); err != nil {
+		return PoolInfo{}, err
 	}
 	rec.Config, rec.UpdateTime, rec.Op = cfg, m.now(), ActionUpdate
 	if o.ValidateOnly {
@@ -472,7 +497,7 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 	cur := make(map[string]current, len(kvs))
 	for _, kv := range kvs {
 		id := strings.TrimPrefix(kv.Key, keyPrefix)
-		rec, err := decodeRecord(kv.Value)
+		rec, err := decodeRecord(kv.Value, m.sealer)
 		if err != nil {
 			return Plan{}, fmt.Errorf("apply: stored pool %s: %w", id, err)
 		}
@@ -491,11 +516,14 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 		changes []change
 		now     = m.now()
 	)
-	for _, s := range specs {
+	for si, s := range specs {
 		c, ok := cur[s.ID]
 		if !ok {
+			if err := m.checkWrite(s.Config, fmt.Sprintf("pools[%d].", si)); err != nil {
+				return Plan{}, err
+			}
 			rec := record{Config: s.Config, State: StateActive, CreateTime: now, UpdateTime: now, Op: ActionCreate}
-			val, err := encodeRecord(rec)
+			val, err := encodeRecord(rec, m.sealer)
 			if err != nil {
 				return Plan{}, err
 			}
@@ -512,13 +540,16 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 			plan.Actions = append(plan.Actions, PlannedAction{ID: s.ID, Action: ActionUnchanged})
 			continue
 		}
+		if err := m.checkWrite(s.Config, fmt.Sprintf("pools[%d].", si)); err != nil {
+			return Plan{}, err
+		}
 		var retired Retired
 		if p := m.lookup(s.ID); p != nil {
 			retired = p.Plan(s.Config.WithDefaults())
 		}
 		rec := c.rec
 		rec.Config, rec.UpdateTime, rec.Op = s.Config, now, ActionUpdate
-		val, err := encodeRecord(rec)
+		val, err := encodeRecord(rec, m.sealer)
 		if err != nil {
 			return Plan{}, err
 		}
@@ -597,7 +628,7 @@ func (m *Manager) History(ctx context.Context, id string) ([]Revision, error) {
 	}
 	out := make([]Revision, 0, len(es))
 	for _, e := range es {
-		r, err := revisionOf(e)
+		r, err := revisionOf(e, m.sealer)
 		if err != nil {
 			return nil, fmt.Errorf("pool %s: %w", id, err)
 		}
@@ -640,12 +671,15 @@ func (m *Manager) Rollback(ctx context.Context, id string, toRevision int64, o W
 	case e.Action == store.ActionDelete:
 		return PoolInfo{}, badRevision(toRevision, fmt.Sprintf("pool %s did not exist at revision %d (deleted at %d)", id, toRevision, e.Revision))
 	}
-	old, err := decodeRecord(e.Value)
+	old, err := decodeRecord(e.Value, m.sealer)
 	if err != nil {
 		return PoolInfo{}, fmt.Errorf("pool %s at revision %d: %w", id, toRevision, err)
 	}
 	cfg, err := prepare(old.Config)
 	if err != nil {
+		return PoolInfo{}, err
+	}
+	if err := m.checkWrite(cfg, ""); err != nil {
 		return PoolInfo{}, err
 	}
 
@@ -1004,7 +1038,7 @@ func (m *Manager) read(ctx context.Context, id string) (record, store.KeyValue, 
 	if err != nil {
 		return record{}, store.KeyValue{}, mapStoreErr(id, err)
 	}
-	rec, err := decodeRecord(kv.Value)
+	rec, err := decodeRecord(kv.Value, m.sealer)
 	if err != nil {
 		return record{}, store.KeyValue{}, fmt.Errorf("pool %s: %w", id, err)
 	}
@@ -1033,7 +1067,7 @@ func (m *Manager) readExpect(ctx context.Context, id string, expectRevision int6
 
 // put encodes and writes one record.
 func (m *Manager) put(ctx context.Context, id string, rec record, expect store.Expect, actor string) (int64, error) {
-	val, err := encodeRecord(rec)
+	val, err := encodeRecord(rec, m.sealer)
 	if err != nil {
 		return 0, fmt.Errorf("pool %s: %w", id, err)
 	}
@@ -1205,7 +1239,7 @@ func (m *Manager) event(ev store.Event) (PoolEvent, bool) {
 	if !ok {
 		return PoolEvent{}, false
 	}
-	rec, err := decodeRecord(ev.KV.Value)
+	rec, err := decodeRecord(ev.KV.Value, m.sealer)
 	if err != nil {
 		m.logger.LogAttrs(context.Background(), slog.LevelError, "watch: undecodable pool record",
 			slog.String("pool", id), slog.Int64("revision", ev.Revision), slog.Any("error", err))
@@ -1222,13 +1256,13 @@ func (m *Manager) event(ev store.Event) (PoolEvent, bool) {
 }
 
 // revisionOf converts a history entry.
-func revisionOf(e store.HistoryEntry) (Revision, error) {
+func revisionOf(e store.HistoryEntry, s *seal.Sealer) (Revision, error) {
 	r := Revision{Revision: e.Revision, Time: e.Time, Actor: e.Actor}
 	if e.Action == store.ActionDelete {
 		r.Action, r.Deleted = ActionDelete, true
 		return r, nil
 	}
-	rec, err := decodeRecord(e.Value)
+	rec, err := decodeRecord(e.Value, s)
 	if err != nil {
 		return Revision{}, fmt.Errorf("revision %d: %w", e.Revision, err)
 	}
@@ -1292,6 +1326,25 @@ func prepareSpecs(want []PoolSpec) ([]PoolSpec, error) {
 	return out, nil
 }
 
+// checkWrite applies the write-time policies to a config about to be
+// stored: every endpoint must pass the upstream policy (an error wrapping
+// ErrUpstreamNotAllowed), and an inline client key needs a secret key to
+// be stored encrypted (a *ValidationError). prefix is prepended to field
+// names ("pools[3]." in Apply).
+func (m *Manager) checkWrite(cfg Config, prefix string) error {
+	if cfg.TLS.ClientKeyPEM != "" && m.sealer == nil {
+		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "tls.client_key_pem",
+			Reason: "inline private keys are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
+				"give tls.client_key_file (a path on the poold host) instead, or start poold with --secret-key-file"}}}
+	}
+	for i, ep := range cfg.Endpoints {
+		if err := m.env.Upstreams.AllowEndpoint(ep); err != nil {
+			return fmt.Errorf("%sendpoints[%d]: %w", prefix, i, err)
+		}
+	}
+	return nil
+}
+
 // mapStoreErr turns a store error about pool id (or "") into poolmgr's.
 func mapStoreErr(id string, err error) error {
 	what := "store"
@@ -1341,8 +1394,10 @@ func (m *Manager) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("backup: %w", err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+	defer func() {
+		_ = f.Close() // a second Close after a successful copy is harmless
+		_ = os.Remove(f.Name())
+	}()
 	if _, err := b.Backup(f); err != nil {
 		return 0, err
 	}

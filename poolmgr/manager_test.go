@@ -577,7 +577,7 @@ func TestManagerApplyConcurrentChange(t *testing.T) {
 		// Create takes the write lock Apply holds: race it through the
 		// store directly instead.
 		rs.before = func() {
-			b, err := encodeRecord(record{Config: cfgFor(addr).WithDefaults(), Op: ActionCreate})
+			b, err := encodeRecord(record{Config: cfgFor(addr).WithDefaults(), Op: ActionCreate}, nil)
 			if err != nil {
 				t.Error(err)
 				return
@@ -903,7 +903,7 @@ func TestManagerLoadReportsBadRecords(t *testing.T) {
 	eachStore(t, func(t *testing.T, st Store) {
 		ctx := context.Background()
 		addr := upstream(t)
-		good, err := encodeRecord(record{Config: cfgFor(addr).WithDefaults()})
+		good, err := encodeRecord(record{Config: cfgFor(addr).WithDefaults()}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

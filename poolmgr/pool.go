@@ -63,6 +63,11 @@ type Env struct {
 	Dial     DialFunc         // default net.Dialer with the pool's keepalive
 	Resolver Resolver         // default net.DefaultResolver
 	Logger   *slog.Logger     // default slog.Default()
+	// Upstreams is checked before every dial, on the resolved address, and
+	// by the Manager on every endpoint written. Default: an empty
+	// Allowlist (every upstream but link-local, metadata and unspecified
+	// addresses).
+	Upstreams UpstreamPolicy
 }
 
 // Tuning constants of the dial circuit.
@@ -166,6 +171,9 @@ func NewPool(name string, cfg Config, env Env) (*Pool, error) {
 	}
 	if env.Resolver == nil {
 		env.Resolver = net.DefaultResolver
+	}
+	if env.Upstreams == nil {
+		env.Upstreams = defaultUpstreams
 	}
 	if env.Logger == nil {
 		env.Logger = slog.Default()

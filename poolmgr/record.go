@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/poolplane/poolplane/poolmgr/internal/seal"
 )
 
 // This file is the persisted form of a pool: poolmgr's own versioned record,
@@ -64,9 +66,15 @@ type (
 		ServerName    string `json:"server_name,omitempty"`
 		CAPEM         string `json:"ca_pem,omitempty"`
 		ClientCertPEM string `json:"client_cert_pem,omitempty"`
-		// The key is kept so the pool can be restored; the store file is
-		// mode 0600 and the API never returns it.
-		ClientKeyPEM string `json:"client_key_pem,omitempty"`
+		// ClientKeySealed is the client key encrypted with the Manager's
+		// secret key (seal format "v1."...). ClientKeyPEM is the key in
+		// clear, as written before keys were encrypted or by a Manager
+		// without a secret key; at most one of them is set. The API never
+		// returns either.
+		ClientKeySealed string `json:"client_key_sealed,omitempty"`
+		ClientKeyPEM    string `json:"client_key_pem,omitempty"`
+		// ClientKeyFile is a path to the key, read when dialing.
+		ClientKeyFile string `json:"client_key_file,omitempty"`
 	}
 	limitsJSON struct {
 		MaxConnections int   `json:"max_connections"`
@@ -92,9 +100,14 @@ type (
 	}
 )
 
-// encodeRecord encodes r in the current schema. It fails only for a
+// keyAAD binds sealed client keys to their use.
+var keyAAD = []byte("poolplane pool record: tls.client_key")
+
+// encodeRecord encodes r in the current schema. The client key is sealed
+// with s; without s (no secret key) it is stored in clear, which the
+// Manager allows only for keys already stored so. It fails only for a
 // Config holding enum values outside their declared sets.
-func encodeRecord(r record) ([]byte, error) {
+func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 	c := r.Config
 	state, err := stateName(r.State)
 	if err != nil {
@@ -125,7 +138,7 @@ func encodeRecord(r record) ([]byte, error) {
 				ServerName:    c.TLS.ServerName,
 				CAPEM:         c.TLS.CAPEM,
 				ClientCertPEM: c.TLS.ClientCertPEM,
-				ClientKeyPEM:  c.TLS.ClientKeyPEM,
+				ClientKeyFile: c.TLS.ClientKeyFile,
 			},
 			Limits: limitsJSON{
 				MaxConnections: c.Limits.MaxConnections,
@@ -155,6 +168,13 @@ func encodeRecord(r record) ([]byte, error) {
 			Labels:     c.Labels,
 		},
 	}
+	if k := c.TLS.ClientKeyPEM; k != "" {
+		if s != nil {
+			j.Config.TLS.ClientKeySealed = s.Seal([]byte(k), keyAAD)
+		} else {
+			j.Config.TLS.ClientKeyPEM = k
+		}
+	}
 	b, err := json.Marshal(j)
 	if err != nil {
 		return nil, fmt.Errorf("encode pool record: %w", err)
@@ -162,11 +182,12 @@ func encodeRecord(r record) ([]byte, error) {
 	return b, nil
 }
 
-// decodeRecord decodes a stored record. It refuses records written by a
-// newer schema, unknown fields, unknown enum names and trailing data, with
-// an error wrapping errRecord. It does not validate the Config: callers
-// that start pools validate it.
-func decodeRecord(b []byte) (record, error) {
+// decodeRecord decodes a stored record, opening a sealed client key with s.
+// It refuses records written by a newer schema, unknown fields, unknown
+// enum names, trailing data, and a sealed key without s or under another
+// key, with an error wrapping errRecord. It does not validate the Config:
+// callers that start pools validate it.
+func decodeRecord(b []byte, s *seal.Sealer) (record, error) {
 	var head struct {
 		V *int `json:"v"`
 	}
@@ -226,6 +247,7 @@ func decodeRecord(b []byte) (record, error) {
 			CAPEM:         c.TLS.CAPEM,
 			ClientCertPEM: c.TLS.ClientCertPEM,
 			ClientKeyPEM:  c.TLS.ClientKeyPEM,
+			ClientKeyFile: c.TLS.ClientKeyFile,
 		},
 		Limits: Limits{
 			MaxConnections: c.Limits.MaxConnections,
@@ -253,6 +275,19 @@ func decodeRecord(b []byte) (record, error) {
 		Reuse:      ReusePolicy(reuse),
 		IdleOrder:  IdleOrder(order),
 		Labels:     c.Labels,
+	}
+	if sealed := c.TLS.ClientKeySealed; sealed != "" {
+		switch {
+		case c.TLS.ClientKeyPEM != "":
+			return record{}, fmt.Errorf("%w: both a sealed and a clear client key", errRecord)
+		case s == nil:
+			return record{}, fmt.Errorf("%w: the client key is encrypted and no secret key is configured (poold --secret-key-file)", errRecord)
+		}
+		k, err := s.Open(sealed, keyAAD)
+		if err != nil {
+			return record{}, fmt.Errorf("%w: client key: %w (is --secret-key-file the key the pool was written with?)", errRecord, err)
+		}
+		r.Config.TLS.ClientKeyPEM = string(k)
 	}
 	return r, nil
 }

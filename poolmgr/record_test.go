@@ -44,11 +44,11 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 	for name, r := range tests {
 		t.Run(name, func(t *testing.T) {
-			b, err := encodeRecord(r)
+			b, err := encodeRecord(r, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := decodeRecord(b)
+			got, err := decodeRecord(b, nil)
 			if err != nil {
 				t.Fatalf("decode %s: %v", b, err)
 			}
@@ -69,14 +69,14 @@ func TestRecordFormat(t *testing.T) {
 "lifecycle":{"max_lifetime_ns":3600000000000,"lifetime_jitter_ns":60000000000,"idle_timeout_ns":90000000000,"validate_after_idle_ns":1000000000,"max_lease_duration_ns":600000000000,"tcp_keepalive_ns":-1},
 "health_check":{"kind":"HTTP","interval_ns":10000000000,"timeout_ns":1000000000,"http_path":"/healthz"},
 "dns_refresh_ns":60000000000,"reuse_policy":"SINGLE_USE","idle_order":"FIFO","labels":{"team":"data","tier":"1"}}}`
-	got, err := decodeRecord([]byte(v1))
+	got, err := decodeRecord([]byte(v1), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := fullRecord(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("decode v1:\n got %+v\nwant %+v", got, want)
 	}
-	b, err := encodeRecord(fullRecord())
+	b, err := encodeRecord(fullRecord(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestRecordFormat(t *testing.T) {
 }
 
 func TestRecordDecodeErrors(t *testing.T) {
-	good, err := encodeRecord(fullRecord())
+	good, err := encodeRecord(fullRecord(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestRecordDecodeErrors(t *testing.T) {
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			_, err := decodeRecord([]byte(tt.in))
+			_, err := decodeRecord([]byte(tt.in), nil)
 			if err == nil {
 				t.Fatalf("decode %s: no error", tt.in)
 			}
@@ -136,7 +136,7 @@ func TestRecordEncodeRefusesUnknownEnums(t *testing.T) {
 		"order": {Config: Config{IdleOrder: IdleOrder(9)}},
 		"kind":  {Config: Config{HealthCheck: HealthCheck{Kind: HealthCheckKind(9)}}},
 	} {
-		if _, err := encodeRecord(r); err == nil {
+		if _, err := encodeRecord(r, nil); err == nil {
 			t.Errorf("%s: encode succeeded", name)
 		}
 	}
@@ -146,7 +146,7 @@ func TestRecordEncodeRefusesUnknownEnums(t *testing.T) {
 // decodes re-encodes to a stable form that decodes to the same record.
 func FuzzDecodeRecord(f *testing.F) {
 	for _, r := range []record{fullRecord(), {}, {Config: Config{Endpoints: []string{"a:1"}}.WithDefaults()}} {
-		b, err := encodeRecord(r)
+		b, err := encodeRecord(r, nil)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -155,18 +155,18 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(`{"v":2}`))
 	f.Add([]byte(`{"v":1,"state":"ACTIVE","config":{"labels":{}}}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		r1, err := decodeRecord(in)
+		r1, err := decodeRecord(in, nil)
 		if err != nil {
 			if !errors.Is(err, errRecord) {
 				t.Fatalf("decode error %v does not wrap errRecord", err)
 			}
 			return
 		}
-		b1, err := encodeRecord(r1)
+		b1, err := encodeRecord(r1, nil)
 		if err != nil {
 			t.Fatalf("decoded %q but cannot re-encode: %v", in, err)
 		}
-		r2, err := decodeRecord(b1)
+		r2, err := decodeRecord(b1, nil)
 		if err != nil {
 			t.Fatalf("re-encoded %s does not decode: %v", b1, err)
 		}
@@ -174,7 +174,7 @@ func FuzzDecodeRecord(f *testing.F) {
 			!r1.CreateTime.Equal(r2.CreateTime) || !r1.UpdateTime.Equal(r2.UpdateTime) {
 			t.Fatalf("round trip changed the record:\n%+v\n%+v", r1, r2)
 		}
-		b2, err := encodeRecord(r2)
+		b2, err := encodeRecord(r2, nil)
 		if err != nil || !bytes.Equal(b1, b2) {
 			t.Fatalf("encoding is not stable:\n%s\n%s (%v)", b1, b2, err)
 		}

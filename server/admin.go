@@ -210,7 +210,7 @@ func (s *AdminServer) keepStoredKeys(ctx context.Context, specs []poolmgr.PoolSp
 	}
 	for i := range specs {
 		t := &specs[i].Config.TLS
-		if st, ok := stored[specs[i].ID]; ok && t.ClientKeyPEM == "" && t.ClientCertPEM != "" && t.ClientCertPEM == st.ClientCertPEM {
+		if st, ok := stored[specs[i].ID]; ok && t.ClientKeyPEM == "" && t.ClientKeyFile == "" && t.ClientCertPEM != "" && t.ClientCertPEM == st.ClientCertPEM {
 			t.ClientKeyPEM = st.ClientKeyPEM
 		}
 	}

@@ -149,14 +149,25 @@ type authEnv struct {
 // serverTLS is set.
 func startAuthEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Config)) *authEnv {
 	t.Helper()
+	return startEnv(t, ps, serverTLS, mod, nil)
+}
+
+// startEnv is startAuthEnv with a hook on the Manager's config; ps nil
+// means no authentication. The log captures every level.
+func startEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Config), mmod func(*poolmgr.ManagerConfig)) *authEnv {
+	t.Helper()
 	e := &authEnv{log: &lockedBuffer{}, echo: newEchoUpstream(t)}
-	logger := slog.New(slog.NewTextHandler(e.log, nil))
+	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
+	mc := poolmgr.ManagerConfig{Store: st, Logger: logger}
+	if mmod != nil {
+		mmod(&mc)
+	}
+	mgr, err := poolmgr.NewManager(mc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,11 +176,14 @@ func startAuthEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(
 		t.Fatal(err)
 	}
 	e.mgr = mgr
-	a, err := NewAuthenticator(ps)
-	if err != nil {
-		t.Fatal(err)
+	cfg := Config{Manager: mgr, Logger: logger}
+	if ps != nil {
+		a, err := NewAuthenticator(ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Auth = a
 	}
-	cfg := Config{Manager: mgr, Logger: logger, Auth: a}
 	if mod != nil {
 		mod(&cfg)
 	}

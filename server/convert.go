@@ -59,6 +59,7 @@ func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) 
 			CAPEM:         t.GetCaPem(),
 			ClientCertPEM: t.GetClientCertPem(),
 			ClientKeyPEM:  t.GetClientKeyPem(),
+			ClientKeyFile: t.GetClientKeyFile(),
 		}
 	}
 	if l := p.GetLimits(); l != nil {
@@ -175,6 +176,7 @@ func configToProto(c poolmgr.Config) *poolv1.Pool {
 			CaPem:                t.CAPEM,
 			ClientCertPem:        t.ClientCertPEM,
 			ClientKeyFingerprint: keyFingerprint(t.ClientKeyPEM),
+			ClientKeyFile:        t.ClientKeyFile,
 			// ClientKeyPem is write-only: never set here.
 		}
 	}
@@ -373,7 +375,7 @@ func histogramToProto(h poolmgr.Histogram) *poolv1.Histogram {
 // leaf paths; a mask path may also name their parent message ("limits").
 var writableLeaves = []string{
 	"endpoints",
-	"tls.enabled", "tls.server_name", "tls.ca_pem", "tls.client_cert_pem", "tls.client_key_pem",
+	"tls.enabled", "tls.server_name", "tls.ca_pem", "tls.client_cert_pem", "tls.client_key_pem", "tls.client_key_file",
 	"limits.max_connections", "limits.min_idle", "limits.max_idle", "limits.max_waiters",
 	"limits.acquire_timeout", "limits.dial_timeout",
 	"lifecycle.max_lifetime", "lifecycle.lifetime_jitter", "lifecycle.idle_timeout",
@@ -505,7 +507,7 @@ func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	for leaf := range m.leaves {
 		copyLeaf(&dst, &src, leaf)
 	}
-	if m.leaves[keyPath] && m.keyImplicit && src.TLS.ClientKeyPEM == "" &&
+	if m.leaves[keyPath] && m.keyImplicit && src.TLS.ClientKeyPEM == "" && dst.TLS.ClientKeyFile == "" &&
 		src.TLS.ClientCertPEM != "" && src.TLS.ClientCertPEM == cur.TLS.ClientCertPEM {
 		dst.TLS.ClientKeyPEM = cur.TLS.ClientKeyPEM
 	}
@@ -527,6 +529,8 @@ func copyLeaf(dst, src *poolmgr.Config, leaf string) {
 		dst.TLS.ClientCertPEM = src.TLS.ClientCertPEM
 	case "tls.client_key_pem":
 		dst.TLS.ClientKeyPEM = src.TLS.ClientKeyPEM
+	case "tls.client_key_file":
+		dst.TLS.ClientKeyFile = src.TLS.ClientKeyFile
 	case "limits.max_connections":
 		dst.Limits.MaxConnections = src.Limits.MaxConnections
 	case "limits.min_idle":

@@ -177,6 +177,7 @@ func TestMergeConfigKeepsKey(t *testing.T) {
 
 func TestEveryWritableLeafCopies(t *testing.T) {
 	src := fullConfig()
+	src.TLS.ClientKeyFile = "/etc/poolplane/client.key" // exclusive with the PEM key in a valid config; copied alone here
 	for _, leaf := range writableLeaves {
 		var dst poolmgr.Config
 		copyLeaf(&dst, &src, leaf)

@@ -69,7 +69,8 @@ func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
 		t.Fatalf("store.Open: %v", err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
+	// A secret key, so pools may carry inline client keys (stored sealed).
+	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger, SecretKey: bytes.Repeat([]byte{0x5e}, 32)})
 	if err != nil {
 		t.Fatalf("NewManager: %v", err)
 	}

@@ -62,6 +62,8 @@ func toStatus(err error) error {
 			map[string]string{"pool": rerr.Pool, "current_etag": etagOf(rerr.Current)})
 	}
 	switch {
+	case errors.Is(err, poolmgr.ErrUpstreamNotAllowed):
+		return newStatus(codes.PermissionDenied, poolv1.ErrorReason_UPSTREAM_NOT_ALLOWED, err.Error(), nil)
 	case errors.Is(err, poolmgr.ErrInvalidConfig):
 		return newStatus(codes.InvalidArgument, poolv1.ErrorReason_INVALID_ARGUMENT, err.Error(), nil)
 	case errors.Is(err, poolmgr.ErrPoolNotFound):

@@ -1,0 +1,148 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509/pkix"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+func TestUpstreamNotAllowedStatus(t *testing.T) {
+	allow, err := poolmgr.NewAllowlist([]string{"127.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, nil, nil, nil, func(c *poolmgr.ManagerConfig) { c.Env.Upstreams = allow })
+	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, nil))
+	ctx := context.Background()
+	_, err = admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "x", Pool: &poolv1.Pool{Endpoints: []string{"10.0.0.1:80"}}})
+	if status.Code(err) != codes.PermissionDenied || reasonOf(err) != "UPSTREAM_NOT_ALLOWED" {
+		t.Fatalf("create outside the allowlist: %v", err)
+	}
+	_, err = admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: []*poolv1.Pool{{Name: "pools/y", Endpoints: []string{"169.254.169.254:80"}}}})
+	if status.Code(err) != codes.PermissionDenied || reasonOf(err) != "UPSTREAM_NOT_ALLOWED" {
+		t.Fatalf("apply of the metadata address: %v", err)
+	}
+	if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "ok", Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInlineKeyRefusedWithoutSecretKey(t *testing.T) {
+	ca := newTestCA(t)
+	_, certPEM, keyPEM := ca.issue(t, pkix.Name{CommonName: "c"}, nil, nil, true)
+	e := startEnv(t, nil, nil, nil, nil)
+	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, nil))
+	ctx := context.Background()
+	tlsOf := func(key, file string) *poolv1.UpstreamTLS {
+		return &poolv1.UpstreamTLS{Enabled: true, ClientCertPem: string(certPEM), ClientKeyPem: key, ClientKeyFile: file}
+	}
+	_, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "x", Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}, Tls: tlsOf(string(keyPEM), "")}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "pool.tls.client_key_pem") || !strings.Contains(err.Error(), "secret-key-file") {
+		t.Fatalf("inline key without --secret-key-file: %v", err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "c.key")
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "x", Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}, Tls: tlsOf("", keyFile)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.GetTls().GetClientKeyFile() != keyFile || p.GetTls().GetClientKeyFingerprint() != "" || p.GetTls().GetClientKeyPem() != "" {
+		t.Fatalf("tls = %v", p.GetTls())
+	}
+	// A read-back pool applies unchanged, and switching the file keeps no
+	// stale inline key.
+	plan, err := admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: []*poolv1.Pool{p}})
+	if err != nil || plan.GetChanges()[0].GetAction() != poolv1.PoolChange_ACTION_UNCHANGED {
+		t.Fatalf("apply read-back: %v %v", plan, err)
+	}
+	_, err = admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/x", Tls: tlsOf("", "relative.key")},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"tls.client_key_file"}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "absolute") {
+		t.Fatalf("relative key file: %v", err)
+	}
+}
+
+// TestSecretsNeverLeak drives every write path with an inline key, with
+// authentication, auditing and debug logging on, and checks that no
+// response, history entry, watch event, error or log line carries it.
+func TestSecretsNeverLeak(t *testing.T) {
+	ca := newTestCA(t)
+	_, certPEM, keyPEM := ca.issue(t, pkix.Name{CommonName: "c"}, nil, nil, true)
+	_, _, otherKey := ca.issue(t, pkix.Name{CommonName: "d"}, nil, nil, true)
+	e := startEnv(t, rolePrincipals(), nil, nil, func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{9}, 32) })
+	cc := e.dial(t, nil)
+	admin := poolv1.NewPoolAdminServiceClient(cc)
+	ctx := bearer(context.Background(), "tok-admin")
+	watch, err := admin.WatchPools(ctx, &poolv1.WatchPoolsRequest{StartRevision: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []proto.Message
+	var errs []error
+	keep := func(m proto.Message, err error) {
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		seen = append(seen, m)
+	}
+	pool := func(key string) *poolv1.Pool {
+		return &poolv1.Pool{Endpoints: []string{e.echo.addr()}, Tls: &poolv1.UpstreamTLS{Enabled: true, ClientCertPem: string(certPEM), ClientKeyPem: key}}
+	}
+	keep(admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "s", Pool: pool(string(keyPEM))}))
+	keep(admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "mismatch", Pool: pool(string(otherKey))})) // key does not match the cert
+	keep(admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "garbage", Pool: pool("-----BEGIN PRIVATE KEY-----\n" + string(keyPEM[28:60]) + "\n-----END PRIVATE KEY-----\n")}))
+	up := pool(string(keyPEM))
+	up.Name = "pools/s"
+	up.Limits = &poolv1.Limits{MaxConnections: 3}
+	keep(admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: up}))
+	up2 := pool(string(keyPEM))
+	up2.Name = "pools/s2"
+	keep(admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: []*poolv1.Pool{up, up2}}))
+	keep(admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: []*poolv1.Pool{up, up2}, ValidateOnly: true}))
+	keep(admin.DrainPool(ctx, &poolv1.DrainPoolRequest{Name: "pools/s"}))
+	keep(admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/s"}))
+	keep(admin.ListPools(ctx, &poolv1.ListPoolsRequest{}))
+	keep(admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/s"}))
+	keep(admin.RollbackPool(ctx, &poolv1.RollbackPoolRequest{Name: "pools/s", Revision: 1}))
+	for range 3 {
+		keep(watch.Recv())
+	}
+	if len(errs) != 2 {
+		t.Fatalf("want the two bad creates to fail, got %v", errs)
+	}
+	body := func(k []byte) string { return strings.Split(string(k), "\n")[1][:40] }
+	for _, secret := range []string{body(keyPEM), body(otherKey), "PRIVATE KEY"} {
+		for _, m := range seen {
+			if b, _ := protojson.Marshal(m); strings.Contains(string(b), secret) {
+				t.Fatalf("response %T carries key material %q", m, secret)
+			}
+		}
+		for _, err := range errs {
+			if strings.Contains(status.Convert(err).String(), secret) || strings.Contains(err.Error(), secret) {
+				t.Fatalf("error carries key material: %v", err)
+			}
+		}
+		if strings.Contains(e.log.String(), secret) {
+			t.Fatalf("the log carries key material %q:\n%s", secret, e.log.String())
+		}
+	}
+	if !strings.Contains(e.log.String(), "msg=audit") {
+		t.Fatal("no audit lines were logged")
+	}
+}
