@@ -3,6 +3,12 @@
 //
 // Every flag has a POOLPLANE_* environment equivalent (--data-dir is
 // POOLPLANE_DATA_DIR); a flag given on the command line wins.
+//
+// Security: a non-loopback --listen needs TLS (--tls-cert, --tls-key,
+// optionally --tls-client-ca for mTLS) and authentication (--auth-file),
+// or --insecure. Certificates and the auth file are reloaded on SIGHUP and
+// when their files change. "poold hash-token" prints the token_sha256 of a
+// token read from standard input.
 package main
 
 import (
@@ -27,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
@@ -50,6 +57,16 @@ type options struct {
 	shutdownGrace time.Duration
 	history       int
 	insecure      bool
+
+	tlsCert, tlsKey, tlsClientCA string
+	authFile                     string
+	allowUpstream                stringList
+	allowlist                    *poolmgr.Allowlist // parsed allowUpstream
+	secretKeyFile                string
+	reloadInterval               time.Duration
+	maxRecvMsgSize               int
+	maxConcurrentStreams         uint
+	maxStatsWatchers             int
 }
 
 // usageError is a bad command line: exit status 2.
@@ -71,8 +88,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long leases may finish before connections are closed")
 	fs.IntVar(&o.history, "history", store.DefaultHistoryLimit, "configuration revisions kept per pool")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow a non-loopback --listen without TLS and authentication")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain of the gRPC listener (TLS 1.2 or later); reloaded on SIGHUP or when the file changes")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert; reloaded with it")
+	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: verify client certificates (mTLS), whose subject or SAN --auth-file maps to principals")
+	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but health checks must authenticate; reloaded on SIGHUP or change")
+	fs.Var(&o.allowUpstream, "allow-upstream", "allowed upstreams, repeatable or comma-separated: CIDRs (10.0.0.0/8) and host:port patterns (*.internal:443, redis.local:6379, db.internal:*); "+
+		"pool endpoints are checked when written and every resolved address before it is dialed. Default: any upstream but link-local and metadata addresses")
+	fs.StringVar(&o.secretKeyFile, "secret-key-file", "", "file of 32 random bytes (raw, hex or base64) that encrypt pools' inline client keys at rest (AES-256-GCM); without it inline keys are refused and pools name a tls.client_key_file")
+	fs.DurationVar(&o.reloadInterval, "reload-interval", 5*time.Second, "how often --tls-cert, --tls-key and --auth-file are checked for changes")
+	fs.IntVar(&o.maxRecvMsgSize, "max-recv-msg-size", server.DefaultMaxRecvMsgSize, "largest gRPC message accepted, in bytes (at least 1 MiB + 1 KiB: a lease data frame)")
+	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")
+	fs.IntVar(&o.maxStatsWatchers, "max-stats-watchers", server.DefaultMaxStatsWatchers, "most WatchPoolStats streams served at once")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: poold [flags]\n\nEvery flag can also be set as POOLPLANE_<FLAG> (for example POOLPLANE_DATA_DIR).\n\n")
+		fmt.Fprintf(fs.Output(), "usage: poold [flags]\n       echo -n TOKEN | poold hash-token   (prints the token_sha256 of an --auth-file principal)\n\n"+
+			"Every flag can also be set as POOLPLANE_<FLAG> (for example POOLPLANE_DATA_DIR).\n\n")
 		fs.PrintDefaults()
 	}
 	set := map[string]bool{}
@@ -107,6 +136,29 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.history < 1 {
 		return o, &usageError{"--history must be at least 1"}
 	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return o, &usageError{"--tls-cert and --tls-key go together"}
+	}
+	if o.tlsClientCA != "" && o.tlsCert == "" {
+		return o, &usageError{"--tls-client-ca needs --tls-cert and --tls-key"}
+	}
+	if o.reloadInterval <= 0 {
+		return o, &usageError{"--reload-interval must be positive"}
+	}
+	if o.maxRecvMsgSize < server.MaxDataFrame+1024 {
+		return o, &usageError{fmt.Sprintf("--max-recv-msg-size must be at least %d (a lease data frame)", server.MaxDataFrame+1024)}
+	}
+	if o.maxConcurrentStreams < 1 || o.maxConcurrentStreams > 1<<31 {
+		return o, &usageError{"--max-concurrent-streams must be between 1 and 2^31"}
+	}
+	if o.maxStatsWatchers < 1 {
+		return o, &usageError{"--max-stats-watchers must be at least 1"}
+	}
+	allow, err := poolmgr.NewAllowlist(o.allowUpstream)
+	if err != nil {
+		return o, &usageError{"--allow-upstream: " + err.Error()}
+	}
+	o.allowlist = allow
 	return o, nil
 }
 
@@ -123,8 +175,8 @@ func newLogger(o options, w io.Writer) (*slog.Logger, error) {
 }
 
 // checkListen refuses a listen address reachable from other hosts unless
-// insecure is set: poold has no TLS or authentication there yet.
-func checkListen(addr string, insecure bool) error {
+// it has both TLS and authentication, or insecure is set.
+func checkListen(addr string, insecure, hasTLS, hasAuth bool) error {
 	if strings.HasPrefix(addr, "unix://") {
 		if strings.TrimPrefix(addr, "unix://") == "" {
 			return &usageError{"--listen unix:// needs a path"}
@@ -141,11 +193,19 @@ func checkListen(addr string, insecure bool) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	if insecure {
+	if insecure || (hasTLS && hasAuth) {
 		return nil
 	}
-	return &usageError{fmt.Sprintf("--listen %s is reachable from other hosts, and poold would serve it without TLS or authentication; "+
-		"listen on 127.0.0.1 or a unix:// socket, or pass --insecure to accept the risk", addr)}
+	var missing []string
+	if !hasTLS {
+		missing = append(missing, "TLS (--tls-cert, --tls-key)")
+	}
+	if !hasAuth {
+		missing = append(missing, "authentication (--auth-file)")
+	}
+	return &usageError{fmt.Sprintf("--listen %s is reachable from other hosts, and poold would serve it without %s: "+
+		"anyone who reaches it could reconfigure pools and tunnel through them; give --tls-cert, --tls-key and --auth-file, "+
+		"listen on 127.0.0.1 or a unix:// socket, or pass --insecure to accept the risk", addr, strings.Join(missing, " or "))}
 }
 
 // listen opens the gRPC listener: TCP, or a unix socket with mode 0660.
@@ -173,6 +233,13 @@ type started func(grpcAddr, metricsAddr string)
 // run is poold: it returns the exit status. It serves until ctx ends, then
 // shuts down gracefully.
 func run(ctx context.Context, args []string, stderr io.Writer, onStart started) int {
+	if len(args) > 0 && args[0] == "hash-token" {
+		if err := hashToken(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(stderr, "poold: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -187,7 +254,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, onStart started) 
 		fmt.Fprintf(stderr, "poold: %v\n", err)
 		return 2
 	}
-	if err := checkListen(o.listen, o.insecure); err != nil {
+	if err := checkListen(o.listen, o.insecure, o.tlsCert != "", o.authFile != ""); err != nil {
 		fmt.Fprintf(stderr, "poold: %v\n", err)
 		return 2
 	}
@@ -212,7 +279,14 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	}
 	defer st.Close()
 
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Env: poolmgr.Env{Logger: logger}})
+	var secretKey []byte
+	if o.secretKeyFile != "" {
+		if secretKey, err = readSecretKey(o.secretKeyFile, func(msg string) { logger.Warn(msg) }); err != nil {
+			return err
+		}
+	}
+	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, SecretKey: secretKey,
+		Env: poolmgr.Env{Logger: logger, Upstreams: o.allowlist}})
 	if err != nil {
 		return err
 	}
@@ -227,12 +301,51 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(rpcMetrics)
 
+	// Security: authentication, TLS, and the watcher that reloads both.
+	w := &watcher{interval: o.reloadInterval, logger: logger}
+	var auth *server.Authenticator
+	if o.authFile != "" {
+		ps, err := server.LoadAuthFile(o.authFile)
+		if err != nil {
+			return err
+		}
+		if auth, err = server.NewAuthenticator(ps); err != nil {
+			return err
+		}
+		w.items = append(w.items, authReloadable(o.authFile, auth))
+	}
+	var grpcOpts []grpc.ServerOption
+	if o.tlsCert != "" {
+		certs, err := newCertReloader(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return err
+		}
+		tcfg, err := serverTLSConfig(certs, o.tlsClientCA)
+		if err != nil {
+			return err
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tcfg)))
+		w.items = append(w.items, reloadable{name: "TLS certificate " + o.tlsCert, files: []string{o.tlsCert, o.tlsKey}, reload: certs.reload})
+	}
+	if o.insecure && (o.tlsCert == "" || o.authFile == "") {
+		logger.Warn("--insecure: serving without TLS and authentication where they are missing", "listen", o.listen,
+			"tls", o.tlsCert != "", "auth", o.authFile != "")
+	}
+	if len(w.items) > 0 {
+		w.start()
+		defer w.stop()
+	}
+
 	gs, srv, err := server.New(server.Config{
-		Manager:            mgr,
-		Logger:             logger,
-		UnaryInterceptors:  []grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()},
-		StreamInterceptors: []grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()},
-	})
+		Manager:              mgr,
+		Logger:               logger,
+		Auth:                 auth,
+		MaxRecvMsgSize:       o.maxRecvMsgSize,
+		MaxConcurrentStreams: uint32(o.maxConcurrentStreams),
+		MaxStatsWatchers:     o.maxStatsWatchers,
+		UnaryInterceptors:    []grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()},
+		StreamInterceptors:   []grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()},
+	}, grpcOpts...)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,461 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/server"
+)
+
+// testPKI issues certificates signed by one test CA.
+type testPKI struct {
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	caPEM  []byte
+	serial int64
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	return &testPKI{ca: ca, caKey: key, caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), serial: 1}
+}
+
+// issue returns a certificate and key, PEM, and the certificate's serial.
+func (p *testPKI) issue(t *testing.T, cn string, client bool) (certPEM, keyPEM []byte, serial int64) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.serial++
+	usage := x509.ExtKeyUsageServerAuth
+	if client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
+	if !client {
+		tmpl.DNSNames = []string{"poold.test"}
+		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), p.serial
+}
+
+func (p *testPKI) pool() *x509.CertPool {
+	cp := x509.NewCertPool()
+	cp.AddCert(p.ca)
+	return cp
+}
+
+func writeFile(t *testing.T, name string, b []byte) {
+	t.Helper()
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// servedSerial handshakes with addr and returns the serial of the
+// certificate it presents.
+func servedSerial(t *testing.T, addr string, roots *x509.CertPool) int64 {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "poold.test", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+}
+
+func reason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei.GetReason()
+		}
+	}
+	return ""
+}
+
+// TestPooldTLSAuthAndReload: TLS with a token and with a client
+// certificate, roles, and a SIGHUP certificate reload that keeps an open
+// lease alive.
+func TestPooldTLSAuthAndReload(t *testing.T) {
+	// A stray SIGHUP must never kill the test binary.
+	guard := make(chan os.Signal, 1)
+	signal.Notify(guard, syscall.SIGHUP)
+	t.Cleanup(func() { signal.Stop(guard) })
+
+	dir := t.TempDir()
+	pki := newTestPKI(t)
+	certFile, keyFile, caFile, authFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.pem"), filepath.Join(dir, "auth.yaml")
+	c1, k1, serial1 := pki.issue(t, "poold", false)
+	writeFile(t, certFile, c1)
+	writeFile(t, keyFile, k1)
+	writeFile(t, caFile, pki.caPEM)
+	writeFile(t, authFile, []byte("principals:\n"+
+		"- {name: ops, token_sha256: "+server.HashToken("ops-token")+", role: admin}\n"+
+		"- {name: svc, mtls_subject: svc, role: client, pools: ['echo*']}\n"))
+
+	up := echoServer(t)
+	p := startPoold(t, filepath.Join(dir, "data"), "--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", caFile,
+		"--auth-file", authFile, "--reload-interval", "1h")
+	dialTLS := func(certs ...tls.Certificate) *grpc.ClientConn {
+		cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			MinVersion: tls.VersionTLS12, RootCAs: pki.pool(), ServerName: "poold.test", Certificates: certs})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return cc
+	}
+	ctx := context.Background()
+	ops := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer ops-token")
+	admin := poolv1.NewPoolAdminServiceClient(dialTLS())
+	if _, err := admin.ListPools(ctx, &poolv1.ListPoolsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no credentials: %v", err)
+	}
+	if _, err := admin.CreatePool(ops, &poolv1.CreatePoolRequest{PoolId: "echo", Pool: &poolv1.Pool{Endpoints: []string{up}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := healthpb.NewHealthClient(dialTLS()).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("health over TLS without credentials: %v", err)
+	}
+	// Plaintext does not reach a TLS listener.
+	if _, err := poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr)).ListPools(ops, &poolv1.ListPoolsRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("plaintext: %v", err)
+	}
+
+	// A client principal identified by its certificate leases.
+	cc, ck, _ := pki.issue(t, "svc", true)
+	svcCert, err := tls.X509KeyPair(cc, ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := dialTLS(svcCert)
+	if _, err := poolv1.NewPoolAdminServiceClient(svc).ListPools(ctx, &poolv1.ListPoolsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("client principal listing pools: %v", err)
+	}
+	ls, err := poolv1.NewLeaseServiceClient(svc).Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(m *poolv1.LeaseRequest) {
+		t.Helper()
+		if err := ls.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo := func(msg string) {
+		t.Helper()
+		send(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Data_{Data: &poolv1.LeaseRequest_Data{Data: []byte(msg)}}})
+		var got []byte
+		for len(got) < len(msg) {
+			m, err := ls.Recv()
+			if err != nil {
+				t.Fatalf("echo %q: %v", msg, err)
+			}
+			got = append(got, m.GetData().GetData()...)
+		}
+		if string(got) != msg {
+			t.Fatalf("echo %q, got %q", msg, got)
+		}
+	}
+	send(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: &poolv1.LeaseRequest_Open{Pool: "echo"}}})
+	if m, err := ls.Recv(); err != nil || m.GetGranted() == nil {
+		t.Fatalf("granted: %v %v", m, err)
+	}
+	echo("before reload")
+
+	// Rotate the certificate and SIGHUP: new handshakes get the new one,
+	// the open lease keeps relaying.
+	if got := servedSerial(t, p.grpcAddr, pki.pool()); got != serial1 {
+		t.Fatalf("serving serial %d, want %d", got, serial1)
+	}
+	c2, k2, serial2 := pki.issue(t, "poold", false)
+	writeFile(t, certFile, c2)
+	writeFile(t, keyFile, k2)
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for servedSerial(t, p.grpcAddr, pki.pool()) != serial2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new certificate is not served 10s after SIGHUP:\n%s", p.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	echo("after reload")
+	send(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Release_{Release: &poolv1.LeaseRequest_Release{Reusable: true}}})
+	if m, err := ls.Recv(); err != nil || m.GetEnded() == nil {
+		t.Fatalf("ended: %v %v", m, err)
+	}
+	_ = ls.CloseSend()
+	if _, err := admin.ListPools(ops, &poolv1.ListPoolsRequest{}); err != nil {
+		t.Fatalf("a new call after the reload: %v", err)
+	}
+
+	// A broken certificate file is refused and the current one stays.
+	writeFile(t, certFile, []byte("not a certificate"))
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, p, "reload failed")
+	if got := servedSerial(t, p.grpcAddr, pki.pool()); got != serial2 {
+		t.Fatalf("after a bad reload: serial %d, want %d", got, serial2)
+	}
+
+	// The auth file reloads too: a new principal can call.
+	writeFile(t, authFile, []byte("principals:\n- {name: ops2, token_sha256: "+server.HashToken("new-token")+", role: viewer}\n"))
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	newTok := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer new-token")
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		_, err := admin.ListPools(newTok, &poolv1.ListPoolsRequest{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reloaded auth file is not in force: %v\n%s", err, p.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := admin.ListPools(ops, &poolv1.ListPoolsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a removed principal: %v", err)
+	}
+	if strings.Contains(p.log.String(), "ops-token") || strings.Contains(p.log.String(), "new-token") {
+		t.Fatal("a token reached the log")
+	}
+}
+
+// waitLog waits until poold's log contains s.
+func waitLog(t *testing.T, p *poold, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.log.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log lacks %q:\n%s", s, p.log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestPooldCertFileChangeReloads(t *testing.T) {
+	dir := t.TempDir()
+	pki := newTestPKI(t)
+	certFile, keyFile, authFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "auth.yaml")
+	c1, k1, _ := pki.issue(t, "poold", false)
+	writeFile(t, certFile, c1)
+	writeFile(t, keyFile, k1)
+	writeFile(t, authFile, []byte("principals:\n- {name: a, token_sha256: "+server.HashToken("t")+", role: admin}\n"))
+	p := startPoold(t, filepath.Join(dir, "data"), "--tls-cert", certFile, "--tls-key", keyFile, "--auth-file", authFile, "--reload-interval", "50ms")
+	c2, k2, serial2 := pki.issue(t, "poold", false)
+	// Key first, then certificate: a poll in between fails and retries.
+	writeFile(t, keyFile, k2)
+	writeFile(t, certFile, c2)
+	deadline := time.Now().Add(10 * time.Second)
+	for servedSerial(t, p.grpcAddr, pki.pool()) != serial2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the changed certificate is not served:\n%s", p.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestPooldAllowlistAndSecrets(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	keyFile := filepath.Join(dir, "secret.key")
+	writeFile(t, keyFile, []byte(hex.EncodeToString(bytes.Repeat([]byte{7}, 32))+"\n"))
+	up := echoServer(t)
+	pki := newTestPKI(t)
+	certPEM, keyPEM, _ := pki.issue(t, "client", true)
+
+	p := startPoold(t, data, "--allow-upstream", "127.0.0.0/8", "--allow-upstream", "*.internal:443")
+	admin := poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr))
+	ctx := context.Background()
+	_, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "far", Pool: &poolv1.Pool{Endpoints: []string{"10.0.0.1:80"}}})
+	if status.Code(err) != codes.PermissionDenied || reason(err) != "UPSTREAM_NOT_ALLOWED" {
+		t.Fatalf("outside the allowlist: %v", err)
+	}
+	mtls := &poolv1.Pool{Endpoints: []string{up}, Tls: &poolv1.UpstreamTLS{Enabled: true, ClientCertPem: string(certPEM), ClientKeyPem: string(keyPEM)}}
+	_, err = admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "m", Pool: mtls})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "--secret-key-file") {
+		t.Fatalf("inline key without --secret-key-file: %v", err)
+	}
+	p.stop(t)
+
+	p = startPoold(t, data, "--secret-key-file", keyFile)
+	admin = poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr))
+	if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "m", Pool: mtls}); err != nil {
+		t.Fatalf("inline key with --secret-key-file: %v", err)
+	}
+	p.stop(t)
+	db, err := os.ReadFile(filepath.Join(data, "poolplane.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(db, []byte(strings.Split(string(keyPEM), "\n")[1])) {
+		t.Fatal("the database holds the client key in clear")
+	}
+
+	// Without the key file the sealed pool cannot load, and poold says why.
+	var out syncBuffer
+	code := run(context.Background(), []string{"--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", data}, &out, nil)
+	if code != 1 || !strings.Contains(out.String(), "secret-key-file") {
+		t.Fatalf("restart without the key: exit %d:\n%s", code, out.String())
+	}
+}
+
+func TestCheckListen(t *testing.T) {
+	for _, tc := range []struct {
+		addr                    string
+		insecure, tlsOn, authOn bool
+		want                    string // "" for allowed
+	}{
+		{"127.0.0.1:7700", false, false, false, ""},
+		{"[::1]:7700", false, false, false, ""},
+		{"localhost:7700", false, false, false, ""},
+		{"unix:///run/poold.sock", false, false, false, ""},
+		{"0.0.0.0:7700", false, true, true, ""},
+		{"0.0.0.0:7700", true, false, false, ""},
+		{"0.0.0.0:7700", false, false, false, "without TLS (--tls-cert, --tls-key) or authentication (--auth-file)"},
+		{"10.0.0.5:7700", false, true, false, "without authentication (--auth-file)"},
+		{"10.0.0.5:7700", false, false, true, "without TLS (--tls-cert, --tls-key):"},
+	} {
+		err := checkListen(tc.addr, tc.insecure, tc.tlsOn, tc.authOn)
+		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("checkListen(%s, insecure=%v, tls=%v, auth=%v) = %v, want %q", tc.addr, tc.insecure, tc.tlsOn, tc.authOn, err, tc.want)
+		}
+	}
+}
+
+func TestSecurityFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tls-cert", "x.crt"}, "--tls-cert and --tls-key go together"},
+		{[]string{"--tls-client-ca", "ca.pem"}, "--tls-client-ca needs"},
+		{[]string{"--allow-upstream", "example.com"}, "--allow-upstream"},
+		{[]string{"--max-recv-msg-size", "1024"}, "--max-recv-msg-size"},
+		{[]string{"--max-stats-watchers", "0"}, "--max-stats-watchers"},
+		{[]string{"--reload-interval", "0s"}, "--reload-interval"},
+	} {
+		var out bytes.Buffer
+		args := append([]string{"--data-dir", filepath.Join(dir, "d"), "--metrics-listen", "off"}, tc.args...)
+		if code := run(context.Background(), args, &out, nil); code != 2 || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%v: exit %d, output %q, want 2 and %q", tc.args, code, out.String(), tc.want)
+		}
+	}
+	// POOLPLANE_ALLOW_UPSTREAM takes a comma-separated list.
+	t.Setenv("POOLPLANE_ALLOW_UPSTREAM", "10.0.0.0/8, *.internal:443")
+	o, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil || len(o.allowUpstream) != 2 || o.allowlist.AllowEndpoint("a.internal:443") != nil {
+		t.Fatalf("env allowlist: %v %v", o.allowUpstream, err)
+	}
+	// A bad auth file stops poold with the reason.
+	bad := filepath.Join(dir, "auth.yaml")
+	writeFile(t, bad, []byte("principals:\n- {name: a, token_sha256: plain-token, role: admin}\n"))
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--data-dir", filepath.Join(dir, "d2"), "--metrics-listen", "off", "--listen", "127.0.0.1:0", "--auth-file", bad}, &out, nil); code != 1 ||
+		!strings.Contains(out.String(), "not the token") {
+		t.Fatalf("bad auth file: exit %d:\n%s", code, out.String())
+	}
+}
+
+func TestHashToken(t *testing.T) {
+	var out bytes.Buffer
+	if err := hashToken(strings.NewReader("s3cret\n"), &out); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out.String()) != server.HashToken("s3cret") {
+		t.Fatalf("hash-token printed %q", out.String())
+	}
+	if err := hashToken(strings.NewReader(""), &out); err == nil {
+		t.Fatal("an empty token was hashed")
+	}
+}
+
+func TestReadSecretKey(t *testing.T) {
+	dir := t.TempDir()
+	key := bytes.Repeat([]byte{0xab}, 32)
+	var warned []string
+	warn := func(s string) { warned = append(warned, s) }
+	for name, content := range map[string][]byte{
+		"raw": key,
+		"hex": []byte(hex.EncodeToString(key) + "\n"),
+		"b64": []byte(base64.StdEncoding.EncodeToString(key)),
+	} {
+		f := filepath.Join(dir, name)
+		writeFile(t, f, content)
+		got, err := readSecretKey(f, warn)
+		if err != nil || !bytes.Equal(got, key) {
+			t.Errorf("%s: %x %v", name, got, err)
+		}
+	}
+	if len(warned) != 0 {
+		t.Fatalf("warned about mode 0600 files: %v", warned)
+	}
+	short := filepath.Join(dir, "short")
+	if err := os.WriteFile(short, []byte("too short"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSecretKey(short, warn); err == nil || len(warned) != 1 {
+		t.Fatalf("short key: %v, warnings %v", err, warned)
+	}
+}
