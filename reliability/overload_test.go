@@ -28,7 +28,8 @@ import (
 //     than the first half's (plus noise), and both come back to the
 //     baseline once the load stops;
 //   - the pool serves at full rate afterwards (at least half the rate
-//     measured before, on a shared CI machine);
+//     measured before, best of three windows each, on a shared CI
+//     machine);
 //   - a client that stops reading a firehose upstream cannot grow poold's
 //     heap past a bound: HTTP/2 flow control stops the relay, which stops
 //     reading the upstream.
@@ -66,7 +67,7 @@ func TestOverload(t *testing.T) {
 
 	// Baseline and full rate, before. The acquire_timeout is the default
 	// 30s: a rejection that waited would show.
-	rateBefore := serveRate(t, clients[:maxConns], time.Second)
+	rateBefore := bestRate(t, clients[:maxConns])
 	base := pd.sample(t, true)
 
 	// Overload.
@@ -146,7 +147,7 @@ func TestOverload(t *testing.T) {
 		after = pd.sample(t, true)
 		return after.goroutines <= base.goroutines+10
 	})
-	rateAfter := serveRate(t, clients[:maxConns], time.Second)
+	rateAfter := bestRate(t, clients[:maxConns])
 
 	if len(rejections) == 0 {
 		t.Fatal("no acquire was rejected: the pool was not overloaded")
@@ -154,8 +155,11 @@ func TestOverload(t *testing.T) {
 	if others.Load() != 0 {
 		t.Errorf("%d acquires or round trips failed otherwise; last: %v", others.Load(), otherErr)
 	}
+	// "At once" means without waiting: a queued acquire would wait up to
+	// acquire_timeout (30s). The bound leaves room for a loaded machine,
+	// where a stream costs hundreds of milliseconds.
 	p99 := percentile(rejections, 99)
-	if p99 > 2*time.Second {
+	if p99 > 5*time.Second {
 		t.Errorf("rejection latency p99 %v: the surplus does not fail at once (acquire_timeout 30s)", p99)
 	}
 	var peak memSample
@@ -169,7 +173,7 @@ func TestOverload(t *testing.T) {
 			peak2 = peak2.max(s)
 		}
 	}
-	if len(samples) < 4 {
+	if len(samples) < 2 {
 		t.Fatalf("only %d samples of poold", len(samples))
 	}
 	if peak2.goroutines > peak1.goroutines*5/4+20 {
@@ -177,6 +181,9 @@ func TestOverload(t *testing.T) {
 	}
 	if peak2.heap > peak1.heap*3/2+4<<20 {
 		t.Errorf("heap grew under steady overload: first half peak %d, second half %d", peak1.heap, peak2.heap)
+	}
+	if peak.goroutines > base.goroutines+4*acquirers {
+		t.Errorf("peak goroutines %d, baseline %d: more than 4 per acquirer", peak.goroutines, base.goroutines)
 	}
 	if peak.heap > base.heap+heapBound {
 		t.Errorf("heap peak %d, baseline %d: more than %d above", peak.heap, base.heap, heapBound)
@@ -187,9 +194,9 @@ func TestOverload(t *testing.T) {
 	if rateAfter < rateBefore/2 {
 		t.Errorf("after the overload the pool serves %.0f leases/s, before %.0f", rateAfter, rateBefore)
 	}
-	t.Logf("FIGURE: overload (%d acquirers on max_connections %d + max_waiters %d for %v; CI runs 5s, the issue's figure is 30s): peak goroutines %d (baseline %d, after %d), peak heap %.1f MiB (baseline %.1f, after %.1f), rejection latency p50 %s p99 %s over %d BACKLOG_FULL, %d served; rate before %.0f/s, after %.0f/s",
+	t.Logf("FIGURE: overload (%d acquirers on max_connections %d + max_waiters %d for %v; CI runs 5s, the issue's figure is 30s): peak goroutines %d (baseline %d, after %d), peak heap %.1f MiB (baseline %.1f, after %.1f), rejection latency p50 %s p99 %s over %d BACKLOG_FULL, %d served, %d samples; rate before %.0f/s, after %.0f/s",
 		acquirers, maxConns, maxWaiters, overload.Round(time.Millisecond), peak.goroutines, base.goroutines, after.goroutines,
-		mib(peak.heap), mib(base.heap), mib(after.heap), secs(percentile(rejections, 50)), secs(p99), len(rejections), served.Load(), rateBefore, rateAfter)
+		mib(peak.heap), mib(base.heap), mib(after.heap), secs(percentile(rejections, 50)), secs(p99), len(rejections), served.Load(), len(samples), rateBefore, rateAfter)
 
 	// A slow reader: lease the firehose and read nothing.
 	conn, err := clients[0].Lease(ctx, "firehose")
@@ -254,6 +261,17 @@ func (p *pooldProc) sample(t testing.TB, gc bool) memSample {
 		t.Fatalf("sample poold: %v", err)
 	}
 	return s
+}
+
+// bestRate is the best of three serveRate windows of 400ms: the machine
+// is shared, and a neighbour's burst should not pass for a slow pool.
+func bestRate(t *testing.T, cs []*client.Client) float64 {
+	t.Helper()
+	best := 0.0
+	for range 3 {
+		best = max(best, serveRate(t, cs, 400*time.Millisecond))
+	}
+	return best
 }
 
 // serveRate runs one lease + round trip loop per client for d and returns
