@@ -579,3 +579,37 @@ func TestAuditLog(t *testing.T) {
 }
 
 func itoa64(n int64) string { return big.NewInt(n).String() }
+
+func TestMessageSizeLimit(t *testing.T) {
+	e := startEnv(t, nil, nil, func(c *Config) { c.MaxRecvMsgSize = 2 << 20 }, nil)
+	e.create(t, "a")
+	cc := e.dial(t, nil)
+	ctx := context.Background()
+	big := strings.Repeat("x", 2<<20)
+	_, err := poolv1.NewPoolAdminServiceClient(cc).CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "b",
+		Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}, Labels: map[string]string{"k": big}}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 2 MiB request: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	// A full 1 MiB lease data frame still fits.
+	s, err := poolv1.NewLeaseServiceClient(cc).Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s, openFrame("pools/a"))
+	recvGranted(t, s)
+	frame := bytes.Repeat([]byte{'z'}, MaxDataFrame)
+	mustSend(t, s, dataFrame(frame))
+	if got := readEcho(t, s, len(frame)); !bytes.Equal(got, frame) {
+		t.Fatal("1 MiB frame not echoed")
+	}
+	mustSend(t, s, releaseFrame(true))
+	recvEnded(t, s)
+
+	if _, _, err := New(Config{Manager: e.mgr, MaxRecvMsgSize: 64 << 10}); err == nil {
+		t.Fatal("New accepted a MaxRecvMsgSize below a data frame")
+	}
+	if _, _, err := New(Config{Manager: e.mgr, Auth: &Authenticator{}, AuthFunc: func(ctx context.Context) (context.Context, error) { return ctx, nil }}); err == nil {
+		t.Fatal("New accepted both Auth and AuthFunc")
+	}
+}

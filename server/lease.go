@@ -245,7 +245,7 @@ func (ls *leaseStream) recvLoop() (err error) {
 			}
 			if _, err := l.nc.Write(data); err != nil {
 				l.broken = true
-				l.nc.Close() // the reader reports the end
+				_ = l.nc.Close() // the reader reports the end
 				continue
 			}
 			l.bytesOut.Add(int64(len(data)))
@@ -259,7 +259,7 @@ func (ls *leaseStream) recvLoop() (err error) {
 			}
 			l.broken = true
 			if cw, ok := l.nc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
-				l.nc.Close()
+				_ = l.nc.Close()
 			}
 		case *poolv1.LeaseRequest_Release_:
 			l := ls.lease
@@ -408,7 +408,7 @@ func (ls *leaseStream) release(l *lease, reusable bool) error {
 		// Wake the reader without closing the connection.
 		if err := l.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
 			l.broken = true
-			l.nc.Close()
+			_ = l.nc.Close()
 		}
 	}
 	<-l.readerc
@@ -438,7 +438,7 @@ func (ls *leaseStream) release(l *lease, reusable bool) error {
 func (ls *leaseStream) abandon(l *lease) {
 	l.releasing.Store(true)
 	l.ended.Store(true)
-	l.nc.Close()
+	_ = l.nc.Close()
 	<-l.readerc
 	l.release(false)
 	ls.lease = nil

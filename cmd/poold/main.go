@@ -219,7 +219,7 @@ func listen(addr string) (net.Listener, error) {
 			return nil, err
 		}
 		if err := os.Chmod(path, 0o660); err != nil {
-			ln.Close()
+			_ = ln.Close()
 			return nil, fmt.Errorf("chmod socket: %w", err)
 		}
 		return ln, nil
@@ -277,7 +277,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 
 	var secretKey []byte
 	if o.secretKeyFile != "" {
@@ -290,7 +290,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	if err != nil {
 		return err
 	}
-	defer mgr.Close()
+	defer func() { _ = mgr.Close() }()
 	if err := mgr.Load(ctx); err != nil {
 		return fmt.Errorf("load pools: %w", err)
 	}
@@ -364,7 +364,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	if o.metricsListen != "off" && o.metricsListen != "" {
 		mln, err := net.Listen("tcp", o.metricsListen)
 		if err != nil {
-			ln.Close()
+			_ = ln.Close()
 			return fmt.Errorf("metrics listen: %w", err)
 		}
 		metricsAddr = mln.Addr().String()
@@ -394,7 +394,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
-		srv.Health.Run(healthCtx, time.Second)
+		_ = srv.Health.Run(healthCtx, time.Second) // ends with healthCtx
 	}()
 
 	serveDone := make(chan error, 1) // Serve's result, read once
