@@ -169,9 +169,12 @@ func TestClientCrash(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if conn.Info().Reused || up.accepted.Load() != leases+1 {
-				t.Errorf("the next lease reused a connection (info %+v, upstream accepted %d)", conn.Info(), up.accepted.Load())
+			if conn.Info().Reused {
+				t.Errorf("the next lease reused a connection: %+v", conn.Info())
 			}
+			// The dial returns once the kernel has the connection; the
+			// upstream's Accept may come a moment later.
+			waitFor(t, "a new upstream connection for the next lease", 10*time.Second, func() bool { return up.accepted.Load() == leases+1 })
 			conn.Close()
 			t.Logf("FIGURE: client crash (%s, %d leases held): in-use back to 0 and upstream connections closed after %s (keepalive bound %v); closes %v",
 				tc.name, leases, secs(reclaim), keepaliveTime+keepaliveTimeout, st.Closes)
