@@ -148,6 +148,13 @@ func TestOverload(t *testing.T) {
 		return after.goroutines <= base.goroutines+10
 	})
 	rateAfter := bestRate(t, clients[:maxConns])
+	for range 2 {
+		if rateAfter >= rateBefore/2 {
+			break
+		}
+		// A pool that degraded stays slow; a busy neighbour goes away.
+		rateAfter = max(rateAfter, bestRate(t, clients[:maxConns]))
+	}
 
 	if len(rejections) == 0 {
 		t.Fatal("no acquire was rejected: the pool was not overloaded")
