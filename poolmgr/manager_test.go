@@ -139,6 +139,7 @@ func waitPool(t *testing.T, p *Pool, what string, cond func(Stats) bool) {
 
 // testContext bounds a wait by 30s and by the test binary's deadline.
 func testContext(t *testing.T) (context.Context, context.CancelFunc) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	if d, ok := t.Deadline(); ok && d.Add(-time.Second).Before(deadline) {
 		deadline = d.Add(-time.Second)

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -697,7 +698,7 @@ func recvErr[T any](s interface{ Recv() (*T, error) }, err error) (*T, error) {
 	for {
 		m, err := s.Recv()
 		if err != nil {
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return m, nil
 			}
 			return nil, err

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -154,7 +155,7 @@ func TestHealthPerPool(t *testing.T) {
 	go func() { done <- e.health.Run(rctx, 10*time.Millisecond) }()
 	waitUntil(t, "pool/b SERVING again", func() bool { return check("pool/b") == healthpb.HealthCheckResponse_SERVING })
 	cancel()
-	if err := <-done; err != context.Canceled {
+	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run = %v", err)
 	}
 

@@ -610,7 +610,7 @@ func backup(ctx context.Context, admin poolv1.PoolAdminServiceClient, file strin
 	if err != nil {
 		return 0, fmt.Errorf("backup: %w", err)
 	}
-	defer os.Remove(tmp) // after a successful rename it is gone already
+	defer func() { _ = os.Remove(tmp) }() // after a successful rename it is gone already
 	var n int64
 	for {
 		resp, err := stream.Recv()
@@ -618,18 +618,18 @@ func backup(ctx context.Context, admin poolv1.PoolAdminServiceClient, file strin
 			break
 		}
 		if err != nil {
-			f.Close()
+			_ = f.Close()
 			return n, err
 		}
 		k, err := f.Write(resp.GetChunk())
 		n += int64(k)
 		if err != nil {
-			f.Close()
+			_ = f.Close()
 			return n, fmt.Errorf("backup: %w", err)
 		}
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return n, fmt.Errorf("backup: %w", err)
 	}
 	if err := f.Close(); err != nil {

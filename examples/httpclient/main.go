@@ -33,7 +33,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 
 	hc := &http.Client{
 		Transport: &http.Transport{
@@ -54,7 +54,7 @@ func main() {
 			os.Exit(1)
 		}
 		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if err != nil {
 			log.Fatal(err)
 		}

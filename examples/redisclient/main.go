@@ -27,14 +27,14 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 
 	rdb := redis.NewClient(&redis.Options{
 		Addr:     "cache", // only a label: the pool knows the upstream
 		Dialer:   c.Dialer(*pool),
 		PoolSize: 4, // keep it below the pool's max_connections
 	})
-	defer rdb.Close()
+	defer func() { _ = rdb.Close() }()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
