@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 )
@@ -45,112 +44,6 @@ func waitClosed(t *testing.T, ch <-chan Event) []Event {
 		case <-timer.C:
 			t.Fatal("watch channel not closed")
 		}
-	}
-}
-
-func TestWatchConcurrentWriters(t *testing.T) {
-	s, _ := newStore(t, Options{})
-	ctx := t.Context()
-	w, err := s.Watch(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const (
-		writers = 8
-		each    = 50
-		total   = writers * each
-	)
-	var wg sync.WaitGroup
-	for i := range writers {
-		wg.Go(func() {
-			for j := range each {
-				key := fmt.Sprintf("w%d/%d", i, j%5)
-				if _, err := s.Put(ctx, key, fmt.Appendf(nil, "%d", j), Any(), fmt.Sprint("w", i)); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	seen := make(map[string]int) // "w<i>" -> next j expected
-	for n := range total {
-		ev := recv(t, w)
-		if ev.Revision != int64(n+1) {
-			t.Fatalf("event %d has revision %d", n, ev.Revision)
-		}
-		var i, k, j int
-		if _, err := fmt.Sscanf(ev.KV.Key, "w%d/%d", &i, &k); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := fmt.Sscanf(string(ev.KV.Value), "%d", &j); err != nil {
-			t.Fatal(err)
-		}
-		if want := seen[ev.Actor]; j != want || j%5 != k {
-			t.Fatalf("writer %s: got put %d to %s, want %d", ev.Actor, j, ev.KV.Key, want)
-		}
-		seen[ev.Actor]++
-	}
-	wg.Wait()
-	// Nothing more: a further write is the very next event.
-	rev := mustPut(t, s, "last", "x", Any())
-	if ev := recv(t, w); ev.Revision != rev || ev.KV.Key != "last" {
-		t.Errorf("after writers: %+v", ev)
-	}
-}
-
-func TestWatchHistoricalThenLive(t *testing.T) {
-	tests := []struct {
-		name string
-		from int64
-	}{
-		{"from start", 0},
-		{"from middle", 4},
-		{"from now", 10},
-		{"from future", 12},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s, _ := newStore(t, Options{})
-			ctx := t.Context()
-			for i := 1; i <= 10; i++ {
-				mustPut(t, s, fmt.Sprint("k", i%3), fmt.Sprint(i), Any())
-			}
-			w, err := s.Watch(ctx, tt.from)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := 11; i <= 15; i++ {
-				if i%2 == 0 {
-					_, err = s.Delete(ctx, fmt.Sprint("k", i%3), Any(), "d")
-				} else {
-					_, err = s.Put(ctx, fmt.Sprint("k", i%3), []byte(fmt.Sprint(i)), Any(), "p")
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-			for want := tt.from + 1; want <= 15; want++ {
-				ev := recv(t, w)
-				if ev.Revision != want {
-					t.Fatalf("revision %d, want %d", ev.Revision, want)
-				}
-				wantAction := ActionPut
-				if want > 10 && want%2 == 0 {
-					wantAction = ActionDelete
-				}
-				if ev.Action != wantAction {
-					t.Errorf("rev %d action %v", want, ev.Action)
-				}
-				if wantAction == ActionDelete {
-					// KV is the last state before the delete.
-					if ev.KV.ModRevision >= ev.Revision || len(ev.KV.Value) == 0 {
-						t.Errorf("delete event KV = %+v", ev.KV)
-					}
-				} else if string(ev.KV.Value) != fmt.Sprint(want) || ev.KV.ModRevision != want {
-					t.Errorf("put event = %+v", ev)
-				}
-			}
-		})
 	}
 }
 
