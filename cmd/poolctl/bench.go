@@ -78,7 +78,11 @@ func benchCommand() *command {
 			haproxy := fs.String("haproxy", "haproxy", `haproxy binary (PATH or name); "off" skips the HAProxy cases`)
 			report := fs.String("report", "", "write report.md and latency.png to `DIR`")
 			profile := fs.String("profile", "", "write CPU and allocation profiles of poold and of the bench client to `DIR`")
+			soak := addSoakFlags(fs)
 			return func(ctx context.Context, e *env, _ []string) error {
+				if soak.enabled() {
+					return soak.run(ctx, e, *poold, *size)
+				}
 				cfg := benchConfig{
 					rounds: *rounds, duration: *duration, warmup: *warmup, timeout: e.g.timeout,
 					size: *size, maxRequests: *maxReq, poold: *poold, haproxy: *haproxy,
