@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -123,6 +125,7 @@ type grpcEchoConn struct {
 }
 
 func newGRPCEchoConn(b *testing.B, c poolv1.LeaseServiceClient) *grpcEchoConn {
+	b.Helper()
 	s, err := c.Lease(context.Background())
 	if err != nil {
 		b.Fatal(err)
@@ -198,15 +201,34 @@ func roundTrip(c net.Conn, msg, buf []byte) error {
 type perOp map[string]float64
 
 func (p perOp) record(b *testing.B, name string) float64 {
+	b.Helper()
 	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 	p[name] = ns
 	return ns
 }
 
 func (p perOp) ratio(b *testing.B, ns float64, ref, unit string) {
+	b.Helper()
 	if r := p[ref]; r > 0 {
 		b.ReportMetric(ns/r, unit)
 	}
+}
+
+// cpuTime is the CPU time (user and system) the process has used. The
+// benchmarks report it per operation (cpu-ns/op) next to the wall time: it
+// counts the client, server and upstream work of an operation together and
+// is far less sensitive than the wall time to other load on the machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the CPU time used since start per operation.
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkRoundTrip is a 64-byte request/response over an open connection
@@ -224,6 +246,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 					defer done()
 					msg, buf := make([]byte, rtSize), make([]byte, rtSize)
 					b.ResetTimer()
+					defer reportCPU(b, cpuTime())
 					for b.Loop() {
 						if err := rt(msg, buf); err != nil {
 							b.Fatal(err)
@@ -231,6 +254,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 					}
 					return
 				}
+				b.ResetTimer()
+				defer reportCPU(b, cpuTime())
 				b.RunParallel(func(pb *testing.PB) {
 					rt, done := open(b)
 					defer done()
@@ -311,6 +336,7 @@ func BenchmarkBulk(b *testing.B) {
 			readDone <- err
 		}()
 		b.ResetTimer()
+		start := cpuTime()
 		for range b.N {
 			if _, err := c.Write(msg); err != nil {
 				b.Fatal(err)
@@ -319,6 +345,7 @@ func BenchmarkBulk(b *testing.B) {
 		if err := <-readDone; err != nil {
 			b.Fatal(err)
 		}
+		reportCPU(b, start)
 	}
 	b.Run("impl=direct", func(b *testing.B) {
 		c, err := net.Dial("tcp", env.upstream)
