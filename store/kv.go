@@ -51,6 +51,17 @@ func (e Expect) validate() error {
 	return fmt.Errorf("unknown precondition %d: %w", e.kind, ErrInvalidArgument)
 }
 
+// Validate returns an error wrapping ErrInvalidArgument if e is malformed
+// (an AtRevision that is not positive). Other backends of the store
+// interface use it to refuse exactly what Store refuses.
+func (e Expect) Validate() error { return e.validate() }
+
+// Check tests e against a key's current state: cur if exists, else the key
+// is absent. It returns nil if e holds, an error wrapping ErrExists or a
+// *RevisionMismatchError if not. Other backends of the store interface use
+// it to fail exactly as Store does.
+func (e Expect) Check(key string, cur KeyValue, exists bool) error { return e.check(key, cur, exists) }
+
 // check tests e against the key's current record (cur, ok).
 func (e Expect) check(key string, cur KeyValue, ok bool) error {
 	switch e.kind {
