@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/client"
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
@@ -82,7 +82,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // srvOptions configures startServer.
 type srvOptions struct {
-	env                            poolmgr.Env
+	env                             poolmgr.Env
 	keepaliveTime, keepaliveTimeout time.Duration
 }
 
@@ -343,7 +343,7 @@ func idleCutter(idle time.Duration) handler {
 			if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
 				return
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 				u.cuts.Add(1)
 				return
 			}

@@ -3,6 +3,7 @@ package reliability_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -163,7 +164,7 @@ func silentCutter(idle time.Duration) handler {
 					return
 				}
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 				u.cuts.Add(1)
 				if c.SetReadDeadline(time.Time{}) == nil {
 					_, _ = io.Copy(io.Discard, c) // swallow until the peer or a kill closes it

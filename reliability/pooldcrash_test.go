@@ -108,12 +108,21 @@ func TestPooldCrash(t *testing.T) {
 		} else {
 			w.pools = []string{fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)}
 		}
-		for _, name := range w.pools {
-			p, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: name, Pool: crashPool(name, up.addr, 0)})
+		if w.updating {
+			p, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: w.pools[0], Pool: crashPool(w.pools[0], up.addr, 0)})
 			if err != nil {
-				t.Fatalf("create %s: %v", name, err)
+				t.Fatalf("create %s: %v", w.pools[0], err)
 			}
 			w.last = ackedWrite{seq: 0, rev: p.GetRevision()}
+		} else {
+			// A pair is created as it is changed: both pools in one
+			// ApplyPools, at one revision.
+			w.nextSeq = 0
+			a, err := w.write(ctx, admin, up.addr)
+			if err != nil {
+				t.Fatalf("create %v: %v", w.pools, err)
+			}
+			w.last = a
 		}
 		ws[i] = w
 	}
@@ -164,7 +173,7 @@ func TestPooldCrash(t *testing.T) {
 		restartTime := time.Since(killed)
 		admin, stats, closeConn := adminClient(t, pd.addr)
 		for _, w := range ws {
-			l, c := w.verify(t, ctx, admin, stats)
+			l, c := w.verify(ctx, t, admin, stats)
 			lost += l
 			inFlightCommitted += c
 			totalAcked += len(w.acked)
@@ -185,7 +194,7 @@ func TestPooldCrash(t *testing.T) {
 
 // verify checks the writer's pools after a restart and returns the
 // acknowledged writes lost and whether an unacknowledged write committed.
-func (w *crashWriter) verify(t *testing.T, ctx context.Context, admin poolv1.PoolAdminServiceClient, stats poolv1.StatsServiceClient) (lost, inFlight int) {
+func (w *crashWriter) verify(ctx context.Context, t *testing.T, admin poolv1.PoolAdminServiceClient, stats poolv1.StatsServiceClient) (lost, inFlight int) {
 	t.Helper()
 	if len(w.acked) > 0 {
 		w.last = w.acked[len(w.acked)-1]
@@ -225,7 +234,7 @@ func (w *crashWriter) verify(t *testing.T, ctx context.Context, admin poolv1.Poo
 			t.Errorf("%s runs with max_connections %d, stored %d", name, st.GetMaxConnections(), p.GetLimits().GetMaxConnections())
 		}
 		// Every acknowledged write of the round, with its revision.
-		hist := revisions(t, ctx, admin, name)
+		hist := revisions(ctx, t, admin, name)
 		for _, a := range w.acked {
 			if got, ok := hist[a.rev]; !ok || got != a.seq {
 				t.Errorf("%s: acknowledged seq %d at revision %d: history has %d (present %v)", name, a.seq, a.rev, got, ok)
@@ -239,7 +248,7 @@ func (w *crashWriter) verify(t *testing.T, ctx context.Context, admin poolv1.Poo
 }
 
 // revisions maps a pool's retained revisions to their seq label.
-func revisions(t *testing.T, ctx context.Context, admin poolv1.PoolAdminServiceClient, name string) map[int64]int {
+func revisions(ctx context.Context, t *testing.T, admin poolv1.PoolAdminServiceClient, name string) map[int64]int {
 	t.Helper()
 	out := make(map[int64]int)
 	token := ""
@@ -315,4 +324,3 @@ func envInt(t testing.TB, name string, def int) int {
 	}
 	return n
 }
-

@@ -5,12 +5,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"go/build"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,9 +34,10 @@ var (
 func buildPoold(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(gobin); err != nil {
-			if gobin, err = exec.LookPath("go"); err != nil {
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			gobin = filepath.Join(build.Default.GOROOT, "bin", "go")
+			if _, serr := os.Stat(gobin); serr != nil {
 				buildErr = fmt.Errorf("no go command: %w", err)
 				return
 			}

@@ -45,7 +45,7 @@ func TestUpstreamRestartUnderLoad(t *testing.T) {
 	var (
 		requests, fails atomic.Int64
 		okByEpoch       [restarts + 1]atomic.Int64 // successful requests by lease epoch
-		mu              sync.Mutex // protects violations
+		mu              sync.Mutex                 // protects violations
 		violations      []string
 	)
 	violate := func(format string, args ...any) {
