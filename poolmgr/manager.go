@@ -51,6 +51,11 @@ type ManagerConfig struct {
 	// TLSConfig.ClientKeyFile instead. Records with encrypted keys need the
 	// key they were written with to be read.
 	SecretKey []byte
+	// Follow makes the Manager follow changes that other Managers (poold
+	// replicas sharing the store, e.g. through etcd) commit: Load starts a
+	// loop that watches the store and applies every pool change it did not
+	// make itself to the live pools. See follow.go.
+	Follow bool
 }
 
 // WriteOptions go with every single-pool write.
@@ -199,6 +204,12 @@ type Manager struct {
 	retiring map[*Pool]chan struct{}
 	loaded   bool // Load was called
 	closed   bool // Close was called
+	// applied maps a pool ID to the store revision its live pool (or its
+	// absence) reflects: the follow loop skips events at or below it.
+	applied map[string]int64
+
+	follow bool          // ManagerConfig.Follow
+	donec  chan struct{} // closed when the follow loop ends; nil if none runs
 }
 
 // NewManager returns a Manager with no live pools; call Load to start the
@@ -242,6 +253,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		stop:     stop,
 		pools:    make(map[string]*Pool),
 		retiring: make(map[*Pool]chan struct{}),
+		applied:  make(map[string]int64),
+		follow:   cfg.Follow,
 	}, nil
 }
 
@@ -263,7 +276,7 @@ func (m *Manager) Load(ctx context.Context) error {
 	if loaded {
 		return errors.New("poolmgr: Load called twice")
 	}
-	kvs, _, err := m.store.Snapshot(ctx, keyPrefix)
+	kvs, snapRev, err := m.store.Snapshot(ctx, keyPrefix)
 	if err != nil {
 		return fmt.Errorf("load pools: %w", mapStoreErr("", err))
 	}
@@ -271,6 +284,7 @@ func (m *Manager) Load(ctx context.Context) error {
 	n := 0
 	for _, kv := range kvs {
 		id := strings.TrimPrefix(kv.Key, keyPrefix)
+		m.markApplied(id, kv.ModRevision)
 		if m.lookup(id) != nil {
 			n++ // started by a write before Load
 			continue
@@ -289,6 +303,9 @@ func (m *Manager) Load(ctx context.Context) error {
 		n++
 	}
 	m.logger.LogAttrs(ctx, slog.LevelInfo, "pools loaded", slog.Int("pools", n), slog.Int("failed", len(errs)))
+	if m.follow {
+		m.startFollow(snapRev)
+	}
 	return errors.Join(errs...)
 }
 
@@ -455,9 +472,11 @@ func (m *Manager) Delete(ctx context.Context, id string, expectRevision int64, o
 	if o.ValidateOnly {
 		return nil
 	}
-	if _, err := m.store.Delete(ctx, poolKey(id), store.AtRevision(kv.ModRevision), o.Actor); err != nil {
+	rev, err := m.store.Delete(ctx, poolKey(id), store.AtRevision(kv.ModRevision), o.Actor)
+	if err != nil {
 		return mapStoreErr(id, err)
 	}
+	m.markApplied(id, rev)
 	m.stopPool(id)
 	return nil
 }
@@ -599,6 +618,7 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 
 	var errs []error
 	for _, c := range changes {
+		m.markApplied(c.id, rev)
 		var err error
 		switch c.action {
 		case ActionCreate, ActionUpdate:
@@ -956,8 +976,12 @@ func (m *Manager) Close() error {
 	m.closed = true
 	pools := m.pools
 	m.pools = nil
+	donec := m.donec
 	m.mu.Unlock()
-	m.stop() // retiring pools close themselves
+	m.stop() // retiring pools close themselves; the follow loop ends
+	if donec != nil {
+		<-donec
+	}
 
 	var errs []error
 	for id, p := range pools {
@@ -1075,6 +1099,7 @@ func (m *Manager) put(ctx context.Context, id string, rec record, expect store.E
 	if err != nil {
 		return 0, mapStoreErr(id, err)
 	}
+	m.markApplied(id, rev)
 	return rev, nil
 }
 

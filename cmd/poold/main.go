@@ -41,6 +41,7 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+	"github.com/poolplane/poolplane/store/etcdstore"
 )
 
 func main() {
@@ -53,6 +54,7 @@ func main() {
 type options struct {
 	listen        string
 	dataDir       string
+	store         string // "" or bolt: bbolt in dataDir; etcd://host:port[,host:port]/prefix
 	metricsListen string
 	pprof         bool
 	logFormat     string
@@ -84,6 +86,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660)")
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
+	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
+		"(shared by every poold replica using the same prefix; each follows changes made through the others)")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it`)
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -135,6 +139,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.shutdownGrace < 0 {
 		return o, &usageError{"--shutdown-grace must not be negative"}
+	}
+	if o.store != "bolt" {
+		if _, _, err := etcdstore.ParseURL(o.store); err != nil {
+			return o, &usageError{fmt.Sprintf("--store: %v", err)}
+		}
 	}
 	if o.history < 1 {
 		return o, &usageError{"--history must be at least 1"}
@@ -269,16 +278,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, onStart started) 
 }
 
 func serve(ctx context.Context, o options, logger *slog.Logger, onStart started) error {
-	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	dbPath := filepath.Join(o.dataDir, "poolplane.db")
-	st, err := store.Open(dbPath, store.Options{HistoryLimit: o.history, Timeout: 250 * time.Millisecond})
-	if errors.Is(err, store.ErrLocked) {
-		return fmt.Errorf("%s is in use by another poold (one poold per data directory): %w", dbPath, err)
-	}
+	st, where, err := openStore(o)
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	defer func() { _ = st.Close() }()
 
@@ -288,16 +290,20 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 			return err
 		}
 	}
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, SecretKey: secretKey,
+	shared := o.store != "bolt"
+	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, SecretKey: secretKey, Follow: shared,
 		Env: poolmgr.Env{Logger: logger, Upstreams: o.allowlist}})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = mgr.Close() }()
-	if err := mgr.Load(ctx); err != nil {
+	loadCtx, cancelLoad := context.WithTimeout(ctx, storeLoadTimeout)
+	err = mgr.Load(loadCtx)
+	cancelLoad()
+	if err != nil {
 		return fmt.Errorf("load pools: %w", err)
 	}
-	logger.Info("pools loaded", "count", len(mgr.Pools()), "data", dbPath)
+	logger.Info("pools loaded", "count", len(mgr.Pools()), "data", where, "follow", shared)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newPoolCollector(mgr))
@@ -461,4 +467,41 @@ func rpcStreamMetrics(m *grpcprom.ServerMetrics) grpc.StreamServerInterceptor {
 		return c.FullMethod() != poolv1.LeaseService_Lease_FullMethodName
 	}
 	return selector.StreamServerInterceptor(m.StreamServerInterceptor(), selector.MatchFunc(notLease))
+}
+
+// storeLoadTimeout bounds the first read of the configuration at start: an
+// unreachable etcd fails the start instead of hanging it.
+const storeLoadTimeout = 30 * time.Second
+
+// closingStore is the Manager's store plus Close.
+type closingStore interface {
+	poolmgr.Store
+	Close() error
+}
+
+// openStore opens the store --store names, and says where it is.
+func openStore(o options) (closingStore, string, error) {
+	if o.store != "bolt" {
+		endpoints, prefix, err := etcdstore.ParseURL(o.store)
+		if err != nil {
+			return nil, "", err
+		}
+		st, err := etcdstore.New(etcdstore.Config{Endpoints: endpoints, Prefix: prefix, HistoryLimit: o.history})
+		if err != nil {
+			return nil, "", fmt.Errorf("open store: %w", err)
+		}
+		return st, o.store, nil
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("data dir: %w", err)
+	}
+	dbPath := filepath.Join(o.dataDir, "poolplane.db")
+	st, err := store.Open(dbPath, store.Options{HistoryLimit: o.history, Timeout: 250 * time.Millisecond})
+	if errors.Is(err, store.ErrLocked) {
+		return nil, "", fmt.Errorf("%s is in use by another poold (one poold per data directory): %w", dbPath, err)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("open store: %w", err)
+	}
+	return st, dbPath, nil
 }

@@ -44,7 +44,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"go.uber.org/zap"
 
 	"github.com/poolplane/poolplane/store"
