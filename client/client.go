@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
@@ -129,9 +132,15 @@ type Client struct {
 }
 
 // New returns a Client for the poold server at target, a gRPC target such as
-// "127.0.0.1:7070", "dns:///poold.internal:7070" or "unix:///run/poold.sock".
-// It does not connect: the first call does. It fails when the options are
-// invalid, for example when no transport security is chosen.
+// "127.0.0.1:7070", "dns:///poold.internal:7070" or "unix:///run/poold.sock",
+// or for several poold replicas: a comma-separated list of addresses
+// ("10.0.0.1:7700,10.0.0.2:7700") or a dns:/// name with one address per
+// replica. Calls and leases are spread over every reachable address with
+// gRPC's round_robin balancing (override it with WithDialOptions and
+// grpc.WithDefaultServiceConfig); a replica that is down is skipped until it
+// is back. It does not connect: the first call does. It fails when the
+// options are invalid, for example when no transport security is chosen,
+// or when an address list has an empty entry.
 func New(target string, opts ...Option) (*Client, error) {
 	o := options{idleStreams: DefaultIdleStreams}
 	for _, opt := range opts {
@@ -154,6 +163,12 @@ func New(target string, opts ...Option) (*Client, error) {
 			secure: !o.insecure,
 		}))
 	}
+	target, extra, err := parseTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	dial = append(dial, extra...)
+	dial = append(dial, grpc.WithDefaultServiceConfig(roundRobin))
 	dial = append(dial, o.dialOpts...)
 	cc, err := grpc.NewClient(target, dial...)
 	if err != nil {
@@ -178,6 +193,29 @@ func New(target string, opts ...Option) (*Client, error) {
 		cancel:       cancel,
 		idle:         make(map[string][]*stream),
 	}, nil
+}
+
+// roundRobin spreads streams over every ready address of the target.
+const roundRobin = `{"loadBalancingConfig":[{"round_robin":{}}]}`
+
+// parseTarget turns a comma-separated address list into a target of a
+// manual resolver private to one ClientConn, which serves the list. Other
+// targets are returned as they are.
+func parseTarget(target string) (string, []grpc.DialOption, error) {
+	if !strings.Contains(target, ",") || strings.Contains(target, "://") {
+		return target, nil, nil
+	}
+	var addrs []resolver.Address
+	for a := range strings.SplitSeq(target, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			return "", nil, fmt.Errorf("client: target %q: empty address", target)
+		}
+		addrs = append(addrs, resolver.Address{Addr: a})
+	}
+	r := manual.NewBuilderWithScheme("poolplane-replicas")
+	r.InitialState(resolver.State{Addresses: addrs})
+	return r.Scheme() + ":///replicas", []grpc.DialOption{grpc.WithResolvers(r)}, nil
 }
 
 func defaultClientName() string {
@@ -240,6 +278,12 @@ func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
 // Unlike Lease, LeaseWith with data does not retry on a fresh stream when a
 // warm stream turns out to be broken, since the data may have reached the
 // upstream.
+//
+// A lease refused because the pool drains on the replica that got it
+// (POOL_DRAINING: nothing was sent upstream), or, without data, one whose
+// new stream failed with UNAVAILABLE and no poolplane reason (the replica
+// is down or shutting down), is retried once on a new stream, which the
+// round_robin balancer places on the next replica.
 func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, leaseCtxErr(pool, err)
@@ -252,8 +296,18 @@ func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) 
 		}
 		open.AcquireTimeout = durationpb.New(d)
 	}
-	for attempt := 0; ; attempt++ {
-		s, warm, err := c.stream(ctx, pool)
+	warmRetried, replicaRetried := false, false
+	for {
+		var (
+			s    *stream
+			warm bool
+			err  error
+		)
+		if replicaRetried {
+			s, err = c.newStream(ctx, pool) // not a warm stream of the replica that refused
+		} else {
+			s, warm, err = c.stream(ctx, pool)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -261,11 +315,35 @@ func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) 
 		if err == nil {
 			return conn, nil
 		}
-		if warm && attempt == 0 && firstWrite == nil && retryable(err) && ctx.Err() == nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		if warm && !warmRetried && !replicaRetried && firstWrite == nil && retryable(err) {
+			warmRetried = true
 			continue // the warm stream had died: try a new one once
+		}
+		if !replicaRetried && otherReplica(err, firstWrite != nil) {
+			replicaRetried = true
+			continue // this replica is down or draining: try another once
 		}
 		return nil, err
 	}
+}
+
+// otherReplica reports whether a lease that failed to open may be retried
+// on a new stream, that is on another replica: the pool drains here (the
+// lease was refused before anything reached the upstream), or, when no
+// data went with the open, the stream failed with UNAVAILABLE and no
+// poolplane reason.
+func otherReplica(err error, sentData bool) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	if errors.Is(err, ErrDraining) {
+		return true
+	}
+	return !sentData && e.Code == codes.Unavailable && e.Reason == ""
 }
 
 // retryable reports whether a lease that failed on a warm stream may be

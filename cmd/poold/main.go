@@ -291,7 +291,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		}
 	}
 	shared := o.store != "bolt"
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, SecretKey: secretKey, Follow: shared,
+	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, SecretKey: secretKey, Follow: shared, Logger: logger,
 		Env: poolmgr.Env{Logger: logger, Upstreams: o.allowlist}})
 	if err != nil {
 		return err

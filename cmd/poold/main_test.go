@@ -19,9 +19,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaked goroutines, ignoring the process-wide ones that
+// the embedded etcd of the scale-out tests leaves behind.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.IgnoreGoroutines()...) }
 
 // syncBuffer is a log sink safe for concurrent writes.
 type syncBuffer struct {
