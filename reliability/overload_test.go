@@ -24,9 +24,10 @@ import (
 // /metrics). Guarantees:
 //   - the surplus fails at once with BACKLOG_FULL (rejection latency p99
 //     far below acquire_timeout), and nothing fails otherwise;
-//   - goroutines and heap stay flat: the second half's peaks are no higher
-//     than the first half's (plus noise), and both come back to the
-//     baseline once the load stops;
+//   - goroutines and heap stay flat: goroutines within 3 per acquirer of
+//     the baseline, the heap's second-half peak within 1.5x (+4 MiB) of
+//     its first-half peak and within 32 MiB of the baseline, and both
+//     back to the baseline once the load stops;
 //   - the pool serves at full rate afterwards (at least half the rate
 //     measured before, best of three windows each, on a shared CI
 //     machine);
@@ -183,14 +184,16 @@ func TestOverload(t *testing.T) {
 	if len(samples) < 2 {
 		t.Fatalf("only %d samples of poold", len(samples))
 	}
-	if peak2.goroutines > peak1.goroutines*5/4+20 {
-		t.Errorf("goroutines grew under steady overload: first half peak %d, second half %d", peak1.goroutines, peak2.goroutines)
+	// Goroutines follow the streams open at the moment of a sample, which
+	// the scheduler decides: the bound is structural. Each acquirer has at
+	// most one stream, and a stream costs poold at most three goroutines
+	// (the handler, its receive loop, the relay of a granted lease); a
+	// leak would also keep them after the load (checked above).
+	if peak.goroutines > base.goroutines+3*acquirers {
+		t.Errorf("peak goroutines %d, baseline %d: more than 3 per acquirer", peak.goroutines, base.goroutines)
 	}
 	if peak2.heap > peak1.heap*3/2+4<<20 {
 		t.Errorf("heap grew under steady overload: first half peak %d, second half %d", peak1.heap, peak2.heap)
-	}
-	if peak.goroutines > base.goroutines+4*acquirers {
-		t.Errorf("peak goroutines %d, baseline %d: more than 4 per acquirer", peak.goroutines, base.goroutines)
 	}
 	if peak.heap > base.heap+heapBound {
 		t.Errorf("heap peak %d, baseline %d: more than %d above", peak.heap, base.heap, heapBound)
