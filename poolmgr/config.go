@@ -131,6 +131,31 @@ type Limits struct {
 	AcquireTimeout time.Duration
 	// DialTimeout bounds a dial including the TLS handshake. Default 5s; range 1ms..5m.
 	DialTimeout time.Duration
+	// Scope says whether MaxConnections, MinIdle and MaxIdle bound this
+	// replica (ScopeReplica, the default) or every replica sharing the
+	// store together (ScopeFleet: each takes its share, see
+	// ManagerConfig.Replicas).
+	Scope LimitScope
+}
+
+// LimitScope is what Limits bound.
+type LimitScope int
+
+// Limit scopes.
+const (
+	ScopeReplica LimitScope = iota // each replica on its own
+	ScopeFleet                     // all replicas together
+)
+
+// String returns "replica" or "fleet".
+func (s LimitScope) String() string {
+	switch s {
+	case ScopeReplica:
+		return "replica"
+	case ScopeFleet:
+		return "fleet"
+	}
+	return fmt.Sprintf("LimitScope(%d)", int(s))
 }
 
 // Lifecycle bounds the life of connections and leases. Changes apply at the
@@ -334,6 +359,9 @@ func (c Config) Validate() error {
 	}
 	durRange("limits.acquire_timeout", l.AcquireTimeout, time.Millisecond, time.Hour)
 	durRange("limits.dial_timeout", l.DialTimeout, time.Millisecond, 5*time.Minute)
+	if l.Scope != ScopeReplica && l.Scope != ScopeFleet {
+		bad("limits.scope", "unknown scope %d", int(l.Scope))
+	}
 
 	lc := c.Lifecycle
 	durRange("lifecycle.max_lifetime", lc.MaxLifetime, time.Second, 720*time.Hour)
@@ -455,6 +483,7 @@ func (c Config) DiffFields(o Config) []string {
 	add(c.Limits.MaxWaiters != o.Limits.MaxWaiters, "limits.max_waiters")
 	add(c.Limits.AcquireTimeout != o.Limits.AcquireTimeout, "limits.acquire_timeout")
 	add(c.Limits.DialTimeout != o.Limits.DialTimeout, "limits.dial_timeout")
+	add(c.Limits.Scope != o.Limits.Scope, "limits.scope")
 	add(c.Lifecycle.MaxLifetime != o.Lifecycle.MaxLifetime, "lifecycle.max_lifetime")
 	add(c.Lifecycle.LifetimeJitter != o.Lifecycle.LifetimeJitter, "lifecycle.lifetime_jitter")
 	add(c.Lifecycle.IdleTimeout != o.Lifecycle.IdleTimeout, "lifecycle.idle_timeout")

@@ -56,6 +56,11 @@ type ManagerConfig struct {
 	// loop that watches the store and applies every pool change it did not
 	// make itself to the live pools. See follow.go.
 	Follow bool
+	// Replicas, if set, reports the live replicas sharing the store: pools
+	// whose Limits.Scope is ScopeFleet then take this replica's share of
+	// their limits, re-divided whenever the membership changes. Without it
+	// this Manager is the only replica and fleet limits apply whole.
+	Replicas Replicas
 }
 
 // WriteOptions go with every single-pool write.
@@ -208,8 +213,14 @@ type Manager struct {
 	// absence) reflects: the follow loop skips events at or below it.
 	applied map[string]int64
 
-	follow bool          // ManagerConfig.Follow
-	donec  chan struct{} // closed when the follow loop ends; nil if none runs
+	// fleet holds the stored config (defaults filled) of every live pool
+	// with fleet-scoped limits, to re-divide them when replicas change.
+	fleet map[string]Config
+
+	follow       bool          // ManagerConfig.Follow
+	donec        chan struct{} // closed when the follow loop ends; nil if none runs
+	replicas     Replicas      // ManagerConfig.Replicas; may be nil
+	membersDonec chan struct{} // closed when the membership loop ends; nil if none runs
 }
 
 // NewManager returns a Manager with no live pools; call Load to start the
@@ -254,7 +265,9 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		pools:    make(map[string]*Pool),
 		retiring: make(map[*Pool]chan struct{}),
 		applied:  make(map[string]int64),
+		fleet:    make(map[string]Config),
 		follow:   cfg.Follow,
+		replicas: cfg.Replicas,
 	}, nil
 }
 
@@ -305,6 +318,9 @@ func (m *Manager) Load(ctx context.Context) error {
 	m.logger.LogAttrs(ctx, slog.LevelInfo, "pools loaded", slog.Int("pools", n), slog.Int("failed", len(errs)))
 	if m.follow {
 		m.startFollow(snapRev)
+	}
+	if m.replicas != nil {
+		m.startMembership()
 	}
 	return errors.Join(errs...)
 }
@@ -976,11 +992,14 @@ func (m *Manager) Close() error {
 	m.closed = true
 	pools := m.pools
 	m.pools = nil
-	donec := m.donec
+	donec, membersDonec := m.donec, m.membersDonec
 	m.mu.Unlock()
-	m.stop() // retiring pools close themselves; the follow loop ends
+	m.stop() // retiring pools close themselves; the follow and membership loops end
 	if donec != nil {
 		<-donec
+	}
+	if membersDonec != nil {
+		<-membersDonec
 	}
 
 	var errs []error
@@ -1138,7 +1157,7 @@ func (m *Manager) setState(ctx context.Context, id string, s State, op Action, o
 // startPool starts a live pool for rec, in rec's state, and registers it,
 // replacing (and closing) any pool of that id. The caller holds wsem.
 func (m *Manager) startPool(id string, rec record) error {
-	p, err := NewPool(id, rec.Config.WithDefaults(), m.env)
+	p, err := NewPool(id, m.liveConfig(id, rec.Config), m.env)
 	if err != nil {
 		return err
 	}
@@ -1170,7 +1189,7 @@ func (m *Manager) applyLive(id string, rec record, cfgChanged, stateChanged bool
 		return m.startPool(id, rec)
 	}
 	if cfgChanged {
-		if _, err := p.Reconfigure(rec.Config.WithDefaults()); err != nil {
+		if _, err := p.Reconfigure(m.liveConfig(id, rec.Config)); err != nil {
 			return err
 		}
 	}
@@ -1185,6 +1204,7 @@ func (m *Manager) applyLive(id string, rec record, cfgChanged, stateChanged bool
 func (m *Manager) stopPool(id string) {
 	m.mu.Lock()
 	p := m.pools[id]
+	delete(m.fleet, id)
 	delete(m.pools, id)
 	m.mu.Unlock()
 	if p != nil {

@@ -77,12 +77,13 @@ type (
 		ClientKeyFile string `json:"client_key_file,omitempty"`
 	}
 	limitsJSON struct {
-		MaxConnections int   `json:"max_connections"`
-		MinIdle        int   `json:"min_idle"`
-		MaxIdle        int   `json:"max_idle"`
-		MaxWaiters     int   `json:"max_waiters"`
-		AcquireTimeout int64 `json:"acquire_timeout_ns"`
-		DialTimeout    int64 `json:"dial_timeout_ns"`
+		MaxConnections int    `json:"max_connections"`
+		MinIdle        int    `json:"min_idle"`
+		MaxIdle        int    `json:"max_idle"`
+		MaxWaiters     int    `json:"max_waiters"`
+		AcquireTimeout int64  `json:"acquire_timeout_ns"`
+		DialTimeout    int64  `json:"dial_timeout_ns"`
+		Scope          string `json:"scope,omitempty"` // "" (replica) or "fleet"
 	}
 	lifecycleJSON struct {
 		MaxLifetime       int64 `json:"max_lifetime_ns"`
@@ -147,6 +148,7 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 				MaxWaiters:     c.Limits.MaxWaiters,
 				AcquireTimeout: int64(c.Limits.AcquireTimeout),
 				DialTimeout:    int64(c.Limits.DialTimeout),
+				Scope:          scopeName(c.Limits.Scope),
 			},
 			Lifecycle: lifecycleJSON{
 				MaxLifetime:       int64(c.Lifecycle.MaxLifetime),
@@ -256,6 +258,7 @@ func decodeRecord(b []byte, s *seal.Sealer) (record, error) {
 			MaxWaiters:     c.Limits.MaxWaiters,
 			AcquireTimeout: time.Duration(c.Limits.AcquireTimeout),
 			DialTimeout:    time.Duration(c.Limits.DialTimeout),
+			Scope:          scopeOf(c.Limits.Scope),
 		},
 		Lifecycle: Lifecycle{
 			MaxLifetime:       time.Duration(c.Lifecycle.MaxLifetime),
@@ -324,4 +327,21 @@ func stateName(s State) (string, error) { return enumName(int(s), stateNames, "s
 func parseState(s string) (State, error) {
 	v, err := parseEnum(s, stateNames, "state")
 	return State(v), err
+}
+
+// scopeName and scopeOf map a LimitScope to its record form; the replica
+// scope is omitted so records written before scopes existed read back
+// unchanged.
+func scopeName(s LimitScope) string {
+	if s == ScopeFleet {
+		return "fleet"
+	}
+	return ""
+}
+
+func scopeOf(name string) LimitScope {
+	if name == "fleet" {
+		return ScopeFleet
+	}
+	return ScopeReplica
 }

@@ -70,6 +70,7 @@ func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) 
 			MaxWaiters:     int(l.GetMaxWaiters()),
 			AcquireTimeout: dur("limits.acquire_timeout", l.GetAcquireTimeout()),
 			DialTimeout:    dur("limits.dial_timeout", l.GetDialTimeout()),
+			Scope:          scopeFromProto(l.GetScope()),
 		}
 	}
 	if lc := p.GetLifecycle(); lc != nil {
@@ -157,6 +158,7 @@ func configToProto(c poolmgr.Config) *poolv1.Pool {
 			MaxWaiters:     int32(c.Limits.MaxWaiters),
 			AcquireTimeout: durationpb.New(c.Limits.AcquireTimeout),
 			DialTimeout:    durationpb.New(c.Limits.DialTimeout),
+			Scope:          scopeToProto(c.Limits.Scope),
 		},
 		Lifecycle: &poolv1.Lifecycle{
 			MaxLifetime:       durationpb.New(c.Lifecycle.MaxLifetime),
@@ -377,7 +379,7 @@ var writableLeaves = []string{
 	"endpoints",
 	"tls.enabled", "tls.server_name", "tls.ca_pem", "tls.client_cert_pem", "tls.client_key_pem", "tls.client_key_file",
 	"limits.max_connections", "limits.min_idle", "limits.max_idle", "limits.max_waiters",
-	"limits.acquire_timeout", "limits.dial_timeout",
+	"limits.acquire_timeout", "limits.dial_timeout", "limits.scope",
 	"lifecycle.max_lifetime", "lifecycle.lifetime_jitter", "lifecycle.idle_timeout",
 	"lifecycle.validate_after_idle", "lifecycle.max_lease_duration", "lifecycle.tcp_keepalive",
 	"health_check.kind", "health_check.interval", "health_check.timeout", "health_check.http_path",
@@ -543,6 +545,8 @@ func copyLeaf(dst, src *poolmgr.Config, leaf string) {
 		dst.Limits.AcquireTimeout = src.Limits.AcquireTimeout
 	case "limits.dial_timeout":
 		dst.Limits.DialTimeout = src.Limits.DialTimeout
+	case "limits.scope":
+		dst.Limits.Scope = src.Limits.Scope
 	case "lifecycle.max_lifetime":
 		dst.Lifecycle.MaxLifetime = src.Lifecycle.MaxLifetime
 	case "lifecycle.lifetime_jitter":
@@ -598,4 +602,23 @@ func prefixErr(prefix string, err error) error {
 		return err
 	}
 	return prefixed(prefix, verr.Violations)
+}
+
+// scopeFromProto maps a LimitScope; an unknown value maps to one that
+// poolmgr's validation refuses.
+func scopeFromProto(s poolv1.LimitScope) poolmgr.LimitScope {
+	switch s {
+	case poolv1.LimitScope_LIMIT_SCOPE_UNSPECIFIED, poolv1.LimitScope_LIMIT_SCOPE_REPLICA:
+		return poolmgr.ScopeReplica
+	case poolv1.LimitScope_LIMIT_SCOPE_FLEET:
+		return poolmgr.ScopeFleet
+	}
+	return poolmgr.LimitScope(-1)
+}
+
+func scopeToProto(s poolmgr.LimitScope) poolv1.LimitScope {
+	if s == poolmgr.ScopeFleet {
+		return poolv1.LimitScope_LIMIT_SCOPE_FLEET
+	}
+	return poolv1.LimitScope_LIMIT_SCOPE_REPLICA
 }

@@ -21,7 +21,7 @@ func fullConfig() poolmgr.Config {
 		TLS: poolmgr.TLSConfig{Enabled: true, ServerName: "a.example", CAPEM: "ca",
 			ClientCertPEM: "cert", ClientKeyPEM: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
 		Limits: poolmgr.Limits{MaxConnections: 9, MinIdle: 1, MaxIdle: 5, MaxWaiters: 7,
-			AcquireTimeout: time.Second, DialTimeout: 2 * time.Second},
+			AcquireTimeout: time.Second, DialTimeout: 2 * time.Second, Scope: poolmgr.ScopeFleet},
 		Lifecycle: poolmgr.Lifecycle{MaxLifetime: time.Hour, LifetimeJitter: time.Minute, IdleTimeout: time.Minute,
 			ValidateAfterIdle: time.Second, MaxLeaseDuration: 10 * time.Minute, TCPKeepAlive: -1},
 		HealthCheck: poolmgr.HealthCheck{Kind: poolmgr.HealthHTTP, Interval: time.Second, Timeout: time.Millisecond, HTTPPath: "/h"},

@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -55,6 +56,7 @@ type options struct {
 	listen        string
 	dataDir       string
 	store         string // "" or bolt: bbolt in dataDir; etcd://host:port[,host:port]/prefix
+	replicaID     string // this replica's id in the etcd member set
 	metricsListen string
 	pprof         bool
 	logFormat     string
@@ -88,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
 		"(shared by every poold replica using the same prefix; each follows changes made through the others)")
+	fs.StringVar(&o.replicaID, "replica-id", "", "with an etcd --store: this replica's unique id in the member set that divides fleet-scoped pool limits (default host-pid-random)")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it`)
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -291,8 +294,22 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		}
 	}
 	shared := o.store != "bolt"
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, SecretKey: secretKey, Follow: shared, Logger: logger,
-		Env: poolmgr.Env{Logger: logger, Upstreams: o.allowlist}})
+	mcfg := poolmgr.ManagerConfig{Store: st, SecretKey: secretKey, Follow: shared, Logger: logger,
+		Env: poolmgr.Env{Logger: logger, Upstreams: o.allowlist}}
+	if es, ok := st.(*etcdstore.Store); ok {
+		id := o.replicaID
+		if id == "" {
+			id = defaultReplicaID()
+		}
+		ms, err := es.Join(id, 0)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = ms.Close() }()
+		mcfg.Replicas = ms
+		logger.Info("joined the replica set", "replica_id", id, "store", o.store)
+	}
+	mgr, err := poolmgr.NewManager(mcfg)
 	if err != nil {
 		return err
 	}
@@ -504,4 +521,15 @@ func openStore(o options) (closingStore, string, error) {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
 	return st, dbPath, nil
+}
+
+// defaultReplicaID is host-pid-random: unique per process.
+func defaultReplicaID() string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "poold"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return fmt.Sprintf("%s-%d-%x", strings.ReplaceAll(host, "/", "_"), os.Getpid(), b)
 }

@@ -24,6 +24,62 @@ const (
 )
 
 // ReusePolicy says whether a released connection may serve another lease.
+// LimitScope says what Limits bound.
+type LimitScope int32
+
+const (
+	// Same as LIMIT_SCOPE_REPLICA.
+	LimitScope_LIMIT_SCOPE_UNSPECIFIED LimitScope = 0
+	// Each replica holds up to max_connections of its own.
+	LimitScope_LIMIT_SCOPE_REPLICA LimitScope = 1
+	// The replicas together hold up to max_connections: each takes its share
+	// (max_connections divided by the live replica count, the remainder to
+	// the first replicas by id) and re-divides when replicas join or leave.
+	// See docs/scale-out.md for the transient overshoot bounds.
+	LimitScope_LIMIT_SCOPE_FLEET LimitScope = 2
+)
+
+// Enum value maps for LimitScope.
+var (
+	LimitScope_name = map[int32]string{
+		0: "LIMIT_SCOPE_UNSPECIFIED",
+		1: "LIMIT_SCOPE_REPLICA",
+		2: "LIMIT_SCOPE_FLEET",
+	}
+	LimitScope_value = map[string]int32{
+		"LIMIT_SCOPE_UNSPECIFIED": 0,
+		"LIMIT_SCOPE_REPLICA":     1,
+		"LIMIT_SCOPE_FLEET":       2,
+	}
+)
+
+func (x LimitScope) Enum() *LimitScope {
+	p := new(LimitScope)
+	*p = x
+	return p
+}
+
+func (x LimitScope) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LimitScope) Descriptor() protoreflect.EnumDescriptor {
+	return file_poolplane_v1_pool_proto_enumTypes[0].Descriptor()
+}
+
+func (LimitScope) Type() protoreflect.EnumType {
+	return &file_poolplane_v1_pool_proto_enumTypes[0]
+}
+
+func (x LimitScope) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LimitScope.Descriptor instead.
+func (LimitScope) EnumDescriptor() ([]byte, []int) {
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{0}
+}
+
 type ReusePolicy int32
 
 const (
@@ -61,11 +117,11 @@ func (x ReusePolicy) String() string {
 }
 
 func (ReusePolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_poolplane_v1_pool_proto_enumTypes[0].Descriptor()
+	return file_poolplane_v1_pool_proto_enumTypes[1].Descriptor()
 }
 
 func (ReusePolicy) Type() protoreflect.EnumType {
-	return &file_poolplane_v1_pool_proto_enumTypes[0]
+	return &file_poolplane_v1_pool_proto_enumTypes[1]
 }
 
 func (x ReusePolicy) Number() protoreflect.EnumNumber {
@@ -74,7 +130,7 @@ func (x ReusePolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReusePolicy.Descriptor instead.
 func (ReusePolicy) EnumDescriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{0}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{1}
 }
 
 // IdleOrder is the order in which idle connections are handed out.
@@ -114,11 +170,11 @@ func (x IdleOrder) String() string {
 }
 
 func (IdleOrder) Descriptor() protoreflect.EnumDescriptor {
-	return file_poolplane_v1_pool_proto_enumTypes[1].Descriptor()
+	return file_poolplane_v1_pool_proto_enumTypes[2].Descriptor()
 }
 
 func (IdleOrder) Type() protoreflect.EnumType {
-	return &file_poolplane_v1_pool_proto_enumTypes[1]
+	return &file_poolplane_v1_pool_proto_enumTypes[2]
 }
 
 func (x IdleOrder) Number() protoreflect.EnumNumber {
@@ -127,7 +183,7 @@ func (x IdleOrder) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IdleOrder.Descriptor instead.
 func (IdleOrder) EnumDescriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{1}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{2}
 }
 
 // HealthCheckKind selects the probe of idle connections.
@@ -175,11 +231,11 @@ func (x HealthCheckKind) String() string {
 }
 
 func (HealthCheckKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_poolplane_v1_pool_proto_enumTypes[2].Descriptor()
+	return file_poolplane_v1_pool_proto_enumTypes[3].Descriptor()
 }
 
 func (HealthCheckKind) Type() protoreflect.EnumType {
-	return &file_poolplane_v1_pool_proto_enumTypes[2]
+	return &file_poolplane_v1_pool_proto_enumTypes[3]
 }
 
 func (x HealthCheckKind) Number() protoreflect.EnumNumber {
@@ -188,7 +244,7 @@ func (x HealthCheckKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthCheckKind.Descriptor instead.
 func (HealthCheckKind) EnumDescriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{2}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
 }
 
 // PoolState is a pool's lifecycle state.
@@ -232,11 +288,11 @@ func (x PoolState) String() string {
 }
 
 func (PoolState) Descriptor() protoreflect.EnumDescriptor {
-	return file_poolplane_v1_pool_proto_enumTypes[3].Descriptor()
+	return file_poolplane_v1_pool_proto_enumTypes[4].Descriptor()
 }
 
 func (PoolState) Type() protoreflect.EnumType {
-	return &file_poolplane_v1_pool_proto_enumTypes[3]
+	return &file_poolplane_v1_pool_proto_enumTypes[4]
 }
 
 func (x PoolState) Number() protoreflect.EnumNumber {
@@ -245,7 +301,7 @@ func (x PoolState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PoolState.Descriptor instead.
 func (PoolState) EnumDescriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
 }
 
 // A Pool is a named set of warm connections to one upstream service.
@@ -588,7 +644,11 @@ type Limits struct {
 	// LeaseRequest.Open.acquire_timeout wins. Default 30s; range 1ms..1h.
 	AcquireTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=acquire_timeout,json=acquireTimeout,proto3" json:"acquire_timeout,omitempty"`
 	// Bound on one dial, TLS handshake included. Default 5s; range 1ms..5m.
-	DialTimeout   *durationpb.Duration `protobuf:"bytes,6,opt,name=dial_timeout,json=dialTimeout,proto3" json:"dial_timeout,omitempty"`
+	DialTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=dial_timeout,json=dialTimeout,proto3" json:"dial_timeout,omitempty"`
+	// Whether max_connections (and min_idle, max_idle) bound each poold
+	// replica or the whole fleet of replicas sharing this configuration.
+	// Default LIMIT_SCOPE_REPLICA.
+	Scope         LimitScope `protobuf:"varint,7,opt,name=scope,proto3,enum=poolplane.v1.LimitScope" json:"scope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -663,6 +723,13 @@ func (x *Limits) GetDialTimeout() *durationpb.Duration {
 		return x.DialTimeout
 	}
 	return nil
+}
+
+func (x *Limits) GetScope() LimitScope {
+	if x != nil {
+		return x.Scope
+	}
+	return LimitScope_LIMIT_SCOPE_UNSPECIFIED
 }
 
 // Lifecycle bounds the life of connections and leases.
@@ -882,7 +949,7 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x0fclient_cert_pem\x18\x04 \x01(\tR\rclientCertPem\x12$\n" +
 	"\x0eclient_key_pem\x18\x05 \x01(\tR\fclientKeyPem\x124\n" +
 	"\x16client_key_fingerprint\x18\x06 \x01(\tR\x14clientKeyFingerprint\x12&\n" +
-	"\x0fclient_key_file\x18\a \x01(\tR\rclientKeyFile\"\x8a\x02\n" +
+	"\x0fclient_key_file\x18\a \x01(\tR\rclientKeyFile\"\xba\x02\n" +
 	"\x06Limits\x12'\n" +
 	"\x0fmax_connections\x18\x01 \x01(\x05R\x0emaxConnections\x12\x19\n" +
 	"\bmin_idle\x18\x02 \x01(\x05R\aminIdle\x12\x19\n" +
@@ -890,7 +957,8 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\vmax_waiters\x18\x04 \x01(\x05R\n" +
 	"maxWaiters\x12B\n" +
 	"\x0facquire_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0eacquireTimeout\x12<\n" +
-	"\fdial_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vdialTimeout\"\x9f\x03\n" +
+	"\fdial_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vdialTimeout\x12.\n" +
+	"\x05scope\x18\a \x01(\x0e2\x18.poolplane.v1.LimitScopeR\x05scope\"\x9f\x03\n" +
 	"\tLifecycle\x12<\n" +
 	"\fmax_lifetime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12B\n" +
 	"\x0flifetime_jitter\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0elifetimeJitter\x12<\n" +
@@ -902,7 +970,12 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1d.poolplane.v1.HealthCheckKindR\x04kind\x125\n" +
 	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1b\n" +
-	"\thttp_path\x18\x04 \x01(\tR\bhttpPath*`\n" +
+	"\thttp_path\x18\x04 \x01(\tR\bhttpPath*Y\n" +
+	"\n" +
+	"LimitScope\x12\x1b\n" +
+	"\x17LIMIT_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13LIMIT_SCOPE_REPLICA\x10\x01\x12\x15\n" +
+	"\x11LIMIT_SCOPE_FLEET\x10\x02*`\n" +
 	"\vReusePolicy\x12\x1c\n" +
 	"\x18REUSE_POLICY_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12REUSE_POLICY_REUSE\x10\x01\x12\x1b\n" +
@@ -935,50 +1008,52 @@ func file_poolplane_v1_pool_proto_rawDescGZIP() []byte {
 	return file_poolplane_v1_pool_proto_rawDescData
 }
 
-var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_poolplane_v1_pool_proto_goTypes = []any{
-	(ReusePolicy)(0),              // 0: poolplane.v1.ReusePolicy
-	(IdleOrder)(0),                // 1: poolplane.v1.IdleOrder
-	(HealthCheckKind)(0),          // 2: poolplane.v1.HealthCheckKind
-	(PoolState)(0),                // 3: poolplane.v1.PoolState
-	(*Pool)(nil),                  // 4: poolplane.v1.Pool
-	(*UpstreamTLS)(nil),           // 5: poolplane.v1.UpstreamTLS
-	(*Limits)(nil),                // 6: poolplane.v1.Limits
-	(*Lifecycle)(nil),             // 7: poolplane.v1.Lifecycle
-	(*HealthCheck)(nil),           // 8: poolplane.v1.HealthCheck
-	nil,                           // 9: poolplane.v1.Pool.LabelsEntry
-	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(LimitScope)(0),               // 0: poolplane.v1.LimitScope
+	(ReusePolicy)(0),              // 1: poolplane.v1.ReusePolicy
+	(IdleOrder)(0),                // 2: poolplane.v1.IdleOrder
+	(HealthCheckKind)(0),          // 3: poolplane.v1.HealthCheckKind
+	(PoolState)(0),                // 4: poolplane.v1.PoolState
+	(*Pool)(nil),                  // 5: poolplane.v1.Pool
+	(*UpstreamTLS)(nil),           // 6: poolplane.v1.UpstreamTLS
+	(*Limits)(nil),                // 7: poolplane.v1.Limits
+	(*Lifecycle)(nil),             // 8: poolplane.v1.Lifecycle
+	(*HealthCheck)(nil),           // 9: poolplane.v1.HealthCheck
+	nil,                           // 10: poolplane.v1.Pool.LabelsEntry
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_poolplane_v1_pool_proto_depIdxs = []int32{
-	5,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
-	6,  // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
-	7,  // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
-	8,  // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
-	10, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
-	0,  // 5: poolplane.v1.Pool.reuse_policy:type_name -> poolplane.v1.ReusePolicy
-	1,  // 6: poolplane.v1.Pool.idle_order:type_name -> poolplane.v1.IdleOrder
-	9,  // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
-	3,  // 8: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
-	11, // 9: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
-	11, // 10: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
-	10, // 11: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
-	10, // 12: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
-	10, // 13: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
-	10, // 14: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
-	10, // 15: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
-	10, // 16: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
-	10, // 17: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
-	10, // 18: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
-	2,  // 19: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
-	10, // 20: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	10, // 21: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	6,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
+	7,  // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
+	8,  // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
+	9,  // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
+	11, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
+	1,  // 5: poolplane.v1.Pool.reuse_policy:type_name -> poolplane.v1.ReusePolicy
+	2,  // 6: poolplane.v1.Pool.idle_order:type_name -> poolplane.v1.IdleOrder
+	10, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
+	4,  // 8: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
+	12, // 9: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
+	12, // 10: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
+	11, // 11: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
+	11, // 12: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
+	0,  // 13: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
+	11, // 14: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
+	11, // 15: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
+	11, // 16: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
+	11, // 17: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
+	11, // 18: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
+	11, // 19: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
+	3,  // 20: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
+	11, // 21: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	11, // 22: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_pool_proto_init() }
@@ -991,7 +1066,7 @@ func file_poolplane_v1_pool_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_pool_proto_rawDesc), len(file_poolplane_v1_pool_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,

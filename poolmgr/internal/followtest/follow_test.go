@@ -127,11 +127,11 @@ func TestTwoReplicasFollow(t *testing.T) {
 	// twice for one Reconnect.
 	p2, _ := a.Pool("p2")
 	gen = p2.Generation()
+	q, _ := b.Pool("p2")
+	bgen := q.Generation() // before the Reconnect, which b may apply at once
 	if _, err := a.Reconnect(ctx, "p2", poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	q, _ := b.Pool("p2")
-	bgen := q.Generation()
 	within(t, propagation, "reconnect on b", func() bool { return q.Generation() > bgen })
 	rev, err := a.CurrentRevision(ctx)
 	if err != nil {
