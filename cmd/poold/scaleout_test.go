@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +159,159 @@ func TestScaleOutLeaseRetriesDrainingReplica(t *testing.T) {
 	}
 	if got := acquires(t, a.grpcAddr, "echo"); got != n+1 {
 		t.Errorf("acquires on a = %d, want %d", got, n+1)
+	}
+}
+
+// countingEcho is an echo upstream that records how many connections are
+// open at once, across every replica dialing it.
+type countingEcho struct {
+	addr      string
+	open, max atomic.Int64
+}
+
+func newCountingEcho(t *testing.T) *countingEcho {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &countingEcho{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := e.open.Add(1)
+			for m := e.max.Load(); n > m && !e.max.CompareAndSwap(m, n); m = e.max.Load() {
+			}
+			wg.Go(func() {
+				_, _ = io.Copy(c, c)
+				c.Close()
+				e.open.Add(-1)
+			})
+		}
+	})
+	return e
+}
+
+func maxConnsOn(t *testing.T, addr string) int32 {
+	t.Helper()
+	st, err := poolv1.NewStatsServiceClient(dial(t, addr)).GetPoolStats(t.Context(), &poolv1.GetPoolStatsRequest{Name: "pools/fleet"})
+	if err != nil {
+		return -1
+	}
+	return st.GetMaxConnections()
+}
+
+// Three poold replicas over one embedded etcd, a fleet-scoped pool and
+// clients leasing through all three: config changes reach every replica,
+// the upstream never sees more than max_connections connections, and when
+// one replica stops mid-load (with a short grace, cutting its leases) only
+// leases in flight on it fail: the clients carry on through the others.
+func TestScaleOutThreeReplicas(t *testing.T) {
+	srv := etcdtest.Start(t)
+	storeURL := "etcd://" + srv.Endpoint() + "/three"
+	up := newCountingEcho(t)
+	var rs []*poold
+	for i := range 3 {
+		rs = append(rs, startPoold(t, t.TempDir(), "--store", storeURL, "--replica-id", fmt.Sprint("r", i), "--shutdown-grace", "50ms"))
+	}
+	ctx := t.Context()
+	const fleetMax = 6
+	admin := poolv1.NewPoolAdminServiceClient(dial(t, rs[0].grpcAddr))
+	if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "fleet", Pool: &poolv1.Pool{
+		Endpoints: []string{up.addr},
+		Limits:    &poolv1.Limits{MaxConnections: 9, Scope: poolv1.LimitScope_LIMIT_SCOPE_FLEET}}}); err != nil {
+		t.Fatal(err)
+	}
+	shares := func(rs ...*poold) string {
+		var s []int32
+		for _, r := range rs {
+			s = append(s, maxConnsOn(t, r.grpcAddr))
+		}
+		return fmt.Sprint(s)
+	}
+	within(t, 5*time.Second, "9 divided by 3 replicas", func() bool { return shares(rs...) == "[3 3 3]" })
+	// A change through another replica reaches all of them within a second.
+	if _, err := poolv1.NewPoolAdminServiceClient(dial(t, rs[1].grpcAddr)).UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{
+		Name: "pools/fleet", Endpoints: []string{up.addr},
+		Limits: &poolv1.Limits{MaxConnections: fleetMax, Scope: poolv1.LimitScope_LIMIT_SCOPE_FLEET}}}); err != nil {
+		t.Fatal(err)
+	}
+	within(t, time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
+
+	c, err := client.New(rs[0].grpcAddr+","+rs[1].grpcAddr+","+rs[2].grpcAddr, client.WithInsecure())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	const workers = 6
+	var (
+		phase          atomic.Int32 // 0 before the stop, 1 during it, 2 after
+		ok, failed     [3]atomic.Int64
+		stopc          = make(chan struct{})
+		wg             sync.WaitGroup
+		firstErrMu     sync.Mutex
+		firstErrDuring error
+	)
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stopc:
+					return
+				default:
+				}
+				p := phase.Load()
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := echoLease(lctx, c, "fleet", w*1_000_000+i)
+				cancel()
+				if err != nil {
+					failed[p].Add(1)
+					firstErrMu.Lock()
+					if firstErrDuring == nil {
+						firstErrDuring = err
+					}
+					firstErrMu.Unlock()
+					continue
+				}
+				ok[p].Add(1)
+			}
+		})
+	}
+	within(t, 10*time.Second, "load on every replica", func() bool {
+		for _, r := range rs {
+			if acquires(t, r.grpcAddr, "fleet") < 10 {
+				return false
+			}
+		}
+		return true
+	})
+	phase.Store(1)
+	rs[2].stop(t)
+	phase.Store(2)
+	base := ok[2].Load()
+	within(t, 10*time.Second, "leases carry on through r0 and r1", func() bool { return ok[2].Load() >= base+100 })
+	within(t, 5*time.Second, "6 divided by the 2 left", func() bool { return shares(rs[0], rs[1]) == "[3 3]" })
+	base = ok[2].Load()
+	within(t, 10*time.Second, "leases after the re-division", func() bool { return ok[2].Load() >= base+100 })
+	close(stopc)
+	wg.Wait()
+
+	t.Logf("leases ok before/during/after the stop: %d/%d/%d; failed: %d/%d/%d (first: %v); upstream max open %d",
+		ok[0].Load(), ok[1].Load(), ok[2].Load(), failed[0].Load(), failed[1].Load(), failed[2].Load(), firstErrDuring, up.max.Load())
+	if failed[0].Load() != 0 {
+		t.Errorf("%d leases failed before the stop", failed[0].Load())
+	}
+	// Only leases in flight on the stopped replica may fail: at most one
+	// per worker (a worker holds one lease at a time).
+	if f := failed[1].Load() + failed[2].Load(); f > workers {
+		t.Errorf("%d leases failed around the stop, want at most %d (one per worker)", f, workers)
+	}
+	if m := up.max.Load(); m > fleetMax {
+		t.Errorf("upstream saw %d connections at once, fleet max_connections is %d", m, fleetMax)
 	}
 }
