@@ -306,6 +306,12 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 			return err
 		}
 		defer func() { _ = ms.Close() }()
+		jctx, cancel := context.WithTimeout(ctx, storeLoadTimeout)
+		err = ms.WaitReady(jctx)
+		cancel()
+		if err != nil {
+			return err
+		}
 		mcfg.Replicas = ms
 		logger.Info("joined the replica set", "replica_id", id, "store", o.store)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
@@ -99,5 +100,60 @@ func TestWatchCompacted(t *testing.T) {
 	}
 	if ev := storetest.Recv(t, w); ev.Revision != rev || ev.Actor != "t" {
 		t.Errorf("event = %+v", ev)
+	}
+}
+
+// Replicas that join see each other, ranked by id; one that leaves is gone
+// from the others' member set at once (its lease is revoked).
+func TestMembership(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, err := etcdstore.New(etcdstore.Config{Endpoints: []string{srv.Endpoint()}, Prefix: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if _, err := s.Join("a/b", 0); err == nil {
+		t.Error("Join accepted an id with a slash")
+	}
+	a, err := s.Join("a", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	b, err := s.Join("b", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ms := range []*etcdstore.Membership{a, b} {
+		if err := ms.WaitReady(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ra, na := a.Members()
+		rb, nb := b.Members()
+		if ra == 0 && rb == 1 && na == 2 && nb == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members: a %d/%d, b %d/%d", ra, na, rb, nb)
+		}
+		select {
+		case <-a.Changed():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	changed := a.Changed()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change after b left")
+	}
+	if r, n := a.Members(); r != 0 || n != 1 {
+		t.Errorf("after b left: a %d/%d", r, n)
 	}
 }

@@ -34,6 +34,7 @@ type Membership struct {
 
 	cancel context.CancelFunc
 	donec  chan struct{} // closed when run returns
+	readyc chan struct{} // closed at the first member set read
 
 	mu       sync.Mutex // protects following fields
 	members  map[string]bool
@@ -63,11 +64,25 @@ func (s *Store) Join(id string, ttl time.Duration) (*Membership, error) {
 		ttl:      ttl,
 		cancel:   cancel,
 		donec:    make(chan struct{}),
+		readyc:   make(chan struct{}),
 		members:  map[string]bool{},
 		changedc: make(chan struct{}),
 	}
 	go ms.run(ctx)
 	return ms, nil
+}
+
+// WaitReady waits until this replica is registered and has read the member
+// set once, or ctx ends (returning its error). Until then Members counts
+// only this replica, which would give it the whole of every fleet limit:
+// call WaitReady before starting pools.
+func (ms *Membership) WaitReady(ctx context.Context) error {
+	select {
+	case <-ms.readyc:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("etcdstore: join the replica set: %w", ctx.Err())
+	}
 }
 
 // Members returns this replica's rank among the live replicas, ordered by
@@ -172,6 +187,11 @@ func (ms *Membership) session(ctx context.Context) (ok bool) {
 		members[string(kv.Key)] = true
 	}
 	ms.set(members)
+	select {
+	case <-ms.readyc:
+	default:
+		close(ms.readyc) // only this goroutine closes it
+	}
 	wch := ms.cli.Watch(clientv3.WithRequireLeader(sctx), ms.prefix, clientv3.WithPrefix(),
 		clientv3.WithRev(resp.Header.Revision+1))
 	for {

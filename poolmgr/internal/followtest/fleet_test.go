@@ -29,6 +29,9 @@ func newFleetReplica(t *testing.T, srv *etcdtest.Server, prefix, id string) *fle
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := ms.WaitReady(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	m, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: slog.New(slog.DiscardHandler), Follow: true, Replicas: ms})
 	if err != nil {
 		t.Fatal(err)
