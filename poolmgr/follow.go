@@ -74,7 +74,7 @@ func (m *Manager) runFollow(rev int64, donec chan struct{}) {
 				backoff = min(2*backoff, followBackoffMax)
 				continue
 			}
-			rev, resync = r, false
+			rev = r
 		}
 		ch, err := m.store.Watch(ctx, rev)
 		if err != nil {

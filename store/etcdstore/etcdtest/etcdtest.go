@@ -18,11 +18,10 @@ const startTimeout = 30 * time.Second
 
 // Server is a running (or stopped) embedded etcd member.
 type Server struct {
-	dir        string
-	clientURL  url.URL
-	peerURL    url.URL
-	e          *embed.Etcd
-	stoppedErr error
+	dir       string
+	clientURL url.URL
+	peerURL   url.URL
+	e         *embed.Etcd
 }
 
 // Start starts a member on 127.0.0.1 with kernel-chosen ports, data in a
