@@ -89,15 +89,15 @@ func (s *Server) Restart(t testing.TB) {
 	s.start(t)
 }
 
-// IgnoreGoroutines are goleak options for goroutines that the etcd client
-// and server leave behind after Close: package-level workers started on
-// first use that live for the whole process, not per server or client.
+// IgnoreGoroutines are goleak options for goroutines that may outlive a
+// stopped member or a closed etcd client for a moment: grpc-go's callback
+// serializer of a closed ClientConn (the etcd client's, and the member's
+// own loopback client) exits asynchronously, and the member's FIFO
+// scheduler drains after Close returns. Tests that start members use them
+// in goleak.VerifyTestMain.
 func IgnoreGoroutines() []goleak.Option {
 	return []goleak.Option{
-		// The glog/klog-style flush daemon and grpc's resolver/balancer
-		// background callbacks of closed ClientConns end a little later.
 		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
 		goleak.IgnoreAnyFunction("go.etcd.io/etcd/pkg/v3/schedule.(*fifo).run"),
 	}
 }
