@@ -88,6 +88,12 @@ func TestBenchShort(t *testing.T) {
 			}
 			continue
 		}
+		if tg.Got == nil && strings.Contains(tg.Name, "CPU") {
+			// CPU time is counted in 10ms clock ticks: a 100ms case may
+			// show none, and the ratio is then undefined.
+			t.Logf("target %q not measured in so short a run: %+v", tg.Name, tg)
+			continue
+		}
 		if tg.Got == nil || tg.Met == nil || *tg.Got <= 0 {
 			t.Errorf("target %q: %+v", tg.Name, tg)
 		}
