@@ -51,9 +51,41 @@ func echoLease(ctx context.Context, c *client.Client, pool string, i int) error 
 	return nil
 }
 
+// statsClients holds one stats client per test and address, so that
+// polling does not open a connection per call.
+var statsClients struct {
+	sync.Mutex
+	m map[*testing.T]map[string]poolv1.StatsServiceClient
+}
+
+func statsFor(t *testing.T, addr string) poolv1.StatsServiceClient {
+	t.Helper()
+	statsClients.Lock()
+	defer statsClients.Unlock()
+	if statsClients.m == nil {
+		statsClients.m = make(map[*testing.T]map[string]poolv1.StatsServiceClient)
+	}
+	byAddr := statsClients.m[t]
+	if byAddr == nil {
+		byAddr = make(map[string]poolv1.StatsServiceClient)
+		statsClients.m[t] = byAddr
+		t.Cleanup(func() {
+			statsClients.Lock()
+			delete(statsClients.m, t)
+			statsClients.Unlock()
+		})
+	}
+	sc, ok := byAddr[addr]
+	if !ok {
+		sc = poolv1.NewStatsServiceClient(dial(t, addr))
+		byAddr[addr] = sc
+	}
+	return sc
+}
+
 func acquires(t *testing.T, addr, pool string) uint64 {
 	t.Helper()
-	st, err := poolv1.NewStatsServiceClient(dial(t, addr)).GetPoolStats(t.Context(), &poolv1.GetPoolStatsRequest{Name: "pools/" + pool})
+	st, err := statsFor(t, addr).GetPoolStats(t.Context(), &poolv1.GetPoolStatsRequest{Name: "pools/" + pool})
 	if err != nil {
 		t.Fatalf("GetPoolStats on %s: %v", addr, err)
 	}
@@ -199,7 +231,7 @@ func newCountingEcho(t *testing.T) *countingEcho {
 
 func maxConnsOn(t *testing.T, addr string) int32 {
 	t.Helper()
-	st, err := poolv1.NewStatsServiceClient(dial(t, addr)).GetPoolStats(t.Context(), &poolv1.GetPoolStatsRequest{Name: "pools/fleet"})
+	st, err := statsFor(t, addr).GetPoolStats(t.Context(), &poolv1.GetPoolStatsRequest{Name: "pools/fleet"})
 	if err != nil {
 		return -1
 	}
@@ -243,10 +275,12 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	}
 	within(t, time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
 
-	c, err := client.New(rs[0].grpcAddr+","+rs[1].grpcAddr+","+rs[2].grpcAddr, client.WithInsecure())
+	c, err := client.New(rs[0].grpcAddr+","+rs[1].grpcAddr+","+rs[2].grpcAddr, client.WithInsecure(), client.WithIdleStreams(0))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No warm streams: a warm stream stays on the replica it was opened on,
+	// so every lease here is a new stream that round_robin places.
 	t.Cleanup(func() { _ = c.Close() })
 	const workers = 6
 	var (
