@@ -44,12 +44,17 @@ func benchPoolmgr(dial DialFunc) acquireRelease {
 		if err != nil {
 			b.Fatal(err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for p.Stats().Idle < benchPoolSize {
-			if time.Now().After(deadline) {
+		timeout := time.After(10 * time.Second)
+		for {
+			changed := p.Changed()
+			if p.Stats().Idle >= benchPoolSize {
+				break
+			}
+			select {
+			case <-changed:
+			case <-timeout:
 				b.Fatal("prewarm did not finish")
 			}
-			time.Sleep(time.Millisecond)
 		}
 		ctx := context.Background()
 		return func() {

@@ -174,11 +174,13 @@ func waitCondition(t *testing.T, what string, cond func() bool) {
 	if d, ok := t.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
+	tick := time.NewTicker(time.Millisecond) // the polling interval
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(time.Millisecond)
+		<-tick.C
 	}
 }
 

@@ -229,13 +229,8 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for servedSerial(t, p.grpcAddr, pki.pool()) != serial2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the new certificate is not served 10s after SIGHUP:\n%s", p.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollUntil(t, 10*time.Second, func() bool { return servedSerial(t, p.grpcAddr, pki.pool()) == serial2 },
+		func() { t.Fatalf("the new certificate is not served 10s after SIGHUP:\n%s", p.log) })
 	echo("after reload")
 	send(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Release_{Release: &poolv1.LeaseRequest_Release{Reusable: true}}})
 	if m, err := ls.Recv(); err != nil || m.GetEnded() == nil {
@@ -262,17 +257,11 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	newTok := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer new-token")
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		_, err := admin.ListPools(newTok, &poolv1.ListPoolsRequest{})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the reloaded auth file is not in force: %v\n%s", err, p.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var lastErr error
+	pollUntil(t, 10*time.Second, func() bool {
+		_, lastErr = admin.ListPools(newTok, &poolv1.ListPoolsRequest{})
+		return lastErr == nil
+	}, func() { t.Fatalf("the reloaded auth file is not in force: %v\n%s", lastErr, p.log) })
 	if _, err := admin.ListPools(ops, &poolv1.ListPoolsRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("a removed principal: %v", err)
 	}
@@ -284,12 +273,27 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 // waitLog waits until poold's log contains s.
 func waitLog(t *testing.T, p *poold, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.log.String(), s) {
+	pollUntil(t, 10*time.Second, func() bool { return strings.Contains(p.log.String(), s) },
+		func() { t.Fatalf("log lacks %q:\n%s", s, p.log) })
+}
+
+// pollUntil checks cond every 10ms until it holds; after d (or near the
+// test's deadline) it calls fail. For state outside the process's reach
+// (files reloaded, certificates served), where nothing can be waited on.
+func pollUntil(t *testing.T, d time.Duration, cond func() bool, fail func()) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	if td, ok := t.Deadline(); ok && td.Before(deadline) {
+		deadline = td.Add(-time.Second)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("log lacks %q:\n%s", s, p.log)
+			fail()
+			return
 		}
-		time.Sleep(10 * time.Millisecond)
+		<-tick.C
 	}
 }
 
@@ -306,13 +310,8 @@ func TestPooldCertFileChangeReloads(t *testing.T) {
 	// Key first, then certificate: a poll in between fails and retries.
 	writeFile(t, keyFile, k2)
 	writeFile(t, certFile, c2)
-	deadline := time.Now().Add(10 * time.Second)
-	for servedSerial(t, p.grpcAddr, pki.pool()) != serial2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the changed certificate is not served:\n%s", p.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollUntil(t, 10*time.Second, func() bool { return servedSerial(t, p.grpcAddr, pki.pool()) == serial2 },
+		func() { t.Fatalf("the changed certificate is not served:\n%s", p.log) })
 }
 
 func TestPooldAllowlistAndSecrets(t *testing.T) {
