@@ -208,6 +208,7 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 				WaitTime:     durationpb.New(time.Millisecond),
 				Generation:   3,
 			}}}); err != nil {
+				close(l.readerc) // no reader started: the deferred wait must not block
 				return err
 			}
 			f.leases <- l
