@@ -553,14 +553,18 @@ func TestCloseUnblocks(t *testing.T) {
 	}()
 	go func() {
 		started <- struct{}{}
-		var err error
-		for err == nil {
-			_, err = conn.Write(make([]byte, 64<<10))
-		}
+		// One Write far larger than flow control lets through while
+		// nobody reads the upstream: it is in progress until Close.
+		_, err := conn.Write(make([]byte, 8<<20))
 		errc <- err
 	}()
 	<-started
 	<-started
+	// A byte at the upstream proves the Write has begun (and, with 8 MiB
+	// to go, not ended) before Close cuts it short.
+	if _, err := io.ReadFull(l.far, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
 	conn.Close()
 	for range 2 {
 		if err := recv(t, errc); !errors.Is(err, net.ErrClosed) {
