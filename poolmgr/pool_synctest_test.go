@@ -1,5 +1,11 @@
 package poolmgr
 
+// Every test here runs inside a testing/synctest bubble with a fake network
+// that parks dials. time.Sleep inside a bubble advances the bubble's fake
+// clock once every goroutine is durably blocked: it is how these tests step
+// through idle timeouts, lifetimes, backoff and health intervals, not a wait
+// for state (which synctest.Wait and the parked dials provide).
+
 import (
 	"context"
 	"errors"
