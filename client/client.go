@@ -13,8 +13,10 @@
 // Options.Dialer. WatchStats and PoolStats report pool statistics.
 //
 // Each leased connection rides its own Lease stream. Released streams stay
-// warm in a small per-pool cache (WithIdleStreams), so a lease-per-request
-// client pays one round trip per lease and no stream setup.
+// warm in a small cache per pool and replica (WithIdleStreams), so a
+// lease-per-request client pays one round trip per lease and no stream
+// setup. With several poold replicas, leases (not streams) take turns over
+// the replicas that are up and serving.
 //
 // The package imports only the generated API and gRPC.
 package client
@@ -97,8 +99,8 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 func WithClientName(name string) Option { return func(o *options) { o.clientName = name } }
 
 // WithIdleStreams sets how many released Lease streams are kept warm per
-// pool for the next lease (default DefaultIdleStreams). 0 opens a new
-// stream for every lease.
+// pool and replica for the next lease (default DefaultIdleStreams). 0
+// opens a new stream for every lease.
 func WithIdleStreams(n int) Option {
 	return func(o *options) {
 		if n < 0 {
@@ -123,24 +125,41 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the goroutines of every stream
 
+	replicas   *replicaSet // the ready replicas, as the SDK's balancer sees them
+	replicasID uint64
+
 	mu     sync.Mutex // protects the following fields
 	closed bool
-	idle   map[string][]*stream // warm streams by pool, most recently released last
+	idle   map[idleKey][]*stream // warm streams, most recently released last
 
 	// testHookIdle, if set, is called after a stream joins the idle cache.
 	testHookIdle func(pool string)
+}
+
+// idleKey names a cache of warm streams: one per pool and replica.
+type idleKey struct {
+	pool    string
+	replica string // the replica's address; "" when the SDK's balancer is not in use
 }
 
 // New returns a Client for the poold server at target, a gRPC target such as
 // "127.0.0.1:7070", "dns:///poold.internal:7070" or "unix:///run/poold.sock",
 // or for several poold replicas: a comma-separated list of addresses
 // ("10.0.0.1:7700,10.0.0.2:7700") or a dns:/// name with one address per
-// replica. Calls and leases are spread over every reachable address with
-// gRPC's round_robin balancing (override it with WithDialOptions and
-// grpc.WithDefaultServiceConfig); a replica that is down is skipped until it
-// is back. It does not connect: the first call does. It fails when the
-// options are invalid, for example when no transport security is chosen,
-// or when an address list has an empty entry.
+// replica.
+//
+// Leases and calls are spread over the replicas with gRPC client-side load
+// balancing: a replica takes leases while its connection is ready and its
+// gRPC health service reports SERVING (poold reports NOT_SERVING while it
+// shuts down), and successive leases take turns over those replicas, each
+// reusing a warm stream of its replica. A replica that is down is skipped
+// until it is back. A service config passed with WithDialOptions and
+// grpc.WithDefaultServiceConfig replaces the SDK's balancer; leases then
+// go wherever that balancer places their streams.
+//
+// New does not connect: the first call does. It fails when the options are
+// invalid, for example when no transport security is chosen, or when an
+// address list has an empty entry.
 func New(target string, opts ...Option) (*Client, error) {
 	o := options{idleStreams: DefaultIdleStreams}
 	for _, opt := range opts {
@@ -167,11 +186,13 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	replicas, replicasID := newReplicaSet()
 	dial = append(dial, extra...)
-	dial = append(dial, grpc.WithDefaultServiceConfig(roundRobin))
+	dial = append(dial, grpc.WithDefaultServiceConfig(serviceConfig(replicasID)))
 	dial = append(dial, o.dialOpts...)
 	cc, err := grpc.NewClient(target, dial...)
 	if err != nil {
+		dropReplicaSet(replicasID)
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	name := o.clientName
@@ -191,12 +212,11 @@ func New(target string, opts ...Option) (*Client, error) {
 		endedTimeout: defaultEndedTimeout,
 		ctx:          ctx,
 		cancel:       cancel,
-		idle:         make(map[string][]*stream),
+		replicas:     replicas,
+		replicasID:   replicasID,
+		idle:         make(map[idleKey][]*stream),
 	}, nil
 }
-
-// roundRobin spreads streams over every ready address of the target.
-const roundRobin = `{"loadBalancingConfig":[{"round_robin":{}}]}`
 
 // parseTarget turns a comma-separated address list into a target of a
 // manual resolver private to one ClientConn, which serves the list. Other
@@ -252,7 +272,9 @@ func (c *Client) Close() error {
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
-	return c.cc.Close()
+	err := c.cc.Close()
+	dropReplicaSet(c.replicasID)
+	return err
 }
 
 // Lease leases a connection from pool ("name" or "pools/name") and returns
@@ -282,8 +304,9 @@ func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
 // A lease refused because the pool drains on the replica that got it
 // (POOL_DRAINING: nothing was sent upstream), or, without data, one whose
 // new stream failed with UNAVAILABLE and no poolplane reason (the replica
-// is down or shutting down), is retried once on a new stream, which the
-// round_robin balancer places on the next replica.
+// is down or shutting down), is retried once on another replica when
+// another is ready. A lease whose warm stream turned out to be broken is
+// retried once on a new stream.
 func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, leaseCtxErr(pool, err)
@@ -296,21 +319,17 @@ func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) 
 		}
 		open.AcquireTimeout = durationpb.New(d)
 	}
-	warmRetried, replicaRetried := false, false
+	var (
+		avoid                     string // the replica that failed the last try
+		fresh                     bool   // the next try opens a new stream
+		warmRetried, otherRetried bool
+	)
 	for {
-		var (
-			s    *stream
-			warm bool
-			err  error
-		)
-		if replicaRetried {
-			s, err = c.newStream(ctx, pool) // not a warm stream of the replica that refused
-		} else {
-			s, warm, err = c.stream(ctx, pool)
-		}
+		s, warm, err := c.stream(ctx, pool, avoid, fresh)
 		if err != nil {
 			return nil, err
 		}
+		fresh = false
 		conn, err := s.open(ctx, open, firstWrite)
 		if err == nil {
 			return conn, nil
@@ -318,12 +337,13 @@ func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) 
 		if ctx.Err() != nil {
 			return nil, err
 		}
-		if warm && !warmRetried && !replicaRetried && firstWrite == nil && retryable(err) {
-			warmRetried = true
+		avoid = s.replica()
+		if warm && !warmRetried && firstWrite == nil && retryable(err) {
+			warmRetried, fresh = true, true
 			continue // the warm stream had died: try a new one once
 		}
-		if !replicaRetried && otherReplica(err, firstWrite != nil) {
-			replicaRetried = true
+		if !otherRetried && otherReplica(err, firstWrite != nil) {
+			otherRetried = true
 			continue // this replica is down or draining: try another once
 		}
 		return nil, err
@@ -389,28 +409,33 @@ func (c *Client) Dialer(pool string) func(ctx context.Context, network, addr str
 	}
 }
 
-// stream returns a warm stream of pool, marked opening, or a new one.
-func (c *Client) stream(ctx context.Context, pool string) (s *stream, warm bool, err error) {
-	if s := c.takeIdle(pool); s != nil {
-		return s, true, nil
+// stream returns a stream of pool, marked opening: a warm one (unless
+// fresh) or a new one, on the replica whose turn it is, or on another than
+// avoid when avoid is set and another is ready.
+func (c *Client) stream(ctx context.Context, pool, avoid string, fresh bool) (s *stream, warm bool, err error) {
+	replica := c.replicas.pick(avoid)
+	if !fresh {
+		if s := c.takeIdle(idleKey{pool, replica}); s != nil {
+			return s, true, nil
+		}
 	}
-	s, err = c.newStream(ctx, pool)
+	s, err = c.newStream(ctx, pool, replica, avoid)
 	return s, false, err
 }
 
-// takeIdle pops the most recently released live stream of pool and marks
-// it opening, or returns nil.
-func (c *Client) takeIdle(pool string) *stream {
+// takeIdle pops the most recently released live stream of k and marks it
+// opening, or returns nil.
+func (c *Client) takeIdle(k idleKey) *stream {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		ss := c.idle[pool]
+		ss := c.idle[k]
 		if len(ss) == 0 {
 			return nil
 		}
 		s := ss[len(ss)-1]
 		ss[len(ss)-1] = nil
-		c.idle[pool] = ss[:len(ss)-1]
+		c.idle[k] = ss[:len(ss)-1]
 		if s.claim() {
 			return s
 		}
@@ -420,13 +445,14 @@ func (c *Client) takeIdle(pool string) *stream {
 // putIdle caches a stream whose lease ended, or discards it when the cache
 // is full or the client closed.
 func (c *Client) putIdle(s *stream) {
+	k := s.idleKey()
 	c.mu.Lock()
-	if c.closed || len(c.idle[s.pool]) >= c.maxIdle || !s.isIdle() {
+	if c.closed || len(c.idle[k]) >= c.maxIdle || !s.isIdle() {
 		c.mu.Unlock()
 		s.fail(errDiscarded)
 		return
 	}
-	c.idle[s.pool] = append(c.idle[s.pool], s)
+	c.idle[k] = append(c.idle[k], s)
 	hook := c.testHookIdle
 	c.mu.Unlock()
 	if hook != nil {
@@ -436,22 +462,30 @@ func (c *Client) putIdle(s *stream) {
 
 // removeIdle drops a dead stream from the cache.
 func (c *Client) removeIdle(s *stream) {
+	k := s.idleKey()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ss := c.idle[s.pool]
+	ss := c.idle[k]
 	for i, x := range ss {
 		if x == s {
 			copy(ss[i:], ss[i+1:])
 			ss[len(ss)-1] = nil
-			c.idle[s.pool] = ss[:len(ss)-1]
+			c.idle[k] = ss[:len(ss)-1]
 			return
 		}
 	}
 }
 
-// idleStreams returns the number of warm streams of pool (for tests).
+// idleStreams returns the number of warm streams of pool, over every
+// replica (for tests).
 func (c *Client) idleStreams(pool string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.idle[pool])
+	n := 0
+	for k, ss := range c.idle {
+		if k.pool == pool {
+			n += len(ss)
+		}
+	}
+	return n
 }

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
@@ -51,6 +53,8 @@ type fakeServer struct {
 	dataBeforeGranted bool
 	// token, if set, is the bearer token every call must carry.
 	token string
+	// health is the fake's gRPC health service; "" is SERVING at start.
+	health *health.Server
 
 	streams   atomic.Int32
 	leaseN    atomic.Int64
@@ -103,6 +107,9 @@ func newFake(t testing.TB) *fakeServer {
 	}
 	srv := grpc.NewServer(
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if info.FullMethod == healthpb.Health_Watch_FullMethodName {
+				return h(srv, ss) // public, as on poold
+			}
 			if err := auth(ss.Context()); err != nil {
 				return err
 			}
@@ -117,6 +124,8 @@ func newFake(t testing.TB) *fakeServer {
 	)
 	poolv1.RegisterLeaseServiceServer(srv, f)
 	poolv1.RegisterStatsServiceServer(srv, f)
+	f.health = health.NewServer()
+	healthpb.RegisterHealthServer(srv, f.health)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return f

@@ -74,6 +74,7 @@ func (st streamState) String() string {
 type stream struct {
 	c      *Client
 	pool   string
+	hint   *pickHint       // where the balancer placed the stream
 	ctx    context.Context // owned by the stream, child of the Client's
 	cancel context.CancelFunc
 	rpc    grpc.BidiStreamingClient[poolv1.LeaseRequest, poolv1.LeaseResponse]
@@ -98,10 +99,12 @@ type stream struct {
 	timer    *time.Timer // discards the stream when ended is late
 }
 
-// newStream opens a Lease RPC for pool and starts its goroutines. The RPC's
-// context is the stream's own; ctx only bounds the call.
-func (c *Client) newStream(ctx context.Context, pool string) (*stream, error) {
-	sctx, cancel := context.WithCancel(c.ctx)
+// newStream opens a Lease RPC for pool on replica (any when "" or not
+// ready; not avoid if another is ready) and starts its goroutines. The
+// RPC's context is the stream's own; ctx only bounds the call.
+func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*stream, error) {
+	hint := &pickHint{want: replica, avoid: avoid}
+	sctx, cancel := context.WithCancel(withPickHint(c.ctx, hint))
 	stop := context.AfterFunc(ctx, cancel)
 	rpc, err := c.leases.Lease(sctx)
 	if !stop() {
@@ -118,6 +121,7 @@ func (c *Client) newStream(ctx context.Context, pool string) (*stream, error) {
 	s := &stream{
 		c:      c,
 		pool:   pool,
+		hint:   hint,
 		ctx:    sctx,
 		cancel: cancel,
 		rpc:    rpc,
@@ -148,6 +152,13 @@ func (s *stream) exit() {
 	}
 	s.c.wg.Done()
 }
+
+// replica returns the address of the replica the stream is on, or "" when
+// the SDK's balancer is not in use.
+func (s *stream) replica() string { return s.hint.addr() }
+
+// idleKey names the cache the stream belongs in when it is idle.
+func (s *stream) idleKey() idleKey { return idleKey{s.pool, s.replica()} }
 
 // claim marks an idle stream opening; false means it died meanwhile.
 func (s *stream) claim() bool {

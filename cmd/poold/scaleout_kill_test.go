@@ -136,12 +136,12 @@ func TestScaleOutReplicaKilled(t *testing.T) {
 	}
 	within(t, 5*time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
 
-	c, err := client.New(rs[0].addr+","+rs[1].addr+","+rs[2].addr, client.WithInsecure(), client.WithIdleStreams(0))
+	c, err := client.New(rs[0].addr+","+rs[1].addr+","+rs[2].addr, client.WithInsecure())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// No warm streams: a warm stream stays on the replica it was opened on,
-	// so every lease here is a new stream that round_robin places.
+	// Leases take turns over the replicas, each on a warm stream of its
+	// replica.
 	t.Cleanup(func() { _ = c.Close() })
 	const workers = 6
 	var (

@@ -126,11 +126,21 @@ func TestScaleOutTwoReplicas(t *testing.T) {
 		return err == nil && st.GetMaxConnections() == 6
 	})
 
-	c, err := client.New(a.grpcAddr+","+b.grpcAddr, client.WithInsecure(), client.WithIdleStreams(0))
+	c, err := client.New(a.grpcAddr+","+b.grpcAddr, client.WithInsecure())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
+	// Once both replicas have granted a lease, both are connected and
+	// serving: from then on leases take turns, each on a warm stream of its
+	// replica.
+	within(t, 5*time.Second, "both replicas leasing", func() bool {
+		if err := echoLease(ctx, c, "echo", 0); err != nil {
+			t.Fatalf("lease: %v", err)
+		}
+		return acquires(t, a.grpcAddr, "echo") > 0 && acquires(t, b.grpcAddr, "echo") > 0
+	})
+	a0, b0 := acquires(t, a.grpcAddr, "echo"), acquires(t, b.grpcAddr, "echo")
 	const n = 20
 	for i := range n {
 		if err := echoLease(ctx, c, "echo", i); err != nil {
@@ -138,8 +148,8 @@ func TestScaleOutTwoReplicas(t *testing.T) {
 		}
 	}
 	na, nb := acquires(t, a.grpcAddr, "echo"), acquires(t, b.grpcAddr, "echo")
-	if na+nb != n || na == 0 || nb == 0 {
-		t.Errorf("acquires a=%d b=%d, want %d spread over both", na, nb, n)
+	if na-a0 != n/2 || nb-b0 != n/2 {
+		t.Errorf("acquires a=+%d b=+%d, want %d each: leases take turns", na-a0, nb-b0, n/2)
 	}
 
 	// Replica b stops: every lease still succeeds, through a.
@@ -175,7 +185,7 @@ func TestScaleOutLeaseRetriesDrainingReplica(t *testing.T) {
 	if _, err := poolv1.NewPoolAdminServiceClient(dial(t, b.grpcAddr)).DrainPool(ctx, &poolv1.DrainPoolRequest{Name: "pools/echo"}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(a.grpcAddr+","+b.grpcAddr, client.WithInsecure(), client.WithIdleStreams(0))
+	c, err := client.New(a.grpcAddr+","+b.grpcAddr, client.WithInsecure())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,12 +285,12 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	}
 	within(t, time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
 
-	c, err := client.New(rs[0].grpcAddr+","+rs[1].grpcAddr+","+rs[2].grpcAddr, client.WithInsecure(), client.WithIdleStreams(0))
+	c, err := client.New(rs[0].grpcAddr+","+rs[1].grpcAddr+","+rs[2].grpcAddr, client.WithInsecure())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// No warm streams: a warm stream stays on the replica it was opened on,
-	// so every lease here is a new stream that round_robin places.
+	// Leases take turns over the replicas, each on a warm stream of its
+	// replica.
 	t.Cleanup(func() { _ = c.Close() })
 	const workers = 6
 	var (

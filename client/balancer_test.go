@@ -1,0 +1,193 @@
+package client
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+// newReplicasClient returns a Client over every fake, closed at cleanup,
+// once its balancer sees want of them ready.
+func newReplicasClient(t *testing.T, want int, fs []*fakeServer, opts ...Option) *Client {
+	t.Helper()
+	addrs := make([]string, len(fs))
+	for i, f := range fs {
+		addrs[i] = f.addr
+	}
+	c, err := New(strings.Join(addrs, ","), append([]Option{WithInsecure(), WithClientName("test")}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.cc.Connect()
+	waitReady(t, c, want)
+	return c
+}
+
+// waitReady waits until c's balancer sees n replicas ready.
+func waitReady(t *testing.T, c *Client, n int) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(10 * time.Second)
+	for {
+		c.replicas.mu.Lock()
+		got := len(c.replicas.ready)
+		c.replicas.mu.Unlock()
+		if got == n {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%d replicas ready, want %d", got, n)
+		}
+	}
+}
+
+// echoLease leases from c, checks one exchange through the fake that
+// granted it, and releases, waiting until the stream is warm again.
+func echoLease(t *testing.T, c *Client, fs []*fakeServer, idle <-chan string) {
+	t.Helper()
+	conn, err := c.Lease(context.Background(), "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l *fakeLease
+	select {
+	case l = <-fs[0].leases:
+	case l = <-fs[1].leases:
+	case l = <-fs[2].leases:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fake granted the lease")
+	}
+	go func() { l.far.Write([]byte("+OK\r\n")) }()
+	if _, err := io.ReadFull(conn, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	recv(t, idle)
+}
+
+// Warm streams stay on their replica, yet successive leases take turns
+// over the replicas: each gets a third of them, on one warm stream.
+func TestLeasesTakeTurnsOverReplicas(t *testing.T) {
+	fs := []*fakeServer{newFake(t), newFake(t), newFake(t)}
+	c := newReplicasClient(t, 3, fs)
+	idle := idleSignal(c)
+	const leases = 30
+	for range leases {
+		echoLease(t, c, fs, idle)
+	}
+	for i, f := range fs {
+		if n := f.leaseN.Load(); n != leases/3 {
+			t.Errorf("replica %d granted %d of %d leases, want %d", i, n, leases, leases/3)
+		}
+		if n := f.streams.Load(); n != 1 {
+			t.Errorf("replica %d: %d streams, want 1 (warm reuse)", i, n)
+		}
+	}
+	if n := c.idleStreams("api"); n != 3 {
+		t.Errorf("%d warm streams, want 3 (one per replica)", n)
+	}
+}
+
+// A replica whose health service reports NOT_SERVING gets no leases; it
+// gets them again once it serves.
+func TestLeasesSkipNotServingReplica(t *testing.T) {
+	fs := []*fakeServer{newFake(t), newFake(t), newFake(t)}
+	c := newReplicasClient(t, 3, fs)
+	idle := idleSignal(c)
+	fs[1].health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	waitReady(t, c, 2)
+	for range 10 {
+		echoLease(t, c, fs, idle)
+	}
+	if n := fs[1].leaseN.Load(); n != 0 {
+		t.Errorf("the NOT_SERVING replica granted %d leases, want 0", n)
+	}
+	if n := fs[0].leaseN.Load() + fs[2].leaseN.Load(); n != 10 {
+		t.Errorf("the serving replicas granted %d leases, want 10", n)
+	}
+	fs[1].health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	waitReady(t, c, 3)
+	for range 3 {
+		echoLease(t, c, fs, idle)
+	}
+	if n := fs[1].leaseN.Load(); n != 1 {
+		t.Errorf("the replica serving again granted %d of 3 leases, want 1", n)
+	}
+}
+
+// A lease refused with POOL_DRAINING is retried on another replica, never
+// on the one that refused it: with one replica of two draining, every lease
+// succeeds.
+func TestLeaseRetryAvoidsRefusingReplica(t *testing.T) {
+	fs := []*fakeServer{newFake(t), newFake(t)}
+	fs[0].onOpen = func(context.Context, *poolv1.LeaseRequest_Open) error {
+		return fakeStatus(codes.FailedPrecondition, "POOL_DRAINING", "pool api is draining", nil)
+	}
+	c := newReplicasClient(t, 2, fs, WithIdleStreams(0))
+	const leases = 40
+	for i := range leases {
+		conn, err := c.Lease(context.Background(), "api")
+		if err != nil {
+			t.Fatalf("lease %d: %v", i, err)
+		}
+		recv(t, fs[1].leases)
+		conn.Close()
+		recv(t, fs[1].releases)
+	}
+	refused := 0
+	for range len(fs[0].streamEnd) {
+		if err := <-fs[0].streamEnd; err != nil {
+			refused++
+		}
+	}
+	if refused != leases/2 {
+		t.Errorf("the draining replica refused %d of %d leases, want %d (its turns)", refused, leases, leases/2)
+	}
+	if n := fs[1].leaseN.Load(); n != leases {
+		t.Errorf("the serving replica granted %d leases, want %d", n, leases)
+	}
+}
+
+func TestPickFrom(t *testing.T) {
+	abc := []string{"a", "b", "c"}
+	tests := []struct {
+		name  string
+		addrs []string
+		turn  uint32 // the counter before the pick
+		avoid string
+		want  string
+		next  uint32 // the counter after it
+	}{
+		{"none", nil, 0, "", "", 0},
+		{"one", []string{"a"}, 5, "", "a", 5},
+		{"one avoided is still picked", []string{"a"}, 5, "a", "a", 5},
+		{"takes a turn", abc, 0, "", "b", 1},
+		{"wraps", abc, 2, "", "a", 3},
+		{"avoid skips without a turn", abc, 1, "b", "c", 1},
+		{"avoid elsewhere keeps the turn", abc, 1, "a", "b", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var next atomic.Uint32
+			next.Store(tt.turn)
+			if got := pickFrom(tt.addrs, &next, tt.avoid); got != tt.want {
+				t.Errorf("pickFrom = %q, want %q", got, tt.want)
+			}
+			if got := next.Load(); got != tt.next {
+				t.Errorf("turn counter %d, want %d", got, tt.next)
+			}
+		})
+	}
+}
