@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/balancer/base"
+	"google.golang.org/grpc/connectivity"
 	_ "google.golang.org/grpc/health" // client-side health checking of replicas
 	"google.golang.org/grpc/serviceconfig"
 )
@@ -154,9 +155,23 @@ func (leaseBalancerBuilder) ParseConfig(js json.RawMessage) (serviceconfig.LoadB
 func (leaseBalancerBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
 	pb := &pickerBuilder{}
 	return &leaseBalancer{
-		Balancer: base.NewBalancerBuilder(lbName, pb, base.Config{HealthCheck: true}).Build(cc, opts),
+		Balancer: base.NewBalancerBuilder(lbName, pb, base.Config{HealthCheck: true}).Build(lbClientConn{cc, pb}, opts),
 		pb:       pb,
 	}
+}
+
+// lbClientConn clears the ready replicas when the channel is not ready:
+// the base balancer then installs an error picker without building one.
+type lbClientConn struct {
+	balancer.ClientConn
+	pb *pickerBuilder
+}
+
+func (cc lbClientConn) UpdateState(s balancer.State) {
+	if s.ConnectivityState != connectivity.Ready {
+		cc.pb.set.setReadyIfAny(nil)
+	}
+	cc.ClientConn.UpdateState(s)
 }
 
 // leaseBalancer hands its Client's replicaSet to the picker builder. gRPC

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -118,6 +119,20 @@ func TestLeasesSkipNotServingReplica(t *testing.T) {
 		t.Errorf("the serving replicas granted %d leases, want 10", n)
 	}
 	fs[1].health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	waitReady(t, c, 3)
+	// None serving: none is ready, and a lease fails rather than waits.
+	for _, f := range fs {
+		f.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	waitReady(t, c, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Lease(ctx, "api"); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("lease with no replica serving: %v, want ErrUnavailable", err)
+	}
+	for _, f := range fs {
+		f.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
 	waitReady(t, c, 3)
 	for range 3 {
 		echoLease(t, c, fs, idle)

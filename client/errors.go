@@ -41,6 +41,21 @@ var (
 	// allow, or for a pool whose upstream is outside the allowlist
 	// (PERMISSION_DENIED).
 	ErrPermissionDenied = errors.New("client: permission denied")
+	// ErrUpstreamNotAllowed is returned by Lease when the pool's upstream
+	// resolved to an address outside the server's allowlist
+	// (PERMISSION_DENIED, UPSTREAM_NOT_ALLOWED). Such errors also match
+	// ErrPermissionDenied.
+	ErrUpstreamNotAllowed = errors.New("client: upstream not allowed")
+	// ErrQuotaExceeded is returned by Lease when the caller already holds
+	// as many leases as its principal may, and by WatchStats when the
+	// server serves its most stats watchers (RESOURCE_EXHAUSTED,
+	// QUOTA_EXCEEDED). Error.Metadata["quota"] names the quota.
+	ErrQuotaExceeded = errors.New("client: quota exceeded")
+	// ErrUnavailable is returned by any call when no poold replica can take
+	// it: none is reachable and serving, or the one that took the call is
+	// shutting down (UNAVAILABLE with no reason, or POOL_CLOSED). Try again
+	// later; Lease has already tried another replica when there was one.
+	ErrUnavailable = errors.New("client: server unavailable")
 	// ErrUnauthenticated is returned by any call made without valid
 	// credentials (UNAUTHENTICATED); see WithToken and WithTLS.
 	ErrUnauthenticated = errors.New("client: unauthenticated")
@@ -92,7 +107,8 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.err }
 
 // Is reports whether e matches target: the sentinel for e's reason,
-// ErrPermissionDenied and ErrUnauthenticated by code, and
+// ErrPermissionDenied and ErrUnauthenticated by code, ErrUnavailable by
+// code and reason, and
 // context.DeadlineExceeded and context.Canceled by code.
 func (e *Error) Is(target error) bool {
 	switch target {
@@ -108,6 +124,13 @@ func (e *Error) Is(target error) bool {
 		return e.Reason == poolv1.ErrorReason_POOL_DRAINING.String()
 	case ErrProtocol:
 		return e.Reason == poolv1.ErrorReason_PROTOCOL_VIOLATION.String()
+	case ErrUpstreamNotAllowed:
+		return e.Reason == poolv1.ErrorReason_UPSTREAM_NOT_ALLOWED.String()
+	case ErrQuotaExceeded:
+		return e.Reason == poolv1.ErrorReason_QUOTA_EXCEEDED.String()
+	case ErrUnavailable:
+		return e.Code == codes.Unavailable &&
+			(e.Reason == "" || e.Reason == poolv1.ErrorReason_POOL_CLOSED.String())
 	case ErrPermissionDenied:
 		return e.Code == codes.PermissionDenied
 	case ErrUnauthenticated:
