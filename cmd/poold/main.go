@@ -9,11 +9,18 @@
 // or --insecure. Certificates and the auth file are reloaded on SIGHUP and
 // when their files change. "poold hash-token" prints the token_sha256 of a
 // token read from standard input.
+//
+// With an etcd --store, --etcd-ca-file, --etcd-cert-file and --etcd-key-file
+// (mTLS) switch the connection to etcd to TLS, as the etcds:// scheme does
+// with the system's roots; --etcd-username authenticates with the password
+// in --etcd-password-file.
 package main
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +33,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,6 +65,7 @@ type options struct {
 	dataDir       string
 	store         string // "" or bolt: bbolt in dataDir; etcd://host:port[,host:port]/prefix
 	replicaID     string // this replica's id in the etcd member set
+	etcd          etcdOptions
 	metricsListen string
 	pprof         bool
 	logFormat     string
@@ -76,6 +85,18 @@ type options struct {
 	maxStatsWatchers             int
 }
 
+// etcdOptions are the security settings of the connection to an etcd
+// --store.
+type etcdOptions struct {
+	caFile, certFile, keyFile string
+	username, passwordFile    string
+}
+
+// tls reports whether the etcd client must dial over TLS.
+func (e etcdOptions) tls(storeURL string) bool {
+	return strings.HasPrefix(storeURL, "etcds://") || e.caFile != "" || e.certFile != ""
+}
+
 // usageError is a bad command line: exit status 2.
 type usageError struct{ msg string }
 
@@ -90,6 +111,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
 		"(shared by every poold replica using the same prefix; each follows changes made through the others)")
+	fs.StringVar(&o.etcd.caFile, "etcd-ca-file", "", "with an etcd --store: PEM CA bundle that verifies the etcd members' certificates; dials etcd over TLS (etcds:// alone uses the system's roots)")
+	fs.StringVar(&o.etcd.certFile, "etcd-cert-file", "", "with an etcd --store: PEM client certificate presented to etcd (mTLS); dials etcd over TLS; re-read at each new connection")
+	fs.StringVar(&o.etcd.keyFile, "etcd-key-file", "", "PEM private key of --etcd-cert-file")
+	fs.StringVar(&o.etcd.username, "etcd-username", "", "with an etcd --store: the etcd user poold authenticates as (needs --etcd-password-file)")
+	fs.StringVar(&o.etcd.passwordFile, "etcd-password-file", "", "file holding the password of --etcd-username (a trailing newline is ignored); a file, so the password is not in argv")
 	fs.StringVar(&o.replicaID, "replica-id", "", "with an etcd --store: this replica's unique id in the member set that divides fleet-scoped pool limits (default host-pid-random)")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it`)
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
@@ -148,6 +174,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, &usageError{fmt.Sprintf("--store: %v", err)}
 		}
 	}
+	if err := checkEtcdFlags(o); err != nil {
+		return o, err
+	}
 	if o.history < 1 {
 		return o, &usageError{"--history must be at least 1"}
 	}
@@ -175,6 +204,28 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	o.allowlist = allow
 	return o, nil
+}
+
+// checkEtcdFlags checks the --etcd-* flags against each other and
+// --store.
+func checkEtcdFlags(o options) error {
+	e := o.etcd
+	if o.store == "bolt" {
+		if e != (etcdOptions{}) {
+			return &usageError{"--etcd-ca-file, --etcd-cert-file, --etcd-key-file, --etcd-username and --etcd-password-file need an etcd --store"}
+		}
+		return nil
+	}
+	if (e.certFile == "") != (e.keyFile == "") {
+		return &usageError{"--etcd-cert-file and --etcd-key-file go together"}
+	}
+	if e.passwordFile != "" && e.username == "" {
+		return &usageError{"--etcd-password-file needs --etcd-username"}
+	}
+	if e.username != "" && e.passwordFile == "" {
+		return &usageError{"--etcd-username needs --etcd-password-file"}
+	}
+	return nil
 }
 
 func newLogger(o options, w io.Writer) (*slog.Logger, error) {
@@ -281,7 +332,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, onStart started) 
 }
 
 func serve(ctx context.Context, o options, logger *slog.Logger, onStart started) error {
-	st, where, err := openStore(o)
+	st, where, err := openStore(ctx, o, func(msg string) { logger.Warn(msg) })
 	if err != nil {
 		return err
 	}
@@ -502,16 +553,28 @@ type closingStore interface {
 	Close() error
 }
 
-// openStore opens the store --store names, and says where it is.
-func openStore(o options) (closingStore, string, error) {
+// openStore opens the store --store names, and says where it is. An etcd
+// store must answer within storeLoadTimeout.
+func openStore(ctx context.Context, o options, warn func(string)) (closingStore, string, error) {
 	if o.store != "bolt" {
 		endpoints, prefix, err := etcdstore.ParseURL(o.store)
 		if err != nil {
 			return nil, "", err
 		}
-		st, err := etcdstore.New(etcdstore.Config{Endpoints: endpoints, Prefix: prefix, HistoryLimit: o.history})
+		cfg := etcdstore.Config{Endpoints: endpoints, Prefix: prefix, HistoryLimit: o.history}
+		if err := etcdSecurity(o, &cfg, warn); err != nil {
+			return nil, "", err
+		}
+		st, err := etcdstore.New(cfg)
 		if err != nil {
 			return nil, "", fmt.Errorf("open store: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, storeLoadTimeout)
+		err = st.Ping(pctx)
+		cancel()
+		if err != nil {
+			_ = st.Close()
+			return nil, "", fmt.Errorf("open store %s: %w", o.store, err)
 		}
 		return st, o.store, nil
 	}
@@ -527,6 +590,79 @@ func openStore(o options) (closingStore, string, error) {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
 	return st, dbPath, nil
+}
+
+// etcdSecurity sets cfg's TLS and credentials from the --etcd-* flags:
+// TLS 1.2 or later when etcds:// or a CA or client certificate is given,
+// verified with --etcd-ca-file (else the system's roots), presenting
+// --etcd-cert-file; the password read from --etcd-password-file.
+func etcdSecurity(o options, cfg *etcdstore.Config, warn func(string)) error {
+	e := o.etcd
+	if e.tls(o.store) {
+		tcfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if e.caFile != "" {
+			b, err := os.ReadFile(e.caFile)
+			if err != nil {
+				return fmt.Errorf("--etcd-ca-file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(b) {
+				return fmt.Errorf("--etcd-ca-file %s: no PEM certificates", e.caFile)
+			}
+			tcfg.RootCAs = pool
+		}
+		if e.certFile != "" {
+			get, err := clientCertLoader(e.certFile, e.keyFile)
+			if err != nil {
+				return err
+			}
+			tcfg.GetClientCertificate = get
+		}
+		cfg.TLS = tcfg
+	}
+	if e.username == "" {
+		return nil
+	}
+	fi, err := os.Stat(e.passwordFile)
+	if err != nil {
+		return fmt.Errorf("--etcd-password-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		warn(fmt.Sprintf("--etcd-password-file %s is readable by group or others (mode %v); chmod 600 it", e.passwordFile, fi.Mode().Perm()))
+	}
+	b, err := os.ReadFile(e.passwordFile)
+	if err != nil {
+		return fmt.Errorf("--etcd-password-file: %w", err)
+	}
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if pw == "" {
+		return fmt.Errorf("--etcd-password-file %s is empty", e.passwordFile)
+	}
+	if cfg.TLS == nil {
+		warn("--etcd-username without TLS to etcd: the password crosses the network in clear; give --etcd-ca-file or use etcds://")
+	}
+	cfg.Username, cfg.Password = e.username, pw
+	return nil
+}
+
+// clientCertLoader checks that certFile and keyFile load, and returns a
+// tls.Config.GetClientCertificate that loads them again for every new
+// connection to etcd (rare: the client keeps its connections), so a
+// rotated certificate is used from the next reconnect on. If the files
+// stop loading, it keeps presenting the last certificate that did.
+func clientCertLoader(certFile, keyFile string) (func(*tls.CertificateRequestInfo) (*tls.Certificate, error), error) {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-cert-file/--etcd-key-file: %w", err)
+	}
+	var last atomic.Pointer[tls.Certificate]
+	last.Store(&c)
+	return func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if c, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
+			last.Store(&c)
+		}
+		return last.Load(), nil
+	}, nil
 }
 
 // defaultReplicaID is host-pid-random: unique per process.

@@ -34,6 +34,7 @@ package etcdstore
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,9 +64,23 @@ type Config struct {
 	// Endpoints are the etcd members ("host:port" or URLs), used when
 	// Client is nil.
 	Endpoints []string
-	// DialTimeout bounds the first connection when New dials. Default
+	// DialTimeout bounds the first connection when New dials, and the
+	// authentication New then makes with Username. Default
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// TLS, when New dials, is the client's TLS configuration: the CA that
+	// signed the members' certificates (RootCAs; nil for the system's) and
+	// a client certificate when the members require one (mTLS). With TLS
+	// set every endpoint is dialed over TLS. Without it, endpoints given
+	// as https:// URLs (ParseURL's etcds:// scheme) are dialed over TLS
+	// verified with the system's roots, the others in plaintext.
+	TLS *tls.Config
+	// Username and Password authenticate to an etcd cluster with
+	// authentication enabled, when New dials. They go together. Over a
+	// plaintext connection the password crosses the network in clear:
+	// use TLS.
+	Username string
+	Password string
 	// Prefix is the namespace of this configuration in etcd. Required:
 	// replicas that share a configuration use the same prefix.
 	Prefix string
@@ -82,10 +97,12 @@ type Config struct {
 type Store struct {
 	cli          *clientv3.Client
 	ownClient    bool
-	kvPrefix     string // P/kv/
-	histPrefix   string // P/hist/
-	markPrefix   string // P/histmark/
-	watchPrefix  string // P/
+	endpoints    []string    // dialed by New; nil for a given Client
+	tls          *tls.Config // of the dialed client; for Ping's diagnosis
+	kvPrefix     string      // P/kv/
+	histPrefix   string      // P/hist/
+	markPrefix   string      // P/histmark/
+	watchPrefix  string      // P/
 	historyLimit int
 	now          func() time.Time
 
@@ -97,20 +114,29 @@ type Store struct {
 	closed bool
 }
 
-// ParseURL splits an etcd store URL, etcd://host:port[,host:port]/prefix,
-// into endpoints and prefix. The prefix is the path without its leading
-// slash and may not be empty.
+// ParseURL splits an etcd store URL, etcd://host:port[,host:port]/prefix
+// or etcds://host:port[,host:port]/prefix, into endpoints and prefix. The
+// endpoints of etcd:// are host:port; those of etcds:// are
+// https://host:port, which [New] always dials over TLS. The prefix is the
+// path without its leading slash and may not be empty. Credentials in
+// the URL (user:password@) are refused: they would show in argv and logs.
 func ParseURL(raw string) (endpoints []string, prefix string, err error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, "", fmt.Errorf("etcd store url %q: %w", raw, err)
 	}
-	if u.Scheme != "etcd" {
-		return nil, "", fmt.Errorf("etcd store url %q: scheme %q, want etcd", raw, u.Scheme)
+	if u.Scheme != "etcd" && u.Scheme != "etcds" {
+		return nil, "", fmt.Errorf("etcd store url %q: scheme %q, want etcd or etcds (TLS)", raw, u.Scheme)
+	}
+	if u.User != nil {
+		return nil, "", fmt.Errorf("etcd store url %s: credentials do not go in the URL (give a username and a password file)", u.Redacted())
 	}
 	for h := range strings.SplitSeq(u.Host, ",") {
 		if h == "" {
 			return nil, "", fmt.Errorf("etcd store url %q: empty endpoint", raw)
+		}
+		if u.Scheme == "etcds" {
+			h = "https://" + h
 		}
 		endpoints = append(endpoints, h)
 	}
@@ -122,11 +148,17 @@ func ParseURL(raw string) (endpoints []string, prefix string, err error) {
 }
 
 // New returns a Store over cfg.Client, or over a client dialed to
-// cfg.Endpoints. It returns an error if cfg.Prefix is empty or the dial
-// fails; it does not wait for the cluster to answer.
+// cfg.Endpoints. It returns an error if cfg.Prefix is empty, if only one
+// of Username and Password is set, if TLS is set with a plaintext
+// (http://) endpoint, or if the dial fails. Without Username it does not
+// wait for the cluster to answer; with Username it authenticates, waiting
+// up to DialTimeout, and fails if the cluster refuses the credentials.
 func New(cfg Config) (*Store, error) {
 	if cfg.Prefix == "" {
 		return nil, errors.New("etcdstore: empty prefix")
+	}
+	if err := checkCredentials(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.HistoryLimit <= 0 {
 		cfg.HistoryLimit = DefaultHistoryLimit
@@ -146,16 +178,27 @@ func New(cfg Config) (*Store, error) {
 			// Keepalive detects a dead member so the client fails over.
 			DialKeepAliveTime:    10 * time.Second,
 			DialKeepAliveTimeout: 5 * time.Second,
+			TLS:                  clientTLS(cfg),
+			Username:             cfg.Username,
+			Password:             cfg.Password,
 			Logger:               zap.NewNop(),
 		})
 		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && len(cfg.Endpoints) > 0 {
+				if d := diagnose(cfg.Endpoints[0], clientTLS(cfg)); d != "" {
+					err = fmt.Errorf("%w (%s)", err, d)
+				}
+			}
+			if cfg.Username != "" {
+				return nil, fmt.Errorf("etcdstore: dial %v and authenticate as %q: %w", cfg.Endpoints, cfg.Username, err)
+			}
 			return nil, fmt.Errorf("etcdstore: dial %v: %w", cfg.Endpoints, err)
 		}
 		own = true
 	}
 	p := strings.TrimSuffix(cfg.Prefix, "/")
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Store{
+	st := &Store{
 		cli:          cli,
 		ownClient:    own,
 		kvPrefix:     p + "/kv/",
@@ -166,7 +209,53 @@ func New(cfg Config) (*Store, error) {
 		now:          cfg.Now,
 		ctx:          ctx,
 		cancel:       cancel,
-	}, nil
+	}
+	if own {
+		st.endpoints, st.tls = cfg.Endpoints, clientTLS(cfg)
+	}
+	return st, nil
+}
+
+// checkCredentials refuses a Config whose security settings would be
+// silently ignored or weakened by the etcd client.
+func checkCredentials(cfg Config) error {
+	if cfg.Client != nil {
+		if cfg.TLS != nil || cfg.Username != "" || cfg.Password != "" {
+			return errors.New("etcdstore: TLS, Username and Password configure the client New dials; set them on the given Client instead")
+		}
+		return nil
+	}
+	if cfg.Username == "" && cfg.Password != "" {
+		return errors.New("etcdstore: a password without a username")
+	}
+	if cfg.Username != "" && cfg.Password == "" {
+		return fmt.Errorf("etcdstore: username %q without a password", cfg.Username)
+	}
+	if cfg.TLS != nil {
+		for _, ep := range cfg.Endpoints {
+			if strings.HasPrefix(ep, "http://") {
+				// The etcd client dials http:// endpoints in plaintext
+				// even when given a TLS configuration.
+				return fmt.Errorf("etcdstore: endpoint %s is plaintext (http://) but TLS is configured", ep)
+			}
+		}
+	}
+	return nil
+}
+
+// clientTLS is the TLS configuration of the client New dials: cfg.TLS,
+// or TLS 1.2+ with the system's roots when an endpoint asks for TLS
+// (https://), or nil for plaintext.
+func clientTLS(cfg Config) *tls.Config {
+	if cfg.TLS != nil {
+		return cfg.TLS
+	}
+	for _, ep := range cfg.Endpoints {
+		if strings.HasPrefix(ep, "https://") {
+			return &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+	}
+	return nil
 }
 
 // Close ends every watcher (closing its channel), waits for them, and

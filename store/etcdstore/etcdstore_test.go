@@ -59,6 +59,9 @@ func TestParseURL(t *testing.T) {
 		{"etcd://a:1/", "", "", false},
 		{"http://a:1/p", "", "", false},
 		{"etcd://a:1,,b:2/p", "", "", false},
+		{"etcds://a:1,b:2/p", "[https://a:1 https://b:2]", "p", true},
+		{"etcd://user:pw@a:1/p", "", "", false},
+		{"etcds://a:1", "", "", false},
 	}
 	for _, tt := range tests {
 		eps, prefix, err := etcdstore.ParseURL(tt.in)
