@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -51,6 +52,9 @@ const (
 	// defaultEndedTimeout bounds the wait for the server's ended after a
 	// release; a stream that misses it is discarded.
 	defaultEndedTimeout = 10 * time.Second
+	// closeGrace bounds how long Close waits for the server to confirm the
+	// releases already queued.
+	closeGrace = time.Second
 	// maxClientName is the server's bound on Open.client_name.
 	maxClientName = 128
 )
@@ -124,6 +128,9 @@ type Client struct {
 	ctx    context.Context // parent of every stream; cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the goroutines of every stream
+
+	releasing atomic.Int64  // releases queued whose ended has not arrived
+	settledc  chan struct{} // size 1: nudged when releasing drops to zero
 
 	replicas   *replicaSet // the ready replicas, as the SDK's balancer sees them
 	replicasID uint64
@@ -212,6 +219,7 @@ func New(target string, opts ...Option) (*Client, error) {
 		endedTimeout: defaultEndedTimeout,
 		ctx:          ctx,
 		cancel:       cancel,
+		settledc:     make(chan struct{}, 1),
 		replicas:     replicas,
 		replicasID:   replicasID,
 		idle:         make(map[idleKey][]*stream),
@@ -260,7 +268,10 @@ func (b bearer) RequireTransportSecurity() bool { return b.secure }
 
 // Close ends every stream, warm or leased (their Conns then fail with
 // ErrClientClosed), waits for the SDK's goroutines and closes the gRPC
-// connection. It is idempotent; later calls return nil.
+// connection. It first waits, at most a second, for the server to confirm
+// the releases already queued, so a Conn closed before the Client still
+// returns its connection to the pool; a Conn still open is abandoned and
+// its connection closed. It is idempotent; later calls return nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -270,11 +281,38 @@ func (c *Client) Close() error {
 	c.closed = true
 	c.idle = nil
 	c.mu.Unlock()
+	c.awaitReleases(min(c.endedTimeout, closeGrace))
 	c.cancel()
 	c.wg.Wait()
 	err := c.cc.Close()
 	dropReplicaSet(c.replicasID)
 	return err
+}
+
+// awaitReleases waits until the server has confirmed every queued release
+// with its ended frame, or for d. Cancelling a stream whose release the
+// server has not read yet abandons the lease: the server then closes the
+// connection instead of pooling it.
+func (c *Client) awaitReleases(d time.Duration) {
+	if c.releasing.Load() == 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for c.releasing.Load() > 0 {
+		select {
+		case <-c.settledc:
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// settled counts one queued release as confirmed or moot.
+func (c *Client) settled() {
+	if c.releasing.Add(-1) == 0 {
+		nudge(c.settledc)
+	}
 }
 
 // Lease leases a connection from pool ("name" or "pools/name") and returns

@@ -96,6 +96,7 @@ type stream struct {
 	cur      *Conn       // the lease being opened or held
 	released bool        // cur's release is queued
 	ended    bool        // cur's ended frame arrived
+	settling bool        // released and not ended: counted in Client.releasing
 	timer    *time.Timer // discards the stream when ended is late
 }
 
@@ -439,8 +440,18 @@ func (s *stream) finishLocked() {
 	s.state = stIdle
 	s.cur = nil
 	s.released, s.ended = false, false
+	s.settleLocked()
 	if s.timer != nil {
 		s.timer.Stop()
+	}
+}
+
+// settleLocked takes a release that waited for ended off the Client's
+// count, once.
+func (s *stream) settleLocked() {
+	if s.settling {
+		s.settling = false
+		s.c.settled()
 	}
 }
 
@@ -463,10 +474,14 @@ func (s *stream) release(c *Conn, reusable bool) {
 	done := s.ended
 	if done {
 		s.finishLocked()
-	} else if s.timer == nil {
-		s.timer = time.AfterFunc(s.c.endedTimeout, s.endedLate)
 	} else {
-		s.timer.Reset(s.c.endedTimeout)
+		s.settling = true
+		s.c.releasing.Add(1)
+		if s.timer == nil {
+			s.timer = time.AfterFunc(s.c.endedTimeout, s.endedLate)
+		} else {
+			s.timer.Reset(s.c.endedTimeout)
+		}
 	}
 	s.mu.Unlock()
 	if done {
@@ -497,6 +512,7 @@ func (s *stream) fail(err error) {
 	s.err = err
 	c := s.cur
 	s.cur = nil
+	s.settleLocked()
 	if s.timer != nil {
 		s.timer.Stop()
 	}
