@@ -7,7 +7,10 @@ import (
 // backupChunk is the most file bytes one BackupDatabaseResponse carries.
 const backupChunk = 32<<10 - 64
 
-// BackupDatabase streams a consistent snapshot of the database.
+// BackupDatabase streams a consistent snapshot of the database: a bbolt
+// store file that poold --store bolt starts from, whether the Manager runs
+// on the bbolt store or on the etcd store (whose configuration is read at
+// one revision and written into such a file).
 func (s *AdminServer) BackupDatabase(_ *poolv1.BackupDatabaseRequest, stream poolv1.PoolAdminService_BackupDatabaseServer) error {
 	w := &chunkWriter{send: stream.Send}
 	if _, err := s.core.Backup(stream.Context(), w); err != nil {
