@@ -110,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660)")
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
-		"(shared by every poold replica using the same prefix; each follows changes made through the others)")
+		"(etcds:// for TLS; shared by every poold replica using the same prefix; each follows changes made through the others)")
 	fs.StringVar(&o.etcd.caFile, "etcd-ca-file", "", "with an etcd --store: PEM CA bundle that verifies the etcd members' certificates; dials etcd over TLS (etcds:// alone uses the system's roots)")
 	fs.StringVar(&o.etcd.certFile, "etcd-cert-file", "", "with an etcd --store: PEM client certificate presented to etcd (mTLS); dials etcd over TLS; re-read at each new connection")
 	fs.StringVar(&o.etcd.keyFile, "etcd-key-file", "", "PEM private key of --etcd-cert-file")
