@@ -54,7 +54,7 @@ func newTLSBase(t TLSConfig) (*tls.Config, error) {
 // acquirer (unless paused) plus the min_idle shortfall, and at least the
 // probe while the circuit is open.
 func (p *Pool) dialNeedLocked() int {
-	if p.closed || p.state == StateDraining {
+	if p.closed || p.state == StateDraining || p.fenced {
 		return 0
 	}
 	need := max(p.cfg.Limits.MinIdle-p.idle.Len(), 0)
@@ -99,7 +99,8 @@ type dialSpec struct {
 	keepAlive time.Duration
 	tlsBase   *tls.Config
 	jitter    float64
-	failRound uint64 // Pool.failRound when the dial started
+	failRound uint64          // Pool.failRound when the dial started
+	stop      context.Context // Pool.dialCtx: cancelled by a fence or Close
 }
 
 func (p *Pool) startDialLocked(ctx context.Context) {
@@ -112,6 +113,7 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 		tlsBase:   p.tlsBase,
 		jitter:    rand.Float64(),
 		failRound: p.failRound,
+		stop:      p.dialCtx,
 	}
 	if len(p.addrs) > 0 && (!p.hasNames || !p.lastResolve.IsZero()) {
 		s.target = p.addrs[p.rr%len(p.addrs)]
@@ -125,12 +127,13 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 }
 
 // runDial dials on behalf of the pool. The dial keeps ctx's values but not
-// its cancellation: it ends with dial_timeout or the pool's Close.
+// its cancellation: it ends with dial_timeout, the pool's Close, or a
+// fence.
 func (p *Pool) runDial(ctx context.Context, s dialSpec) {
 	defer p.dialWG.Done()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	stop := context.AfterFunc(p.ctx, cancel)
+	stop := context.AfterFunc(s.stop, cancel)
 	defer stop()
 
 	start := p.env.Now()
@@ -204,6 +207,13 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 		if p.closed {
 			p.mu.Unlock()
 			return // cancelled by Close
+		}
+		if s.stop.Err() != nil {
+			// Cancelled by a fence: not an upstream failure.
+			p.maybeDialLocked(context.Background())
+			p.notifyLocked()
+			p.mu.Unlock()
+			return
 		}
 		p.st.dialFailures++
 		p.lastDialErr = err

@@ -36,6 +36,11 @@ var (
 	// ErrUpstreamNotAllowed: an endpoint, or an address it resolved to, is
 	// refused by the UpstreamPolicy (the upstream allowlist).
 	ErrUpstreamNotAllowed = errors.New("upstream not allowed")
+	// ErrFenced: the pool's limits are fleet-scoped and this replica is
+	// fenced (Replicas.Fenced: it may have lost its registration in the
+	// replica set), so its share is 0. Acquires fail at once; another
+	// replica can serve them.
+	ErrFenced = errors.New("replica fenced: no share of the fleet limit")
 )
 
 // Snapshot is the state of a pool at the moment an acquire failed.
@@ -43,8 +48,9 @@ type Snapshot struct {
 	Max, Total, InUse, Idle, Waiters int
 }
 
-// AcquireError is returned by Acquire for ErrExhausted, ErrAcquireTimeout and
-// ErrUnavailable, with the pool's state and the last dial error (HikariCP style).
+// AcquireError is returned by Acquire for ErrExhausted, ErrAcquireTimeout,
+// ErrUnavailable and ErrFenced, with the pool's state and the last dial
+// error (HikariCP style).
 type AcquireError struct {
 	Err         error // one of the sentinels above
 	Pool        string

@@ -2,6 +2,7 @@ package poolmgr
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 )
 
@@ -15,8 +16,17 @@ type Replicas interface {
 	// (0 <= rank < n, n >= 1), ranks ordered the same way on every
 	// replica.
 	Members() (rank, n int)
+	// Fenced reports that this replica may no longer be registered (it
+	// could not confirm its registration in time, or has not registered
+	// yet), so the others may have taken its share: while it is true,
+	// every fleet-scoped pool holds no share (Pool.Fenced): acquires fail
+	// at once with ErrFenced, idle connections close, leased ones close
+	// on release, and nothing is dialed. Replica-scoped pools are not
+	// affected. When it turns false the shares are re-divided from
+	// Members before the pools serve again.
+	Fenced() bool
 	// Changed returns a channel that is closed at the next change of
-	// Members.
+	// Members or Fenced.
 	Changed() <-chan struct{}
 }
 
@@ -80,13 +90,25 @@ func (m *Manager) startMembership() {
 	go m.runMembership(donec)
 }
 
+// runMembership fences fleet pools at once when the replicas report
+// Fenced, without waiting for writes in progress (a write can hang on an
+// unreachable store until its deadline); otherwise it re-divides the
+// shares, then un-fences.
 func (m *Manager) runMembership(donec chan struct{}) {
 	defer close(donec)
 	ctx := m.stopCtx
 	for {
 		changed := m.replicas.Changed() // before reading, so no change is missed
-		if err := m.redivide(ctx); err != nil {
-			return // closed
+		if m.replicas.Fenced() {
+			m.applyFence()
+		} else {
+			switch err := m.redivide(ctx, changed); {
+			case errors.Is(err, errReplicasChanged):
+				continue
+			case err != nil:
+				return // closed
+			}
+			m.applyFence() // un-fences, now that the shares are current
 		}
 		select {
 		case <-changed:
@@ -96,14 +118,87 @@ func (m *Manager) runMembership(donec chan struct{}) {
 	}
 }
 
+// errReplicasChanged: redivide gave up waiting for the write lock because
+// the replicas changed meanwhile (maybe fenced).
+var errReplicasChanged = errors.New("replicas changed")
+
+// fenceDecisionLocked decides whether the live pool of id must be fenced
+// now: it is fleet-scoped and the replicas are fenced. Each decision takes
+// the next sequence number, and a pool applies only decisions newer than
+// the last it applied (Pool.setFenced), so decisions racing to one pool
+// end in the latest. The caller holds mu.
+func (m *Manager) fenceDecisionLocked(id string) (fenced bool, seq uint64) {
+	m.fenceSeq++
+	_, fleet := m.fleet[id]
+	return fleet && m.replicas != nil && m.replicas.Fenced(), m.fenceSeq
+}
+
+// syncFence applies the current fence decision to the live pool p of id,
+// after its config (and so its scope and share) was computed.
+func (m *Manager) syncFence(id string, p *Pool) {
+	if m.replicas == nil {
+		return
+	}
+	m.mu.Lock()
+	fenced, seq := m.fenceDecisionLocked(id)
+	m.mu.Unlock()
+	p.setFenced(fenced, seq)
+}
+
+// applyFence applies the current fence decision to every live
+// fleet-scoped pool, and logs when it changes.
+func (m *Manager) applyFence() {
+	type item struct {
+		p      *Pool
+		fenced bool
+		seq    uint64
+	}
+	m.mu.Lock()
+	var items []item
+	for id := range m.fleet {
+		if p := m.pools[id]; p != nil {
+			f, seq := m.fenceDecisionLocked(id)
+			items = append(items, item{p, f, seq})
+		}
+	}
+	fenced := m.replicas.Fenced()
+	logIt := fenced != m.fenced
+	m.fenced = fenced
+	m.mu.Unlock()
+	for _, it := range items {
+		it.p.setFenced(it.fenced, it.seq)
+	}
+	if !logIt {
+		return
+	}
+	if fenced {
+		m.logger.LogAttrs(m.stopCtx, slog.LevelWarn, "fleet limits: replica fenced, fleet pools hold no share",
+			slog.Int("pools", len(items)))
+	} else {
+		m.logger.LogAttrs(m.stopCtx, slog.LevelInfo, "fleet limits: replica unfenced, shares restored",
+			slog.Int("pools", len(items)))
+	}
+}
+
 // redivide reconfigures every live fleet-scoped pool to this replica's
-// current share. It returns an error only when the Manager closes.
-func (m *Manager) redivide(ctx context.Context) error {
-	unlock, err := m.lockWrites(ctx)
-	if err != nil {
+// current share. It returns errReplicasChanged if changed is closed before
+// it gets the write lock, and otherwise an error only when the Manager
+// closes.
+func (m *Manager) redivide(ctx context.Context, changed <-chan struct{}) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	defer unlock()
+	select {
+	case m.wsem <- struct{}{}:
+	case <-changed:
+		return errReplicasChanged
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-m.wsem }()
+	if m.isClosed() {
+		return ErrPoolClosed
+	}
 	rank, n := m.replicas.Members()
 	m.mu.Lock()
 	type item struct {

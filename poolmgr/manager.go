@@ -58,8 +58,10 @@ type ManagerConfig struct {
 	Follow bool
 	// Replicas, if set, reports the live replicas sharing the store: pools
 	// whose Limits.Scope is ScopeFleet then take this replica's share of
-	// their limits, re-divided whenever the membership changes. Without it
-	// this Manager is the only replica and fleet limits apply whole.
+	// their limits, re-divided whenever the membership changes, and hold
+	// no share at all while Replicas.Fenced (acquires fail with
+	// ErrFenced). Without it this Manager is the only replica and fleet
+	// limits apply whole.
 	Replicas Replicas
 }
 
@@ -216,6 +218,10 @@ type Manager struct {
 	// fleet holds the stored config (defaults filled) of every live pool
 	// with fleet-scoped limits, to re-divide them when replicas change.
 	fleet map[string]Config
+	// fenceSeq numbers fence decisions (fenceDecisionLocked); fenced is
+	// the state applyFence last applied, for its log line.
+	fenceSeq uint64
+	fenced   bool
 
 	follow       bool          // ManagerConfig.Follow
 	donec        chan struct{} // closed when the follow loop ends; nil if none runs
@@ -1157,7 +1163,11 @@ func (m *Manager) setState(ctx context.Context, id string, s State, op Action, o
 // startPool starts a live pool for rec, in rec's state, and registers it,
 // replacing (and closing) any pool of that id. The caller holds wsem.
 func (m *Manager) startPool(id string, rec record) error {
-	p, err := NewPool(id, m.liveConfig(id, rec.Config), m.env)
+	cfg := m.liveConfig(id, rec.Config)
+	m.mu.Lock()
+	fenced, seq := m.fenceDecisionLocked(id) // a fenced pool starts without prewarming
+	m.mu.Unlock()
+	p, err := newPool(id, cfg, m.env, fenced, seq)
 	if err != nil {
 		return err
 	}
@@ -1171,6 +1181,9 @@ func (m *Manager) startPool(id string, rec record) error {
 	old := m.pools[id]
 	m.pools[id] = p
 	m.mu.Unlock()
+	// Decide again now that p is registered: a fence applied meanwhile
+	// by the membership loop did not see p.
+	m.syncFence(id, p)
 	if old != nil {
 		m.retire(old)
 	}
@@ -1192,6 +1205,7 @@ func (m *Manager) applyLive(id string, rec record, cfgChanged, stateChanged bool
 		if _, err := p.Reconfigure(m.liveConfig(id, rec.Config)); err != nil {
 			return err
 		}
+		m.syncFence(id, p) // the scope may have changed
 	}
 	if stateChanged {
 		applyState(p, rec.State)

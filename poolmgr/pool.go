@@ -111,7 +111,15 @@ type Pool struct {
 	tlsBase *tls.Config
 	state   State
 	closed  bool
-	gen     uint64
+	// fenced withdraws the pool's whole share of a fleet limit (see
+	// setFenced); fenceSeq orders the Manager's fence decisions.
+	fenced   bool
+	fenceSeq uint64
+	// dialCtx bounds every dial: a child of ctx, cancelled when the pool
+	// is fenced (and replaced when it is un-fenced).
+	dialCtx    context.Context
+	dialCancel context.CancelFunc
+	gen        uint64
 	// genCount counts open connections by generation (for WaitGeneration).
 	genCount map[uint64]int
 	// idle holds idle connections, most recently released at the back.
@@ -152,6 +160,12 @@ type Pool struct {
 // have passed WithDefaults and Validate; NewPool returns a *ValidationError
 // otherwise.
 func NewPool(name string, cfg Config, env Env) (*Pool, error) {
+	return newPool(name, cfg, env, false, 0)
+}
+
+// newPool is NewPool, fenced from the start (no prewarm) if fenced, as
+// decided by the Manager's fence decision seq.
+func newPool(name string, cfg Config, env Env, fenced bool, fenceSeq uint64) (*Pool, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -191,8 +205,11 @@ func NewPool(name string, cfg Config, env Env) (*Pool, error) {
 		tlsBase:     tlsBase,
 		gen:         1,
 		genCount:    make(map[uint64]int),
+		fenced:      fenced,
+		fenceSeq:    fenceSeq,
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.dialCtx, p.dialCancel = context.WithCancel(p.ctx)
 	p.setEndpointsLocked()
 	p.mu.Lock()
 	p.maybeDialLocked(context.Background()) // prewarm min_idle
@@ -257,6 +274,10 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 // non-blocking peek when idle longer than validate_after_idle), or waits in
 // FIFO order for a released connection or one the pool dials. It returns:
 //   - ErrPoolClosed after Close, ErrDraining while draining;
+//   - *AcquireError with ErrFenced at once while the pool is fenced (a
+//     fleet-scoped pool on a replica that may have lost its registration:
+//     its share is 0; retry on another replica); queued acquires fail so
+//     too when the pool is fenced;
 //   - *AcquireError with ErrExhausted at once when max_waiters callers are
 //     already queued beyond the dials in flight;
 //   - *AcquireError with ErrUnavailable at once when a dial is needed but
@@ -437,7 +458,19 @@ func (p *Pool) acquirableLocked() error {
 	if p.state == StateDraining {
 		return ErrDraining
 	}
+	if p.fenced {
+		return p.acquireErrorLocked(ErrFenced, time.Time{})
+	}
 	return nil
+}
+
+// maxLocked is the pool's current share of connections: max_connections,
+// or 0 while fenced.
+func (p *Pool) maxLocked() int {
+	if p.fenced {
+		return 0
+	}
+	return p.cfg.Limits.MaxConnections
 }
 
 func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
@@ -445,7 +478,7 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 		Err:  sentinel,
 		Pool: p.name,
 		Snapshot: Snapshot{
-			Max:     p.cfg.Limits.MaxConnections,
+			Max:     p.maxLocked(),
 			Total:   p.total,
 			InUse:   len(p.leased),
 			Idle:    p.idle.Len(),
@@ -559,6 +592,8 @@ func (p *Pool) retireReasonLocked(c *Conn, now time.Time) (CloseReason, bool) {
 		return CloseClosed, true
 	case p.state == StateDraining:
 		return CloseDrain, true
+	case p.fenced:
+		return CloseShrink, true // the share is 0
 	case c.gen != p.gen:
 		return CloseGeneration, true
 	case c.retire >= 0:
@@ -958,11 +993,54 @@ func (p *Pool) Revoke(leaseID string) error {
 }
 
 // Serving reports whether the pool can hand out connections now: open,
-// active (not paused or draining) and with its dial circuit closed.
+// active (not paused or draining), not fenced and with its dial circuit
+// closed.
 func (p *Pool) Serving() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return !p.closed && p.state == StateActive && !p.circuitOpen
+	return !p.closed && p.state == StateActive && !p.fenced && !p.circuitOpen
+}
+
+// Fenced reports whether the pool is fenced: it is fleet-scoped and this
+// replica may have lost its registration (Replicas.Fenced), so it holds no
+// share of the fleet limit. Its Stats show Max 0 and Fenced meanwhile.
+func (p *Pool) Fenced() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fenced
+}
+
+// setFenced fences the pool (share 0) or un-fences it, following the
+// Manager's fence decision seq; a decision older than the last one applied
+// is ignored, so concurrent decisions end in the latest. Fencing fails
+// queued acquires with ErrFenced, closes idle connections at once, cancels
+// dials in flight and starts none; leased connections close on release.
+// Un-fencing lets the pool dial again up to its configured limits.
+func (p *Pool) setFenced(fenced bool, seq uint64) {
+	p.mu.Lock()
+	if p.closed || seq < p.fenceSeq {
+		p.mu.Unlock()
+		return
+	}
+	p.fenceSeq = seq
+	if p.fenced == fenced {
+		p.mu.Unlock()
+		return
+	}
+	p.fenced = fenced
+	var toClose []*Conn
+	if fenced {
+		p.dialCancel()
+		toClose = p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseShrink, true })
+		p.failWaitersLocked(p.acquireErrorLocked(ErrFenced, time.Time{}))
+	} else {
+		p.dialCtx, p.dialCancel = context.WithCancel(p.ctx)
+		p.maybeDialLocked(context.Background())
+	}
+	p.kickLocked()
+	p.notifyLocked()
+	p.mu.Unlock()
+	p.closeAll(toClose)
 }
 
 // Stats returns a value snapshot taken under the pool's lock.
@@ -972,7 +1050,8 @@ func (p *Pool) Stats() Stats {
 		Pool:              p.name,
 		State:             p.state,
 		Generation:        p.gen,
-		Max:               p.cfg.Limits.MaxConnections,
+		Fenced:            p.fenced,
+		Max:               p.maxLocked(),
 		Total:             p.total,
 		InUse:             len(p.leased),
 		Idle:              p.idle.Len(),
@@ -1041,7 +1120,11 @@ type Stats struct {
 	Pool       string
 	State      State
 	Generation uint64
+	// Fenced: the pool is fleet-scoped and this replica is fenced (see
+	// Pool.Fenced); Max is 0 meanwhile.
+	Fenced bool
 	// Gauges: Total = Idle + InUse + connections being health-checked.
+	// Max is this replica's current share of max_connections.
 	Max, Total, InUse, Idle, Dialing, Waiters int
 	MinIdle                                   int
 	CircuitOpen                               bool
