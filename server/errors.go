@@ -19,6 +19,10 @@ import (
 // ErrorDomain is the google.rpc.ErrorInfo domain of every poolplane error.
 const ErrorDomain = "poolplane.dev"
 
+// fencedRetryDelay is the RetryInfo of a REPLICA_FENCED refusal: the delay
+// before trying this replica again. Another replica may be tried at once.
+const fencedRetryDelay = time.Second
+
 // toStatus maps a core error to a gRPC status error carrying exactly one
 // google.rpc.ErrorInfo, plus BadRequest or RetryInfo where they fit. It is the
 // only place core errors become codes; wrapped errors match through errors.Is.
@@ -56,6 +60,9 @@ func toStatus(err error) error {
 			}
 			return newStatus(codes.Unavailable, poolv1.ErrorReason_UPSTREAM_UNAVAILABLE, err.Error(), md,
 				&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
+		case errors.Is(err, poolmgr.ErrFenced):
+			return newStatus(codes.Unavailable, poolv1.ErrorReason_REPLICA_FENCED, err.Error(), md,
+				&errdetails.RetryInfo{RetryDelay: durationpb.New(fencedRetryDelay)})
 		}
 	case errors.As(err, &rerr):
 		return newStatus(codes.Aborted, poolv1.ErrorReason_ETAG_MISMATCH, err.Error(),
@@ -76,6 +83,9 @@ func toStatus(err error) error {
 		return newStatus(codes.DeadlineExceeded, poolv1.ErrorReason_ACQUIRE_TIMEOUT, err.Error(), nil)
 	case errors.Is(err, poolmgr.ErrUnavailable):
 		return newStatus(codes.Unavailable, poolv1.ErrorReason_UPSTREAM_UNAVAILABLE, err.Error(), nil)
+	case errors.Is(err, poolmgr.ErrFenced):
+		return newStatus(codes.Unavailable, poolv1.ErrorReason_REPLICA_FENCED, err.Error(), nil,
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(fencedRetryDelay)})
 	case errors.Is(err, poolmgr.ErrDraining):
 		return newStatus(codes.FailedPrecondition, poolv1.ErrorReason_POOL_DRAINING, err.Error(), nil)
 	case errors.Is(err, poolmgr.ErrPoolClosed):

@@ -75,6 +75,13 @@ const (
 	// serves its most WatchPoolStats subscribers. metadata["quota"] names it
 	// ("max_leases" or "stats_watchers"). Retry once a lease or watch ends.
 	ErrorReason_QUOTA_EXCEEDED ErrorReason = 19
+	// UNAVAILABLE: the pool's limits are fleet-scoped and this replica is
+	// fenced: it could not confirm its registration in the replica set in
+	// time (etcd unreachable), so it holds no share of the fleet limit and
+	// refuses at once. Nothing was sent upstream: retry on another replica.
+	// Metadata: the pool snapshot (max is 0); a RetryInfo gives the delay
+	// before retrying this replica.
+	ErrorReason_REPLICA_FENCED ErrorReason = 20
 )
 
 // Enum value maps for ErrorReason.
@@ -100,6 +107,7 @@ var (
 		17: "REVISION_COMPACTED",
 		18: "INTERNAL",
 		19: "QUOTA_EXCEEDED",
+		20: "REPLICA_FENCED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -122,6 +130,7 @@ var (
 		"REVISION_COMPACTED":       17,
 		"INTERNAL":                 18,
 		"QUOTA_EXCEEDED":           19,
+		"REPLICA_FENCED":           20,
 	}
 )
 
@@ -156,7 +165,7 @@ var File_poolplane_v1_errors_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x19poolplane/v1/errors.proto\x12\fpoolplane.v1*\xb4\x03\n" +
+	"\x19poolplane/v1/errors.proto\x12\fpoolplane.v1*\xc8\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fBACKLOG_FULL\x10\x01\x12\x13\n" +
@@ -178,7 +187,8 @@ const file_poolplane_v1_errors_proto_rawDesc = "" +
 	"\x11PERMISSION_DENIED\x10\x10\x12\x16\n" +
 	"\x12REVISION_COMPACTED\x10\x11\x12\f\n" +
 	"\bINTERNAL\x10\x12\x12\x12\n" +
-	"\x0eQUOTA_EXCEEDED\x10\x13B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
+	"\x0eQUOTA_EXCEEDED\x10\x13\x12\x12\n" +
+	"\x0eREPLICA_FENCED\x10\x14B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
 
 var (
 	file_poolplane_v1_errors_proto_rawDescOnce sync.Once
