@@ -33,6 +33,10 @@ func main() {
 		Addr:     "cache", // only a label: the pool knows the upstream
 		Dialer:   c.Dialer(*pool),
 		PoolSize: 4, // keep it below the pool's max_connections
+		// Pooled connections keep their Redis session state between
+		// leases. RESP2, as redis-cli speaks, so that a connection this
+		// program used answers the next redis-cli user in RESP2 too.
+		Protocol: 2,
 	})
 	defer func() { _ = rdb.Close() }()
 
