@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -142,36 +143,57 @@ func TestLeasesSkipNotServingReplica(t *testing.T) {
 	}
 }
 
-// A lease refused with POOL_DRAINING is retried on another replica, never
-// on the one that refused it: with one replica of two draining, every lease
-// succeeds.
+// A lease refused before anything reached the upstream (the pool drains
+// or closes there, or the replica is fenced off etcd) is retried on another
+// replica, never on the one that refused it, 0-RTT data included: with one
+// replica of two refusing, every lease succeeds.
 func TestLeaseRetryAvoidsRefusingReplica(t *testing.T) {
-	fs := []*fakeServer{newFake(t), newFake(t)}
-	fs[0].onOpen = func(context.Context, *poolv1.LeaseRequest_Open) error {
-		return fakeStatus(codes.FailedPrecondition, "POOL_DRAINING", "pool api is draining", nil)
-	}
-	c := newReplicasClient(t, 2, fs, WithIdleStreams(0))
-	const leases = 40
-	for i := range leases {
-		conn, err := c.Lease(context.Background(), "api")
-		if err != nil {
-			t.Fatalf("lease %d: %v", i, err)
+	for _, refusal := range []error{
+		fakeStatus(codes.FailedPrecondition, "POOL_DRAINING", "pool api is draining", nil),
+		fakeStatus(codes.Unavailable, "POOL_CLOSED", "shutting down", nil),
+		fakeStatus(codes.Unavailable, "REPLICA_FENCED", "no share of the fleet limit", nil),
+	} {
+		for _, data := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/data=%v", refusal, data), func(t *testing.T) {
+				fs := []*fakeServer{newFake(t), newFake(t)}
+				fs[0].onOpen = func(context.Context, *poolv1.LeaseRequest_Open) error { return refusal }
+				fs[1].zeroRTT = data
+				c := newReplicasClient(t, 2, fs, WithIdleStreams(0))
+				const leases = 20
+				for i := range leases {
+					var first []byte
+					if data {
+						first = []byte("GET\r\n")
+					}
+					conn, err := c.LeaseWith(context.Background(), "api", first)
+					if err != nil {
+						t.Fatalf("lease %d: %v", i, err)
+					}
+					l := recv(t, fs[1].leases)
+					if data {
+						got := make([]byte, len(first))
+						if _, err := io.ReadFull(l.far, got); err != nil || string(got) != string(first) {
+							t.Fatalf("upstream read 0-RTT data %q, %v; want %q", got, err, first)
+						}
+						recv(t, fs[1].zeroData)
+					}
+					conn.Close()
+					recv(t, fs[1].releases)
+				}
+				refused := 0
+				for range len(fs[0].streamEnd) {
+					if err := <-fs[0].streamEnd; err != nil {
+						refused++
+					}
+				}
+				if refused != leases/2 {
+					t.Errorf("the refusing replica refused %d of %d leases, want %d (its turns)", refused, leases, leases/2)
+				}
+				if n := fs[1].leaseN.Load(); n != leases {
+					t.Errorf("the serving replica granted %d leases, want %d", n, leases)
+				}
+			})
 		}
-		recv(t, fs[1].leases)
-		conn.Close()
-		recv(t, fs[1].releases)
-	}
-	refused := 0
-	for range len(fs[0].streamEnd) {
-		if err := <-fs[0].streamEnd; err != nil {
-			refused++
-		}
-	}
-	if refused != leases/2 {
-		t.Errorf("the draining replica refused %d of %d leases, want %d (its turns)", refused, leases, leases/2)
-	}
-	if n := fs[1].leaseN.Load(); n != leases {
-		t.Errorf("the serving replica granted %d leases, want %d", n, leases)
 	}
 }
 

@@ -323,7 +323,8 @@ func (c *Client) settled() {
 // Errors match ErrPoolNotFound, ErrBacklogFull, ErrAcquireTimeout (also
 // when ctx's deadline passes first), ErrUpstreamUnavailable, ErrDraining,
 // ErrPermissionDenied (and ErrUpstreamNotAllowed), ErrQuotaExceeded,
-// ErrUnauthenticated, ErrUnavailable, ErrProtocol or ErrClientClosed;
+// ErrReplicaFenced, ErrUnauthenticated, ErrUnavailable, ErrProtocol or
+// ErrClientClosed;
 // they are *Error values unless ctx was cancelled, in which case the error
 // wraps ctx.Err(). Safe for concurrent use.
 func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
@@ -341,7 +342,8 @@ func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
 // upstream.
 //
 // A lease refused because the pool drains or closes on the replica that
-// got it (POOL_DRAINING, POOL_CLOSED: nothing was sent upstream), or,
+// got it, or because that replica is fenced off etcd (POOL_DRAINING,
+// POOL_CLOSED, REPLICA_FENCED: nothing was sent upstream), or,
 // without data, one whose
 // new stream failed with UNAVAILABLE and no poolplane reason (the replica
 // is down or shutting down), is retried once on another replica when
@@ -391,15 +393,16 @@ func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) 
 }
 
 // otherReplica reports whether a lease that failed to open may be retried
-// on another replica: the pool drains or closes here (the lease was
-// refused before anything reached the upstream), or, when no data went with
-// the open, the stream failed with UNAVAILABLE and no poolplane reason.
+// on another replica: the pool drains or closes here, or this replica is
+// fenced off etcd (the lease was refused before anything reached the
+// upstream), or, when no data went with the open, the stream failed with
+// UNAVAILABLE and no poolplane reason.
 func otherReplica(err error, sentData bool) bool {
 	var e *Error
 	if !errors.As(err, &e) {
 		return false
 	}
-	if errors.Is(err, ErrDraining) || e.Reason == poolv1.ErrorReason_POOL_CLOSED.String() {
+	if errors.Is(err, ErrDraining) || errors.Is(err, ErrReplicaFenced) || e.Reason == poolv1.ErrorReason_POOL_CLOSED.String() {
 		return true
 	}
 	return !sentData && e.Code == codes.Unavailable && e.Reason == ""

@@ -321,10 +321,11 @@ func TestErrorMapping(t *testing.T) {
 		{status.Error(codes.Unauthenticated, "who"), []error{ErrUnauthenticated}, codes.Unauthenticated, 0},
 		{fakeStatus(codes.InvalidArgument, "PROTOCOL_VIOLATION", "bad", nil), []error{ErrProtocol}, codes.InvalidArgument, 0},
 		{fakeStatus(codes.Unavailable, "POOL_CLOSED", "shutting down", nil), []error{ErrUnavailable}, codes.Unavailable, 0},
+		{fakeStatus(codes.Unavailable, "REPLICA_FENCED", "fenced", nil, retry), []error{ErrReplicaFenced}, codes.Unavailable, 250 * time.Millisecond},
 		{status.Error(codes.Unavailable, "connection refused"), []error{ErrUnavailable}, codes.Unavailable, 0},
 	}
 	sentinels := []error{ErrBacklogFull, ErrAcquireTimeout, ErrUpstreamUnavailable, ErrPoolNotFound, ErrDraining, ErrPermissionDenied,
-		ErrUpstreamNotAllowed, ErrQuotaExceeded, ErrUnauthenticated, ErrUnavailable, ErrProtocol}
+		ErrUpstreamNotAllowed, ErrQuotaExceeded, ErrReplicaFenced, ErrUnauthenticated, ErrUnavailable, ErrProtocol}
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {
 			f := newFake(t)

@@ -51,6 +51,11 @@ var (
 	// server serves its most stats watchers (RESOURCE_EXHAUSTED,
 	// QUOTA_EXCEEDED). Error.Metadata["quota"] names the quota.
 	ErrQuotaExceeded = errors.New("client: quota exceeded")
+	// ErrReplicaFenced is returned by Lease when the replica that got the
+	// lease cannot reach etcd and holds no share of the pool's fleet-wide
+	// limit (UNAVAILABLE, REPLICA_FENCED), and no other replica took the
+	// lease on retry. Error.RetryAfter says when to try this replica again.
+	ErrReplicaFenced = errors.New("client: replica fenced")
 	// ErrUnavailable is returned by any call when no poold replica can take
 	// it: none is reachable and serving, or the one that took the call is
 	// shutting down (UNAVAILABLE with no reason, or POOL_CLOSED). Try again
@@ -128,6 +133,8 @@ func (e *Error) Is(target error) bool {
 		return e.Reason == poolv1.ErrorReason_UPSTREAM_NOT_ALLOWED.String()
 	case ErrQuotaExceeded:
 		return e.Reason == poolv1.ErrorReason_QUOTA_EXCEEDED.String()
+	case ErrReplicaFenced:
+		return e.Reason == poolv1.ErrorReason_REPLICA_FENCED.String()
 	case ErrUnavailable:
 		return e.Code == codes.Unavailable &&
 			(e.Reason == "" || e.Reason == poolv1.ErrorReason_POOL_CLOSED.String())
