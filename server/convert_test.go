@@ -225,4 +225,20 @@ func TestStatsToProto(t *testing.T) {
 		!slices.Equal(s.GetAcquireWait().GetBounds(), []float64{0.001, 1}) || s.GetAcquireWait().GetSum() != 1.5 {
 		t.Fatalf("stats = %v", s)
 	}
+	serving := []struct {
+		name  string
+		stats poolmgr.Stats
+		want  bool
+	}{
+		{"active", poolmgr.Stats{State: poolmgr.StateActive, Max: 3}, true},
+		{"circuit open", poolmgr.Stats{State: poolmgr.StateActive, Max: 3, CircuitOpen: true}, false},
+		{"fenced", poolmgr.Stats{State: poolmgr.StateActive, Fenced: true}, false},
+		{"draining", poolmgr.Stats{State: poolmgr.StateDraining, Max: 3}, false},
+	}
+	for _, tt := range serving {
+		s := statsToProto(tt.stats, now)
+		if s.GetServing() != tt.want || s.GetFenced() != tt.stats.Fenced {
+			t.Errorf("%s: serving %v fenced %v, want %v %v", tt.name, s.GetServing(), s.GetFenced(), tt.want, tt.stats.Fenced)
+		}
+	}
 }

@@ -182,12 +182,18 @@ type PoolStats struct {
 	State PoolState `protobuf:"varint,3,opt,name=state,proto3,enum=poolplane.v1.PoolState" json:"state,omitempty"`
 	// Current generation.
 	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
-	// True while the pool can hand out connections (active, circuit closed).
+	// True while the pool can hand out connections (active, circuit closed,
+	// not fenced).
 	Serving bool `protobuf:"varint,5,opt,name=serving,proto3" json:"serving,omitempty"`
 	// True while dials fail fast after repeated failures.
 	CircuitOpen bool `protobuf:"varint,6,opt,name=circuit_open,json=circuitOpen,proto3" json:"circuit_open,omitempty"`
 	// The last dial error, empty after a successful dial.
 	LastDialError string `protobuf:"bytes,7,opt,name=last_dial_error,json=lastDialError,proto3" json:"last_dial_error,omitempty"`
+	// True while this replica is cut off from etcd (fenced) and so holds no
+	// share of this fleet-scoped pool's limit: max_connections is 0 and
+	// leases are refused with REPLICA_FENCED until etcd answers again.
+	// Always false for replica-scoped pools and with the bbolt store.
+	Fenced bool `protobuf:"varint,8,opt,name=fenced,proto3" json:"fenced,omitempty"`
 	// Gauges.
 	// limits.max_connections.
 	MaxConnections int32 `protobuf:"varint,10,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
@@ -315,6 +321,13 @@ func (x *PoolStats) GetLastDialError() string {
 		return x.LastDialError
 	}
 	return ""
+}
+
+func (x *PoolStats) GetFenced() bool {
+	if x != nil {
+		return x.Fenced
+	}
+	return false
 }
 
 func (x *PoolStats) GetMaxConnections() int32 {
@@ -549,7 +562,7 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x125\n" +
 	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"G\n" +
 	"\x16WatchPoolStatsResponse\x12-\n" +
-	"\x05stats\x18\x01 \x03(\v2\x17.poolplane.v1.PoolStatsR\x05stats\"\xfe\a\n" +
+	"\x05stats\x18\x01 \x03(\v2\x17.poolplane.v1.PoolStatsR\x05stats\"\x96\b\n" +
 	"\tPoolStats\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12-\n" +
@@ -559,7 +572,8 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"generation\x12\x18\n" +
 	"\aserving\x18\x05 \x01(\bR\aserving\x12!\n" +
 	"\fcircuit_open\x18\x06 \x01(\bR\vcircuitOpen\x12&\n" +
-	"\x0flast_dial_error\x18\a \x01(\tR\rlastDialError\x12'\n" +
+	"\x0flast_dial_error\x18\a \x01(\tR\rlastDialError\x12\x16\n" +
+	"\x06fenced\x18\b \x01(\bR\x06fenced\x12'\n" +
 	"\x0fmax_connections\x18\n" +
 	" \x01(\x05R\x0emaxConnections\x12\x19\n" +
 	"\bmin_idle\x18\v \x01(\x05R\aminIdle\x12\x14\n" +
