@@ -192,11 +192,13 @@ func TestDialRefusesLiteral(t *testing.T) {
 func waitUntilPoolmgr(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met in 10s")
 		}
-		time.Sleep(10 * time.Millisecond)
+		<-tick.C
 	}
 }
 

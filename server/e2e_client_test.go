@@ -498,11 +498,13 @@ func TestSDKWatchStats(t *testing.T) {
 func sdkWaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not a wait for state
+		<-tick.C
 	}
 }
 

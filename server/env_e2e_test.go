@@ -194,11 +194,13 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	if d, ok := t.Deadline(); ok && time.Until(d) < 15*time.Second {
 		deadline = d.Add(-time.Until(d) / 3)
 	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for state
+		<-tick.C
 	}
 }
 
