@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -30,9 +31,6 @@ const (
 	// maxClientName bounds Open.client_name.
 	maxClientName = 128
 )
-
-// relayBufs holds the upstream read buffers, one per live lease.
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // poolSource is what the lease service needs of the core: the live pool by ID.
 type poolSource interface {
@@ -139,18 +137,20 @@ type leaseStream struct {
 	stopping bool       // the server is shutting down
 	finished bool       // the handler returned: send nothing more
 
-	lease *lease // the current lease, or nil; owned by the receive loop
-	req   poolv1.LeaseRequest
+	lease *lease      // the current lease, or nil; owned by the receive loop
+	req   inFrame     // the receive loop's frame
+	iov   net.Buffers // the receive loop's writev scratch
 }
 
-// send sends one frame unless the handler has already returned.
-func (ls *leaseStream) send(m *poolv1.LeaseResponse) error {
+// send sends one frame, a *poolv1.LeaseResponse or an *outData, unless the
+// handler has already returned.
+func (ls *leaseStream) send(m any) error {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.finished {
 		return errShutdown
 	}
-	return ls.stream.Send(m)
+	return ls.stream.SendMsg(m)
 }
 
 // setBusy marks a lease being opened (true) or ended (false) and reports
@@ -204,16 +204,19 @@ func protocolError(msg string) error {
 
 // recvLoop reads client frames until the stream ends.
 func (ls *leaseStream) recvLoop() (err error) {
+	req := &ls.req
 	defer func() {
+		req.free()
 		if l := ls.lease; l != nil {
 			// The stream died without release: the connection's state is
 			// unknown, so it is closed, not reused.
 			ls.abandon(l)
 		}
 	}()
-	req := &ls.req
 	for {
-		req.Reset()
+		// The lease codec decodes data frames by reference (codec.go):
+		// their bytes are written to the upstream, then freed here.
+		req.free()
 		if err := ls.stream.RecvMsg(req); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -236,19 +239,24 @@ func (ls *leaseStream) recvLoop() (err error) {
 			if l == nil {
 				return protocolError("data before open")
 			}
-			data := f.Data.GetData()
-			if len(data) > MaxDataFrame {
+			p := req.payload
+			if len(p) == 0 { // decoded by plain proto: no lease codec
+				p = mem.BufferSlice{mem.SliceBuffer(f.Data.GetData())}
+			}
+			n := p.Len()
+			if n > MaxDataFrame {
 				return protocolError("data frame larger than 1 MiB")
 			}
 			if l.ended.Load() || l.broken {
 				continue // the lease ended upstream; the client has not seen it yet
 			}
-			if _, err := l.nc.Write(data); err != nil {
+			var err error
+			if ls.iov, err = writePayload(l.nc, p, ls.iov); err != nil {
 				l.broken = true
 				_ = l.nc.Close() // the reader reports the end
 				continue
 			}
-			l.bytesOut.Add(int64(len(data)))
+			l.bytesOut.Add(int64(n))
 		case *poolv1.LeaseRequest_CloseWrite_:
 			l := ls.lease
 			if l == nil {
@@ -353,21 +361,26 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 // closes the connection, so the client learns of it at once.
 func (ls *leaseStream) relayUpstream(l *lease) {
 	defer close(l.readerc)
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	buf := *bp
-	data := &poolv1.LeaseResponse_Data{}
-	msg := &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Data_{Data: data}}
+	msg := newOutData()
 	for {
-		n, err := l.nc.Read(buf)
+		// A fresh buffer per read: gRPC holds the last one until it is
+		// written (the codec sends it by reference), then it goes back to
+		// relayBufs.
+		bp := relayBufs.Get(relayHeadroom + relayBufSize)
+		buf := mem.NewBuffer(bp, relayBufs)
+		n, err := l.nc.Read((*bp)[relayHeadroom:])
 		if n > 0 {
 			l.bytesIn.Add(int64(n))
-			data.Data = buf[:n]
-			if serr := ls.send(msg); serr != nil {
+			msg.set(buf, n)
+			serr := ls.send(msg)
+			msg.free()
+			if serr != nil {
+				buf.Free()
 				l.readErr = serr
 				return
 			}
 		}
+		buf.Free()
 		if err == nil {
 			continue
 		}

@@ -144,6 +144,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 		grpc.KeepaliveEnforcementPolicy(kep),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		codecOption(), // protobuf, lease data frames by reference (codec.go)
 	}, opts...)
 	srv := grpc.NewServer(all...)
 
