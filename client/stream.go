@@ -107,7 +107,7 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 	hint := &pickHint{want: replica, avoid: avoid}
 	sctx, cancel := context.WithCancel(withPickHint(c.ctx, hint))
 	stop := context.AfterFunc(ctx, cancel)
-	rpc, err := c.leases.Lease(sctx)
+	rpc, err := c.leases.Lease(sctx, leaseCallOption())
 	if !stop() {
 		cancel()
 		return nil, leaseCtxErr(pool, ctx.Err())
@@ -347,17 +347,17 @@ func (s *stream) sendLoop() {
 }
 
 // recvLoop reads server frames until the stream dies. It reuses one message:
-// proto.Unmarshal copies bytes fields, so a data chunk handed to a Conn
-// stays valid.
+// the lease codec (and proto) copy a data frame's bytes into a fresh chunk,
+// so a chunk handed to a Conn stays valid.
 func (s *stream) recvLoop() {
 	defer s.exit()
-	m := new(poolv1.LeaseResponse)
+	m := new(respFrame)
 	for {
 		if err := s.rpc.RecvMsg(m); err != nil {
 			s.fail(s.recvErr(err))
 			return
 		}
-		if err := s.handle(m); err != nil {
+		if err := s.handle(&m.LeaseResponse); err != nil {
 			s.fail(err)
 			return
 		}

@@ -1,0 +1,208 @@
+package client
+
+import (
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+)
+
+// leaseCodec is the gRPC codec of the Lease call (a CallOption on that call
+// only): protobuf, with a fast path for the data frames that carry nearly
+// every byte. A data frame is two nested length-delimited fields around the
+// payload (LeaseRequest.data = 2 or LeaseResponse.data = 2, then Data.data
+// = 1), so the codec writes or reads those few header bytes by hand:
+//
+//   - an outgoing data frame is written, header and payload, into one
+//     pooled buffer that gRPC hands back once it is on the wire (proto
+//     would size the message, then marshal it into a zeroed buffer);
+//   - an incoming data frame decoded into a *respFrame reuses its
+//     messages and copies the payload once, into the chunk a Read gets.
+//
+// Everything else, and any frame not in the exact shape proto.Marshal gives
+// it, goes through grpc-go's own proto codec: the bytes on the wire are
+// plain protobuf. The codec keeps no per-call state.
+type leaseCodec struct {
+	proto encoding.CodecV2
+}
+
+var _ encoding.CodecV2 = leaseCodec{}
+
+// leaseCallOption sets the lease codec on a Lease call.
+func leaseCallOption() grpc.CallOption {
+	return grpc.ForceCodecV2(leaseCodec{proto: encoding.GetCodecV2(proto.Name)})
+}
+
+// Name is "proto": the codec speaks protobuf and the content-subtype stays
+// the one every server expects.
+func (leaseCodec) Name() string { return proto.Name }
+
+// Marshal encodes a LeaseRequest data frame by hand and anything else with
+// proto.
+func (c leaseCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if req, ok := v.(*poolv1.LeaseRequest); ok {
+		if b := marshalData(req); b != nil {
+			return mem.BufferSlice{b}, nil
+		}
+	}
+	return c.proto.Marshal(v)
+}
+
+// Unmarshal decodes a data frame into a *respFrame by hand and anything else
+// with proto.
+func (c leaseCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if f, ok := v.(*respFrame); ok {
+		if f.decodeData(data) {
+			return nil
+		}
+		return c.proto.Unmarshal(data, &f.LeaseResponse)
+	}
+	return c.proto.Unmarshal(data, v)
+}
+
+// maxDataHeader bounds the header of an encoded data frame: two one-byte
+// tags and two varint lengths of at most five bytes (gRPC messages are
+// under 4 GiB).
+const maxDataHeader = 2 * (1 + 5)
+
+// dataHeader appends the header of a data frame with an n-byte payload:
+// field 2 (the oneof's data) holding field 1 (Data.data). It is the same
+// for LeaseRequest and LeaseResponse.
+func dataHeader(b []byte, n int) []byte {
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(1+protowire.SizeVarint(uint64(n))+n))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
+// parseDataHeader reads the header of a data frame of total bytes from the
+// first bytes of its encoding (at most maxDataHeader). It returns the
+// header length, or ok false when the message is not exactly one data
+// frame with a non-empty payload, as proto.Marshal writes it: anything else
+// (other fields, repeated or unknown fields, an empty Data) is left to
+// proto.
+func parseDataHeader(b []byte, total int) (hlen int, ok bool) {
+	if len(b) < 1 || b[0] != 2<<3|byte(protowire.BytesType) {
+		return 0, false
+	}
+	outer, k := protowire.ConsumeVarint(b[1:])
+	if k < 0 || k != protowire.SizeVarint(outer) || uint64(total) != uint64(1+k)+outer {
+		return 0, false
+	}
+	b = b[1+k:]
+	if len(b) < 1 || b[0] != 1<<3|byte(protowire.BytesType) {
+		return 0, false
+	}
+	inner, j := protowire.ConsumeVarint(b[1:])
+	if j < 0 || j != protowire.SizeVarint(inner) || outer != uint64(1+j)+inner || inner == 0 {
+		return 0, false
+	}
+	return 1 + k + 1 + j, true
+}
+
+// marshalData encodes req into a pooled buffer if it is a data frame of at
+// most maxFrame bytes with no unknown fields, as proto.Marshal would; it
+// returns nil otherwise.
+func marshalData(req *poolv1.LeaseRequest) mem.Buffer {
+	f, ok := req.GetFrame().(*poolv1.LeaseRequest_Data_)
+	if !ok || f.Data == nil {
+		return nil
+	}
+	p := f.Data.GetData()
+	if len(p) == 0 || len(p) > maxFrame ||
+		len(req.ProtoReflect().GetUnknown()) > 0 || len(f.Data.ProtoReflect().GetUnknown()) > 0 {
+		return nil
+	}
+	pool := &largeBufs
+	if len(p) <= smallBufSize-maxDataHeader {
+		pool = &smallBufs
+	}
+	bp := pool.Get(0)
+	b := append(dataHeader((*bp)[:0], len(p)), p...)
+	*bp = b
+	return mem.NewBuffer(bp, pool)
+}
+
+// Encoded data frames go into buffers of two sizes that gRPC returns once
+// written. Unlike grpc-go's pools these do not zero a buffer they hand out:
+// it is written over. The small size is above mem's pooling threshold
+// (1 KiB), below which gRPC would not return the buffer.
+const smallBufSize = 2 << 10
+
+var (
+	smallBufs = frameBufPool{size: smallBufSize}
+	largeBufs = frameBufPool{size: maxFrame + maxDataHeader}
+)
+
+// frameBufPool is a mem.BufferPool of buffers of one size.
+type frameBufPool struct {
+	size int
+	p    sync.Pool
+}
+
+var _ mem.BufferPool = (*frameBufPool)(nil)
+
+// Get returns a buffer of length n (at most the pool's size).
+func (p *frameBufPool) Get(n int) *[]byte {
+	if bp, ok := p.p.Get().(*[]byte); ok {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n, p.size)
+	return &b
+}
+
+// Put returns a buffer from Get.
+func (p *frameBufPool) Put(bp *[]byte) {
+	if cap(*bp) == p.size {
+		p.p.Put(bp)
+	}
+}
+
+// respFrame is a LeaseResponse as the receive goroutine reads it: the codec
+// decodes a data frame into it reusing its messages, so only the payload is
+// allocated (it becomes the chunk a Read takes). It is a proto.Message, for
+// interceptors.
+type respFrame struct {
+	poolv1.LeaseResponse
+	oneof poolv1.LeaseResponse_Data_
+	data  poolv1.LeaseResponse_Data
+}
+
+// decodeData decodes a data frame, or reports false and leaves f untouched.
+func (f *respFrame) decodeData(data mem.BufferSlice) bool {
+	total := data.Len()
+	var hb [maxDataHeader]byte
+	head := hb[:0]
+	for _, b := range data {
+		head = append(head, b.ReadOnlyData()[:min(b.Len(), cap(head)-len(head))]...)
+		if len(head) == cap(head) {
+			break
+		}
+	}
+	hlen, ok := parseDataHeader(head, total)
+	if !ok {
+		return false
+	}
+	p := make([]byte, total-hlen)
+	skip, off := hlen, 0
+	for _, b := range data {
+		d := b.ReadOnlyData()
+		if skip >= len(d) {
+			skip -= len(d)
+			continue
+		}
+		off += copy(p[off:], d[skip:])
+		skip = 0
+	}
+	f.Reset()
+	f.data.Data = p
+	f.oneof.Data = &f.data
+	f.Frame = &f.oneof
+	return true
+}
