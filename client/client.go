@@ -57,6 +57,11 @@ const (
 	closeGrace = time.Second
 	// maxClientName is the server's bound on Open.client_name.
 	maxClientName = 128
+	// streamWindow and connWindow are the HTTP/2 flow-control windows per
+	// stream and per connection: 1 MiB is far above one lease's frames in
+	// flight on a LAN, 16 MiB bounds what one connection may buffer.
+	streamWindow = 1 << 20
+	connWindow   = 16 << 20
 )
 
 // Option configures a Client; see New.
@@ -193,6 +198,10 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fixed flow-control windows, as poold's: gRPC's dynamic window (BDP
+	// estimation) would add a PING and a window update to most lease
+	// round trips. Options given with WithDialOptions come later and win.
+	dial = append(dial, grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow))
 	replicas, replicasID := newReplicaSet()
 	dial = append(dial, extra...)
 	dial = append(dial, grpc.WithDefaultServiceConfig(serviceConfig(replicasID)))

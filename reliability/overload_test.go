@@ -64,6 +64,13 @@ func TestOverload(t *testing.T) {
 	clients := make([]*client.Client, 8)
 	for i := range clients {
 		clients[i] = newClient(t, pd.addr)
+		// Connected before the baseline: each client connection costs
+		// poold a few goroutines (transport, health watch) that stay.
+		conn, err := clients[i].Lease(ctx, "hot")
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		conn.Close()
 	}
 
 	// Baseline and full rate, before. The acquire_timeout is the default

@@ -68,14 +68,16 @@ func newBenchEnv(b *testing.B, maxConns int32) *benchEnv {
 	go gs.Serve(ln)
 
 	// The bare gRPC echo reference: same messages, no upstream.
-	es := grpc.NewServer()
+	// Same flow-control windows as the lease server and the SDK.
+	es := grpc.NewServer(grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(16<<20))
 	poolv1.RegisterLeaseServiceServer(es, grpcEchoServer{})
 	eln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	go es.Serve(eln)
-	ecc, err := grpc.NewClient(eln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ecc, err := grpc.NewClient(eln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(16<<20))
 	if err != nil {
 		b.Fatal(err)
 	}

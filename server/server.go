@@ -90,6 +90,13 @@ type Config struct {
 	KeepaliveMinTime time.Duration
 }
 
+// streamWindow and connWindow are the server's fixed HTTP/2 flow-control
+// windows, per stream and per connection (the SDK uses the same).
+const (
+	streamWindow = 1 << 20
+	connWindow   = 16 << 20
+)
+
 // New builds the gRPC server: it registers PoolAdminService (AdminServer),
 // StatsService (StatsServer), LeaseService (LeaseServer), grpc.health.v1.Health
 // (see Services for what the owner drives at shutdown)
@@ -145,6 +152,13 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		codecOption(), // protobuf, lease data frames by reference (codec.go)
+		// Fixed flow-control windows: with gRPC's default dynamic window
+		// (BDP estimation) most lease round trips carry an extra PING and
+		// window update each way, about a fifth of a small round trip's
+		// cost. 1 MiB per stream is far above one lease's frames in flight
+		// on a LAN; 16 MiB bounds what one client connection may buffer.
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
 	}, opts...)
 	srv := grpc.NewServer(all...)
 
