@@ -335,7 +335,9 @@ func (c *Client) settled() {
 // ErrReplicaFenced, ErrUnauthenticated, ErrUnavailable, ErrProtocol or
 // ErrClientClosed;
 // they are *Error values unless ctx was cancelled, in which case the error
-// wraps ctx.Err(). Safe for concurrent use.
+// wraps ctx.Err(). Lease retries only as LeaseWith describes: after
+// ErrBacklogFull or ErrUpstreamUnavailable, wait for Error.RetryAfter
+// before trying again. Safe for concurrent use.
 func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
 	return c.LeaseWith(ctx, pool, nil)
 }
