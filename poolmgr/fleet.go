@@ -30,6 +30,43 @@ type Replicas interface {
 	Changed() <-chan struct{}
 }
 
+// ReplicaLister is implemented by Replicas that can name the replicas;
+// ReplicaSet uses it.
+type ReplicaLister interface {
+	// ID returns this replica's id.
+	ID() string
+	// List returns the ids of the live replicas, this one included, in
+	// rank order.
+	List() []string
+}
+
+// ReplicaSet is the set of replicas sharing a Manager's store, as this
+// replica sees it.
+type ReplicaSet struct {
+	// Self is this replica's id; "" when the Manager has no Replicas (one
+	// poold on its own store).
+	Self string
+	// Members are the live replicas' ids in rank order, Self included; nil
+	// when the Manager has no Replicas or they cannot be listed.
+	Members []string
+	// Fenced reports that this replica holds no share of fleet limits
+	// (Replicas.Fenced).
+	Fenced bool
+}
+
+// ReplicaSet returns the replicas sharing the store as this replica sees
+// them. It is safe for concurrent use.
+func (m *Manager) ReplicaSet() ReplicaSet {
+	if m.replicas == nil {
+		return ReplicaSet{}
+	}
+	rs := ReplicaSet{Fenced: m.replicas.Fenced()}
+	if l, ok := m.replicas.(ReplicaLister); ok {
+		rs.Self, rs.Members = l.ID(), l.List()
+	}
+	return rs
+}
+
 // FleetShare returns the part of a fleet-wide limit that the replica of
 // rank takes among n: limit/n, plus one for the first limit%n ranks, so
 // the shares of n replicas that agree on n add up to exactly limit. A

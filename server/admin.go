@@ -40,6 +40,7 @@ type adminCore interface {
 	Watch(ctx context.Context, fromRevision int64) (<-chan poolmgr.PoolEvent, error)
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	CurrentRevision(ctx context.Context) (int64, error)
+	ReplicaSet() poolmgr.ReplicaSet
 }
 
 var _ adminCore = (*poolmgr.Manager)(nil)
@@ -310,6 +311,12 @@ func (s *AdminServer) ListLeases(ctx context.Context, req *poolv1.ListLeasesRequ
 		out.Leases = append(out.Leases, leaseToProto(l, now))
 	}
 	return out, nil
+}
+
+// ListReplicas lists the replicas sharing the configuration. See
+// poolv1.PoolAdminServiceServer.
+func (s *AdminServer) ListReplicas(context.Context, *poolv1.ListReplicasRequest) (*poolv1.ListReplicasResponse, error) {
+	return replicaSetToProto(s.core.ReplicaSet()), nil
 }
 
 // RevokeLease ends a lease. See poolv1.PoolAdminServiceServer.

@@ -65,6 +65,7 @@ var methodPermissions = map[string]permission{
 	poolv1.PoolAdminService_ResumePool_FullMethodName:        permOperate,
 	poolv1.PoolAdminService_ReconnectPool_FullMethodName:     permOperate,
 	poolv1.PoolAdminService_ListLeases_FullMethodName:        permRead,
+	poolv1.PoolAdminService_ListReplicas_FullMethodName:      permRead,
 	poolv1.PoolAdminService_RevokeLease_FullMethodName:       permOperate,
 	poolv1.PoolAdminService_WatchPools_FullMethodName:        permRead,
 	poolv1.PoolAdminService_BackupDatabase_FullMethodName:    permBackup,

@@ -34,6 +34,7 @@ var wantAllowed = map[string][]Role{
 	"/poolplane.v1.PoolAdminService/ResumePool":        {RoleAdmin, RoleOperator},
 	"/poolplane.v1.PoolAdminService/ReconnectPool":     {RoleAdmin, RoleOperator},
 	"/poolplane.v1.PoolAdminService/ListLeases":        {RoleAdmin, RoleOperator, RoleViewer},
+	"/poolplane.v1.PoolAdminService/ListReplicas":      {RoleAdmin, RoleOperator, RoleViewer},
 	"/poolplane.v1.PoolAdminService/RevokeLease":       {RoleAdmin, RoleOperator},
 	"/poolplane.v1.PoolAdminService/WatchPools":        {RoleAdmin, RoleOperator, RoleViewer},
 	"/poolplane.v1.PoolAdminService/BackupDatabase":    {RoleAdmin},

@@ -324,6 +324,15 @@ func leaseToProto(l poolmgr.LeaseInfo, now time.Time) *poolv1.LeaseInfo {
 	return out
 }
 
+// replicaSetToProto converts a replica set.
+func replicaSetToProto(rs poolmgr.ReplicaSet) *poolv1.ListReplicasResponse {
+	out := &poolv1.ListReplicasResponse{ReplicaId: rs.Self, Fenced: rs.Fenced}
+	for i, id := range rs.Members {
+		out.Replicas = append(out.Replicas, &poolv1.Replica{Id: id, Rank: int32(i)})
+	}
+	return out
+}
+
 // statsToProto converts a stats snapshot taken at now.
 func statsToProto(s poolmgr.Stats, now time.Time) *poolv1.PoolStats {
 	return &poolv1.PoolStats{

@@ -87,6 +87,7 @@ func commands() []*command {
 		rollbackCommand(),
 		leasesCommand(),
 		revokeCommand(),
+		replicasCommand(),
 		statsCommand(),
 		backupCommand(),
 		forwardCommand(),

@@ -542,6 +542,44 @@ func leasesCommand() *command {
 	}
 }
 
+func replicasCommand() *command {
+	return &command{
+		name: "replicas", summary: "list the poold replicas sharing the server's configuration (etcd store) and whether the server is fenced",
+		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, _ []string) error {
+				if err := e.connect(); err != nil {
+					return err
+				}
+				ctx, cancel := e.rpcContext(ctx)
+				defer cancel()
+				resp, err := e.admin.ListReplicas(ctx, &poolv1.ListReplicasRequest{})
+				if err != nil {
+					return err
+				}
+				if e.g.output != "table" {
+					return writeStructured(e.stdout, e.g.output, resp)
+				}
+				if len(resp.GetReplicas()) == 0 {
+					_, _ = fmt.Fprintln(e.stdout, "one poold on its own store: no replicas")
+					return nil
+				}
+				t := newTable(e.stdout, "RANK", "REPLICA", "STATE")
+				for _, r := range resp.GetReplicas() {
+					state := "live"
+					if r.GetId() == resp.GetReplicaId() {
+						state = "live (this server)"
+						if resp.GetFenced() {
+							state = "fenced (this server): no share of fleet limits"
+						}
+					}
+					t.row(itoa(r.GetRank()), r.GetId(), state)
+				}
+				return t.flush()
+			}
+		},
+	}
+}
+
 func revokeCommand() *command {
 	return &command{
 		name: "revoke", args: "LEASE_NAME",

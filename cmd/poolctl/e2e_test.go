@@ -316,6 +316,14 @@ pools:
 	}
 	ts.ok(t, "", "delete", "api")
 	ts.ok(t, "", "delete", "cache")
+
+	// One poold on its own store has no replica set.
+	if out := ts.ok(t, "", "replicas"); !strings.Contains(out, "no replicas") {
+		t.Fatalf("replicas:\n%s", out)
+	}
+	if r := unmarshal(t, ts.ok(t, "", "replicas", "-o", "json"), &poolv1.ListReplicasResponse{}); len(r.GetReplicas()) != 0 || r.GetReplicaId() != "" {
+		t.Fatalf("replicas -o json: %v", r)
+	}
 }
 
 func mustRead(t *testing.T, name string) string {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -277,6 +278,29 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 		return fmt.Sprint(s)
 	}
 	within(t, 5*time.Second, "9 divided by 3 replicas", func() bool { return shares(rs...) == "[3 3 3]" })
+	// Every replica lists the same three, in one rank order.
+	var ids []string
+	for i, r := range rs {
+		resp, err := poolv1.NewPoolAdminServiceClient(dial(t, r.grpcAddr)).ListReplicas(ctx, &poolv1.ListReplicasRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for j, rep := range resp.GetReplicas() {
+			if rep.GetRank() != int32(j) {
+				t.Errorf("replica %d lists %s at rank %d, position %d", i, rep.GetId(), rep.GetRank(), j)
+			}
+			got = append(got, rep.GetId())
+		}
+		if len(got) != 3 || !slices.Contains(got, resp.GetReplicaId()) || resp.GetFenced() {
+			t.Fatalf("ListReplicas on replica %d: %v", i, resp)
+		}
+		if ids == nil {
+			ids = got
+		} else if !slices.Equal(ids, got) {
+			t.Errorf("replica %d lists %v, replica 0 %v", i, got, ids)
+		}
+	}
 	// A change through another replica reaches all of them within a second.
 	if _, err := poolv1.NewPoolAdminServiceClient(dial(t, rs[1].grpcAddr)).UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{
 		Name: "pools/fleet", Endpoints: []string{up.addr},

@@ -168,17 +168,37 @@ func (ms *Membership) WaitReady(ctx context.Context) error {
 // id, and their number (itself included). While fenced it returns what it
 // last read (plus itself); the share it implies does not apply then.
 func (ms *Membership) Members() (rank, n int) {
+	keys := ms.keys()
+	return slices.Index(keys, ms.self), len(keys)
+}
+
+// keys returns the registration keys of the live replicas, this one
+// included, sorted: rank order.
+func (ms *Membership) keys() []string {
 	ms.mu.Lock()
-	ids := make([]string, 0, len(ms.members)+1)
+	keys := make([]string, 0, len(ms.members)+1)
 	for k := range ms.members {
-		ids = append(ids, k)
+		keys = append(keys, k)
 	}
 	ms.mu.Unlock()
-	if !slices.Contains(ids, ms.self) {
-		ids = append(ids, ms.self)
+	if !slices.Contains(keys, ms.self) {
+		keys = append(keys, ms.self)
 	}
-	slices.Sort(ids)
-	return slices.Index(ids, ms.self), len(ids)
+	slices.Sort(keys)
+	return keys
+}
+
+// ID returns this replica's id.
+func (ms *Membership) ID() string { return strings.TrimPrefix(ms.self, ms.prefix) }
+
+// List returns the ids of the live replicas, this one included, in rank
+// order: the set Members counts.
+func (ms *Membership) List() []string {
+	keys := ms.keys()
+	for i, k := range keys {
+		keys[i] = strings.TrimPrefix(k, ms.prefix)
+	}
+	return keys
 }
 
 // Fenced reports whether this replica may have lost its registration: not

@@ -1554,6 +1554,166 @@ func (x *BackupDatabaseResponse) GetChunk() []byte {
 	return nil
 }
 
+// Request for ListReplicas.
+type ListReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasRequest) Reset() {
+	*x = ListReplicasRequest{}
+	mi := &file_poolplane_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasRequest) ProtoMessage() {}
+
+func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
+func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+// Response of ListReplicas.
+type ListReplicasResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The live replicas in rank order (the order fleet-scoped limits are
+	// divided in: the first max_connections % n replicas take one more), the
+	// answering replica included. Empty with the bbolt store.
+	Replicas []*Replica `protobuf:"bytes,1,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// The id of the answering replica; empty with the bbolt store.
+	ReplicaId string `protobuf:"bytes,2,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	// True while the answering replica is fenced: it could not confirm its
+	// registration in etcd in time, so it holds no share of any fleet-scoped
+	// limit (see PoolStats.fenced) and the others may have taken its share.
+	Fenced        bool `protobuf:"varint,3,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasResponse) Reset() {
+	*x = ListReplicasResponse{}
+	mi := &file_poolplane_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasResponse) ProtoMessage() {}
+
+func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
+func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListReplicasResponse) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *ListReplicasResponse) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+func (x *ListReplicasResponse) GetFenced() bool {
+	if x != nil {
+		return x.Fenced
+	}
+	return false
+}
+
+// Replica is one poold replica in the live replica set.
+type Replica struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's id (poold --replica-id).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Its rank, from 0, among the live replicas.
+	Rank          int32 `protobuf:"varint,2,opt,name=rank,proto3" json:"rank,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replica) Reset() {
+	*x = Replica{}
+	mi := &file_poolplane_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replica) ProtoMessage() {}
+
+func (x *Replica) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replica.ProtoReflect.Descriptor instead.
+func (*Replica) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Replica) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Replica) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
 var File_poolplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_admin_proto_rawDesc = "" +
@@ -1655,7 +1815,17 @@ const file_poolplane_v1_admin_proto_rawDesc = "" +
 	"\x11EVENT_TYPE_DELETE\x10\x02\"\x17\n" +
 	"\x15BackupDatabaseRequest\".\n" +
 	"\x16BackupDatabaseResponse\x12\x14\n" +
-	"\x05chunk\x18\x01 \x01(\fR\x05chunk2\xc2\t\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\"\x15\n" +
+	"\x13ListReplicasRequest\"\x80\x01\n" +
+	"\x14ListReplicasResponse\x121\n" +
+	"\breplicas\x18\x01 \x03(\v2\x15.poolplane.v1.ReplicaR\breplicas\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x02 \x01(\tR\treplicaId\x12\x16\n" +
+	"\x06fenced\x18\x03 \x01(\bR\x06fenced\"-\n" +
+	"\aReplica\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04rank\x18\x02 \x01(\x05R\x04rank2\x99\n" +
+	"\n" +
 	"\x10PoolAdminService\x12A\n" +
 	"\n" +
 	"CreatePool\x12\x1f.poolplane.v1.CreatePoolRequest\x1a\x12.poolplane.v1.Pool\x12;\n" +
@@ -1679,7 +1849,8 @@ const file_poolplane_v1_admin_proto_rawDesc = "" +
 	"\vRevokeLease\x12 .poolplane.v1.RevokeLeaseRequest\x1a\x16.google.protobuf.Empty\x12Q\n" +
 	"\n" +
 	"WatchPools\x12\x1f.poolplane.v1.WatchPoolsRequest\x1a .poolplane.v1.WatchPoolsResponse0\x01\x12]\n" +
-	"\x0eBackupDatabase\x12#.poolplane.v1.BackupDatabaseRequest\x1a$.poolplane.v1.BackupDatabaseResponse0\x01B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
+	"\x0eBackupDatabase\x12#.poolplane.v1.BackupDatabaseRequest\x1a$.poolplane.v1.BackupDatabaseResponse0\x01\x12U\n" +
+	"\fListReplicas\x12!.poolplane.v1.ListReplicasRequest\x1a\".poolplane.v1.ListReplicasResponseB8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
 
 var (
 	file_poolplane_v1_admin_proto_rawDescOnce sync.Once
@@ -1694,7 +1865,7 @@ func file_poolplane_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_poolplane_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_poolplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_poolplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_poolplane_v1_admin_proto_goTypes = []any{
 	(PoolChange_Action)(0),            // 0: poolplane.v1.PoolChange.Action
 	(WatchPoolsResponse_EventType)(0), // 1: poolplane.v1.WatchPoolsResponse.EventType
@@ -1723,65 +1894,71 @@ var file_poolplane_v1_admin_proto_goTypes = []any{
 	(*WatchPoolsResponse)(nil),        // 24: poolplane.v1.WatchPoolsResponse
 	(*BackupDatabaseRequest)(nil),     // 25: poolplane.v1.BackupDatabaseRequest
 	(*BackupDatabaseResponse)(nil),    // 26: poolplane.v1.BackupDatabaseResponse
-	(*Pool)(nil),                      // 27: poolplane.v1.Pool
-	(*fieldmaskpb.FieldMask)(nil),     // 28: google.protobuf.FieldMask
-	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 30: google.protobuf.Duration
-	(*emptypb.Empty)(nil),             // 31: google.protobuf.Empty
+	(*ListReplicasRequest)(nil),       // 27: poolplane.v1.ListReplicasRequest
+	(*ListReplicasResponse)(nil),      // 28: poolplane.v1.ListReplicasResponse
+	(*Replica)(nil),                   // 29: poolplane.v1.Replica
+	(*Pool)(nil),                      // 30: poolplane.v1.Pool
+	(*fieldmaskpb.FieldMask)(nil),     // 31: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil),     // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 33: google.protobuf.Duration
+	(*emptypb.Empty)(nil),             // 34: google.protobuf.Empty
 }
 var file_poolplane_v1_admin_proto_depIdxs = []int32{
-	27, // 0: poolplane.v1.CreatePoolRequest.pool:type_name -> poolplane.v1.Pool
-	27, // 1: poolplane.v1.ListPoolsResponse.pools:type_name -> poolplane.v1.Pool
-	27, // 2: poolplane.v1.UpdatePoolRequest.pool:type_name -> poolplane.v1.Pool
-	28, // 3: poolplane.v1.UpdatePoolRequest.update_mask:type_name -> google.protobuf.FieldMask
-	27, // 4: poolplane.v1.ApplyPoolsRequest.pools:type_name -> poolplane.v1.Pool
+	30, // 0: poolplane.v1.CreatePoolRequest.pool:type_name -> poolplane.v1.Pool
+	30, // 1: poolplane.v1.ListPoolsResponse.pools:type_name -> poolplane.v1.Pool
+	30, // 2: poolplane.v1.UpdatePoolRequest.pool:type_name -> poolplane.v1.Pool
+	31, // 3: poolplane.v1.UpdatePoolRequest.update_mask:type_name -> google.protobuf.FieldMask
+	30, // 4: poolplane.v1.ApplyPoolsRequest.pools:type_name -> poolplane.v1.Pool
 	10, // 5: poolplane.v1.ApplyPoolsResponse.changes:type_name -> poolplane.v1.PoolChange
 	0,  // 6: poolplane.v1.PoolChange.action:type_name -> poolplane.v1.PoolChange.Action
 	13, // 7: poolplane.v1.ListPoolRevisionsResponse.revisions:type_name -> poolplane.v1.PoolRevision
-	29, // 8: poolplane.v1.PoolRevision.time:type_name -> google.protobuf.Timestamp
-	27, // 9: poolplane.v1.PoolRevision.pool:type_name -> poolplane.v1.Pool
+	32, // 8: poolplane.v1.PoolRevision.time:type_name -> google.protobuf.Timestamp
+	30, // 9: poolplane.v1.PoolRevision.pool:type_name -> poolplane.v1.Pool
 	21, // 10: poolplane.v1.ListLeasesResponse.leases:type_name -> poolplane.v1.LeaseInfo
-	29, // 11: poolplane.v1.LeaseInfo.grant_time:type_name -> google.protobuf.Timestamp
-	30, // 12: poolplane.v1.LeaseInfo.held:type_name -> google.protobuf.Duration
+	32, // 11: poolplane.v1.LeaseInfo.grant_time:type_name -> google.protobuf.Timestamp
+	33, // 12: poolplane.v1.LeaseInfo.held:type_name -> google.protobuf.Duration
 	1,  // 13: poolplane.v1.WatchPoolsResponse.type:type_name -> poolplane.v1.WatchPoolsResponse.EventType
-	27, // 14: poolplane.v1.WatchPoolsResponse.pool:type_name -> poolplane.v1.Pool
-	2,  // 15: poolplane.v1.PoolAdminService.CreatePool:input_type -> poolplane.v1.CreatePoolRequest
-	3,  // 16: poolplane.v1.PoolAdminService.GetPool:input_type -> poolplane.v1.GetPoolRequest
-	4,  // 17: poolplane.v1.PoolAdminService.ListPools:input_type -> poolplane.v1.ListPoolsRequest
-	6,  // 18: poolplane.v1.PoolAdminService.UpdatePool:input_type -> poolplane.v1.UpdatePoolRequest
-	7,  // 19: poolplane.v1.PoolAdminService.DeletePool:input_type -> poolplane.v1.DeletePoolRequest
-	8,  // 20: poolplane.v1.PoolAdminService.ApplyPools:input_type -> poolplane.v1.ApplyPoolsRequest
-	11, // 21: poolplane.v1.PoolAdminService.ListPoolRevisions:input_type -> poolplane.v1.ListPoolRevisionsRequest
-	14, // 22: poolplane.v1.PoolAdminService.RollbackPool:input_type -> poolplane.v1.RollbackPoolRequest
-	15, // 23: poolplane.v1.PoolAdminService.DrainPool:input_type -> poolplane.v1.DrainPoolRequest
-	16, // 24: poolplane.v1.PoolAdminService.PausePool:input_type -> poolplane.v1.PausePoolRequest
-	17, // 25: poolplane.v1.PoolAdminService.ResumePool:input_type -> poolplane.v1.ResumePoolRequest
-	18, // 26: poolplane.v1.PoolAdminService.ReconnectPool:input_type -> poolplane.v1.ReconnectPoolRequest
-	19, // 27: poolplane.v1.PoolAdminService.ListLeases:input_type -> poolplane.v1.ListLeasesRequest
-	22, // 28: poolplane.v1.PoolAdminService.RevokeLease:input_type -> poolplane.v1.RevokeLeaseRequest
-	23, // 29: poolplane.v1.PoolAdminService.WatchPools:input_type -> poolplane.v1.WatchPoolsRequest
-	25, // 30: poolplane.v1.PoolAdminService.BackupDatabase:input_type -> poolplane.v1.BackupDatabaseRequest
-	27, // 31: poolplane.v1.PoolAdminService.CreatePool:output_type -> poolplane.v1.Pool
-	27, // 32: poolplane.v1.PoolAdminService.GetPool:output_type -> poolplane.v1.Pool
-	5,  // 33: poolplane.v1.PoolAdminService.ListPools:output_type -> poolplane.v1.ListPoolsResponse
-	27, // 34: poolplane.v1.PoolAdminService.UpdatePool:output_type -> poolplane.v1.Pool
-	31, // 35: poolplane.v1.PoolAdminService.DeletePool:output_type -> google.protobuf.Empty
-	9,  // 36: poolplane.v1.PoolAdminService.ApplyPools:output_type -> poolplane.v1.ApplyPoolsResponse
-	12, // 37: poolplane.v1.PoolAdminService.ListPoolRevisions:output_type -> poolplane.v1.ListPoolRevisionsResponse
-	27, // 38: poolplane.v1.PoolAdminService.RollbackPool:output_type -> poolplane.v1.Pool
-	27, // 39: poolplane.v1.PoolAdminService.DrainPool:output_type -> poolplane.v1.Pool
-	27, // 40: poolplane.v1.PoolAdminService.PausePool:output_type -> poolplane.v1.Pool
-	27, // 41: poolplane.v1.PoolAdminService.ResumePool:output_type -> poolplane.v1.Pool
-	27, // 42: poolplane.v1.PoolAdminService.ReconnectPool:output_type -> poolplane.v1.Pool
-	20, // 43: poolplane.v1.PoolAdminService.ListLeases:output_type -> poolplane.v1.ListLeasesResponse
-	31, // 44: poolplane.v1.PoolAdminService.RevokeLease:output_type -> google.protobuf.Empty
-	24, // 45: poolplane.v1.PoolAdminService.WatchPools:output_type -> poolplane.v1.WatchPoolsResponse
-	26, // 46: poolplane.v1.PoolAdminService.BackupDatabase:output_type -> poolplane.v1.BackupDatabaseResponse
-	31, // [31:47] is the sub-list for method output_type
-	15, // [15:31] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	30, // 14: poolplane.v1.WatchPoolsResponse.pool:type_name -> poolplane.v1.Pool
+	29, // 15: poolplane.v1.ListReplicasResponse.replicas:type_name -> poolplane.v1.Replica
+	2,  // 16: poolplane.v1.PoolAdminService.CreatePool:input_type -> poolplane.v1.CreatePoolRequest
+	3,  // 17: poolplane.v1.PoolAdminService.GetPool:input_type -> poolplane.v1.GetPoolRequest
+	4,  // 18: poolplane.v1.PoolAdminService.ListPools:input_type -> poolplane.v1.ListPoolsRequest
+	6,  // 19: poolplane.v1.PoolAdminService.UpdatePool:input_type -> poolplane.v1.UpdatePoolRequest
+	7,  // 20: poolplane.v1.PoolAdminService.DeletePool:input_type -> poolplane.v1.DeletePoolRequest
+	8,  // 21: poolplane.v1.PoolAdminService.ApplyPools:input_type -> poolplane.v1.ApplyPoolsRequest
+	11, // 22: poolplane.v1.PoolAdminService.ListPoolRevisions:input_type -> poolplane.v1.ListPoolRevisionsRequest
+	14, // 23: poolplane.v1.PoolAdminService.RollbackPool:input_type -> poolplane.v1.RollbackPoolRequest
+	15, // 24: poolplane.v1.PoolAdminService.DrainPool:input_type -> poolplane.v1.DrainPoolRequest
+	16, // 25: poolplane.v1.PoolAdminService.PausePool:input_type -> poolplane.v1.PausePoolRequest
+	17, // 26: poolplane.v1.PoolAdminService.ResumePool:input_type -> poolplane.v1.ResumePoolRequest
+	18, // 27: poolplane.v1.PoolAdminService.ReconnectPool:input_type -> poolplane.v1.ReconnectPoolRequest
+	19, // 28: poolplane.v1.PoolAdminService.ListLeases:input_type -> poolplane.v1.ListLeasesRequest
+	22, // 29: poolplane.v1.PoolAdminService.RevokeLease:input_type -> poolplane.v1.RevokeLeaseRequest
+	23, // 30: poolplane.v1.PoolAdminService.WatchPools:input_type -> poolplane.v1.WatchPoolsRequest
+	25, // 31: poolplane.v1.PoolAdminService.BackupDatabase:input_type -> poolplane.v1.BackupDatabaseRequest
+	27, // 32: poolplane.v1.PoolAdminService.ListReplicas:input_type -> poolplane.v1.ListReplicasRequest
+	30, // 33: poolplane.v1.PoolAdminService.CreatePool:output_type -> poolplane.v1.Pool
+	30, // 34: poolplane.v1.PoolAdminService.GetPool:output_type -> poolplane.v1.Pool
+	5,  // 35: poolplane.v1.PoolAdminService.ListPools:output_type -> poolplane.v1.ListPoolsResponse
+	30, // 36: poolplane.v1.PoolAdminService.UpdatePool:output_type -> poolplane.v1.Pool
+	34, // 37: poolplane.v1.PoolAdminService.DeletePool:output_type -> google.protobuf.Empty
+	9,  // 38: poolplane.v1.PoolAdminService.ApplyPools:output_type -> poolplane.v1.ApplyPoolsResponse
+	12, // 39: poolplane.v1.PoolAdminService.ListPoolRevisions:output_type -> poolplane.v1.ListPoolRevisionsResponse
+	30, // 40: poolplane.v1.PoolAdminService.RollbackPool:output_type -> poolplane.v1.Pool
+	30, // 41: poolplane.v1.PoolAdminService.DrainPool:output_type -> poolplane.v1.Pool
+	30, // 42: poolplane.v1.PoolAdminService.PausePool:output_type -> poolplane.v1.Pool
+	30, // 43: poolplane.v1.PoolAdminService.ResumePool:output_type -> poolplane.v1.Pool
+	30, // 44: poolplane.v1.PoolAdminService.ReconnectPool:output_type -> poolplane.v1.Pool
+	20, // 45: poolplane.v1.PoolAdminService.ListLeases:output_type -> poolplane.v1.ListLeasesResponse
+	34, // 46: poolplane.v1.PoolAdminService.RevokeLease:output_type -> google.protobuf.Empty
+	24, // 47: poolplane.v1.PoolAdminService.WatchPools:output_type -> poolplane.v1.WatchPoolsResponse
+	26, // 48: poolplane.v1.PoolAdminService.BackupDatabase:output_type -> poolplane.v1.BackupDatabaseResponse
+	28, // 49: poolplane.v1.PoolAdminService.ListReplicas:output_type -> poolplane.v1.ListReplicasResponse
+	33, // [33:50] is the sub-list for method output_type
+	16, // [16:33] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_admin_proto_init() }
@@ -1796,7 +1973,7 @@ func file_poolplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_admin_proto_rawDesc), len(file_poolplane_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	PoolAdminService_RevokeLease_FullMethodName       = "/poolplane.v1.PoolAdminService/RevokeLease"
 	PoolAdminService_WatchPools_FullMethodName        = "/poolplane.v1.PoolAdminService/WatchPools"
 	PoolAdminService_BackupDatabase_FullMethodName    = "/poolplane.v1.PoolAdminService/BackupDatabase"
+	PoolAdminService_ListReplicas_FullMethodName      = "/poolplane.v1.PoolAdminService/ListReplicas"
 )
 
 // PoolAdminServiceClient is the client API for PoolAdminService service.
@@ -91,6 +92,11 @@ type PoolAdminServiceClient interface {
 	// poold keeps serving. To restore, stop poold and put the file in place of
 	// <data-dir>/poolplane.db.
 	BackupDatabase(ctx context.Context, in *BackupDatabaseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupDatabaseResponse], error)
+	// Lists the poold replicas that share this replica's configuration (an
+	// etcd --store), as the answering replica sees them: the live replica
+	// set that divides fleet-scoped limits, and whether the answering
+	// replica is fenced. With the bbolt store, one poold: no replicas.
+	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
 }
 
 type poolAdminServiceClient struct {
@@ -279,6 +285,16 @@ func (c *poolAdminServiceClient) BackupDatabase(ctx context.Context, in *BackupD
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PoolAdminService_BackupDatabaseClient = grpc.ServerStreamingClient[BackupDatabaseResponse]
 
+func (c *poolAdminServiceClient) ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReplicasResponse)
+	err := c.cc.Invoke(ctx, PoolAdminService_ListReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolAdminServiceServer is the server API for PoolAdminService service.
 // All implementations must embed UnimplementedPoolAdminServiceServer
 // for forward compatibility.
@@ -332,6 +348,11 @@ type PoolAdminServiceServer interface {
 	// poold keeps serving. To restore, stop poold and put the file in place of
 	// <data-dir>/poolplane.db.
 	BackupDatabase(*BackupDatabaseRequest, grpc.ServerStreamingServer[BackupDatabaseResponse]) error
+	// Lists the poold replicas that share this replica's configuration (an
+	// etcd --store), as the answering replica sees them: the live replica
+	// set that divides fleet-scoped limits, and whether the answering
+	// replica is fenced. With the bbolt store, one poold: no replicas.
+	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
 	mustEmbedUnimplementedPoolAdminServiceServer()
 }
 
@@ -389,6 +410,9 @@ func (UnimplementedPoolAdminServiceServer) WatchPools(*WatchPoolsRequest, grpc.S
 }
 func (UnimplementedPoolAdminServiceServer) BackupDatabase(*BackupDatabaseRequest, grpc.ServerStreamingServer[BackupDatabaseResponse]) error {
 	return status.Error(codes.Unimplemented, "method BackupDatabase not implemented")
+}
+func (UnimplementedPoolAdminServiceServer) ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReplicas not implemented")
 }
 func (UnimplementedPoolAdminServiceServer) mustEmbedUnimplementedPoolAdminServiceServer() {}
 func (UnimplementedPoolAdminServiceServer) testEmbeddedByValue()                          {}
@@ -685,6 +709,24 @@ func _PoolAdminService_BackupDatabase_Handler(srv interface{}, stream grpc.Serve
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PoolAdminService_BackupDatabaseServer = grpc.ServerStreamingServer[BackupDatabaseResponse]
 
+func _PoolAdminService_ListReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolAdminServiceServer).ListReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolAdminService_ListReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolAdminServiceServer).ListReplicas(ctx, req.(*ListReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolAdminService_ServiceDesc is the grpc.ServiceDesc for PoolAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -747,6 +789,10 @@ var PoolAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeLease",
 			Handler:    _PoolAdminService_RevokeLease_Handler,
+		},
+		{
+			MethodName: "ListReplicas",
+			Handler:    _PoolAdminService_ListReplicas_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
