@@ -135,6 +135,12 @@ type Options struct {
 	// NoSync skips fsync on commit. For tests only: a crash can lose or
 	// corrupt committed data.
 	NoSync bool
+	// ReadOnly opens an existing file for reading only, with a shared
+	// lock: the file is not created, not written, and may be open
+	// read-only in other processes at once (not while one holds it
+	// read-write: Open then fails with ErrLocked after Timeout). Writes
+	// (Put, Delete, Txn, Import) fail. For reading a backup.
+	ReadOnly bool
 	// Now returns the time recorded in history and events. Default
 	// time.Now.
 	Now func() time.Time
@@ -157,12 +163,14 @@ type Store struct {
 	notifyc chan struct{} // closed and replaced after every commit
 }
 
-// Open opens (creating if needed, mode 0600) the store file at path.
+// Open opens (creating if needed, mode 0600) the store file at path;
+// with opts.ReadOnly, an existing file for reading only.
 //
 // It returns an error wrapping ErrLocked if the file stays locked for
 // opts.Timeout, ErrSchema if the file was written by a newer version of
 // this package, and the underlying error if the file is not a bbolt
-// database or cannot be read.
+// database or cannot be read; with ReadOnly, also if the file does not
+// exist or is not a store file (a bucket is missing).
 func Open(path string, opts Options) (*Store, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
@@ -179,6 +187,7 @@ func Open(path string, opts Options) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:      opts.Timeout,
 		NoSync:       opts.NoSync,
+		ReadOnly:     opts.ReadOnly,
 		FreelistType: bolt.FreelistMapType,
 	})
 	if err != nil {
@@ -187,7 +196,11 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := db.Update(initSchema); err != nil {
+	schemaTx := db.Update
+	if opts.ReadOnly {
+		schemaTx = db.View
+	}
+	if err := schemaTx(func(tx *bolt.Tx) error { return initSchema(tx, opts.ReadOnly) }); err != nil {
 		_ = db.Close() // the schema error is the one to report
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -201,8 +214,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}, nil
 }
 
-// initSchema checks the schema version and creates every bucket.
-func initSchema(tx *bolt.Tx) error {
+// initSchema checks the schema version and creates every bucket; if
+// readOnly, it checks that every bucket exists instead.
+func initSchema(tx *bolt.Tx, readOnly bool) error {
 	if meta := tx.Bucket(bucketMeta); meta != nil {
 		if v := meta.Get(metaSchema); v != nil {
 			if len(v) != 8 {
@@ -212,6 +226,14 @@ func initSchema(tx *bolt.Tx) error {
 				return fmt.Errorf("file schema %d, this build supports up to %d: %w", got, schemaVersion, ErrSchema)
 			}
 		}
+	}
+	if readOnly {
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return fmt.Errorf("not a store file: no bucket %s: %w", name, errCorrupt)
+			}
+		}
+		return nil
 	}
 	for _, name := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
