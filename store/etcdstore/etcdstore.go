@@ -10,6 +10,8 @@
 //	P/kv/<key>                               the key's value (opaque bytes)
 //	P/hist/<len(key):4 hex><key>/<seq:16 hex>   one retained version: time, action, actor, value
 //	P/histmark/<key>                         the key's history bookkeeping: next seq, trimmed revision
+//	P/replicas/<id>                          a live replica (see Membership)
+//	P/restore                                a restore in progress or unfinished (see Store.Restore)
 //
 // A history entry's revision is the etcd create_revision of its own key,
 // written in the same Txn as the change it records; entries are numbered
@@ -105,6 +107,7 @@ type Store struct {
 	watchPrefix  string      // P/
 	historyLimit int
 	now          func() time.Time
+	restoreHook  func(txns int) // tests: called after each Txn a restore commits
 
 	ctx    context.Context // canceled by Close: ends watchers
 	cancel context.CancelFunc

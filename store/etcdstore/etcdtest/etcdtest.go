@@ -30,6 +30,9 @@ type Config struct {
 	// ClientCertAuth requires every client to present a certificate
 	// issued by that CA (mTLS). It implies TLS.
 	ClientCertAuth bool
+	// MaxTxnOps is the member's --max-txn-ops. Default 1024 (etcd's own
+	// default is 128), so an ApplyPools of many pools fits one Txn.
+	MaxTxnOps uint
 }
 
 // Server is a running (or stopped) embedded etcd member.
@@ -80,6 +83,9 @@ func (s *Server) start(t testing.TB) {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.LogLevel = "error"
 	cfg.MaxTxnOps = 1024 // ApplyPools of many pools in one Txn
+	if s.cfg.MaxTxnOps > 0 {
+		cfg.MaxTxnOps = s.cfg.MaxTxnOps
+	}
 	cfg.MaxRequestBytes = 8 << 20
 	cfg.BcryptCost = 4 // bcrypt.MinCost: each authentication costs ~1 ms, not ~1 s under -race
 	if s.pki != nil {
