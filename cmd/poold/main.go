@@ -8,7 +8,8 @@
 // optionally --tls-client-ca for mTLS) and authentication (--auth-file),
 // or --insecure. Certificates and the auth file are reloaded on SIGHUP and
 // when their files change. "poold hash-token" prints the token_sha256 of a
-// token read from standard input.
+// token read from standard input. "poold restore" loads a backup file
+// into an etcd --store (see restore.go).
 //
 // With an etcd --store, --etcd-ca-file, --etcd-cert-file and --etcd-key-file
 // (mTLS) switch the connection to etcd to TLS, as the etcds:// scheme does
@@ -111,11 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
 		"(etcds:// for TLS; shared by every poold replica using the same prefix; each follows changes made through the others)")
-	fs.StringVar(&o.etcd.caFile, "etcd-ca-file", "", "with an etcd --store: PEM CA bundle that verifies the etcd members' certificates; dials etcd over TLS (etcds:// alone uses the system's roots)")
-	fs.StringVar(&o.etcd.certFile, "etcd-cert-file", "", "with an etcd --store: PEM client certificate presented to etcd (mTLS); dials etcd over TLS; re-read at each new connection")
-	fs.StringVar(&o.etcd.keyFile, "etcd-key-file", "", "PEM private key of --etcd-cert-file")
-	fs.StringVar(&o.etcd.username, "etcd-username", "", "with an etcd --store: the etcd user poold authenticates as (needs --etcd-password-file)")
-	fs.StringVar(&o.etcd.passwordFile, "etcd-password-file", "", "file holding the password of --etcd-username (a trailing newline is ignored); a file, so the password is not in argv")
+	addEtcdFlags(fs, &o.etcd)
 	fs.StringVar(&o.replicaID, "replica-id", "", "with an etcd --store: this replica's unique id in the member set that divides fleet-scoped pool limits (default host-pid-random)")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it`)
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
@@ -136,11 +133,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")
 	fs.IntVar(&o.maxStatsWatchers, "max-stats-watchers", server.DefaultMaxStatsWatchers, "most WatchPoolStats streams served at once")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: poold [flags]\n       echo -n TOKEN | poold hash-token   (prints the token_sha256 of an --auth-file principal)\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: poold [flags]\n       echo -n TOKEN | poold hash-token   (prints the token_sha256 of an --auth-file principal)\n"+
+			"       poold restore --store etcd://host:port/prefix [flags] FILE   (loads a backup into etcd; poold restore -h)\n\n"+
 			"Every flag can also be set as POOLPLANE_<FLAG> (for example POOLPLANE_DATA_DIR).\n\n")
 		fs.PrintDefaults()
 	}
-	set := map[string]bool{}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -150,18 +147,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "POOLPLANE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !set[f.Name] {
-			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
-				envErr = &usageError{fmt.Sprintf("%s=%q: %v", env, v, err)}
-			}
-		}
-	})
-	if envErr != nil {
-		return o, envErr
+	if err := applyEnv(fs); err != nil {
+		return o, err
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return o, &usageError{fmt.Sprintf("--log-format must be text or json, got %q", o.logFormat)}
@@ -204,6 +191,33 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	o.allowlist = allow
 	return o, nil
+}
+
+// addEtcdFlags registers the --etcd-* flags, which secure the connection
+// to an etcd --store, on fs.
+func addEtcdFlags(fs *flag.FlagSet, e *etcdOptions) {
+	fs.StringVar(&e.caFile, "etcd-ca-file", "", "with an etcd --store: PEM CA bundle that verifies the etcd members' certificates; dials etcd over TLS (etcds:// alone uses the system's roots)")
+	fs.StringVar(&e.certFile, "etcd-cert-file", "", "with an etcd --store: PEM client certificate presented to etcd (mTLS); dials etcd over TLS; re-read at each new connection")
+	fs.StringVar(&e.keyFile, "etcd-key-file", "", "PEM private key of --etcd-cert-file")
+	fs.StringVar(&e.username, "etcd-username", "", "with an etcd --store: the etcd user poold authenticates as (needs --etcd-password-file)")
+	fs.StringVar(&e.passwordFile, "etcd-password-file", "", "file holding the password of --etcd-username (a trailing newline is ignored); a file, so the password is not in argv")
+}
+
+// applyEnv sets every flag of fs that the command line did not set from
+// its POOLPLANE_<FLAG> environment variable, if any.
+func applyEnv(fs *flag.FlagSet) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "POOLPLANE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !set[f.Name] {
+			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
+				envErr = &usageError{fmt.Sprintf("%s=%q: %v", env, v, err)}
+			}
+		}
+	})
+	return envErr
 }
 
 // checkEtcdFlags checks the --etcd-* flags against each other and
@@ -305,6 +319,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, onStart started) 
 			return 1
 		}
 		return 0
+	}
+	if len(args) > 0 && args[0] == "restore" {
+		return restoreCmd(ctx, args[1:], os.Stdout, stderr)
 	}
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -571,6 +588,12 @@ func openStore(ctx context.Context, o options, warn func(string)) (closingStore,
 		}
 		pctx, cancel := context.WithTimeout(ctx, storeLoadTimeout)
 		err = st.Ping(pctx)
+		if err == nil {
+			// A partial configuration is not one to serve.
+			if err = st.CheckRestore(pctx); errors.Is(err, etcdstore.ErrRestoreUnfinished) {
+				err = fmt.Errorf("%w; finish it with poold restore --replace", err)
+			}
+		}
 		cancel()
 		if err != nil {
 			_ = st.Close()
