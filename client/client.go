@@ -39,6 +39,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -202,6 +203,9 @@ func New(target string, opts ...Option) (*Client, error) {
 	// estimation) would add a PING and a window update to most lease
 	// round trips. Options given with WithDialOptions come later and win.
 	dial = append(dial, grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow))
+	// gRPC reads HTTP/2 DATA frames into buffers of this pool, which does
+	// not zero them (codec.go).
+	dial = append(dial, experimental.WithBufferPool(recvBufs))
 	replicas, replicasID := newReplicaSet()
 	dial = append(dial, extra...)
 	dial = append(dial, grpc.WithDefaultServiceConfig(serviceConfig(replicasID)))

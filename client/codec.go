@@ -119,8 +119,11 @@ func marshalData(req *poolv1.LeaseRequest) mem.Buffer {
 		return nil
 	}
 	pool := &largeBufs
-	if len(p) <= smallBufSize-maxDataHeader {
+	switch {
+	case len(p) <= smallBufSize-maxDataHeader:
 		pool = &smallBufs
+	case len(p) <= midBufSize-maxDataHeader:
+		pool = &midBufs
 	}
 	bp := pool.Get(0)
 	b := append(dataHeader((*bp)[:0], len(p)), p...)
@@ -128,14 +131,19 @@ func marshalData(req *poolv1.LeaseRequest) mem.Buffer {
 	return mem.NewBuffer(bp, pool)
 }
 
-// Encoded data frames go into buffers of two sizes that gRPC returns once
+// Encoded data frames go into buffers of three sizes that gRPC returns once
 // written. Unlike grpc-go's pools these do not zero a buffer they hand out:
 // it is written over. The small size is above mem's pooling threshold
-// (1 KiB), below which gRPC would not return the buffer.
-const smallBufSize = 2 << 10
+// (1 KiB), below which gRPC would not return the buffer; the middle one
+// holds a 32 KiB write.
+const (
+	smallBufSize = 2 << 10
+	midBufSize   = midFrame + maxDataHeader
+)
 
 var (
 	smallBufs = frameBufPool{size: smallBufSize}
+	midBufs   = frameBufPool{size: midBufSize}
 	largeBufs = frameBufPool{size: maxFrame + maxDataHeader}
 )
 
@@ -205,4 +213,47 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 	f.oneof.Data = &f.data
 	f.Frame = &f.oneof
 	return true
+}
+
+// recvBufs is the buffer pool of the SDK's gRPC connections: gRPC reads
+// each HTTP/2 DATA frame (at most 16 KiB) into one of its buffers. Unlike
+// grpc-go's default pool it does not zero a buffer it hands out, as gRPC
+// reads over the whole of it.
+var recvBufs = &tieredPool{}
+
+// tieredPool is a mem.BufferPool of buffers in the sizes of tierSizes; a
+// larger buffer is allocated and not kept.
+type tieredPool struct {
+	pools [len(tierSizes)]sync.Pool
+}
+
+var tierSizes = [...]int{4 << 10, 16 << 10, 32 << 10}
+
+var _ mem.BufferPool = (*tieredPool)(nil)
+
+// Get returns a buffer of length n.
+func (p *tieredPool) Get(n int) *[]byte {
+	for i, size := range tierSizes {
+		if n <= size {
+			if bp, ok := p.pools[i].Get().(*[]byte); ok {
+				*bp = (*bp)[:n]
+				return bp
+			}
+			b := make([]byte, n, size)
+			return &b
+		}
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// Put returns a buffer from Get.
+func (p *tieredPool) Put(bp *[]byte) {
+	c := cap(*bp)
+	for i, size := range tierSizes {
+		if c == size {
+			p.pools[i].Put(bp)
+			return
+		}
+	}
 }

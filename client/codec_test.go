@@ -2,11 +2,15 @@ package client
 
 import (
 	"bytes"
+	"context"
+	"strconv"
 	"testing"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	gproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -15,7 +19,7 @@ import (
 
 func testCodec() leaseCodec { return leaseCodec{proto: encoding.GetCodecV2(gproto.Name)} }
 
-var codecSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, smallBufSize - maxDataHeader, smallBufSize, 16 << 10, maxFrame}
+var codecSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, smallBufSize - maxDataHeader, smallBufSize, 16 << 10, midBufSize - maxDataHeader, midBufSize - maxDataHeader + 1, maxFrame}
 
 func TestCodecEncodesDataLikeProto(t *testing.T) {
 	c := testCodec()
@@ -139,4 +143,70 @@ func FuzzCodecUnmarshal(f *testing.F) {
 		}
 		checkRespLikeProto(t, c, new(respFrame), wire, cuts...)
 	})
+}
+
+// TestFrameSizeNegotiation checks that Write sends data frames of at most
+// smallDataFrame bytes to a server that does not say it takes larger ones
+// (an older poold), and of the size it says (at most maxFrame) otherwise;
+// and that the SDK says it takes frames of maxFrame bytes.
+func TestFrameSizeNegotiation(t *testing.T) {
+	for _, tc := range []struct {
+		header string // the server's frameSizeKey header, "" for none
+		want   int
+	}{
+		{"", smallDataFrame},
+		{"junk", smallDataFrame},
+		{"1000", smallDataFrame},
+		{"40000", 40000},
+		{strconv.Itoa(1 << 20), maxFrame},
+	} {
+		f := newFake(t)
+		asked := make(chan []string, 1)
+		f.onOpen = func(ctx context.Context, _ *poolv1.LeaseRequest_Open) error {
+			md, _ := metadata.FromIncomingContext(ctx)
+			asked <- md.Get(frameSizeKey)
+			if tc.header != "" {
+				return grpc.SetHeader(ctx, metadata.Pairs(frameSizeKey, tc.header))
+			}
+			return nil
+		}
+		c := newTestClient(t, f)
+		conn, err := c.Lease(context.Background(), "api")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := <-asked; len(got) != 1 || got[0] != strconv.Itoa(maxFrame) {
+			t.Fatalf("the SDK sent %s %q, want %d", frameSizeKey, got, maxFrame)
+		}
+		l := <-f.leases
+		payload := bytes.Repeat([]byte{1, 2, 3}, 1<<20)
+		werr := make(chan error, 1)
+		go func() {
+			_, err := conn.Write(payload)
+			werr <- err
+		}()
+		// The fake writes each data frame to the pipe at once, and a pipe
+		// read returns at most one write.
+		buf := make([]byte, 2<<20)
+		var got []byte
+		largest := 0
+		for len(got) < len(payload) {
+			n, err := l.far.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			largest = max(largest, n)
+			got = append(got, buf[:n]...)
+		}
+		if err := <-werr; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, payload) {
+			t.Fatalf("header %q: the upstream got other bytes", tc.header)
+		}
+		if largest != tc.want {
+			t.Fatalf("header %q: largest data frame %d bytes, want %d", tc.header, largest, tc.want)
+		}
+		conn.Close()
+	}
 }

@@ -171,13 +171,14 @@ func (c *Conn) copyOut(b, chunk []byte) int {
 	return n
 }
 
-// Write sends b to the upstream. It copies b into frames of at most 32 KiB
-// and returns once every byte is queued for the stream, so b may be reused at
-// once. It returns fewer bytes and an error on: os.ErrDeadlineExceeded at the
-// write deadline; net.ErrClosed after Close or Discard (which unblock a
-// pending Write); an error after CloseWrite; an *EndedError after the lease
-// ended; an *Error or ErrClientClosed when the stream broke. Any error makes
-// the connection unfit for reuse.
+// Write sends b to the upstream. It copies b into frames of at most 256 KiB
+// (32 KiB to an older poold) and returns once every byte is queued for the
+// stream, so b may be reused at once. It returns fewer bytes and an error
+// on: os.ErrDeadlineExceeded at the write deadline; net.ErrClosed after
+// Close or Discard (which unblock a pending Write); an error after
+// CloseWrite; an *EndedError after the lease ended; an *Error or
+// ErrClientClosed when the stream broke. Any error makes the connection
+// unfit for reuse.
 func (c *Conn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -193,7 +194,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		if n == len(b) {
 			return n, nil
 		}
-		k := min(len(b)-n, maxFrame)
+		k := min(len(b)-n, c.s.maxData())
 		if err := c.s.sendData(c, dataReq(b[n:n+k]), k); err != nil {
 			c.dirty.Store(true)
 			return n, err

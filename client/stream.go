@@ -6,26 +6,35 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 )
 
 const (
-	// maxFrame is the largest data frame Write sends (the server's relay
-	// reads 32 KiB at a time too).
-	// An encoded frame must fit grpc-go's 32 KiB buffer tier: one byte more
-	// and every message takes (and zeroes) a 1 MiB buffer.
-	maxFrame = 32<<10 - 64
+	// smallDataFrame is the largest data frame sent on a stream until
+	// the server's header says it takes larger ones (an older poold does
+	// not): on a new stream, 0-RTT data goes in frames of this size. Such
+	// a server may decode with grpc-go's proto codec, and an encoded frame
+	// must then fit grpc-go's 32 KiB buffer tier: one byte more and every
+	// message takes (and zeroes) a 1 MiB buffer.
+	smallDataFrame = 32<<10 - 64
+	// maxFrame is the largest data frame Write sends to a server that
+	// takes large ones; the SDK says it takes as large ones in return.
+	// Fewer, larger messages cost less per byte on both sides.
+	maxFrame = 256<<10 - 16
 	// maxQueued is how many data bytes may wait for the sender before Write
-	// blocks: two frames, so Write copies the next frame while the sender
-	// hands the previous one to gRPC. gRPC's flow control does the rest.
-	maxQueued = 2 * maxFrame
+	// blocks: two 32 KiB frames, so Write copies the next frame while the
+	// sender hands the previous one to gRPC, or one larger frame. gRPC's
+	// flow control does the rest.
+	maxQueued = 64 << 10
 )
 
 var (
@@ -79,9 +88,10 @@ type stream struct {
 	cancel context.CancelFunc
 	rpc    grpc.BidiStreamingClient[poolv1.LeaseRequest, poolv1.LeaseResponse]
 
-	live  atomic.Int32  // goroutines still running
-	donec chan struct{} // closed when both goroutines have exited
-	deadc chan struct{} // closed when the stream died; err is set first
+	live      atomic.Int32  // goroutines still running
+	frameSize atomic.Int32  // the largest data frame to send; see learnFrameSize
+	donec     chan struct{} // closed when both goroutines have exited
+	deadc     chan struct{} // closed when the stream died; err is set first
 
 	wakec  chan struct{} // size 1: nudges the sender after an enqueue
 	spacec chan struct{} // size 1: nudges a Write waiting for queue space
@@ -107,7 +117,7 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 	hint := &pickHint{want: replica, avoid: avoid}
 	sctx, cancel := context.WithCancel(withPickHint(c.ctx, hint))
 	stop := context.AfterFunc(ctx, cancel)
-	rpc, err := c.leases.Lease(sctx, leaseCallOption())
+	rpc, err := c.leases.Lease(metadata.AppendToOutgoingContext(sctx, frameSizeMD...), leaseCallOption())
 	if !stop() {
 		cancel()
 		return nil, leaseCtxErr(pool, ctx.Err())
@@ -141,6 +151,7 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 	c.wg.Add(2)
 	c.mu.Unlock()
 	s.live.Store(2)
+	s.frameSize.Store(smallDataFrame)
 	go s.recvLoop()
 	go s.sendLoop()
 	return s, nil
@@ -191,10 +202,10 @@ func (s *stream) open(ctx context.Context, o *poolv1.LeaseRequest_Open, first []
 	s.released, s.ended = false, false
 	s.mu.Unlock()
 
-	reqs := make([]*poolv1.LeaseRequest, 0, 1+(len(first)+maxFrame-1)/maxFrame)
+	reqs := make([]*poolv1.LeaseRequest, 0, 1+(len(first)+smallDataFrame-1)/smallDataFrame)
 	reqs = append(reqs, &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: o}})
 	for b := first; len(b) > 0; {
-		k := min(len(b), maxFrame)
+		k := min(len(b), s.maxData())
 		reqs = append(reqs, dataReq(b[:k]))
 		b = b[k:]
 	}
@@ -218,17 +229,20 @@ func (s *stream) open(ctx context.Context, o *poolv1.LeaseRequest_Open, first []
 	}
 }
 
-// Data frames are pooled in two size classes: the send goroutine puts a
+// Data frames are pooled in three size classes: the send goroutine puts a
 // frame back once rpc.Send returns, since grpc-go encodes the message in
 // SendMsg and keeps no reference to it afterwards (the SDK installs no stats
 // handler; one passed with WithDialOptions sees the message only during
-// SendMsg). Bulk writes then copy each 32 KiB frame into a reused buffer
-// instead of a fresh, zeroed allocation, and a 64-byte write saves four
-// allocations.
-const smallFrame = 1 << 10
+// SendMsg). Bulk writes then copy each frame into a reused buffer instead of
+// a fresh, zeroed allocation, and a 64-byte write saves four allocations.
+const (
+	smallFrame = 1 << 10
+	midFrame   = 32 << 10
+)
 
 var (
 	smallFrames = sync.Pool{New: func() any { return newFrame(smallFrame) }}
+	midFrames   = sync.Pool{New: func() any { return newFrame(midFrame) }}
 	largeFrames = sync.Pool{New: func() any { return newFrame(maxFrame) }}
 )
 
@@ -239,8 +253,11 @@ func newFrame(size int) any {
 // dataReq copies b (at most maxFrame bytes) into a pooled data frame.
 func dataReq(b []byte) *poolv1.LeaseRequest {
 	pool := &largeFrames
-	if len(b) <= smallFrame {
+	switch {
+	case len(b) <= smallFrame:
 		pool = &smallFrames
+	case len(b) <= midFrame:
+		pool = &midFrames
 	}
 	req := pool.Get().(*poolv1.LeaseRequest)
 	d := req.GetData()
@@ -259,11 +276,46 @@ func putFrame(req *poolv1.LeaseRequest) {
 	case smallFrame:
 		d.Data = d.Data[:0]
 		smallFrames.Put(req)
+	case midFrame:
+		d.Data = d.Data[:0]
+		midFrames.Put(req)
 	case maxFrame:
 		d.Data = d.Data[:0]
 		largeFrames.Put(req)
 	}
 }
+
+// frameSizeKey is the metadata key by which each side of a Lease stream
+// says how large a data frame it takes: the largest payload, in decimal
+// bytes. The SDK sends it with the call, poold in its header. A server that
+// does not send it (an older poold) is sent frames of at most
+// smallDataFrame bytes.
+const frameSizeKey = "poolplane-max-data-frame"
+
+// frameSizeMD is the SDK's metadata on Lease calls.
+var frameSizeMD = []string{frameSizeKey, strconv.Itoa(maxFrame)}
+
+// learnFrameSize sets the stream's data frame size from the server's
+// header, which arrives with its first response; without the header (or
+// if the stream broke first) it stays smallDataFrame. Only the receive
+// goroutine calls it, before it reads a frame, hence before a lease is
+// granted and written to.
+func (s *stream) learnFrameSize() {
+	md, err := s.rpc.Header()
+	if err != nil {
+		return
+	}
+	v := md.Get(frameSizeKey)
+	if len(v) != 1 {
+		return
+	}
+	if n, err := strconv.Atoi(v[0]); err == nil {
+		s.frameSize.Store(int32(min(max(n, smallDataFrame), maxFrame)))
+	}
+}
+
+// maxData returns the largest data frame Write may send on the stream.
+func (s *stream) maxData() int { return int(s.frameSize.Load()) }
 
 // enqueue queues control frames (and 0-RTT data) without waiting.
 func (s *stream) enqueue(reqs ...*poolv1.LeaseRequest) {
@@ -351,6 +403,7 @@ func (s *stream) sendLoop() {
 // so a chunk handed to a Conn stays valid.
 func (s *stream) recvLoop() {
 	defer s.exit()
+	s.learnFrameSize()
 	m := new(respFrame)
 	for {
 		if err := s.rpc.RecvMsg(m); err != nil {

@@ -3,16 +3,23 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	gproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -57,16 +64,16 @@ func split(pool *countingPool, b []byte, cuts ...int) mem.BufferSlice {
 	return s
 }
 
-var dataSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, 2000, 16<<10 - 20, 16 << 10, relayBufSize, MaxDataFrame}
+var dataSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, 2000, 16<<10 - 20, 16 << 10, smallRelay, smallRelay + 1, 32 << 10, largeRelay, MaxDataFrame}
 
 func TestCodecEncodesDataLikeProto(t *testing.T) {
 	c := testCodec()
 	for _, n := range dataSizes {
-		if n > relayBufSize {
+		if n > largeRelay {
 			continue // the relay never reads more
 		}
 		payload := bytes.Repeat([]byte{0xa5, 0x01}, n)[:n]
-		bp := relayBufs.Get(relayHeadroom + relayBufSize)
+		bp := relayBufs.Get(relayHeadroom + n)
 		buf := mem.NewBuffer(bp, relayBufs)
 		copy((*bp)[relayHeadroom:], payload)
 		d := newOutData()
@@ -264,24 +271,188 @@ func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
 	}
 	t.Cleanup(func() { cc.Close() })
 
-	s, err := poolv1.NewLeaseServiceClient(cc).Lease(context.Background())
+	// Without frameSizeKey (an older or another client) the server sends
+	// data frames of at most smallRelay bytes; with it, of at most what the
+	// client asked for, within [smallRelay, largeRelay].
+	for _, tc := range []struct {
+		md   []string
+		want int
+	}{
+		{nil, smallRelay},
+		{[]string{frameSizeKey, "junk"}, smallRelay},
+		{[]string{frameSizeKey, "100"}, smallRelay},
+		{[]string{frameSizeKey, "100000"}, 100000},
+		{[]string{frameSizeKey, "4194304"}, largeRelay},
+	} {
+		ctx := context.Background()
+		if tc.md != nil {
+			ctx = metadata.AppendToOutgoingContext(ctx, tc.md...)
+		}
+		s, err := poolv1.NewLeaseServiceClient(cc).Lease(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustSend(t, s, openFrame("echo"))
+		recvGranted(t, s)
+		if md, err := s.Header(); err != nil || len(md.Get(frameSizeKey)) != 1 || md.Get(frameSizeKey)[0] != strconv.Itoa(MaxDataFrame) {
+			t.Fatalf("header %v, %v: want %s: %d", md, err, frameSizeKey, MaxDataFrame)
+		}
+		for _, n := range dataSizes {
+			payload := bytes.Repeat([]byte{0x11, 0x22, 0x33, 0x44, 0x55}, n)[:n]
+			mustSend(t, s, dataFrame(payload))
+			got, largest := readEchoFrames(t, s, n)
+			if !bytes.Equal(got, payload) {
+				t.Fatalf("md %v, n=%d: echo differs", tc.md, n)
+			}
+			if largest > tc.want {
+				t.Fatalf("md %v, n=%d: a %d-byte data frame, want at most %d", tc.md, n, largest, tc.want)
+			}
+		}
+		mustSend(t, s, releaseFrame(true))
+		if e := recvEnded(t, s); e.GetReason() != poolv1.EndReason_END_REASON_RELEASED {
+			t.Fatalf("ended %v", e)
+		}
+		if err := s.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readEchoFrames reads n echoed bytes and the size of the largest frame.
+func readEchoFrames(t *testing.T, s poolv1.LeaseService_LeaseClient, n int) (got []byte, largest int) {
+	t.Helper()
+	for len(got) < n {
+		m, err := s.Recv()
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		d := m.GetData().GetData()
+		if len(d) == 0 {
+			t.Fatalf("want data, got %v", m)
+		}
+		largest = max(largest, len(d))
+		got = append(got, d...)
+	}
+	return got, largest
+}
+
+func TestBufPool(t *testing.T) {
+	for _, n := range []int{0, 1, 1000, 4 << 10, 4<<10 + 1, 16 << 10, relayHeadroom + smallRelay, 32 << 10, 32<<10 + 1, relayHeadroom + largeRelay, relayHeadroom + largeRelay + 1, 1 << 20} {
+		bp := relayBufs.Get(n)
+		if len(*bp) != n {
+			t.Fatalf("Get(%d): len %d", n, len(*bp))
+		}
+		want := n // not pooled
+		for _, size := range bufSizes {
+			if n <= size {
+				want = size
+				break
+			}
+		}
+		if cap(*bp) != want {
+			t.Fatalf("Get(%d): cap %d, want %d", n, cap(*bp), want)
+		}
+		relayBufs.Put(bp)
+	}
+	if relayHeadroom+smallRelay > 32<<10 {
+		t.Fatal("a small relay buffer does not fit the 32 KiB size")
+	}
+}
+
+// TestUpstreamReader reads a TCP upstream through the RawConn path: data in
+// buffers of the asked size, small reads moved to small buffers, the read
+// deadline, EOF and a closed connection as net.Conn.Read reports them.
+func TestUpstreamReader(t *testing.T) {
+	nc, peer := tcpPair(t)
+	var r upstreamReader
+	r.reset(nc, largeRelay)
+	if r.raw == nil || r.size != largeRelay {
+		t.Fatalf("TCP upstream: raw %v, size %d", r.raw != nil, r.size)
+	}
+	if _, err := peer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	bp, n, err := r.read()
+	if err != nil || n != 5 || string((*bp)[relayHeadroom:relayHeadroom+n]) != "hello" {
+		t.Fatalf("read: %d, %v", n, err)
+	}
+	if cap(*bp) != 4<<10 {
+		t.Fatalf("5 bytes in a %d-byte buffer, want 4 KiB", cap(*bp))
+	}
+	relayBufs.Put(bp)
+
+	big := bytes.Repeat([]byte{7}, 2<<20)
+	go func() { _, _ = peer.Write(big) }()
+	var got int
+	for got < len(big) {
+		bp, n, err := r.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > largeRelay || len(*bp) < relayHeadroom+n {
+			t.Fatalf("read %d into %d bytes", n, len(*bp))
+		}
+		got += n
+		relayBufs.Put(bp)
+	}
+
+	if err := nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if bp, n, err := r.read(); bp != nil || n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("at the deadline: %v, %d, %v", bp != nil, n, err)
+	}
+	if err := nc.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	peer.Close()
+	if bp, n, err := r.read(); bp != nil || n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("at EOF: %v, %d, %v", bp != nil, n, err)
+	}
+	nc.Close()
+	if _, _, err := r.read(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+
+	// A reset reads as it does through Read.
+	nc, peer = tcpPair(t)
+	r.reset(nc, largeRelay)
+	if err := peer.(*net.TCPConn).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	peer.Close()
+	want := "read tcp " + nc.LocalAddr().String() + "->" + nc.RemoteAddr().String() + ": read: connection reset by peer"
+	if _, _, err := r.read(); !errors.Is(err, syscall.ECONNRESET) || err.Error() != want {
+		t.Fatalf("after a reset: %v, want %s", err, want)
+	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (near, far net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustSend(t, s, openFrame("echo"))
-	recvGranted(t, s)
-	for _, n := range dataSizes {
-		payload := bytes.Repeat([]byte{0x11, 0x22, 0x33, 0x44, 0x55}, n)[:n]
-		mustSend(t, s, dataFrame(payload))
-		if got := readEcho(t, s, n); !bytes.Equal(got, payload) {
-			t.Fatalf("n=%d: echo differs", n)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
 		}
-	}
-	mustSend(t, s, releaseFrame(true))
-	if e := recvEnded(t, s); e.GetReason() != poolv1.EndReason_END_REASON_RELEASED {
-		t.Fatalf("ended %v", e)
-	}
-	if err := s.CloseSend(); err != nil {
+		accepted <- c
+	}()
+	near, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { near.Close() })
+	far = <-accepted
+	if far == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { far.Close() })
+	return near, far
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -22,15 +24,47 @@ import (
 )
 
 const (
-	// relayBufSize is the upstream read size: one data frame at most. An
-	// encoded frame must fit grpc-go's 32 KiB buffer tier; one byte more and
-	// every message takes (and zeroes) a 1 MiB buffer, a tenfold slowdown.
-	relayBufSize = 32<<10 - 64
+	// smallRelay is the upstream read size for a client that does not
+	// say it takes larger data frames, and on TLS upstreams. Such a
+	// client may decode with grpc-go's proto codec, and an encoded frame
+	// must then fit grpc-go's 32 KiB buffer tier: one byte more and every
+	// message takes (and zeroes) a 1 MiB buffer, a tenfold slowdown.
+	smallRelay = 32<<10 - 64
+	// largeRelay is the upstream read size, the largest data frame sent,
+	// for a client that takes large frames: fewer, larger messages cost
+	// less per byte at every step of the relay. With the headroom it is one
+	// of bufPool's sizes (codec.go). On a TCP upstream a lease does not
+	// hold the buffer while it waits for bytes (upstreamReader).
+	largeRelay = 256<<10 - relayHeadroom
 	// MaxDataFrame is the largest data frame a client may send.
 	MaxDataFrame = 1 << 20
 	// maxClientName bounds Open.client_name.
 	maxClientName = 128
 )
+
+// frameSizeKey is the metadata key by which each side of a Lease stream
+// says how large a data frame it takes: the largest payload, in decimal
+// bytes. The client sends it with the call, the server in its header. A
+// side that does not send it (an older one) is sent frames of at most
+// smallRelay bytes.
+const frameSizeKey = "poolplane-max-data-frame"
+
+// frameSizeHeader is the server's header on Lease streams.
+var frameSizeHeader = metadata.Pairs(frameSizeKey, strconv.Itoa(MaxDataFrame))
+
+// clientFrameSize returns the upstream read size for a Lease call: the
+// client's frameSizeKey, at least smallRelay and at most largeRelay.
+func clientFrameSize(ctx context.Context) int {
+	v := metadata.ValueFromIncomingContext(ctx, frameSizeKey)
+	if len(v) != 1 {
+		return smallRelay
+	}
+	n, err := strconv.Atoi(v[0])
+	if err != nil {
+		return smallRelay
+	}
+	return min(max(n, smallRelay), largeRelay)
+}
 
 // poolSource is what the lease service needs of the core: the live pool by ID.
 type poolSource interface {
@@ -88,7 +122,13 @@ var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ctx := stream.Context()
 	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx),
-		donec: make(chan struct{}), idlec: make(chan struct{}, 1)}
+		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx)}
+	// Tell the client it may send large data frames (an older poold does
+	// not, and its client keeps to small ones). The header goes out with
+	// the first response.
+	if err := stream.SetHeader(frameSizeHeader); err != nil {
+		return err
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -137,9 +177,17 @@ type leaseStream struct {
 	stopping bool       // the server is shutting down
 	finished bool       // the handler returned: send nothing more
 
+	// frameSize is the upstream read size, the largest data frame sent:
+	// what the client accepts, at most largeRelay.
+	frameSize int
+
 	lease *lease      // the current lease, or nil; owned by the receive loop
 	req   inFrame     // the receive loop's frame
 	iov   net.Buffers // the receive loop's writev scratch
+
+	// upstream is the reader goroutine's, reused by each lease's reader
+	// in turn (one runs at a time).
+	upstream upstreamReader
 }
 
 // send sends one frame, a *poolv1.LeaseResponse or an *outData, unless the
@@ -362,25 +410,25 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 func (ls *leaseStream) relayUpstream(l *lease) {
 	defer close(l.readerc)
 	msg := newOutData()
+	r := &ls.upstream
+	r.reset(l.nc, ls.frameSize)
 	for {
 		// A fresh buffer per read: gRPC holds the last one until it is
 		// written (the codec sends it by reference), then it goes back to
 		// relayBufs.
-		bp := relayBufs.Get(relayHeadroom + relayBufSize)
-		buf := mem.NewBuffer(bp, relayBufs)
-		n, err := l.nc.Read((*bp)[relayHeadroom:])
+		bp, n, err := r.read()
 		if n > 0 {
+			buf := mem.NewBuffer(bp, relayBufs)
 			l.bytesIn.Add(int64(n))
 			msg.set(buf, n)
 			serr := ls.send(msg)
 			msg.free()
+			buf.Free()
 			if serr != nil {
-				buf.Free()
 				l.readErr = serr
 				return
 			}
 		}
-		buf.Free()
 		if err == nil {
 			continue
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
@@ -159,6 +160,9 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 		// on a LAN; 16 MiB bounds what one client connection may buffer.
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
+		// gRPC reads HTTP/2 DATA frames into buffers of this pool, which
+		// does not zero them (codec.go).
+		experimental.BufferPool(relayBufs),
 	}, opts...)
 	srv := grpc.NewServer(all...)
 
