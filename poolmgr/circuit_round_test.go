@@ -47,7 +47,7 @@ func TestConcurrentDialFailuresCountOnce(t *testing.T) {
 		}
 		// The next round comes after the first backoff step at most.
 		n.setAuto(true, nil)
-		time.Sleep(dialBackoffBase) // in the synctest bubble: advances the fake clock
+		advance(dialBackoffBase)
 		for _, a := range as {
 			c, err := a.result(t)
 			if err != nil {

@@ -1,10 +1,9 @@
 package poolmgr
 
 // Every test here runs inside a testing/synctest bubble with a fake network
-// that parks dials. time.Sleep inside a bubble advances the bubble's fake
-// clock once every goroutine is durably blocked: it is how these tests step
-// through idle timeouts, lifetimes, backoff and health intervals, not a wait
-// for state (which synctest.Wait and the parked dials provide).
+// that parks dials. advance steps the bubble's fake clock through idle
+// timeouts, lifetimes, backoff and health intervals; state is waited for
+// with synctest.Wait and the parked dials.
 
 import (
 	"context"
@@ -19,6 +18,14 @@ import (
 	"testing/synctest"
 	"time"
 )
+
+// advance moves the bubble's fake clock d forward (a timer in a bubble
+// fires once every goroutine is durably blocked) and waits until the
+// goroutines it woke are blocked again. Call it from the test's goroutine.
+func advance(d time.Duration) {
+	<-time.After(d)
+	synctest.Wait()
+}
 
 func TestAcquireDialsThenReusesIdle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -38,9 +45,9 @@ func TestAcquireDialsThenReusesIdle(t *testing.T) {
 		if len(ls) != 1 || ls[0].Holder != "alice" || ls[0].ID != c.Info().LeaseID {
 			t.Fatalf("Leases = %+v", ls)
 		}
-		time.Sleep(3 * time.Second)
+		advance(3 * time.Second)
 		c.Release(true)
-		time.Sleep(2 * time.Second)
+		advance(2 * time.Second)
 
 		c2 := mustAcquire(t, p)
 		n.wantNoDial()
@@ -292,13 +299,11 @@ func TestIdleTimeoutKeepsMinIdle(t *testing.T) {
 		for _, c := range cs {
 			c.Release(true)
 		}
-		time.Sleep(9 * time.Second)
-		synctest.Wait()
+		advance(9 * time.Second)
 		if s := p.Stats(); s.Idle != 3 {
 			t.Fatalf("Idle = %d after 9s, want 3", s.Idle)
 		}
-		time.Sleep(time.Second)
-		synctest.Wait()
+		advance(time.Second)
 		s := p.Stats()
 		if s.Idle != 1 || s.Closes["idle_timeout"] != 2 || n.open() != 1 {
 			t.Fatalf("after idle_timeout: Idle=%d closes=%v open=%d, want 1 idle kept for min_idle", s.Idle, s.Closes, n.open())
@@ -323,13 +328,11 @@ func TestMaxLifetimeJitterSpreadsExpiry(t *testing.T) {
 			c.Release(true)
 		}
 		opened := time.Now()
-		time.Sleep(50*time.Second - time.Millisecond)
-		synctest.Wait()
+		advance(50*time.Second - time.Millisecond)
 		if got := n.open(); got != conns {
 			t.Fatalf("%d open before the jitter window, want %d", got, conns)
 		}
-		time.Sleep(50*time.Second + time.Millisecond)
-		synctest.Wait()
+		advance(50*time.Second + time.Millisecond)
 		if got := p.Stats().Closes["max_lifetime"]; got != conns {
 			t.Fatalf("max_lifetime closes = %d, want %d", got, conns)
 		}
@@ -352,7 +355,7 @@ func TestMaxLifetimeAtCheckout(t *testing.T) {
 		n := newFakeNet(t, true)
 		p := newTestPool(t, n, testConfig(func(c *Config) { c.Lifecycle.MaxLifetime = 10 * time.Second }))
 		c := mustAcquire(t, p)
-		time.Sleep(11 * time.Second) // expires while leased: never cut
+		advance(11 * time.Second) // expires while leased: never cut
 		if c.NetConn().(*fakeConn).isClosed() {
 			t.Fatal("lifetime closed a leased connection")
 		}
@@ -439,7 +442,7 @@ func TestDialBackoffAndCircuit(t *testing.T) {
 		}
 		// The upstream comes back; after RetryAfter one acquire probes.
 		n.setAuto(true, nil)
-		time.Sleep(ae.RetryAfter)
+		advance(ae.RetryAfter)
 		c, err := p.Acquire(context.Background(), "c")
 		if err != nil {
 			t.Fatalf("probe acquire: %v", err)
@@ -460,10 +463,10 @@ func TestCircuitProbeIsSingle(t *testing.T) {
 			p.Acquire(context.Background(), "x")
 		}
 		for !p.Stats().CircuitOpen {
-			time.Sleep(100 * time.Millisecond)
+			advance(100 * time.Millisecond)
 		}
 		n.setAuto(false, nil)
-		time.Sleep(dialBackoffMax)
+		advance(dialBackoffMax)
 		a := acquireAsync(context.Background(), p, "a") // starts the probe
 		d := n.wantDial()
 		if _, err := p.Acquire(context.Background(), "b"); !errors.Is(err, ErrUnavailable) {
@@ -489,8 +492,7 @@ func TestCircuitClosesWithoutAcquires(t *testing.T) {
 			t.Fatal("Serving with the circuit open")
 		}
 		n.setAuto(true, nil)
-		time.Sleep(2 * dialBackoffMax)
-		synctest.Wait()
+		advance(2 * dialBackoffMax)
 		if s := p.Stats(); !p.Serving() || s.Idle != 1 {
 			t.Fatalf("after the upstream came back: serving=%v %+v", p.Serving(), s)
 		}
@@ -502,14 +504,13 @@ func TestMaxLeaseDurationRevokes(t *testing.T) {
 		n := newFakeNet(t, true)
 		p := newTestPool(t, n, testConfig(func(c *Config) { c.Lifecycle.MaxLeaseDuration = 30 * time.Second }))
 		c := mustAcquire(t, p)
-		time.Sleep(29 * time.Second)
+		advance(29 * time.Second)
 		select {
 		case <-c.Done():
 			t.Fatal("revoked early")
 		default:
 		}
-		time.Sleep(time.Second)
-		synctest.Wait()
+		advance(time.Second)
 		select {
 		case <-c.Done():
 		default:
@@ -564,7 +565,7 @@ func TestPauseResume(t *testing.T) {
 		}
 		a := acquireAsync(context.Background(), p, "a")
 		a.wantBlocked(t)
-		time.Sleep(5 * time.Second)
+		advance(5 * time.Second)
 		a.wantBlocked(t)
 		p.Resume()
 		c, err := a.result(t)
@@ -575,7 +576,7 @@ func TestPauseResume(t *testing.T) {
 		// Paused time counts against acquire_timeout.
 		p.Pause()
 		b := acquireAsync(context.Background(), p, "b")
-		time.Sleep(10 * time.Second)
+		advance(10 * time.Second)
 		if _, err := b.result(t); !errors.Is(err, ErrAcquireTimeout) {
 			t.Fatalf("paused acquire: %v, want ErrAcquireTimeout", err)
 		}
@@ -802,14 +803,12 @@ func TestHealthCheckRedisPing(t *testing.T) {
 			c.Limits.MinIdle = 2
 		}))
 		synctest.Wait()
-		time.Sleep(25 * time.Second)
-		synctest.Wait()
+		advance(25 * time.Second)
 		if s := p.Stats(); s.Idle != 2 || len(s.Closes) != 0 {
 			t.Fatalf("healthy: %+v", s)
 		}
 		healthy.Store(false)
-		time.Sleep(10 * time.Second)
-		synctest.Wait()
+		advance(10 * time.Second)
 		if s := p.Stats(); s.Closes["unhealthy"] < 2 {
 			t.Fatalf("unhealthy closes = %v", s.Closes)
 		}
@@ -826,8 +825,7 @@ func TestHealthCheckTimeout(t *testing.T) {
 			c.Limits.MaxConnections = 1
 		}))
 		synctest.Wait()
-		time.Sleep(11 * time.Second)
-		synctest.Wait()
+		advance(11 * time.Second)
 		if s := p.Stats(); s.Closes["unhealthy"] != 1 {
 			t.Fatalf("closes = %v, want the silent conn closed after the probe timeout", s.Closes)
 		}
@@ -854,8 +852,7 @@ func TestDNSDepartedAddressRetires(t *testing.T) {
 			t.Fatalf("dialed %s", leased.Info().UpstreamAddr)
 		}
 		m.Store("cache.internal", []string{"10.0.0.9"})
-		time.Sleep(10 * time.Second)
-		synctest.Wait()
+		advance(10 * time.Second)
 		if s := p.Stats(); s.Idle != 0 || s.Closes["dns"] != 1 {
 			t.Fatalf("after re-resolution: %+v", s)
 		}
