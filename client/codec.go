@@ -7,9 +7,9 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 )
 
 // leaseCodec is the gRPC codec of the Lease call (a CallOption on that call
@@ -65,46 +65,6 @@ func (c leaseCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return c.proto.Unmarshal(data, v)
 }
 
-// maxDataHeader bounds the header of an encoded data frame: two one-byte
-// tags and two varint lengths of at most five bytes (gRPC messages are
-// under 4 GiB).
-const maxDataHeader = 2 * (1 + 5)
-
-// dataHeader appends the header of a data frame with an n-byte payload:
-// field 2 (the oneof's data) holding field 1 (Data.data). It is the same
-// for LeaseRequest and LeaseResponse.
-func dataHeader(b []byte, n int) []byte {
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(1+protowire.SizeVarint(uint64(n))+n))
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	return protowire.AppendVarint(b, uint64(n))
-}
-
-// parseDataHeader reads the header of a data frame of total bytes from the
-// first bytes of its encoding (at most maxDataHeader). It returns the
-// header length, or ok false when the message is not exactly one data
-// frame with a non-empty payload, as proto.Marshal writes it: anything else
-// (other fields, repeated or unknown fields, an empty Data) is left to
-// proto.
-func parseDataHeader(b []byte, total int) (hlen int, ok bool) {
-	if len(b) < 1 || b[0] != 2<<3|byte(protowire.BytesType) {
-		return 0, false
-	}
-	outer, k := protowire.ConsumeVarint(b[1:])
-	if k < 0 || k != protowire.SizeVarint(outer) || uint64(total) != uint64(1+k)+outer {
-		return 0, false
-	}
-	b = b[1+k:]
-	if len(b) < 1 || b[0] != 1<<3|byte(protowire.BytesType) {
-		return 0, false
-	}
-	inner, j := protowire.ConsumeVarint(b[1:])
-	if j < 0 || j != protowire.SizeVarint(inner) || outer != uint64(1+j)+inner || inner == 0 {
-		return 0, false
-	}
-	return 1 + k + 1 + j, true
-}
-
 // marshalData encodes req into a pooled buffer if it is a data frame of at
 // most maxFrame bytes with no unknown fields, as proto.Marshal would; it
 // returns nil otherwise.
@@ -120,13 +80,13 @@ func marshalData(req *poolv1.LeaseRequest) mem.Buffer {
 	}
 	pool := &largeBufs
 	switch {
-	case len(p) <= smallBufSize-maxDataHeader:
+	case len(p) <= smallBufSize-leasewire.MaxDataHeader:
 		pool = &smallBufs
-	case len(p) <= midBufSize-maxDataHeader:
+	case len(p) <= midBufSize-leasewire.MaxDataHeader:
 		pool = &midBufs
 	}
 	bp := pool.Get(0)
-	b := append(dataHeader((*bp)[:0], len(p)), p...)
+	b := append(leasewire.AppendDataHeader((*bp)[:0], len(p)), p...)
 	*bp = b
 	return mem.NewBuffer(bp, pool)
 }
@@ -138,13 +98,13 @@ func marshalData(req *poolv1.LeaseRequest) mem.Buffer {
 // holds a 32 KiB write.
 const (
 	smallBufSize = 2 << 10
-	midBufSize   = midFrame + maxDataHeader
+	midBufSize   = midFrame + leasewire.MaxDataHeader
 )
 
 var (
 	smallBufs = frameBufPool{size: smallBufSize}
 	midBufs   = frameBufPool{size: midBufSize}
-	largeBufs = frameBufPool{size: maxFrame + maxDataHeader}
+	largeBufs = frameBufPool{size: maxFrame + leasewire.MaxDataHeader}
 )
 
 // frameBufPool is a mem.BufferPool of buffers of one size.
@@ -185,7 +145,7 @@ type respFrame struct {
 // decodeData decodes a data frame, or reports false and leaves f untouched.
 func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 	total := data.Len()
-	var hb [maxDataHeader]byte
+	var hb [leasewire.MaxDataHeader]byte
 	head := hb[:0]
 	for _, b := range data {
 		head = append(head, b.ReadOnlyData()[:min(b.Len(), cap(head)-len(head))]...)
@@ -193,7 +153,7 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 			break
 		}
 	}
-	hlen, ok := parseDataHeader(head, total)
+	hlen, ok := leasewire.ParseDataHeader(head, total)
 	if !ok {
 		return false
 	}

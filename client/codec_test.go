@@ -15,11 +15,12 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 )
 
 func testCodec() leaseCodec { return leaseCodec{proto: encoding.GetCodecV2(gproto.Name)} }
 
-var codecSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, smallBufSize - maxDataHeader, smallBufSize, 16 << 10, midBufSize - maxDataHeader, midBufSize - maxDataHeader + 1, maxFrame}
+var codecSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, smallBufSize - leasewire.MaxDataHeader, smallBufSize, 16 << 10, midBufSize - leasewire.MaxDataHeader, midBufSize - leasewire.MaxDataHeader + 1, maxFrame}
 
 func TestCodecEncodesDataLikeProto(t *testing.T) {
 	c := testCodec()

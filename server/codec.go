@@ -11,9 +11,9 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 )
 
 // The lease codec is the server's gRPC codec: protobuf, with a fast path for
@@ -79,45 +79,6 @@ func (c leaseCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// maxDataHeader bounds the header of an encoded data frame: two one-byte
-// tags and two varint lengths of at most five bytes (gRPC messages are
-// under 4 GiB).
-const maxDataHeader = 2 * (1 + 5)
-
-// dataHeader appends the header of a data frame with an n-byte payload:
-// field 2 (the oneof's data) holding field 1 (Data.data). It is the same for
-// LeaseRequest and LeaseResponse.
-func dataHeader(b []byte, n int) []byte {
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(1+protowire.SizeVarint(uint64(n))+n))
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	return protowire.AppendVarint(b, uint64(n))
-}
-
-// parseDataHeader reads the header of a data frame of total bytes from the
-// first bytes of its encoding (at most maxDataHeader). It returns the header
-// length, or ok false when the message is not exactly one data frame with a
-// non-empty payload, as proto.Marshal writes it: anything else (other
-// fields, repeated or unknown fields, an empty Data) is left to proto.
-func parseDataHeader(b []byte, total int) (hlen int, ok bool) {
-	if len(b) < 1 || b[0] != 2<<3|byte(protowire.BytesType) {
-		return 0, false
-	}
-	outer, k := protowire.ConsumeVarint(b[1:])
-	if k < 0 || k != protowire.SizeVarint(outer) || uint64(total) != uint64(1+k)+outer {
-		return 0, false
-	}
-	b = b[1+k:]
-	if len(b) < 1 || b[0] != 1<<3|byte(protowire.BytesType) {
-		return 0, false
-	}
-	inner, j := protowire.ConsumeVarint(b[1:])
-	if j < 0 || j != protowire.SizeVarint(inner) || outer != uint64(1+j)+inner || inner == 0 {
-		return 0, false
-	}
-	return 1 + k + 1 + j, true
-}
-
 // inFrame is a LeaseRequest as the receive loop reads it. The codec decodes
 // a data frame into it by reference: payload holds references to gRPC's
 // receive buffers (the Data message's bytes alias them when they are one
@@ -136,7 +97,7 @@ type inFrame struct {
 // f untouched.
 func (f *inFrame) decodeData(data mem.BufferSlice) bool {
 	total := data.Len()
-	var hb [maxDataHeader]byte
+	var hb [leasewire.MaxDataHeader]byte
 	head := hb[:0]
 	for _, b := range data {
 		head = append(head, b.ReadOnlyData()[:min(b.Len(), cap(head)-len(head))]...)
@@ -144,7 +105,7 @@ func (f *inFrame) decodeData(data mem.BufferSlice) bool {
 			break
 		}
 	}
-	hlen, ok := parseDataHeader(head, total)
+	hlen, ok := leasewire.ParseDataHeader(head, total)
 	if !ok {
 		return false
 	}
@@ -292,8 +253,8 @@ func newOutData() *outData {
 // caller frees d.msg after sending.
 func (d *outData) set(buf mem.Buffer, n int) {
 	b := buf.ReadOnlyData()
-	var hb [maxDataHeader]byte
-	h := dataHeader(hb[:0], n)
+	var hb [leasewire.MaxDataHeader]byte
+	h := leasewire.AppendDataHeader(hb[:0], n)
 	start := relayHeadroom - len(h)
 	copy(b[start:], h)
 	d.data.Data = b[relayHeadroom : relayHeadroom+n]

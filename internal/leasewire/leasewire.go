@@ -1,0 +1,48 @@
+// Package leasewire holds the protobuf wire layout of lease data frames,
+// shared by the SDK's and the server's lease codecs: both encode and
+// recognise data frames by hand to avoid protobuf's copies of the payload.
+// It depends only on protowire, so the SDK compiles nothing else of the
+// project.
+package leasewire
+
+import "google.golang.org/protobuf/encoding/protowire"
+
+// MaxDataHeader bounds the header of an encoded data frame: two one-byte
+// tags and two varint lengths of at most five bytes (gRPC messages are
+// under 4 GiB).
+const MaxDataHeader = 2 * (1 + 5)
+
+// AppendDataHeader appends the header of a data frame with an n-byte
+// payload: field 2 (the oneof's data) holding field 1 (Data.data). It is
+// the same for LeaseRequest and LeaseResponse.
+func AppendDataHeader(b []byte, n int) []byte {
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(1+protowire.SizeVarint(uint64(n))+n))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
+// ParseDataHeader reads the header of a data frame of total bytes from the
+// first bytes of its encoding (at most MaxDataHeader). It returns the
+// header length, or ok false when the message is not exactly one data frame
+// with a non-empty payload, as proto.Marshal writes it: anything else
+// (other fields, repeated or unknown fields, an empty Data) is left to
+// proto.
+func ParseDataHeader(b []byte, total int) (hlen int, ok bool) {
+	if len(b) < 1 || b[0] != 2<<3|byte(protowire.BytesType) {
+		return 0, false
+	}
+	outer, k := protowire.ConsumeVarint(b[1:])
+	if k < 0 || k != protowire.SizeVarint(outer) || uint64(total) != uint64(1+k)+outer {
+		return 0, false
+	}
+	b = b[1+k:]
+	if len(b) < 1 || b[0] != 1<<3|byte(protowire.BytesType) {
+		return 0, false
+	}
+	inner, j := protowire.ConsumeVarint(b[1:])
+	if j < 0 || j != protowire.SizeVarint(inner) || outer != uint64(1+j)+inner || inner == 0 {
+		return 0, false
+	}
+	return 1 + k + 1 + j, true
+}
