@@ -50,8 +50,7 @@ var (
 type replicaSet struct {
 	next atomic.Uint32
 
-	mu    sync.Mutex // protects ready
-	ready []string   // sorted
+	ready atomic.Pointer[[]string] // sorted; replaced, never changed in place
 }
 
 // newReplicaSet registers a replicaSet and returns it with its id; drop
@@ -66,9 +65,7 @@ func newReplicaSet() (*replicaSet, uint64) {
 func dropReplicaSet(id uint64) { replicaSets.Delete(id) }
 
 func (r *replicaSet) setReady(addrs []string) {
-	r.mu.Lock()
-	r.ready = addrs
-	r.mu.Unlock()
+	r.ready.Store(&addrs)
 }
 
 // pick returns the replica whose turn it is, skipping avoid unless it is
@@ -78,9 +75,10 @@ func (r *replicaSet) pick(avoid string) string {
 	if r == nil {
 		return ""
 	}
-	r.mu.Lock()
-	ready := r.ready
-	r.mu.Unlock()
+	var ready []string
+	if p := r.ready.Load(); p != nil {
+		ready = *p
+	}
 	return pickFrom(ready, &r.next, avoid)
 }
 

@@ -41,9 +41,10 @@ func waitReady(t *testing.T, c *Client, n int) {
 	defer tick.Stop()
 	timeout := time.After(10 * time.Second)
 	for {
-		c.replicas.mu.Lock()
-		got := len(c.replicas.ready)
-		c.replicas.mu.Unlock()
+		got := 0
+		if p := c.replicas.ready.Load(); p != nil {
+			got = len(*p)
+		}
 		if got == n {
 			return
 		}
