@@ -22,6 +22,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -53,6 +54,10 @@ const (
 	// defaultEndedTimeout bounds the wait for the server's ended after a
 	// release; a stream that misses it is discarded.
 	defaultEndedTimeout = 10 * time.Second
+	// DefaultReleaseTimeout is how long Conn.Close waits with no progress
+	// for bytes Write accepted to reach the upstream before it gives up,
+	// closes the upstream connection and reports them undelivered.
+	DefaultReleaseTimeout = 100 * time.Millisecond
 	// closeGrace bounds how long Close waits for the server to confirm the
 	// releases already queued.
 	closeGrace = time.Second
@@ -69,12 +74,13 @@ const (
 type Option func(*options)
 
 type options struct {
-	tlsConfig   *tls.Config
-	insecure    bool
-	token       string
-	dialOpts    []grpc.DialOption
-	clientName  string
-	idleStreams int
+	tlsConfig      *tls.Config
+	insecure       bool
+	token          string
+	dialOpts       []grpc.DialOption
+	clientName     string
+	idleStreams    int
+	releaseTimeout time.Duration
 }
 
 // WithTLS dials the server over TLS with cfg (nil means the system roots and
@@ -108,6 +114,17 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // bytes; longer names are cut). The default is "host/program:pid".
 func WithClientName(name string) Option { return func(o *options) { o.clientName = name } }
 
+// WithReleaseTimeout sets how long Conn.Close and Conn.Discard wait, with
+// no progress, for bytes Write accepted to reach the upstream (default
+// DefaultReleaseTimeout). Progress (any frame of the lease's stream sent or
+// received, including the server's reports of bytes written) restarts it;
+// when it runs out, the upstream connection is closed and Close returns an
+// error matching ErrUndelivered. Raise it when the server is far away: it
+// must exceed a round trip. A value <= 0 means the default.
+func WithReleaseTimeout(d time.Duration) Option {
+	return func(o *options) { o.releaseTimeout = d }
+}
+
 // WithIdleStreams sets how many released Lease streams are kept warm per
 // pool and replica for the next lease (default DefaultIdleStreams). 0
 // opens a new stream for every lease.
@@ -130,6 +147,8 @@ type Client struct {
 	name         string
 	maxIdle      int
 	endedTimeout time.Duration // overridden by tests
+	// releaseTimeout bounds a Close's wait for delivery without progress.
+	releaseTimeout time.Duration
 
 	ctx    context.Context // parent of every stream; cancelled by Close
 	cancel context.CancelFunc
@@ -224,18 +243,19 @@ func New(target string, opts ...Option) (*Client, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Client{
-		cc:           cc,
-		leases:       poolv1.NewLeaseServiceClient(cc),
-		stats:        poolv1.NewStatsServiceClient(cc),
-		name:         name,
-		maxIdle:      o.idleStreams,
-		endedTimeout: defaultEndedTimeout,
-		ctx:          ctx,
-		cancel:       cancel,
-		settledc:     make(chan struct{}, 1),
-		replicas:     replicas,
-		replicasID:   replicasID,
-		idle:         make(map[idleKey][]*stream),
+		cc:             cc,
+		leases:         poolv1.NewLeaseServiceClient(cc),
+		stats:          poolv1.NewStatsServiceClient(cc),
+		name:           name,
+		maxIdle:        o.idleStreams,
+		endedTimeout:   defaultEndedTimeout,
+		releaseTimeout: cmp.Or(max(o.releaseTimeout, 0), DefaultReleaseTimeout),
+		ctx:            ctx,
+		cancel:         cancel,
+		settledc:       make(chan struct{}, 1),
+		replicas:       replicas,
+		replicasID:     replicasID,
+		idle:           make(map[idleKey][]*stream),
 	}, nil
 }
 

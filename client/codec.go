@@ -145,7 +145,7 @@ type respFrame struct {
 // decodeData decodes a data frame, or reports false and leaves f untouched.
 func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 	total := data.Len()
-	var hb [leasewire.MaxDataHeader]byte
+	var hb [leasewire.MaxRespDataHeader]byte
 	head := hb[:0]
 	for _, b := range data {
 		head = append(head, b.ReadOnlyData()[:min(b.Len(), cap(head)-len(head))]...)
@@ -153,7 +153,7 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 			break
 		}
 	}
-	hlen, ok := leasewire.ParseDataHeader(head, total)
+	hlen, written, ok := leasewire.ParseRespDataHeader(head, total)
 	if !ok {
 		return false
 	}
@@ -170,6 +170,7 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 	}
 	f.Reset()
 	f.data.Data = p
+	f.data.UpstreamWritten = written
 	f.oneof.Data = &f.data
 	f.Frame = &f.oneof
 	return true

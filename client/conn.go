@@ -1,6 +1,9 @@
 package client
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -35,11 +38,19 @@ type LeaseInfo struct {
 // Close, Discard and CloseWrite are safe for concurrent use; concurrent Reads
 // (and concurrent Writes) are serialised.
 //
-// Close releases the lease: the pool keeps the connection for the next
-// lease when it is clean (no error or timeout was seen, no unread data is
-// pending, the upstream did not close, no CloseWrite). Discard releases it
-// for closing. Either way the Conn must be closed, or the stream it rides
-// on leaks until the Client is closed.
+// Close releases the lease. On a pool without protocol knowledge (RAW), Close
+// is the caller's word that the exchange is complete: the pool keeps the
+// connection for the next lease only when, besides, it is clean: no Read or
+// Write returned an error (a deadline included), no Read was in progress at
+// Close, no received data is unread, the upstream did not close its side,
+// no CloseWrite. So a library that closes a connection after a timeout or a
+// cancelled request (net/http, go-redis) never hands a late reply to the
+// next lease. Discard releases the connection for closing. Either way the
+// Conn must be closed, or the stream it rides on leaks until the Client is
+// closed.
+//
+// Every byte Write accepted reaches the upstream, or Close (or Discard)
+// returns an error matching ErrUndelivered.
 type Conn struct {
 	s            *stream
 	info         LeaseInfo // set before grantedc closes, then immutable
@@ -52,6 +63,18 @@ type Conn struct {
 	endOnce sync.Once
 	rerr    error // what Read returns after endc closes; set before
 	werr    error // what Write returns after endc closes; set before
+	// endWritten is the ended frame's upstream_written, -1 when the lease
+	// ended without one (the stream broke); set before endc closes.
+	endWritten int64
+
+	eofc    chan struct{} // closed when the upstream half-closed (close_write)
+	eofOnce sync.Once
+
+	// sent counts the bytes queued for the upstream (0-RTT and Write);
+	// written is the most upstream_written the server reported.
+	sent    atomic.Int64
+	written atomic.Int64
+	reading atomic.Int32 // Reads waiting for data
 
 	closedc   chan struct{} // closed by Close or Discard
 	closeOnce sync.Once
@@ -76,6 +99,7 @@ func newConn(s *stream) *Conn {
 		grantedc: make(chan struct{}),
 		datac:    make(chan []byte),
 		endc:     make(chan struct{}),
+		eofc:     make(chan struct{}),
 		closedc:  make(chan struct{}),
 		rdl:      makeDeadline(),
 		wdl:      makeDeadline(),
@@ -114,13 +138,35 @@ func (c *Conn) deliver(b []byte) {
 }
 
 // remoteEnd ends the lease from the server's side: Read returns rerr once
-// the data before it is read, Write returns werr.
-func (c *Conn) remoteEnd(rerr, werr error) {
+// the data before it is read, Write returns werr. written is the ended
+// frame's upstream_written, or -1 without one.
+func (c *Conn) remoteEnd(rerr, werr error, written int64) {
 	c.endOnce.Do(func() {
 		c.rerr, c.werr = rerr, werr
+		c.endWritten = written
 		c.dirty.Store(true)
 		close(c.endc)
 	})
+}
+
+// upstreamEOF records the upstream's half-close: Read returns io.EOF once
+// the data before it is read; Write goes on. Called by the receive
+// goroutine, after every chunk before it was taken by a Read.
+func (c *Conn) upstreamEOF() {
+	c.eofOnce.Do(func() {
+		c.dirty.Store(true)
+		close(c.eofc)
+	})
+}
+
+// confirm records the server's report of client bytes written upstream.
+func (c *Conn) confirm(w uint64) {
+	for {
+		old := c.written.Load()
+		if int64(w) <= old || c.written.CompareAndSwap(old, int64(w)) {
+			return
+		}
+	}
 }
 
 // Read reads upstream bytes into b. It returns io.EOF after the upstream
@@ -146,9 +192,13 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	c.reading.Add(1)
+	defer c.reading.Add(-1)
 	select {
 	case chunk := <-c.datac:
 		return c.copyOut(b, chunk), nil
+	case <-c.eofc:
+		return 0, io.EOF
 	case <-c.endc:
 		return 0, c.rerr
 	case <-c.closedc:
@@ -199,6 +249,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			c.dirty.Store(true)
 			return n, err
 		}
+		c.sent.Add(int64(k))
 		n += k
 	}
 }
@@ -239,32 +290,78 @@ func (c *Conn) CloseWrite() error {
 }
 
 // Close releases the lease, reusable when the connection is clean (see
-// Conn). It unblocks pending Reads and Writes with net.ErrClosed and does not
-// wait for the server: the stream returns to the Client's cache when the
-// server confirms the end. It is idempotent and always returns nil.
+// Conn). It unblocks pending Reads and Writes with net.ErrClosed. When the
+// server has confirmed every byte Write accepted (a reply carries the
+// confirmation), Close returns at once; otherwise it waits until the server
+// has written them to the upstream, for as long as they make progress, and
+// returns an error matching ErrUndelivered when the upstream took none for
+// the release timeout (the connection is then closed) or the lease ended
+// first. Later calls return nil.
 func (c *Conn) Close() error {
-	c.release(true)
-	return nil
+	return c.release(true)
 }
 
 // Discard releases the lease and tells the pool to close the connection,
 // for example after a protocol error the SDK cannot see. It is Close
 // otherwise, and is idempotent with it: whichever runs first decides.
 func (c *Conn) Discard() error {
-	c.release(false)
-	return nil
+	return c.release(false)
 }
 
-func (c *Conn) release(reusable bool) {
+func (c *Conn) release(reusable bool) error {
+	var err error
 	c.closeOnce.Do(func() {
+		// A Read waiting for data at Close means the caller expected more:
+		// the exchange is not complete (net/http closes a connection under
+		// its reader when a request is cancelled).
+		reading := c.reading.Load() > 0
 		close(c.closedc)
 		c.rdl.set(time.Time{})
 		c.wdl.set(time.Time{})
 		c.wmu.Lock() // a pending Write has left; no data follows the release
-		defer c.wmu.Unlock()
-		clean := reusable && !c.dirty.Load() && !c.wclosed && c.unread.Load() == 0
+		clean := reusable && !reading && !c.dirty.Load() && !c.wclosed && c.unread.Load() == 0
 		c.s.release(c, clean)
+		c.wmu.Unlock()
+		if sent := c.sent.Load(); sent > c.written.Load() {
+			err = c.awaitDelivery(sent)
+		}
 	})
+	return err
+}
+
+// awaitDelivery waits for the lease's ended frame, which the server sends
+// once every byte before the release was written to the upstream, while
+// the stream makes progress; after the Client's releaseTimeout without any,
+// it discards the stream, which closes the upstream connection at once.
+func (c *Conn) awaitDelivery(sent int64) error {
+	s := c.s
+	timer := time.NewTimer(s.c.releaseTimeout)
+	defer timer.Stop()
+	last := s.progress.Load()
+	for {
+		select {
+		case <-c.endc:
+			if w := c.endWritten; w >= sent {
+				return nil
+			} else if w >= 0 {
+				var ee *EndedError
+				if errors.As(c.werr, &ee) {
+					return fmt.Errorf("%w: the upstream took %d of %d bytes: %w", ErrUndelivered, w, sent, ee)
+				}
+				return fmt.Errorf("%w: the upstream took %d of %d bytes", ErrUndelivered, w, sent)
+			}
+			return fmt.Errorf("%w: %d of %d bytes confirmed before the stream broke: %w", ErrUndelivered, c.written.Load(), sent, c.werr)
+		case <-timer.C:
+			if p := s.progress.Load(); p != last {
+				last = p
+				timer.Reset(s.c.releaseTimeout)
+				continue
+			}
+			s.fail(errReleaseStalled)
+			<-c.endc
+			return fmt.Errorf("%w: the upstream took %d of %d bytes and then nothing for %s", ErrUndelivered, c.written.Load(), sent, s.c.releaseTimeout)
+		}
+	}
 }
 
 // Info describes the lease. Safe for concurrent use.

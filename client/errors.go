@@ -75,6 +75,12 @@ var (
 	// after the server ended a lease for a reason other than the upstream's
 	// EOF: an upstream error, a revocation, max_lease_duration or shutdown.
 	ErrLeaseEnded = errors.New("client: lease ended")
+	// ErrUndelivered is matched by the error Close and Discard return when
+	// bytes that Write accepted may not have reached the upstream: the
+	// upstream took nothing for the release timeout (see
+	// WithReleaseTimeout), it failed, or the stream broke before the server
+	// confirmed them. The connection is closed, never reused.
+	ErrUndelivered = errors.New("client: written bytes not delivered")
 )
 
 // Error is a failed call: the gRPC status with its poolplane details. Every

@@ -71,6 +71,7 @@ type fakeLease struct {
 	revoked   atomic.Bool
 	releasing atomic.Bool
 	ended     atomic.Bool
+	written   atomic.Int64 // client bytes written to near, as poold's upstream_written
 	readerc   chan struct{}
 }
 
@@ -154,8 +155,18 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
-	ended := func(r poolv1.EndReason) *poolv1.LeaseResponse {
-		return &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{Reason: r}}}
+	ended := func(l *fakeLease, r poolv1.EndReason) *poolv1.LeaseResponse {
+		return &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
+			Reason: r, UpstreamWritten: uint64(l.written.Load())}}}
+	}
+	// write writes client bytes to the lease's upstream and reports them
+	// written, as poold does.
+	write := func(l *fakeLease, b []byte) {
+		n, _ := l.near.Write(b)
+		if n > 0 {
+			w := l.written.Add(int64(n))
+			send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Data_{Data: &poolv1.LeaseResponse_Data{UpstreamWritten: uint64(w)}}})
+		}
 	}
 	defer func() {
 		if cur != nil {
@@ -243,13 +254,13 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 						case errors.Is(err, io.EOF):
 							reason = poolv1.EndReason_END_REASON_UPSTREAM_EOF
 						}
-						send(ended(reason))
+						send(ended(l, reason))
 						return
 					}
 				}
 			}()
 			if len(early) > 0 {
-				l.near.Write(early)
+				write(l, early)
 			}
 		case *poolv1.LeaseRequest_Data_:
 			if cur == nil {
@@ -258,7 +269,7 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 			if cur.ended.Load() {
 				continue
 			}
-			cur.near.Write(fr.Data.GetData())
+			write(cur, fr.Data.GetData())
 		case *poolv1.LeaseRequest_CloseWrite_:
 			if cur == nil {
 				return protocol("close_write before open")
@@ -279,7 +290,7 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 			l.near.Close()
 			f.releases <- fr.Release.GetReusable()
 			if !l.ended.Load() && !f.noEnded {
-				if err := send(ended(poolv1.EndReason_END_REASON_RELEASED)); err != nil {
+				if err := send(ended(l, poolv1.EndReason_END_REASON_RELEASED)); err != nil {
 					return err
 				}
 			}

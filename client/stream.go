@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 )
 
 const (
@@ -46,6 +47,9 @@ var (
 	errEndedTimeout = errors.New("client: no ended frame after release")
 	// errWriteClosed is returned by Write after CloseWrite.
 	errWriteClosed = errors.New("client: write after CloseWrite")
+	// errReleaseStalled ends a stream whose released lease had bytes the
+	// upstream stopped taking.
+	errReleaseStalled = errors.New("client: release stalled: the upstream stopped taking written bytes")
 )
 
 // streamState is where a stream is in its lease cycle.
@@ -89,6 +93,7 @@ type stream struct {
 	rpc    grpc.BidiStreamingClient[poolv1.LeaseRequest, poolv1.LeaseResponse]
 
 	live      atomic.Int32  // goroutines still running
+	progress  atomic.Uint64 // frames sent and received: a release waits while it moves
 	frameSize atomic.Int32  // the largest data frame to send; see learnFrameSize
 	donec     chan struct{} // closed when both goroutines have exited
 	deadc     chan struct{} // closed when the stream died; err is set first
@@ -108,6 +113,7 @@ type stream struct {
 	ended    bool        // cur's ended frame arrived
 	settling bool        // released and not ended: counted in Client.releasing
 	timer    *time.Timer // discards the stream when ended is late
+	timerAt  uint64      // progress when timer was last armed
 }
 
 // newStream opens a Lease RPC for pool on replica (any when "" or not
@@ -202,6 +208,7 @@ func (s *stream) open(ctx context.Context, o *poolv1.LeaseRequest_Open, first []
 	s.released, s.ended = false, false
 	s.mu.Unlock()
 
+	conn.sent.Store(int64(len(first)))
 	reqs := make([]*poolv1.LeaseRequest, 0, 1+(len(first)+smallDataFrame-1)/smallDataFrame)
 	reqs = append(reqs, &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: o}})
 	for b := first; len(b) > 0; {
@@ -292,8 +299,9 @@ func putFrame(req *poolv1.LeaseRequest) {
 // smallDataFrame bytes.
 const frameSizeKey = "poolplane-max-data-frame"
 
-// frameSizeMD is the SDK's metadata on Lease calls.
-var frameSizeMD = []string{frameSizeKey, strconv.Itoa(maxFrame)}
+// frameSizeMD is the SDK's metadata on Lease calls: the frame size it
+// takes and the features it speaks.
+var frameSizeMD = []string{frameSizeKey, strconv.Itoa(maxFrame), leasewire.FeaturesKey, leasewire.FeatureHalfClose}
 
 // learnFrameSize sets the stream's data frame size from the server's
 // header, which arrives with its first response; without the header (or
@@ -387,6 +395,7 @@ func (s *stream) sendLoop() {
 		s.qmu.Unlock()
 		err := s.rpc.Send(req)
 		putFrame(req) // encoded by Send: the buffer is free again
+		s.progress.Add(1)
 		if err != nil {
 			// io.EOF: the server ended the RPC and the receive loop gets
 			// its status. Anything else breaks the stream here.
@@ -410,6 +419,7 @@ func (s *stream) recvLoop() {
 			s.fail(s.recvErr(err))
 			return
 		}
+		s.progress.Add(1)
 		if err := s.handle(&m.LeaseResponse); err != nil {
 			s.fail(err)
 			return
@@ -451,7 +461,18 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 		if !ok {
 			return protocolError("data on a stream that is %s", st)
 		}
+		c.confirm(f.Data.GetUpstreamWritten())
 		c.deliver(f.Data.GetData())
+	case *poolv1.LeaseResponse_CloseWrite_:
+		s.mu.Lock()
+		ok := s.state == stActive && !s.ended
+		st := s.state
+		c := s.cur
+		s.mu.Unlock()
+		if !ok {
+			return protocolError("close_write on a stream that is %s", st)
+		}
+		c.upstreamEOF()
 	case *poolv1.LeaseResponse_Ended_:
 		s.mu.Lock()
 		if s.state != stActive || s.ended {
@@ -466,7 +487,9 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 			s.finishLocked()
 		}
 		s.mu.Unlock()
-		c.remoteEnd(endErrs(f.Ended))
+		c.confirm(f.Ended.GetUpstreamWritten())
+		rerr, werr := endErrs(f.Ended)
+		c.remoteEnd(rerr, werr, int64(f.Ended.GetUpstreamWritten()))
 		if done {
 			s.c.putIdle(s)
 		}
@@ -530,6 +553,7 @@ func (s *stream) release(c *Conn, reusable bool) {
 	} else {
 		s.settling = true
 		s.c.releasing.Add(1)
+		s.timerAt = s.progress.Load()
 		if s.timer == nil {
 			s.timer = time.AfterFunc(s.c.endedTimeout, s.endedLate)
 		} else {
@@ -542,10 +566,16 @@ func (s *stream) release(c *Conn, reusable bool) {
 	}
 }
 
-// endedLate discards the stream if it still waits for ended.
+// endedLate discards the stream if it still waits for ended and made no
+// progress since the timer was armed; with progress it waits again.
 func (s *stream) endedLate() {
 	s.mu.Lock()
 	late := s.state == stActive && s.released && !s.ended
+	if p := s.progress.Load(); late && p != s.timerAt {
+		s.timerAt = p
+		s.timer.Reset(s.c.endedTimeout)
+		late = false
+	}
 	s.mu.Unlock()
 	if late {
 		s.fail(errEndedTimeout)
@@ -573,7 +603,7 @@ func (s *stream) fail(err error) {
 	s.mu.Unlock()
 	s.cancel()
 	if c != nil {
-		c.remoteEnd(err, err)
+		c.remoteEnd(err, err, -1)
 	}
 	s.c.removeIdle(s)
 }

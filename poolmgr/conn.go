@@ -40,6 +40,8 @@ type Conn struct {
 	created time.Time
 	jitter  float64       // in [0,1): share of lifetime_jitter cut from this connection's life
 	done    chan struct{} // closed when the pool closes the connection
+	// closeReason is why the pool closed it; set before done closes.
+	closeReason CloseReason
 
 	// peekFn is c.peekSocket, bound once so a peek allocates nothing.
 	// peekN and peekErrno are its results; only the connection's current
@@ -196,6 +198,18 @@ func (c *Conn) Info() AcquireInfo {
 // Done is closed when the pool closes the connection under the lease:
 // Revoke, max_lease_duration, or the pool's Close.
 func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// CloseReason says why the pool closed the connection under the lease:
+// CloseRevoked, CloseMaxLeaseDuration, CloseClosed (the pool's Close) and
+// so on. Valid once Done is closed.
+func (c *Conn) CloseReason() CloseReason {
+	select {
+	case <-c.done:
+		return c.closeReason
+	default:
+		return -1
+	}
+}
 
 // AddBytes counts relayed bytes (in: from the upstream; out: to it) in the
 // pool's stats. It uses atomics and takes no lock.

@@ -82,7 +82,7 @@ func (p *Pool) maintain() time.Duration {
 		for i := 0; i < len(p.leased); {
 			c := p.leased[i]
 			if now.Sub(c.since) >= d {
-				p.discardLocked(c, CloseRevoked) // swaps the last lease into i
+				p.discardLocked(c, CloseMaxLeaseDuration) // swaps the last lease into i
 				toClose = append(toClose, c)
 				continue
 			}

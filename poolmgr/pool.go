@@ -615,6 +615,7 @@ func (p *Pool) discardLocked(c *Conn, reason CloseReason) {
 	}
 	c.state = connClosed
 	c.active.Store(false)
+	c.closeReason = reason
 	close(c.done)
 	p.total--
 	p.closing++

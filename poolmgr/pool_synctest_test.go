@@ -519,8 +519,11 @@ func TestMaxLeaseDurationRevokes(t *testing.T) {
 		if !c.NetConn().(*fakeConn).isClosed() {
 			t.Fatal("revoked connection not closed")
 		}
+		if r := c.CloseReason(); r != CloseMaxLeaseDuration {
+			t.Fatalf("CloseReason = %v, want max_lease_duration", r)
+		}
 		s := p.Stats()
-		if s.Closes["revoked"] != 1 || s.Total != 0 || s.InUse != 0 {
+		if s.Closes["max_lease_duration"] != 1 || s.Closes["revoked"] != 0 || s.Total != 0 || s.InUse != 0 {
 			t.Fatalf("Stats = %+v", s)
 		}
 		c.Release(true) // just accounts

@@ -25,7 +25,7 @@ const (
 	CloseShrink
 	// CloseDirty: released as not reusable, or with unread upstream bytes.
 	CloseDirty
-	// CloseRevoked: its lease was revoked (RevokeLease or max_lease_duration).
+	// CloseRevoked: its lease was revoked (RevokeLease).
 	CloseRevoked
 	// CloseDrain: the pool is draining.
 	CloseDrain
@@ -38,6 +38,9 @@ const (
 	// CloseError: an I/O error while the pool handled it (for example a TLS
 	// read during validation).
 	CloseError
+	// CloseMaxLeaseDuration: its lease was held past
+	// lifecycle.max_lease_duration.
+	CloseMaxLeaseDuration
 
 	numCloseReasons
 )
@@ -55,6 +58,8 @@ var closeReasonNames = [numCloseReasons]string{
 	CloseDNS:         "dns",
 	CloseSingleUse:   "single_use",
 	CloseError:       "error",
+
+	CloseMaxLeaseDuration: "max_lease_duration",
 }
 
 // String returns the snake_case name used as the key of Stats.Closes.

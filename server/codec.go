@@ -143,45 +143,9 @@ func (f *inFrame) free() {
 	f.data.Data = nil
 }
 
-// writePayload writes a data frame's bytes to nc: as they are when they sit
-// in one buffer, with one writev on a TCP or Unix socket, else copied into
-// one relay buffer first, so a TLS connection sees one record. iov is
-// scratch space, returned for reuse.
-func writePayload(nc net.Conn, p mem.BufferSlice, iov net.Buffers) (net.Buffers, error) {
-	if len(p) == 1 {
-		_, err := nc.Write(p[0].ReadOnlyData())
-		return iov, err
-	}
-	switch nc.(type) {
-	case *net.TCPConn, *net.UnixConn:
-		iov = iov[:0]
-		for _, b := range p {
-			iov = append(iov, b.ReadOnlyData())
-		}
-		w := iov // WriteTo consumes w
-		_, err := w.WriteTo(nc)
-		clear(iov)
-		return iov, err
-	}
-	if n := p.Len(); n <= largeRelay {
-		bp := relayBufs.Get(relayHeadroom + n)
-		defer relayBufs.Put(bp)
-		buf := (*bp)[relayHeadroom:]
-		p.CopyTo(buf)
-		_, err := nc.Write(buf)
-		return iov, err
-	}
-	for _, b := range p {
-		if _, err := nc.Write(b.ReadOnlyData()); err != nil {
-			return iov, err
-		}
-	}
-	return iov, nil
-}
-
 // relayHeadroom is the room kept in front of the payload in a relay buffer
 // for the data frame's header.
-const relayHeadroom = 16
+const relayHeadroom = 32
 
 // bufPool is a mem.BufferPool of buffers in a few sizes: those of the
 // HTTP/2 frames gRPC reads, and those of the relay buffers (a data frame's
@@ -249,15 +213,16 @@ func newOutData() *outData {
 }
 
 // set points d at the n payload bytes read into buf (a relay buffer, the
-// payload at relayHeadroom), writing the header in front of them. The
-// caller frees d.msg after sending.
-func (d *outData) set(buf mem.Buffer, n int) {
+// payload at relayHeadroom), writing the header in front of them; written
+// is the lease's upstream_written. The caller frees d.msg after sending.
+func (d *outData) set(buf mem.Buffer, n int, written uint64) {
 	b := buf.ReadOnlyData()
-	var hb [leasewire.MaxDataHeader]byte
-	h := leasewire.AppendDataHeader(hb[:0], n)
+	var hb [leasewire.MaxRespDataHeader]byte
+	h := leasewire.AppendRespDataHeader(hb[:0], n, written)
 	start := relayHeadroom - len(h)
 	copy(b[start:], h)
 	d.data.Data = b[relayHeadroom : relayHeadroom+n]
+	d.data.UpstreamWritten = written
 	d.msg = buf.Slice(start, relayHeadroom+n)
 }
 

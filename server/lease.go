@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 	"github.com/poolplane/poolplane/poolmgr"
 )
 
@@ -84,6 +85,9 @@ type LeaseServer struct {
 	stopc    chan struct{} // closed by Shutdown: idle streams end, no new leases
 	stopOnce sync.Once
 	wg       sync.WaitGroup // the relay goroutines of every stream
+
+	mu      sync.Mutex // protects streams
+	streams map[*leaseStream]struct{}
 }
 
 var _ poolv1.LeaseServiceServer = (*LeaseServer)(nil)
@@ -97,7 +101,7 @@ func newLeaseServer(pools poolSource, logger *slog.Logger) *LeaseServer {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &LeaseServer{pools: pools, logger: logger, stopc: make(chan struct{})}
+	return &LeaseServer{pools: pools, logger: logger, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
 }
 
 // Shutdown stops granting leases: streams without a lease end at once with
@@ -111,6 +115,28 @@ func (s *LeaseServer) Shutdown() {
 // Wait blocks until every relay goroutine has exited.
 func (s *LeaseServer) Wait() { s.wg.Wait() }
 
+// EndLeases ends every lease still held with END_REASON_SHUTDOWN and closes
+// its upstream connection, for the end of a shutdown's grace period: each
+// client is told why before its stream goes. It waits until the ended
+// frames are sent, at most until ctx ends.
+func (s *LeaseServer) EndLeases(ctx context.Context) {
+	s.mu.Lock()
+	var cut []*lease
+	for ls := range s.streams {
+		if l := ls.cur.Load(); l != nil && l.cut(poolv1.EndReason_END_REASON_SHUTDOWN) {
+			cut = append(cut, l)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range cut {
+		select {
+		case <-l.readerc:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // errShutdown ends idle streams when the server stops.
 var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 
@@ -122,13 +148,31 @@ var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ctx := stream.Context()
 	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx),
-		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx)}
+		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx),
+		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose)}
 	// Tell the client it may send large data frames (an older poold does
 	// not, and its client keeps to small ones). The header goes out with
 	// the first response.
 	if err := stream.SetHeader(frameSizeHeader); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.streams[ls] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, ls)
+		s.mu.Unlock()
+	}()
+	// When the stream ends (the client went away or cancelled, or the
+	// server stops), a lease whose upstream write is blocked is cut, so the
+	// receive loop sees the end and closes the connection at once.
+	stopCut := context.AfterFunc(ctx, func() {
+		if l := ls.cur.Load(); l != nil {
+			l.cut(poolv1.EndReason_END_REASON_UNSPECIFIED)
+		}
+	})
+	defer stopCut()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -180,10 +224,15 @@ type leaseStream struct {
 	// frameSize is the upstream read size, the largest data frame sent:
 	// what the client accepts, at most largeRelay.
 	frameSize int
+	// halfClose: the client takes close_write frames (FeatureHalfClose).
+	halfClose bool
 
-	lease *lease      // the current lease, or nil; owned by the receive loop
-	req   inFrame     // the receive loop's frame
-	iov   net.Buffers // the receive loop's writev scratch
+	lease *lease // the current lease, or nil; owned by the receive loop
+	// cur is lease for the goroutines that cut it (the stream's end,
+	// EndLeases); set and cleared by the receive loop.
+	cur atomic.Pointer[lease]
+	req inFrame     // the receive loop's frame
+	iov net.Buffers // the receive loop's writev scratch
 
 	// upstream is the reader goroutine's, reused by each lease's reader
 	// in turn (one runs at a time).
@@ -217,22 +266,99 @@ func (ls *leaseStream) setBusy(b bool) (stopping bool) {
 	return stopping
 }
 
+// clientTakes reports whether the Lease call's metadata lists feature
+// under leasewire.FeaturesKey.
+func clientTakes(ctx context.Context, feature string) bool {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, leasewire.FeaturesKey) {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.TrimSpace(f) == feature {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // lease is one granted lease on a stream.
 type lease struct {
 	conn    *poolmgr.Conn
 	nc      net.Conn
 	readerc chan struct{} // closed when the reader goroutine exits
+	stopc   chan struct{} // closed by release: a reader waiting after the upstream's EOF exits
+	cutc    chan struct{} // closed by cut
 
 	// Set by the reader before it exits; read after readerc closes.
 	readErr error
+	upEOF   bool // the upstream half-closed (close_write was sent)
 
-	capc      *atomic.Int64 // the principal's lease count, decremented at release; nil without a cap
-	releasing atomic.Bool   // the client released: a read deadline stops the reader
-	ended     atomic.Bool   // ended was sent (by the reader) or the lease is over
-	finish    sync.Once     // the Release of conn
-	broken    bool          // a write or close_write failed or half-closed: never reuse
-	bytesOut  atomic.Int64
-	bytesIn   atomic.Int64
+	// cutReason is why the lease was cut (an EndReason, UNSPECIFIED when
+	// the stream ended); valid once cutc is closed.
+	cutReason atomic.Int32
+	cutOnce   sync.Once
+
+	capc      *atomic.Int64         // the principal's lease count, decremented at release; nil without a cap
+	releasing atomic.Bool           // the client released: a read deadline stops the reader
+	ended     atomic.Bool           // ended was sent (by the reader) or the lease is over
+	finish    sync.Once             // the Release of conn
+	broken    bool                  // a write or close_write failed or half-closed: never reuse
+	writeErr  atomic.Pointer[error] // the upstream write that failed, for ended's message
+	bytesOut  atomic.Int64          // client bytes written to the upstream
+	// The last progress report (maybeReport); the receive loop's.
+	reported   int64
+	reportedAt time.Time
+	bytesIn    atomic.Int64
+}
+
+// cut ends the lease from outside the relay (the stream's end, shutdown):
+// blocked upstream reads and writes return at once. The first cut's reason
+// wins; it reports whether this call cut the lease.
+func (l *lease) cut(reason poolv1.EndReason) bool {
+	did := false
+	l.cutOnce.Do(func() {
+		did = true
+		l.cutReason.Store(int32(reason))
+		close(l.cutc)
+		// A past deadline wakes the reader and a blocked write. Written
+		// after the flag: writeUpstream arms its deadline, then checks it.
+		_ = l.nc.SetDeadline(time.Unix(1, 0))
+	})
+	return did
+}
+
+// isCut reports whether cut was called.
+func (l *lease) isCut() bool { return isDone(l.cutc) }
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// remoteReason says why a lease ended other than by the client's release,
+// after the upstream connection failed with err.
+func (l *lease) remoteReason(err error) poolv1.EndReason {
+	if l.isCut() {
+		if r := poolv1.EndReason(l.cutReason.Load()); r != poolv1.EndReason_END_REASON_UNSPECIFIED {
+			return r
+		}
+	}
+	select {
+	case <-l.conn.Done():
+		switch l.conn.CloseReason() {
+		case poolmgr.CloseMaxLeaseDuration:
+			return poolv1.EndReason_END_REASON_MAX_LEASE_DURATION
+		default:
+			return poolv1.EndReason_END_REASON_REVOKED
+		}
+	default:
+	}
+	if errors.Is(err, io.EOF) && l.writeErr.Load() == nil {
+		return poolv1.EndReason_END_REASON_UPSTREAM_EOF
+	}
+	return poolv1.EndReason_END_REASON_UPSTREAM_ERROR
 }
 
 // release hands the connection back once.
@@ -298,13 +424,13 @@ func (ls *leaseStream) recvLoop() (err error) {
 			if l.ended.Load() || l.broken {
 				continue // the lease ended upstream; the client has not seen it yet
 			}
-			var err error
-			if ls.iov, err = writePayload(l.nc, p, ls.iov); err != nil {
+			if err := ls.writeUpstream(l, p); err != nil {
 				l.broken = true
+				if !errors.Is(err, errCut) && !l.isCut() {
+					l.writeErr.Store(&err)
+				}
 				_ = l.nc.Close() // the reader reports the end
-				continue
 			}
-			l.bytesOut.Add(int64(n))
 		case *poolv1.LeaseRequest_CloseWrite_:
 			l := ls.lease
 			if l == nil {
@@ -381,8 +507,13 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		return toStatus(err)
 	}
 	info := c.Info()
-	l := &lease{conn: c, nc: c.NetConn(), readerc: make(chan struct{}), capc: capc}
+	l := &lease{conn: c, nc: c.NetConn(), readerc: make(chan struct{}), stopc: make(chan struct{}),
+		cutc: make(chan struct{}), capc: capc}
 	ls.lease = l
+	ls.cur.Store(l)
+	if ls.ctx.Err() != nil {
+		l.cut(poolv1.EndReason_END_REASON_UNSPECIFIED) // the stream ended while acquiring
+	}
 	err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Granted_{Granted: &poolv1.LeaseResponse_Granted{
 		LeaseId:      "pools/" + id + "/leases/" + info.LeaseID,
 		UpstreamAddr: info.UpstreamAddr,
@@ -406,7 +537,10 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 
 // relayUpstream copies upstream bytes into data frames until the upstream
 // ends or the client releases. On an upstream end it sends ended itself and
-// closes the connection, so the client learns of it at once.
+// closes the connection, so the client learns of it at once. After the
+// upstream's EOF, a client that takes close_write gets one and the lease
+// goes on (the client's bytes still reach the upstream): the reader then
+// waits for the release, a cut or the pool closing the connection.
 func (ls *leaseStream) relayUpstream(l *lease) {
 	defer close(l.readerc)
 	msg := newOutData()
@@ -420,7 +554,7 @@ func (ls *leaseStream) relayUpstream(l *lease) {
 		if n > 0 {
 			buf := mem.NewBuffer(bp, relayBufs)
 			l.bytesIn.Add(int64(n))
-			msg.set(buf, n)
+			msg.set(buf, n, uint64(l.bytesOut.Load()))
 			serr := ls.send(msg)
 			msg.free()
 			buf.Free()
@@ -433,39 +567,51 @@ func (ls *leaseStream) relayUpstream(l *lease) {
 			continue
 		}
 		l.readErr = err
-		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) && !l.isCut() {
 			return // stopped by release: the receive loop sends ended
 		}
-		reason := poolv1.EndReason_END_REASON_UPSTREAM_ERROR
-		select {
-		case <-l.conn.Done():
-			reason = poolv1.EndReason_END_REASON_REVOKED
-		default:
-			if errors.Is(err, io.EOF) {
-				reason = poolv1.EndReason_END_REASON_UPSTREAM_EOF
+		if errors.Is(err, io.EOF) && ls.halfClose && !l.isCut() {
+			l.upEOF = true
+			if ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_CloseWrite_{CloseWrite: &poolv1.LeaseResponse_CloseWrite{}}}) != nil {
+				return
+			}
+			select {
+			case <-l.stopc:
+				return // released: the receive loop sends ended
+			case <-l.cutc:
+			case <-l.conn.Done():
 			}
 		}
-		if l.releasing.Load() {
+		reason := l.remoteReason(err)
+		if l.releasing.Load() && !l.isCut() {
 			return // the receive loop is ending the lease and sends ended
 		}
-		l.ended.Store(true)
+		if !l.ended.CompareAndSwap(false, true) {
+			return
+		}
 		l.release(false)
 		msg := ""
-		if reason == poolv1.EndReason_END_REASON_UPSTREAM_ERROR {
+		switch {
+		case reason != poolv1.EndReason_END_REASON_UPSTREAM_ERROR:
+		case l.writeErr.Load() != nil:
+			msg = (*l.writeErr.Load()).Error()
+		default:
 			msg = err.Error()
 		}
-		_ = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{Reason: reason, Message: msg}}})
+		_ = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
+			Reason: reason, Message: msg, UpstreamWritten: uint64(l.bytesOut.Load())}}})
 		return
 	}
 }
 
 // release ends the current lease at the client's request: it stops the
 // reader, returns the connection and sends ended (unless the reader already
-// ended the lease).
+// ended the lease). Every data frame before the release was written to the
+// upstream already (the receive loop writes them in order).
 func (ls *leaseStream) release(l *lease, reusable bool) error {
 	l.releasing.Store(true)
-	alreadyEnded := l.ended.Load()
-	if !alreadyEnded {
+	close(l.stopc)
+	if !l.ended.Load() {
 		// Wake the reader without closing the connection.
 		if err := l.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
 			l.broken = true
@@ -474,19 +620,22 @@ func (ls *leaseStream) release(l *lease, reusable bool) error {
 	}
 	<-l.readerc
 	ls.lease = nil
-	clean := reusable && !l.broken && errors.Is(l.readErr, os.ErrDeadlineExceeded) && !alreadyEnded && !l.ended.Load()
+	ls.cur.Store(nil)
+	// Reuse only a connection the reader left at a clean stop: no error,
+	// no EOF, no cut, nothing half-closed.
+	clean := reusable && !l.broken && !l.upEOF && !l.isCut() && errors.Is(l.readErr, os.ErrDeadlineExceeded)
 	if clean {
-		if err := l.nc.SetReadDeadline(time.Time{}); err != nil {
+		if err := l.nc.SetDeadline(time.Time{}); err != nil {
 			clean = false
 		}
 	}
-	sendEnded := !alreadyEnded && !l.ended.Load()
-	l.ended.Store(true)
+	sendEnded := l.ended.CompareAndSwap(false, true)
+	clean = clean && sendEnded
 	l.release(clean)
 	var err error
 	if sendEnded {
 		err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
-			Reason: poolv1.EndReason_END_REASON_RELEASED, Reused: clean}}})
+			Reason: poolv1.EndReason_END_REASON_RELEASED, Reused: clean, UpstreamWritten: uint64(l.bytesOut.Load())}}})
 	}
 	if ls.setBusy(false) && err == nil {
 		return errShutdown
@@ -499,8 +648,10 @@ func (ls *leaseStream) release(l *lease, reusable bool) error {
 func (ls *leaseStream) abandon(l *lease) {
 	l.releasing.Store(true)
 	l.ended.Store(true)
+	l.cut(poolv1.EndReason_END_REASON_UNSPECIFIED) // wakes a reader waiting after the upstream's EOF
 	_ = l.nc.Close()
 	<-l.readerc
 	l.release(false)
 	ls.lease = nil
+	ls.cur.Store(nil)
 }

@@ -46,3 +46,72 @@ func ParseDataHeader(b []byte, total int) (hlen int, ok bool) {
 	}
 	return 1 + k + 1 + j, true
 }
+
+// MaxRespDataHeader bounds the header of an encoded server data frame:
+// MaxDataHeader plus the upstream_written field (a one-byte tag and a
+// varint of at most ten bytes).
+const MaxRespDataHeader = MaxDataHeader + 1 + 10
+
+// AppendRespDataHeader appends the header of a server data frame with an
+// n-byte payload that reports written client bytes (LeaseResponse.Data
+// with upstream_written, field 2, before data, field 1; nothing for
+// written 0). Protobuf takes fields in any order; the SDK's decoder and
+// proto.Unmarshal both read it.
+func AppendRespDataHeader(b []byte, n int, written uint64) []byte {
+	inner := 1 + protowire.SizeVarint(uint64(n)) + n
+	if written > 0 {
+		inner += 1 + protowire.SizeVarint(written)
+	}
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(inner))
+	if written > 0 {
+		b = protowire.AppendTag(b, 2, protowire.VarintType)
+		b = protowire.AppendVarint(b, written)
+	}
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
+// ParseRespDataHeader reads the header of a server data frame of total
+// bytes from its first bytes (at most MaxRespDataHeader), as
+// AppendRespDataHeader writes it or proto.Marshal does without
+// upstream_written. It returns the header length and upstream_written, or
+// ok false for anything else, which is left to proto.
+func ParseRespDataHeader(b []byte, total int) (hlen int, written uint64, ok bool) {
+	if len(b) < 1 || b[0] != 2<<3|byte(protowire.BytesType) {
+		return 0, 0, false
+	}
+	outer, k := protowire.ConsumeVarint(b[1:])
+	if k < 0 || k != protowire.SizeVarint(outer) || uint64(total) != uint64(1+k)+outer {
+		return 0, 0, false
+	}
+	hlen = 1 + k
+	b = b[1+k:]
+	if len(b) >= 1 && b[0] == 2<<3|byte(protowire.VarintType) {
+		w, j := protowire.ConsumeVarint(b[1:])
+		if j < 0 || j != protowire.SizeVarint(w) || w == 0 {
+			return 0, 0, false
+		}
+		written = w
+		hlen += 1 + j
+		b = b[1+j:]
+	}
+	if len(b) < 1 || b[0] != 1<<3|byte(protowire.BytesType) {
+		return 0, 0, false
+	}
+	inner, j := protowire.ConsumeVarint(b[1:])
+	if j < 0 || j != protowire.SizeVarint(inner) || inner == 0 || uint64(total) != uint64(hlen+1+j)+inner {
+		return 0, 0, false
+	}
+	return hlen + 1 + j, written, true
+}
+
+// FeaturesKey is the metadata key by which a client lists, separated by
+// commas, the optional lease-stream behaviours it takes. A server uses a
+// feature only with a client that listed it.
+const FeaturesKey = "poolplane-lease-features"
+
+// FeatureHalfClose: the client takes the server's close_write frame (the
+// upstream half-closed and the lease goes on) instead of
+// ended{UPSTREAM_EOF}.
+const FeatureHalfClose = "half-close"

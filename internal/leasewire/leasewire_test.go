@@ -69,3 +69,80 @@ func TestParseDataHeaderRefuses(t *testing.T) {
 		}
 	}
 }
+
+func TestRespDataHeaderDecodesAsProto(t *testing.T) {
+	for _, n := range []int{1, 127, 128, 16383, 16384, 256 << 10} {
+		for _, w := range []uint64{0, 1, 127, 128, 1 << 40} {
+			payload := bytes.Repeat([]byte{'y'}, n)
+			hdr := AppendRespDataHeader(nil, n, w)
+			if len(hdr) > MaxRespDataHeader {
+				t.Fatalf("n=%d w=%d: header of %d bytes, over MaxRespDataHeader", n, w, len(hdr))
+			}
+			enc := append(hdr, payload...)
+			var m poolv1.LeaseResponse
+			if err := proto.Unmarshal(enc, &m); err != nil {
+				t.Fatalf("n=%d w=%d: proto.Unmarshal: %v", n, w, err)
+			}
+			if !bytes.Equal(m.GetData().GetData(), payload) || m.GetData().GetUpstreamWritten() != w {
+				t.Fatalf("n=%d w=%d: proto reads %d bytes, written %d", n, w, len(m.GetData().GetData()), m.GetData().GetUpstreamWritten())
+			}
+			hlen, gw, ok := ParseRespDataHeader(enc[:min(len(enc), MaxRespDataHeader)], len(enc))
+			if !ok || hlen != len(hdr) || gw != w {
+				t.Fatalf("n=%d w=%d: ParseRespDataHeader = %d, %d, %v; want %d, %d, true", n, w, hlen, gw, ok, len(hdr), w)
+			}
+			// What proto.Marshal writes is read too (written after data).
+			want, err := proto.Marshal(&m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w == 0 {
+				if hlen, _, ok := ParseRespDataHeader(want[:min(len(want), MaxRespDataHeader)], len(want)); !ok || hlen != len(hdr) {
+					t.Fatalf("n=%d: proto.Marshal's frame not parsed", n)
+				}
+			}
+		}
+	}
+}
+
+func TestParseRespDataHeaderRefuses(t *testing.T) {
+	good := append(AppendRespDataHeader(nil, 3, 5), "abc"...)
+	tests := []struct {
+		name  string
+		b     []byte
+		total int
+	}{
+		{"empty", nil, 0},
+		{"short total", good, len(good) - 1},
+		{"long total", good, len(good) + 1},
+		{"zero written", append(append([]byte{2<<3 | 2, 7, 2 << 3, 0}, 1<<3|2, 3), "abc"...), 9},
+		{"written after data", append(append([]byte{2<<3 | 2, 7, 1<<3 | 2, 3}, "abc"...), 2<<3, 5), 9},
+		{"no payload", []byte{2<<3 | 2, 2, 2 << 3, 5}, 4},
+	}
+	for _, tt := range tests {
+		total := tt.total
+		if total == 0 {
+			total = len(tt.b)
+		}
+		if _, _, ok := ParseRespDataHeader(tt.b, total); ok {
+			t.Errorf("%s: accepted", tt.name)
+		}
+	}
+}
+
+func FuzzParseRespDataHeader(f *testing.F) {
+	f.Add(append(AppendRespDataHeader(nil, 3, 9), "abc"...))
+	f.Add([]byte{2<<3 | 2, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		hlen, w, ok := ParseRespDataHeader(b[:min(len(b), MaxRespDataHeader)], len(b))
+		if !ok {
+			return
+		}
+		var m poolv1.LeaseResponse
+		if err := proto.Unmarshal(b, &m); err != nil {
+			t.Fatalf("accepted a frame proto refuses: %v", err)
+		}
+		if !bytes.Equal(m.GetData().GetData(), b[hlen:]) || m.GetData().GetUpstreamWritten() != w {
+			t.Fatalf("parsed differently from proto")
+		}
+	})
+}

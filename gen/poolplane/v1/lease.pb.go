@@ -30,7 +30,8 @@ const (
 	EndReason_END_REASON_UNSPECIFIED EndReason = 0
 	// The client released the lease.
 	EndReason_END_REASON_RELEASED EndReason = 1
-	// The upstream closed its side (EOF). Data before it was delivered.
+	// The upstream closed its side (EOF). Data before it was delivered. Sent
+	// only to clients that do not take close_write (see LeaseResponse).
 	EndReason_END_REASON_UPSTREAM_EOF EndReason = 2
 	// Reading or writing the upstream failed.
 	EndReason_END_REASON_UPSTREAM_ERROR EndReason = 3
@@ -38,7 +39,7 @@ const (
 	EndReason_END_REASON_REVOKED EndReason = 4
 	// The lease outlived the pool's lifecycle.max_lease_duration.
 	EndReason_END_REASON_MAX_LEASE_DURATION EndReason = 5
-	// The server is shutting down.
+	// The server is shutting down and its grace period is over.
 	EndReason_END_REASON_SHUTDOWN EndReason = 6
 )
 
@@ -224,6 +225,7 @@ type LeaseResponse struct {
 	//	*LeaseResponse_Granted_
 	//	*LeaseResponse_Data_
 	//	*LeaseResponse_Ended_
+	//	*LeaseResponse_CloseWrite_
 	Frame         isLeaseResponse_Frame `protobuf_oneof:"frame"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -293,6 +295,15 @@ func (x *LeaseResponse) GetEnded() *LeaseResponse_Ended {
 	return nil
 }
 
+func (x *LeaseResponse) GetCloseWrite() *LeaseResponse_CloseWrite {
+	if x != nil {
+		if x, ok := x.Frame.(*LeaseResponse_CloseWrite_); ok {
+			return x.CloseWrite
+		}
+	}
+	return nil
+}
+
 type isLeaseResponse_Frame interface {
 	isLeaseResponse_Frame()
 }
@@ -312,11 +323,22 @@ type LeaseResponse_Ended_ struct {
 	Ended *LeaseResponse_Ended `protobuf:"bytes,3,opt,name=ended,proto3,oneof"`
 }
 
+type LeaseResponse_CloseWrite_ struct {
+	// The upstream half-closed the connection (TCP FIN): no upstream bytes
+	// follow, and the client's bytes still reach the upstream until it
+	// releases. Sent only to clients whose Lease call carries the metadata
+	// "poolplane-lease-features" with the word "half-close"; other clients
+	// get ended{UPSTREAM_EOF} instead.
+	CloseWrite *LeaseResponse_CloseWrite `protobuf:"bytes,4,opt,name=close_write,json=closeWrite,proto3,oneof"`
+}
+
 func (*LeaseResponse_Granted_) isLeaseResponse_Frame() {}
 
 func (*LeaseResponse_Data_) isLeaseResponse_Frame() {}
 
 func (*LeaseResponse_Ended_) isLeaseResponse_Frame() {}
+
+func (*LeaseResponse_CloseWrite_) isLeaseResponse_Frame() {}
 
 // Open starts a lease.
 type LeaseRequest_Open struct {
@@ -617,13 +639,19 @@ func (x *LeaseResponse_Granted) GetGeneration() uint64 {
 	return 0
 }
 
-// Data carries bytes from the upstream.
+// Data carries bytes from the upstream. A frame with no bytes reports
+// progress only (upstream_written).
 type LeaseResponse_Data struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The bytes, in order.
-	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// How many of this lease's client bytes had been written to the upstream
+	// when the frame was sent (0: not reported). A client that released the
+	// lease with bytes not yet reported written waits for them, or for
+	// ended, before it knows they were delivered.
+	UpstreamWritten uint64 `protobuf:"varint,2,opt,name=upstream_written,json=upstreamWritten,proto3" json:"upstream_written,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LeaseResponse_Data) Reset() {
@@ -663,6 +691,50 @@ func (x *LeaseResponse_Data) GetData() []byte {
 	return nil
 }
 
+func (x *LeaseResponse_Data) GetUpstreamWritten() uint64 {
+	if x != nil {
+		return x.UpstreamWritten
+	}
+	return 0
+}
+
+// CloseWrite reports the upstream's half-close.
+type LeaseResponse_CloseWrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseResponse_CloseWrite) Reset() {
+	*x = LeaseResponse_CloseWrite{}
+	mi := &file_poolplane_v1_lease_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseResponse_CloseWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseResponse_CloseWrite) ProtoMessage() {}
+
+func (x *LeaseResponse_CloseWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_lease_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseResponse_CloseWrite.ProtoReflect.Descriptor instead.
+func (*LeaseResponse_CloseWrite) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_lease_proto_rawDescGZIP(), []int{1, 2}
+}
+
 // Ended closes one lease; the stream may carry the next.
 type LeaseResponse_Ended struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -671,14 +743,17 @@ type LeaseResponse_Ended struct {
 	// Detail for humans, for example the upstream error.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// Whether the connection went back to the pool.
-	Reused        bool `protobuf:"varint,3,opt,name=reused,proto3" json:"reused,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reused bool `protobuf:"varint,3,opt,name=reused,proto3" json:"reused,omitempty"`
+	// How many of this lease's client bytes were written to the upstream in
+	// all. Fewer than the client sent means the rest never reached it.
+	UpstreamWritten uint64 `protobuf:"varint,4,opt,name=upstream_written,json=upstreamWritten,proto3" json:"upstream_written,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LeaseResponse_Ended) Reset() {
 	*x = LeaseResponse_Ended{}
-	mi := &file_poolplane_v1_lease_proto_msgTypes[8]
+	mi := &file_poolplane_v1_lease_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +765,7 @@ func (x *LeaseResponse_Ended) String() string {
 func (*LeaseResponse_Ended) ProtoMessage() {}
 
 func (x *LeaseResponse_Ended) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_lease_proto_msgTypes[8]
+	mi := &file_poolplane_v1_lease_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +778,7 @@ func (x *LeaseResponse_Ended) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse_Ended.ProtoReflect.Descriptor instead.
 func (*LeaseResponse_Ended) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_lease_proto_rawDescGZIP(), []int{1, 2}
+	return file_poolplane_v1_lease_proto_rawDescGZIP(), []int{1, 3}
 }
 
 func (x *LeaseResponse_Ended) GetReason() EndReason {
@@ -725,6 +800,13 @@ func (x *LeaseResponse_Ended) GetReused() bool {
 		return x.Reused
 	}
 	return false
+}
+
+func (x *LeaseResponse_Ended) GetUpstreamWritten() uint64 {
+	if x != nil {
+		return x.UpstreamWritten
+	}
+	return 0
 }
 
 var File_poolplane_v1_lease_proto protoreflect.FileDescriptor
@@ -749,11 +831,13 @@ const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"CloseWrite\x1a%\n" +
 	"\aRelease\x12\x1a\n" +
 	"\breusable\x18\x01 \x01(\bR\breusableB\a\n" +
-	"\x05frame\"\xfe\x04\n" +
+	"\x05frame\"\xae\x06\n" +
 	"\rLeaseResponse\x12?\n" +
 	"\agranted\x18\x01 \x01(\v2#.poolplane.v1.LeaseResponse.GrantedH\x00R\agranted\x126\n" +
 	"\x04data\x18\x02 \x01(\v2 .poolplane.v1.LeaseResponse.DataH\x00R\x04data\x129\n" +
-	"\x05ended\x18\x03 \x01(\v2!.poolplane.v1.LeaseResponse.EndedH\x00R\x05ended\x1a\xa7\x02\n" +
+	"\x05ended\x18\x03 \x01(\v2!.poolplane.v1.LeaseResponse.EndedH\x00R\x05ended\x12I\n" +
+	"\vclose_write\x18\x04 \x01(\v2&.poolplane.v1.LeaseResponse.CloseWriteH\x00R\n" +
+	"closeWrite\x1a\xa7\x02\n" +
 	"\aGranted\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12#\n" +
 	"\rupstream_addr\x18\x02 \x01(\tR\fupstreamAddr\x12\x16\n" +
@@ -763,13 +847,17 @@ const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"\twait_time\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bwaitTime\x12\x1e\n" +
 	"\n" +
 	"generation\x18\a \x01(\x04R\n" +
-	"generation\x1a\x1a\n" +
+	"generation\x1aE\n" +
 	"\x04Data\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\x1aj\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12)\n" +
+	"\x10upstream_written\x18\x02 \x01(\x04R\x0fupstreamWritten\x1a\f\n" +
+	"\n" +
+	"CloseWrite\x1a\x95\x01\n" +
 	"\x05Ended\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.poolplane.v1.EndReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
-	"\x06reused\x18\x03 \x01(\bR\x06reusedB\a\n" +
+	"\x06reused\x18\x03 \x01(\bR\x06reused\x12)\n" +
+	"\x10upstream_written\x18\x04 \x01(\x04R\x0fupstreamWrittenB\a\n" +
 	"\x05frame*\xd0\x01\n" +
 	"\tEndReason\x12\x1a\n" +
 	"\x16END_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -795,19 +883,20 @@ func file_poolplane_v1_lease_proto_rawDescGZIP() []byte {
 }
 
 var file_poolplane_v1_lease_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_poolplane_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_poolplane_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_poolplane_v1_lease_proto_goTypes = []any{
-	(EndReason)(0),                  // 0: poolplane.v1.EndReason
-	(*LeaseRequest)(nil),            // 1: poolplane.v1.LeaseRequest
-	(*LeaseResponse)(nil),           // 2: poolplane.v1.LeaseResponse
-	(*LeaseRequest_Open)(nil),       // 3: poolplane.v1.LeaseRequest.Open
-	(*LeaseRequest_Data)(nil),       // 4: poolplane.v1.LeaseRequest.Data
-	(*LeaseRequest_CloseWrite)(nil), // 5: poolplane.v1.LeaseRequest.CloseWrite
-	(*LeaseRequest_Release)(nil),    // 6: poolplane.v1.LeaseRequest.Release
-	(*LeaseResponse_Granted)(nil),   // 7: poolplane.v1.LeaseResponse.Granted
-	(*LeaseResponse_Data)(nil),      // 8: poolplane.v1.LeaseResponse.Data
-	(*LeaseResponse_Ended)(nil),     // 9: poolplane.v1.LeaseResponse.Ended
-	(*durationpb.Duration)(nil),     // 10: google.protobuf.Duration
+	(EndReason)(0),                   // 0: poolplane.v1.EndReason
+	(*LeaseRequest)(nil),             // 1: poolplane.v1.LeaseRequest
+	(*LeaseResponse)(nil),            // 2: poolplane.v1.LeaseResponse
+	(*LeaseRequest_Open)(nil),        // 3: poolplane.v1.LeaseRequest.Open
+	(*LeaseRequest_Data)(nil),        // 4: poolplane.v1.LeaseRequest.Data
+	(*LeaseRequest_CloseWrite)(nil),  // 5: poolplane.v1.LeaseRequest.CloseWrite
+	(*LeaseRequest_Release)(nil),     // 6: poolplane.v1.LeaseRequest.Release
+	(*LeaseResponse_Granted)(nil),    // 7: poolplane.v1.LeaseResponse.Granted
+	(*LeaseResponse_Data)(nil),       // 8: poolplane.v1.LeaseResponse.Data
+	(*LeaseResponse_CloseWrite)(nil), // 9: poolplane.v1.LeaseResponse.CloseWrite
+	(*LeaseResponse_Ended)(nil),      // 10: poolplane.v1.LeaseResponse.Ended
+	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
 }
 var file_poolplane_v1_lease_proto_depIdxs = []int32{
 	3,  // 0: poolplane.v1.LeaseRequest.open:type_name -> poolplane.v1.LeaseRequest.Open
@@ -816,19 +905,20 @@ var file_poolplane_v1_lease_proto_depIdxs = []int32{
 	6,  // 3: poolplane.v1.LeaseRequest.release:type_name -> poolplane.v1.LeaseRequest.Release
 	7,  // 4: poolplane.v1.LeaseResponse.granted:type_name -> poolplane.v1.LeaseResponse.Granted
 	8,  // 5: poolplane.v1.LeaseResponse.data:type_name -> poolplane.v1.LeaseResponse.Data
-	9,  // 6: poolplane.v1.LeaseResponse.ended:type_name -> poolplane.v1.LeaseResponse.Ended
-	10, // 7: poolplane.v1.LeaseRequest.Open.acquire_timeout:type_name -> google.protobuf.Duration
-	10, // 8: poolplane.v1.LeaseResponse.Granted.idle_time:type_name -> google.protobuf.Duration
-	10, // 9: poolplane.v1.LeaseResponse.Granted.conn_age:type_name -> google.protobuf.Duration
-	10, // 10: poolplane.v1.LeaseResponse.Granted.wait_time:type_name -> google.protobuf.Duration
-	0,  // 11: poolplane.v1.LeaseResponse.Ended.reason:type_name -> poolplane.v1.EndReason
-	1,  // 12: poolplane.v1.LeaseService.Lease:input_type -> poolplane.v1.LeaseRequest
-	2,  // 13: poolplane.v1.LeaseService.Lease:output_type -> poolplane.v1.LeaseResponse
-	13, // [13:14] is the sub-list for method output_type
-	12, // [12:13] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 6: poolplane.v1.LeaseResponse.ended:type_name -> poolplane.v1.LeaseResponse.Ended
+	9,  // 7: poolplane.v1.LeaseResponse.close_write:type_name -> poolplane.v1.LeaseResponse.CloseWrite
+	11, // 8: poolplane.v1.LeaseRequest.Open.acquire_timeout:type_name -> google.protobuf.Duration
+	11, // 9: poolplane.v1.LeaseResponse.Granted.idle_time:type_name -> google.protobuf.Duration
+	11, // 10: poolplane.v1.LeaseResponse.Granted.conn_age:type_name -> google.protobuf.Duration
+	11, // 11: poolplane.v1.LeaseResponse.Granted.wait_time:type_name -> google.protobuf.Duration
+	0,  // 12: poolplane.v1.LeaseResponse.Ended.reason:type_name -> poolplane.v1.EndReason
+	1,  // 13: poolplane.v1.LeaseService.Lease:input_type -> poolplane.v1.LeaseRequest
+	2,  // 14: poolplane.v1.LeaseService.Lease:output_type -> poolplane.v1.LeaseResponse
+	14, // [14:15] is the sub-list for method output_type
+	13, // [13:14] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_lease_proto_init() }
@@ -846,6 +936,7 @@ func file_poolplane_v1_lease_proto_init() {
 		(*LeaseResponse_Granted_)(nil),
 		(*LeaseResponse_Data_)(nil),
 		(*LeaseResponse_Ended_)(nil),
+		(*LeaseResponse_CloseWrite_)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -853,7 +944,7 @@ func file_poolplane_v1_lease_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_lease_proto_rawDesc), len(file_poolplane_v1_lease_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

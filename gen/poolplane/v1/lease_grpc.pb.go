@@ -32,7 +32,8 @@ type LeaseServiceClient interface {
 	// Lease opens a stream that carries leases one after another.
 	//
 	// Client frames: open (first), data*, close_write?, release (last), then
-	// optionally the next open. Server frames: granted, data*, ended.
+	// optionally the next open. Server frames: granted, data*, close_write?,
+	// ended.
 	// The client may send data right after open without waiting for granted
 	// (0-RTT), and the next open right behind a release.
 	//
@@ -76,7 +77,8 @@ type LeaseServiceServer interface {
 	// Lease opens a stream that carries leases one after another.
 	//
 	// Client frames: open (first), data*, close_write?, release (last), then
-	// optionally the next open. Server frames: granted, data*, ended.
+	// optionally the next open. Server frames: granted, data*, close_write?,
+	// ended.
 	// The client may send data right after open without waiting for granted
 	// (0-RTT), and the next open right behind a release.
 	//
