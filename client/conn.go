@@ -298,23 +298,31 @@ func (c *Conn) CloseWrite() error {
 // the release timeout (the connection is then closed) or the lease ended
 // first. Later calls return nil.
 func (c *Conn) Close() error {
-	return c.release(true)
+	return c.release(true, false)
+}
+
+// CloseIdle is Close for a relay whose own reader waits on the Conn for
+// bytes it does not expect, such as poolctl forward after its client
+// closed at the end of a complete exchange: a Read in progress does not
+// make the connection unfit for reuse. Everything else about Close holds.
+func (c *Conn) CloseIdle() error {
+	return c.release(true, true)
 }
 
 // Discard releases the lease and tells the pool to close the connection,
 // for example after a protocol error the SDK cannot see. It is Close
 // otherwise, and is idempotent with it: whichever runs first decides.
 func (c *Conn) Discard() error {
-	return c.release(false)
+	return c.release(false, false)
 }
 
-func (c *Conn) release(reusable bool) error {
+func (c *Conn) release(reusable, idleReader bool) error {
 	var err error
 	c.closeOnce.Do(func() {
 		// A Read waiting for data at Close means the caller expected more:
 		// the exchange is not complete (net/http closes a connection under
 		// its reader when a request is cancelled).
-		reading := c.reading.Load() > 0
+		reading := c.reading.Load() > 0 && !idleReader
 		close(c.closedc)
 		c.rdl.set(time.Time{})
 		c.wdl.set(time.Time{})

@@ -38,6 +38,7 @@ import (
 // closes everything, the client first.
 type sdkEnv struct {
 	mgr     *poolmgr.Manager
+	svcs    *server.Services
 	addr    string
 	c       *client.Client
 	streams *leaseStreamCounter
@@ -59,7 +60,7 @@ func startSDKEnv(t testing.TB, opts ...client.Option) *sdkEnv {
 	if err := mgr.Load(context.Background()); err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	srv, _, err := server.New(server.Config{Manager: mgr, Logger: logger})
+	srv, svcs, err := server.New(server.Config{Manager: mgr, Logger: logger})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
@@ -76,7 +77,7 @@ func startSDKEnv(t testing.TB, opts ...client.Option) *sdkEnv {
 		srv.Stop()
 		<-served
 	})
-	e := &sdkEnv{mgr: mgr, addr: lis.Addr().String(), streams: &leaseStreamCounter{}}
+	e := &sdkEnv{mgr: mgr, svcs: svcs, addr: lis.Addr().String(), streams: &leaseStreamCounter{}}
 	all := append([]client.Option{
 		client.WithInsecure(),
 		client.WithClientName("e2e"),

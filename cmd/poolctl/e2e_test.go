@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -788,14 +789,14 @@ func TestForwardHalfCloseTimeout(t *testing.T) {
 	}
 }
 
-// TestForwardReusesConnections: closing a forwarded connection releases its
-// lease, so the next forwarded connection reuses the pooled upstream
-// connection instead of dialing a new one.
+// TestForwardReusesConnections: with --reuse, closing a forwarded
+// connection releases its lease, so the next forwarded connection reuses
+// the pooled upstream connection instead of dialing a new one.
 func TestForwardReusesConnections(t *testing.T) {
 	ts := startServer(t)
 	echo := startEcho(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
-	addr, stop := ts.startForward(t, "echo")
+	addr, stop := ts.startForward(t, "echo", "--reuse")
 	for i := range 3 {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -821,6 +822,139 @@ func TestForwardReusesConnections(t *testing.T) {
 	if r := stop(); r.code != 0 {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
 	}
+}
+
+// TestForwardNoReplyHandedOver: by default a forwarded client that sends a
+// request and closes before its reply (it gave up, or half-closed) does
+// not hand that reply to the next client: its FIN reaches the upstream,
+// and the upstream connection is never reused. Each of the rounds gives a
+// client B the upstream connection client A left if the lease were
+// released as reusable.
+func TestForwardNoReplyHandedOver(t *testing.T) {
+	ts := startServer(t)
+	up := startGatedUpstream(t)
+	ts.ok(t, "pools:\n- id: slow\n  endpoints: ["+up.addr+"]\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "slow")
+	const rounds = 5
+	for i := range rounds {
+		a, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Write([]byte("A" + itoa(i) + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		<-up.requests // the upstream has A's request
+		a.Close()
+		// A's lease was released (reusable or not), or its FIN reached the
+		// upstream: either way, what forward did with A is settled.
+		waitUntil(t, "A's close to reach the pool or the upstream", func() bool {
+			l := unmarshal(t, ts.ok(t, "", "leases", "slow", "-o", "json"), &poolv1.ListLeasesResponse{})
+			_, fin := up.finAfter.Load("A" + itoa(i) + "\n")
+			return len(l.GetLeases()) == 0 || fin
+		})
+		b, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Write([]byte("B" + itoa(i) + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		<-up.requests
+		up.gate <- struct{}{} // A's late reply
+		up.gate <- struct{}{} // B's reply
+		b.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(b).ReadString('\n')
+		if want := "reply-B" + itoa(i) + "\n"; err != nil || line != want {
+			t.Fatalf("round %d: B read %q, %v; want %q", i, line, err, want)
+		}
+		b.Close()
+	}
+	waitUntil(t, "every lease to end", func() bool {
+		l := unmarshal(t, ts.ok(t, "", "leases", "slow", "-o", "json"), &poolv1.ListLeasesResponse{})
+		return len(l.GetLeases()) == 0
+	})
+	st := unmarshal(t, ts.ok(t, "", "stats", "slow", "-o", "json"), &poolv1.PoolStats{})
+	if st.GetReused() != 0 || st.GetIdle() != 0 {
+		t.Fatalf("reused %d, idle %d: a connection a client left was kept", st.GetReused(), st.GetIdle())
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// gatedUpstream answers each line "X" with "reply-X" once the test sends a
+// token on gate, like a slow server; it reports each request it read on
+// requests and records, in finAfter, the last line before each FIN.
+type gatedUpstream struct {
+	addr     string
+	gate     chan struct{}
+	requests chan string
+	finAfter sync.Map // line -> true
+}
+
+func startGatedUpstream(t *testing.T) *gatedUpstream {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &gatedUpstream{addr: lis.Addr().String(), gate: make(chan struct{}), requests: make(chan string, 16)}
+	stopc := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex // protects conns
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			lines := make(chan string, 16)
+			wg.Go(func() { // reader: requests and the FIN
+				defer close(lines)
+				r := bufio.NewReader(c)
+				last := ""
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						u.finAfter.Store(last, true)
+						return
+					}
+					last = line
+					u.requests <- line
+					lines <- line
+				}
+			})
+			wg.Go(func() { // writer: a reply per request, when the gate opens
+				defer c.Close()
+				for line := range lines {
+					select {
+					case <-u.gate:
+					case <-stopc:
+						return
+					}
+					if _, err := c.Write([]byte("reply-" + line)); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		close(stopc)
+		_ = lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return u
 }
 
 // TestBackup: backup writes a snapshot that store.Open reads back, with the

@@ -35,11 +35,13 @@ func forwardCommand() *command {
 			name := fs.String("client-name", "", "client `NAME` shown by poolctl leases (default host/poolctl:pid)")
 			acquire := fs.Duration("acquire-timeout", 0, "bound on each lease's wait for a connection (0: the pool's acquire_timeout)")
 			grace := fs.Duration("shutdown-timeout", defaultShutdownTimeout, "after SIGINT/SIGTERM, wait this long for connections, then close them")
-			halfCloseMode := fs.Bool("half-close", false,
-				"on a local connection's EOF, half-close the upstream and relay its answer until it closes (the connection is then not reused); "+
-					"by default the EOF releases the lease, so the pooled connection serves the next one")
+			reuse := fs.Bool("reuse", false,
+				"release a lease as reusable when its local client closes (EOF), for clients known to close only after reading "+
+					"every reply; by default a local EOF half-closes the upstream and the connection is not reused, since a reply "+
+					"may still be on its way and must not reach the next client")
+			_ = fs.Bool("half-close", true, "kept for scripts: half-closing the upstream on a local EOF is the default (see --reuse)")
 			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
-				"with --half-close, end a lease once the upstream is silent this long after the local EOF (0: never)")
+				"end a lease once the upstream is silent this long after the local EOF (0: never); not with --reuse")
 			return func(ctx context.Context, e *env, args []string) error {
 				if *acquire < 0 || *grace < 0 || *halfClose < 0 {
 					return usagef("forward: durations must not be negative")
@@ -54,7 +56,7 @@ func forwardCommand() *command {
 					pool:             poolName(args[0]),
 					acquireTimeout:   *acquire,
 					halfCloseTimeout: *halfClose,
-					halfClose:        *halfCloseMode,
+					reuse:            *reuse,
 					log:              &lockedWriter{w: e.stderr},
 					conns:            map[*forwardConn]struct{}{},
 				}
@@ -69,9 +71,9 @@ type forwarder struct {
 	c              *client.Client
 	pool           string
 	acquireTimeout time.Duration
-	// halfClose makes a local EOF half-close the upstream instead of
-	// releasing the lease.
-	halfClose bool
+	// reuse makes a local EOF release the lease as reusable instead of
+	// half-closing the upstream.
+	reuse bool
 	// halfCloseTimeout bounds how long the upstream may stay silent after
 	// the local side's EOF; 0 means forever.
 	halfCloseTimeout time.Duration
@@ -192,15 +194,15 @@ func (fc *forwardConn) forceClose() {
 	}
 }
 
-// serve leases a connection for fc and copies bytes both ways. The local
-// side's EOF releases the lease (reused when clean: the server checks that
-// no upstream bytes are pending) and closes the local connection; with
-// halfClose it half-closes the upstream instead (CloseWrite; a half-closed
-// upstream connection is not reused). The upstream's EOF half-closes the
-// local side. An error on either side, or (with halfClose) an upstream
-// silent for halfCloseTimeout after the local EOF, closes both and
-// discards the upstream connection. When both directions have ended the
-// lease is released.
+// serve leases a connection for fc and copies bytes both ways, as TCP
+// does: a FIN from either side reaches the other (CloseWrite), and bytes go
+// on flowing the other way until that side's FIN too. Then the lease is
+// released, not reusable: forward cannot know where the upstream's replies
+// end, and a reply still on its way must not reach the next client. With
+// reuse, the local side's EOF releases the lease at once, reusable when
+// clean, for clients that close only after every reply. An error on either
+// side, or an upstream silent for halfCloseTimeout after the local EOF,
+// closes both and discards the upstream connection.
 func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	local := fc.local
 	defer func() { _ = local.Close() }()
@@ -226,10 +228,9 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	}
 
 	var (
-		wg         sync.WaitGroup
-		failed     atomic.Bool
-		halfClosed atomic.Bool // the local side sent EOF (halfClose mode)
-		released   atomic.Bool // the local side sent EOF: the lease is released
+		wg       sync.WaitGroup
+		failed   atomic.Bool
+		localEOF atomic.Bool // the local side sent its FIN
 	)
 	fail := func() {
 		failed.Store(true)
@@ -241,14 +242,15 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			fail()
 			return
 		}
-		if !f.halfClose {
-			released.Store(true)
-			_ = up.Close() // release; the read loop below ends with net.ErrClosed
+		localEOF.Store(true)
+		if f.reuse {
+			// The client closed after a complete exchange: release now.
+			// The read loop below ends with net.ErrClosed.
+			f.released(local, up.CloseIdle())
 			return
 		}
 		_ = up.CloseWrite()
 		if f.halfCloseTimeout > 0 {
-			halfClosed.Store(true)
 			_ = up.SetReadDeadline(time.Now().Add(f.halfCloseTimeout))
 		}
 	})
@@ -257,7 +259,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	// before every read).
 	buf := make([]byte, 32<<10)
 	for {
-		if halfClosed.Load() {
+		if localEOF.Load() && !f.reuse && f.halfCloseTimeout > 0 {
 			_ = up.SetReadDeadline(time.Now().Add(f.halfCloseTimeout))
 		}
 		n, rerr := up.Read(buf)
@@ -268,21 +270,31 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			}
 		}
 		if errors.Is(rerr, io.EOF) {
+			// The upstream's FIN: mirrored to the client, whose bytes still
+			// reach the upstream until its own FIN.
 			if cw, ok := local.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			}
 			break
 		}
 		if rerr != nil {
-			if !released.Load() {
+			if !(f.reuse && localEOF.Load()) {
 				fail()
 			}
 			break
 		}
 	}
 	wg.Wait()
-	if !failed.Load() {
-		_ = up.Close()
+	if failed.Load() || f.reuse {
+		return // discarded, or released by the local EOF
+	}
+	f.released(local, up.Discard())
+}
+
+// released logs a release that reported bytes the upstream never took.
+func (f *forwarder) released(local net.Conn, err error) {
+	if err != nil {
+		_, _ = fmt.Fprintf(f.log, "poolctl: forward: %s: %v\n", local.RemoteAddr(), err)
 	}
 }
 

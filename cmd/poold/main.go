@@ -528,9 +528,18 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	case <-stopped:
 		timer.Stop()
 	case <-timer.C:
-		logger.Warn("grace period over: closing the remaining leases")
-		gs.Stop()
-		<-stopped
+		// Each lease left ends with END_REASON_SHUTDOWN, so its client
+		// learns why; streams that do not end within endLeasesWait are cut.
+		logger.Warn("grace period over: ending the remaining leases")
+		ectx, cancel := context.WithTimeout(context.Background(), endLeasesWait)
+		srv.Lease.EndLeases(ectx)
+		select {
+		case <-stopped:
+		case <-ectx.Done():
+			gs.Stop()
+			<-stopped
+		}
+		cancel()
 	}
 	srv.Lease.Wait()
 	if hs != nil {
@@ -563,6 +572,11 @@ func rpcStreamMetrics(m *grpcprom.ServerMetrics) grpc.StreamServerInterceptor {
 // storeLoadTimeout bounds the first read of the configuration at start: an
 // unreachable etcd fails the start instead of hanging it.
 const storeLoadTimeout = 30 * time.Second
+
+// endLeasesWait bounds how long, after the shutdown grace period, poold
+// waits for the streams whose leases it ended to finish before it cuts
+// them.
+const endLeasesWait = time.Second
 
 // closingStore is the Manager's store plus Close.
 type closingStore interface {
