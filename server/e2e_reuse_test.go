@@ -149,20 +149,22 @@ func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool strin
 }
 
 // checkNotReused waits until pool has no lease left, then fails unless
-// every connection the pool dialed was used by one lease and closed as
-// dirty: round+1 rounds of reusePoolSize connections each.
+// net/http's closes were closes: at most reusePoolSize dials a round, and
+// the connections net/http closed under its reader closed as dirty, not
+// reused (a connection it closed before its reader started may be reused:
+// no request went out on it).
 func checkNotReused(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) {
 	t.Helper()
-	want := uint64((round + 1) * reusePoolSize)
 	var st *poolv1.PoolStats
-	sdkWaitFor(t, "every lease of "+pool+" to be released and closed", func() bool {
+	sdkWaitFor(t, "every lease of "+pool+" to be released", func() bool {
 		var err error
 		st, err = c.PoolStats(ctx, pool)
-		return err == nil && st.GetInUse() == 0 && st.GetDialing() == 0 && st.GetTotal() == 0
+		return err == nil && st.GetInUse() == 0 && st.GetDialing() == 0
 	})
 	t.Logf("round %d: %d dials, %d acquires, %d reused, closes %v", round, st.GetDials(), st.GetAcquires(), st.GetReused(), st.GetCloses())
-	if st.GetDials() != want || st.GetReused() != 0 || st.GetCloses()["dirty"] != want {
-		t.Errorf("round %d: %d dials, %d reused, closes %v; want %d dials, none reused, all closed dirty",
-			round, st.GetDials(), st.GetReused(), st.GetCloses(), want)
+	dirty := st.GetCloses()["dirty"]
+	if st.GetDials() > uint64((round+1)*reusePoolSize) || dirty < uint64(round+1) || len(st.GetCloses()) != 1 {
+		t.Errorf("round %d: %d dials, closes %v; want at most %d dials, closed as dirty",
+			round, st.GetDials(), st.GetCloses(), (round+1)*reusePoolSize)
 	}
 }

@@ -605,7 +605,7 @@ func TestUnixSocket(t *testing.T) {
 		t.Fatalf("--server %s: exit %d\n%s", path, r.code, r.stderr)
 	}
 	// forward over the socket.
-	addr, stop := ts.startForward(t, "echo", "--half-close")
+	addr, stop := ts.startForward(t, "echo")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -665,7 +665,7 @@ func TestTLSAndToken(t *testing.T) {
 	ts.fails(t, "UNAVAILABLE", "--server-name", "other.test", "list")
 
 	// forward uses the same credentials.
-	addr, stop := ts.startForward(t, "echo", "--half-close")
+	addr, stop := ts.startForward(t, "echo")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -761,7 +761,7 @@ func TestForwardHalfCloseTimeout(t *testing.T) {
 	ts := startServer(t)
 	silent := startSilent(t)
 	ts.ok(t, "pools:\n- id: silent\n  endpoints: ["+silent+"]\n", "apply", "-f", "-")
-	addr, stop := ts.startForward(t, "silent", "--half-close", "--half-close-timeout", "200ms")
+	addr, stop := ts.startForward(t, "silent", "--half-close-timeout", "200ms")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -880,6 +880,56 @@ func TestForwardNoReplyHandedOver(t *testing.T) {
 	}
 	if r := stop(); r.code != 0 {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// TestForwardMirrorsUpstreamFIN: an upstream that sends its reply and FIN
+// but keeps reading. In both modes the forwarded client reads the reply,
+// then EOF, and the bytes it sends afterwards still reach the upstream.
+func TestForwardMirrorsUpstreamFIN(t *testing.T) {
+	for _, args := range [][]string{nil, {"--reuse"}} {
+		t.Run(strings.Join(append([]string{"mode"}, args...), " "), func(t *testing.T) {
+			ts := startServer(t)
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = lis.Close() })
+			got := make(chan string, 1)
+			go func() {
+				c, err := lis.Accept()
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				defer c.Close()
+				_, _ = c.Write([]byte("reply"))
+				_ = c.(*net.TCPConn).CloseWrite()
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				b, _ := io.ReadAll(c)
+				got <- string(b)
+			}()
+			ts.ok(t, "pools:\n- id: fin\n  endpoints: ["+lis.Addr().String()+"]\n", "apply", "-f", "-")
+			addr, stop := ts.startForward(t, "fin", args...)
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(c); err != nil || string(b) != "reply" {
+				t.Fatalf("read %q, %v; want the reply, then EOF", b, err)
+			}
+			if _, err := c.Write([]byte("after the FIN")); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.Close()
+			if b := <-got; b != "after the FIN" {
+				t.Fatalf("upstream read %q after its FIN", b)
+			}
+			if r := stop(); r.code != 0 {
+				t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+			}
+		})
 	}
 }
 

@@ -333,10 +333,12 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 					return
 				default:
 				}
-				p := phase.Load()
 				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				err := echoLease(lctx, c, "fleet", w*1_000_000+i)
 				cancel()
+				// Counted in the phase in which the lease ended: one that
+				// began before the stop and failed in it failed during it.
+				p := phase.Load()
 				if err != nil {
 					failed[p].Add(1)
 					firstErrMu.Lock()
