@@ -52,12 +52,13 @@ func newTLSBase(t TLSConfig) (*tls.Config, error) {
 
 // dialNeedLocked is how many dials the pool wants in flight: one per queued
 // acquirer (unless paused) plus the min_idle shortfall, and at least the
-// probe while the circuit is open.
+// probe while the circuit is open. Idle connections out for a health check
+// are not a shortfall: they count as idle until the check fails.
 func (p *Pool) dialNeedLocked() int {
 	if p.closed || p.state == StateDraining || p.fenced {
 		return 0
 	}
-	need := max(p.cfg.Limits.MinIdle-p.idle.Len(), 0)
+	need := max(p.cfg.Limits.MinIdle-p.idleLocked(), 0)
 	if p.state == StateActive {
 		need += p.waiters.Len()
 	}

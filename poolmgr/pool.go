@@ -124,6 +124,9 @@ type Pool struct {
 	genCount map[uint64]int
 	// idle holds idle connections, most recently released at the back.
 	idle deque.Deque[*Conn]
+	// probing counts idle connections taken out of idle for a health
+	// check: they still count as idle (see idleLocked).
+	probing int
 	// leased holds the connections under lease; Conn.leaseIdx indexes it.
 	leased []*Conn
 	// waiters queue FIFO for a connection; freeWaiters recycles them.
@@ -317,7 +320,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
 					continue
 				}
-				if p.idle.Len() < p.cfg.Limits.MinIdle {
+				if p.idleLocked() < p.cfg.Limits.MinIdle {
 					p.maybeDialLocked(ctx) // refill min_idle
 				}
 				if c.raw == nil || now.Sub(c.idleSince) < p.cfg.Lifecycle.ValidateAfterIdle {
@@ -481,7 +484,7 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 			Max:     p.maxLocked(),
 			Total:   p.total,
 			InUse:   len(p.leased),
-			Idle:    p.idle.Len(),
+			Idle:    p.idleLocked(),
 			Waiters: p.waiters.Len(),
 		},
 		LastDialErr: p.lastDialErr,
@@ -562,7 +565,7 @@ func (p *Pool) putLocked(c *Conn, now time.Time) (CloseReason, bool) {
 			return 0, false
 		}
 	}
-	if p.idle.Len() >= p.cfg.Limits.MaxIdle {
+	if p.idleLocked() >= p.cfg.Limits.MaxIdle {
 		return CloseShrink, true
 	}
 	c.state = connIdle
@@ -1054,7 +1057,7 @@ func (p *Pool) Stats() Stats {
 		Max:               p.maxLocked(),
 		Total:             p.total,
 		InUse:             len(p.leased),
-		Idle:              p.idle.Len(),
+		Idle:              p.idleLocked(),
 		Dialing:           p.dialing,
 		Waiters:           p.waiters.Len(),
 		MinIdle:           p.cfg.Limits.MinIdle,
@@ -1123,8 +1126,10 @@ type Stats struct {
 	// Fenced: the pool is fleet-scoped and this replica is fenced (see
 	// Pool.Fenced); Max is 0 meanwhile.
 	Fenced bool
-	// Gauges: Total = Idle + InUse + connections being health-checked.
-	// Max is this replica's current share of max_connections.
+	// Gauges: Total = Idle + InUse (+ connections between two states for
+	// an instant: a checkout peek, a release). Idle includes the idle
+	// connections under health check. Max is this replica's current share
+	// of max_connections.
 	Max, Total, InUse, Idle, Dialing, Waiters int
 	MinIdle                                   int
 	CircuitOpen                               bool
