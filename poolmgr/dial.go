@@ -232,8 +232,11 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 			p.circuitOpen = true
 			p.env.Logger.Warn("upstream circuit open", "pool", p.name, "consecutive_failures", p.consecFails, "err", err)
 		}
-		if p.circuitOpen && p.total == 0 && p.dialing == 0 {
-			// Nothing can serve the queued acquires before the next probe.
+		refused := errors.Is(err, ErrUpstreamNotAllowed)
+		if (p.circuitOpen || refused) && p.total == 0 && p.dialing == 0 {
+			// Nothing can serve the queued acquires before the next probe
+			// (a refused upstream stays refused until the policy or DNS
+			// changes): acquireErrorLocked names a refusal as such.
 			for e := p.waiters.PopFront(); e != nil; e = p.waiters.PopFront() {
 				e.Value.ch <- waitResult{err: p.acquireErrorLocked(ErrUnavailable, now)}
 			}

@@ -276,7 +276,8 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 // It takes an idle connection that passes the checkout checks (lifetime; a
 // non-blocking peek when idle longer than validate_after_idle), or waits in
 // FIFO order for a released connection or one the pool dials. It returns:
-//   - ErrPoolClosed after Close, ErrDraining while draining;
+//   - ErrPoolClosed after Close; *AcquireError with ErrDraining while
+//     draining;
 //   - *AcquireError with ErrFenced at once while the pool is fenced (a
 //     fleet-scoped pool on a replica that may have lost its registration:
 //     its share is 0; retry on another replica); queued acquires fail so
@@ -285,6 +286,9 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 //     already queued beyond the dials in flight;
 //   - *AcquireError with ErrUnavailable at once when a dial is needed but
 //     the dial circuit is open (RetryAfter says when it probes next);
+//   - *AcquireError with ErrUpstreamNotAllowed when the upstream policy
+//     refused the dials that were to serve it (at once when nothing else
+//     can), or in place of ErrUnavailable while the last dial was refused;
 //   - *AcquireError with ErrAcquireTimeout after acquire_timeout (time
 //     spent paused counts);
 //   - ctx.Err() when ctx ends first.
@@ -459,7 +463,7 @@ func (p *Pool) acquirableLocked() error {
 		return ErrPoolClosed
 	}
 	if p.state == StateDraining {
-		return ErrDraining
+		return p.acquireErrorLocked(ErrDraining, time.Time{})
 	}
 	if p.fenced {
 		return p.acquireErrorLocked(ErrFenced, time.Time{})
@@ -490,7 +494,13 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 		LastDialErr: p.lastDialErr,
 	}
 	if errors.Is(sentinel, ErrUnavailable) {
-		e.RetryAfter = max(p.nextDialAt.Sub(now), 0)
+		if errors.Is(p.lastDialErr, ErrUpstreamNotAllowed) {
+			// The policy refused the upstream: retrying will not help,
+			// however the circuit and its backoff count the refusals.
+			e.Err = ErrUpstreamNotAllowed
+		} else {
+			e.RetryAfter = max(p.nextDialAt.Sub(now), 0)
+		}
 	}
 	return e
 }
@@ -842,7 +852,7 @@ func (p *Pool) Drain() {
 	}
 	p.state = StateDraining
 	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseDrain, true })
-	p.failWaitersLocked(ErrDraining)
+	p.failWaitersLocked(p.acquireErrorLocked(ErrDraining, time.Time{}))
 	p.notifyLocked()
 	p.mu.Unlock()
 	p.closeAll(toClose)
