@@ -179,12 +179,19 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, er
 		if cfg.ServerName == "" {
 			cfg.ServerName = target.host
 		}
+		var v tlsVerdict
+		v.watch(cfg, nc)
 		tc := tls.Client(nc, cfg)
+		start := time.Now()
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close() // the handshake error is what matters
 			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
 		}
-		nc = tc
+		deadline, _ := ctx.Deadline()
+		if nc, err = confirmClientCert(tc, &v, time.Since(start), deadline); err != nil {
+			_ = tc.Close() // the refusal is what matters
+			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
+		}
 	}
 	return nc, target, nil
 }

@@ -2,9 +2,15 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/pem"
 	"errors"
+	"io"
+	"log"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -156,5 +162,36 @@ func TestSDKLeaseDrainingMetadata(t *testing.T) {
 		if got := perr.Metadata[k]; got != v {
 			t.Errorf("metadata[%q] = %q, want %q (all: %v)", k, got, v, perr.Metadata)
 		}
+	}
+}
+
+// TestSDKLeaseClientCertRefusedAfterHandshake: a pool to a TLS 1.3
+// upstream that requires a client certificate, configured without one.
+// The server refuses it only after the client's handshake is done; the
+// pool's dial catches the alert, so the lease fails with
+// UPSTREAM_UNAVAILABLE naming the alert in last_dial_error, instead of
+// handing out a connection that reads EOF.
+func TestSDKLeaseClientCertRefusedAfterHandshake(t *testing.T) {
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "hello")
+	}))
+	up.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13}
+	up.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes
+	up.StartTLS()
+	t.Cleanup(up.Close)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw})
+
+	e := startSDKEnvWith(t, sdkEnvConfig{})
+	e.createPool(t, "mtls", poolmgr.Config{
+		Endpoints: []string{up.Listener.Addr().String()},
+		TLS:       poolmgr.TLSConfig{Enabled: true, CAPEM: string(caPEM)}, // no client certificate
+	})
+	_, err := e.c.Lease(ctxT(t), "mtls")
+	var perr *client.Error
+	if !errors.As(err, &perr) || !errors.Is(err, client.ErrUpstreamUnavailable) {
+		t.Fatalf("lease: %v, want UPSTREAM_UNAVAILABLE", err)
+	}
+	if got := perr.Metadata["last_dial_error"]; !strings.Contains(got, "certificate required") {
+		t.Fatalf("last_dial_error = %q, want the certificate_required alert", got)
 	}
 }
