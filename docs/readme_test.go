@@ -26,6 +26,10 @@ import (
 // ends. Output is compared line by line with runs of blank space folded to
 // one space; an expected line matches an output line that contains it, and
 // "..." stands for any number of lines.
+//
+// A block right after a line "<!-- tour: after D -->" (D a Go duration) runs
+// once D has passed since the previous block ended: it shows what still
+// holds after a while (health checks, expiry), not only right after a change.
 type consoleCmd struct {
 	line       int
 	cmd        string
@@ -35,8 +39,11 @@ type consoleCmd struct {
 
 type consoleBlock struct {
 	section string
+	after   time.Duration // wait this long after the previous block
 	cmds    []consoleCmd
 }
+
+var afterDirective = regexp.MustCompile(`^<!-- tour: after (\S+) -->$`)
 
 func parseConsoleBlocks(t *testing.T, path string) []consoleBlock {
 	t.Helper()
@@ -49,6 +56,7 @@ func parseConsoleBlocks(t *testing.T, path string) []consoleBlock {
 		blocks  []consoleBlock
 		cur     *consoleBlock
 		section string
+		after   time.Duration // from the directive before the next block
 	)
 	sc := bufio.NewScanner(f)
 	for n := 1; sc.Scan(); n++ {
@@ -56,8 +64,15 @@ func parseConsoleBlocks(t *testing.T, path string) []consoleBlock {
 		switch {
 		case cur == nil && strings.HasPrefix(line, "## "):
 			section = strings.TrimPrefix(line, "## ")
+		case cur == nil && afterDirective.MatchString(line):
+			d, err := time.ParseDuration(afterDirective.FindStringSubmatch(line)[1])
+			if err != nil {
+				t.Fatalf("%s:%d: %v", path, n, err)
+			}
+			after = d
 		case cur == nil && line == "```console":
-			cur = &consoleBlock{section: section}
+			cur = &consoleBlock{section: section, after: after}
+			after = 0
 		case cur != nil && line == "```":
 			blocks = append(blocks, *cur)
 			cur = nil
@@ -342,7 +357,12 @@ func TestREADME(t *testing.T) {
 		t.Fatalf("poold did not start: %v\n%s", err, poold)
 	}
 
+	lastEnd := time.Now()
 	for _, b := range blocks {
+		if wait := b.after - time.Since(lastEnd); wait > 0 {
+			// Time itself is what this block is about (see consoleBlock).
+			<-time.After(wait)
+		}
 		tour := b.section == "A five-minute tour"
 		for _, c := range b.cmds {
 			cmdline, want := c.cmd, c.want
@@ -397,5 +417,6 @@ func TestREADME(t *testing.T) {
 				t.Fatalf("%s\n%v\noutput:\n%s\npoold log (tail):\n%s", where, err, out, tail(poold.String(), 15))
 			}
 		}
+		lastEnd = time.Now()
 	}
 }

@@ -92,9 +92,14 @@ func (p *Pool) newConn(nc net.Conn, a upstreamAddr, gen uint64, now time.Time, j
 		state:     connChecking,
 	}
 	under := nc
-	if tc, ok := nc.(*tls.Conn); ok {
+	switch tc := nc.(type) {
+	case *tls.Conn:
 		c.tc = tc
-		under = tc.NetConn()
+	case *preReadConn:
+		c.tc = tc.Conn
+	}
+	if c.tc != nil {
+		under = c.tc.NetConn()
 	}
 	if sc, ok := under.(syscall.Conn); ok && peekSupported {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -131,6 +136,9 @@ func (c *Conn) closeNet() {
 func (c *Conn) alive() bool {
 	if c.raw == nil {
 		return true
+	}
+	if pc, ok := c.nc.(*preReadConn); ok && len(pc.pending) > 0 {
+		return false // stray bytes, read while dialing
 	}
 	if !c.peek() {
 		return false

@@ -52,12 +52,13 @@ func newTLSBase(t TLSConfig) (*tls.Config, error) {
 
 // dialNeedLocked is how many dials the pool wants in flight: one per queued
 // acquirer (unless paused) plus the min_idle shortfall, and at least the
-// probe while the circuit is open.
+// probe while the circuit is open. Idle connections out for a health check
+// are not a shortfall: they count as idle until the check fails.
 func (p *Pool) dialNeedLocked() int {
 	if p.closed || p.state == StateDraining || p.fenced {
 		return 0
 	}
-	need := max(p.cfg.Limits.MinIdle-p.idle.Len(), 0)
+	need := max(p.cfg.Limits.MinIdle-p.idleLocked(), 0)
 	if p.state == StateActive {
 		need += p.waiters.Len()
 	}
@@ -178,12 +179,19 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, er
 		if cfg.ServerName == "" {
 			cfg.ServerName = target.host
 		}
+		var v tlsVerdict
+		v.watch(cfg, nc)
 		tc := tls.Client(nc, cfg)
+		start := time.Now()
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close() // the handshake error is what matters
 			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
 		}
-		nc = tc
+		deadline, _ := ctx.Deadline()
+		if nc, err = confirmClientCert(tc, &v, time.Since(start), deadline); err != nil {
+			_ = tc.Close() // the refusal is what matters
+			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
+		}
 	}
 	return nc, target, nil
 }
@@ -231,8 +239,11 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 			p.circuitOpen = true
 			p.env.Logger.Warn("upstream circuit open", "pool", p.name, "consecutive_failures", p.consecFails, "err", err)
 		}
-		if p.circuitOpen && p.total == 0 && p.dialing == 0 {
-			// Nothing can serve the queued acquires before the next probe.
+		refused := errors.Is(err, ErrUpstreamNotAllowed)
+		if (p.circuitOpen || refused) && p.total == 0 && p.dialing == 0 {
+			// Nothing can serve the queued acquires before the next probe
+			// (a refused upstream stays refused until the policy or DNS
+			// changes): acquireErrorLocked names a refusal as such.
 			for e := p.waiters.PopFront(); e != nil; e = p.waiters.PopFront() {
 				e.Value.ch <- waitResult{err: p.acquireErrorLocked(ErrUnavailable, now)}
 			}

@@ -49,8 +49,9 @@ type Snapshot struct {
 }
 
 // AcquireError is returned by Acquire for ErrExhausted, ErrAcquireTimeout,
-// ErrUnavailable and ErrFenced, with the pool's state and the last dial
-// error (HikariCP style).
+// ErrUnavailable, ErrUpstreamNotAllowed (the upstream policy refused the
+// dial; LastDialErr says which address), ErrDraining and ErrFenced, with
+// the pool's state and the last dial error (HikariCP style).
 type AcquireError struct {
 	Err         error // one of the sentinels above
 	Pool        string

@@ -46,7 +46,7 @@ func (p *Pool) maintain() time.Duration {
 
 	// Idle connections: lifetime, idle_timeout (never below min_idle),
 	// retired ones, and those due for a health check.
-	excess := p.idle.Len() - cfg.Limits.MinIdle
+	excess := p.idleLocked() - cfg.Limits.MinIdle
 	p.idle.Filter(func(c *Conn) bool {
 		reason, bad := p.retireReasonLocked(c, now)
 		if !bad && excess > 0 && now.Sub(c.idleSince) >= cfg.Lifecycle.IdleTimeout {
@@ -59,7 +59,10 @@ func (p *Pool) maintain() time.Duration {
 			return false
 		}
 		if hc.Kind != HealthNone && now.Sub(c.lastCheck) >= hc.Interval {
+			// Out of the idle set for the check, but still idle in
+			// the accounting: min_idle is not short of it.
 			c.state = connChecking
+			p.probing++
 			toProbe = append(toProbe, c)
 			return false
 		}
@@ -125,7 +128,7 @@ func (p *Pool) nextWakeLocked(now time.Time) time.Duration {
 		}
 	}
 	cfg := &p.cfg
-	aboveMin := p.idle.Len() > cfg.Limits.MinIdle
+	aboveMin := p.idleLocked() > cfg.Limits.MinIdle
 	for i := range p.idle.Len() {
 		c := p.idle.At(i)
 		at(p.expiryLocked(c))
@@ -153,12 +156,19 @@ func (p *Pool) nextWakeLocked(now time.Time) time.Duration {
 	return next.Sub(now)
 }
 
+// idleLocked counts the idle connections: those in the idle set and those
+// out of it for a health check (probing). min_idle, max_idle and Stats
+// count both, so a check never makes the pool dial a replacement for a
+// connection that is only being checked.
+func (p *Pool) idleLocked() int { return p.idle.Len() + p.probing }
+
 // probeAll health-checks connections taken out of the idle set, without the
 // lock, and puts the healthy ones back.
 func (p *Pool) probeAll(cs []*Conn, hc HealthCheck) {
 	for _, c := range cs {
 		ok := p.probe(c, hc)
 		p.mu.Lock()
+		p.probing--
 		now := p.env.Now()
 		c.lastCheck = now
 		reason, bad := CloseUnhealthy, !ok

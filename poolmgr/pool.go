@@ -124,6 +124,9 @@ type Pool struct {
 	genCount map[uint64]int
 	// idle holds idle connections, most recently released at the back.
 	idle deque.Deque[*Conn]
+	// probing counts idle connections taken out of idle for a health
+	// check: they still count as idle (see idleLocked).
+	probing int
 	// leased holds the connections under lease; Conn.leaseIdx indexes it.
 	leased []*Conn
 	// waiters queue FIFO for a connection; freeWaiters recycles them.
@@ -273,7 +276,8 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 // It takes an idle connection that passes the checkout checks (lifetime; a
 // non-blocking peek when idle longer than validate_after_idle), or waits in
 // FIFO order for a released connection or one the pool dials. It returns:
-//   - ErrPoolClosed after Close, ErrDraining while draining;
+//   - ErrPoolClosed after Close; *AcquireError with ErrDraining while
+//     draining;
 //   - *AcquireError with ErrFenced at once while the pool is fenced (a
 //     fleet-scoped pool on a replica that may have lost its registration:
 //     its share is 0; retry on another replica); queued acquires fail so
@@ -282,6 +286,9 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 //     already queued beyond the dials in flight;
 //   - *AcquireError with ErrUnavailable at once when a dial is needed but
 //     the dial circuit is open (RetryAfter says when it probes next);
+//   - *AcquireError with ErrUpstreamNotAllowed when the upstream policy
+//     refused the dials that were to serve it (at once when nothing else
+//     can), or in place of ErrUnavailable while the last dial was refused;
 //   - *AcquireError with ErrAcquireTimeout after acquire_timeout (time
 //     spent paused counts);
 //   - ctx.Err() when ctx ends first.
@@ -317,7 +324,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
 					continue
 				}
-				if p.idle.Len() < p.cfg.Limits.MinIdle {
+				if p.idleLocked() < p.cfg.Limits.MinIdle {
 					p.maybeDialLocked(ctx) // refill min_idle
 				}
 				if c.raw == nil || now.Sub(c.idleSince) < p.cfg.Lifecycle.ValidateAfterIdle {
@@ -456,7 +463,7 @@ func (p *Pool) acquirableLocked() error {
 		return ErrPoolClosed
 	}
 	if p.state == StateDraining {
-		return ErrDraining
+		return p.acquireErrorLocked(ErrDraining, time.Time{})
 	}
 	if p.fenced {
 		return p.acquireErrorLocked(ErrFenced, time.Time{})
@@ -481,13 +488,19 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 			Max:     p.maxLocked(),
 			Total:   p.total,
 			InUse:   len(p.leased),
-			Idle:    p.idle.Len(),
+			Idle:    p.idleLocked(),
 			Waiters: p.waiters.Len(),
 		},
 		LastDialErr: p.lastDialErr,
 	}
 	if errors.Is(sentinel, ErrUnavailable) {
-		e.RetryAfter = max(p.nextDialAt.Sub(now), 0)
+		if errors.Is(p.lastDialErr, ErrUpstreamNotAllowed) {
+			// The policy refused the upstream: retrying will not help,
+			// however the circuit and its backoff count the refusals.
+			e.Err = ErrUpstreamNotAllowed
+		} else {
+			e.RetryAfter = max(p.nextDialAt.Sub(now), 0)
+		}
 	}
 	return e
 }
@@ -562,7 +575,7 @@ func (p *Pool) putLocked(c *Conn, now time.Time) (CloseReason, bool) {
 			return 0, false
 		}
 	}
-	if p.idle.Len() >= p.cfg.Limits.MaxIdle {
+	if p.idleLocked() >= p.cfg.Limits.MaxIdle {
 		return CloseShrink, true
 	}
 	c.state = connIdle
@@ -840,7 +853,7 @@ func (p *Pool) Drain() {
 	}
 	p.state = StateDraining
 	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseDrain, true })
-	p.failWaitersLocked(ErrDraining)
+	p.failWaitersLocked(p.acquireErrorLocked(ErrDraining, time.Time{}))
 	p.notifyLocked()
 	p.mu.Unlock()
 	p.closeAll(toClose)
@@ -1055,7 +1068,7 @@ func (p *Pool) Stats() Stats {
 		Max:               p.maxLocked(),
 		Total:             p.total,
 		InUse:             len(p.leased),
-		Idle:              p.idle.Len(),
+		Idle:              p.idleLocked(),
 		Dialing:           p.dialing,
 		Waiters:           p.waiters.Len(),
 		MinIdle:           p.cfg.Limits.MinIdle,
@@ -1124,8 +1137,10 @@ type Stats struct {
 	// Fenced: the pool is fleet-scoped and this replica is fenced (see
 	// Pool.Fenced); Max is 0 meanwhile.
 	Fenced bool
-	// Gauges: Total = Idle + InUse + connections being health-checked.
-	// Max is this replica's current share of max_connections.
+	// Gauges: Total = Idle + InUse (+ connections between two states for
+	// an instant: a checkout peek, a release). Idle includes the idle
+	// connections under health check. Max is this replica's current share
+	// of max_connections.
 	Max, Total, InUse, Idle, Dialing, Waiters int
 	MinIdle                                   int
 	CircuitOpen                               bool

@@ -63,6 +63,13 @@ func toStatus(err error) error {
 		case errors.Is(err, poolmgr.ErrFenced):
 			return newStatus(codes.Unavailable, poolv1.ErrorReason_REPLICA_FENCED, err.Error(), md,
 				&errdetails.RetryInfo{RetryDelay: durationpb.New(fencedRetryDelay)})
+		case errors.Is(err, poolmgr.ErrUpstreamNotAllowed):
+			// Refused at dial time (the address a name resolved to):
+			// not retryable, and last_dial_error names the address.
+			return newStatus(codes.PermissionDenied, poolv1.ErrorReason_UPSTREAM_NOT_ALLOWED, err.Error(), md)
+		case errors.Is(err, poolmgr.ErrDraining):
+			md["state"] = poolmgr.StateDraining.String()
+			return newStatus(codes.FailedPrecondition, poolv1.ErrorReason_POOL_DRAINING, err.Error(), md)
 		}
 	case errors.As(err, &rerr):
 		return newStatus(codes.Aborted, poolv1.ErrorReason_ETAG_MISMATCH, err.Error(),

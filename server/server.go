@@ -204,8 +204,15 @@ func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamS
 
 	unary := append([]grpc.UnaryServerInterceptor(nil), cfg.UnaryInterceptors...)
 	stream := append([]grpc.StreamServerInterceptor(nil), cfg.StreamInterceptors...)
-	unary = append(unary, logging.UnaryServerInterceptor(logger, logOpts...))
-	stream = append(stream, logging.StreamServerInterceptor(logger, logOpts...))
+	// Routine calls (leases, stats, health checks) log at DEBUG unless
+	// they fail (logging.go).
+	routineOpts := append(logOpts[:len(logOpts):len(logOpts)], logging.WithLevels(routineLevel))
+	unary = append(unary,
+		selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(logger, logOpts...), selector.MatchFunc(adminCall)),
+		selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(logger, routineOpts...), selector.MatchFunc(routineCall)))
+	stream = append(stream,
+		selector.StreamServerInterceptor(logging.StreamServerInterceptor(logger, logOpts...), selector.MatchFunc(adminCall)),
+		selector.StreamServerInterceptor(logging.StreamServerInterceptor(logger, routineOpts...), selector.MatchFunc(routineCall)))
 	if cfg.AuthFunc != nil {
 		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(cfg.AuthFunc), selector.MatchFunc(needsAuth)))
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(cfg.AuthFunc), selector.MatchFunc(needsAuth)))
@@ -228,13 +235,6 @@ func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamS
 // balancers and orchestrators probe it without credentials).
 func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
 	return c.Service != healthpb.Health_ServiceDesc.ServiceName
-}
-
-// slogLogger adapts slog to go-grpc-middleware's logging.Logger.
-func slogLogger(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
 }
 
 // recoverHandler logs a recovered panic with its stack and returns a

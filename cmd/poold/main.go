@@ -117,7 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it`)
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug (adds a line per lease stream, stats call and health check), info (admin calls, state changes, circuit events, errors), warn or error")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long leases may finish before connections are closed")
 	fs.IntVar(&o.history, "history", store.DefaultHistoryLimit, "configuration revisions kept per pool")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow a non-loopback --listen without TLS and authentication")
@@ -247,11 +247,21 @@ func newLogger(o options, w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return nil, &usageError{fmt.Sprintf("--log-level: %v", err)}
 	}
-	ho := &slog.HandlerOptions{Level: level}
+	ho := &slog.HandlerOptions{Level: level, ReplaceAttr: readableDurations}
 	if o.logFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, ho)), nil
 	}
 	return slog.New(slog.NewTextHandler(w, ho)), nil
+}
+
+// readableDurations writes a time.Duration attribute as Go writes a
+// duration ("1.5s"), as the text handler does, not as the integer count of
+// nanoseconds of slog's JSON handler.
+func readableDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // checkListen refuses a listen address reachable from other hosts unless
@@ -394,7 +404,6 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	if err != nil {
 		return fmt.Errorf("load pools: %w", err)
 	}
-	logger.Info("pools loaded", "count", len(mgr.Pools()), "data", where, "follow", shared)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newPoolCollector(mgr))
@@ -500,7 +509,8 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	serveDone := make(chan error, 1) // Serve's result, read once
 	go func() { serveDone <- gs.Serve(ln) }()
 	close(ready)
-	logger.Info("poold serving", "listen", ln.Addr().String(), "metrics", metricsAddr)
+	// The Manager logged "pools loaded" (how many, how many failed).
+	logger.Info("poold serving", "listen", ln.Addr().String(), "metrics", metricsAddr, "data", where, "follow", shared)
 	if onStart != nil {
 		onStart(ln.Addr().String(), metricsAddr)
 	}

@@ -39,13 +39,20 @@ const (
 	// last_dial_error; a RetryInfo says when the next probe runs.
 	ErrorReason_UPSTREAM_UNAVAILABLE ErrorReason = 3
 	// FAILED_PRECONDITION: the pool is draining and grants no new leases.
+	// Metadata: pool, state (DRAINING), max, total, in_use (the leases the
+	// drain still waits for), idle, waiters.
 	ErrorReason_POOL_DRAINING ErrorReason = 4
 	// FAILED_PRECONDITION: the pool is paused and the request asked not to wait.
 	ErrorReason_POOL_PAUSED ErrorReason = 5
 	// ABORTED: the etag (or expected revision) does not match the pool's
 	// current one. Metadata: current_etag. Re-read and retry.
 	ErrorReason_ETAG_MISMATCH ErrorReason = 6
-	// PERMISSION_DENIED: an endpoint is outside the upstream allowlist.
+	// PERMISSION_DENIED: an endpoint is outside the upstream allowlist, when
+	// a pool is written; or, for a lease, the addresses the pool's endpoint
+	// resolved to are (each is checked before it is dialed). A lease's
+	// metadata: the pool snapshot and last_dial_error, naming the refused
+	// address. Not retryable: the allowlist or the endpoint's DNS must change
+	// first.
 	ErrorReason_UPSTREAM_NOT_ALLOWED ErrorReason = 7
 	// NOT_FOUND: no pool has that name. Metadata: pool.
 	ErrorReason_POOL_NOT_FOUND ErrorReason = 8

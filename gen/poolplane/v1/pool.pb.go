@@ -519,7 +519,12 @@ type UpstreamTLS struct {
 	// Default: the system roots.
 	CaPem string `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
 	// PEM-encoded client certificate chain for mTLS. Requires client_key_pem
-	// or client_key_file.
+	// or client_key_file. Under TLS 1.3 a server judges the client's
+	// certificate (or its absence) only after the client's handshake is done:
+	// when the server asked for one, a dial waits for the server's verdict,
+	// up to twice the handshake's duration (50 ms to 1 s; a session ticket
+	// ends the wait at once), and a refusal fails the dial with the server's
+	// alert as last_dial_error.
 	ClientCertPem string `protobuf:"bytes,4,opt,name=client_cert_pem,json=clientCertPem,proto3" json:"client_cert_pem,omitempty"`
 	// Input only. The PEM-encoded private key of the client certificate. It is
 	// write-only: no response, history entry or log ever contains it. To keep
