@@ -334,7 +334,8 @@ func (l *Lease) Write(bufs net.Buffers) {
 	if err != nil {
 		l.broken = true
 		if !errors.Is(err, errCut) && !l.isCut() {
-			l.writeErr.Store(&err)
+			werr := err // its own variable: only a failed write allocates it
+			l.writeErr.Store(&werr)
 		}
 		_ = l.nc.Close() // the reader reports the end
 	}
@@ -361,7 +362,9 @@ func (l *Lease) writeVec(iov net.Buffers) error {
 				iov = iov[:0]
 			}
 		} else {
-			n, err = iov.WriteTo(l.nc) // consumes what it wrote
+			w := iov // escapes to WriteTo: declared here, so a one-buffer write allocates nothing
+			n, err = w.WriteTo(l.nc) // consumes what it wrote
+			iov = w
 		}
 		l.bytesOut.Add(n)
 		if err == nil {
