@@ -561,17 +561,22 @@ func TestCloseUnblocks(t *testing.T) {
 		started <- struct{}{}
 		// One Write far larger than flow control lets through while
 		// nobody reads the upstream: it is in progress until Close.
-		_, err := conn.Write(make([]byte, 8<<20))
+		_, err := conn.Write(make([]byte, 64<<20))
 		errc <- err
 	}()
 	<-started
 	<-started
-	// A byte at the upstream proves the Write has begun (and, with 8 MiB
+	// A byte at the upstream proves the Write has begun (and, with 64 MiB
 	// to go, not ended) before Close cuts it short.
 	if _, err := io.ReadFull(l.far, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close()
+	// The upstream reads from now on, so the bytes the Write queued reach
+	// it and Close, which waits for them, returns.
+	go io.Copy(io.Discard, l.far)
+	if err := conn.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
 	for range 2 {
 		if err := recv(t, errc); !errors.Is(err, net.ErrClosed) {
 			t.Errorf("got %v, want net.ErrClosed", err)
@@ -583,7 +588,6 @@ func TestCloseUnblocks(t *testing.T) {
 	if err := conn.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	go io.Copy(io.Discard, l.far) // the fake relays the queued data, then the release
 	if recv(t, f.releases) {
 		t.Error("released reusable with a Write cut short")
 	}

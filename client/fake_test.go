@@ -72,6 +72,7 @@ type fakeLease struct {
 	releasing atomic.Bool
 	ended     atomic.Bool
 	written   atomic.Int64 // client bytes written to near, as poold's upstream_written
+	wmu       sync.Mutex   // held across a write to near and its count, as poold's relay does
 	readerc   chan struct{}
 }
 
@@ -155,13 +156,25 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
+	// ended counts what was written once no write is in progress, as
+	// poold does: a write the upstream answered before it was counted is
+	// counted.
 	ended := func(l *fakeLease, r poolv1.EndReason) *poolv1.LeaseResponse {
+		l.wmu.Lock()
+		w := l.written.Load()
+		l.wmu.Unlock()
 		return &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
-			Reason: r, UpstreamWritten: uint64(l.written.Load())}}}
+			Reason: r, UpstreamWritten: uint64(w)}}}
 	}
 	// write writes client bytes to the lease's upstream and reports them
-	// written, as poold does.
+	// written, as poold does; nothing is written or reported after the
+	// lease ended upstream.
 	write := func(l *fakeLease, b []byte) {
+		l.wmu.Lock()
+		defer l.wmu.Unlock()
+		if l.ended.Load() {
+			return
+		}
 		n, _ := l.near.Write(b)
 		if n > 0 {
 			w := l.written.Add(int64(n))
@@ -247,6 +260,7 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 							return
 						}
 						l.ended.Store(true)
+						l.near.Close() // wakes a write blocked on the upstream
 						reason := poolv1.EndReason_END_REASON_UPSTREAM_ERROR
 						switch {
 						case l.revoked.Load():
@@ -265,9 +279,6 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 		case *poolv1.LeaseRequest_Data_:
 			if cur == nil {
 				return protocol("data before open")
-			}
-			if cur.ended.Load() {
-				continue
 			}
 			write(cur, fr.Data.GetData())
 		case *poolv1.LeaseRequest_CloseWrite_:

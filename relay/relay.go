@@ -151,7 +151,12 @@ type Lease struct {
 	bytesOut  atomic.Int64          // client bytes written to the upstream
 	bytesIn   atomic.Int64
 
-	// The last progress report (maybeReport); the writer's.
+	// wmu is held by Write across an upstream write, its count and its
+	// progress reports, and taken by the reader before it reports a remote
+	// end: the end's count then includes a write the upstream answered
+	// before it was counted, and no progress report follows the end.
+	wmu sync.Mutex
+	// The last progress report (maybeReport); under wmu.
 	reported   int64
 	reportedAt time.Time
 }
@@ -295,10 +300,13 @@ func (l *Lease) relayUpstream() {
 		if !l.ended.CompareAndSwap(false, true) {
 			return
 		}
+		// Closing the connection ends a write in progress; once Write has
+		// let go of wmu, the count is final.
+		_ = l.nc.Close()
+		l.wmu.Lock()
+		written := l.bytesOut.Load()
+		l.wmu.Unlock()
 		l.release(false)
-		if reason == ReasonNone {
-			return // the client side is gone
-		}
 		msg := ""
 		switch {
 		case reason != UpstreamError:
@@ -307,7 +315,7 @@ func (l *Lease) relayUpstream() {
 		default:
 			msg = err.Error()
 		}
-		_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: l.bytesOut.Load()})
+		_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: written})
 		return
 	}
 }
@@ -321,6 +329,8 @@ func (l *Lease) relayUpstream() {
 // closes the connection (the reader reports the end) and later Writes drop
 // their bytes.
 func (l *Lease) Write(bufs net.Buffers) {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
 	if l.Ended() {
 		return // the lease ended upstream; the client has not seen it yet
 	}
@@ -362,7 +372,7 @@ func (l *Lease) writeVec(iov net.Buffers) error {
 				iov = iov[:0]
 			}
 		} else {
-			w := iov // escapes to WriteTo: declared here, so a one-buffer write allocates nothing
+			w := iov                 // escapes to WriteTo: declared here, so a one-buffer write allocates nothing
 			n, err = w.WriteTo(l.nc) // consumes what it wrote
 			iov = w
 		}
