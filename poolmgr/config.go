@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -107,9 +106,11 @@ type TLSConfig struct {
 	ClientKeyPEM  string
 	// ClientKeyFile is the absolute path of a PEM file holding the client
 	// key, instead of ClientKeyPEM: the key stays out of the store. It is
-	// read when the config is validated and whenever a pool starts or its
-	// TLS settings change; to rotate the key in place, write the new file
-	// and then change any TLS setting, or the path.
+	// read when the config is validated (dry runs included) and whenever a
+	// pool starts or its TLS settings change; to rotate the key in place,
+	// write the new file and then change any TLS setting, or the path. Only
+	// a regular file of at most 64 KiB is read, within 2s; any failure is
+	// ErrClientKeyFile, which tells nothing about the path.
 	ClientKeyFile string
 }
 
@@ -526,13 +527,18 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 	if t.ClientCertPEM != "" {
 		key := []byte(t.ClientKeyPEM)
 		if t.ClientKeyFile != "" {
-			b, err := os.ReadFile(t.ClientKeyFile)
+			b, err := readKeyFile(t.ClientKeyFile)
 			if err != nil {
-				return nil, fmt.Errorf("client_key_file: %w", err)
+				return nil, err
 			}
 			key = b
 		}
 		cert, err := tls.X509KeyPair([]byte(t.ClientCertPEM), key)
+		if err != nil && t.ClientKeyFile != "" && checkCertPEM(t.ClientCertPEM) == nil {
+			// The file was read but holds no key for this certificate:
+			// say no more about it than about a missing file.
+			return nil, ErrClientKeyFile
+		}
 		if err != nil {
 			// Never wrap err's text with key bytes: X509KeyPair's errors
 			// do not quote the key.
