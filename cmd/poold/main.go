@@ -72,6 +72,7 @@ type options struct {
 	shutdownGrace time.Duration
 	history       int
 	insecure      bool
+	publicHealth  bool // --public-pool-health
 
 	tlsCert, tlsKey, tlsClientCA string
 	authFile                     string
@@ -120,10 +121,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long leases may finish before connections are closed")
 	fs.IntVar(&o.history, "history", store.DefaultHistoryLimit, "configuration revisions kept per pool")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow a non-loopback --listen without TLS and authentication, and a non-loopback --metrics-listen without client certificates (and with --pprof)")
+	fs.BoolVar(&o.publicHealth, "public-pool-health", false, "with --auth-file: serve every pool's grpc.health.v1 status (pool/<id>) and the List of them without credentials; "+
+		`by default only the process status ("") is open`)
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain of the gRPC listener (TLS 1.2 or later); reloaded on SIGHUP or when the file changes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert; reloaded with it")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: verify client certificates (mTLS), whose subject or SAN --auth-file maps to principals")
-	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but health checks must authenticate; reloaded on SIGHUP or change")
+	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but the process health status must authenticate; reloaded on SIGHUP or change")
 	fs.Var(&o.allowUpstream, "allow-upstream", "allowed upstreams, repeatable or comma-separated: CIDRs (10.0.0.0/8) and host:port patterns (*.internal:443, redis.local:6379, db.internal:*), "+
 		"or \"any\"; pool endpoints are checked when written and every resolved address before it is dialed. Required when --listen is reachable from other hosts; "+
 		"on a loopback or unix:// --listen the default is any upstream but link-local and metadata addresses")
@@ -390,6 +393,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		Manager:              mgr,
 		Logger:               logger,
 		Auth:                 auth,
+		PublicPoolHealth:     o.publicHealth,
 		MaxRecvMsgSize:       o.maxRecvMsgSize,
 		MaxConcurrentStreams: uint32(o.maxConcurrentStreams),
 		MaxStatsWatchers:     o.maxStatsWatchers,
