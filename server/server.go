@@ -113,7 +113,8 @@ const (
 //
 //	cfg.*Interceptors (metrics) -> logging -> authentication (if cfg.Auth
 //	or cfg.AuthFunc; not for Health) -> audit (unary mutations) ->
-//	authorization (methodPermissions) -> validation -> recovery
+//	authorization (methodPermissions) -> revocation (streams, with
+//	authentication) -> validation -> recovery
 //
 // Recovery runs last, next to the handler: a panic becomes codes.Internal
 // with a generic message, and the panic value and stack go to the log.
@@ -180,6 +181,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 	poolv1.RegisterStatsServiceServer(srv, stats)
 	svc := &Services{Health: NewHealth(cfg.Manager), Lease: NewLeaseServer(cfg.Manager, cfg.Logger)}
 	svc.Health.authFunc, svc.Health.public = cfg.AuthFunc, cfg.PublicPoolHealth
+	svc.Lease.reauth = cfg.AuthFunc
 	poolv1.RegisterLeaseServiceServer(srv, svc.Lease)
 	healthpb.RegisterHealthServer(srv, svc.Health.Server())
 	reflection.Register(srv)
@@ -223,6 +225,11 @@ func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamS
 	// mutations are logged with the principal that tried them.
 	unary = append(unary, auditUnary(cfg.Logger), authzUnary)
 	stream = append(stream, auditStream(cfg.Logger), authzStream)
+	if cfg.AuthFunc != nil {
+		// Streams end when an auth file reload revokes their principal
+		// (revoke.go).
+		stream = append(stream, revocationStream(cfg.AuthFunc))
+	}
 	// Validation: messages with Validate/ValidateAll methods (protovalidate
 	// or PGV generated) are checked here; the handlers' validateXxx
 	// functions check the rest.

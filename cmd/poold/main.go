@@ -126,7 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain of the gRPC listener (TLS 1.2 or later); reloaded on SIGHUP or when the file changes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert; reloaded with it")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: verify client certificates (mTLS), whose subject or SAN --auth-file maps to principals")
-	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but the process health status must authenticate; reloaded on SIGHUP or change")
+	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but the process health status must authenticate; reloaded on SIGHUP or change, ending the streams of principals removed or no longer allowed")
 	fs.Var(&o.allowUpstream, "allow-upstream", "allowed upstreams, repeatable or comma-separated: CIDRs (10.0.0.0/8) and host:port patterns (*.internal:443, redis.local:6379, db.internal:*), "+
 		"or \"any\"; pool endpoints are checked when written and every resolved address before it is dialed. Required when --listen is reachable from other hosts; "+
 		"on a loopback or unix:// --listen the default is any upstream but link-local and metadata addresses")
