@@ -342,8 +342,8 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		return invalidArgument("open.pool", err.Error())
 	}
 	holder := o.GetClientName()
-	if len(holder) > maxClientName {
-		return invalidArgument("open.client_name", "at most 128 bytes")
+	if err := validateClientName(holder); err != nil {
+		return invalidArgument("open.client_name", err.Error())
 	}
 	principal, err := ls.openAs(id)
 	if err != nil {
