@@ -107,7 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("poold", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660)")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660; an existing path is replaced only if it is a stale socket)")
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
 		"(etcds:// for TLS; shared by every poold replica using the same prefix; each follows changes made through the others)")
