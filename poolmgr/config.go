@@ -527,6 +527,11 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 	if t.ClientCertPEM != "" {
 		key := []byte(t.ClientKeyPEM)
 		if t.ClientKeyFile != "" {
+			// The certificate first, so that its errors never depend on
+			// the file; then any failure of the file's key is one error.
+			if err := checkCertPEM(t.ClientCertPEM); err != nil {
+				return nil, err
+			}
 			b, err := readKeyFile(t.ClientKeyFile)
 			if err != nil {
 				return nil, err
@@ -534,7 +539,7 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 			key = b
 		}
 		cert, err := tls.X509KeyPair([]byte(t.ClientCertPEM), key)
-		if err != nil && t.ClientKeyFile != "" && checkCertPEM(t.ClientCertPEM) == nil {
+		if err != nil && t.ClientKeyFile != "" {
 			// The file was read but holds no key for this certificate:
 			// say no more about it than about a missing file.
 			return nil, ErrClientKeyFile

@@ -90,9 +90,9 @@ func readRegularFile(name string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-// checkCertPEM reports whether certPEM holds a parsable certificate, so
-// that a key pair that fails with a key from a file can be told apart from
-// a bad certificate without revealing anything about the file.
+// checkCertPEM reports whether certPEM's first certificate parses (the
+// leaf tls.X509KeyPair checks the key against). It runs before a key file
+// is read, so a bad certificate is reported the same whatever the file.
 func checkCertPEM(certPEM string) error {
 	rest := []byte(certPEM)
 	for {

@@ -87,4 +87,20 @@ func TestClientKeyFileBounded(t *testing.T) {
 	if !strings.Contains(first, ErrClientKeyFile.Error()) {
 		t.Fatalf("error %q", first)
 	}
+
+	// A bad certificate is reported alike whatever the file is.
+	var certErr string
+	for _, path := range []string{good, text, fifo, filepath.Join(dir, "missing")} {
+		c := cfgWith(path)
+		c.TLS.ClientCertPEM = "not a certificate"
+		_, err := m.Create(context.Background(), "bad", c, WriteOptions{ValidateOnly: true})
+		if !errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrClientKeyFile) {
+			t.Fatalf("bad certificate with %s: %v", path, err)
+		}
+		if certErr == "" {
+			certErr = err.Error()
+		} else if err.Error() != certErr {
+			t.Errorf("bad certificate with %s: %q differs from %q", path, err, certErr)
+		}
+	}
 }
