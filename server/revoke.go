@@ -96,12 +96,16 @@ func (ls *leaseStream) refreshPrincipal() error {
 // the status that ends it).
 func (ls *leaseStream) wait() (done bool, err error) {
 	for {
+		var revokedc <-chan struct{} // nil: never, without reauth
+		if ls.srv.reauth != nil {
+			revokedc = ls.currentPrincipal().revokedc()
+		}
 		select {
 		case <-ls.donec:
 			return true, ls.err
 		case <-ls.srv.stopc:
 			return false, nil
-		case <-ls.currentPrincipal().revokedc():
+		case <-revokedc:
 			if err := ls.refreshPrincipal(); err != nil {
 				ls.mu.Lock()
 				ls.finished = true // send nothing more: the handler returns
