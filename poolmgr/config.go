@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -108,9 +106,11 @@ type TLSConfig struct {
 	ClientKeyPEM  string
 	// ClientKeyFile is the absolute path of a PEM file holding the client
 	// key, instead of ClientKeyPEM: the key stays out of the store. It is
-	// read when the config is validated and whenever a pool starts or its
-	// TLS settings change; to rotate the key in place, write the new file
-	// and then change any TLS setting, or the path.
+	// read when the config is validated (dry runs included) and whenever a
+	// pool starts or its TLS settings change; to rotate the key in place,
+	// write the new file and then change any TLS setting, or the path. Only
+	// a regular file of at most 64 KiB is read, within 2s; any failure is
+	// ErrClientKeyFile, which tells nothing about the path.
 	ClientKeyFile string
 }
 
@@ -187,7 +187,9 @@ type HealthCheck struct {
 	Interval time.Duration
 	// Timeout of one check. Default 2s; range 1ms..Interval.
 	Timeout time.Duration
-	// HTTPPath for HealthHTTP. Default "/".
+	// HTTPPath for HealthHTTP: the request target of "HEAD <path>
+	// HTTP/1.1", an RFC 3986 absolute path with an optional query, at most
+	// 2048 bytes. Default "/".
 	HTTPPath string
 }
 
@@ -195,7 +197,9 @@ type HealthCheck struct {
 // its default; WithDefaults fills them in, and Validate checks the result.
 type Config struct {
 	// Endpoints are "host:port" upstream addresses; names are re-resolved
-	// every DNSRefresh. Changing them bumps the generation.
+	// every DNSRefresh. A host is a DNS name or an IP literal (IPv6 in
+	// brackets; a zone only on a link-local address), see validateHost.
+	// Changing them bumps the generation.
 	Endpoints   []string
 	TLS         TLSConfig
 	Limits      Limits
@@ -382,11 +386,16 @@ func (c Config) Validate() error {
 		if hc.Kind == HealthTLS && !c.TLS.Enabled {
 			bad("health_check.kind", "TLS health checks need tls.enabled")
 		}
-		if hc.Kind == HealthHTTP && !strings.HasPrefix(hc.HTTPPath, "/") {
+		if hc.Kind == HealthHTTP && hc.HTTPPath == "" {
 			bad("health_check.http_path", "must start with '/', got %q", hc.HTTPPath)
 		}
 	default:
 		bad("health_check.kind", "unknown kind %d", hc.Kind)
+	}
+	if hc.HTTPPath != "" {
+		if err := validateHTTPPath(hc.HTTPPath); err != nil {
+			bad("health_check.http_path", "%v", err)
+		}
 	}
 
 	durRange("dns_refresh", c.DNSRefresh, time.Second, 24*time.Hour)
@@ -431,24 +440,6 @@ func (c Config) Validate() error {
 	}
 	slices.SortStableFunc(vs, func(a, b FieldViolation) int { return strings.Compare(a.Field, b.Field) })
 	return &ValidationError{Violations: vs}
-}
-
-func validateEndpoint(ep string) error {
-	host, port, err := net.SplitHostPort(ep)
-	if err != nil {
-		return fmt.Errorf("endpoint %q must be host:port: %w", ep, err)
-	}
-	if host == "" {
-		return fmt.Errorf("endpoint %q has no host", ep)
-	}
-	if len(host) > 253 {
-		return fmt.Errorf("endpoint %q: host longer than 253 characters", ep)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("endpoint %q: port must be 1-65535", ep)
-	}
-	return nil
 }
 
 // Equal reports whether two configs are the same.
@@ -536,13 +527,23 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 	if t.ClientCertPEM != "" {
 		key := []byte(t.ClientKeyPEM)
 		if t.ClientKeyFile != "" {
-			b, err := os.ReadFile(t.ClientKeyFile)
+			// The certificate first, so that its errors never depend on
+			// the file; then any failure of the file's key is one error.
+			if err := checkCertPEM(t.ClientCertPEM); err != nil {
+				return nil, err
+			}
+			b, err := readKeyFile(t.ClientKeyFile)
 			if err != nil {
-				return nil, fmt.Errorf("client_key_file: %w", err)
+				return nil, err
 			}
 			key = b
 		}
 		cert, err := tls.X509KeyPair([]byte(t.ClientCertPEM), key)
+		if err != nil && t.ClientKeyFile != "" {
+			// The file was read but holds no key for this certificate:
+			// say no more about it than about a missing file.
+			return nil, ErrClientKeyFile
+		}
 		if err != nil {
 			// Never wrap err's text with key bytes: X509KeyPair's errors
 			// do not quote the key.

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -91,6 +93,28 @@ type Principal struct {
 	// stream and connection of this poold); 0 means no cap. A lease beyond
 	// it fails with RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED.
 	MaxLeases int `yaml:"max_leases"`
+
+	// revoked ends when an Authenticator.Update removes or changes this
+	// principal; nil for a principal no Authenticator loaded (a custom
+	// AuthFunc's), which is never revoked.
+	revoked context.Context
+	revoke  context.CancelFunc
+}
+
+// revokedc returns a channel closed once p is revoked (see revoked), or
+// nil (never closed) for a nil or unrevocable principal.
+func (p *Principal) revokedc() <-chan struct{} {
+	if p == nil || p.revoked == nil {
+		return nil
+	}
+	return p.revoked.Done()
+}
+
+// sameGrant reports whether p and q are the same entry of the auth file:
+// same name, credentials, role, pool patterns and lease cap.
+func (p *Principal) sameGrant(q *Principal) bool {
+	return p.Name == q.Name && strings.EqualFold(p.TokenSHA256, q.TokenSHA256) && p.MTLSSubject == q.MTLSSubject &&
+		p.MTLSSAN == q.MTLSSAN && p.Role == q.Role && slices.Equal(p.Pools, q.Pools) && p.MaxLeases == q.MaxLeases
 }
 
 // allowsPool reports whether p may lease, and read the stats of, pool id.
@@ -217,6 +241,7 @@ func newAuthTable(ps []Principal) (*authTable, error) {
 			}
 			idents[id] = p.Name
 		}
+		p.revoked, p.revoke = context.WithCancel(context.Background())
 		t.principals = append(t.principals, &p)
 		t.hashes = append(t.hashes, h)
 		t.hasToken = append(t.hasToken, p.TokenSHA256 != "")
@@ -293,6 +318,7 @@ func certHasSAN(c *x509.Certificate, san string) bool {
 // methods are safe for concurrent use.
 type Authenticator struct {
 	table atomic.Pointer[authTable]
+	mu    sync.Mutex // serialises Update
 }
 
 // NewAuthenticator returns an Authenticator over ps. It returns an error
@@ -305,15 +331,45 @@ func NewAuthenticator(ps []Principal) (*Authenticator, error) {
 	return a, nil
 }
 
-// Update replaces the principals. Calls in progress keep the principal
-// they authenticated as; lease caps count on by principal name. On error
-// the previous principals stay.
+// Update replaces the principals; lease caps count on by principal name.
+// A principal whose entry is unchanged carries on as it was. A principal
+// removed or changed is revoked: the streams it opened are authenticated
+// again with their credentials (server.New sees to it), and end when
+// they no longer authenticate or no longer have the permission they use:
+// Lease streams at once when idle or holding a lease of a pool no longer
+// allowed, and otherwise at their next open; other streams at once. Unary
+// calls in progress finish as the principal they authenticated as. On
+// error the previous principals stay.
 func (a *Authenticator) Update(ps []Principal) error {
 	t, err := newAuthTable(ps)
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	old := a.table.Load()
+	kept := map[*Principal]bool{}
+	if old != nil {
+		byName := make(map[string]*Principal, len(old.principals))
+		for _, p := range old.principals {
+			byName[p.Name] = p
+		}
+		for i, p := range t.principals {
+			if o := byName[p.Name]; o != nil && o.sameGrant(p) {
+				p.revoke() // the new copy is never used
+				t.principals[i] = o
+				kept[o] = true
+			}
+		}
+	}
 	a.table.Store(t)
+	if old != nil {
+		for _, p := range old.principals {
+			if !kept[p] {
+				p.revoke()
+			}
+		}
+	}
 	return nil
 }
 

@@ -139,10 +139,11 @@ func (l *lockedBuffer) String() string {
 
 // authEnv is a server with authentication, on loopback.
 type authEnv struct {
-	mgr  *poolmgr.Manager
-	addr string
-	log  *lockedBuffer
-	echo *echoUpstream
+	mgr    *poolmgr.Manager
+	health *Health
+	addr   string
+	log    *lockedBuffer
+	echo   *echoUpstream
 }
 
 // startAuthEnv starts a server authenticating against ps, over TLS when
@@ -200,6 +201,7 @@ func startEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Con
 		t.Fatal(err)
 	}
 	e.addr = ln.Addr().String()
+	e.health = svc.Health
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	t.Cleanup(func() {

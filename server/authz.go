@@ -23,8 +23,9 @@ type permission int
 
 // Permissions, from least to most privileged.
 const (
-	// permPublic needs no credentials (health checking; exempted from
-	// authentication in New).
+	// permPublic needs no credentials at the interceptor (health checking;
+	// exempted from authentication in New). Health itself authenticates
+	// the calls that name pools (Config.PublicPoolHealth).
 	permPublic permission = iota + 1
 	// permDiscover: any authenticated principal (server reflection, which
 	// describes the API and nothing else).

@@ -3,6 +3,8 @@ package server
 import (
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -193,6 +195,25 @@ func FuzzConvertPool(f *testing.F) {
 		}
 		if cfg.TLS.ClientKeyPEM != "" && out.GetTls().GetClientKeyFingerprint() == "" {
 			t.Fatal("no fingerprint for a key")
+		}
+	})
+}
+
+func FuzzValidateClientName(f *testing.F) {
+	for _, s := range []string{"", "worker-1", "\x1b[2J", "a\nb", "\u202e", "日本", "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		if validateClientName(name) != nil {
+			return
+		}
+		if len(name) > maxClientName || !utf8.ValidString(name) {
+			t.Fatalf("validateClientName(%q) accepted a long or invalid name", name)
+		}
+		for _, r := range name {
+			if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || (unicode.IsSpace(r) && r != ' ') {
+				t.Fatalf("validateClientName(%q) accepted %U", name, r)
+			}
 		}
 	})
 }

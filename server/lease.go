@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -69,6 +70,9 @@ type LeaseServer struct {
 	pools  poolSource
 	logger *slog.Logger
 	caps   leaseCaps // leases held per principal, for Principal.MaxLeases
+	// reauth authenticates a stream again when its principal is revoked
+	// (revoke.go); nil without authentication.
+	reauth auth.AuthFunc
 
 	stopc    chan struct{} // closed by Shutdown: idle streams end, no new leases
 	stopOnce sync.Once
@@ -163,10 +167,8 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 		ls.err = ls.recvLoop()
 		close(ls.donec)
 	}()
-	select {
-	case <-ls.donec:
-		return ls.err
-	case <-s.stopc:
+	if done, err := ls.wait(); done {
+		return err
 	}
 	for {
 		ls.mu.Lock()
@@ -192,9 +194,6 @@ type leaseStream struct {
 	srv    *LeaseServer
 	stream poolv1.LeaseService_LeaseServer
 	ctx    context.Context
-	// principal is the caller (nil without authentication): each open
-	// checks its pool patterns and lease cap.
-	principal *Principal
 
 	err   error         // the stream's result, set before donec closes
 	donec chan struct{} // closed when the receive loop returns
@@ -204,6 +203,11 @@ type leaseStream struct {
 	busy     bool       // a lease is being opened or is held
 	stopping bool       // the server is shutting down
 	finished bool       // the handler returned: send nothing more
+	// principal is the caller (nil without authentication): each open
+	// checks its pool patterns and lease cap. Replaced when an auth file
+	// reload revokes it (revoke.go).
+	principal *Principal
+	pool      string // the pool of the lease being opened or held
 
 	// frameSize is the upstream read size, the largest data frame sent:
 	// what the client accepts, at most relay.LargeRead.
@@ -402,10 +406,14 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		return invalidArgument("open.pool", err.Error())
 	}
 	holder := o.GetClientName()
-	if len(holder) > maxClientName {
-		return invalidArgument("open.client_name", "at most 128 bytes")
+	if err := validateClientName(holder); err != nil {
+		return invalidArgument("open.client_name", err.Error())
 	}
-	if err := checkPoolOf(ls.principal, id); err != nil {
+	principal, err := ls.openAs(id)
+	if err != nil {
+		return err
+	}
+	if err := checkPoolOf(principal, id); err != nil {
 		return err
 	}
 	p, err := ls.srv.pools.Pool(id)
@@ -422,7 +430,7 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 			ctx, cancel = context.WithTimeout(ctx, t)
 		}
 	}
-	capc, err := ls.srv.caps.take(ls.principal)
+	capc, err := ls.srv.caps.take(principal)
 	if err != nil {
 		if cancel != nil {
 			cancel()

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/poolplane/poolplane/poolmgr"
 )
@@ -116,4 +118,25 @@ func violationReason(err error) string {
 		return verr.Violations[0].Reason
 	}
 	return err.Error()
+}
+
+// validateClientName checks Open.client_name, which ListLeases shows to
+// operators and poolctl prints: at most 128 bytes of UTF-8, every
+// character printable (unicode.IsPrint: letters, marks, numbers,
+// punctuation, symbols and the ASCII space), so no control character
+// (an escape sequence, a newline) or invisible formatting (a bidi
+// override) reaches a terminal or a log line. Empty is allowed.
+func validateClientName(name string) error {
+	if len(name) > maxClientName {
+		return errors.New("at most 128 bytes")
+	}
+	if !utf8.ValidString(name) {
+		return errors.New("must be UTF-8")
+	}
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			return errors.New("must be printable: no control or formatting character such as " + strconv.QuoteRune(r))
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -102,6 +103,33 @@ func TestValidateWatchPoolStatsRequest(t *testing.T) {
 	for _, d := range []time.Duration{0, minStatsInterval - 1, maxStatsInterval + 1, -time.Second} {
 		if _, _, err := validateWatchPoolStatsRequest(&poolv1.WatchPoolStatsRequest{Interval: durationpb.New(d)}); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("interval %v: %v", d, err)
+		}
+	}
+}
+
+func TestValidateClientName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"", true},
+		{"worker-7 on host.example (pid 42)", true},
+		{"café/ünïcode/日本", true},
+		{strings.Repeat("a", 128), true},
+		{strings.Repeat("a", 129), false},
+		{"\x1b[2J\x1b[H", false},
+		{"name\nforged log line", false},
+		{"tab\there", false},
+		{"nul\x00", false},
+		{"del\x7f", false},
+		{"c1\u0085", false},
+		{"bidi\u202eevil", false},
+		{"zero\u200bwidth", false},
+		{"nbsp\u00a0", false},
+		{"bad utf8 \xff", false},
+	} {
+		if err := validateClientName(tc.name); (err == nil) != tc.ok {
+			t.Errorf("validateClientName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
 		}
 	}
 }

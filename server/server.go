@@ -58,17 +58,25 @@ type Config struct {
 	// Logger receives the RPC log (one line per finished call) and
 	// recovered panics. Default slog.Default().
 	Logger *slog.Logger
-	// Auth, when set, authenticates every call but grpc.health.v1.Health
-	// against its principals (bearer token or mTLS identity) and enforces
+	// Auth, when set, authenticates every call but the process status of
+	// grpc.health.v1.Health (see PublicPoolHealth) against its principals (bearer token or mTLS identity) and enforces
 	// their roles (methodPermissions in authz.go) and pool patterns.
 	Auth *Authenticator
-	// AuthFunc, when set instead of Auth, authenticates every call but
-	// grpc.health.v1.Health (go-grpc-middleware's auth interceptor): it
+	// AuthFunc, when set instead of Auth, authenticates every call but the
+	// process status of grpc.health.v1.Health (go-grpc-middleware's auth
+	// interceptor; Health calls it for pool statuses): it
 	// returns the context the handler runs with or an error status
 	// (Unauthenticated, PermissionDenied). Roles are enforced for a context
 	// it gives a Principal (ContextWithPrincipal); a context without one is
 	// allowed every method. Setting both Auth and AuthFunc is an error.
 	AuthFunc auth.AuthFunc
+	// PublicPoolHealth serves the per-pool health statuses ("pool/<id>" on
+	// grpc.health.v1.Health Check and Watch) and List, which names every
+	// pool, without credentials. By default, with Auth or AuthFunc set,
+	// only the process status ("") is open: the rest needs a principal that
+	// may read the pool's stats. Without authentication everything is open
+	// anyway.
+	PublicPoolHealth bool
 	// MaxRecvMsgSize bounds a received message; default
 	// DefaultMaxRecvMsgSize. It must leave room for a lease data frame
 	// (MaxDataFrame).
@@ -106,7 +114,8 @@ const (
 //
 //	cfg.*Interceptors (metrics) -> logging -> authentication (if cfg.Auth
 //	or cfg.AuthFunc; not for Health) -> audit (unary mutations) ->
-//	authorization (methodPermissions) -> validation -> recovery
+//	authorization (methodPermissions) -> revocation (streams, with
+//	authentication) -> validation -> recovery
 //
 // Recovery runs last, next to the handler: a panic becomes codes.Internal
 // with a generic message, and the panic value and stack go to the log.
@@ -172,6 +181,8 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 	stats.maxWatchers = int64(cfg.MaxStatsWatchers)
 	poolv1.RegisterStatsServiceServer(srv, stats)
 	svc := &Services{Health: NewHealth(cfg.Manager), Lease: NewLeaseServer(cfg.Manager, cfg.Logger)}
+	svc.Health.authFunc, svc.Health.public = cfg.AuthFunc, cfg.PublicPoolHealth
+	svc.Lease.reauth = cfg.AuthFunc
 	poolv1.RegisterLeaseServiceServer(srv, svc.Lease)
 	healthpb.RegisterHealthServer(srv, svc.Health.Server())
 	reflection.Register(srv)
@@ -222,6 +233,11 @@ func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamS
 	// mutations are logged with the principal that tried them.
 	unary = append(unary, auditUnary(cfg.Logger), authzUnary)
 	stream = append(stream, auditStream(cfg.Logger), authzStream)
+	if cfg.AuthFunc != nil {
+		// Streams end when an auth file reload revokes their principal
+		// (revoke.go).
+		stream = append(stream, revocationStream(cfg.AuthFunc))
+	}
 	// Validation: messages with Validate/ValidateAll methods (protovalidate
 	// or PGV generated) are checked here; the handlers' validateXxx
 	// functions check the rest.
@@ -232,8 +248,10 @@ func interceptorChain(cfg Config) ([]grpc.UnaryServerInterceptor, []grpc.StreamS
 	return unary, stream
 }
 
-// needsAuth exempts the health service from authentication (load
-// balancers and orchestrators probe it without credentials).
+// needsAuth exempts the health service from the authentication
+// interceptor: load balancers and orchestrators probe the process status
+// without credentials, and Health authenticates the calls that name pools
+// itself (the interceptor cannot see a Watch request's service).
 func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
 	return c.Service != healthpb.Health_ServiceDesc.ServiceName
 }

@@ -72,14 +72,16 @@ func formatError(err error) string {
 	if info != nil && info.GetReason() != "" {
 		head += " " + info.GetReason()
 	}
-	_, _ = fmt.Fprintf(&b, "poolctl: %s%s: %s\n", prefix, head, st.Message())
+	// The server's text is printed through printable: it may quote what a
+	// client sent.
+	_, _ = fmt.Fprintf(&b, "poolctl: %s%s: %s\n", printable(prefix), printable(head), printable(st.Message()))
 	if info != nil {
 		for _, k := range slices.Sorted(maps.Keys(info.GetMetadata())) {
-			_, _ = fmt.Fprintf(&b, "  %s: %s\n", k, info.GetMetadata()[k])
+			_, _ = fmt.Fprintf(&b, "  %s: %s\n", printable(k), printable(info.GetMetadata()[k]))
 		}
 	}
 	for _, v := range bad.GetFieldViolations() {
-		_, _ = fmt.Fprintf(&b, "  %s: %s\n", v.GetField(), v.GetDescription())
+		_, _ = fmt.Fprintf(&b, "  %s: %s\n", printable(v.GetField()), printable(v.GetDescription()))
 	}
 	if d := retry.GetRetryDelay(); d != nil {
 		_, _ = fmt.Fprintf(&b, "  retry after: %s\n", d.AsDuration())

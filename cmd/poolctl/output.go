@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -147,13 +150,7 @@ func (t *table) row(cols ...string) {
 		if c == "" {
 			c = "-"
 		}
-		// A tab or newline in a value would break the columns.
-		c = strings.Map(func(r rune) rune {
-			if r == '\t' || r == '\n' || r == '\r' {
-				return ' '
-			}
-			return r
-		}, c)
+		c = printable(c)
 		if i > 0 {
 			_, _ = io.WriteString(t.tw, "\t")
 		}
@@ -163,6 +160,31 @@ func (t *table) row(cols ...string) {
 }
 
 func (t *table) flush() error { return t.tw.Flush() }
+
+// printable returns s as it may reach a terminal: every character that is
+// not printable (unicode.IsPrint) is written as a Go escape ("\x1b",
+// "\n", "\u202e"), and so is each byte of invalid UTF-8, so a value from
+// the server (a lease's client name, a label) can neither run terminal
+// escape sequences, nor break a table's columns or lines, nor reorder text
+// with bidi controls. Printable text is returned as it is.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r == utf8.RuneError || !unicode.IsPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case !unicode.IsPrint(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
 
 // Column formatting.
 

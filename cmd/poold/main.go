@@ -4,12 +4,14 @@
 // Every flag has a POOLPLANE_* environment equivalent (--data-dir is
 // POOLPLANE_DATA_DIR); a flag given on the command line wins.
 //
-// Security: a non-loopback --listen needs TLS (--tls-cert, --tls-key,
-// optionally --tls-client-ca for mTLS) and authentication (--auth-file),
-// or --insecure. Certificates and the auth file are reloaded on SIGHUP and
-// when their files change. "poold hash-token" prints the token_sha256 of a
-// token read from standard input. "poold restore" loads a backup file
-// into an etcd --store (see restore.go).
+// Security (docs/security.md): a non-loopback --listen needs TLS
+// (--tls-cert, --tls-key, optionally --tls-client-ca for mTLS) and
+// authentication (--auth-file), or --insecure, and an --allow-upstream
+// list (or "any"); a non-loopback --metrics-listen needs TLS with client
+// certificates, or --insecure. Certificates and the auth file are reloaded
+// on SIGHUP and when their files change. "poold hash-token" prints the
+// token_sha256 of a token read from standard input. "poold restore" loads a
+// backup file into an etcd --store (see restore.go).
 //
 // With an etcd --store, --etcd-ca-file, --etcd-cert-file and --etcd-key-file
 // (mTLS) switch the connection to etcd to TLS, as the etcds:// scheme does
@@ -27,9 +29,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -43,7 +42,6 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -74,6 +72,7 @@ type options struct {
 	shutdownGrace time.Duration
 	history       int
 	insecure      bool
+	publicHealth  bool // --public-pool-health
 
 	tlsCert, tlsKey, tlsClientCA string
 	authFile                     string
@@ -108,25 +107,29 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("poold", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660)")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660; an existing path is replaced only if it is a stale socket)")
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
 		"(etcds:// for TLS; shared by every poold replica using the same prefix; each follows changes made through the others)")
 	addEtcdFlags(fs, &o.etcd)
 	fs.StringVar(&o.replicaID, "replica-id", "", "with an etcd --store: this replica's unique id in the member set that divides fleet-scoped pool limits (default host-pid-random)")
-	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it`)
-	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7701", `HTTP address for /metrics, /healthz and /readyz; "off" disables it. `+
+		"Beyond loopback it serves HTTPS and needs --tls-cert, --tls-key and --tls-client-ca (scrapers present a client certificate), or --insecure")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics listener (beyond loopback only with --insecure)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug (adds a line per lease stream, stats call and health check), info (admin calls, state changes, circuit events, errors), warn or error")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long leases may finish before connections are closed")
 	fs.IntVar(&o.history, "history", store.DefaultHistoryLimit, "configuration revisions kept per pool")
-	fs.BoolVar(&o.insecure, "insecure", false, "allow a non-loopback --listen without TLS and authentication")
+	fs.BoolVar(&o.insecure, "insecure", false, "allow a non-loopback --listen without TLS and authentication, and a non-loopback --metrics-listen without client certificates (and with --pprof)")
+	fs.BoolVar(&o.publicHealth, "public-pool-health", false, "with --auth-file: serve every pool's grpc.health.v1 status (pool/<id>) and the List of them without credentials; "+
+		`by default only the process status ("") is open`)
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain of the gRPC listener (TLS 1.2 or later); reloaded on SIGHUP or when the file changes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert; reloaded with it")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: verify client certificates (mTLS), whose subject or SAN --auth-file maps to principals")
-	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but health checks must authenticate; reloaded on SIGHUP or change")
-	fs.Var(&o.allowUpstream, "allow-upstream", "allowed upstreams, repeatable or comma-separated: CIDRs (10.0.0.0/8) and host:port patterns (*.internal:443, redis.local:6379, db.internal:*); "+
-		"pool endpoints are checked when written and every resolved address before it is dialed. Default: any upstream but link-local and metadata addresses")
+	fs.StringVar(&o.authFile, "auth-file", "", "YAML file of principals (token hashes, mTLS identities, roles, pool patterns, lease caps); every call but the process health status must authenticate; reloaded on SIGHUP or change, ending the streams of principals removed or no longer allowed")
+	fs.Var(&o.allowUpstream, "allow-upstream", "allowed upstreams, repeatable or comma-separated: CIDRs (10.0.0.0/8) and host:port patterns (*.internal:443, redis.local:6379, db.internal:*), "+
+		"or \"any\"; pool endpoints are checked when written and every resolved address before it is dialed. Required when --listen is reachable from other hosts; "+
+		"on a loopback or unix:// --listen the default is any upstream but link-local and metadata addresses")
 	fs.StringVar(&o.secretKeyFile, "secret-key-file", "", "file of 32 random bytes (raw, hex or base64) that encrypt pools' inline client keys at rest (AES-256-GCM); without it inline keys are refused and pools name a tls.client_key_file")
 	fs.DurationVar(&o.reloadInterval, "reload-interval", 5*time.Second, "how often --tls-cert, --tls-key and --auth-file are checked for changes")
 	fs.IntVar(&o.maxRecvMsgSize, "max-recv-msg-size", server.DefaultMaxRecvMsgSize, "largest gRPC message accepted, in bytes (at least 1 MiB + 1 KiB: a lease data frame)")
@@ -264,59 +267,6 @@ func readableDurations(_ []string, a slog.Attr) slog.Attr {
 	return a
 }
 
-// checkListen refuses a listen address reachable from other hosts unless
-// it has both TLS and authentication, or insecure is set.
-func checkListen(addr string, insecure, hasTLS, hasAuth bool) error {
-	if strings.HasPrefix(addr, "unix://") {
-		if strings.TrimPrefix(addr, "unix://") == "" {
-			return &usageError{"--listen unix:// needs a path"}
-		}
-		return nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return &usageError{fmt.Sprintf("--listen %q: %v", addr, err)}
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	if insecure || (hasTLS && hasAuth) {
-		return nil
-	}
-	var missing []string
-	if !hasTLS {
-		missing = append(missing, "TLS (--tls-cert, --tls-key)")
-	}
-	if !hasAuth {
-		missing = append(missing, "authentication (--auth-file)")
-	}
-	return &usageError{fmt.Sprintf("--listen %s is reachable from other hosts, and poold would serve it without %s: "+
-		"anyone who reaches it could reconfigure pools and tunnel through them; give --tls-cert, --tls-key and --auth-file, "+
-		"listen on 127.0.0.1 or a unix:// socket, or pass --insecure to accept the risk", addr, strings.Join(missing, " or "))}
-}
-
-// listen opens the gRPC listener: TCP, or a unix socket with mode 0660.
-func listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("remove stale socket: %w", err)
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(path, 0o660); err != nil {
-			_ = ln.Close()
-			return nil, fmt.Errorf("chmod socket: %w", err)
-		}
-		return ln, nil
-	}
-	return net.Listen("tcp", addr)
-}
-
 // started is told the bound addresses once poold serves (for tests).
 type started func(grpcAddr, metricsAddr string)
 
@@ -347,7 +297,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, onStart started) 
 		fmt.Fprintf(stderr, "poold: %v\n", err)
 		return 2
 	}
-	if err := checkListen(o.listen, o.insecure, o.tlsCert != "", o.authFile != ""); err != nil {
+	if err := checkExposure(&o); err != nil {
 		fmt.Fprintf(stderr, "poold: %v\n", err)
 		return 2
 	}
@@ -393,6 +343,9 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		mcfg.Replicas = ms
 		logger.Info("joined the replica set", "replica_id", id, "store", o.store)
 	}
+	if len(o.allowUpstream) == 0 {
+		logger.Info("no --allow-upstream: pools may reach any upstream but link-local and metadata addresses (the default of a loopback or unix:// --listen)")
+	}
 	mgr, err := poolmgr.NewManager(mcfg)
 	if err != nil {
 		return err
@@ -424,9 +377,9 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		w.items = append(w.items, authReloadable(o.authFile, auth))
 	}
 	var grpcOpts []grpc.ServerOption
+	var certs *certReloader
 	if o.tlsCert != "" {
-		certs, err := newCertReloader(o.tlsCert, o.tlsKey)
-		if err != nil {
+		if certs, err = newCertReloader(o.tlsCert, o.tlsKey); err != nil {
 			return err
 		}
 		tcfg, err := serverTLSConfig(certs, o.tlsClientCA)
@@ -449,6 +402,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		Manager:              mgr,
 		Logger:               logger,
 		Auth:                 auth,
+		PublicPoolHealth:     o.publicHealth,
 		MaxRecvMsgSize:       o.maxRecvMsgSize,
 		MaxConcurrentStreams: uint32(o.maxConcurrentStreams),
 		MaxStatsWatchers:     o.maxStatsWatchers,
@@ -464,39 +418,13 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	var (
-		metricsAddr string
-		hs          *http.Server
-		hsDone      = make(chan error, 1) // the metrics server's result, read once
-	)
 	ready := make(chan struct{})
+	var ms *metricsServer
 	if o.metricsListen != "off" && o.metricsListen != "" {
-		mln, err := net.Listen("tcp", o.metricsListen)
-		if err != nil {
+		if ms, err = startMetrics(o, reg, certs, ready, logger); err != nil {
 			_ = ln.Close()
-			return fmt.Errorf("metrics listen: %w", err)
+			return err
 		}
-		metricsAddr = mln.Addr().String()
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			select {
-			case <-ready:
-				fmt.Fprintln(w, "ready")
-			default:
-				http.Error(w, "not ready", http.StatusServiceUnavailable)
-			}
-		})
-		if o.pprof {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		}
-		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { hsDone <- hs.Serve(mln) }()
 	}
 
 	healthCtx, stopHealth := context.WithCancel(context.Background())
@@ -509,6 +437,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	serveDone := make(chan error, 1) // Serve's result, read once
 	go func() { serveDone <- gs.Serve(ln) }()
 	close(ready)
+	metricsAddr := ms.addr()
 	// The Manager logged "pools loaded" (how many, how many failed).
 	logger.Info("poold serving", "listen", ln.Addr().String(), "metrics", metricsAddr, "data", where, "follow", shared)
 	if onStart != nil {
@@ -552,14 +481,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 		cancel()
 	}
 	srv.Lease.Wait()
-	if hs != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = hs.Shutdown(sctx)
-		cancel()
-		if err := <-hsDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Warn("metrics server", "err", err)
-		}
-	}
+	ms.stop(logger)
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)
 	}

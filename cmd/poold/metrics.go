@@ -1,10 +1,111 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/poolplane/poolplane/poolmgr"
 )
+
+// metricsServer is the HTTP listener of /metrics, /healthz, /readyz and,
+// with --pprof, /debug/pprof. Owned by serve: startMetrics starts its
+// goroutine, stop ends it and waits.
+type metricsServer struct {
+	hs    *http.Server
+	ln    net.Listener
+	donec chan error // the server's result, read once by stop; size 1 so Serve never waits
+}
+
+// startMetrics opens --metrics-listen under the exposure rules of
+// checkMetricsListen: beyond loopback it serves HTTPS with the gRPC
+// listener's certificate (certs) and, with --tls-client-ca, requires a
+// verified client certificate. ready is closed once poold serves
+// (/readyz).
+func startMetrics(o options, reg *prometheus.Registry, certs *certReloader, ready <-chan struct{}, logger *slog.Logger) (*metricsServer, error) {
+	exp, err := checkMetricsListen(o)
+	if err != nil {
+		return nil, err
+	}
+	return openMetrics(o.metricsListen, exp, o.tlsClientCA, reg, certs, ready, logger)
+}
+
+// openMetrics serves the metrics listener on addr as exp says.
+func openMetrics(addr string, exp metricsExposure, clientCA string, reg *prometheus.Registry, certs *certReloader,
+	ready <-chan struct{}, logger *slog.Logger) (*metricsServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen: %w", err)
+	}
+	m := &metricsServer{ln: ln, donec: make(chan error, 1)}
+	if exp.wide && exp.tls {
+		tcfg, err := serverTLSConfig(certs, clientCA)
+		if err != nil {
+			_ = ln.Close()
+			return nil, err
+		}
+		if exp.mtls {
+			tcfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		m.ln = tls.NewListener(ln, tcfg)
+	}
+	if exp.wide && !exp.mtls {
+		logger.Warn("--insecure: the metrics listener is reachable from other hosts without client certificates",
+			"metrics", ln.Addr().String(), "tls", exp.tls, "pprof", exp.pprof)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-ready:
+			fmt.Fprintln(w, "ready")
+		default:
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		}
+	})
+	if exp.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	m.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { m.donec <- m.hs.Serve(m.ln) }()
+	return m, nil
+}
+
+// addr is the bound address, "" for a nil server (--metrics-listen off).
+func (m *metricsServer) addr() string {
+	if m == nil {
+		return ""
+	}
+	return m.ln.Addr().String()
+}
+
+// stop shuts the server down within 5s and waits for it. A nil server is
+// a no-op.
+func (m *metricsServer) stop(logger *slog.Logger) {
+	if m == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = m.hs.Shutdown(ctx)
+	cancel()
+	if err := <-m.donec; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("metrics server", "err", err)
+	}
+}
 
 // poolCollector exports every pool's Stats snapshot at scrape time, named
 // after OpenTelemetry's db.client.connection.* conventions with a poolplane_

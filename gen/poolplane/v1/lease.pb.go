@@ -349,7 +349,7 @@ type LeaseRequest_Open struct {
 	// limits.acquire_timeout means the pool's.
 	AcquireTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=acquire_timeout,json=acquireTimeout,proto3" json:"acquire_timeout,omitempty"`
 	// Names the caller in ListLeases (for example host/process). At most
-	// 128 bytes.
+	// 128 bytes of printable UTF-8: no control or formatting characters.
 	ClientName    string `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

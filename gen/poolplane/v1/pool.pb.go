@@ -317,9 +317,14 @@ type Pool struct {
 	// digits or hyphens, starting with a letter (AIP-122). Set by the server
 	// from CreatePoolRequest.pool_id; immutable.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Upstream addresses as "host:port", 1 to 64 of them. Host names are
-	// re-resolved every dns_refresh; dials go round-robin over every resolved
-	// address. Required. Takes effect by generation bump.
+	// Upstream addresses as "host:port", 1 to 64 of them. A host is a DNS
+	// name (labels of letters, digits, '-' and '_', at most 253 characters,
+	// the last label not a number) or an IP literal (IPv6 in brackets; a zone
+	// only on a link-local address); the port is decimal 1-65535. Host names
+	// are re-resolved every dns_refresh; dials go round-robin over every
+	// resolved address. poold's upstream allowlist checks each endpoint when
+	// written and each resolved address before a dial. Required. Takes effect
+	// by generation bump.
 	Endpoints []string `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// TLS to the upstream; absent or enabled=false means plain TCP.
 	// Takes effect by generation bump.
@@ -541,8 +546,10 @@ type UpstreamTLS struct {
 	// of client_cert_pem: a reference to key material rather than the key
 	// itself. poold reads it when the pool is written (to check it) and each
 	// time the pool starts or its TLS settings change; the key never enters
-	// the store. Unlike client_key_pem the path is not secret and is returned.
-	// Exclusive with client_key_pem.
+	// the store. Only a regular file of at most 64 KiB is read, within 2s;
+	// any failure (missing, unreadable, not a regular file, too large, no key
+	// for the certificate) is the same error. Unlike client_key_pem the path
+	// is not secret and is returned. Exclusive with client_key_pem.
 	ClientKeyFile string `protobuf:"bytes,7,opt,name=client_key_file,json=clientKeyFile,proto3" json:"client_key_file,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -849,8 +856,9 @@ type HealthCheck struct {
 	Interval *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
 	// Bound on one probe. Default 2s; range 1ms..interval.
 	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	// Path for HTTP probes ("HEAD <path> HTTP/1.1", expecting 2xx or 3xx).
-	// Default "/".
+	// Path for HTTP probes ("HEAD <path> HTTP/1.1", expecting 2xx or 3xx):
+	// an RFC 3986 absolute path with an optional query, percent-encoded where
+	// needed (no spaces, CR, LF or '#'), at most 2048 bytes. Default "/".
 	HttpPath      string `protobuf:"bytes,4,opt,name=http_path,json=httpPath,proto3" json:"http_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1,0 +1,7 @@
+//go:build !unix
+
+package poolmgr
+
+import "errors"
+
+func mkfifo(string) error { return errors.ErrUnsupported }
