@@ -127,8 +127,8 @@ func (s *Scanner) Feed(b []byte) (int, error) {
 			if s.lineLen > MaxLine {
 				return n, fmt.Errorf("%w: line longer than %d bytes", ErrProtocol, MaxLine)
 			}
-			switch {
-			case c == '\n':
+			switch c {
+			case '\n':
 				done, err := s.endLine()
 				if err != nil {
 					return n, err
@@ -136,7 +136,7 @@ func (s *Scanner) Feed(b []byte) (int, error) {
 				if done && s.complete() {
 					n++
 				}
-			case c == '\r':
+			case '\r':
 			default:
 				if err := s.lineByte(c); err != nil {
 					return n, err
