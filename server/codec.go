@@ -1,12 +1,6 @@
 package server
 
 import (
-	"io"
-	"net"
-	"os"
-	"sync"
-	"syscall"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
@@ -14,6 +8,7 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/internal/leasewire"
+	"github.com/poolplane/poolplane/relay"
 )
 
 // The lease codec is the server's gRPC codec: protobuf, with a fast path for
@@ -143,57 +138,6 @@ func (f *inFrame) free() {
 	f.data.Data = nil
 }
 
-// relayHeadroom is the room kept in front of the payload in a relay buffer
-// for the data frame's header.
-const relayHeadroom = 32
-
-// bufPool is a mem.BufferPool of buffers in a few sizes: those of the
-// HTTP/2 frames gRPC reads, and those of the relay buffers (a data frame's
-// payload, small or large, with relayHeadroom bytes in front). It serves
-// both: the relay reads upstream bytes into its buffers, and gRPC's
-// transport reads each HTTP/2 DATA frame into one of them (the server's
-// buffer pool, set in New). Unlike grpc-go's default pool it does not zero
-// a buffer it hands out: each user writes over the whole of it. That
-// zeroing was about 2% of the CPU of a bulk transfer.
-type bufPool struct {
-	pools [len(bufSizes)]sync.Pool
-}
-
-// bufSizes are bufPool's sizes, ascending. A larger buffer is allocated
-// and not kept.
-var bufSizes = [...]int{4 << 10, 16 << 10, 32 << 10, relayHeadroom + largeRelay}
-
-var relayBufs = &bufPool{}
-
-var _ mem.BufferPool = (*bufPool)(nil)
-
-// Get returns a buffer of length n.
-func (p *bufPool) Get(n int) *[]byte {
-	for i, size := range bufSizes {
-		if n <= size {
-			if bp, ok := p.pools[i].Get().(*[]byte); ok {
-				*bp = (*bp)[:n]
-				return bp
-			}
-			b := make([]byte, n, size)
-			return &b
-		}
-	}
-	b := make([]byte, n)
-	return &b
-}
-
-// Put returns a buffer from Get.
-func (p *bufPool) Put(bp *[]byte) {
-	c := cap(*bp)
-	for i, size := range bufSizes {
-		if c == size {
-			p.pools[i].Put(bp)
-			return
-		}
-	}
-}
-
 // outData is an outgoing data frame as the relay builds it in a relay
 // buffer. It is a proto.Message (the embedded LeaseResponse, its bytes
 // aliasing the payload), for interceptors and stats handlers; the codec
@@ -213,17 +157,17 @@ func newOutData() *outData {
 }
 
 // set points d at the n payload bytes read into buf (a relay buffer, the
-// payload at relayHeadroom), writing the header in front of them; written
+// payload at relay.Headroom), writing the header in front of them; written
 // is the lease's upstream_written. The caller frees d.msg after sending.
 func (d *outData) set(buf mem.Buffer, n int, written uint64) {
 	b := buf.ReadOnlyData()
 	var hb [leasewire.MaxRespDataHeader]byte
 	h := leasewire.AppendRespDataHeader(hb[:0], n, written)
-	start := relayHeadroom - len(h)
+	start := relay.Headroom - len(h)
 	copy(b[start:], h)
-	d.data.Data = b[relayHeadroom : relayHeadroom+n]
+	d.data.Data = b[relay.Headroom : relay.Headroom+n]
 	d.data.UpstreamWritten = written
-	d.msg = buf.Slice(start, relayHeadroom+n)
+	d.msg = buf.Slice(start, relay.Headroom+n)
 }
 
 // free drops d's reference to the frame after sending.
@@ -231,116 +175,4 @@ func (d *outData) free() {
 	d.msg.Free()
 	d.msg = nil
 	d.data.Data = nil
-}
-
-// upstreamReader reads an upstream connection into relay buffers.
-//
-// On a TCP or Unix socket it reads through the socket's RawConn, taking the
-// buffer only once the socket is readable: a lease waiting for upstream
-// bytes holds no buffer, so the reads can be large (up to size bytes, the
-// data frame size the client accepts) without memory per idle lease. On
-// anything else (a TLS connection) it reads a smallRelay-byte buffer at a
-// time with Read, as the buffer is held while Read blocks. The zero value
-// is ready for reset.
-type upstreamReader struct {
-	nc   net.Conn
-	raw  syscall.RawConn // nil: read with nc.Read
-	net  string          // "tcp" or "unix", for errors
-	size int             // payload bytes per read
-
-	// The RawConn callback (readFD, bound once) and its results.
-	fn  func(fd uintptr) bool
-	bp  *[]byte
-	n   int
-	err error
-}
-
-// reset points r at nc, to read up to size bytes at a time. A stream's
-// leases reuse one reader.
-func (r *upstreamReader) reset(nc net.Conn, size int) {
-	if r.fn == nil {
-		r.fn = r.readFD
-	}
-	r.nc, r.raw, r.size = nc, nil, smallRelay
-	var sc syscall.Conn
-	switch c := nc.(type) {
-	case *net.TCPConn:
-		sc, r.net = c, "tcp"
-	case *net.UnixConn:
-		sc, r.net = c, "unix"
-	default:
-		return
-	}
-	if raw, err := sc.SyscallConn(); err == nil {
-		r.raw = raw
-		r.size = size
-	}
-}
-
-// read reads into a fresh relay buffer, the payload at relayHeadroom. It
-// returns the buffer (nil when n is 0; the caller puts it back in
-// relayBufs), the bytes read and an error as net.Conn.Read's: io.EOF at the
-// end, os.ErrDeadlineExceeded at the read deadline, net.ErrClosed after
-// Close.
-func (r *upstreamReader) read() (bp *[]byte, n int, err error) {
-	if r.raw == nil {
-		bp = relayBufs.Get(relayHeadroom + r.size)
-		n, err = r.nc.Read((*bp)[relayHeadroom:])
-		if n == 0 {
-			relayBufs.Put(bp)
-			bp = nil
-		}
-		return bp, n, err
-	}
-	r.bp, r.n, r.err = nil, 0, nil
-	if err := r.raw.Read(r.fn); err != nil {
-		r.err = err // the deadline or Close, a *net.OpError of op "raw-read"
-	}
-	bp, n, err = r.bp, r.n, r.err
-	r.bp = nil
-	return compact(bp, n), n, err
-}
-
-// compact moves n bytes read into a relay buffer into a smaller pooled
-// buffer when they fit one of at most 32 KiB, so that a small frame, which
-// gRPC holds until it is written, does not hold a large buffer.
-func compact(bp *[]byte, n int) *[]byte {
-	if bp == nil || cap(*bp) <= 32<<10 || relayHeadroom+n > 32<<10 {
-		return bp
-	}
-	sp := relayBufs.Get(relayHeadroom + n)
-	copy((*sp)[relayHeadroom:], (*bp)[relayHeadroom:relayHeadroom+n])
-	relayBufs.Put(bp)
-	return sp
-}
-
-// readFD is the RawConn callback: one read(2) into a fresh buffer, which
-// goes back to the pool when the socket has nothing yet (false: wait for
-// it to become readable).
-func (r *upstreamReader) readFD(fd uintptr) bool {
-	bp := relayBufs.Get(relayHeadroom + r.size)
-	var n int
-	var err error
-	for {
-		n, err = syscall.Read(int(fd), (*bp)[relayHeadroom:])
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	switch {
-	case err == syscall.EAGAIN:
-		relayBufs.Put(bp)
-		return false
-	case err != nil:
-		relayBufs.Put(bp)
-		// As net.Conn.Read reports it (the lease's ended message).
-		r.err = &net.OpError{Op: "read", Net: r.net, Source: r.nc.LocalAddr(),
-			Addr: r.nc.RemoteAddr(), Err: os.NewSyscallError("read", err)}
-	case n == 0:
-		relayBufs.Put(bp)
-		r.err = io.EOF
-	default:
-		r.bp, r.n = bp, n
-	}
-	return true
 }

@@ -3,16 +3,11 @@ package server
 import (
 	"bytes"
 	"context"
-	"errors"
-	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,6 +20,7 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/relay"
 	"github.com/poolplane/poolplane/store"
 )
 
@@ -64,18 +60,18 @@ func split(pool *countingPool, b []byte, cuts ...int) mem.BufferSlice {
 	return s
 }
 
-var dataSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, 2000, 16<<10 - 20, 16 << 10, smallRelay, smallRelay + 1, 32 << 10, largeRelay, MaxDataFrame}
+var dataSizes = []int{1, 2, 63, 64, 127, 128, 1000, 1 << 10, 2000, 16<<10 - 20, 16 << 10, relay.SmallRead, relay.SmallRead + 1, 32 << 10, relay.LargeRead, MaxDataFrame}
 
 func TestCodecEncodesDataLikeProto(t *testing.T) {
 	c := testCodec()
 	for _, n := range dataSizes {
-		if n > largeRelay {
+		if n > relay.LargeRead {
 			continue // the relay never reads more
 		}
 		payload := bytes.Repeat([]byte{0xa5, 0x01}, n)[:n]
-		bp := relayBufs.Get(relayHeadroom + n)
-		buf := mem.NewBuffer(bp, relayBufs)
-		copy((*bp)[relayHeadroom:], payload)
+		bp := relay.Buffers.Get(relay.Headroom + n)
+		buf := mem.NewBuffer(bp, relay.Buffers)
+		copy((*bp)[relay.Headroom:], payload)
 		d := newOutData()
 		d.set(buf, n, 0)
 		got, err := c.Marshal(d)
@@ -288,17 +284,17 @@ func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
 	t.Cleanup(func() { cc.Close() })
 
 	// Without frameSizeKey (an older or another client) the server sends
-	// data frames of at most smallRelay bytes; with it, of at most what the
-	// client asked for, within [smallRelay, largeRelay].
+	// data frames of at most relay.SmallRead bytes; with it, of at most what the
+	// client asked for, within [relay.SmallRead, relay.LargeRead].
 	for _, tc := range []struct {
 		md   []string
 		want int
 	}{
-		{nil, smallRelay},
-		{[]string{frameSizeKey, "junk"}, smallRelay},
-		{[]string{frameSizeKey, "100"}, smallRelay},
+		{nil, relay.SmallRead},
+		{[]string{frameSizeKey, "junk"}, relay.SmallRead},
+		{[]string{frameSizeKey, "100"}, relay.SmallRead},
 		{[]string{frameSizeKey, "100000"}, 100000},
-		{[]string{frameSizeKey, "4194304"}, largeRelay},
+		{[]string{frameSizeKey, "4194304"}, relay.LargeRead},
 	} {
 		ctx := context.Background()
 		if tc.md != nil {
@@ -353,125 +349,4 @@ func readEchoFrames(t *testing.T, s poolv1.LeaseService_LeaseClient, n int) (got
 		got = append(got, d...)
 	}
 	return got, largest
-}
-
-func TestBufPool(t *testing.T) {
-	for _, n := range []int{0, 1, 1000, 4 << 10, 4<<10 + 1, 16 << 10, relayHeadroom + smallRelay, 32 << 10, 32<<10 + 1, relayHeadroom + largeRelay, relayHeadroom + largeRelay + 1, 1 << 20} {
-		bp := relayBufs.Get(n)
-		if len(*bp) != n {
-			t.Fatalf("Get(%d): len %d", n, len(*bp))
-		}
-		want := n // not pooled
-		for _, size := range bufSizes {
-			if n <= size {
-				want = size
-				break
-			}
-		}
-		if cap(*bp) != want {
-			t.Fatalf("Get(%d): cap %d, want %d", n, cap(*bp), want)
-		}
-		relayBufs.Put(bp)
-	}
-	if relayHeadroom+smallRelay > 32<<10 {
-		t.Fatal("a small relay buffer does not fit the 32 KiB size")
-	}
-}
-
-// TestUpstreamReader reads a TCP upstream through the RawConn path: data in
-// buffers of the asked size, small reads moved to small buffers, the read
-// deadline, EOF and a closed connection as net.Conn.Read reports them.
-func TestUpstreamReader(t *testing.T) {
-	nc, peer := tcpPair(t)
-	var r upstreamReader
-	r.reset(nc, largeRelay)
-	if r.raw == nil || r.size != largeRelay {
-		t.Fatalf("TCP upstream: raw %v, size %d", r.raw != nil, r.size)
-	}
-	if _, err := peer.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	bp, n, err := r.read()
-	if err != nil || n != 5 || string((*bp)[relayHeadroom:relayHeadroom+n]) != "hello" {
-		t.Fatalf("read: %d, %v", n, err)
-	}
-	if cap(*bp) != 4<<10 {
-		t.Fatalf("5 bytes in a %d-byte buffer, want 4 KiB", cap(*bp))
-	}
-	relayBufs.Put(bp)
-
-	big := bytes.Repeat([]byte{7}, 2<<20)
-	go func() { _, _ = peer.Write(big) }()
-	var got int
-	for got < len(big) {
-		bp, n, err := r.read()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n > largeRelay || len(*bp) < relayHeadroom+n {
-			t.Fatalf("read %d into %d bytes", n, len(*bp))
-		}
-		got += n
-		relayBufs.Put(bp)
-	}
-
-	if err := nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
-		t.Fatal(err)
-	}
-	if bp, n, err := r.read(); bp != nil || n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("at the deadline: %v, %d, %v", bp != nil, n, err)
-	}
-	if err := nc.SetReadDeadline(time.Time{}); err != nil {
-		t.Fatal(err)
-	}
-	peer.Close()
-	if bp, n, err := r.read(); bp != nil || n != 0 || !errors.Is(err, io.EOF) {
-		t.Fatalf("at EOF: %v, %d, %v", bp != nil, n, err)
-	}
-	nc.Close()
-	if _, _, err := r.read(); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("after Close: %v", err)
-	}
-
-	// A reset reads as it does through Read.
-	nc, peer = tcpPair(t)
-	r.reset(nc, largeRelay)
-	if err := peer.(*net.TCPConn).SetLinger(0); err != nil {
-		t.Fatal(err)
-	}
-	peer.Close()
-	want := "read tcp " + nc.LocalAddr().String() + "->" + nc.RemoteAddr().String() + ": read: connection reset by peer"
-	if _, _, err := r.read(); !errors.Is(err, syscall.ECONNRESET) || err.Error() != want {
-		t.Fatalf("after a reset: %v, want %s", err, want)
-	}
-}
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (near, far net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	near, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { near.Close() })
-	far = <-accepted
-	if far == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { far.Close() })
-	return near, far
 }

@@ -6,12 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -22,21 +20,10 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/internal/leasewire"
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/relay"
 )
 
 const (
-	// smallRelay is the upstream read size for a client that does not
-	// say it takes larger data frames, and on TLS upstreams. Such a
-	// client may decode with grpc-go's proto codec, and an encoded frame
-	// must then fit grpc-go's 32 KiB buffer tier: one byte more and every
-	// message takes (and zeroes) a 1 MiB buffer, a tenfold slowdown.
-	smallRelay = 32<<10 - 64
-	// largeRelay is the upstream read size, the largest data frame sent,
-	// for a client that takes large frames: fewer, larger messages cost
-	// less per byte at every step of the relay. With the headroom it is one
-	// of bufPool's sizes (codec.go). On a TCP upstream a lease does not
-	// hold the buffer while it waits for bytes (upstreamReader).
-	largeRelay = 256<<10 - relayHeadroom
 	// MaxDataFrame is the largest data frame a client may send.
 	MaxDataFrame = 1 << 20
 	// maxClientName bounds Open.client_name.
@@ -47,24 +34,25 @@ const (
 // says how large a data frame it takes: the largest payload, in decimal
 // bytes. The client sends it with the call, the server in its header. A
 // side that does not send it (an older one) is sent frames of at most
-// smallRelay bytes.
+// relay.SmallRead bytes.
 const frameSizeKey = "poolplane-max-data-frame"
 
 // frameSizeHeader is the server's header on Lease streams.
 var frameSizeHeader = metadata.Pairs(frameSizeKey, strconv.Itoa(MaxDataFrame))
 
 // clientFrameSize returns the upstream read size for a Lease call: the
-// client's frameSizeKey, at least smallRelay and at most largeRelay.
+// client's frameSizeKey, at least relay.SmallRead and at most
+// relay.LargeRead.
 func clientFrameSize(ctx context.Context) int {
 	v := metadata.ValueFromIncomingContext(ctx, frameSizeKey)
 	if len(v) != 1 {
-		return smallRelay
+		return relay.SmallRead
 	}
 	n, err := strconv.Atoi(v[0])
 	if err != nil {
-		return smallRelay
+		return relay.SmallRead
 	}
-	return min(max(n, smallRelay), largeRelay)
+	return min(max(n, relay.SmallRead), relay.LargeRead)
 }
 
 // poolSource is what the lease service needs of the core: the live pool by ID.
@@ -121,19 +109,15 @@ func (s *LeaseServer) Wait() { s.wg.Wait() }
 // frames are sent, at most until ctx ends.
 func (s *LeaseServer) EndLeases(ctx context.Context) {
 	s.mu.Lock()
-	var cut []*lease
+	var cut []*relay.Lease
 	for ls := range s.streams {
-		if l := ls.cur.Load(); l != nil && l.cut(poolv1.EndReason_END_REASON_SHUTDOWN) {
+		if l := ls.cur.Load(); l != nil && l.Cut(relay.Shutdown) {
 			cut = append(cut, l)
 		}
 	}
 	s.mu.Unlock()
 	for _, l := range cut {
-		select {
-		case <-l.readerc:
-		case <-ctx.Done():
-			return
-		}
+		l.Wait(ctx.Done())
 	}
 }
 
@@ -147,7 +131,7 @@ var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 // ended{RELEASED} are sent by the receive loop while no reader runs.
 func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ctx := stream.Context()
-	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx),
+	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx), out: newOutData(),
 		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx),
 		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose)}
 	// Tell the client it may send large data frames (an older poold does
@@ -169,7 +153,7 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	// receive loop sees the end and closes the connection at once.
 	stopCut := context.AfterFunc(ctx, func() {
 		if l := ls.cur.Load(); l != nil {
-			l.cut(poolv1.EndReason_END_REASON_UNSPECIFIED)
+			l.Cut(relay.ReasonNone)
 		}
 	})
 	defer stopCut()
@@ -222,21 +206,23 @@ type leaseStream struct {
 	finished bool       // the handler returned: send nothing more
 
 	// frameSize is the upstream read size, the largest data frame sent:
-	// what the client accepts, at most largeRelay.
+	// what the client accepts, at most relay.LargeRead.
 	frameSize int
 	// halfClose: the client takes close_write frames (FeatureHalfClose).
 	halfClose bool
 
 	lease *lease // the current lease, or nil; owned by the receive loop
-	// cur is lease for the goroutines that cut it (the stream's end,
-	// EndLeases); set and cleared by the receive loop.
-	cur atomic.Pointer[lease]
+	// cur is lease's relay for the goroutines that cut it (the stream's
+	// end, EndLeases); set and cleared by the receive loop.
+	cur atomic.Pointer[relay.Lease]
 	req inFrame     // the receive loop's frame
 	iov net.Buffers // the receive loop's writev scratch
 
-	// upstream is the reader goroutine's, reused by each lease's reader
-	// in turn (one runs at a time).
-	upstream upstreamReader
+	// reader is the relay's upstream reader, reused by each lease in turn
+	// (one runs at a time).
+	reader relay.Reader
+	// out is the reader goroutine's data frame, reused.
+	out *outData
 }
 
 // send sends one frame, a *poolv1.LeaseResponse or an *outData, unless the
@@ -281,95 +267,57 @@ func clientTakes(ctx context.Context, feature string) bool {
 
 // lease is one granted lease on a stream.
 type lease struct {
-	conn    *poolmgr.Conn
-	nc      net.Conn
-	readerc chan struct{} // closed when the reader goroutine exits
-	stopc   chan struct{} // closed by release: a reader waiting after the upstream's EOF exits
-	cutc    chan struct{} // closed by cut
-
-	// Set by the reader before it exits; read after readerc closes.
-	readErr error
-	upEOF   bool // the upstream half-closed (close_write was sent)
-
-	// cutReason is why the lease was cut (an EndReason, UNSPECIFIED when
-	// the stream ended); valid once cutc is closed.
-	cutReason atomic.Int32
-	cutOnce   sync.Once
-
-	capc      *atomic.Int64         // the principal's lease count, decremented at release; nil without a cap
-	releasing atomic.Bool           // the client released: a read deadline stops the reader
-	ended     atomic.Bool           // ended was sent (by the reader) or the lease is over
-	finish    sync.Once             // the Release of conn
-	broken    bool                  // a write or close_write failed or half-closed: never reuse
-	writeErr  atomic.Pointer[error] // the upstream write that failed, for ended's message
-	bytesOut  atomic.Int64          // client bytes written to the upstream
-	// The last progress report (maybeReport); the receive loop's.
-	reported   int64
-	reportedAt time.Time
-	bytesIn    atomic.Int64
+	conn  *poolmgr.Conn
+	relay *relay.Lease
+	capc  *atomic.Int64 // the principal's lease count, decremented at its end; nil without a cap
 }
 
-// cut ends the lease from outside the relay (the stream's end, shutdown):
-// blocked upstream reads and writes return at once. The first cut's reason
-// wins; it reports whether this call cut the lease.
-func (l *lease) cut(reason poolv1.EndReason) bool {
-	did := false
-	l.cutOnce.Do(func() {
-		did = true
-		l.cutReason.Store(int32(reason))
-		close(l.cutc)
-		// A past deadline wakes the reader and a blocked write. Written
-		// after the flag: writeUpstream arms its deadline, then checks it.
-		_ = l.nc.SetDeadline(time.Unix(1, 0))
-	})
-	return did
-}
-
-// isCut reports whether cut was called.
-func (l *lease) isCut() bool { return isDone(l.cutc) }
-
-func isDone(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
+// uncap takes the lease off its principal's count, once.
+func (l *lease) uncap() {
+	if l.capc != nil {
+		l.capc.Add(-1)
+		l.capc = nil
 	}
 }
 
-// remoteReason says why a lease ended other than by the client's release,
-// after the upstream connection failed with err.
-func (l *lease) remoteReason(err error) poolv1.EndReason {
-	if l.isCut() {
-		if r := poolv1.EndReason(l.cutReason.Load()); r != poolv1.EndReason_END_REASON_UNSPECIFIED {
-			return r
-		}
-	}
-	select {
-	case <-l.conn.Done():
-		switch l.conn.CloseReason() {
-		case poolmgr.CloseMaxLeaseDuration:
-			return poolv1.EndReason_END_REASON_MAX_LEASE_DURATION
-		default:
-			return poolv1.EndReason_END_REASON_REVOKED
-		}
-	default:
-	}
-	if errors.Is(err, io.EOF) && l.writeErr.Load() == nil {
-		return poolv1.EndReason_END_REASON_UPSTREAM_EOF
-	}
-	return poolv1.EndReason_END_REASON_UPSTREAM_ERROR
+// The leaseStream is the relay's Sink: it turns lease events into frames.
+var _ relay.Sink = (*leaseStream)(nil)
+
+// Data sends upstream bytes as a data frame by reference (codec.go).
+func (ls *leaseStream) Data(bp *[]byte, n int, written int64) error {
+	buf := mem.NewBuffer(bp, relay.Buffers)
+	ls.out.set(buf, n, uint64(written))
+	err := ls.send(ls.out)
+	ls.out.free()
+	buf.Free()
+	return err
 }
 
-// release hands the connection back once.
-func (l *lease) release(reusable bool) {
-	l.finish.Do(func() {
-		l.conn.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
-		l.conn.Release(reusable)
-		if l.capc != nil {
-			l.capc.Add(-1)
-		}
-	})
+// Progress sends a data frame with no bytes, reporting written bytes.
+func (ls *leaseStream) Progress(written int64) error {
+	return ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Data_{Data: &poolv1.LeaseResponse_Data{UpstreamWritten: uint64(written)}}})
+}
+
+// CloseWrite sends close_write.
+func (ls *leaseStream) CloseWrite() error {
+	return ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_CloseWrite_{CloseWrite: &poolv1.LeaseResponse_CloseWrite{}}})
+}
+
+// Ended sends ended.
+func (ls *leaseStream) Ended(e relay.End) error {
+	return ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
+		Reason: endReasons[e.Reason], Message: e.Message, Reused: e.Reused, UpstreamWritten: uint64(e.Written)}}})
+}
+
+// endReasons maps the relay's end reasons to the wire's.
+var endReasons = [...]poolv1.EndReason{
+	relay.ReasonNone:       poolv1.EndReason_END_REASON_UNSPECIFIED,
+	relay.Released:         poolv1.EndReason_END_REASON_RELEASED,
+	relay.UpstreamEOF:      poolv1.EndReason_END_REASON_UPSTREAM_EOF,
+	relay.UpstreamError:    poolv1.EndReason_END_REASON_UPSTREAM_ERROR,
+	relay.Revoked:          poolv1.EndReason_END_REASON_REVOKED,
+	relay.MaxLeaseDuration: poolv1.EndReason_END_REASON_MAX_LEASE_DURATION,
+	relay.Shutdown:         poolv1.EndReason_END_REASON_SHUTDOWN,
 }
 
 func protocolError(msg string) error {
@@ -421,28 +369,18 @@ func (ls *leaseStream) recvLoop() (err error) {
 			if n > MaxDataFrame {
 				return protocolError("data frame larger than 1 MiB")
 			}
-			if l.ended.Load() || l.broken {
-				continue // the lease ended upstream; the client has not seen it yet
+			ls.iov = ls.iov[:0]
+			for _, b := range p {
+				ls.iov = append(ls.iov, b.ReadOnlyData())
 			}
-			if err := ls.writeUpstream(l, p); err != nil {
-				l.broken = true
-				if !errors.Is(err, errCut) && !l.isCut() {
-					l.writeErr.Store(&err)
-				}
-				_ = l.nc.Close() // the reader reports the end
-			}
+			l.relay.Write(ls.iov) // consumes a copy of the slice header
+			clear(ls.iov)
 		case *poolv1.LeaseRequest_CloseWrite_:
 			l := ls.lease
 			if l == nil {
 				return protocolError("close_write before open")
 			}
-			if l.ended.Load() || l.broken {
-				continue
-			}
-			l.broken = true
-			if cw, ok := l.nc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
-				_ = l.nc.Close()
-			}
+			l.relay.CloseWrite()
 		case *poolv1.LeaseRequest_Release_:
 			l := ls.lease
 			if l == nil {
@@ -507,12 +445,14 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		return toStatus(err)
 	}
 	info := c.Info()
-	l := &lease{conn: c, nc: c.NetConn(), readerc: make(chan struct{}), stopc: make(chan struct{}),
-		cutc: make(chan struct{}), capc: capc}
+	l := &lease{conn: c, capc: capc}
+	ls.srv.wg.Add(1)
+	l.relay = relay.New(c, ls, relay.Options{ReadSize: ls.frameSize, HalfClose: ls.halfClose,
+		Reader: &ls.reader, Done: ls.srv.wg.Done})
 	ls.lease = l
-	ls.cur.Store(l)
+	ls.cur.Store(l.relay)
 	if ls.ctx.Err() != nil {
-		l.cut(poolv1.EndReason_END_REASON_UNSPECIFIED) // the stream ended while acquiring
+		l.relay.Cut(relay.ReasonNone) // the stream ended while acquiring
 	}
 	err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Granted_{Granted: &poolv1.LeaseResponse_Granted{
 		LeaseId:      "pools/" + id + "/leases/" + info.LeaseID,
@@ -524,119 +464,21 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		Generation:   info.Generation,
 	}}})
 	if err != nil {
-		close(l.readerc)
+		l.relay.NotStarted()
+		ls.srv.wg.Done()
 		return err // recvLoop's defer abandons the lease
 	}
-	ls.srv.wg.Add(1)
-	go func() {
-		defer ls.srv.wg.Done()
-		ls.relayUpstream(l)
-	}()
+	l.relay.Start()
 	return nil
 }
 
-// relayUpstream copies upstream bytes into data frames until the upstream
-// ends or the client releases. On an upstream end it sends ended itself and
-// closes the connection, so the client learns of it at once. After the
-// upstream's EOF, a client that takes close_write gets one and the lease
-// goes on (the client's bytes still reach the upstream): the reader then
-// waits for the release, a cut or the pool closing the connection.
-func (ls *leaseStream) relayUpstream(l *lease) {
-	defer close(l.readerc)
-	msg := newOutData()
-	r := &ls.upstream
-	r.reset(l.nc, ls.frameSize)
-	for {
-		// A fresh buffer per read: gRPC holds the last one until it is
-		// written (the codec sends it by reference), then it goes back to
-		// relayBufs.
-		bp, n, err := r.read()
-		if n > 0 {
-			buf := mem.NewBuffer(bp, relayBufs)
-			l.bytesIn.Add(int64(n))
-			msg.set(buf, n, uint64(l.bytesOut.Load()))
-			serr := ls.send(msg)
-			msg.free()
-			buf.Free()
-			if serr != nil {
-				l.readErr = serr
-				return
-			}
-		}
-		if err == nil {
-			continue
-		}
-		l.readErr = err
-		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) && !l.isCut() {
-			return // stopped by release: the receive loop sends ended
-		}
-		if errors.Is(err, io.EOF) && ls.halfClose && !l.isCut() {
-			l.upEOF = true
-			if ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_CloseWrite_{CloseWrite: &poolv1.LeaseResponse_CloseWrite{}}}) != nil {
-				return
-			}
-			select {
-			case <-l.stopc:
-				return // released: the receive loop sends ended
-			case <-l.cutc:
-			case <-l.conn.Done():
-			}
-		}
-		reason := l.remoteReason(err)
-		if l.releasing.Load() && !l.isCut() {
-			return // the receive loop is ending the lease and sends ended
-		}
-		if !l.ended.CompareAndSwap(false, true) {
-			return
-		}
-		l.release(false)
-		msg := ""
-		switch {
-		case reason != poolv1.EndReason_END_REASON_UPSTREAM_ERROR:
-		case l.writeErr.Load() != nil:
-			msg = (*l.writeErr.Load()).Error()
-		default:
-			msg = err.Error()
-		}
-		_ = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
-			Reason: reason, Message: msg, UpstreamWritten: uint64(l.bytesOut.Load())}}})
-		return
-	}
-}
-
-// release ends the current lease at the client's request: it stops the
-// reader, returns the connection and sends ended (unless the reader already
-// ended the lease). Every data frame before the release was written to the
-// upstream already (the receive loop writes them in order).
+// release ends the current lease at the client's request (the relay
+// decides reuse and sends ended).
 func (ls *leaseStream) release(l *lease, reusable bool) error {
-	l.releasing.Store(true)
-	close(l.stopc)
-	if !l.ended.Load() {
-		// Wake the reader without closing the connection.
-		if err := l.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
-			l.broken = true
-			_ = l.nc.Close()
-		}
-	}
-	<-l.readerc
+	err := l.relay.Release(reusable)
 	ls.lease = nil
 	ls.cur.Store(nil)
-	// Reuse only a connection the reader left at a clean stop: no error,
-	// no EOF, no cut, nothing half-closed.
-	clean := reusable && !l.broken && !l.upEOF && !l.isCut() && errors.Is(l.readErr, os.ErrDeadlineExceeded)
-	if clean {
-		if err := l.nc.SetDeadline(time.Time{}); err != nil {
-			clean = false
-		}
-	}
-	sendEnded := l.ended.CompareAndSwap(false, true)
-	clean = clean && sendEnded
-	l.release(clean)
-	var err error
-	if sendEnded {
-		err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Ended_{Ended: &poolv1.LeaseResponse_Ended{
-			Reason: poolv1.EndReason_END_REASON_RELEASED, Reused: clean, UpstreamWritten: uint64(l.bytesOut.Load())}}})
-	}
+	l.uncap()
 	if ls.setBusy(false) && err == nil {
 		return errShutdown
 	}
@@ -646,12 +488,8 @@ func (ls *leaseStream) release(l *lease, reusable bool) error {
 // abandon closes the connection of a lease whose stream ended without
 // release.
 func (ls *leaseStream) abandon(l *lease) {
-	l.releasing.Store(true)
-	l.ended.Store(true)
-	l.cut(poolv1.EndReason_END_REASON_UNSPECIFIED) // wakes a reader waiting after the upstream's EOF
-	_ = l.nc.Close()
-	<-l.readerc
-	l.release(false)
+	l.relay.Abandon()
 	ls.lease = nil
 	ls.cur.Store(nil)
+	l.uncap()
 }

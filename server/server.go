@@ -23,6 +23,7 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/relay"
 )
 
 // Keepalive defaults: the server pings an idle connection every
@@ -162,7 +163,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 		grpc.InitialConnWindowSize(connWindow),
 		// gRPC reads HTTP/2 DATA frames into buffers of this pool, which
 		// does not zero them (codec.go).
-		experimental.BufferPool(relayBufs),
+		experimental.BufferPool(relay.Buffers),
 	}, opts...)
 	srv := grpc.NewServer(all...)
 

@@ -278,7 +278,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			break
 		}
 		if rerr != nil {
-			if !(f.reuse && localEOF.Load()) {
+			if !f.reuse || !localEOF.Load() {
 				fail()
 			}
 			break

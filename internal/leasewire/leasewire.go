@@ -111,7 +111,7 @@ func ParseRespDataHeader(b []byte, total int) (hlen int, written uint64, ok bool
 // feature only with a client that listed it.
 const FeaturesKey = "poolplane-lease-features"
 
-// FeatureHalfClose: the client takes the server's close_write frame (the
+// FeatureHalfClose says the client takes the server's close_write frame (the
 // upstream half-closed and the lease goes on) instead of
 // ended{UPSTREAM_EOF}.
 const FeatureHalfClose = "half-close"

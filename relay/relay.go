@@ -1,0 +1,469 @@
+// Package relay moves the bytes of one lease: a leased upstream connection
+// on one side, a client side on the other (a gRPC lease stream today, a
+// local socket tomorrow). It owns byte copying in both directions,
+// backpressure, half-close, release and revocation, the end reasons, and
+// the one decision whether a released connection may be reused.
+//
+// A Lease runs one reader goroutine, which copies upstream bytes to the
+// client side (Sink); the client side's own goroutine writes client bytes
+// to the upstream (Write) and ends the lease (Release or Abandon). Other
+// goroutines may Cut a lease at any time: a blocked upstream read or write
+// returns at once.
+//
+// The package imports no gRPC and no generated code: a client side maps
+// its frames to these calls and Reason to its own wire values.
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+const (
+	// SmallRead is the upstream read size for a client side that takes only
+	// small frames, and on TLS upstreams: a gRPC client decoding with
+	// grpc-go's proto codec must get an encoded frame that fits grpc-go's
+	// 32 KiB buffer tier, or every message takes (and zeroes) a 1 MiB one.
+	SmallRead = 32<<10 - 64
+	// LargeRead is the largest upstream read: fewer, larger frames cost
+	// less per byte at every step. With Headroom it is one of the
+	// Buffers' sizes. On a TCP upstream a lease does not hold a buffer
+	// while it waits for bytes (Reader).
+	LargeRead = 256<<10 - Headroom
+	// progressTick is how long an upstream write may go unreported: a
+	// client waiting for its bytes to be delivered (the SDK's Close) counts
+	// each report as progress.
+	progressTick = 25 * time.Millisecond
+	// tlsChunk is how much of a client frame goes to a TLS upstream in one
+	// Write: a TLS record's worth, so progress is seen between records.
+	tlsChunk = 16 << 10
+)
+
+// Reason says why a lease ended.
+type Reason int
+
+// End reasons; a client side maps them to its wire values.
+const (
+	// ReasonNone: the lease has not ended, or the stream carrying it did
+	// (nothing is sent then).
+	ReasonNone Reason = iota
+	// Released: the client released the lease.
+	Released
+	// UpstreamEOF: the upstream closed its side, for a client side that
+	// does not take half-closes.
+	UpstreamEOF
+	// UpstreamError: reading or writing the upstream failed.
+	UpstreamError
+	// Revoked: RevokeLease, or the pool closed the connection.
+	Revoked
+	// MaxLeaseDuration: the lease outlived lifecycle.max_lease_duration.
+	MaxLeaseDuration
+	// Shutdown: the server's grace period is over.
+	Shutdown
+)
+
+// End describes how a lease ended, for the client side's last frame.
+type End struct {
+	Reason  Reason
+	Message string // for humans: the upstream error
+	Reused  bool   // the connection went back to the pool
+	Written int64  // client bytes written to the upstream in all
+}
+
+// Upstream is the leased connection as the relay uses it; *poolmgr.Conn
+// implements it.
+type Upstream interface {
+	NetConn() net.Conn
+	Done() <-chan struct{}
+	CloseReason() poolmgr.CloseReason
+	AddBytes(in, out int64)
+	Release(reusable bool)
+}
+
+// Sink is the client side of a lease: where the reader goroutine delivers
+// upstream bytes and lease events. Calls come from the reader goroutine and
+// from the goroutine of Write and Release, one at a time per Lease only if
+// the sink serialises them itself. An error means the client side is gone.
+type Sink interface {
+	// Data delivers the n upstream bytes at (*bp)[Headroom:Headroom+n];
+	// the sink owns bp (a Buffers buffer) from then on. written is the
+	// count of client bytes written to the upstream so far.
+	Data(bp *[]byte, n int, written int64) error
+	// Progress reports client bytes written to the upstream while no
+	// upstream bytes flow.
+	Progress(written int64) error
+	// CloseWrite reports the upstream's half-close: no upstream bytes
+	// follow; client bytes still reach the upstream.
+	CloseWrite() error
+	// Ended is the lease's last event.
+	Ended(End) error
+}
+
+// Options configure a Lease.
+type Options struct {
+	// ReadSize is the upstream read size, the largest Data: between
+	// SmallRead and LargeRead.
+	ReadSize int
+	// HalfClose: the client side takes CloseWrite, so the upstream's EOF
+	// does not end the lease.
+	HalfClose bool
+	// Reader is reused by the lease's reader goroutine (a client side with
+	// leases one after another keeps one); nil allocates one.
+	Reader *Reader
+	// Done is called once when the reader goroutine exits.
+	Done func()
+}
+
+// errCut is what an upstream write returns once the lease was cut.
+var errCut = errors.New("relay: lease cut")
+
+// Lease is one granted lease being relayed. Its methods other than Cut and
+// Ended belong to the client side's goroutine.
+type Lease struct {
+	up   Upstream
+	nc   net.Conn
+	sink Sink
+	opts Options
+
+	readerc chan struct{} // closed when the reader goroutine exits
+	stopc   chan struct{} // closed by Release: a reader waiting after the upstream's EOF exits
+	cutc    chan struct{} // closed by Cut
+	cutOnce sync.Once
+	// cutReason is why the lease was cut; valid once cutc is closed.
+	cutReason atomic.Int32
+
+	// Set by the reader before it exits; read after readerc closes.
+	readErr error
+	upEOF   bool // the upstream half-closed (CloseWrite was sent)
+
+	releasing atomic.Bool           // the client released: a read deadline stops the reader
+	ended     atomic.Bool           // the end was sent (by the reader) or the lease is over
+	finish    sync.Once             // the Release of up
+	broken    bool                  // a write or close_write failed or half-closed: never reuse
+	writeErr  atomic.Pointer[error] // the upstream write that failed, for the end's message
+	bytesOut  atomic.Int64          // client bytes written to the upstream
+	bytesIn   atomic.Int64
+
+	// The last progress report (maybeReport); the writer's.
+	reported   int64
+	reportedAt time.Time
+}
+
+// New returns a lease relaying up to sink; Start starts it.
+func New(up Upstream, sink Sink, opts Options) *Lease {
+	if opts.Reader == nil {
+		opts.Reader = new(Reader)
+	}
+	opts.ReadSize = min(max(opts.ReadSize, SmallRead), LargeRead)
+	return &Lease{up: up, nc: up.NetConn(), sink: sink, opts: opts,
+		readerc: make(chan struct{}), stopc: make(chan struct{}), cutc: make(chan struct{})}
+}
+
+// Start starts the reader goroutine.
+func (l *Lease) Start() {
+	go l.relayUpstream()
+}
+
+// NotStarted marks a lease whose client side failed before Start: its
+// Abandon does not wait for a reader.
+func (l *Lease) NotStarted() { close(l.readerc) }
+
+// Ended reports whether the lease ended from the upstream's side (or was
+// cut): client bytes are dropped from then on.
+func (l *Lease) Ended() bool { return l.ended.Load() || l.broken }
+
+// Cut ends the lease from outside the relay (the client side's end,
+// shutdown): blocked upstream reads and writes return at once, and the
+// reader sends Ended with reason unless it is ReasonNone. The first cut's
+// reason wins; Cut reports whether this call cut the lease. Safe for
+// concurrent use.
+func (l *Lease) Cut(reason Reason) bool {
+	did := false
+	l.cutOnce.Do(func() {
+		did = true
+		l.cutReason.Store(int32(reason))
+		close(l.cutc)
+		// A past deadline wakes the reader and a blocked write. Set after
+		// the flag: Write arms its deadline, then checks the flag.
+		_ = l.nc.SetDeadline(time.Unix(1, 0))
+	})
+	return did
+}
+
+// Wait blocks until the reader goroutine has exited or done is closed.
+func (l *Lease) Wait(done <-chan struct{}) {
+	select {
+	case <-l.readerc:
+	case <-done:
+	}
+}
+
+func (l *Lease) isCut() bool {
+	select {
+	case <-l.cutc:
+		return true
+	default:
+		return false
+	}
+}
+
+// release hands the connection back once.
+func (l *Lease) release(reusable bool) {
+	l.finish.Do(func() {
+		l.up.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
+		l.up.Release(reusable)
+	})
+}
+
+// remoteReason says why a lease ended other than by the client's release,
+// after the upstream connection failed with err.
+func (l *Lease) remoteReason(err error) Reason {
+	if l.isCut() {
+		if r := Reason(l.cutReason.Load()); r != ReasonNone {
+			return r
+		}
+	}
+	select {
+	case <-l.up.Done():
+		if l.up.CloseReason() == poolmgr.CloseMaxLeaseDuration {
+			return MaxLeaseDuration
+		}
+		return Revoked
+	default:
+	}
+	if errors.Is(err, io.EOF) && l.writeErr.Load() == nil {
+		return UpstreamEOF
+	}
+	return UpstreamError
+}
+
+// relayUpstream copies upstream bytes to the sink until the upstream ends
+// or the client releases. On an upstream end it sends Ended itself and
+// closes the connection, so the client learns of it at once. After the
+// upstream's EOF, a client side that takes half-closes gets CloseWrite and
+// the lease goes on (the client's bytes still reach the upstream): the
+// reader then waits for the release, a cut or the pool closing the
+// connection.
+func (l *Lease) relayUpstream() {
+	defer func() {
+		close(l.readerc)
+		if l.opts.Done != nil {
+			l.opts.Done()
+		}
+	}()
+	r := l.opts.Reader
+	r.Reset(l.nc, l.opts.ReadSize)
+	for {
+		bp, n, err := r.Read()
+		if n > 0 {
+			l.bytesIn.Add(int64(n))
+			if serr := l.sink.Data(bp, n, l.bytesOut.Load()); serr != nil {
+				l.readErr = serr
+				return
+			}
+		}
+		if err == nil {
+			continue
+		}
+		l.readErr = err
+		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) && !l.isCut() {
+			return // stopped by Release, which sends the end
+		}
+		if errors.Is(err, io.EOF) && l.opts.HalfClose && !l.isCut() {
+			l.upEOF = true
+			if l.sink.CloseWrite() != nil {
+				return
+			}
+			select {
+			case <-l.stopc:
+				return // released: Release sends the end
+			case <-l.cutc:
+			case <-l.up.Done():
+			}
+		}
+		reason := l.remoteReason(err)
+		if l.releasing.Load() && !l.isCut() {
+			return // Release is ending the lease and sends the end
+		}
+		if !l.ended.CompareAndSwap(false, true) {
+			return
+		}
+		l.release(false)
+		if reason == ReasonNone {
+			return // the client side is gone
+		}
+		msg := ""
+		switch {
+		case reason != UpstreamError:
+		case l.writeErr.Load() != nil:
+			msg = (*l.writeErr.Load()).Error()
+		default:
+			msg = err.Error()
+		}
+		_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: l.bytesOut.Load()})
+		return
+	}
+}
+
+// Write writes client bytes to the upstream, counting them as they go. A
+// write that blocks (the upstream reads slowly or not at all) waits as long
+// as it takes, as TCP would, reporting progress to the sink every
+// progressTick, until the lease is cut, which wakes it at once. On a TCP
+// or Unix socket the bytes go out with one writev; on a TLS connection in
+// records of at most tlsChunk bytes. bufs is consumed. A failed write
+// closes the connection (the reader reports the end) and later Writes drop
+// their bytes.
+func (l *Lease) Write(bufs net.Buffers) {
+	if l.Ended() {
+		return // the lease ended upstream; the client has not seen it yet
+	}
+	var err error
+	switch l.nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		err = l.writeVec(bufs)
+	default:
+		err = l.writeChunks(bufs)
+	}
+	if err != nil {
+		l.broken = true
+		if !errors.Is(err, errCut) && !l.isCut() {
+			l.writeErr.Store(&err)
+		}
+		_ = l.nc.Close() // the reader reports the end
+	}
+}
+
+func (l *Lease) writeVec(iov net.Buffers) error {
+	for len(iov) > 0 {
+		now := time.Now()
+		l.maybeReport(now)
+		if err := l.nc.SetWriteDeadline(now.Add(progressTick)); err != nil {
+			return err
+		}
+		if l.isCut() {
+			return errCut // Cut sets its deadline before the flag is read here
+		}
+		var n int64
+		var err error
+		if len(iov) == 1 {
+			var k int
+			k, err = l.nc.Write(iov[0])
+			n = int64(k)
+			iov[0] = iov[0][k:]
+			if len(iov[0]) == 0 {
+				iov = iov[:0]
+			}
+		} else {
+			n, err = iov.WriteTo(l.nc) // consumes what it wrote
+		}
+		l.bytesOut.Add(n)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || l.isCut() {
+			return err
+		}
+	}
+	l.maybeReport(time.Now())
+	return nil
+}
+
+// writeChunks writes to a connection that cannot take write deadlines and
+// go on (crypto/tls fails for good after one), in chunks, reporting
+// progress between them.
+func (l *Lease) writeChunks(bufs net.Buffers) error {
+	for _, b := range bufs {
+		for len(b) > 0 {
+			l.maybeReport(time.Now())
+			k := min(len(b), tlsChunk)
+			n, err := l.nc.Write(b[:k])
+			l.bytesOut.Add(int64(n))
+			if err != nil {
+				return err
+			}
+			b = b[k:]
+		}
+	}
+	l.maybeReport(time.Now())
+	return nil
+}
+
+// maybeReport reports progress when bytes were written since the last
+// report and the last is progressTick old: a client waiting for its bytes
+// to be delivered sees them move however slowly the upstream reads, while
+// a fast exchange sends no report (its replies carry the count).
+func (l *Lease) maybeReport(now time.Time) {
+	w := l.bytesOut.Load()
+	if w == l.reported || now.Sub(l.reportedAt) < progressTick {
+		return
+	}
+	if l.reportedAt.IsZero() {
+		l.reportedAt = now // the first write of the lease starts the clock
+		return
+	}
+	l.reported, l.reportedAt = w, now
+	_ = l.sink.Progress(w) // a failed send is the client side's end, seen next
+}
+
+// CloseWrite half-closes the upstream for writing (TCP FIN); reads go on.
+// The connection is never reused afterwards.
+func (l *Lease) CloseWrite() {
+	if l.Ended() {
+		return
+	}
+	l.broken = true
+	if cw, ok := l.nc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+		_ = l.nc.Close()
+	}
+}
+
+// Release ends the lease at the client's request: it stops the reader,
+// decides whether the connection is reused, returns it to the pool and
+// sends Ended (unless the reader already ended the lease). Every Write
+// before it has finished, so every client byte before the release was
+// written. This is the one place where reuse is decided: the client's
+// word (reusable), no error, EOF, cut or half-close seen on the lease, a
+// reader stopped cleanly, and the pool's own checks in Release.
+func (l *Lease) Release(reusable bool) error {
+	l.releasing.Store(true)
+	close(l.stopc)
+	if !l.ended.Load() {
+		// Wake the reader without closing the connection.
+		if err := l.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
+			l.broken = true
+			_ = l.nc.Close()
+		}
+	}
+	<-l.readerc
+	clean := reusable && !l.broken && !l.upEOF && !l.isCut() && errors.Is(l.readErr, os.ErrDeadlineExceeded)
+	if clean {
+		if err := l.nc.SetDeadline(time.Time{}); err != nil {
+			clean = false
+		}
+	}
+	sendEnd := l.ended.CompareAndSwap(false, true)
+	clean = clean && sendEnd
+	l.release(clean)
+	if !sendEnd {
+		return nil
+	}
+	return l.sink.Ended(End{Reason: Released, Reused: clean, Written: l.bytesOut.Load()})
+}
+
+// Abandon ends a lease whose client side went away without a release: the
+// connection's state is unknown, so it is closed, not reused.
+func (l *Lease) Abandon() {
+	l.releasing.Store(true)
+	l.ended.Store(true)
+	l.Cut(ReasonNone) // wakes a reader waiting after the upstream's EOF
+	_ = l.nc.Close()
+	<-l.readerc
+	l.release(false)
+}

@@ -1,0 +1,220 @@
+package relay
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+// fakeUp is an Upstream over one end of a TCP pair.
+type fakeUp struct {
+	nc       net.Conn
+	done     chan struct{}
+	reason   poolmgr.CloseReason
+	released chan bool // the reusable flag of the one Release
+}
+
+func newFakeUp(nc net.Conn) *fakeUp {
+	return &fakeUp{nc: nc, done: make(chan struct{}), released: make(chan bool, 1)}
+}
+
+func (u *fakeUp) NetConn() net.Conn                { return u.nc }
+func (u *fakeUp) Done() <-chan struct{}            { return u.done }
+func (u *fakeUp) CloseReason() poolmgr.CloseReason { return u.reason }
+func (u *fakeUp) AddBytes(int64, int64)            {}
+func (u *fakeUp) Release(reusable bool)            { u.released <- reusable }
+
+// revoke closes the connection as the pool does on RevokeLease.
+func (u *fakeUp) revoke(r poolmgr.CloseReason) {
+	u.reason = r
+	close(u.done)
+	_ = u.nc.Close()
+}
+
+// fakeSink records a lease's events.
+type fakeSink struct {
+	mu         sync.Mutex // protects data and closeWrite
+	data       []byte
+	closeWrite bool
+	ended      chan End
+}
+
+func newFakeSink() *fakeSink { return &fakeSink{ended: make(chan End, 1)} }
+
+func (s *fakeSink) Data(bp *[]byte, n int, _ int64) error {
+	s.mu.Lock()
+	s.data = append(s.data, (*bp)[Headroom:Headroom+n]...)
+	s.mu.Unlock()
+	Buffers.Put(bp)
+	return nil
+}
+func (s *fakeSink) Progress(int64) error { return nil }
+func (s *fakeSink) CloseWrite() error {
+	s.mu.Lock()
+	s.closeWrite = true
+	s.mu.Unlock()
+	return nil
+}
+func (s *fakeSink) Ended(e End) error { s.ended <- e; return nil }
+
+func (s *fakeSink) got() (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.data), s.closeWrite
+}
+
+func recvT[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting on %T", ch)
+		panic("unreachable")
+	}
+}
+
+// waitFor polls cond until it holds, bounded by 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestReuseDecision: Release reuses a connection only on the client's word
+// with nothing seen on the lease that makes it unfit; every other path
+// releases it for closing, with the reason the client side is told.
+func TestReuseDecision(t *testing.T) {
+	tests := []struct {
+		name      string
+		halfClose bool
+		act       func(t *testing.T, l *Lease, up *fakeUp, far net.Conn, s *fakeSink)
+		reusable  bool // the client's word at Release
+		release   bool // the client side releases (else the lease ends upstream)
+		want      End
+	}{
+		{name: "clean release", release: true, reusable: true,
+			act:  func(*testing.T, *Lease, *fakeUp, net.Conn, *fakeSink) {},
+			want: End{Reason: Released, Reused: true, Written: 4}},
+		{name: "client says not reusable", release: true, reusable: false,
+			act:  func(*testing.T, *Lease, *fakeUp, net.Conn, *fakeSink) {},
+			want: End{Reason: Released, Written: 4}},
+		{name: "client half-closed", release: true, reusable: true,
+			act: func(_ *testing.T, l *Lease, _ *fakeUp, _ net.Conn, _ *fakeSink) {
+				l.CloseWrite()
+			},
+			want: End{Reason: Released, Written: 4}},
+		{name: "upstream half-closed, client takes it", halfClose: true, release: true, reusable: true,
+			act: func(t *testing.T, _ *Lease, _ *fakeUp, far net.Conn, s *fakeSink) {
+				_ = far.(*net.TCPConn).CloseWrite()
+				waitFor(t, "close_write", func() bool { _, cw := s.got(); return cw })
+			},
+			want: End{Reason: Released, Written: 4}},
+		{name: "upstream EOF, client does not take half-closes",
+			act: func(_ *testing.T, _ *Lease, _ *fakeUp, far net.Conn, _ *fakeSink) {
+				_ = far.Close()
+			},
+			want: End{Reason: UpstreamEOF, Written: 4}},
+		{name: "revoked",
+			act: func(_ *testing.T, _ *Lease, up *fakeUp, _ net.Conn, _ *fakeSink) {
+				up.revoke(poolmgr.CloseRevoked)
+			},
+			want: End{Reason: Revoked, Written: 4}},
+		{name: "max_lease_duration",
+			act: func(_ *testing.T, _ *Lease, up *fakeUp, _ net.Conn, _ *fakeSink) {
+				up.revoke(poolmgr.CloseMaxLeaseDuration)
+			},
+			want: End{Reason: MaxLeaseDuration, Written: 4}},
+		{name: "shutdown",
+			act: func(_ *testing.T, l *Lease, _ *fakeUp, _ net.Conn, _ *fakeSink) {
+				l.Cut(Shutdown)
+			},
+			want: End{Reason: Shutdown, Written: 4}},
+		{name: "cut by the client side's end, then released", release: true, reusable: true,
+			act: func(t *testing.T, l *Lease, _ *fakeUp, _ net.Conn, _ *fakeSink) {
+				l.Cut(ReasonNone)
+				waitFor(t, "the reader to stop", func() bool { return l.ended.Load() })
+			},
+			want: End{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			near, far := tcpPair(t)
+			up := newFakeUp(near)
+			s := newFakeSink()
+			l := New(up, s, Options{HalfClose: tc.halfClose})
+			l.Start()
+			l.Write(net.Buffers{[]byte("ping")})
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(far, buf); err != nil || string(buf) != "ping" {
+				t.Fatalf("upstream read %q, %v", buf, err)
+			}
+			if _, err := far.Write([]byte("pong")); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the reply", func() bool { d, _ := s.got(); return d == "pong" })
+			tc.act(t, l, up, far, s)
+			if tc.release {
+				if err := l.Release(tc.reusable); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				l.Wait(nil)
+			}
+			if tc.want == (End{}) {
+				select {
+				case e := <-s.ended:
+					if e.Reason != UpstreamError && e.Reason != ReasonNone {
+						t.Fatalf("ended %+v after a cut with no reason", e)
+					}
+				default:
+				}
+				if recvT(t, up.released) {
+					t.Fatal("a cut connection was reused")
+				}
+				return
+			}
+			if e := recvT(t, s.ended); e.Reason != tc.want.Reason || e.Reused != tc.want.Reused || e.Written != tc.want.Written {
+				t.Fatalf("ended %+v; want %+v", e, tc.want)
+			}
+			if reused := recvT(t, up.released); reused != tc.want.Reused {
+				t.Fatalf("Release(%v); want %v", reused, tc.want.Reused)
+			}
+		})
+	}
+}
+
+// TestWriteAfterUpstreamHalfClose: with HalfClose, client bytes reach the
+// upstream after its FIN.
+func TestWriteAfterUpstreamHalfClose(t *testing.T) {
+	near, far := tcpPair(t)
+	up := newFakeUp(near)
+	s := newFakeSink()
+	l := New(up, s, Options{HalfClose: true})
+	l.Start()
+	_ = far.(*net.TCPConn).CloseWrite()
+	waitFor(t, "close_write", func() bool { _, cw := s.got(); return cw })
+	l.Write(net.Buffers{[]byte("late"), []byte(" bytes")})
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(far, buf); err != nil || string(buf) != "late bytes" {
+		t.Fatalf("upstream read %q, %v", buf, err)
+	}
+	if err := l.Release(true); err != nil {
+		t.Fatal(err)
+	}
+	if e := recvT(t, s.ended); e.Reason != Released || e.Reused || e.Written != 10 {
+		t.Fatalf("ended %+v", e)
+	}
+}
