@@ -48,7 +48,7 @@ lint:
 	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
 		$(TOOL) buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no main branch with buf.yaml to compare against, skipped"; fi
-	$(call foreach_module,$(GO) vet $(PKGS) && $(TOOL) golangci-lint run --config $(CURDIR)/.golangci.yml $(PKGS))
+	$(call foreach_module,$(GO) vet $(PKGS) && $(TOOL) golangci-lint run --allow-serial-runners --config $(CURDIR)/.golangci.yml $(PKGS))
 
 ## test: every test of every module, with the race detector.
 test:

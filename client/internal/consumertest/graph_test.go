@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -40,12 +39,9 @@ var notLinked = append([]string{"go.opentelemetry.io/"}, serverSide...)
 // is looked up through GOPROXY rather than failing the test; the module's
 // own files are never written.
 func TestSDKConsumerModuleGraph(t *testing.T) {
-	gobin, err := exec.LookPath("go")
+	gobin, err := exec.LookPath("go") // go test puts its own GOROOT/bin first in PATH
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(gobin); err != nil {
-			t.Skip("no go command to inspect the module graph with")
-		}
+		t.Skip("no go command to inspect the module graph with")
 	}
 	tmp := t.TempDir()
 	for _, name := range []string{"go.mod", "go.sum"} {

@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,30 +24,42 @@ func main() {
 	pool := flag.String("pool", "cache", "pool to lease from")
 	send := flag.String("send", "PING", "line to send")
 	flag.Parse()
-
-	c, err := client.New(*server, client.WithInsecure())
-	if err != nil {
+	if err := run(*server, *pool, *send); err != nil {
 		log.Fatal(err)
 	}
-	defer c.Close()
+}
+
+func run(server, pool, send string) (err error) {
+	c, err := client.New(server, client.WithInsecure())
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, c.Close()) }()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := c.Lease(ctx, *pool)
+	conn, err := c.Lease(ctx, pool)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
-	defer conn.Close()
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, conn.Discard()) // the exchange is incomplete: never reuse it
+			return
+		}
+		err = conn.Close() // every reply was read: released for reuse
+	}()
 	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
-		log.Fatal(err)
+		return err
 	}
-	if _, err := io.WriteString(conn, *send+"\r\n"); err != nil {
-		log.Fatal(err)
+	if _, err := io.WriteString(conn, send+"\r\n"); err != nil {
+		return err
 	}
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	info := conn.Info()
 	fmt.Fprintf(os.Stdout, "%q from %s (reused %v, waited %v)\n", line, info.UpstreamAddr, info.Reused, info.WaitTime)
+	return nil
 }
