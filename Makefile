@@ -2,49 +2,70 @@
 # so a fresh machine needs nothing but Go and the module proxy.
 
 GO       ?= go
-TOOL     := $(GO) tool -modfile=tools/go.mod
+TOOL     := $(GO) tool -modfile=$(CURDIR)/tools/go.mod
 PKGS     := ./...
 DATA_DIR ?= ./data
 FUZZTIME ?= 10s
 BENCHOUT ?= bench.txt
 
+# The Go modules of the repository (docs/modules.md): the generated API, the
+# lease wire layout, the SDK, a module that consumes only the SDK, and the
+# root (server, CLI). Leaves first: tidy reads the go.mod of each replaced
+# module. Every target that runs the go command runs it in each of them, with
+# PKGS as the package pattern; `make test MODULES=client` narrows it down.
+MODULES  := gen internal/leasewire client client/internal/consumertest .
+GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
+
+# The modules find each other through replace directives, never a go.work:
+# what make and CI build is what a fresh clone builds.
+export GOWORK ?= off
+
+# foreach_module runs $(1) in each module, going on after a failure and
+# failing at the end, so that one run reports every module.
+define foreach_module
+@status=0; for m in $(MODULES); do \
+	echo "== $$m"; (cd $$m && $(1)) || status=1; \
+done; exit $$status
+endef
+
 .PHONY: all generate check-generated lint test bench fuzz build tools run clean
 
 all: check-generated lint test build
 
-## generate: regenerate gen/ from proto/ (buf + protoc-gen-go + protoc-gen-go-grpc).
+## generate: regenerate gen/ from proto/ (buf + protoc-gen-go + protoc-gen-go-grpc), then tidy every module.
 generate:
 	$(TOOL) buf generate
-	$(GO) mod tidy
+	@set -e; for m in $(MODULES); do echo "go mod tidy: $$m"; (cd $$m && $(GO) mod tidy); done
 
-## check-generated: fail if gen/ or go.mod differ from what generate produces.
+## check-generated: fail if gen/ or any module's go.mod or go.sum differ from what generate produces.
 check-generated: generate
-	git diff --exit-code -- gen go.mod go.sum
-	@test -z "$$(git status --porcelain -- gen)" || { git status --porcelain -- gen; echo "gen/ has untracked files: run make generate and commit"; exit 1; }
+	git diff --exit-code -- gen $(GOMODS)
+	@test -z "$$(git status --porcelain -- gen $(GOMODS))" || { git status --porcelain -- gen $(GOMODS); echo "untracked generated files or go.sum: run make generate and commit"; exit 1; }
 
-## lint: buf lint, buf breaking against main, go vet and golangci-lint (depguard enforces the import direction).
+## lint: buf lint, buf breaking against main, then go vet and golangci-lint in every module (depguard enforces the import direction).
 lint:
 	$(TOOL) buf lint
 	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
 		$(TOOL) buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no main branch with buf.yaml to compare against, skipped"; fi
-	$(GO) vet $(PKGS)
-	$(TOOL) golangci-lint run $(PKGS)
+	$(call foreach_module,$(GO) vet $(PKGS) && $(TOOL) golangci-lint run --allow-serial-runners --config $(CURDIR)/.golangci.yml $(PKGS))
 
-## test: every test, with the race detector.
+## test: every test of every module, with the race detector.
 test:
-	$(GO) test -race -count=1 -shuffle=on $(PKGS)
+	$(call foreach_module,$(GO) test -race -count=1 -shuffle=on $(PKGS))
 
 ## bench: engine benchmarks, saved for benchstat.
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=10 ./poolmgr/... ./store/... | tee $(BENCHOUT)
 
-## fuzz: each Fuzz target for $(FUZZTIME).
+## fuzz: each Fuzz target of every module for $(FUZZTIME).
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-			echo "fuzz $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
-		done; \
+	@set -e; for m in $(MODULES); do (cd $$m && \
+		for pkg in $$($(GO) list $(PKGS)); do \
+			for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+				echo "fuzz $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+			done; \
+		done); \
 	done
 
 ## build: bin/poold and bin/poolctl.

@@ -6,6 +6,9 @@ require (
 	github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus v1.1.1
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.4
 	github.com/jackc/puddle/v2 v2.2.3
+	github.com/poolplane/poolplane/client v0.0.0-00010101000000-000000000000
+	github.com/poolplane/poolplane/gen v0.0.0-00010101000000-000000000000
+	github.com/poolplane/poolplane/internal/leasewire v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0
 	go.etcd.io/bbolt v1.5.0
@@ -78,4 +81,14 @@ require (
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 	k8s.io/utils v0.0.0-20260108192941-914a6e750570 // indirect
 	sigs.k8s.io/yaml v1.6.0 // indirect
+)
+
+// The SDK (client), the generated API (gen) and the lease wire layout
+// (internal/leasewire) are modules of their own, so that a service importing
+// the SDK does not get the server's requirements. In this repository they are
+// built from the directories beside this file; see docs/modules.md.
+replace (
+	github.com/poolplane/poolplane/client => ./client
+	github.com/poolplane/poolplane/gen => ./gen
+	github.com/poolplane/poolplane/internal/leasewire => ./internal/leasewire
 )
