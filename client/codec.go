@@ -177,44 +177,7 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 }
 
 // recvBufs is the buffer pool of the SDK's gRPC connections: gRPC reads
-// each HTTP/2 DATA frame (at most 16 KiB) into one of its buffers. Unlike
-// grpc-go's default pool it does not zero a buffer it hands out, as gRPC
-// reads over the whole of it.
-var recvBufs = &tieredPool{}
+// each HTTP/2 DATA frame (at most 16 KiB) into one of its buffers.
+var recvBufs = leasewire.NewTieredPool(4<<10, 16<<10, 32<<10)
 
-// tieredPool is a mem.BufferPool of buffers in the sizes of tierSizes; a
-// larger buffer is allocated and not kept.
-type tieredPool struct {
-	pools [len(tierSizes)]sync.Pool
-}
-
-var tierSizes = [...]int{4 << 10, 16 << 10, 32 << 10}
-
-var _ mem.BufferPool = (*tieredPool)(nil)
-
-// Get returns a buffer of length n.
-func (p *tieredPool) Get(n int) *[]byte {
-	for i, size := range tierSizes {
-		if n <= size {
-			if bp, ok := p.pools[i].Get().(*[]byte); ok {
-				*bp = (*bp)[:n]
-				return bp
-			}
-			b := make([]byte, n, size)
-			return &b
-		}
-	}
-	b := make([]byte, n)
-	return &b
-}
-
-// Put returns a buffer from Get.
-func (p *tieredPool) Put(bp *[]byte) {
-	c := cap(*bp)
-	for i, size := range tierSizes {
-		if c == size {
-			p.pools[i].Put(bp)
-			return
-		}
-	}
-}
+var _ mem.BufferPool = (*leasewire.TieredPool)(nil)

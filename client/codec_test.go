@@ -152,7 +152,7 @@ func FuzzCodecUnmarshal(f *testing.F) {
 // and that the SDK says it takes frames of maxFrame bytes.
 func TestFrameSizeNegotiation(t *testing.T) {
 	for _, tc := range []struct {
-		header string // the server's frameSizeKey header, "" for none
+		header string // the server's leasewire.FrameSizeKey header, "" for none
 		want   int
 	}{
 		{"", smallDataFrame},
@@ -165,9 +165,9 @@ func TestFrameSizeNegotiation(t *testing.T) {
 		asked := make(chan []string, 1)
 		f.onOpen = func(ctx context.Context, _ *poolv1.LeaseRequest_Open) error {
 			md, _ := metadata.FromIncomingContext(ctx)
-			asked <- md.Get(frameSizeKey)
+			asked <- md.Get(leasewire.FrameSizeKey)
 			if tc.header != "" {
-				return grpc.SetHeader(ctx, metadata.Pairs(frameSizeKey, tc.header))
+				return grpc.SetHeader(ctx, metadata.Pairs(leasewire.FrameSizeKey, tc.header))
 			}
 			return nil
 		}
@@ -177,7 +177,7 @@ func TestFrameSizeNegotiation(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got := <-asked; len(got) != 1 || got[0] != strconv.Itoa(maxFrame) {
-			t.Fatalf("the SDK sent %s %q, want %d", frameSizeKey, got, maxFrame)
+			t.Fatalf("the SDK sent %s %q, want %d", leasewire.FrameSizeKey, got, maxFrame)
 		}
 		l := <-f.leases
 		payload := bytes.Repeat([]byte{1, 2, 3}, 1<<20)

@@ -22,11 +22,8 @@ import (
 const (
 	// smallDataFrame is the largest data frame sent on a stream until
 	// the server's header says it takes larger ones (an older poold does
-	// not): on a new stream, 0-RTT data goes in frames of this size. Such
-	// a server may decode with grpc-go's proto codec, and an encoded frame
-	// must then fit grpc-go's 32 KiB buffer tier: one byte more and every
-	// message takes (and zeroes) a 1 MiB buffer.
-	smallDataFrame = 32<<10 - 64
+	// not): on a new stream, 0-RTT data goes in frames of this size.
+	smallDataFrame = leasewire.SmallFrame
 	// maxFrame is the largest data frame Write sends to a server that
 	// takes large ones; the SDK says it takes as large ones in return.
 	// Fewer, larger messages cost less per byte on both sides.
@@ -292,16 +289,9 @@ func putFrame(req *poolv1.LeaseRequest) {
 	}
 }
 
-// frameSizeKey is the metadata key by which each side of a Lease stream
-// says how large a data frame it takes: the largest payload, in decimal
-// bytes. The SDK sends it with the call, poold in its header. A server that
-// does not send it (an older poold) is sent frames of at most
-// smallDataFrame bytes.
-const frameSizeKey = "poolplane-max-data-frame"
-
 // frameSizeMD is the SDK's metadata on Lease calls: the frame size it
 // takes and the features it speaks.
-var frameSizeMD = []string{frameSizeKey, strconv.Itoa(maxFrame), leasewire.FeaturesKey, leasewire.FeatureHalfClose}
+var frameSizeMD = []string{leasewire.FrameSizeKey, strconv.Itoa(maxFrame), leasewire.FeaturesKey, leasewire.FeatureHalfClose}
 
 // learnFrameSize sets the stream's data frame size from the server's
 // header, which arrives with its first response; without the header (or
@@ -313,7 +303,7 @@ func (s *stream) learnFrameSize() {
 	if err != nil {
 		return
 	}
-	v := md.Get(frameSizeKey)
+	v := md.Get(leasewire.FrameSizeKey)
 	if len(v) != 1 {
 		return
 	}

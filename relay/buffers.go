@@ -1,10 +1,10 @@
 package relay
 
 import (
+	"github.com/poolplane/poolplane/internal/leasewire"
 	"io"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 )
 
@@ -13,53 +13,17 @@ import (
 // bytes).
 const Headroom = 32
 
-// BufPool is a pool of buffers in a few sizes: those of the
-// HTTP/2 frames gRPC reads, and those of the relay buffers (a data frame's
-// payload, small or large, with Headroom bytes in front). It serves
-// both: the relay reads upstream bytes into its buffers, and gRPC's
-// transport reads each HTTP/2 DATA frame into one of them (the server's
-// buffer pool, set in New). Unlike grpc-go's default pool it does not zero
-// a buffer it hands out: each user writes over the whole of it. That
-// zeroing was about 2% of the CPU of a bulk transfer.
-type BufPool struct {
-	pools [len(bufSizes)]sync.Pool
-}
-
-// bufSizes are bufPool's sizes, ascending. A larger buffer is allocated
-// and not kept.
+// bufSizes are the sizes of Buffers: those of the HTTP/2 frames gRPC
+// reads, and those of the relay buffers (a read's payload, small or
+// large, with Headroom bytes in front).
 var bufSizes = [...]int{4 << 10, 16 << 10, 32 << 10, Headroom + LargeRead}
 
-// Buffers is the pool of relay buffers. It has the shape of gRPC's
-// mem.BufferPool, so a gRPC side can hand it to its transport and wrap the
-// relay's buffers without a copy.
-var Buffers = &BufPool{}
-
-// Get returns a buffer of length n.
-func (p *BufPool) Get(n int) *[]byte {
-	for i, size := range bufSizes {
-		if n <= size {
-			if bp, ok := p.pools[i].Get().(*[]byte); ok {
-				*bp = (*bp)[:n]
-				return bp
-			}
-			b := make([]byte, n, size)
-			return &b
-		}
-	}
-	b := make([]byte, n)
-	return &b
-}
-
-// Put returns a buffer from Get.
-func (p *BufPool) Put(bp *[]byte) {
-	c := cap(*bp)
-	for i, size := range bufSizes {
-		if c == size {
-			p.pools[i].Put(bp)
-			return
-		}
-	}
-}
+// Buffers is the pool of relay buffers. It serves both the relay's
+// upstream reads and, on the server, gRPC's transport, which reads each
+// HTTP/2 DATA frame into one of them; it has the methods of gRPC's
+// mem.BufferPool, so a gRPC client side wraps the relay's buffers without a
+// copy.
+var Buffers = leasewire.NewTieredPool(bufSizes[:]...)
 
 // Reader reads an upstream connection into relay buffers.
 //

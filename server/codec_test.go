@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/relay"
 	"github.com/poolplane/poolplane/store"
@@ -283,7 +284,7 @@ func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
 	}
 	t.Cleanup(func() { cc.Close() })
 
-	// Without frameSizeKey (an older or another client) the server sends
+	// Without leasewire.FrameSizeKey (an older or another client) the server sends
 	// data frames of at most relay.SmallRead bytes; with it, of at most what the
 	// client asked for, within [relay.SmallRead, relay.LargeRead].
 	for _, tc := range []struct {
@@ -291,10 +292,10 @@ func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
 		want int
 	}{
 		{nil, relay.SmallRead},
-		{[]string{frameSizeKey, "junk"}, relay.SmallRead},
-		{[]string{frameSizeKey, "100"}, relay.SmallRead},
-		{[]string{frameSizeKey, "100000"}, 100000},
-		{[]string{frameSizeKey, "4194304"}, relay.LargeRead},
+		{[]string{leasewire.FrameSizeKey, "junk"}, relay.SmallRead},
+		{[]string{leasewire.FrameSizeKey, "100"}, relay.SmallRead},
+		{[]string{leasewire.FrameSizeKey, "100000"}, 100000},
+		{[]string{leasewire.FrameSizeKey, "4194304"}, relay.LargeRead},
 	} {
 		ctx := context.Background()
 		if tc.md != nil {
@@ -306,8 +307,8 @@ func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
 		}
 		mustSend(t, s, openFrame("echo"))
 		recvGranted(t, s)
-		if md, err := s.Header(); err != nil || len(md.Get(frameSizeKey)) != 1 || md.Get(frameSizeKey)[0] != strconv.Itoa(MaxDataFrame) {
-			t.Fatalf("header %v, %v: want %s: %d", md, err, frameSizeKey, MaxDataFrame)
+		if md, err := s.Header(); err != nil || len(md.Get(leasewire.FrameSizeKey)) != 1 || md.Get(leasewire.FrameSizeKey)[0] != strconv.Itoa(MaxDataFrame) {
+			t.Fatalf("header %v, %v: want %s: %d", md, err, leasewire.FrameSizeKey, MaxDataFrame)
 		}
 		for _, n := range dataSizes {
 			payload := bytes.Repeat([]byte{0x11, 0x22, 0x33, 0x44, 0x55}, n)[:n]

@@ -31,21 +31,14 @@ const (
 	maxClientName = 128
 )
 
-// frameSizeKey is the metadata key by which each side of a Lease stream
-// says how large a data frame it takes: the largest payload, in decimal
-// bytes. The client sends it with the call, the server in its header. A
-// side that does not send it (an older one) is sent frames of at most
-// relay.SmallRead bytes.
-const frameSizeKey = "poolplane-max-data-frame"
-
 // frameSizeHeader is the server's header on Lease streams.
-var frameSizeHeader = metadata.Pairs(frameSizeKey, strconv.Itoa(MaxDataFrame))
+var frameSizeHeader = metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame))
 
 // clientFrameSize returns the upstream read size for a Lease call: the
-// client's frameSizeKey, at least relay.SmallRead and at most
+// client's leasewire.FrameSizeKey, at least relay.SmallRead and at most
 // relay.LargeRead.
 func clientFrameSize(ctx context.Context) int {
-	v := metadata.ValueFromIncomingContext(ctx, frameSizeKey)
+	v := metadata.ValueFromIncomingContext(ctx, leasewire.FrameSizeKey)
 	if len(v) != 1 {
 		return relay.SmallRead
 	}

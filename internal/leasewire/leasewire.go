@@ -115,3 +115,16 @@ const FeaturesKey = "poolplane-lease-features"
 // upstream half-closed and the lease goes on) instead of
 // ended{UPSTREAM_EOF}.
 const FeatureHalfClose = "half-close"
+
+// FrameSizeKey is the metadata key by which each side of a Lease stream
+// says how large a data frame it takes: the largest payload, in decimal
+// bytes. The client sends it with the call, the server in its header. A
+// side that does not send it (an older one) is sent frames of at most
+// SmallFrame bytes.
+const FrameSizeKey = "poolplane-max-data-frame"
+
+// SmallFrame is the largest data frame payload sent to a side that did not
+// say it takes larger ones. Such a side may decode with grpc-go's proto
+// codec, and an encoded frame must then fit grpc-go's 32 KiB buffer tier:
+// one byte more and every message takes (and zeroes) a 1 MiB buffer.
+const SmallFrame = 32<<10 - 64
