@@ -7,13 +7,17 @@ PKGS     := ./...
 DATA_DIR ?= ./data
 FUZZTIME ?= 10s
 BENCHOUT ?= bench.txt
+# POOLBENCH is the directory of the poolbench module, the benchmark and soak
+# harness: kept apart so that its plotting dependencies stay out of the root
+# go.mod and out of poolctl.
+POOLBENCH := cmd/poolbench
 
 # The Go modules of the repository (docs/modules.md): the generated API, the
-# lease wire layout, the SDK, a module that consumes only the SDK, and the
-# root (server, CLI). Leaves first: tidy reads the go.mod of each replaced
-# module. Every target that runs the go command runs it in each of them, with
+# lease wire layout, the SDK, a module that consumes only the SDK, the root
+# (server, CLI) and the benchmark harness. Leaves first: tidy reads the
+# go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
 # PKGS as the package pattern; `make test MODULES=client` narrows it down.
-MODULES  := gen internal/leasewire client client/internal/consumertest .
+MODULES  := gen internal/leasewire client client/internal/consumertest . $(POOLBENCH)
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
 
 # The modules find each other through replace directives, never a go.work:
@@ -68,9 +72,10 @@ fuzz:
 		done); \
 	done
 
-## build: bin/poold and bin/poolctl.
+## build: bin/poold, bin/poolctl and bin/poolbench.
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
+	cd $(POOLBENCH) && $(GO) build -trimpath -o ../../bin/ .
 
 ## tools: bin/grpcurl, pinned in tools/go.mod, for the README's tour.
 tools:

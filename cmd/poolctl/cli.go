@@ -91,7 +91,6 @@ func commands() []*command {
 		statsCommand(),
 		backupCommand(),
 		forwardCommand(),
-		benchCommand(),
 		versionCommand(),
 	}
 }

@@ -15,15 +15,22 @@ import (
 	"time"
 )
 
-// buildPoold builds cmd/poold into a temporary directory.
+// buildPoold builds cmd/poold into a temporary directory. poold belongs to
+// poolplane's main module, two directories up: it is built there, with that
+// module's own requirements.
 func buildPoold(t *testing.T) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go command to build poold")
 	}
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(t.TempDir(), "poold")
-	cmd := exec.Command(gobin, "build", "-o", out, "github.com/poolplane/poolplane/cmd/poold")
+	cmd := exec.Command(gobin, "build", "-o", out, "./cmd/poold")
+	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build poold: %v\n%s", err, b)
 	}
@@ -45,8 +52,8 @@ func TestBenchShort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out, errb syncBuffer
-	code := run(ctx, []string{"bench", "--poold", poold, "--haproxy", haproxy, "--rounds", "1", "--duration", "100ms",
-		"--warmup", "0", "--clients", "1,4", "-o", "json", "--report", report}, strings.NewReader(""), &out, &errb)
+	code := run(ctx, []string{"--poold", poold, "--haproxy", haproxy, "--rounds", "1", "--duration", "100ms",
+		"--warmup", "0", "--clients", "1,4", "-o", "json", "--report", report}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("bench: exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
@@ -146,26 +153,26 @@ func checkCase(t *testing.T, c caseSummary) {
 
 func TestBenchUsage(t *testing.T) {
 	for _, args := range [][]string{
-		{"bench", "--clients", "0"},
-		{"bench", "--clients", "1,x"},
-		{"bench", "--rounds", "0"},
-		{"bench", "--duration", "0s"},
-		{"bench", "-o", "yaml"},
-		{"bench", "extra"},
+		{"--clients", "0"},
+		{"--clients", "1,x"},
+		{"--rounds", "0"},
+		{"--duration", "0s"},
+		{"-o", "yaml"},
+		{"extra"},
 	} {
-		if r := runCLI(t, "", args...); r.code != 2 {
-			t.Errorf("poolctl %v: exit %d, want 2\n%s", args, r.code, r.stderr)
+		if r := runCLI(t, args...); r.code != 2 {
+			t.Errorf("poolbench %v: exit %d, want 2\n%s", args, r.code, r.stderr)
 		}
 	}
 }
 
 func TestBenchNoPoold(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	r := runCLI(t, "", "bench")
+	r := runCLI(t)
 	if r.code != 1 || !strings.Contains(r.stderr, "make build") {
 		t.Fatalf("exit %d, stderr %q: want 1 and a hint to run make build", r.code, r.stderr)
 	}
-	r = runCLI(t, "", "bench", "--poold", filepath.Join(t.TempDir(), "nope"))
+	r = runCLI(t, "--poold", filepath.Join(t.TempDir(), "nope"))
 	if r.code != 1 || !strings.Contains(r.stderr, "--poold") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}

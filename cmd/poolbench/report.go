@@ -414,7 +414,7 @@ func (r *benchReport) writeReport(dir string) error {
 		return fmt.Errorf("latency.png: %w", err)
 	}
 	var b bytes.Buffer
-	_, _ = fmt.Fprintf(&b, "# poolctl bench\n\n")
+	_, _ = fmt.Fprintf(&b, "# poolbench\n\n")
 	_, _ = fmt.Fprintf(&b, "Run %s: %d rounds of %gs per case, %d-byte requests, clients %v; `%s`.\n\n",
 		r.Time, r.Config.Rounds, r.Config.DurationS, r.Config.Size, r.Config.Clients, r.Command)
 	_, _ = fmt.Fprintf(&b, "Machine: %d CPUs (%s), Linux %s, %s %s/%s; HAProxy: %s.\n\n",
@@ -462,7 +462,7 @@ func (r *benchReport) plotLatency(path string) error {
 	// Categories read top-down in report order.
 	y := func(c caseSummary) float64 { return float64(len(names) - 1 - idx[c.Case]) }
 	p := plot.New()
-	p.Title.Text = "poolctl bench: latency per request (log scale)"
+	p.Title.Text = "poolbench: latency per request (log scale)"
 	p.X.Label.Text = "µs"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}

@@ -27,24 +27,32 @@ import (
 )
 
 // The bench runs the client, the proxy and the upstream in separate
-// processes. The upstream is this very binary, re-executed with
-// benchUpstreamEnv set: the init hook below turns the process into the
-// upstream before main (or, in tests, the test binary's main) runs.
+// processes. The upstream is this very binary, started again with the
+// hidden command "upstream DIR": main (or, in tests, TestMain) hands such a
+// process to upstreamMain before anything else runs.
 
-// benchUpstreamEnv, when set to the directory of cert.pem and key.pem, makes
-// the process the bench's upstream.
-const benchUpstreamEnv = "POOLCTL_BENCH_UPSTREAM"
+// upstreamCommand is the hidden command that makes the process the bench's
+// upstream.
+const upstreamCommand = "upstream"
 
-func init() {
-	if dir := os.Getenv(benchUpstreamEnv); dir != "" {
-		os.Exit(benchUpstreamMain(dir, os.Stdin, os.Stdout, os.Stderr))
+// childMain runs the process as the bench's upstream if args (without the
+// program name) ask for it, and reports whether they did.
+func childMain(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int, ok bool) {
+	if len(args) == 0 || args[0] != upstreamCommand {
+		return 0, false
 	}
+	if len(args) != 2 {
+		_, _ = fmt.Fprintf(stderr, "bench upstream: want one argument, the directory of cert.pem and key.pem\n")
+		return 2, true
+	}
+	return upstreamMain(args[1], stdin, stdout, stderr), true
 }
 
-// benchUpstreamMain is the upstream process: a TCP echo and a TLS 1.3 echo
-// on 127.0.0.1. It prints "tcp=ADDR tls=ADDR" on stdout and serves until
-// stdin ends (the bench closes it, or dies).
-func benchUpstreamMain(dir string, stdin io.Reader, stdout, stderr io.Writer) int {
+// upstreamMain is the upstream process: a TCP echo and a TLS 1.3 echo on
+// 127.0.0.1, with the certificate and key in dir. It prints "tcp=ADDR
+// tls=ADDR" on stdout and serves until stdin ends (the bench closes it, or
+// dies).
+func upstreamMain(dir string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	if err != nil {
 		_, _ = fmt.Fprintf(stderr, "bench upstream: %v\n", err)
@@ -124,7 +132,7 @@ func newBenchCerts() (*benchCerts, error) {
 	now := time.Now()
 	caTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "poolctl bench CA"},
+		Subject:               pkix.Name{CommonName: "poolbench CA"},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(24 * time.Hour),
 		IsCA:                  true,
@@ -274,7 +282,7 @@ type upstreamProc struct {
 	tlsAddr string
 }
 
-// startUpstream re-executes this binary as the upstream.
+// startUpstream starts this binary again as the upstream.
 func startUpstream(ctx context.Context, dir string, certs *benchCerts) (*upstreamProc, error) {
 	if err := os.WriteFile(filepath.Join(dir, "cert.pem"), certs.certPEM, 0o600); err != nil {
 		return nil, err
@@ -286,8 +294,7 @@ func startUpstream(ctx context.Context, dir string, certs *benchCerts) (*upstrea
 	if err != nil {
 		return nil, fmt.Errorf("find own executable to run the upstream: %w", err)
 	}
-	cmd := exec.Command(exe, "bench-upstream")
-	cmd.Env = append(os.Environ(), benchUpstreamEnv+"="+dir)
+	cmd := exec.Command(exe, upstreamCommand, dir)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -365,8 +372,8 @@ func findPoold(flag string) (string, error) {
 	if p, err := exec.LookPath("poold"); err == nil {
 		return p, nil
 	}
-	return "", errors.New("poold not found next to poolctl nor on PATH: run 'make build' " +
-		"(go build -trimpath -o bin/ ./cmd/...) and use bin/poolctl, or pass --poold PATH")
+	return "", errors.New("poold not found next to poolbench nor on PATH: run 'make build' " +
+		"(bin/poold and bin/poolbench) and use bin/poolbench, or pass --poold PATH")
 }
 
 // startPoold starts poold on loopback ports of its choosing with a fresh
@@ -453,7 +460,7 @@ func startHAProxy(ctx context.Context, path, dir, upstream string) (*haproxyProc
 	if err != nil {
 		return nil, err
 	}
-	cfg := fmt.Sprintf(`# written by poolctl bench
+	cfg := fmt.Sprintf(`# written by poolbench
 global
     maxconn 4096
 

@@ -30,8 +30,8 @@ func TestBenchSoakShort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out, errb syncBuffer
-	code := run(ctx, []string{"bench", "--poold", poold, "--soak", "3s", "--soak-sample", "1s", "-o", "json"},
-		strings.NewReader(""), &out, &errb)
+	code := run(ctx, []string{"--poold", poold, "--soak", "3s", "--soak-sample", "1s", "-o", "json"},
+		&out, &errb)
 	if code != 0 {
 		t.Fatalf("bench --soak: exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
@@ -79,15 +79,15 @@ func TestBenchSoakShort(t *testing.T) {
 
 func TestBenchSoakUsage(t *testing.T) {
 	for _, args := range [][]string{
-		{"bench", "--soak", "-1s"},
-		{"bench", "--soak", "1s", "--soak-clients", "0"},
-		{"bench", "--soak", "1s", "--soak-holders", "-1"},
-		{"bench", "--soak", "1s", "--soak-sample", "0s"},
-		{"bench", "--soak", "1s", "-o", "yaml"},
-		{"bench", "--soak", "1s", "--size", "0"},
+		{"--soak", "-1s"},
+		{"--soak", "1s", "--soak-clients", "0"},
+		{"--soak", "1s", "--soak-holders", "-1"},
+		{"--soak", "1s", "--soak-sample", "0s"},
+		{"--soak", "1s", "-o", "yaml"},
+		{"--soak", "1s", "--size", "0"},
 	} {
-		if r := runCLI(t, "", args...); r.code != 2 {
-			t.Errorf("poolctl %v: exit %d, want 2\n%s", args, r.code, r.stderr)
+		if r := runCLI(t, args...); r.code != 2 {
+			t.Errorf("poolbench %v: exit %d, want 2\n%s", args, r.code, r.stderr)
 		}
 	}
 }
