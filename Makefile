@@ -17,7 +17,7 @@ POOLBENCH := cmd/poolbench
 # (server, CLI) and the benchmark harness. Leaves first: tidy reads the
 # go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
 # PKGS as the package pattern; `make test MODULES=client` narrows it down.
-MODULES  := gen internal/leasewire client client/internal/consumertest . $(POOLBENCH)
+MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH)
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
 
 # The modules find each other through replace directives, never a go.work:

@@ -42,6 +42,7 @@ require (
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.29.0 // indirect
 	github.com/jonboulle/clockwork v0.5.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/poolplane/poolplane/internal/testkit v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
@@ -84,3 +85,5 @@ replace (
 	github.com/poolplane/poolplane/gen => ./gen
 	github.com/poolplane/poolplane/internal/leasewire => ./internal/leasewire
 )
+
+replace github.com/poolplane/poolplane/internal/testkit => ./internal/testkit

@@ -14,6 +14,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // newReplicasClient returns a Client over every fake, closed at cleanup,
@@ -77,7 +78,7 @@ func echoLease(t *testing.T, c *Client, fs []*fakeServer, idle <-chan string) {
 		t.Fatal(err)
 	}
 	conn.Close()
-	recv(t, idle)
+	testkit.Recv(t, idle)
 }
 
 // Warm streams stay on their replica, yet successive leases take turns
@@ -170,16 +171,16 @@ func TestLeaseRetryAvoidsRefusingReplica(t *testing.T) {
 					if err != nil {
 						t.Fatalf("lease %d: %v", i, err)
 					}
-					l := recv(t, fs[1].leases)
+					l := testkit.Recv(t, fs[1].leases)
 					if data {
 						got := make([]byte, len(first))
 						if _, err := io.ReadFull(l.far, got); err != nil || string(got) != string(first) {
 							t.Fatalf("upstream read 0-RTT data %q, %v; want %q", got, err, first)
 						}
-						recv(t, fs[1].zeroData)
+						testkit.Recv(t, fs[1].zeroData)
 					}
 					conn.Close()
-					recv(t, fs[1].releases)
+					testkit.Recv(t, fs[1].releases)
 				}
 				refused := 0
 				for range len(fs[0].streamEnd) {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -64,7 +65,7 @@ func TestLeaseEcho(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	l := recv(t, f.leases)
+	l := testkit.Recv(t, f.leases)
 	go func() {
 		buf := make([]byte, 5)
 		io.ReadFull(l.far, buf)
@@ -103,7 +104,7 @@ func TestNetTestConn(t *testing.T) {
 				if err != nil {
 					return nil, nil, nil, err
 				}
-				l := recv(t, f.leases)
+				l := testkit.Recv(t, f.leases)
 				return conn, l.far, func() { conn.Close(); l.far.Close() }, nil
 			})
 		})
@@ -120,17 +121,17 @@ func TestStreamReuse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := recv(t, f.leases)
+		l := testkit.Recv(t, f.leases)
 		go func() { l.far.Write([]byte("+OK\r\n")) }()
 		buf := make([]byte, 5)
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			t.Fatal(err)
 		}
 		conn.Close()
-		if !recv(t, f.releases) {
+		if !testkit.Recv(t, f.releases) {
 			t.Errorf("lease %d: released not reusable", i)
 		}
-		recv(t, idle)
+		testkit.Recv(t, idle)
 	}
 	if n := f.streams.Load(); n != 1 {
 		t.Errorf("%d streams for 20 sequential leases, want 1", n)
@@ -155,10 +156,10 @@ func TestIdleStreamsCap(t *testing.T) {
 	for _, conn := range conns {
 		conn.Close()
 	}
-	recv(t, idle)
-	recv(t, idle)
+	testkit.Recv(t, idle)
+	testkit.Recv(t, idle)
 	for range 2 {
-		recv(t, f.streamEnd) // the two beyond the cap are discarded
+		testkit.Recv(t, f.streamEnd) // the two beyond the cap are discarded
 	}
 	if n := c.idleStreams("api"); n != 2 {
 		t.Errorf("%d idle streams, want 2", n)
@@ -208,8 +209,8 @@ func TestReleaseReusable(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tt.do(t, conn, recv(t, f.leases))
-			if got := recv(t, f.releases); got != tt.want {
+			tt.do(t, conn, testkit.Recv(t, f.leases))
+			if got := testkit.Recv(t, f.releases); got != tt.want {
 				t.Errorf("reusable = %v, want %v", got, tt.want)
 			}
 		})
@@ -225,7 +226,7 @@ func TestCloseWriteHalfClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := recv(t, f.leases)
+	l := testkit.Recv(t, f.leases)
 	go func() {
 		b, _ := io.ReadAll(l.far) // until the FIN
 		l.far.Write(append([]byte("got "), b...))
@@ -235,14 +236,14 @@ func TestCloseWriteHalfClose(t *testing.T) {
 	if err := conn.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	recv(t, f.cws)
+	testkit.Recv(t, f.cws)
 	b, err := io.ReadAll(conn)
 	if err != nil || string(b) != "got request" {
 		t.Fatalf("ReadAll = %q, %v", b, err)
 	}
 	conn.Close()
-	recv(t, idle) // ended came first, the release completes the lease
-	if recv(t, f.releases) {
+	testkit.Recv(t, idle) // ended came first, the release completes the lease
+	if testkit.Recv(t, f.releases) {
 		t.Error("released reusable after CloseWrite")
 	}
 }
@@ -255,7 +256,7 @@ func TestUpstreamEOF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := recv(t, f.leases)
+	l := testkit.Recv(t, f.leases)
 	go func() {
 		l.far.Write([]byte("bye"))
 		l.far.Close()
@@ -271,10 +272,10 @@ func TestUpstreamEOF(t *testing.T) {
 		t.Errorf("Write after EOF: %v, want ErrLeaseEnded", err)
 	}
 	conn.Close()
-	if recv(t, f.releases) {
+	if testkit.Recv(t, f.releases) {
 		t.Error("released reusable after EOF")
 	}
-	recv(t, idle)
+	testkit.Recv(t, idle)
 	// The stream carries the next lease.
 	conn, err = c.Lease(context.Background(), "api")
 	if err != nil {
@@ -294,7 +295,7 @@ func TestRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	recv(t, f.leases).revoke()
+	testkit.Recv(t, f.leases).revoke()
 	_, err = conn.Read(make([]byte, 1))
 	var ee *EndedError
 	if !errors.Is(err, ErrLeaseEnded) || !errors.As(err, &ee) || ee.Reason != poolv1.EndReason_END_REASON_REVOKED {
@@ -372,10 +373,10 @@ func TestAcquireTimeoutFromDeadline(t *testing.T) {
 	if !errors.Is(err, ErrAcquireTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Lease: %v, want ErrAcquireTimeout and context.DeadlineExceeded", err)
 	}
-	if d := recv(t, sent); d <= 0 || d > 200*time.Millisecond {
+	if d := testkit.Recv(t, sent); d <= 0 || d > 200*time.Millisecond {
 		t.Errorf("acquire_timeout %v", d)
 	}
-	recv(t, f.streamEnd) // the abandoned stream was cancelled
+	testkit.Recv(t, f.streamEnd) // the abandoned stream was cancelled
 	// A past deadline fails before anything is sent.
 	ctx, cancel = context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
@@ -401,7 +402,7 @@ func TestLeaseCancel(t *testing.T) {
 	if _, err := c.Lease(ctx, "api"); !errors.Is(err, context.Canceled) {
 		t.Errorf("Lease: %v, want context.Canceled", err)
 	}
-	recv(t, f.streamEnd)
+	testkit.Recv(t, f.streamEnd)
 }
 
 func TestZeroRTT(t *testing.T) {
@@ -413,10 +414,10 @@ func TestZeroRTT(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if got := recv(t, f.zeroData); string(got) != "PING\r\n" {
+	if got := testkit.Recv(t, f.zeroData); string(got) != "PING\r\n" {
 		t.Errorf("0-RTT data %q", got)
 	}
-	l := recv(t, f.leases)
+	l := testkit.Recv(t, f.leases)
 	buf := make([]byte, 6)
 	if _, err := io.ReadFull(l.far, buf); err != nil || string(buf) != "PING\r\n" {
 		t.Errorf("upstream read %q, %v", buf, err)
@@ -433,8 +434,8 @@ func TestEndedTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close()
-	recv(t, f.releases)
-	recv(t, f.streamEnd) // discarded: its context was cancelled
+	testkit.Recv(t, f.releases)
+	testkit.Recv(t, f.streamEnd) // discarded: its context was cancelled
 	if n := c.idleStreams("api"); n != 0 {
 		t.Errorf("%d idle streams", n)
 	}
@@ -459,7 +460,7 @@ func TestWarmStreamDied(t *testing.T) {
 			t.Fatalf("lease %d: %v", i, err)
 		}
 		conn.Close()
-		recv(t, f.releases)
+		testkit.Recv(t, f.releases)
 	}
 	if n := f.streams.Load(); n != 10 {
 		t.Errorf("%d streams, want 10", n)
@@ -501,7 +502,7 @@ func TestDeadlines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	l := recv(t, f.leases)
+	l := testkit.Recv(t, f.leases)
 
 	// A pending Read and a pending Write (the pipe upstream does not read)
 	// wake when the deadline moves to the past.
@@ -549,7 +550,7 @@ func TestCloseUnblocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := recv(t, f.leases)
+	l := testkit.Recv(t, f.leases)
 	errc := make(chan error, 2)
 	started := make(chan struct{}, 2)
 	go func() {
@@ -578,7 +579,7 @@ func TestCloseUnblocks(t *testing.T) {
 		t.Errorf("Close: %v", err)
 	}
 	for range 2 {
-		if err := recv(t, errc); !errors.Is(err, net.ErrClosed) {
+		if err := testkit.Recv(t, errc); !errors.Is(err, net.ErrClosed) {
 			t.Errorf("got %v, want net.ErrClosed", err)
 		}
 	}
@@ -588,7 +589,7 @@ func TestCloseUnblocks(t *testing.T) {
 	if err := conn.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if recv(t, f.releases) {
+	if testkit.Recv(t, f.releases) {
 		t.Error("released reusable with a Write cut short")
 	}
 }
@@ -606,14 +607,14 @@ func TestClientCloseEndsConns(t *testing.T) {
 	}
 	idle := idleSignal(c)
 	warm.Close()
-	recv(t, idle)
+	testkit.Recv(t, idle)
 	readErr := make(chan error, 1)
 	go func() {
 		_, err := conn.Read(make([]byte, 1))
 		readErr <- err
 	}()
 	c.Close() // waits for every stream goroutine
-	if err := recv(t, readErr); !errors.Is(err, ErrClientClosed) {
+	if err := testkit.Recv(t, readErr); !errors.Is(err, ErrClientClosed) {
 		t.Errorf("Read: %v, want ErrClientClosed", err)
 	}
 	if _, err := conn.Write([]byte("x")); !errors.Is(err, ErrClientClosed) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestClientCloseAfterRelease closes the Client right behind its Conns, as a
@@ -49,7 +51,7 @@ func TestClientCloseReleaseBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close()
-	recv(t, f.releases)
+	testkit.Recv(t, f.releases)
 	start := time.Now()
 	c.Close()
 	if d := time.Since(start); d > closeGrace+time.Second {

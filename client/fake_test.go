@@ -380,15 +380,3 @@ func tcpUpstream(t testing.TB) func() (net.Conn, net.Conn, error) {
 		return near, far, nil
 	}
 }
-
-// recv takes one value from ch or fails the test at a bound.
-func recv[T any](t testing.TB, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting on %T", ch)
-		panic("unreachable")
-	}
-}

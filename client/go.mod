@@ -13,6 +13,7 @@ require (
 )
 
 require (
+	github.com/poolplane/poolplane/internal/testkit v0.0.0-00010101000000-000000000000
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
@@ -24,3 +25,5 @@ replace (
 	github.com/poolplane/poolplane/gen => ../gen
 	github.com/poolplane/poolplane/internal/leasewire => ../internal/leasewire
 )
+
+replace github.com/poolplane/poolplane/internal/testkit => ../internal/testkit

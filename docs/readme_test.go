@@ -5,7 +5,6 @@ package docs
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -14,10 +13,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // A console block is a fenced ```console block. Lines starting with "$ " are
@@ -178,7 +178,7 @@ type tourEnv struct {
 	env []string
 }
 
-func (e *tourEnv) command(ctx context.Context, cmdline string, out *syncBuffer) *exec.Cmd {
+func (e *tourEnv) command(ctx context.Context, cmdline string, out *testkit.SyncBuffer) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "bash", "-c", "exec "+cmdline)
 	cmd.Dir = e.dir
 	cmd.Env = e.env
@@ -189,9 +189,9 @@ func (e *tourEnv) command(ctx context.Context, cmdline string, out *syncBuffer) 
 }
 
 // start runs a background command and stops it, by PID, at cleanup.
-func (e *tourEnv) start(t *testing.T, cmdline string) *syncBuffer {
+func (e *tourEnv) start(t *testing.T, cmdline string) *testkit.SyncBuffer {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	cmd := e.command(context.Background(), cmdline, out)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("%s: %v", cmdline, err)
@@ -208,24 +208,6 @@ func (e *tourEnv) start(t *testing.T, cmdline string) *syncBuffer {
 		}
 	})
 	return out
-}
-
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // eventually retries check until it succeeds or the deadline passes.
@@ -395,7 +377,7 @@ func TestREADME(t *testing.T) {
 				continue
 			}
 			run := func() (string, error) {
-				out := &syncBuffer{}
+				out := &testkit.SyncBuffer{}
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
 				err := e.command(ctx, cmdline, out).Run()

@@ -5,9 +5,10 @@ import (
 	"net"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // fakeUp is an Upstream over one end of a TCP pair.
@@ -67,32 +68,6 @@ func (s *fakeSink) got() (string, bool) {
 	return string(s.data), s.closeWrite
 }
 
-func recvT[T any](t *testing.T, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting on %T", ch)
-		panic("unreachable")
-	}
-}
-
-// waitFor polls cond until it holds, bounded by 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(10 * time.Second)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // TestReuseDecision: Release reuses a connection only on the client's word
 // with nothing seen on the lease that makes it unfit; every other path
 // releases it for closing, with the reason the client side is told.
@@ -119,7 +94,7 @@ func TestReuseDecision(t *testing.T) {
 		{name: "upstream half-closed, client takes it", halfClose: true, release: true, reusable: true,
 			act: func(t *testing.T, _ *Lease, _ *fakeUp, far net.Conn, s *fakeSink) {
 				_ = far.(*net.TCPConn).CloseWrite()
-				waitFor(t, "close_write", func() bool { _, cw := s.got(); return cw })
+				testkit.WaitFor(t, "close_write", func() bool { _, cw := s.got(); return cw })
 			},
 			want: End{Reason: Released, Written: 4}},
 		{name: "upstream EOF, client does not take half-closes",
@@ -145,7 +120,7 @@ func TestReuseDecision(t *testing.T) {
 		{name: "cut by the client side's end, then released", release: true, reusable: true,
 			act: func(t *testing.T, l *Lease, _ *fakeUp, _ net.Conn, _ *fakeSink) {
 				l.Cut(ReasonNone)
-				waitFor(t, "the reader to stop", func() bool { return l.ended.Load() })
+				testkit.WaitFor(t, "the reader to stop", func() bool { return l.ended.Load() })
 			},
 			want: End{}},
 	}
@@ -164,7 +139,7 @@ func TestReuseDecision(t *testing.T) {
 			if _, err := far.Write([]byte("pong")); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the reply", func() bool { d, _ := s.got(); return d == "pong" })
+			testkit.WaitFor(t, "the reply", func() bool { d, _ := s.got(); return d == "pong" })
 			tc.act(t, l, up, far, s)
 			if tc.release {
 				if err := l.Release(tc.reusable); err != nil {
@@ -181,15 +156,15 @@ func TestReuseDecision(t *testing.T) {
 					}
 				default:
 				}
-				if recvT(t, up.released) {
+				if testkit.Recv(t, up.released) {
 					t.Fatal("a cut connection was reused")
 				}
 				return
 			}
-			if e := recvT(t, s.ended); e.Reason != tc.want.Reason || e.Reused != tc.want.Reused || e.Written != tc.want.Written {
+			if e := testkit.Recv(t, s.ended); e.Reason != tc.want.Reason || e.Reused != tc.want.Reused || e.Written != tc.want.Written {
 				t.Fatalf("ended %+v; want %+v", e, tc.want)
 			}
-			if reused := recvT(t, up.released); reused != tc.want.Reused {
+			if reused := testkit.Recv(t, up.released); reused != tc.want.Reused {
 				t.Fatalf("Release(%v); want %v", reused, tc.want.Reused)
 			}
 		})
@@ -205,7 +180,7 @@ func TestWriteAfterUpstreamHalfClose(t *testing.T) {
 	l := New(up, s, Options{HalfClose: true})
 	l.Start()
 	_ = far.(*net.TCPConn).CloseWrite()
-	waitFor(t, "close_write", func() bool { _, cw := s.got(); return cw })
+	testkit.WaitFor(t, "close_write", func() bool { _, cw := s.got(); return cw })
 	l.Write(net.Buffers{[]byte("late"), []byte(" bytes")})
 	buf := make([]byte, 10)
 	if _, err := io.ReadFull(far, buf); err != nil || string(buf) != "late bytes" {
@@ -214,7 +189,7 @@ func TestWriteAfterUpstreamHalfClose(t *testing.T) {
 	if err := l.Release(true); err != nil {
 		t.Fatal(err)
 	}
-	if e := recvT(t, s.ended); e.Reason != Released || e.Reused || e.Written != 10 {
+	if e := testkit.Recv(t, s.ended); e.Reason != Released || e.Reused || e.Written != 10 {
 		t.Fatalf("ended %+v", e)
 	}
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestUnreachableAndBlackholedUpstreams: an upstream that refuses
@@ -129,7 +131,7 @@ func TestUnreachableAndBlackholedUpstreams(t *testing.T) {
 			// the circuit by the next probe.
 			restore()
 			dials0 := stats(t, srv, "down").GetDials()
-			timeToRecover := waitFor(t, "circuit closed", 15*time.Second, func() bool {
+			timeToRecover := testkit.WaitWithin(t, 15*time.Second, "circuit closed", func() bool {
 				return !stats(t, srv, "down").GetCircuitOpen()
 			})
 			st := stats(t, srv, "down")

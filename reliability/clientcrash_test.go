@@ -15,6 +15,8 @@ import (
 
 	"github.com/poolplane/poolplane/client"
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 const holderEnv = "RELIABILITY_LEASE_HOLDER" // "addr pool n"
@@ -153,7 +155,7 @@ func TestClientCrash(t *testing.T) {
 			if err := h.cmd.Process.Signal(tc.sig); err != nil {
 				t.Fatal(err)
 			}
-			reclaim := waitFor(t, "leases reclaimed", 30*time.Second, func() bool {
+			reclaim := testkit.WaitWithin(t, 30*time.Second, "leases reclaimed", func() bool {
 				st := p.Stats()
 				return st.InUse == 0 && st.Total == 0 && up.open.Load() == 0
 			})
@@ -174,7 +176,7 @@ func TestClientCrash(t *testing.T) {
 			}
 			// The dial returns once the kernel has the connection; the
 			// upstream's Accept may come a moment later.
-			waitFor(t, "a new upstream connection for the next lease", 10*time.Second, func() bool { return up.accepted.Load() == leases+1 })
+			testkit.WaitWithin(t, 10*time.Second, "a new upstream connection for the next lease", func() bool { return up.accepted.Load() == leases+1 })
 			conn.Close()
 			t.Logf("FIGURE: client crash (%s, %d leases held): in-use back to 0 and upstream connections closed after %s (keepalive bound %v); closes %v",
 				tc.name, leases, secs(reclaim), keepaliveTime+keepaliveTimeout, st.Closes)

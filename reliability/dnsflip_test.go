@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // flipResolver resolves one name to one address that the test can move.
@@ -107,12 +109,12 @@ func TestDNSFlip(t *testing.T) {
 		}()
 	}
 
-	waitFor(t, "connections to the old address", 10*time.Second, func() bool { return oldUp.open.Load() >= clients/2 })
+	testkit.WaitWithin(t, 10*time.Second, "connections to the old address", func() bool { return oldUp.open.Load() >= clients/2 })
 	flip := time.Now()
 	flippedAt.Store(flip.UnixNano())
 	res.set("127.0.0.3")
-	retired := waitFor(t, "every old-address connection closed", 20*time.Second, func() bool { return oldUp.open.Load() == 0 })
-	waitFor(t, "leases on the new address", 10*time.Second, func() bool { return newUp.accepted.Load() > 0 })
+	retired := testkit.WaitWithin(t, 20*time.Second, "every old-address connection closed", func() bool { return oldUp.open.Load() == 0 })
+	testkit.WaitWithin(t, 10*time.Second, "leases on the new address", func() bool { return newUp.accepted.Load() > 0 })
 	// Keep the load on for one more refresh: nothing goes back.
 	pause(ctx, dnsRefresh)
 	cancel()

@@ -16,6 +16,8 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // Frame ops of FuzzLeaseFrames: each input byte picks one, and some take
@@ -195,7 +197,7 @@ func FuzzLeaseFrames(f *testing.F) {
 		if !errors.Is(endErr, io.EOF) {
 			checkEndStatus(t, endErr)
 		}
-		waitFor(t, "in use back to 0", 10*time.Second, func() bool { return p.Stats().InUse == 0 })
+		testkit.WaitWithin(t, 10*time.Second, "in use back to 0", func() bool { return p.Stats().InUse == 0 })
 		if n := up.open.Load(); n > maxConns {
 			t.Fatalf("upstream has %d connections open, max_connections %d", n, maxConns)
 		}

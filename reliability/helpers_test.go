@@ -25,35 +25,9 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
-
-// deadlineMargin is kept free before the test binary's deadline so that a
-// failing wait still reports and cleans up.
-const deadlineMargin = 5 * time.Second
-
-// waitFor polls cond until it holds and returns how long that took. It fails
-// the test after limit, or earlier if the test's deadline is near. It never
-// sleeps longer than pollEvery between checks.
-func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	end := start.Add(limit)
-	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
-			end = dl.Add(-deadlineMargin)
-		}
-	}
-	const pollEvery = 2 * time.Millisecond
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("%s: not after %v", what, time.Since(start).Round(time.Millisecond))
-		}
-		<-tick.C
-	}
-	return time.Since(start)
-}
 
 // pause waits d or until ctx ends; it paces workloads, it never waits for
 // state (use waitFor for that).
@@ -279,7 +253,7 @@ func (u *upstream) restartWith(t testing.TB, wrap func(net.Listener) net.Listene
 	t.Helper()
 	var ln net.Listener
 	var err error
-	waitFor(t, "relisten on "+u.addr, 5*time.Second, func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "relisten on "+u.addr, func() bool {
 		ln, err = net.Listen("tcp", u.addr)
 		return err == nil
 	})

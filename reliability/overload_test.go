@@ -15,6 +15,8 @@ import (
 
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestOverload drives the real poold binary with 20x more acquirers than
@@ -151,7 +153,7 @@ func TestOverload(t *testing.T) {
 
 	// Back to the baseline, and full rate again.
 	var after memSample
-	waitFor(t, "goroutines back to the baseline", 20*time.Second, func() bool {
+	testkit.WaitWithin(t, 20*time.Second, "goroutines back to the baseline", func() bool {
 		after = pd.sample(t, true)
 		return after.goroutines <= base.goroutines+10
 	})
@@ -226,7 +228,7 @@ func TestOverload(t *testing.T) {
 	}
 	base = pd.sample(t, true)
 	var stalled int64
-	waitFor(t, "the firehose stalls", 20*time.Second, func() bool {
+	testkit.WaitWithin(t, 20*time.Second, "the firehose stalls", func() bool {
 		s := fireSent.Load()
 		if s > 0 && s == stalled {
 			return true

@@ -14,6 +14,8 @@ import (
 
 	"github.com/poolplane/poolplane/client"
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestUpstreamRestartUnderLoad: 32 SDK clients do lease + round trip
@@ -90,7 +92,7 @@ func TestUpstreamRestartUnderLoad(t *testing.T) {
 	// current epoch (the machine may be slow), at a random moment after.
 	start := time.Now()
 	for k := 1; k <= restarts; k++ {
-		waitFor(t, fmt.Sprintf("%d requests in epoch %d", clients, k-1), 20*time.Second, func() bool {
+		testkit.WaitWithin(t, 20*time.Second, fmt.Sprintf("%d requests in epoch %d", clients, k-1), func() bool {
 			return okByEpoch[k-1].Load() >= clients
 		})
 		pause(ctx, rand.N(100*time.Millisecond))
@@ -100,7 +102,7 @@ func TestUpstreamRestartUnderLoad(t *testing.T) {
 		pause(ctx, downtime)
 		up.restart(t)
 	}
-	waitFor(t, "requests after the last restart", 20*time.Second, func() bool { return okByEpoch[restarts].Load() >= clients })
+	testkit.WaitWithin(t, 20*time.Second, "requests after the last restart", func() bool { return okByEpoch[restarts].Load() >= clients })
 	cancel()
 	wg.Wait()
 	elapsed := time.Since(start)

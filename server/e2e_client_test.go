@@ -30,6 +30,8 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // sdkEnv is a real poold in miniature driven through package client: a
@@ -179,24 +181,6 @@ func startSDKUpstream(t testing.TB, handler func(net.Conn)) *sdkUpstream {
 	return u
 }
 
-// echoConn copies c to itself until it ends.
-func echoConn(c net.Conn) {
-	_, _ = io.Copy(c, c)
-	_ = c.Close()
-}
-
-// within takes one value from ch or fails the test at a bound.
-func within[T any](t testing.TB, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting on %T", ch)
-		panic("unreachable")
-	}
-}
-
 // TestSDKNetTestConn runs nettest.TestConn on leased connections; the other
 // end is the upstream's accepted connection. nettest expects Close to reach
 // the peer, so the pool is SINGLE_USE: a released connection is closed.
@@ -213,7 +197,7 @@ func TestSDKNetTestConn(t *testing.T) {
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		far := within(t, up.conns)
+		far := testkit.Recv(t, up.conns)
 		return conn, far, func() {
 			_ = conn.Close()
 			_ = far.Close()
@@ -230,7 +214,7 @@ func TestSDKSequentialLeases(t *testing.T) {
 		n = 1000
 	}
 	e := startSDKEnv(t)
-	up := startSDKUpstream(t, echoConn)
+	up := startSDKUpstream(t, testkit.EchoConn)
 	e.createPool(t, "seq", poolmgr.Config{
 		Endpoints: []string{up.addr},
 		Limits:    poolmgr.Limits{MaxConnections: 4, MinIdle: 4},
@@ -342,7 +326,7 @@ func TestSDKHTTPOverTLS(t *testing.T) {
 	// on a RAW pool they are closed, not reused (see
 	// TestHTTPTransportCloseIdleNotReused).
 	tr.CloseIdleConnections()
-	sdkWaitFor(t, "the Transport's leases to be released", func() bool {
+	testkit.WaitFor(t, "the Transport's leases to be released", func() bool {
 		st, err := e.c.PoolStats(context.Background(), "api")
 		return err == nil && st.GetInUse() == 0 && st.GetTotal() == 0
 	})
@@ -378,7 +362,7 @@ func TestSDKHTTPOverTLS(t *testing.T) {
 // TestSDKLeaseErrors checks the typed errors of a real server.
 func TestSDKLeaseErrors(t *testing.T) {
 	e := startSDKEnv(t)
-	up := startSDKUpstream(t, echoConn)
+	up := startSDKUpstream(t, testkit.EchoConn)
 	e.createPool(t, "one", poolmgr.Config{
 		Endpoints: []string{up.addr},
 		Limits:    poolmgr.Limits{MaxConnections: 1, MaxWaiters: 1},
@@ -402,14 +386,14 @@ func TestSDKLeaseErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sdkWaitFor(t, "a queued waiter", func() bool { return p.Stats().Waiters == 1 })
+	testkit.WaitFor(t, "a queued waiter", func() bool { return p.Stats().Waiters == 1 })
 	_, err = e.c.Lease(ctx, "one")
 	var perr *client.Error
 	if !errors.Is(err, client.ErrBacklogFull) || !errors.As(err, &perr) || perr.RetryAfter <= 0 {
 		t.Errorf("full backlog: %v", err)
 	}
 	cancelWaiter()
-	if err := within(t, waiterErr); !errors.Is(err, context.Canceled) {
+	if err := testkit.Recv(t, waiterErr); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled waiter: %v", err)
 	}
 	_ = held.Close()
@@ -483,7 +467,7 @@ func TestSDKUpstreamEOFAndHalfClose(t *testing.T) {
 // TestSDKWatchStats streams snapshots of a real pool.
 func TestSDKWatchStats(t *testing.T) {
 	e := startSDKEnv(t)
-	up := startSDKUpstream(t, echoConn)
+	up := startSDKUpstream(t, testkit.EchoConn)
 	e.createPool(t, "w", poolmgr.Config{Endpoints: []string{up.addr}})
 	conn, err := e.c.Lease(context.Background(), "w")
 	if err != nil {
@@ -504,26 +488,11 @@ func TestSDKWatchStats(t *testing.T) {
 	}
 }
 
-// sdkWaitFor polls cond until it holds, failing the test at a bound below
-// the test deadline.
-func sdkWaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
 // BenchmarkSDKLeasePerRequest measures a warm lease, an 8-byte echo and the
 // release against the real server over loopback.
 func BenchmarkSDKLeasePerRequest(b *testing.B) {
 	e := startSDKEnv(b)
-	up := startSDKUpstream(b, echoConn)
+	up := startSDKUpstream(b, testkit.EchoConn)
 	e.createPool(b, "bench", poolmgr.Config{Endpoints: []string{up.addr}, Limits: poolmgr.Limits{MaxConnections: 64, MinIdle: 8}})
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -550,7 +519,7 @@ func BenchmarkSDKLeasePerRequest(b *testing.B) {
 // BenchmarkSDKRoundTrip measures an 8-byte echo on one held lease.
 func BenchmarkSDKRoundTrip(b *testing.B) {
 	e := startSDKEnv(b)
-	up := startSDKUpstream(b, echoConn)
+	up := startSDKUpstream(b, testkit.EchoConn)
 	e.createPool(b, "bench", poolmgr.Config{Endpoints: []string{up.addr}})
 	conn, err := e.c.Lease(context.Background(), "bench")
 	if err != nil {

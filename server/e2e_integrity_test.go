@@ -20,6 +20,8 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // bulkSize is what the delivery tests write: more than the kernel's socket
@@ -82,7 +84,7 @@ func TestCloseDeliversToSlowUpstream(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			uc := within(t, up.conns)
+			uc := testkit.Recv(t, up.conns)
 			ticker := time.NewTicker(2 * time.Millisecond) // about 30 MB/s
 			defer ticker.Stop()
 			got := make(chan []byte, 1)
@@ -102,7 +104,7 @@ func TestCloseDeliversToSlowUpstream(t *testing.T) {
 			if err := conn.Close(); err != nil {
 				t.Fatalf("Close after %d bytes: %v", n, err)
 			}
-			b := within(t, got)
+			b := testkit.Recv(t, got)
 			if !bytes.Equal(b, data[:n]) {
 				t.Fatalf("upstream got %d bytes, want the %d Write accepted (equal: %v)", len(b), n, bytes.Equal(b, data[:min(n, len(b))]))
 			}
@@ -125,7 +127,7 @@ func TestCloseReportsUndelivered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	uc := within(t, up.conns)
+	uc := testkit.Recv(t, up.conns)
 	type result struct {
 		n   int
 		err error
@@ -147,7 +149,7 @@ func TestCloseReportsUndelivered(t *testing.T) {
 		}
 	}()
 	last, same := int64(-1), 0
-	sdkWaitFor(t, "Write to stop taking bytes", func() bool {
+	testkit.WaitFor(t, "Write to stop taking bytes", func() bool {
 		a := accepted.Load()
 		if a >= 1<<20 && a == last {
 			same++
@@ -158,7 +160,7 @@ func TestCloseReportsUndelivered(t *testing.T) {
 		return same >= 100 // unchanged for 100 polls 2 ms apart
 	})
 	_ = conn.SetWriteDeadline(time.Now()) // the Write in progress returns
-	w := within(t, wrote)
+	w := testkit.Recv(t, wrote)
 	start := time.Now()
 	cerr := conn.Close()
 	took := time.Since(start)
@@ -174,7 +176,7 @@ func TestCloseReportsUndelivered(t *testing.T) {
 	if !errors.Is(cerr, client.ErrUndelivered) {
 		t.Fatalf("Close = %v; want ErrUndelivered", cerr)
 	}
-	sdkWaitFor(t, "the slot to be free", func() bool {
+	testkit.WaitFor(t, "the slot to be free", func() bool {
 		st, err := e.c.PoolStats(ctx, "stuck")
 		return err == nil && st.GetInUse() == 0 && st.GetTotal() == 0
 	})
@@ -233,7 +235,7 @@ func TestStalledUpstreamEnds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			uc := within(t, up.conns) // never read
+			uc := testkit.Recv(t, up.conns) // never read
 			type result struct {
 				n   int
 				err error
@@ -248,7 +250,7 @@ func TestStalledUpstreamEnds(t *testing.T) {
 			// upstream's receive queue fills (to its initial window, as
 			// nothing reads it), then the server's send buffer.
 			ended := false
-			sdkWaitFor(t, "the upstream's receive queue to fill", func() bool {
+			testkit.WaitFor(t, "the upstream's receive queue to fill", func() bool {
 				select {
 				case w := <-werr: // max_lease_duration came first, under load
 					werr <- w
@@ -261,12 +263,12 @@ func TestStalledUpstreamEnds(t *testing.T) {
 			if !ended {
 				tc.end(t, e, conn.Info().LeaseID)
 			}
-			w := within(t, werr)
+			w := testkit.Recv(t, werr)
 			var ee *client.EndedError
 			if !errors.As(w.err, &ee) || ee.Reason != tc.reason {
 				t.Fatalf("Write ended with %v; want an EndedError with %v", w.err, tc.reason)
 			}
-			sdkWaitFor(t, "the slot to be free", func() bool {
+			testkit.WaitFor(t, "the slot to be free", func() bool {
 				st, err := e.c.PoolStats(ctx, "stuck")
 				return err == nil && st.GetInUse() == 0 && st.GetTotal() == 0
 			})
@@ -322,7 +324,7 @@ func TestUpstreamHalfClose(t *testing.T) {
 	if err := conn.Close(); err != nil {
 		t.Fatalf("Close = %v", err)
 	}
-	if b := within(t, got); string(b) != "after the FIN" {
+	if b := testkit.Recv(t, got); string(b) != "after the FIN" {
 		t.Fatalf("upstream read %q after its FIN; want %q", b, "after the FIN")
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestRawPoolNetHTTPCancelNoReplyHandedOver: net/http cancelling a request
@@ -65,9 +67,9 @@ func TestRawPoolNetHTTPCancelNoReplyHandedOver(t *testing.T) {
 			}()
 			// The handler has the request and sent nothing (slow-head) or
 			// half the body (slow-body): cancel now.
-			within(t, arrived)
+			testkit.Recv(t, arrived)
 			cancel()
-			if err := within(t, done); !errors.Is(err, context.Canceled) {
+			if err := testkit.Recv(t, done); !errors.Is(err, context.Canceled) {
 				t.Fatalf("trial %d %s: cancelled request = %v", i, path, err)
 			}
 			gate <- struct{}{} // the upstream now sends the rest

@@ -16,6 +16,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // startRedis starts a throwaway redis-server on a free loopback port and
@@ -49,7 +51,7 @@ func startRedis(t *testing.T) string {
 		_ = cmd.Process.Kill()
 		<-exited
 	})
-	sdkWaitFor(t, "redis-server to listen on "+addr, func() bool {
+	testkit.WaitFor(t, "redis-server to listen on "+addr, func() bool {
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(logPath)
@@ -163,7 +165,7 @@ func TestSDKGoRedis(t *testing.T) {
 		if !errors.As(err, &ne) || !ne.Timeout() {
 			t.Fatalf("BLPOP past its deadline: %v, want a timeout", err)
 		}
-		sdkWaitFor(t, "the timed-out connection to be closed dirty", func() bool {
+		testkit.WaitFor(t, "the timed-out connection to be closed dirty", func() bool {
 			after, err := e.c.PoolStats(ctx, "redis")
 			return err == nil && after.GetCloses()["dirty"] > before.GetCloses()["dirty"]
 		})
@@ -176,14 +178,14 @@ func TestSDKGoRedis(t *testing.T) {
 			}
 			res <- v
 		}()
-		sdkWaitFor(t, "a blocked client", func() bool {
+		testkit.WaitFor(t, "a blocked client", func() bool {
 			n, err := rdb.Do(ctx, "INFO", "clients").Text()
 			return err == nil && containsLine(n, "blocked_clients:1")
 		})
 		if err := rdb.RPush(ctx, "queue", "job").Err(); err != nil {
 			t.Fatal(err)
 		}
-		if v := within(t, res); len(v) != 2 || v[1] != "job" {
+		if v := testkit.Recv(t, res); len(v) != 2 || v[1] != "job" {
 			t.Fatalf("BLPOP = %v", v)
 		}
 		if err := rdb.Ping(ctx).Err(); err != nil {

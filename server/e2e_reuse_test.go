@@ -16,6 +16,8 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // reusePoolSize is the go-redis PoolSize and the net/http MaxConnsPerHost of
@@ -136,7 +138,7 @@ func httpRound(t *testing.T, c *client.Client) {
 func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) {
 	t.Helper()
 	var st *poolv1.PoolStats
-	sdkWaitFor(t, "every lease of "+pool+" to be released", func() bool {
+	testkit.WaitFor(t, "every lease of "+pool+" to be released", func() bool {
 		var err error
 		st, err = c.PoolStats(ctx, pool)
 		return err == nil && st.GetInUse() == 0 && st.GetDialing() == 0
@@ -156,7 +158,7 @@ func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool strin
 func checkNotReused(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) {
 	t.Helper()
 	var st *poolv1.PoolStats
-	sdkWaitFor(t, "every lease of "+pool+" to be released", func() bool {
+	testkit.WaitFor(t, "every lease of "+pool+" to be released", func() bool {
 		var err error
 		st, err = c.PoolStats(ctx, pool)
 		return err == nil && st.GetInUse() == 0 && st.GetDialing() == 0

@@ -9,8 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"google.golang.org/protobuf/types/known/fieldmaskpb"
-	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -19,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -31,6 +31,8 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // adminEnv is a real poold in miniature: a store on t.TempDir(), a loaded
@@ -45,7 +47,7 @@ type adminEnv struct {
 	healthc  healthpb.HealthClient
 	upstream string // "127.0.0.1:port" of the echo server
 	addr     string // the gRPC server's address
-	log      *syncBuffer
+	log      *testkit.SyncBuffer
 }
 
 // adminEnvOptions tweak startAdminEnv.
@@ -61,7 +63,7 @@ func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
 	for _, f := range opts {
 		f(&o)
 	}
-	e := &adminEnv{upstream: startEcho(t), log: &syncBuffer{}}
+	e := &adminEnv{upstream: testkit.EchoServer(t), log: &testkit.SyncBuffer{}}
 	logger := slog.New(slog.NewTextHandler(e.log, nil))
 
 	st, err := store.Open(filepath.Join(t.TempDir(), "pools.db"), o.storeOpts)
@@ -118,90 +120,11 @@ func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
 	return e
 }
 
-// startEcho starts a loopback TCP echo server and returns its address.
-func startEcho(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects conns
-		conns []net.Conn
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(c, c)
-				_ = c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = lis.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return lis.Addr().String()
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use, for captured logs.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func ctxT(t *testing.T) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// waitUntil polls cond until it holds, failing the test at a bound below
-// the test deadline.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	if d, ok := t.Deadline(); ok && time.Until(d) < 15*time.Second {
-		deadline = d.Add(-time.Until(d) / 3)
-	}
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
 }
 
 // wantCode checks err's status code and ErrorInfo reason ("" to skip) and

@@ -22,6 +22,8 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // sdkEnvConfig tweaks startSDKEnvWith.
@@ -110,7 +112,7 @@ func TestSDKLeaseUpstreamRefusedAtDial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := startSDKUpstream(t, echoConn)
+	up := startSDKUpstream(t, testkit.EchoConn)
 	_, port, _ := net.SplitHostPort(up.addr)
 	res := &hostsResolver{hosts: map[string][]string{"api.internal": {"127.0.0.1"}}} // outside 10.0.0.0/8
 	e := startSDKEnvWith(t, sdkEnvConfig{manager: func(c *poolmgr.ManagerConfig) {
@@ -140,7 +142,7 @@ func TestSDKLeaseUpstreamRefusedAtDial(t *testing.T) {
 // TestSDKLeaseDrainingMetadata: POOL_DRAINING carries the pool, its state
 // and the leases it still waits for.
 func TestSDKLeaseDrainingMetadata(t *testing.T) {
-	up := startSDKUpstream(t, echoConn)
+	up := startSDKUpstream(t, testkit.EchoConn)
 	e := startSDKEnvWith(t, sdkEnvConfig{})
 	e.createPool(t, "d", poolmgr.Config{Endpoints: []string{up.addr}})
 	ctx := ctxT(t)

@@ -18,6 +18,8 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/server"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestGetPoolStats(t *testing.T) {
@@ -26,7 +28,7 @@ func TestGetPoolStats(t *testing.T) {
 	e.mustCreate(t, "warm", func(p *poolv1.Pool) { p.Limits.MinIdle = 2 })
 
 	var st *poolv1.PoolStats
-	waitUntil(t, "2 prewarmed idle connections", func() bool {
+	testkit.WaitFor(t, "2 prewarmed idle connections", func() bool {
 		var err error
 		st, err = e.stats.GetPoolStats(ctx, &poolv1.GetPoolStatsRequest{Name: "pools/warm"})
 		if err != nil {
@@ -155,7 +157,7 @@ func TestHealthPerPool(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- e.health.Run(rctx, 10*time.Millisecond) }()
-	waitUntil(t, "pool/b SERVING again", func() bool { return check("pool/b") == healthpb.HealthCheckResponse_SERVING })
+	testkit.WaitFor(t, "pool/b SERVING again", func() bool { return check("pool/b") == healthpb.HealthCheckResponse_SERVING })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run = %v", err)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // buildPoold builds cmd/poold into a temporary directory. poold belongs to
@@ -51,7 +53,7 @@ func TestBenchShort(t *testing.T) {
 	report := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testkit.SyncBuffer
 	code := run(ctx, []string{"--poold", poold, "--haproxy", haproxy, "--rounds", "1", "--duration", "100ms",
 		"--warmup", "0", "--clients", "1,4", "-o", "json", "--report", report}, &out, &errb)
 	if code != 0 {

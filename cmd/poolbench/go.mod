@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/poolplane/poolplane/client v0.0.0-00010101000000-000000000000
 	github.com/poolplane/poolplane/gen v0.0.0-00010101000000-000000000000
+	github.com/poolplane/poolplane/internal/testkit v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
 	gonum.org/v1/plot v0.17.0
 	google.golang.org/grpc v1.85.0
@@ -34,3 +35,5 @@ replace github.com/poolplane/poolplane/gen => ../../gen
 replace github.com/poolplane/poolplane/internal/leasewire => ../../internal/leasewire
 
 replace github.com/poolplane/poolplane/client => ../../client
+
+replace github.com/poolplane/poolplane/internal/testkit => ../../internal/testkit

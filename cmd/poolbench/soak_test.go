@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/poolplane/poolplane/client"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestBenchSoakShort runs a 3-second soak against real processes and checks
@@ -29,7 +31,7 @@ func TestBenchSoakShort(t *testing.T) {
 	poold := buildPoold(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testkit.SyncBuffer
 	code := run(ctx, []string{"--poold", poold, "--soak", "3s", "--soak-sample", "1s", "-o", "json"},
 		&out, &errb)
 	if code != 0 {

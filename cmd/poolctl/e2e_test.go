@@ -35,13 +35,15 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // testServer is poold in miniature: a store on t.TempDir(), a loaded
 // Manager and server.New's gRPC server on 127.0.0.1:0. t.Cleanup stops it.
 type testServer struct {
 	addr string
-	log  *syncBuffer
+	log  *testkit.SyncBuffer
 }
 
 func startServer(t *testing.T) *testServer {
@@ -79,64 +81,6 @@ func (ts *testServer) fails(t *testing.T, want string, args ...string) string {
 	return r.stderr
 }
 
-// startEcho starts a loopback TCP echo upstream that closes its side after
-// its client's EOF.
-func startEcho(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects conns
-		conns []net.Conn
-	)
-	wg.Go(func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				io.Copy(c, c)
-				_ = c.Close()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		_ = lis.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return lis.Addr().String()
-}
-
-// waitUntil polls cond until it holds, failing the test at a bound below
-// the test deadline.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	if d, ok := t.Deadline(); ok && time.Until(d) < 20*time.Second {
-		deadline = d.Add(-time.Until(d) / 3)
-	}
-	tick := time.NewTicker(10 * time.Millisecond) // the polling interval
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
@@ -166,7 +110,7 @@ func actions(resp *poolv1.ApplyPoolsResponse) map[string]string {
 
 func TestEndToEnd(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	file := writeFile(t, "pools.yaml", `
 pools:
   - id: echo
@@ -341,13 +285,13 @@ func mustRead(t *testing.T, name string) string {
 func (ts *testServer) startForward(t *testing.T, pool string, extra ...string) (addr string, stop func() result) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out, errb testkit.SyncBuffer
 	donec := make(chan int, 1)
 	args := append([]string{"--server", ts.addr, "forward", pool, "--listen", "127.0.0.1:0"}, extra...)
 	go func() { donec <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
 	re := regexp.MustCompile(`forwarding (127\.0\.0\.1:\d+) -> pools/` + pool + `\n`)
 	var m []string
-	waitUntil(t, "forward to listen", func() bool {
+	testkit.WaitFor(t, "forward to listen", func() bool {
 		select {
 		case code := <-donec:
 			t.Fatalf("forward exited %d early: %s", code, errb.String())
@@ -371,7 +315,7 @@ func (ts *testServer) startForward(t *testing.T, pool string, extra ...string) (
 
 func TestForward(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	addr, stop := ts.startForward(t, "echo", "--client-name", "forward-test")
 
@@ -411,7 +355,7 @@ func TestForward(t *testing.T) {
 		t.Fatalf("after CloseWrite: read %q, %v; want EOF", b, err)
 	}
 	_ = c1.Close()
-	waitUntil(t, "the first lease to end", func() bool {
+	testkit.WaitFor(t, "the first lease to end", func() bool {
 		l := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{})
 		return len(l.GetLeases()) == 1
 	})
@@ -461,7 +405,7 @@ func TestForward(t *testing.T) {
 
 func TestForwardShutdownClosesConnections(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	addr, stop := ts.startForward(t, "echo", "--shutdown-timeout", "100ms")
 	c, err := net.Dial("tcp", addr)
@@ -494,17 +438,17 @@ func isReset(err error) bool {
 
 func TestStatsWatch(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testkit.SyncBuffer
 	donec := make(chan int, 1)
 	go func() {
 		donec <- run(ctx, []string{"--server", ts.addr, "stats", "--watch", "--interval", "100ms"},
 			strings.NewReader(""), &out, &errb)
 	}()
-	waitUntil(t, "two redraws", func() bool { return strings.Contains(out.String(), "\x1b[4A") })
+	testkit.WaitFor(t, "two redraws", func() bool { return strings.Contains(out.String(), "\x1b[4A") })
 	cancel()
 	if code := <-donec; code != 0 {
 		t.Fatalf("stats --watch: exit %d\n%s", code, errb.String())
@@ -516,12 +460,12 @@ func TestStatsWatch(t *testing.T) {
 	// -o json: one document per snapshot.
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
-	var out2 syncBuffer
+	var out2 testkit.SyncBuffer
 	go func() {
 		donec <- run(ctx2, []string{"--server", ts.addr, "stats", "echo", "-w", "--interval", "100ms", "-o", "json"},
 			strings.NewReader(""), &out2, &errb)
 	}()
-	waitUntil(t, "two snapshots", func() bool { return strings.Count(out2.String(), `"name": "pools/echo"`) >= 2 })
+	testkit.WaitFor(t, "two snapshots", func() bool { return strings.Count(out2.String(), `"name": "pools/echo"`) >= 2 })
 	cancel2()
 	if code := <-donec; code != 0 {
 		t.Fatalf("stats --watch -o json: exit %d\n%s", code, errb.String())
@@ -539,7 +483,7 @@ type serverOptions struct {
 // for a Unix socket.
 func startServerWith(t *testing.T, o serverOptions) *testServer {
 	t.Helper()
-	ts := &testServer{log: &syncBuffer{}}
+	ts := &testServer{log: &testkit.SyncBuffer{}}
 	logger := slog.New(slog.NewTextHandler(ts.log, nil))
 	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{NoSync: true})
 	if err != nil {
@@ -594,7 +538,7 @@ func startServerWith(t *testing.T, o serverOptions) *testServer {
 
 func TestUnixSocket(t *testing.T) {
 	ts := startServerWith(t, serverOptions{network: "unix"})
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	if out := ts.ok(t, "", "list"); !strings.Contains(out, "pools/echo") {
 		t.Fatalf("list over a Unix socket:\n%s", out)
@@ -645,7 +589,7 @@ func TestTLSAndToken(t *testing.T) {
 			}
 		},
 	})
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	tlsArgs := []string{"--ca-file", certFile, "--server-name", "poold.test"}
 
 	// No TLS: the handshake fails.
@@ -780,7 +724,7 @@ func TestForwardHalfCloseTimeout(t *testing.T) {
 	if _, err := io.ReadAll(c); err != nil && !isReset(err) {
 		t.Fatalf("read after the half-close timeout: %v", err)
 	}
-	waitUntil(t, "the lease to end", func() bool {
+	testkit.WaitFor(t, "the lease to end", func() bool {
 		l := unmarshal(t, ts.ok(t, "", "leases", "silent", "-o", "json"), &poolv1.ListLeasesResponse{})
 		return len(l.GetLeases()) == 0
 	})
@@ -794,7 +738,7 @@ func TestForwardHalfCloseTimeout(t *testing.T) {
 // the pooled upstream connection instead of dialing a new one.
 func TestForwardReusesConnections(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	addr, stop := ts.startForward(t, "echo", "--reuse")
 	for i := range 3 {
@@ -810,7 +754,7 @@ func TestForwardReusesConnections(t *testing.T) {
 			t.Fatalf("round %d: read %q, %v", i, got, err)
 		}
 		c.Close()
-		waitUntil(t, "the lease to be released", func() bool {
+		testkit.WaitFor(t, "the lease to be released", func() bool {
 			l := unmarshal(t, ts.ok(t, "", "leases", "echo", "-o", "json"), &poolv1.ListLeasesResponse{})
 			return len(l.GetLeases()) == 0
 		})
@@ -848,7 +792,7 @@ func TestForwardNoReplyHandedOver(t *testing.T) {
 		a.Close()
 		// A's lease was released (reusable or not), or its FIN reached the
 		// upstream: either way, what forward did with A is settled.
-		waitUntil(t, "A's close to reach the pool or the upstream", func() bool {
+		testkit.WaitFor(t, "A's close to reach the pool or the upstream", func() bool {
 			l := unmarshal(t, ts.ok(t, "", "leases", "slow", "-o", "json"), &poolv1.ListLeasesResponse{})
 			_, fin := up.finAfter.Load("A" + itoa(i) + "\n")
 			return len(l.GetLeases()) == 0 || fin
@@ -870,7 +814,7 @@ func TestForwardNoReplyHandedOver(t *testing.T) {
 		}
 		b.Close()
 	}
-	waitUntil(t, "every lease to end", func() bool {
+	testkit.WaitFor(t, "every lease to end", func() bool {
 		l := unmarshal(t, ts.ok(t, "", "leases", "slow", "-o", "json"), &poolv1.ListLeasesResponse{})
 		return len(l.GetLeases()) == 0
 	})
@@ -1011,7 +955,7 @@ func startGatedUpstream(t *testing.T) *gatedUpstream {
 // pools in it.
 func TestBackup(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	file := filepath.Join(t.TempDir(), "backup.db")
 	if out := ts.ok(t, "", "backup", "-o", file); !strings.Contains(out, "wrote "+file) {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestPrintable(t *testing.T) {
@@ -45,7 +47,7 @@ func TestTableEscapesServerText(t *testing.T) {
 // stored through the API, is printed escaped by poolctl get.
 func TestGetEscapesLabels(t *testing.T) {
 	ts := startServer(t)
-	echo := startEcho(t)
+	echo := testkit.EchoServer(t)
 	file := writeFile(t, "pools.yaml", "pools:\n  - id: evil\n    endpoints: ["+echo+"]\n    labels: {note: \"\\e[2J\\e]0;owned\\a\"}\n")
 	ts.ok(t, "", "apply", "-f", file)
 	out := ts.ok(t, "", "get", "evil")

@@ -16,6 +16,8 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestEtcdFlags(t *testing.T) {
@@ -203,7 +205,7 @@ func TestPooldEtcdSecurityRefused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out syncBuffer
+			var out testkit.SyncBuffer
 			args := append([]string{"--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", t.TempDir()}, tt.args...)
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()

@@ -18,6 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestCheckAllowUpstream(t *testing.T) {
@@ -139,7 +141,7 @@ func TestMetricsOverMTLS(t *testing.T) {
 	}
 	ready := make(chan struct{})
 	close(ready)
-	var log syncBuffer
+	var log testkit.SyncBuffer
 	// As checkMetricsListen decides for a wide address with TLS and a
 	// client CA; the test listens on loopback.
 	ms, err := openMetrics("127.0.0.1:0", metricsExposure{wide: true, tls: true, mtls: true}, caFile, prometheus.NewRegistry(), certs, ready, slog.New(slog.NewTextHandler(&log, nil)))
@@ -187,7 +189,7 @@ func TestMetricsOverMTLS(t *testing.T) {
 func TestPooldUnixSocketRemovesOnlyStaleSockets(t *testing.T) {
 	dir := t.TempDir()
 	startAt := func(sock string) (int, string) {
-		var out syncBuffer
+		var out testkit.SyncBuffer
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		code := run(ctx, []string{"--listen", "unix://" + sock, "--metrics-listen", "off", "--data-dir", filepath.Join(t.TempDir(), "data")}, &out, nil)

@@ -20,35 +20,19 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // TestMain checks for leaked goroutines, ignoring the process-wide ones that
 // the embedded etcd of the scale-out tests leaves behind.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.IgnoreGoroutines()...) }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type poold struct {
 	grpcAddr, metricsAddr string
 	cancel                context.CancelFunc
 	done                  chan int
-	log                   *syncBuffer
+	log                   *testkit.SyncBuffer
 }
 
 // startPoold runs poold in-process on loopback ports and waits until it
@@ -56,7 +40,7 @@ type poold struct {
 func startPoold(t *testing.T, dataDir string, extra ...string) *poold {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &poold{cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
+	p := &poold{cancel: cancel, done: make(chan int, 1), log: &testkit.SyncBuffer{}}
 	up := make(chan struct{})
 	args := append([]string{"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", dataDir, "--shutdown-grace", "5s"}, extra...)
 	go func() {

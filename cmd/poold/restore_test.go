@@ -13,6 +13,8 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // withoutRevisions returns a copy of m with every pool's revision and etag
@@ -97,7 +99,7 @@ func TestPooldRestore(t *testing.T) {
 		}
 	}
 
-	within(t, 5*time.Second, "the following replica serves the restored pools", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "the following replica serves the restored pools", func() bool {
 		got, err := bAdmin.ListPools(ctx, &poolv1.ListPoolsRequest{})
 		return err == nil && len(got.GetPools()) == 2
 	})
@@ -145,7 +147,7 @@ func TestPooldRestore(t *testing.T) {
 	if code := restoreCmd(ctx, append(restored[:len(restored):len(restored)], "--replace", file), &out, &errOut); code != 0 {
 		t.Errorf("restore --replace: exit %d:\n%s", code, errOut.String())
 	}
-	within(t, 5*time.Second, "the replicas follow the replace", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "the replicas follow the replace", func() bool {
 		p, err := bAdmin.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/api"})
 		return err == nil && p.GetLimits().GetMaxConnections() == 6
 	})
@@ -155,7 +157,7 @@ func TestPooldRestore(t *testing.T) {
 	if _, err := root.Put(ctx, "ppunfinished/restore", "x"); err != nil {
 		t.Fatal(err)
 	}
-	var log syncBuffer
+	var log testkit.SyncBuffer
 	args := append([]string{"--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", t.TempDir(),
 		"--store", "etcds://" + srv.Endpoint() + "/ppunfinished"}, flags[2:]...)
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -13,6 +13,8 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // dnsServer answers A queries for one name with a fixed list of IPv4
@@ -120,7 +122,7 @@ func TestScaleOutDNSTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range rs {
-		within(t, time.Second, "pool on "+r.grpcAddr, func() bool {
+		testkit.WaitWithin(t, time.Second, "pool on "+r.grpcAddr, func() bool {
 			_, err := statsFor(t, r.grpcAddr).GetPoolStats(ctx, &poolv1.GetPoolStatsRequest{Name: "pools/echo"})
 			return err == nil
 		})
@@ -133,7 +135,7 @@ func TestScaleOutDNSTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	within(t, 5*time.Second, "every replica leasing", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "every replica leasing", func() bool {
 		if err := echoLease(ctx, c, "echo", 0); err != nil {
 			t.Fatalf("lease through %s: %v", target, err)
 		}

@@ -17,6 +17,8 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // helperArgsEnv carries the poold arguments of TestHelperPoold, separated
@@ -134,7 +136,7 @@ func TestScaleOutReplicaKilled(t *testing.T) {
 		}
 		return fmt.Sprint(s)
 	}
-	within(t, 5*time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
+	testkit.WaitWithin(t, 5*time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
 
 	c, err := client.New(rs[0].addr+","+rs[1].addr+","+rs[2].addr, client.WithInsecure())
 	if err != nil {
@@ -187,7 +189,7 @@ func TestScaleOutReplicaKilled(t *testing.T) {
 		}
 	})
 	// The replica to kill must hold leases; the balancer spreads the rest.
-	within(t, 20*time.Second, "load on the replica to kill", func() bool {
+	testkit.WaitWithin(t, 20*time.Second, "load on the replica to kill", func() bool {
 		seen = seen[:0]
 		for _, r := range rs {
 			seen = append(seen, acquires(t, r.addr, "fleet"))
@@ -196,10 +198,10 @@ func TestScaleOutReplicaKilled(t *testing.T) {
 	})
 	killed.Store(true)
 	rs[2].kill()
-	within(t, 10*time.Second, "leases carry on through r0 and r1", func() bool { return ok[1].Load() >= 100 })
-	within(t, 15*time.Second, "the survivors take the killed replica's share", func() bool { return shares(rs[0], rs[1]) == "[3 3]" })
+	testkit.WaitWithin(t, 10*time.Second, "leases carry on through r0 and r1", func() bool { return ok[1].Load() >= 100 })
+	testkit.WaitWithin(t, 15*time.Second, "the survivors take the killed replica's share", func() bool { return shares(rs[0], rs[1]) == "[3 3]" })
 	base := ok[1].Load()
-	within(t, 10*time.Second, "leases after the re-division", func() bool { return ok[1].Load() >= base+100 })
+	testkit.WaitWithin(t, 10*time.Second, "leases after the re-division", func() bool { return ok[1].Load() >= base+100 })
 	stopWorkers()
 
 	t.Logf("leases ok before/after the kill: %d/%d; failed: %d/%d; upstream max open %d",

@@ -14,22 +14,9 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
-)
 
-// within polls cond until it holds, failing the test after d (a failure
-// deadline, not a sleep).
-func within(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		<-tick.C
-	}
-}
+	"github.com/poolplane/poolplane/internal/testkit"
+)
 
 // echoLease leases from pool through c and checks one echo round trip.
 func echoLease(ctx context.Context, c *client.Client, pool string, i int) error {
@@ -112,7 +99,7 @@ func TestScaleOutTwoReplicas(t *testing.T) {
 	}
 	bAdmin := poolv1.NewPoolAdminServiceClient(dial(t, b.grpcAddr))
 	stats := poolv1.NewStatsServiceClient(dial(t, b.grpcAddr))
-	within(t, time.Second, "pool on replica b", func() bool {
+	testkit.WaitWithin(t, time.Second, "pool on replica b", func() bool {
 		_, err := stats.GetPoolStats(ctx, &poolv1.GetPoolStatsRequest{Name: "pools/echo"})
 		return err == nil
 	})
@@ -122,7 +109,7 @@ func TestScaleOutTwoReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	aStats := poolv1.NewStatsServiceClient(dial(t, a.grpcAddr))
-	within(t, time.Second, "update on replica a", func() bool {
+	testkit.WaitWithin(t, time.Second, "update on replica a", func() bool {
 		st, err := aStats.GetPoolStats(ctx, &poolv1.GetPoolStatsRequest{Name: "pools/echo"})
 		return err == nil && st.GetMaxConnections() == 6
 	})
@@ -135,7 +122,7 @@ func TestScaleOutTwoReplicas(t *testing.T) {
 	// Once both replicas have granted a lease, both are connected and
 	// serving: from then on leases take turns, each on a warm stream of its
 	// replica.
-	within(t, 5*time.Second, "both replicas leasing", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "both replicas leasing", func() bool {
 		if err := echoLease(ctx, c, "echo", 0); err != nil {
 			t.Fatalf("lease: %v", err)
 		}
@@ -193,7 +180,7 @@ func TestScaleOutLeaseRetriesDrainingReplica(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	// Until the balancer has connected to a, every pick is b: the retry
 	// lands on b again. Once a lease succeeds, both are connected.
-	within(t, 5*time.Second, "first lease", func() bool { return echoLease(ctx, c, "echo", 0) == nil })
+	testkit.WaitWithin(t, 5*time.Second, "first lease", func() bool { return echoLease(ctx, c, "echo", 0) == nil })
 	const n = 10
 	for i := range n {
 		if err := echoLease(ctx, c, "echo", i); err != nil {
@@ -277,7 +264,7 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 		}
 		return fmt.Sprint(s)
 	}
-	within(t, 5*time.Second, "9 divided by 3 replicas", func() bool { return shares(rs...) == "[3 3 3]" })
+	testkit.WaitWithin(t, 5*time.Second, "9 divided by 3 replicas", func() bool { return shares(rs...) == "[3 3 3]" })
 	// Every replica lists the same three, in one rank order.
 	var ids []string
 	for i, r := range rs {
@@ -307,7 +294,7 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 		Limits: &poolv1.Limits{MaxConnections: fleetMax, Scope: poolv1.LimitScope_LIMIT_SCOPE_FLEET}}}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
+	testkit.WaitWithin(t, time.Second, "6 divided by 3 replicas", func() bool { return shares(rs...) == "[2 2 2]" })
 
 	c, err := client.New(rs[0].grpcAddr+","+rs[1].grpcAddr+","+rs[2].grpcAddr, client.WithInsecure())
 	if err != nil {
@@ -352,7 +339,7 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 			}
 		})
 	}
-	within(t, 10*time.Second, "load on every replica", func() bool {
+	testkit.WaitWithin(t, 10*time.Second, "load on every replica", func() bool {
 		for _, r := range rs {
 			if acquires(t, r.grpcAddr, "fleet") < 10 {
 				return false
@@ -364,10 +351,10 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	rs[2].stop(t)
 	phase.Store(2)
 	base := ok[2].Load()
-	within(t, 10*time.Second, "leases carry on through r0 and r1", func() bool { return ok[2].Load() >= base+100 })
-	within(t, 5*time.Second, "6 divided by the 2 left", func() bool { return shares(rs[0], rs[1]) == "[3 3]" })
+	testkit.WaitWithin(t, 10*time.Second, "leases carry on through r0 and r1", func() bool { return ok[2].Load() >= base+100 })
+	testkit.WaitWithin(t, 5*time.Second, "6 divided by the 2 left", func() bool { return shares(rs[0], rs[1]) == "[3 3]" })
 	base = ok[2].Load()
-	within(t, 10*time.Second, "leases after the re-division", func() bool { return ok[2].Load() >= base+100 })
+	testkit.WaitWithin(t, 10*time.Second, "leases after the re-division", func() bool { return ok[2].Load() >= base+100 })
 	close(stopc)
 	wg.Wait()
 

@@ -32,6 +32,8 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/server"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // testPKI issues certificates signed by one test CA.
@@ -282,18 +284,8 @@ func waitLog(t *testing.T, p *poold, s string) {
 // (files reloaded, certificates served), where nothing can be waited on.
 func pollUntil(t *testing.T, d time.Duration, cond func() bool, fail func()) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	if td, ok := t.Deadline(); ok && td.Before(deadline) {
-		deadline = td.Add(-time.Second)
-	}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			fail()
-			return
-		}
-		<-tick.C
+	if !testkit.Poll(t, d, cond) {
+		fail()
 	}
 }
 
@@ -352,7 +344,7 @@ func TestPooldAllowlistAndSecrets(t *testing.T) {
 	}
 
 	// Without the key file the sealed pool cannot load, and poold says why.
-	var out syncBuffer
+	var out testkit.SyncBuffer
 	code := run(context.Background(), []string{"--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", data}, &out, nil)
 	if code != 1 || !strings.Contains(out.String(), "secret-key-file") {
 		t.Fatalf("restart without the key: exit %d:\n%s", code, out.String())

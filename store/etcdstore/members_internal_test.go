@@ -1,15 +1,15 @@
 package etcdstore
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestFenceDeadline(t *testing.T) {
@@ -35,24 +35,6 @@ func TestFenceDeadline(t *testing.T) {
 	}
 }
 
-// syncBuffer collects log lines; safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // The fence is decided on the injected local clock alone: a clock that
 // jumps past the fence deadline fences the replica even though etcd
 // answers, and the next renewal (sent on the new clock) un-fences it.
@@ -64,7 +46,7 @@ func TestFenceFollowsLocalClock(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	var offset atomic.Int64
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ms, err := s.JoinWith(MemberConfig{
 		ID:     "a",
 		TTL:    2 * time.Second,

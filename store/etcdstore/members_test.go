@@ -12,6 +12,8 @@ import (
 
 	"github.com/poolplane/poolplane/store/etcdstore"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // logBuffer collects log lines; safe for concurrent use.
@@ -30,21 +32,6 @@ func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// poll calls cond every millisecond until it returns true, failing the
-// test after d. It does not sleep for state: each round waits on a ticker.
-func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		<-tick.C
-	}
 }
 
 var memberPrefixes atomic.Int64
@@ -84,7 +71,7 @@ func TestMembershipFencesBeforeExpiry(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	a := joinVia(t, proxy.Addr(), prefix, etcdstore.MemberConfig{ID: "a", TTL: 2 * time.Second, Logger: logger})
 	b := joinVia(t, srv.Endpoint(), prefix, etcdstore.MemberConfig{ID: "b", TTL: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
-	poll(t, 5*time.Second, "both see two replicas", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "both see two replicas", func() bool {
 		_, na := a.Members()
 		_, nb := b.Members()
 		return na == 2 && nb == 2
@@ -95,7 +82,7 @@ func TestMembershipFencesBeforeExpiry(t *testing.T) {
 	// Read a first, then b: a round that finds a fenced and b still
 	// counting it proves the order.
 	var fencedAt, provenAt, leftAt time.Time
-	poll(t, 10*time.Second, "b sees a leave", func() bool {
+	testkit.WaitWithin(t, 10*time.Second, "b sees a leave", func() bool {
 		fenced := a.Fenced()
 		_, nb := b.Members()
 		now := time.Now()
@@ -122,7 +109,7 @@ func TestMembershipFencesBeforeExpiry(t *testing.T) {
 
 	proxy.Restore()
 	restored := time.Now()
-	poll(t, 10*time.Second, "a re-registers and un-fences", func() bool {
+	testkit.WaitWithin(t, 10*time.Second, "a re-registers and un-fences", func() bool {
 		_, na := a.Members()
 		_, nb := b.Members()
 		return !a.Fenced() && na == 2 && nb == 2
@@ -146,7 +133,7 @@ func TestMembershipShortPartition(t *testing.T) {
 	// expire the lease.
 	a := joinVia(t, proxy.Addr(), prefix, etcdstore.MemberConfig{ID: "a", TTL: 4 * time.Second, FenceMargin: 1500 * time.Millisecond, Logger: quiet})
 	b := joinVia(t, srv.Endpoint(), prefix, etcdstore.MemberConfig{ID: "b", TTL: 4 * time.Second, Logger: quiet})
-	poll(t, 5*time.Second, "both see two replicas", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "both see two replicas", func() bool {
 		_, nb := b.Members()
 		return nb == 2
 	})
@@ -157,9 +144,9 @@ func TestMembershipShortPartition(t *testing.T) {
 			t.Fatal("b saw a leave: its lease expired")
 		}
 	}
-	poll(t, 5*time.Second, "a fenced", func() bool { stillCounted(); return a.Fenced() })
+	testkit.WaitWithin(t, 5*time.Second, "a fenced", func() bool { stillCounted(); return a.Fenced() })
 	proxy.Restore()
-	poll(t, 5*time.Second, "a un-fenced", func() bool { stillCounted(); return !a.Fenced() })
+	testkit.WaitWithin(t, 5*time.Second, "a un-fenced", func() bool { stillCounted(); return !a.Fenced() })
 }
 
 // Close fences the replica and leaves the set at once.
@@ -169,7 +156,7 @@ func TestMembershipCloseFences(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 	a := joinVia(t, srv.Endpoint(), prefix, etcdstore.MemberConfig{ID: "a", TTL: 2 * time.Second, Logger: quiet})
 	b := joinVia(t, srv.Endpoint(), prefix, etcdstore.MemberConfig{ID: "b", TTL: 2 * time.Second, Logger: quiet})
-	poll(t, 5*time.Second, "b sees a", func() bool { _, n := b.Members(); return n == 2 })
+	testkit.WaitWithin(t, 5*time.Second, "b sees a", func() bool { _, n := b.Members(); return n == 2 })
 	changed := a.Changed()
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
@@ -183,7 +170,7 @@ func TestMembershipCloseFences(t *testing.T) {
 		t.Error("not fenced after Close")
 	}
 	// Well within the TTL: the lease was revoked.
-	poll(t, time.Second, "b sees a leave", func() bool { _, n := b.Members(); return n == 1 })
+	testkit.WaitWithin(t, time.Second, "b sees a leave", func() bool { _, n := b.Members(); return n == 1 })
 }
 
 // A margin of half the TTL or more is refused: the replica would fence

@@ -23,4 +23,5 @@ replace (
 	github.com/poolplane/poolplane/client => ../..
 	github.com/poolplane/poolplane/gen => ../../../gen
 	github.com/poolplane/poolplane/internal/leasewire => ../../../internal/leasewire
+	github.com/poolplane/poolplane/internal/testkit => ../../../internal/testkit
 )

@@ -1,0 +1,3 @@
+module github.com/poolplane/poolplane/internal/testkit
+
+go 1.26.0

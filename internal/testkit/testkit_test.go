@@ -1,0 +1,44 @@
+package testkit
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+)
+
+func TestEchoServer(t *testing.T) {
+	c, err := net.Dial("tcp", EchoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "ping" {
+		t.Fatalf("echo %q, %v", b, err)
+	}
+}
+
+func TestWaitForAndRecv(t *testing.T) {
+	var n atomic.Int32
+	go func() {
+		for range 3 {
+			n.Add(1)
+		}
+	}()
+	WaitFor(t, "three increments", func() bool { return n.Load() == 3 })
+	ch := make(chan int, 1)
+	ch <- 7
+	if v := Recv(t, ch); v != 7 {
+		t.Fatalf("Recv = %d", v)
+	}
+	var b SyncBuffer
+	_, _ = b.Write([]byte("log"))
+	if b.String() != "log" {
+		t.Fatal(b.String())
+	}
+}
