@@ -5,10 +5,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"go/build"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -17,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // binDir holds the poold binary built for the process tests; TestMain
@@ -26,7 +26,6 @@ var binDir string
 var (
 	buildOnce sync.Once
 	pooldBin  string
-	buildErr  error
 )
 
 // buildPoold builds cmd/poold once per test process (with -race when this
@@ -34,29 +33,12 @@ var (
 func buildPoold(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		gobin, err := exec.LookPath("go")
-		if err != nil {
-			gobin = filepath.Join(build.Default.GOROOT, "bin", "go")
-			if _, serr := os.Stat(gobin); serr != nil {
-				buildErr = fmt.Errorf("no go command: %w", err)
-				return
-			}
-		}
 		out := filepath.Join(binDir, "poold")
-		args := []string{"build", "-o", out}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		args = append(args, "github.com/poolplane/poolplane/cmd/poold")
-		cmd := exec.Command(gobin, args...)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build poold: %w\n%s", err, b)
-			return
-		}
+		testkit.GoBuild(t, "", out, "github.com/poolplane/poolplane/cmd/poold", raceEnabled)
 		pooldBin = out
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if pooldBin == "" {
+		t.Fatal("poold was not built (an earlier build failed)")
 	}
 	return pooldBin
 }

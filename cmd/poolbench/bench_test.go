@@ -22,20 +22,12 @@ import (
 // module's own requirements.
 func buildPoold(t *testing.T) string {
 	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to build poold")
-	}
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "poold")
-	cmd := exec.Command(gobin, "build", "-o", out, "./cmd/poold")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build poold: %v\n%s", err, b)
-	}
+	testkit.GoBuild(t, root, out, "./cmd/poold", false)
 	return out
 }
 

@@ -8,6 +8,10 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -160,4 +164,28 @@ func Poll(t testing.TB, limit time.Duration, cond func() bool) bool {
 		<-tick.C
 	}
 	return true
+}
+
+// GoBuild builds the package pkg (an import path or a directory relative to
+// dir) into the file out with the go command, in dir ("" for the test's
+// own), with -race when race is set. It skips the test when there is no go
+// command, and fails it when the build fails.
+func GoBuild(t testing.TB, dir, out, pkg string, race bool) {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		if _, serr := os.Stat(gobin); serr != nil {
+			t.Skipf("no go command to build %s: %v", pkg, err)
+		}
+	}
+	args := []string{"build", "-o", out}
+	if race {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(gobin, append(args, pkg)...)
+	cmd.Dir = dir
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
 }
