@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/poolplane/poolplane/poolmgr/engine"
 	"github.com/poolplane/poolplane/poolmgr/internal/seal"
 	"github.com/poolplane/poolplane/store"
 )
@@ -249,7 +250,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		env.Logger = cfg.Logger
 	}
 	if env.Upstreams == nil {
-		env.Upstreams = defaultUpstreams
+		env.Upstreams = engine.DefaultUpstreams()
 	}
 	var sealer *seal.Sealer
 	if cfg.SecretKey != nil {
@@ -1167,7 +1168,7 @@ func (m *Manager) startPool(id string, rec record) error {
 	m.mu.Lock()
 	fenced, seq := m.fenceDecisionLocked(id) // a fenced pool starts without prewarming
 	m.mu.Unlock()
-	p, err := newPool(id, cfg, m.env, fenced, seq)
+	p, err := engine.NewFencedPool(id, cfg, m.env, engine.Fence{Fenced: fenced, Seq: seq})
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 import (
 	"context"
@@ -17,8 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/poolplane/poolplane/poolmgr/internal/deque"
-	"github.com/poolplane/poolplane/poolmgr/internal/waitq"
+	"github.com/poolplane/poolplane/poolmgr/engine/internal/deque"
+	"github.com/poolplane/poolplane/poolmgr/engine/internal/waitq"
 )
 
 // State is a pool's lifecycle state.
@@ -111,8 +111,8 @@ type Pool struct {
 	tlsBase *tls.Config
 	state   State
 	closed  bool
-	// fenced withdraws the pool's whole share of a fleet limit (see
-	// setFenced); fenceSeq orders the Manager's fence decisions.
+	// fenced withdraws the pool's whole share of its limit (see
+	// SetFence); fenceSeq orders the owner's fence decisions.
 	fenced   bool
 	fenceSeq uint64
 	// dialCtx bounds every dial: a child of ctx, cancelled when the pool
@@ -159,16 +159,26 @@ type Pool struct {
 	st      counters
 }
 
+// Fence is the owner's decision to withdraw a pool's whole share of its
+// limit (Fenced) or to give it back. Seq orders decisions: a pool applies
+// only a decision at least as new as the last it applied, so decisions
+// racing to one pool end in the latest. The engine knows nothing of why an
+// owner fences (a replica set, a lost registration): it only obeys.
+type Fence struct {
+	Fenced bool
+	Seq    uint64
+}
+
 // NewPool starts a pool (its maintenance loop and min_idle prewarm). cfg must
 // have passed WithDefaults and Validate; NewPool returns a *ValidationError
 // otherwise.
 func NewPool(name string, cfg Config, env Env) (*Pool, error) {
-	return newPool(name, cfg, env, false, 0)
+	return NewFencedPool(name, cfg, env, Fence{})
 }
 
-// newPool is NewPool, fenced from the start (no prewarm) if fenced, as
-// decided by the Manager's fence decision seq.
-func newPool(name string, cfg Config, env Env, fenced bool, fenceSeq uint64) (*Pool, error) {
+// NewFencedPool is NewPool under the fence decision f: a fenced pool starts
+// without prewarming and serves nothing until SetFence lifts the fence.
+func NewFencedPool(name string, cfg Config, env Env, f Fence) (*Pool, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -208,8 +218,8 @@ func newPool(name string, cfg Config, env Env, fenced bool, fenceSeq uint64) (*P
 		tlsBase:     tlsBase,
 		gen:         1,
 		genCount:    make(map[uint64]int),
-		fenced:      fenced,
-		fenceSeq:    fenceSeq,
+		fenced:      f.Fenced,
+		fenceSeq:    f.Seq,
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.dialCtx, p.dialCancel = context.WithCancel(p.ctx)
@@ -278,10 +288,9 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 // FIFO order for a released connection or one the pool dials. It returns:
 //   - ErrPoolClosed after Close; *AcquireError with ErrDraining while
 //     draining;
-//   - *AcquireError with ErrFenced at once while the pool is fenced (a
-//     fleet-scoped pool on a replica that may have lost its registration:
-//     its share is 0; retry on another replica); queued acquires fail so
-//     too when the pool is fenced;
+//   - *AcquireError with ErrFenced at once while the pool is fenced (its
+//     owner withdrew its share, see SetFence: retry elsewhere); queued
+//     acquires fail so too when the pool is fenced;
 //   - *AcquireError with ErrExhausted at once when max_waiters callers are
 //     already queued beyond the dials in flight;
 //   - *AcquireError with ErrUnavailable at once when a dial is needed but
@@ -1015,22 +1024,22 @@ func (p *Pool) Serving() bool {
 	return !p.closed && p.state == StateActive && !p.fenced && !p.circuitOpen
 }
 
-// Fenced reports whether the pool is fenced: it is fleet-scoped and this
-// replica may have lost its registration (Replicas.Fenced), so it holds no
-// share of the fleet limit. Its Stats show Max 0 and Fenced meanwhile.
+// Fenced reports whether the pool is fenced (see SetFence): it holds no
+// share of its limit. Its Stats show Max 0 and Fenced meanwhile.
 func (p *Pool) Fenced() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.fenced
 }
 
-// setFenced fences the pool (share 0) or un-fences it, following the
-// Manager's fence decision seq; a decision older than the last one applied
-// is ignored, so concurrent decisions end in the latest. Fencing fails
+// SetFence fences the pool (share 0) or un-fences it, following the owner's
+// decision f; a decision older than the last one applied is ignored, so
+// concurrent decisions end in the latest. Fencing fails
 // queued acquires with ErrFenced, closes idle connections at once, cancels
 // dials in flight and starts none; leased connections close on release.
 // Un-fencing lets the pool dial again up to its configured limits.
-func (p *Pool) setFenced(fenced bool, seq uint64) {
+func (p *Pool) SetFence(f Fence) {
+	fenced, seq := f.Fenced, f.Seq
 	p.mu.Lock()
 	if p.closed || seq < p.fenceSeq {
 		p.mu.Unlock()
@@ -1134,8 +1143,8 @@ type Stats struct {
 	Pool       string
 	State      State
 	Generation uint64
-	// Fenced: the pool is fleet-scoped and this replica is fenced (see
-	// Pool.Fenced); Max is 0 meanwhile.
+	// Fenced: the pool's owner fenced it (see Pool.SetFence); Max is 0
+	// meanwhile.
 	Fenced bool
 	// Gauges: Total = Idle + InUse (+ connections between two states for
 	// an instant: a checkout peek, a release). Idle includes the idle
