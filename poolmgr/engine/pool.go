@@ -304,166 +304,176 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 //
 // An acquire served from the idle set allocates nothing.
 func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	var (
+		c   *Conn   // the connection leased to the caller
+		w   *waiter // the caller's place in the queue, once it waited
+		err error   // why the acquire failed
+	)
 	start := p.env.Now()
-	now := start
-	var w *waiter
 	p.mu.Lock()
-	for first := true; ; first = false {
-		if err := p.acquirableLocked(); err != nil {
-			if w != nil {
-				p.putWaiterLocked(w)
+	for now := start; ; now = p.env.Now() {
+		var (
+			drop   *Conn // a connection to close before going on
+			reason CloseReason
+		)
+		if err = ctx.Err(); err == nil {
+			err = p.acquirableLocked()
+		}
+		if err != nil {
+			break
+		}
+		if idle, ok := p.popIdleActiveLocked(); ok {
+			var leased, bad bool
+			if leased, reason, bad = p.checkoutLocked(ctx, idle, holder, start, now); leased {
+				c = idle
+			} else if bad {
+				drop = idle
 			}
+		} else if err = p.refuseWaitLocked(now); err == nil {
+			w = p.enqueueLocked(ctx, w, holder, start)
 			p.mu.Unlock()
-			return nil, err
-		}
-		if !first {
-			now = p.env.Now()
-		}
-		if p.state == StateActive {
-			if c, ok := p.popIdleLocked(); ok {
-				if p.expiredLocked(c, now) {
-					p.discardLocked(c, CloseMaxLifetime)
-					p.mu.Unlock()
-					c.closeNet()
-					p.mu.Lock()
-					p.closing--
-					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
-					continue
-				}
-				if p.idleLocked() < p.cfg.Limits.MinIdle {
-					p.maybeDialLocked(ctx) // refill min_idle
-				}
-				if c.raw == nil || now.Sub(c.idleSince) < p.cfg.Lifecycle.ValidateAfterIdle {
-					p.leaseLocked(c, holder, start, now)
-					if w != nil {
-						p.putWaiterLocked(w)
-					}
-					p.mu.Unlock()
-					return c, nil
-				}
-				// Peek outside the lock; the connection is ours meanwhile.
-				c.state = connChecking
-				p.mu.Unlock()
-				ok := c.alive()
+			var r waitResult
+			select {
+			case r = <-w.ch:
 				p.mu.Lock()
-				if ok {
-					if p.acquirableLocked() == nil {
-						p.leaseLocked(c, holder, start, p.env.Now())
-						if w != nil {
-							p.putWaiterLocked(w)
-						}
-						p.mu.Unlock()
-						return c, nil
-					}
-					// Closed or draining meanwhile: put it back through the
-					// usual checks, which close it; the loop then fails.
-					if reason, bad := p.putLocked(c, now); bad {
-						p.discardLocked(c, reason)
-						p.mu.Unlock()
-						c.closeNet()
-						p.mu.Lock()
-						p.closing--
-						p.maybeDialLocked(ctx)
-						p.maybeDialLocked(ctx) // the freed slot may serve a waiter
-					}
-					continue
-				}
-				p.discardLocked(c, CloseUnhealthy)
-				p.mu.Unlock()
-				c.closeNet()
+				c, err = r.c, r.err // neither: retry, look at the idle set again
+			case <-ctx.Done():
 				p.mu.Lock()
-				p.closing--
-				p.maybeDialLocked(ctx)
-				continue
+				err = ctx.Err()
+				drop, reason = p.leaveQueueLocked(w)
 			}
 		}
-
-		// Nothing idle: queue, and let the pool dial if it may.
-		canDial := p.state == StateActive && p.total+p.dialing < p.cfg.Limits.MaxConnections
-		if canDial && p.circuitOpen && p.waiters.Len() >= p.dialing && (p.dialing > 0 || now.Before(p.nextDialAt)) {
-			// Would need a dial, but the circuit is open and its probe is
-			// either running (and spoken for) or not due yet.
-			err := p.acquireErrorLocked(ErrUnavailable, now)
-			if w != nil {
-				p.putWaiterLocked(w)
-			}
+		if drop != nil {
+			// The one discard path: the slot is freed once the socket is
+			// closed, and may serve a waiter.
+			p.discardLocked(drop, reason)
 			p.mu.Unlock()
-			return nil, err
-		}
-		if !canDial && p.waiters.Len()-p.dialing >= p.cfg.Limits.MaxWaiters {
-			p.st.backlogRejections++
-			err := p.acquireErrorLocked(ErrExhausted, now)
-			if w != nil {
-				p.putWaiterLocked(w)
-			}
-			p.mu.Unlock()
-			return nil, err
-		}
-		if w == nil {
-			w = p.getWaiterLocked(holder, start)
-			w.deadline = start.Add(p.cfg.Limits.AcquireTimeout)
-			p.st.waits++
-		}
-		p.waiters.PushBack(&w.elem)
-		p.scheduleLocked(w.deadline)
-		p.maybeDialLocked(ctx)
-		p.notifyLocked()
-		p.mu.Unlock()
-
-		select {
-		case r := <-w.ch:
-			if r.err != nil || r.c != nil {
-				p.mu.Lock()
-				p.putWaiterLocked(w)
-				p.mu.Unlock()
-				return r.c, r.err
-			}
-			// retry: look at the idle set again.
+			drop.closeNet()
 			p.mu.Lock()
-			continue
-		case <-ctx.Done():
+			p.closing--
+			p.maybeDialLocked(ctx)
 		}
-
-		err := ctx.Err()
-		p.mu.Lock()
-		if p.waiters.Remove(&w.elem) {
-			p.putWaiterLocked(w)
-			p.notifyLocked()
-			p.mu.Unlock()
-			return nil, err
+		if c != nil || err != nil {
+			break
 		}
-		// Already served: the result is in w.ch. Give a connection back.
-		r := <-w.ch
-		p.putWaiterLocked(w)
-		if r.retry && p.state == StateActive && p.idle.Len() > 0 {
-			// Pass the wake-up on to the next waiter.
-			if e := p.waiters.PopFront(); e != nil {
-				e.Value.ch <- waitResult{retry: true}
-			}
-		}
-		if r.c != nil {
-			c := r.c
-			p.unleaseLocked(c)
-			p.st.acquires--
-			if c.reused {
-				p.st.reused--
-			} else {
-				p.st.created--
-			}
-			c.uses--
-			if reason, bad := p.putLocked(c, p.env.Now()); bad {
-				p.discardLocked(c, reason)
-				p.mu.Unlock()
-				p.closeConn(c)
-				return nil, err
-			}
-		}
-		p.mu.Unlock()
-		return nil, err
 	}
+	if w != nil {
+		p.putWaiterLocked(w)
+	}
+	p.mu.Unlock()
+	return c, err
+}
+
+// popIdleActiveLocked takes the next idle connection in the pool's idle
+// order, if the pool is active and has one.
+func (p *Pool) popIdleActiveLocked() (*Conn, bool) {
+	if p.state != StateActive {
+		return nil, false
+	}
+	if p.cfg.IdleOrder == FIFO {
+		return p.idle.PopFront()
+	}
+	return p.idle.PopBack()
+}
+
+// checkoutLocked runs the checkout checks on c, just taken from the idle
+// set, and leases it to holder when they pass (leased). Otherwise it
+// reports the reason to discard c (bad), or neither when c went back to
+// the pool because the pool closed or began to drain during the check.
+// A peek at c (idle longer than validate_after_idle) runs outside the
+// lock: checkoutLocked releases mu and takes it again, while c is ours.
+func (p *Pool) checkoutLocked(ctx context.Context, c *Conn, holder string, start, now time.Time) (leased bool, reason CloseReason, bad bool) {
+	if p.expiredLocked(c, now) {
+		return false, CloseMaxLifetime, true
+	}
+	if p.idleLocked() < p.cfg.Limits.MinIdle {
+		p.maybeDialLocked(ctx) // refill min_idle
+	}
+	if c.raw != nil && now.Sub(c.idleSince) >= p.cfg.Lifecycle.ValidateAfterIdle {
+		c.state = connChecking
+		p.mu.Unlock()
+		ok := c.alive()
+		p.mu.Lock()
+		if !ok {
+			return false, CloseUnhealthy, true
+		}
+		if p.acquirableLocked() != nil {
+			// Closed or draining meanwhile: put it back through the
+			// usual checks, which close it; the acquire then fails.
+			reason, bad = p.putLocked(c, now)
+			return false, reason, bad
+		}
+		now = p.env.Now()
+	}
+	p.leaseLocked(c, holder, start, now)
+	return true, 0, false
+}
+
+// refuseWaitLocked returns the error an acquire that found nothing idle
+// fails with at once, rather than queueing: ErrUnavailable when it would
+// need a dial but the circuit is open and its probe is either running (and
+// spoken for) or not due yet; ErrExhausted when max_waiters are already
+// queued beyond the dials in flight.
+func (p *Pool) refuseWaitLocked(now time.Time) error {
+	canDial := p.state == StateActive && p.total+p.dialing < p.cfg.Limits.MaxConnections
+	if canDial && p.circuitOpen && p.waiters.Len() >= p.dialing && (p.dialing > 0 || now.Before(p.nextDialAt)) {
+		return p.acquireErrorLocked(ErrUnavailable, now)
+	}
+	if !canDial && p.waiters.Len()-p.dialing >= p.cfg.Limits.MaxWaiters {
+		p.st.backlogRejections++
+		return p.acquireErrorLocked(ErrExhausted, now)
+	}
+	return nil
+}
+
+// enqueueLocked queues w (a new waiter if nil) at the back, and lets the
+// pool dial for it if it may.
+func (p *Pool) enqueueLocked(ctx context.Context, w *waiter, holder string, start time.Time) *waiter {
+	if w == nil {
+		w = p.getWaiterLocked(holder, start)
+		w.deadline = start.Add(p.cfg.Limits.AcquireTimeout)
+		p.st.waits++
+	}
+	p.waiters.PushBack(&w.elem)
+	p.scheduleLocked(w.deadline)
+	p.maybeDialLocked(ctx)
+	p.notifyLocked()
+	return w
+}
+
+// leaveQueueLocked takes w, whose caller gave up, out of the queue. If w
+// was served meanwhile, it passes a retry on to the next waiter, or gives
+// the connection delivered back to the pool, and returns it when it is to
+// be discarded instead, with the reason.
+func (p *Pool) leaveQueueLocked(w *waiter) (*Conn, CloseReason) {
+	if p.waiters.Remove(&w.elem) {
+		p.notifyLocked()
+		return nil, 0
+	}
+	// Already served: the result is in w.ch.
+	r := <-w.ch
+	if r.retry && p.state == StateActive && p.idle.Len() > 0 {
+		// Pass the wake-up on to the next waiter.
+		if e := p.waiters.PopFront(); e != nil {
+			e.Value.ch <- waitResult{retry: true}
+		}
+	}
+	c := r.c
+	if c == nil {
+		return nil, 0
+	}
+	p.unleaseLocked(c)
+	p.st.acquires--
+	if c.reused {
+		p.st.reused--
+	} else {
+		p.st.created--
+	}
+	c.uses--
+	if reason, bad := p.putLocked(c, p.env.Now()); bad {
+		return c, reason
+	}
+	return nil, 0
 }
 
 // acquirableLocked returns the error an acquire fails with now, if any.
@@ -512,13 +522,6 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 		}
 	}
 	return e
-}
-
-func (p *Pool) popIdleLocked() (*Conn, bool) {
-	if p.cfg.IdleOrder == FIFO {
-		return p.idle.PopFront()
-	}
-	return p.idle.PopBack()
 }
 
 // leaseLocked records c, open and owned by nobody, as leased to holder.
