@@ -304,21 +304,20 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 // An acquire served from the idle set allocates nothing.
 func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 	var (
-		c   *Conn   // the connection leased to the caller
-		w   *waiter // the caller's place in the queue, once it waited
-		err error   // why the acquire failed
+		c *Conn   // the connection leased to the caller
+		w *waiter // the caller's place in the queue, once it waited
+		// err is why the acquire failed. ctx is checked once, here: a turn
+		// after a retry wake-up must look at the idle set, not drop it.
+		err = ctx.Err()
 	)
 	start := p.env.Now()
 	p.mu.Lock()
-	for now := start; ; now = p.env.Now() {
+	for now := start; err == nil; now = p.env.Now() {
 		var (
 			drop   *Conn // a connection to close before going on
 			reason CloseReason
 		)
-		if err = ctx.Err(); err == nil {
-			err = p.acquirableLocked()
-		}
-		if err != nil {
+		if err = p.acquirableLocked(); err != nil {
 			break
 		}
 		if idle, ok := p.popIdleActiveLocked(); ok {
@@ -352,7 +351,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 			p.closing--
 			p.maybeDialLocked(ctx)
 		}
-		if c != nil || err != nil {
+		if c != nil {
 			break
 		}
 	}
