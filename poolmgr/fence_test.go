@@ -193,18 +193,3 @@ func TestFleetPoolsFenced(t *testing.T) {
 	}
 	waitPool(t, fleet, "unfenced after the write, share 2", func(s Stats) bool { return !s.Fenced && s.Max == 2 })
 }
-
-// Fence decisions are ordered: a pool applies only decisions newer than
-// the last one it applied.
-func TestPoolFenceOrder(t *testing.T) {
-	n := newFakeNet(t, true)
-	p := newTestPool(t, n, testConfig(func(c *Config) { c.Limits.MinIdle = 1 }))
-	waitPool(t, p, "prewarmed", func(s Stats) bool { return s.Idle == 1 })
-	p.setFenced(true, 2)
-	p.setFenced(false, 1) // stale
-	if s := p.Stats(); !s.Fenced || s.Max != 0 || s.Total != 0 {
-		t.Fatalf("after a stale un-fence: %+v", s)
-	}
-	p.setFenced(false, 3)
-	waitPool(t, p, "unfenced and refilled", func(s Stats) bool { return !s.Fenced && s.Max == 2 && s.Idle == 1 })
-}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+
+	"github.com/poolplane/poolplane/poolmgr/engine"
 )
 
 // Replicas reports the live poold replicas that share this Manager's store,
@@ -162,7 +164,7 @@ var errReplicasChanged = errors.New("replicas changed")
 // fenceDecisionLocked decides whether the live pool of id must be fenced
 // now: it is fleet-scoped and the replicas are fenced. Each decision takes
 // the next sequence number, and a pool applies only decisions newer than
-// the last it applied (Pool.setFenced), so decisions racing to one pool
+// the last it applied (Pool.SetFence), so decisions racing to one pool
 // end in the latest. The caller holds mu.
 func (m *Manager) fenceDecisionLocked(id string) (fenced bool, seq uint64) {
 	m.fenceSeq++
@@ -179,7 +181,7 @@ func (m *Manager) syncFence(id string, p *Pool) {
 	m.mu.Lock()
 	fenced, seq := m.fenceDecisionLocked(id)
 	m.mu.Unlock()
-	p.setFenced(fenced, seq)
+	p.SetFence(engine.Fence{Fenced: fenced, Seq: seq})
 }
 
 // applyFence applies the current fence decision to every live
@@ -203,7 +205,7 @@ func (m *Manager) applyFence() {
 	m.fenced = fenced
 	m.mu.Unlock()
 	for _, it := range items {
-		it.p.setFenced(it.fenced, it.seq)
+		it.p.SetFence(engine.Fence{Fenced: it.fenced, Seq: it.seq})
 	}
 	if !logIt {
 		return

@@ -3,70 +3,43 @@ package poolmgr
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/poolplane/poolplane/poolmgr/engine"
+	"github.com/poolplane/poolplane/poolmgr/internal/keytest"
 )
 
 // TestClientKeyFileBounded: a client_key_file path is read only when it is
 // a small regular file holding the key; devices, FIFOs, directories,
 // sockets, large or foreign files and missing paths all fail at once with
-// the same error, in dry runs too, and nothing is left running.
+// the same error, in dry runs too, and nothing is left running. The
+// engine's TestReadKeyFileBounded checks the reader on the same paths.
 func TestClientKeyFileBounded(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
-	certPEM, keyPEM := testKeyPair(t)
-	dir := t.TempDir()
-	good := filepath.Join(dir, "client.key")
-	if err := os.WriteFile(good, []byte(keyPEM), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fifo := filepath.Join(dir, "fifo")
-	if err := mkfifo(fifo); err != nil {
-		t.Skipf("mkfifo: %v", err)
-	}
-	text := filepath.Join(dir, "passwd")
-	if err := os.WriteFile(text, []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	big := filepath.Join(dir, "big.key")
-	if err := os.WriteFile(big, []byte(keyPEM+strings.Repeat("#", maxKeyFileSize)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	_, otherKey := testKeyPair(t)
-	other := filepath.Join(dir, "other.key")
-	if err := os.WriteFile(other, []byte(otherKey), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	f := keytest.NewFiles(t, engine.MaxKeyFileSize)
 
 	m := newTestManager(t, newMemStore())
 	cfgWith := func(path string) Config {
 		c := cfgFor("127.0.0.1:1")
-		c.TLS = TLSConfig{Enabled: true, ClientCertPEM: certPEM, ClientKeyFile: path}
+		c.TLS = TLSConfig{Enabled: true, ClientCertPEM: f.CertPEM, ClientKeyFile: path}
 		return c
 	}
-	if _, err := m.Create(context.Background(), "ok", cfgWith(good), WriteOptions{ValidateOnly: true}); err != nil {
+	if _, err := m.Create(context.Background(), "ok", cfgWith(f.Good), WriteOptions{ValidateOnly: true}); err != nil {
 		t.Fatalf("a regular key file: %v", err)
 	}
 	var first string
-	for _, path := range []string{"/dev/zero", fifo, dir, sock, text, big, other, filepath.Join(dir, "missing")} {
+	for _, path := range []string{"/dev/zero", f.FIFO, f.Dir, f.Sock, f.Text, f.Big, f.Other, f.Missing} {
 		for _, dry := range []bool{true, false} {
 			start := time.Now()
 			_, err := m.Create(context.Background(), "bad", cfgWith(path), WriteOptions{ValidateOnly: dry})
 			if !errors.Is(err, ErrInvalidConfig) {
 				t.Fatalf("%s (validate_only=%v): %v, want ErrInvalidConfig", path, dry, err)
 			}
-			if d := time.Since(start); d >= keyFileTimeout {
+			if d := time.Since(start); d >= engine.KeyFileTimeout {
 				t.Errorf("%s: took %v", path, d)
 			}
 			msg := strings.ReplaceAll(err.Error(), path, "PATH")
@@ -76,12 +49,6 @@ func TestClientKeyFileBounded(t *testing.T) {
 				t.Errorf("%s: error %q differs from %q: it tells the paths apart", path, msg, first)
 			}
 		}
-		if path == text || path == other {
-			continue // readable, but no key for the certificate
-		}
-		if _, err := readKeyFile(path); !errors.Is(err, ErrClientKeyFile) {
-			t.Errorf("readKeyFile(%s) = %v", path, err)
-		}
 	}
 	if !strings.Contains(first, ErrClientKeyFile.Error()) {
 		t.Fatalf("error %q", first)
@@ -89,7 +56,7 @@ func TestClientKeyFileBounded(t *testing.T) {
 
 	// A bad certificate is reported alike whatever the file is.
 	var certErr string
-	for _, path := range []string{good, text, fifo, filepath.Join(dir, "missing")} {
+	for _, path := range []string{f.Good, f.Text, f.FIFO, f.Missing} {
 		c := cfgWith(path)
 		c.TLS.ClientCertPEM = "not a certificate"
 		_, err := m.Create(context.Background(), "bad", c, WriteOptions{ValidateOnly: true})

@@ -6,8 +6,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain checks that no test of the package leaks a goroutine. Owned by the
-// engine tests; the Manager's tests share it.
+// TestMain checks that no test of the registry leaks a goroutine.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }

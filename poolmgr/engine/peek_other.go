@@ -1,6 +1,6 @@
 //go:build !unix
 
-package poolmgr
+package engine
 
 // peekSupported is false: without MSG_DONTWAIT, idle connections are not
 // peeked (health checks of kind HTTP/REDIS_PING still catch dead ones).

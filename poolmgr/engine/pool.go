@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 import (
 	"context"
@@ -12,13 +12,12 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/poolplane/poolplane/poolmgr/internal/deque"
-	"github.com/poolplane/poolplane/poolmgr/internal/waitq"
+	"github.com/poolplane/poolplane/poolmgr/engine/internal/deque"
+	"github.com/poolplane/poolplane/poolmgr/engine/internal/waitq"
 )
 
 // State is a pool's lifecycle state.
@@ -111,8 +110,8 @@ type Pool struct {
 	tlsBase *tls.Config
 	state   State
 	closed  bool
-	// fenced withdraws the pool's whole share of a fleet limit (see
-	// setFenced); fenceSeq orders the Manager's fence decisions.
+	// fenced withdraws the pool's whole share of its limit (see
+	// SetFence); fenceSeq orders the owner's fence decisions.
 	fenced   bool
 	fenceSeq uint64
 	// dialCtx bounds every dial: a child of ctx, cancelled when the pool
@@ -159,16 +158,26 @@ type Pool struct {
 	st      counters
 }
 
+// Fence is the owner's decision to withdraw a pool's whole share of its
+// limit (Fenced) or to give it back. Seq orders decisions: a pool applies
+// only a decision at least as new as the last it applied, so decisions
+// racing to one pool end in the latest. The engine knows nothing of why an
+// owner fences (a replica set, a lost registration): it only obeys.
+type Fence struct {
+	Fenced bool
+	Seq    uint64
+}
+
 // NewPool starts a pool (its maintenance loop and min_idle prewarm). cfg must
 // have passed WithDefaults and Validate; NewPool returns a *ValidationError
 // otherwise.
 func NewPool(name string, cfg Config, env Env) (*Pool, error) {
-	return newPool(name, cfg, env, false, 0)
+	return NewFencedPool(name, cfg, env, Fence{})
 }
 
-// newPool is NewPool, fenced from the start (no prewarm) if fenced, as
-// decided by the Manager's fence decision seq.
-func newPool(name string, cfg Config, env Env, fenced bool, fenceSeq uint64) (*Pool, error) {
+// NewFencedPool is NewPool under the fence decision f: a fenced pool starts
+// without prewarming and serves nothing until SetFence lifts the fence.
+func NewFencedPool(name string, cfg Config, env Env, f Fence) (*Pool, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -208,8 +217,8 @@ func newPool(name string, cfg Config, env Env, fenced bool, fenceSeq uint64) (*P
 		tlsBase:     tlsBase,
 		gen:         1,
 		genCount:    make(map[uint64]int),
-		fenced:      fenced,
-		fenceSeq:    fenceSeq,
+		fenced:      f.Fenced,
+		fenceSeq:    f.Seq,
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.dialCtx, p.dialCancel = context.WithCancel(p.ctx)
@@ -278,10 +287,9 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 // FIFO order for a released connection or one the pool dials. It returns:
 //   - ErrPoolClosed after Close; *AcquireError with ErrDraining while
 //     draining;
-//   - *AcquireError with ErrFenced at once while the pool is fenced (a
-//     fleet-scoped pool on a replica that may have lost its registration:
-//     its share is 0; retry on another replica); queued acquires fail so
-//     too when the pool is fenced;
+//   - *AcquireError with ErrFenced at once while the pool is fenced (its
+//     owner withdrew its share, see SetFence: retry elsewhere); queued
+//     acquires fail so too when the pool is fenced;
 //   - *AcquireError with ErrExhausted at once when max_waiters callers are
 //     already queued beyond the dials in flight;
 //   - *AcquireError with ErrUnavailable at once when a dial is needed but
@@ -295,166 +303,175 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 //
 // An acquire served from the idle set allocates nothing.
 func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	var (
+		c *Conn   // the connection leased to the caller
+		w *waiter // the caller's place in the queue, once it waited
+		// err is why the acquire failed. ctx is checked once, here: a turn
+		// after a retry wake-up must look at the idle set, not drop it.
+		err = ctx.Err()
+	)
 	start := p.env.Now()
-	now := start
-	var w *waiter
 	p.mu.Lock()
-	for first := true; ; first = false {
-		if err := p.acquirableLocked(); err != nil {
-			if w != nil {
-				p.putWaiterLocked(w)
+	for now := start; err == nil; now = p.env.Now() {
+		var (
+			drop   *Conn // a connection to close before going on
+			reason CloseReason
+		)
+		if err = p.acquirableLocked(); err != nil {
+			break
+		}
+		if idle, ok := p.popIdleActiveLocked(); ok {
+			var leased, bad bool
+			if leased, reason, bad = p.checkoutLocked(ctx, idle, holder, start, now); leased {
+				c = idle
+			} else if bad {
+				drop = idle
 			}
+		} else if err = p.refuseWaitLocked(now); err == nil {
+			w = p.enqueueLocked(ctx, w, holder, start)
 			p.mu.Unlock()
-			return nil, err
-		}
-		if !first {
-			now = p.env.Now()
-		}
-		if p.state == StateActive {
-			if c, ok := p.popIdleLocked(); ok {
-				if p.expiredLocked(c, now) {
-					p.discardLocked(c, CloseMaxLifetime)
-					p.mu.Unlock()
-					c.closeNet()
-					p.mu.Lock()
-					p.closing--
-					p.maybeDialLocked(ctx) // the freed slot may serve a waiter
-					continue
-				}
-				if p.idleLocked() < p.cfg.Limits.MinIdle {
-					p.maybeDialLocked(ctx) // refill min_idle
-				}
-				if c.raw == nil || now.Sub(c.idleSince) < p.cfg.Lifecycle.ValidateAfterIdle {
-					p.leaseLocked(c, holder, start, now)
-					if w != nil {
-						p.putWaiterLocked(w)
-					}
-					p.mu.Unlock()
-					return c, nil
-				}
-				// Peek outside the lock; the connection is ours meanwhile.
-				c.state = connChecking
-				p.mu.Unlock()
-				ok := c.alive()
+			var r waitResult
+			select {
+			case r = <-w.ch:
 				p.mu.Lock()
-				if ok {
-					if p.acquirableLocked() == nil {
-						p.leaseLocked(c, holder, start, p.env.Now())
-						if w != nil {
-							p.putWaiterLocked(w)
-						}
-						p.mu.Unlock()
-						return c, nil
-					}
-					// Closed or draining meanwhile: put it back through the
-					// usual checks, which close it; the loop then fails.
-					if reason, bad := p.putLocked(c, now); bad {
-						p.discardLocked(c, reason)
-						p.mu.Unlock()
-						c.closeNet()
-						p.mu.Lock()
-						p.closing--
-						p.maybeDialLocked(ctx)
-						p.maybeDialLocked(ctx) // the freed slot may serve a waiter
-					}
-					continue
-				}
-				p.discardLocked(c, CloseUnhealthy)
-				p.mu.Unlock()
-				c.closeNet()
+				c, err = r.c, r.err // neither: retry, look at the idle set again
+			case <-ctx.Done():
 				p.mu.Lock()
-				p.closing--
-				p.maybeDialLocked(ctx)
-				continue
+				err = ctx.Err()
+				drop, reason = p.leaveQueueLocked(w)
 			}
 		}
-
-		// Nothing idle: queue, and let the pool dial if it may.
-		canDial := p.state == StateActive && p.total+p.dialing < p.cfg.Limits.MaxConnections
-		if canDial && p.circuitOpen && p.waiters.Len() >= p.dialing && (p.dialing > 0 || now.Before(p.nextDialAt)) {
-			// Would need a dial, but the circuit is open and its probe is
-			// either running (and spoken for) or not due yet.
-			err := p.acquireErrorLocked(ErrUnavailable, now)
-			if w != nil {
-				p.putWaiterLocked(w)
-			}
+		if drop != nil {
+			// The one discard path: the slot is freed once the socket is
+			// closed, and may serve a waiter.
+			p.discardLocked(drop, reason)
 			p.mu.Unlock()
-			return nil, err
-		}
-		if !canDial && p.waiters.Len()-p.dialing >= p.cfg.Limits.MaxWaiters {
-			p.st.backlogRejections++
-			err := p.acquireErrorLocked(ErrExhausted, now)
-			if w != nil {
-				p.putWaiterLocked(w)
-			}
-			p.mu.Unlock()
-			return nil, err
-		}
-		if w == nil {
-			w = p.getWaiterLocked(holder, start)
-			w.deadline = start.Add(p.cfg.Limits.AcquireTimeout)
-			p.st.waits++
-		}
-		p.waiters.PushBack(&w.elem)
-		p.scheduleLocked(w.deadline)
-		p.maybeDialLocked(ctx)
-		p.notifyLocked()
-		p.mu.Unlock()
-
-		select {
-		case r := <-w.ch:
-			if r.err != nil || r.c != nil {
-				p.mu.Lock()
-				p.putWaiterLocked(w)
-				p.mu.Unlock()
-				return r.c, r.err
-			}
-			// retry: look at the idle set again.
+			drop.closeNet()
 			p.mu.Lock()
-			continue
-		case <-ctx.Done():
+			p.closing--
+			p.maybeDialLocked(ctx)
 		}
-
-		err := ctx.Err()
-		p.mu.Lock()
-		if p.waiters.Remove(&w.elem) {
-			p.putWaiterLocked(w)
-			p.notifyLocked()
-			p.mu.Unlock()
-			return nil, err
+		if c != nil {
+			break
 		}
-		// Already served: the result is in w.ch. Give a connection back.
-		r := <-w.ch
-		p.putWaiterLocked(w)
-		if r.retry && p.state == StateActive && p.idle.Len() > 0 {
-			// Pass the wake-up on to the next waiter.
-			if e := p.waiters.PopFront(); e != nil {
-				e.Value.ch <- waitResult{retry: true}
-			}
-		}
-		if r.c != nil {
-			c := r.c
-			p.unleaseLocked(c)
-			p.st.acquires--
-			if c.reused {
-				p.st.reused--
-			} else {
-				p.st.created--
-			}
-			c.uses--
-			if reason, bad := p.putLocked(c, p.env.Now()); bad {
-				p.discardLocked(c, reason)
-				p.mu.Unlock()
-				p.closeConn(c)
-				return nil, err
-			}
-		}
-		p.mu.Unlock()
-		return nil, err
 	}
+	if w != nil {
+		p.putWaiterLocked(w)
+	}
+	p.mu.Unlock()
+	return c, err
+}
+
+// popIdleActiveLocked takes the next idle connection in the pool's idle
+// order, if the pool is active and has one.
+func (p *Pool) popIdleActiveLocked() (*Conn, bool) {
+	if p.state != StateActive {
+		return nil, false
+	}
+	if p.cfg.IdleOrder == FIFO {
+		return p.idle.PopFront()
+	}
+	return p.idle.PopBack()
+}
+
+// checkoutLocked runs the checkout checks on c, just taken from the idle
+// set, and leases it to holder when they pass (leased). Otherwise it
+// reports the reason to discard c (bad), or neither when c went back to
+// the pool because the pool closed or began to drain during the check.
+// A peek at c (idle longer than validate_after_idle) runs outside the
+// lock: checkoutLocked releases mu and takes it again, while c is ours.
+func (p *Pool) checkoutLocked(ctx context.Context, c *Conn, holder string, start, now time.Time) (leased bool, reason CloseReason, bad bool) {
+	if p.expiredLocked(c, now) {
+		return false, CloseMaxLifetime, true
+	}
+	if p.idleLocked() < p.cfg.Limits.MinIdle {
+		p.maybeDialLocked(ctx) // refill min_idle
+	}
+	if c.raw != nil && now.Sub(c.idleSince) >= p.cfg.Lifecycle.ValidateAfterIdle {
+		c.state = connChecking
+		p.mu.Unlock()
+		ok := c.alive()
+		p.mu.Lock()
+		if !ok {
+			return false, CloseUnhealthy, true
+		}
+		if p.acquirableLocked() != nil {
+			// Closed or draining meanwhile: put it back through the
+			// usual checks, which close it; the acquire then fails.
+			reason, bad = p.putLocked(c, now)
+			return false, reason, bad
+		}
+		now = p.env.Now()
+	}
+	p.leaseLocked(c, holder, start, now)
+	return true, 0, false
+}
+
+// refuseWaitLocked returns the error an acquire that found nothing idle
+// fails with at once, rather than queueing: ErrUnavailable when it would
+// need a dial but the circuit is open and its probe is either running (and
+// spoken for) or not due yet; ErrExhausted when max_waiters are already
+// queued beyond the dials in flight.
+func (p *Pool) refuseWaitLocked(now time.Time) error {
+	canDial := p.state == StateActive && p.total+p.dialing < p.cfg.Limits.MaxConnections
+	if canDial && p.circuitOpen && p.waiters.Len() >= p.dialing && (p.dialing > 0 || now.Before(p.nextDialAt)) {
+		return p.acquireErrorLocked(ErrUnavailable, now)
+	}
+	if !canDial && p.waiters.Len()-p.dialing >= p.cfg.Limits.MaxWaiters {
+		p.st.backlogRejections++
+		return p.acquireErrorLocked(ErrExhausted, now)
+	}
+	return nil
+}
+
+// enqueueLocked queues w (a new waiter if nil) at the back, and lets the
+// pool dial for it if it may.
+func (p *Pool) enqueueLocked(ctx context.Context, w *waiter, holder string, start time.Time) *waiter {
+	if w == nil {
+		w = p.getWaiterLocked(holder, start)
+		w.deadline = start.Add(p.cfg.Limits.AcquireTimeout)
+		p.st.waits++
+	}
+	p.waiters.PushBack(&w.elem)
+	p.scheduleLocked(w.deadline)
+	p.maybeDialLocked(ctx)
+	p.notifyLocked()
+	return w
+}
+
+// leaveQueueLocked takes w, whose caller gave up, out of the queue. If w
+// was served meanwhile, it passes a retry on to the next waiter, or gives
+// the connection delivered back to the pool, and returns it when it is to
+// be discarded instead, with the reason.
+func (p *Pool) leaveQueueLocked(w *waiter) (*Conn, CloseReason) {
+	if p.waiters.Remove(&w.elem) {
+		p.notifyLocked()
+		return nil, 0
+	}
+	// Already served: the result is in w.ch.
+	r := <-w.ch
+	if r.retry && p.state == StateActive && p.idle.Len() > 0 {
+		// Pass the wake-up on to the next waiter.
+		if e := p.waiters.PopFront(); e != nil {
+			e.Value.ch <- waitResult{retry: true}
+		}
+	}
+	c := r.c
+	if c == nil {
+		return nil, 0
+	}
+	p.unleaseLocked(c)
+	p.st.acquires--
+	if c.reused {
+		p.st.reused--
+	} else {
+		p.st.created--
+	}
+	c.uses--
+	if reason, bad := p.putLocked(c, p.env.Now()); bad {
+		return c, reason
+	}
+	return nil, 0
 }
 
 // acquirableLocked returns the error an acquire fails with now, if any.
@@ -503,13 +520,6 @@ func (p *Pool) acquireErrorLocked(sentinel error, now time.Time) *AcquireError {
 		}
 	}
 	return e
-}
-
-func (p *Pool) popIdleLocked() (*Conn, bool) {
-	if p.cfg.IdleOrder == FIFO {
-		return p.idle.PopFront()
-	}
-	return p.idle.PopBack()
 }
 
 // leaseLocked records c, open and owned by nobody, as leased to holder.
@@ -703,123 +713,6 @@ func (p *Pool) kickLocked() {
 	}
 }
 
-// Changed returns a channel closed at the next change of the pool's state,
-// configuration or counts (a lease, a release, a dial, a close...). Callers
-// re-read what they need (Stats, Leases) and call Changed again; polling
-// Stats on a ticker is the simpler alternative.
-func (p *Pool) Changed() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.changec == nil {
-		p.changec = make(chan struct{})
-	}
-	return p.changec
-}
-
-// waitFor waits until cond, evaluated under the lock, holds.
-func (p *Pool) waitFor(ctx context.Context, cond func() bool) error {
-	for {
-		p.mu.Lock()
-		if cond() {
-			p.mu.Unlock()
-			return nil
-		}
-		if p.changec == nil {
-			p.changec = make(chan struct{})
-		}
-		ch := p.changec
-		p.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// Retired counts connections a change retires.
-type Retired struct{ Idle, Leased int }
-
-// Plan reports what Reconfigure(cfg) would retire, without changing anything:
-// every connection when the endpoints or TLS change, else the idle ones
-// closed to fit a smaller max_connections or max_idle and the leased ones
-// that will close on release.
-func (p *Pool) Plan(cfg Config) Retired {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.planLocked(cfg)
-}
-
-func (p *Pool) planLocked(cfg Config) Retired {
-	idle := p.idle.Len()
-	if !p.cfg.sameUpstream(cfg) {
-		return Retired{Idle: idle, Leased: p.total - idle}
-	}
-	var r Retired
-	if excess := p.total - cfg.Limits.MaxConnections; excess > 0 {
-		r.Idle = min(excess, idle)
-		r.Leased = excess - r.Idle
-	}
-	if rest := idle - r.Idle; rest > cfg.Limits.MaxIdle {
-		r.Idle += rest - cfg.Limits.MaxIdle
-	}
-	return r
-}
-
-// Reconfigure applies cfg live and returns what it retired (see Plan).
-// Limits and timeouts apply at once: a smaller max closes idle connections
-// first and leased ones on release, never cutting a lease; queued acquires
-// are re-evaluated (a larger max lets them dial). An endpoint or TLS change
-// bumps the generation: idle connections close now, leased ones on release.
-// cfg must have passed WithDefaults and Validate. It returns ErrPoolClosed
-// after Close, or an error for unusable TLS material.
-func (p *Pool) Reconfigure(cfg Config) (Retired, error) {
-	var tlsBase *tls.Config
-	if cfg.TLS.Enabled {
-		var err error
-		if tlsBase, err = newTLSBase(cfg.TLS); err != nil {
-			return Retired{}, fmt.Errorf("pool %s: tls: %w", p.name, err)
-		}
-	}
-	cfg = cloneConfig(cfg)
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return Retired{}, ErrPoolClosed
-	}
-	p.cfgVer++
-	r := p.planLocked(cfg)
-	var toClose []*Conn
-	if !p.cfg.sameUpstream(cfg) {
-		p.cfg = cfg
-		p.tlsBase = tlsBase
-		p.bumpGenerationLocked()
-		toClose = p.discardIdleLocked(toClose, func(*Conn) (CloseReason, bool) { return CloseGeneration, true })
-	} else {
-		p.cfg = cfg
-		// The idle connections to close are the ones idle the longest: at the front.
-		for range r.Idle {
-			c, _ := p.idle.PopFront()
-			p.discardLocked(c, CloseShrink)
-			toClose = append(toClose, c)
-		}
-	}
-	p.maybeDialLocked(context.Background())
-	p.kickLocked()
-	p.notifyLocked()
-	p.mu.Unlock()
-	p.closeAll(toClose)
-	return r, nil
-}
-
-// bumpGenerationLocked starts a new generation: connections of older ones
-// retire, and endpoints are resolved afresh.
-func (p *Pool) bumpGenerationLocked() {
-	p.gen++
-	p.setEndpointsLocked()
-	p.consecFails, p.circuitOpen, p.nextDialAt, p.lastDialErr = 0, false, time.Time{}, nil
-}
-
 // Config returns a copy of the pool's current configuration.
 func (p *Pool) Config() Config {
 	p.mu.Lock()
@@ -842,300 +735,13 @@ func (p *Pool) Generation() uint64 {
 	return p.gen
 }
 
-// Drain stops new leases (acquires fail with ErrDraining, queued ones too)
-// and closes idle connections; leases finish normally and their connections
-// close on release. Resume ends it.
-func (p *Pool) Drain() {
-	p.mu.Lock()
-	if p.closed || p.state == StateDraining {
-		p.mu.Unlock()
-		return
-	}
-	p.state = StateDraining
-	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseDrain, true })
-	p.failWaitersLocked(p.acquireErrorLocked(ErrDraining, time.Time{}))
-	p.notifyLocked()
-	p.mu.Unlock()
-	p.closeAll(toClose)
-}
-
-// Pause makes new acquires wait until Resume (their acquire_timeout keeps
-// running). Leases in progress are unaffected. It does nothing while
-// draining.
-func (p *Pool) Pause() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.closed && p.state == StateActive {
-		p.state = StatePaused
-		p.notifyLocked()
-	}
-}
-
-// Resume ends Pause or Drain: queued acquires take idle connections or get
-// new ones dialed, and min_idle is refilled.
-func (p *Pool) Resume() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || p.state == StateActive {
-		return
-	}
-	p.state = StateActive
-	// Idle connections were kept while paused; waiters go back and take
-	// them through the usual checkout checks.
-	for range p.idle.Len() {
-		e := p.waiters.PopFront()
-		if e == nil {
-			break
-		}
-		e.Value.ch <- waitResult{retry: true}
-	}
-	p.maybeDialLocked(context.Background())
-	p.notifyLocked()
-}
-
-// Reconnect bumps the generation and returns the new one: idle connections
-// close now, leased ones on release, and min_idle is refilled with new ones.
-// Use WaitGeneration to wait for the old connections to be gone.
-func (p *Pool) Reconnect() uint64 {
-	p.mu.Lock()
-	p.bumpGenerationLocked()
-	gen := p.gen
-	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseGeneration, true })
-	p.maybeDialLocked(context.Background())
-	p.kickLocked()
-	p.notifyLocked()
-	p.mu.Unlock()
-	p.closeAll(toClose)
-	return gen
-}
-
-// WaitGeneration waits until no open connection of a generation below gen
-// remains, or ctx ends (returning ctx.Err()).
-func (p *Pool) WaitGeneration(ctx context.Context, gen uint64) error {
-	return p.waitFor(ctx, func() bool {
-		for g := range p.genCount {
-			if g < gen {
-				return false
-			}
-		}
-		return true
-	})
-}
-
-// WaitDrained waits until no connection is leased, or ctx ends (returning
-// ctx.Err()).
-func (p *Pool) WaitDrained(ctx context.Context) error {
-	return p.waitFor(ctx, func() bool { return len(p.leased) == 0 })
-}
-
-// Close closes the pool: queued acquires fail with ErrPoolClosed, idle
-// connections close, leased ones are closed too (their Done channels close
-// and a later Release does nothing), dials in flight are cancelled and their
-// results closed. It waits for the pool's goroutines. Idempotent; it always
-// returns nil.
-func (p *Pool) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		<-p.donec
-		p.dialWG.Wait()
-		return nil
-	}
-	p.closed = true
-	toClose := p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseClosed, true })
-	for len(p.leased) > 0 {
-		c := p.leased[len(p.leased)-1]
-		p.discardLocked(c, CloseClosed)
-		toClose = append(toClose, c)
-	}
-	p.failWaitersLocked(ErrPoolClosed)
-	p.notifyLocked()
-	p.cancel()
-	close(p.stopc)
-	p.mu.Unlock()
-	p.closeAll(toClose)
-	<-p.donec
-	p.dialWG.Wait()
-	return nil
-}
-
-// Leases lists the active leases, in no particular order.
-func (p *Pool) Leases() []LeaseInfo {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]LeaseInfo, 0, len(p.leased))
-	for _, c := range p.leased {
-		out = append(out, LeaseInfo{
-			ID:           p.leaseID(c.leaseSeq),
-			Pool:         p.name,
-			Holder:       c.holder,
-			Since:        c.since,
-			UpstreamAddr: c.addr,
-			Generation:   c.gen,
-		})
-	}
-	return out
-}
-
-func (p *Pool) leaseID(seq uint64) string {
-	return p.leasePrefix + strconv.FormatUint(seq, 10)
-}
-
-// Revoke ends a lease by closing its connection: the holder's I/O fails and
-// Conn.Done is closed; its later Release does nothing. It returns
-// ErrLeaseNotFound when no active lease of this pool has that ID.
-func (p *Pool) Revoke(leaseID string) error {
-	rest, ok := strings.CutPrefix(leaseID, p.leasePrefix)
-	if !ok {
-		return fmt.Errorf("pool %s: lease %q: %w", p.name, leaseID, ErrLeaseNotFound)
-	}
-	seq, err := strconv.ParseUint(rest, 10, 64)
-	if err != nil {
-		return fmt.Errorf("pool %s: lease %q: %w", p.name, leaseID, ErrLeaseNotFound)
-	}
-	p.mu.Lock()
-	for _, c := range p.leased {
-		if c.leaseSeq == seq {
-			p.discardLocked(c, CloseRevoked)
-			p.mu.Unlock()
-			p.closeConn(c)
-			return nil
-		}
-	}
-	p.mu.Unlock()
-	return fmt.Errorf("pool %s: lease %q: %w", p.name, leaseID, ErrLeaseNotFound)
-}
-
-// Serving reports whether the pool can hand out connections now: open,
-// active (not paused or draining), not fenced and with its dial circuit
-// closed.
-func (p *Pool) Serving() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.closed && p.state == StateActive && !p.fenced && !p.circuitOpen
-}
-
-// Fenced reports whether the pool is fenced: it is fleet-scoped and this
-// replica may have lost its registration (Replicas.Fenced), so it holds no
-// share of the fleet limit. Its Stats show Max 0 and Fenced meanwhile.
-func (p *Pool) Fenced() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.fenced
-}
-
-// setFenced fences the pool (share 0) or un-fences it, following the
-// Manager's fence decision seq; a decision older than the last one applied
-// is ignored, so concurrent decisions end in the latest. Fencing fails
-// queued acquires with ErrFenced, closes idle connections at once, cancels
-// dials in flight and starts none; leased connections close on release.
-// Un-fencing lets the pool dial again up to its configured limits.
-func (p *Pool) setFenced(fenced bool, seq uint64) {
-	p.mu.Lock()
-	if p.closed || seq < p.fenceSeq {
-		p.mu.Unlock()
-		return
-	}
-	p.fenceSeq = seq
-	if p.fenced == fenced {
-		p.mu.Unlock()
-		return
-	}
-	p.fenced = fenced
-	var toClose []*Conn
-	if fenced {
-		p.dialCancel()
-		toClose = p.discardIdleLocked(nil, func(*Conn) (CloseReason, bool) { return CloseShrink, true })
-		p.failWaitersLocked(p.acquireErrorLocked(ErrFenced, time.Time{}))
-	} else {
-		p.dialCtx, p.dialCancel = context.WithCancel(p.ctx)
-		p.maybeDialLocked(context.Background())
-	}
-	p.kickLocked()
-	p.notifyLocked()
-	p.mu.Unlock()
-	p.closeAll(toClose)
-}
-
-// Stats returns a value snapshot taken under the pool's lock.
-func (p *Pool) Stats() Stats {
-	p.mu.Lock()
-	s := Stats{
-		Pool:              p.name,
-		State:             p.state,
-		Generation:        p.gen,
-		Fenced:            p.fenced,
-		Max:               p.maxLocked(),
-		Total:             p.total,
-		InUse:             len(p.leased),
-		Idle:              p.idleLocked(),
-		Dialing:           p.dialing,
-		Waiters:           p.waiters.Len(),
-		MinIdle:           p.cfg.Limits.MinIdle,
-		CircuitOpen:       p.circuitOpen,
-		Acquires:          p.st.acquires,
-		Reused:            p.st.reused,
-		New:               p.st.created,
-		Waits:             p.st.waits,
-		Timeouts:          p.st.timeouts,
-		BacklogRejections: p.st.backlogRejections,
-		Dials:             p.st.dials,
-		DialFailures:      p.st.dialFailures,
-		Closes:            make(map[string]uint64),
-		WaitTime:          p.st.waitTime.snapshot(),
-		DialTime:          p.st.dialTime.snapshot(),
-		HoldTime:          p.st.holdTime.snapshot(),
-	}
-	if p.lastDialErr != nil {
-		s.LastDialError = p.lastDialErr.Error()
-	}
-	for r, n := range p.st.closes {
-		if n > 0 {
-			s.Closes[CloseReason(r).String()] = n
-		}
-	}
-	p.mu.Unlock()
-	s.BytesIn = p.bytesIn.Load()
-	s.BytesOut = p.bytesOut.Load()
-	return s
-}
-
-// LeaseInfo describes an active lease.
-type LeaseInfo struct {
-	ID           string    // unique: "<pool>-<instance>-<n>"
-	Pool         string    // the pool's ID
-	Holder       string    // as given to Acquire
-	Since        time.Time // when the lease was granted
-	UpstreamAddr string    // the resolved "ip:port" dialed
-	Generation   uint64    // the connection's generation
-}
-
-// AcquireInfo describes how an acquire was served (like net/http's GotConnInfo).
-type AcquireInfo struct {
-	LeaseID      string        // as in LeaseInfo.ID
-	Reused       bool          // the connection served an earlier lease
-	IdleTime     time.Duration // how long it was idle before this lease
-	ConnAge      time.Duration // how long it had been open at the acquire
-	WaitTime     time.Duration // how long Acquire took
-	UpstreamAddr string        // the resolved "ip:port" dialed
-	Generation   uint64        // the connection's generation
-}
-
-// Histogram has explicit bucket bounds.
-type Histogram struct {
-	Bounds []time.Duration // upper bounds; the last bucket is +Inf
-	Counts []uint64        // len(Bounds)+1
-	Sum    time.Duration
-	Count  uint64
-}
-
 // Stats is a value snapshot of a pool.
 type Stats struct {
 	Pool       string
 	State      State
 	Generation uint64
-	// Fenced: the pool is fleet-scoped and this replica is fenced (see
-	// Pool.Fenced); Max is 0 meanwhile.
+	// Fenced: the pool's owner fenced it (see Pool.SetFence); Max is 0
+	// meanwhile.
 	Fenced bool
 	// Gauges: Total = Idle + InUse (+ connections between two states for
 	// an instant: a checkout peek, a release). Idle includes the idle

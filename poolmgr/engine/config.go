@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 import (
 	"crypto/tls"

@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 import (
 	"strconv"
@@ -120,4 +120,76 @@ type counters struct {
 	dials, dialFailures                                           uint64
 	closes                                                        [numCloseReasons]uint64
 	waitTime, dialTime, holdTime                                  histogram
+}
+
+// Stats returns a value snapshot taken under the pool's lock.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	s := Stats{
+		Pool:              p.name,
+		State:             p.state,
+		Generation:        p.gen,
+		Fenced:            p.fenced,
+		Max:               p.maxLocked(),
+		Total:             p.total,
+		InUse:             len(p.leased),
+		Idle:              p.idleLocked(),
+		Dialing:           p.dialing,
+		Waiters:           p.waiters.Len(),
+		MinIdle:           p.cfg.Limits.MinIdle,
+		CircuitOpen:       p.circuitOpen,
+		Acquires:          p.st.acquires,
+		Reused:            p.st.reused,
+		New:               p.st.created,
+		Waits:             p.st.waits,
+		Timeouts:          p.st.timeouts,
+		BacklogRejections: p.st.backlogRejections,
+		Dials:             p.st.dials,
+		DialFailures:      p.st.dialFailures,
+		Closes:            make(map[string]uint64),
+		WaitTime:          p.st.waitTime.snapshot(),
+		DialTime:          p.st.dialTime.snapshot(),
+		HoldTime:          p.st.holdTime.snapshot(),
+	}
+	if p.lastDialErr != nil {
+		s.LastDialError = p.lastDialErr.Error()
+	}
+	for r, n := range p.st.closes {
+		if n > 0 {
+			s.Closes[CloseReason(r).String()] = n
+		}
+	}
+	p.mu.Unlock()
+	s.BytesIn = p.bytesIn.Load()
+	s.BytesOut = p.bytesOut.Load()
+	return s
+}
+
+// LeaseInfo describes an active lease.
+type LeaseInfo struct {
+	ID           string    // unique: "<pool>-<instance>-<n>"
+	Pool         string    // the pool's ID
+	Holder       string    // as given to Acquire
+	Since        time.Time // when the lease was granted
+	UpstreamAddr string    // the resolved "ip:port" dialed
+	Generation   uint64    // the connection's generation
+}
+
+// AcquireInfo describes how an acquire was served (like net/http's GotConnInfo).
+type AcquireInfo struct {
+	LeaseID      string        // as in LeaseInfo.ID
+	Reused       bool          // the connection served an earlier lease
+	IdleTime     time.Duration // how long it was idle before this lease
+	ConnAge      time.Duration // how long it had been open at the acquire
+	WaitTime     time.Duration // how long Acquire took
+	UpstreamAddr string        // the resolved "ip:port" dialed
+	Generation   uint64        // the connection's generation
+}
+
+// Histogram has explicit bucket bounds.
+type Histogram struct {
+	Bounds []time.Duration // upper bounds; the last bucket is +Inf
+	Counts []uint64        // len(Bounds)+1
+	Sum    time.Duration
+	Count  uint64
 }

@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 // Every test here runs inside a testing/synctest bubble with a fake network
 // that parks dials. advance steps the bubble's fake clock through idle

@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 import (
 	"crypto/x509"
@@ -14,12 +14,12 @@ import (
 // Bounds of reading TLSConfig.ClientKeyFile, a path any pool writer
 // chooses on the poold host.
 const (
-	// maxKeyFileSize is the largest key file read: PEM keys are a few KiB
+	// MaxKeyFileSize is the largest key file read: PEM keys are a few KiB
 	// (an RSA-8192 key is under 7 KiB).
-	maxKeyFileSize = 64 << 10
-	// keyFileTimeout bounds the read of a key file, on a slow or hung
+	MaxKeyFileSize = 64 << 10
+	// KeyFileTimeout bounds the read of a key file, on a slow or hung
 	// file system.
-	keyFileTimeout = 2 * time.Second
+	KeyFileTimeout = 2 * time.Second
 )
 
 // ErrClientKeyFile is the one error of a tls.client_key_file that yields no
@@ -37,7 +37,7 @@ var ErrClientKeyFile = errors.New("client_key_file: no private key for client_ce
 // read. Every failure is ErrClientKeyFile.
 //
 // The read runs on its own goroutine so that a hung file system cannot
-// hold the caller beyond keyFileTimeout; that goroutine ends when the read
+// hold the caller beyond KeyFileTimeout; that goroutine ends when the read
 // returns, and never blocks on its result.
 func readKeyFile(name string) ([]byte, error) {
 	type result struct {
@@ -46,10 +46,10 @@ func readKeyFile(name string) ([]byte, error) {
 	}
 	donec := make(chan result, 1) // size 1: the reader never waits for a caller that timed out
 	go func() {
-		b, err := readRegularFile(name, maxKeyFileSize)
+		b, err := readRegularFile(name, MaxKeyFileSize)
 		donec <- result{b, err}
 	}()
-	t := time.NewTimer(keyFileTimeout)
+	t := time.NewTimer(KeyFileTimeout)
 	defer t.Stop()
 	select {
 	case r := <-donec:

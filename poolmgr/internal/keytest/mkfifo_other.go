@@ -1,6 +1,6 @@
 //go:build !unix
 
-package poolmgr
+package keytest
 
 import "errors"
 

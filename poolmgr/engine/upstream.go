@@ -1,4 +1,4 @@
-package poolmgr
+package engine
 
 import (
 	"fmt"
@@ -10,8 +10,8 @@ import (
 )
 
 // UpstreamPolicy decides which upstreams pools may reach, so that poold is
-// never an open proxy. The Manager calls AllowEndpoint for every endpoint
-// of every pool written (Create, Update, Apply, Rollback); the pool calls
+// never an open proxy. The pool's owner calls AllowEndpoint for every
+// endpoint of every pool it writes; the pool calls
 // AllowDial for every resolved address before it dials, so a name that
 // later resolves elsewhere (DNS rebinding) cannot reach a forbidden
 // address. Both return an error wrapping ErrUpstreamNotAllowed to refuse.
@@ -271,6 +271,11 @@ func (a *Allowlist) AllowDial(host string, ip netip.Addr, port int) error {
 
 // defaultUpstreams is the policy of pools without Env.Upstreams.
 var defaultUpstreams = &Allowlist{}
+
+// DefaultUpstreams returns the policy a pool uses when Env.Upstreams is nil:
+// an empty Allowlist (every upstream but link-local, metadata and
+// unspecified addresses).
+func DefaultUpstreams() UpstreamPolicy { return defaultUpstreams }
 
 // checkDial applies the pool's policy to one resolved "ip:port" address.
 func (p *Pool) checkDial(host, addr string) error {

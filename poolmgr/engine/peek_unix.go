@@ -1,6 +1,6 @@
 //go:build unix && !linux
 
-package poolmgr
+package engine
 
 import (
 	"errors"
