@@ -158,18 +158,26 @@ func (leaseBalancerBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOpt
 	}
 }
 
-// lbClientConn clears the ready replicas when the channel is not ready:
-// the base balancer then installs an error picker without building one.
+// lbClientConn publishes the ready replicas to the Client as each picker
+// is installed: once it is, so that a lease never names a replica the
+// installed picker does not know yet (the picker would then place the
+// stream on another, possibly the one a retry avoids). When the channel is
+// not ready, the base balancer installs an error picker without building
+// one, and no replica is ready.
 type lbClientConn struct {
 	balancer.ClientConn
 	pb *pickerBuilder
 }
 
 func (cc lbClientConn) UpdateState(s balancer.State) {
-	if s.ConnectivityState != connectivity.Ready {
+	p, ok := s.Picker.(*picker)
+	if s.ConnectivityState != connectivity.Ready || !ok {
 		cc.pb.set.setReadyIfAny(nil)
+		cc.ClientConn.UpdateState(s)
+		return
 	}
 	cc.ClientConn.UpdateState(s)
+	cc.pb.set.setReadyIfAny(slices.Clone(p.addrs))
 }
 
 // leaseBalancer hands its Client's replicaSet to the picker builder. gRPC
@@ -199,8 +207,8 @@ func (r *replicaSet) setReadyIfAny(addrs []string) {
 	}
 }
 
-// pickerBuilder builds a picker over the ready SubConns at every change and
-// publishes their addresses to the Client.
+// pickerBuilder builds a picker over the ready SubConns at every change;
+// lbClientConn publishes their addresses to the Client.
 type pickerBuilder struct {
 	set  *replicaSet // nil until the config names it
 	next atomic.Uint32
@@ -221,7 +229,6 @@ func (pb *pickerBuilder) Build(info base.PickerBuildInfo) balancer.Picker {
 		p.addrs = append(p.addrs, r.addr)
 		p.scs = append(p.scs, r.sc)
 	}
-	pb.set.setReadyIfAny(slices.Clone(p.addrs))
 	if len(rs) == 0 {
 		return base.NewErrPicker(balancer.ErrNoSubConnAvailable)
 	}
