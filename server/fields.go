@@ -74,7 +74,8 @@ type updateMask struct {
 	leaves map[string]bool
 	// keyImplicit: the key is included only through "*", an empty mask or
 	// "tls"; then an empty key with an unchanged client certificate keeps
-	// the stored key (a Pool read back never carries the key). Naming
+	// the stored key (a Pool read back never carries the key): UpdatePool
+	// asks the core for it with WriteOptions.KeepClientKey. Naming
 	// "tls.client_key_pem" explicitly with an empty value clears the key.
 	keyImplicit bool
 }
@@ -172,8 +173,9 @@ func snakePath(p string) string {
 	return b.String()
 }
 
-// mergeConfig returns cur with the masked leaves taken from src (see
-// updateMask.keyImplicit for the client key). Both are converted to Pool
+// mergeConfig returns cur with the masked leaves taken from src. An
+// implicitly masked, empty client key is left empty: the core keeps the
+// stored key under its write lock (WriteOptions.KeepClientKey). Both are converted to Pool
 // messages, the masked leaves copied by protoreflect, and the result
 // converted back; the write-only client key, which no Pool message built
 // from a Config carries, is carried over beside them.
@@ -190,10 +192,6 @@ func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	out.TLS.ClientKeyPEM = cur.TLS.ClientKeyPEM
 	if m.leaves[keyPath] {
 		out.TLS.ClientKeyPEM = src.TLS.ClientKeyPEM
-	}
-	if m.leaves[keyPath] && m.keyImplicit && src.TLS.ClientKeyPEM == "" && out.TLS.ClientKeyFile == "" &&
-		src.TLS.ClientCertPEM != "" && src.TLS.ClientCertPEM == cur.TLS.ClientCertPEM {
-		out.TLS.ClientKeyPEM = cur.TLS.ClientKeyPEM
 	}
 	return out
 }
