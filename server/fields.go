@@ -196,11 +196,6 @@ func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	return out
 }
 
-// copyLeaf copies one writable leaf from src to dst.
-func copyLeaf(dst, src *poolmgr.Config, leaf string) {
-	*dst = mergeConfig(*dst, *src, updateMask{leaves: map[string]bool{leaf: true}})
-}
-
 // copyPath sets the field at path (a leaf path such as
 // "limits.max_connections") of dst to its value in src, creating dst's
 // parent messages as needed; a field unset in src is cleared in dst. It

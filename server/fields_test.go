@@ -14,6 +14,11 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 )
 
+// copyLeaf copies one writable leaf from src to dst, as a mask of it does.
+func copyLeaf(dst, src *poolmgr.Config, leaf string) {
+	*dst = mergeConfig(*dst, *src, updateMask{leaves: map[string]bool{leaf: true}})
+}
+
 // poolWithLeaf returns a Pool with only the leaf at path set, to a value
 // that differs from its default and is a valid member of its type (an
 // enum's last value, one second, "x"...).
