@@ -195,6 +195,14 @@ type HealthCheck struct {
 
 // Config is the configuration of one pool. The zero value of a field means
 // its default; WithDefaults fills them in, and Validate checks the result.
+//
+// A new field needs: its Pool field in proto/poolplane/v1/pool.proto; its
+// field here, tagged `field:"<api name>"` (DiffFields and FieldPaths read
+// the tags); its conversions in server's configFromProto and
+// configToProto; its checks in Validate (and default in WithDefaults);
+// its place in poolmgr's record. Update masks follow from the Pool
+// descriptor. server's TestEveryPoolFieldIsWired and poolmgr's
+// TestEveryConfigFieldIsStored name whatever is missing.
 type Config struct {
 	// Endpoints are "host:port" upstream addresses; names are re-resolved
 	// every DNSRefresh. A host is a DNS name or an IP literal (IPv6 in
