@@ -56,7 +56,9 @@ type Plan struct {
 // action per pool (CREATE, UPDATE, UNCHANGED, and with o.Prune DELETE for
 // stored pools not wanted), commits every write in one store transaction,
 // and then applies the changes to the live pools. States are kept:
-// Apply changes configs only.
+// Apply changes configs only. A stored pool's spec that gives its stored
+// client certificate but no client key or key file keeps the stored key,
+// so that pools read back (which never carry the key) apply unchanged.
 //
 // Each write in the transaction expects the revision the plan was computed
 // from, so a pool changed concurrently aborts the whole Apply with an error
@@ -65,10 +67,6 @@ type Plan struct {
 // A stored record that does not decode fails the Apply (Delete repairs it).
 // Errors of live pools after the commit are returned joined, with the plan.
 func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (Plan, error) {
-	specs, err := prepareSpecs(want)
-	if err != nil {
-		return Plan{}, err
-	}
 	unlock, err := m.lockWrites(ctx)
 	if err != nil {
 		return Plan{}, err
@@ -91,6 +89,18 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 			return Plan{}, fmt.Errorf("apply: stored pool %s: %w", id, err)
 		}
 		cur[id] = current{rec, kv}
+	}
+	// A spec that omits the client key keeps the stored one (see
+	// keepStoredKey); then every spec is validated.
+	want = slices.Clone(want)
+	for i := range want {
+		if c, ok := cur[want[i].ID]; ok {
+			keepStoredKey(c.rec.Config.TLS, &want[i].Config)
+		}
+	}
+	specs, err := prepareSpecs(want)
+	if err != nil {
+		return Plan{}, err
 	}
 
 	type change struct {

@@ -130,3 +130,6 @@ func ValidatePoolID(id string) error { return engine.ValidatePoolID(id) }
 
 // HistogramBounds is engine.HistogramBounds.
 func HistogramBounds() []time.Duration { return engine.HistogramBounds() }
+
+// FieldPaths is engine.FieldPaths: the API path of every leaf of a Config.
+func FieldPaths() []string { return engine.FieldPaths() }

@@ -70,6 +70,11 @@ type WriteOptions struct {
 	// ValidateOnly checks the request and returns what would result,
 	// writing nothing and touching no live pool.
 	ValidateOnly bool
+	// KeepClientKey (Update only): a config that gives the stored client
+	// certificate but neither a client key nor a key file keeps the stored
+	// key (see keepStoredKey), so that a pool read back, which never
+	// carries the key, can be written back whole.
+	KeepClientKey bool
 }
 
 // PoolInfo is a pool's stored configuration and state.
@@ -545,6 +550,15 @@ func revisionOf(e store.HistoryEntry, s *seal.Sealer) (Revision, error) {
 // follows another field keeps following it), copying its slices and maps
 // so the caller's cannot alias stored ones.
 func prepare(cfg Config) (Config, error) {
+	cfg = cloneConfig(cfg)
+	if err := cfg.WithDefaults().Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// cloneConfig returns cfg with its slices and maps copied.
+func cloneConfig(cfg Config) Config {
 	cfg.Endpoints = slices.Clone(cfg.Endpoints)
 	if cfg.Labels != nil {
 		l := make(map[string]string, len(cfg.Labels))
@@ -553,10 +567,7 @@ func prepare(cfg Config) (Config, error) {
 		}
 		cfg.Labels = l
 	}
-	if err := cfg.WithDefaults().Validate(); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	return cfg
 }
 
 // checkWrite applies the write-time policies to a config about to be

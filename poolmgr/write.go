@@ -149,13 +149,24 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 	if err := ValidatePoolID(id); err != nil {
 		return PoolInfo{}, err
 	}
-	cfg, err := prepare(cfg)
-	if err != nil {
+	// A config that may take the stored key is validated once it has it,
+	// under the write lock.
+	keep := o.KeepClientKey && omitsClientKey(cfg.TLS)
+	var err error
+	if keep {
+		cfg = cloneConfig(cfg)
+	} else if cfg, err = prepare(cfg); err != nil {
 		return PoolInfo{}, err
 	}
 	return m.write(ctx, id, o, write{
 		expect: expectRevision,
 		mutate: func(rec *record, _ bool) (bool, error) {
+			if keep {
+				keepStoredKey(rec.Config.TLS, &cfg)
+				if err := cfg.WithDefaults().Validate(); err != nil {
+					return false, err
+				}
+			}
 			if rec.Config.WithDefaults().Equal(cfg.WithDefaults()) {
 				return false, nil
 			}
@@ -167,6 +178,23 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 		},
 		apply: func(rec record) error { return m.applyLive(id, rec, true, false) },
 	})
+}
+
+// omitsClientKey reports whether t gives a client certificate but neither a
+// client key nor a key file: a TLS config read back from the API.
+func omitsClientKey(t TLSConfig) bool {
+	return t.ClientCertPEM != "" && t.ClientKeyPEM == "" && t.ClientKeyFile == ""
+}
+
+// keepStoredKey is the one rule by which a stored client key survives a
+// write that omits it: a cfg that gives the stored client certificate but
+// neither a key nor a key file takes the stored key. A new certificate, a
+// key file or a key of its own leaves cfg as it is. Callers hold the write
+// lock and pass the TLS config stored at the revision they write over.
+func keepStoredKey(stored TLSConfig, cfg *Config) {
+	if omitsClientKey(cfg.TLS) && cfg.TLS.ClientCertPEM == stored.ClientCertPEM {
+		cfg.TLS.ClientKeyPEM = stored.ClientKeyPEM
+	}
 }
 
 // Rollback writes the config the pool had at revision toRevision (the

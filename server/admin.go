@@ -125,6 +125,10 @@ func (s *AdminServer) UpdatePool(ctx context.Context, req *poolv1.UpdatePoolRequ
 		return nil, toStatus(err)
 	}
 	o := s.writeOptions(ctx, req.GetValidateOnly())
+	// A key included only implicitly ("*", no mask, "tls") and left empty
+	// keeps the stored key when the certificate is the stored one; an
+	// explicit "tls.client_key_pem" clears it.
+	o.KeepClientKey = mask.leaves[keyPath] && mask.keyImplicit
 	for attempt := 0; ; attempt++ {
 		cur, err := s.core.Get(ctx, id)
 		if err != nil {
@@ -163,15 +167,13 @@ func (s *AdminServer) DeletePool(ctx context.Context, req *poolv1.DeletePoolRequ
 
 // ApplyPools makes the stored pools match the request, atomically, and
 // returns the plan. A pool given with a client certificate but no key
-// keeps its stored key when the certificate is unchanged, so that pools
-// read back (which never carry the key) apply unchanged. See
+// keeps its stored key when the certificate is unchanged (the core's rule,
+// under its write lock), so that pools read back (which never carry the
+// key) apply unchanged. See
 // poolv1.PoolAdminServiceServer.
 func (s *AdminServer) ApplyPools(ctx context.Context, req *poolv1.ApplyPoolsRequest) (*poolv1.ApplyPoolsResponse, error) {
 	specs, err := validateApplyPoolsRequest(req)
 	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := s.keepStoredKeys(ctx, specs); err != nil {
 		return nil, toStatus(err)
 	}
 	plan, err := s.core.Apply(ctx, specs, poolmgr.ApplyOptions{
@@ -189,33 +191,6 @@ func (s *AdminServer) ApplyPools(ctx context.Context, req *poolv1.ApplyPoolsRequ
 		}
 	}
 	return planToProto(plan, written), nil
-}
-
-// keepStoredKeys fills in the stored client key of every spec that has an
-// unchanged client certificate and no key.
-func (s *AdminServer) keepStoredKeys(ctx context.Context, specs []poolmgr.PoolSpec) error {
-	need := false
-	for _, sp := range specs {
-		need = need || (sp.Config.TLS.ClientCertPEM != "" && sp.Config.TLS.ClientKeyPEM == "")
-	}
-	if !need {
-		return nil
-	}
-	cur, _, err := s.core.List(ctx, 0, "")
-	if err != nil {
-		return err
-	}
-	stored := make(map[string]poolmgr.TLSConfig, len(cur))
-	for _, info := range cur {
-		stored[info.ID] = info.Config.TLS
-	}
-	for i := range specs {
-		t := &specs[i].Config.TLS
-		if st, ok := stored[specs[i].ID]; ok && t.ClientKeyPEM == "" && t.ClientKeyFile == "" && t.ClientCertPEM != "" && t.ClientCertPEM == st.ClientCertPEM {
-			t.ClientKeyPEM = st.ClientKeyPEM
-		}
-	}
-	return nil
 }
 
 // ListPoolRevisions lists a pool's retained versions, newest first. See

@@ -93,17 +93,17 @@ func (k HealthCheckKind) String() string {
 // leased ones on release).
 type TLSConfig struct {
 	// Enabled turns TLS on. Minimum version is TLS 1.2.
-	Enabled bool
+	Enabled bool `field:"enabled"`
 	// ServerName is the name verified in the upstream certificate; default:
 	// the host part of the endpoint.
-	ServerName string
+	ServerName string `field:"server_name"`
 	// CAPEM holds PEM-encoded roots; empty means the system roots.
-	CAPEM string
+	CAPEM string `field:"ca_pem"`
 	// ClientCertPEM and ClientKeyPEM are the client certificate and key for
 	// mTLS. The key is write-only: the API never returns it, and the
 	// Manager stores it encrypted (ManagerConfig.SecretKey).
-	ClientCertPEM string
-	ClientKeyPEM  string
+	ClientCertPEM string `field:"client_cert_pem"`
+	ClientKeyPEM  string `field:"client_key_pem"`
 	// ClientKeyFile is the absolute path of a PEM file holding the client
 	// key, instead of ClientKeyPEM: the key stays out of the store. It is
 	// read when the config is validated (dry runs included) and whenever a
@@ -111,31 +111,31 @@ type TLSConfig struct {
 	// write the new file and then change any TLS setting, or the path. Only
 	// a regular file of at most 64 KiB is read, within 2s; any failure is
 	// ErrClientKeyFile, which tells nothing about the path.
-	ClientKeyFile string
+	ClientKeyFile string `field:"client_key_file"`
 }
 
 // Limits bound the pool's size and the time callers wait. Changes apply at once.
 type Limits struct {
 	// MaxConnections is the most connections open at once, idle or leased.
 	// Default 10; range 1..100000.
-	MaxConnections int
+	MaxConnections int `field:"max_connections"`
 	// MinIdle connections are kept open and idle (prewarm). Default 0; at most MaxConnections.
-	MinIdle int
+	MinIdle int `field:"min_idle"`
 	// MaxIdle is the most idle connections kept; extra released ones close.
 	// Default: MaxConnections; range MinIdle..MaxConnections.
-	MaxIdle int
+	MaxIdle int `field:"max_idle"`
 	// MaxWaiters is the most acquirers queued; the next fails at once with
 	// ErrExhausted. Default 1024; range 0..1000000 (0 means no queueing).
-	MaxWaiters int
+	MaxWaiters int `field:"max_waiters"`
 	// AcquireTimeout bounds how long an acquire waits. Default 30s; range 1ms..1h.
-	AcquireTimeout time.Duration
+	AcquireTimeout time.Duration `field:"acquire_timeout"`
 	// DialTimeout bounds a dial including the TLS handshake. Default 5s; range 1ms..5m.
-	DialTimeout time.Duration
+	DialTimeout time.Duration `field:"dial_timeout"`
 	// Scope says whether MaxConnections, MinIdle and MaxIdle bound this
 	// replica (ScopeReplica, the default) or every replica sharing the
 	// store together (ScopeFleet: each takes its share, see
 	// ManagerConfig.Replicas).
-	Scope LimitScope
+	Scope LimitScope `field:"scope"`
 }
 
 // LimitScope is what Limits bound.
@@ -163,54 +163,62 @@ func (s LimitScope) String() string {
 type Lifecycle struct {
 	// MaxLifetime closes a connection this long after it was opened, at
 	// checkout or in the sweep, never while leased. Default 30m; range 1s..720h.
-	MaxLifetime time.Duration
+	MaxLifetime time.Duration `field:"max_lifetime"`
 	// LifetimeJitter spreads expiries: each connection's lifetime is reduced
 	// by a random amount in [0, LifetimeJitter). Default MaxLifetime/10;
 	// range 0..MaxLifetime.
-	LifetimeJitter time.Duration
+	LifetimeJitter time.Duration `field:"lifetime_jitter"`
 	// IdleTimeout closes a connection idle this long. Default 5m; range 1s..720h.
-	IdleTimeout time.Duration
+	IdleTimeout time.Duration `field:"idle_timeout"`
 	// ValidateAfterIdle: a connection idle longer than this gets a
 	// non-blocking peek at checkout. Default 0: every checkout peeks.
-	ValidateAfterIdle time.Duration
+	ValidateAfterIdle time.Duration `field:"validate_after_idle"`
 	// MaxLeaseDuration revokes a lease held longer. Default 0: unlimited.
-	MaxLeaseDuration time.Duration
+	MaxLeaseDuration time.Duration `field:"max_lease_duration"`
 	// TCPKeepAlive is the keepalive period on upstream sockets. Default 15s;
 	// a negative value disables keepalive.
-	TCPKeepAlive time.Duration
+	TCPKeepAlive time.Duration `field:"tcp_keepalive"`
 }
 
 // HealthCheck configures active checks of idle connections.
 type HealthCheck struct {
-	Kind HealthCheckKind
+	Kind HealthCheckKind `field:"kind"`
 	// Interval between checks of each idle connection. Default 30s when Kind is set; range 100ms..1h.
-	Interval time.Duration
+	Interval time.Duration `field:"interval"`
 	// Timeout of one check. Default 2s; range 1ms..Interval.
-	Timeout time.Duration
+	Timeout time.Duration `field:"timeout"`
 	// HTTPPath for HealthHTTP: the request target of "HEAD <path>
 	// HTTP/1.1", an RFC 3986 absolute path with an optional query, at most
 	// 2048 bytes. Default "/".
-	HTTPPath string
+	HTTPPath string `field:"http_path"`
 }
 
 // Config is the configuration of one pool. The zero value of a field means
 // its default; WithDefaults fills them in, and Validate checks the result.
+//
+// A new field needs: its Pool field in proto/poolplane/v1/pool.proto; its
+// field here, tagged `field:"<api name>"` (DiffFields and FieldPaths read
+// the tags); its conversions in server's configFromProto and
+// configToProto; its checks in Validate (and default in WithDefaults);
+// its place in poolmgr's record. Update masks follow from the Pool
+// descriptor. server's TestEveryPoolFieldIsWired and poolmgr's
+// TestEveryConfigFieldIsStored name whatever is missing.
 type Config struct {
 	// Endpoints are "host:port" upstream addresses; names are re-resolved
 	// every DNSRefresh. A host is a DNS name or an IP literal (IPv6 in
 	// brackets; a zone only on a link-local address), see validateHost.
 	// Changing them bumps the generation.
-	Endpoints   []string
-	TLS         TLSConfig
-	Limits      Limits
-	Lifecycle   Lifecycle
-	HealthCheck HealthCheck
+	Endpoints   []string    `field:"endpoints"`
+	TLS         TLSConfig   `field:"tls"`
+	Limits      Limits      `field:"limits"`
+	Lifecycle   Lifecycle   `field:"lifecycle"`
+	HealthCheck HealthCheck `field:"health_check"`
 	// DNSRefresh is how often names are re-resolved. Default 30s; range 1s..24h.
-	DNSRefresh time.Duration
-	Reuse      ReusePolicy
-	IdleOrder  IdleOrder
+	DNSRefresh time.Duration `field:"dns_refresh"`
+	Reuse      ReusePolicy   `field:"reuse_policy"`
+	IdleOrder  IdleOrder     `field:"idle_order"`
 	// Labels are free-form key/value pairs for operators.
-	Labels map[string]string
+	Labels map[string]string `field:"labels"`
 }
 
 // Defaults.
@@ -450,58 +458,6 @@ func (c Config) Equal(o Config) bool {
 // generationFields are the fields whose change bumps the generation.
 func (c Config) sameUpstream(o Config) bool {
 	return slices.Equal(c.Endpoints, o.Endpoints) && c.TLS == o.TLS
-}
-
-// DiffFields returns the API paths of the fields that differ between c and o,
-// sorted. Private key material is compared but reported as "tls.client_key_pem".
-func (c Config) DiffFields(o Config) []string {
-	var d []string
-	add := func(cond bool, path string) {
-		if cond {
-			d = append(d, path)
-		}
-	}
-	add(!slices.Equal(c.Endpoints, o.Endpoints), "endpoints")
-	add(c.TLS.Enabled != o.TLS.Enabled, "tls.enabled")
-	add(c.TLS.ServerName != o.TLS.ServerName, "tls.server_name")
-	add(c.TLS.CAPEM != o.TLS.CAPEM, "tls.ca_pem")
-	add(c.TLS.ClientCertPEM != o.TLS.ClientCertPEM, "tls.client_cert_pem")
-	add(c.TLS.ClientKeyPEM != o.TLS.ClientKeyPEM, "tls.client_key_pem")
-	add(c.TLS.ClientKeyFile != o.TLS.ClientKeyFile, "tls.client_key_file")
-	add(c.Limits.MaxConnections != o.Limits.MaxConnections, "limits.max_connections")
-	add(c.Limits.MinIdle != o.Limits.MinIdle, "limits.min_idle")
-	add(c.Limits.MaxIdle != o.Limits.MaxIdle, "limits.max_idle")
-	add(c.Limits.MaxWaiters != o.Limits.MaxWaiters, "limits.max_waiters")
-	add(c.Limits.AcquireTimeout != o.Limits.AcquireTimeout, "limits.acquire_timeout")
-	add(c.Limits.DialTimeout != o.Limits.DialTimeout, "limits.dial_timeout")
-	add(c.Limits.Scope != o.Limits.Scope, "limits.scope")
-	add(c.Lifecycle.MaxLifetime != o.Lifecycle.MaxLifetime, "lifecycle.max_lifetime")
-	add(c.Lifecycle.LifetimeJitter != o.Lifecycle.LifetimeJitter, "lifecycle.lifetime_jitter")
-	add(c.Lifecycle.IdleTimeout != o.Lifecycle.IdleTimeout, "lifecycle.idle_timeout")
-	add(c.Lifecycle.ValidateAfterIdle != o.Lifecycle.ValidateAfterIdle, "lifecycle.validate_after_idle")
-	add(c.Lifecycle.MaxLeaseDuration != o.Lifecycle.MaxLeaseDuration, "lifecycle.max_lease_duration")
-	add(c.Lifecycle.TCPKeepAlive != o.Lifecycle.TCPKeepAlive, "lifecycle.tcp_keepalive")
-	add(c.HealthCheck.Kind != o.HealthCheck.Kind, "health_check.kind")
-	add(c.HealthCheck.Interval != o.HealthCheck.Interval, "health_check.interval")
-	add(c.HealthCheck.Timeout != o.HealthCheck.Timeout, "health_check.timeout")
-	add(c.HealthCheck.HTTPPath != o.HealthCheck.HTTPPath, "health_check.http_path")
-	add(c.DNSRefresh != o.DNSRefresh, "dns_refresh")
-	add(c.Reuse != o.Reuse, "reuse_policy")
-	add(c.IdleOrder != o.IdleOrder, "idle_order")
-	add(!mapsEqual(c.Labels, o.Labels), "labels")
-	return d
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // check parses the PEM material.
