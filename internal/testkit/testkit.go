@@ -106,6 +106,13 @@ func EchoConn(c net.Conn) {
 	_ = c.Close()
 }
 
+// DiscardConn reads c until it ends, then closes it: an upstream that
+// holds connections open and never answers.
+func DiscardConn(c net.Conn) {
+	_, _ = io.Copy(io.Discard, c)
+	_ = c.Close()
+}
+
 // Serve accepts connections on 127.0.0.1:0 and runs handler on each in its
 // own goroutine; it returns the address. The test's cleanup closes the
 // listener and every connection and waits for the handlers.
@@ -116,9 +123,10 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 		t.Fatal(err)
 	}
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects conns
-		conns []net.Conn
+		wg     sync.WaitGroup
+		mu     sync.Mutex // protects conns and closed
+		conns  []net.Conn
+		closed bool
 	)
 	wg.Go(func() {
 		for {
@@ -127,6 +135,11 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 				return
 			}
 			mu.Lock()
+			if closed { // accepted as the cleanup ran: nobody closes it later
+				mu.Unlock()
+				_ = c.Close()
+				continue
+			}
 			conns = append(conns, c)
 			mu.Unlock()
 			wg.Go(func() { handler(c) })
@@ -135,6 +148,7 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 	t.Cleanup(func() {
 		_ = lis.Close()
 		mu.Lock()
+		closed = true
 		for _, c := range conns {
 			_ = c.Close()
 		}
