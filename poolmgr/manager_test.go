@@ -75,22 +75,11 @@ func withMax(c Config, n int) Config {
 }
 
 // waitPool waits, without sleeping, until cond holds for p, or fails the
-// test at its deadline.
+// test after 30s or at its deadline.
 func waitPool(t *testing.T, p *Pool, what string, cond func(Stats) bool) {
 	t.Helper()
-	ctx, cancel := testContext(t)
-	defer cancel()
-	for {
-		ch := p.Changed()
-		if cond(p.Stats()) {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("pool %s: timed out waiting for %s: %+v", p.Name(), what, p.Stats())
-		}
-	}
+	testkit.WaitChanged(t, 30*time.Second, "pool "+p.Name()+": "+what, p.Changed,
+		func() bool { return cond(p.Stats()) }, func() string { return fmt.Sprintf("%+v", p.Stats()) })
 }
 
 // testContext bounds a wait by 30s and by the test binary's deadline.

@@ -134,49 +134,14 @@ type sdkUpstream struct {
 
 func startSDKUpstream(t testing.TB, handler func(net.Conn)) *sdkUpstream {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &sdkUpstream{addr: lis.Addr().String(), conns: make(chan net.Conn, 1024)}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects all
-		all   []net.Conn
-		accWG sync.WaitGroup
-	)
-	accWG.Add(1)
-	go func() {
-		defer accWG.Done()
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			u.accepted.Add(1)
-			mu.Lock()
-			all = append(all, c)
-			mu.Unlock()
-			if handler == nil {
-				u.conns <- c
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handler(c)
-			}()
+	u := &sdkUpstream{conns: make(chan net.Conn, 1024)}
+	u.addr = testkit.Serve(t, func(c net.Conn) {
+		u.accepted.Add(1)
+		if handler == nil {
+			u.conns <- c
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		_ = lis.Close()
-		accWG.Wait()
-		mu.Lock()
-		for _, c := range all {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		handler(c)
 	})
 	return u
 }

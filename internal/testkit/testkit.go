@@ -60,12 +60,7 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 func WaitWithin(t testing.TB, limit time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	end := start.Add(limit)
-	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
-			end = dl.Add(-deadlineMargin)
-		}
-	}
+	end := waitEnd(t, limit)
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for !cond() {
@@ -75,6 +70,43 @@ func WaitWithin(t testing.TB, limit time.Duration, what string, cond func() bool
 		<-tick.C
 	}
 	return time.Since(start)
+}
+
+// WaitChanged waits until cond holds, checking it again each time the
+// channel changed returned before the check is closed (a change
+// notification such as a pool's Changed), so that it never sleeps. It
+// fails the test after limit, or earlier when the test's deadline is near;
+// the failure names what and, when state is not nil, what state says.
+func WaitChanged(t testing.TB, limit time.Duration, what string, changed func() <-chan struct{}, cond func() bool, state func() string) {
+	t.Helper()
+	timer := time.NewTimer(time.Until(waitEnd(t, limit)))
+	defer timer.Stop()
+	for {
+		ch := changed()
+		if cond() {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			if state != nil {
+				t.Fatalf("timed out waiting for %s: %s", what, state())
+			}
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// waitEnd is when a wait of limit from now ends: earlier when the test's
+// deadline is near.
+func waitEnd(t testing.TB, limit time.Duration) time.Time {
+	end := time.Now().Add(limit)
+	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
+			end = dl.Add(-deadlineMargin)
+		}
+	}
+	return end
 }
 
 // Recv takes one value from ch, failing the test after DefaultWait.
@@ -163,12 +195,7 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 // more than WaitWithin on a timeout.
 func Poll(t testing.TB, limit time.Duration, cond func() bool) bool {
 	t.Helper()
-	end := time.Now().Add(limit)
-	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
-			end = dl.Add(-deadlineMargin)
-		}
-	}
+	end := waitEnd(t, limit)
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for !cond() {
