@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -215,8 +214,9 @@ func GoBuild(t testing.TB, dir, out, pkg string, race bool) {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, serr := os.Stat(gobin); serr != nil {
+		// The go command sets GOROOT for the tests it runs.
+		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		if _, serr := os.Stat(gobin); os.Getenv("GOROOT") == "" || serr != nil {
 			t.Skipf("no go command to build %s: %v", pkg, err)
 		}
 	}
