@@ -38,22 +38,14 @@ func newReplicasClient(t *testing.T, want int, fs []*fakeServer, opts ...Option)
 // waitReady waits until c's balancer sees n replicas ready.
 func waitReady(t *testing.T, c *Client, n int) {
 	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(10 * time.Second)
-	for {
-		got := 0
+	ready := func() int {
 		if p := c.replicas.ready.Load(); p != nil {
-			got = len(*p)
+			return len(*p)
 		}
-		if got == n {
-			return
-		}
-		select {
-		case <-tick.C:
-		case <-timeout:
-			t.Fatalf("%d replicas ready, want %d", got, n)
-		}
+		return 0
+	}
+	if !testkit.Poll(t, testkit.DefaultWait, func() bool { return ready() == n }) {
+		t.Fatalf("%d replicas ready, want %d", ready(), n)
 	}
 }
 

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -16,6 +14,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 var _ Store = (*store.Store)(nil)
@@ -64,51 +64,7 @@ func newTestManager(t *testing.T, st Store) *Manager {
 // them open until the peer closes or the test ends. It returns its address.
 func upstream(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex // protects conns and closed
-		conns  []net.Conn
-		closed bool
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			if closed {
-				mu.Unlock()
-				_ = c.Close()
-				continue
-			}
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(io.Discard, c)
-				_ = c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		closed = true
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return testkit.Serve(t, testkit.DiscardConn)
 }
 
 func cfgFor(addrs ...string) Config { return Config{Endpoints: addrs} }
@@ -119,22 +75,11 @@ func withMax(c Config, n int) Config {
 }
 
 // waitPool waits, without sleeping, until cond holds for p, or fails the
-// test at its deadline.
+// test after 30s or at its deadline.
 func waitPool(t *testing.T, p *Pool, what string, cond func(Stats) bool) {
 	t.Helper()
-	ctx, cancel := testContext(t)
-	defer cancel()
-	for {
-		ch := p.Changed()
-		if cond(p.Stats()) {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("pool %s: timed out waiting for %s: %+v", p.Name(), what, p.Stats())
-		}
-	}
+	testkit.WaitChanged(t, 30*time.Second, "pool "+p.Name()+": "+what, p.Changed,
+		func() bool { return cond(p.Stats()) }, func() string { return fmt.Sprintf("%+v", p.Stats()) })
 }
 
 // testContext bounds a wait by 30s and by the test binary's deadline.

@@ -3,16 +3,10 @@ package reliability_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
@@ -60,7 +54,8 @@ func TestUnreachableAndBlackholedUpstreams(t *testing.T) {
 			name:    "blackholed",
 			dialErr: "tls handshake",
 			setup: func(t *testing.T) (*upstream, poolmgr.TLSConfig, func()) {
-				cert, caPEM := selfSignedCert(t)
+				self := testkit.SelfSigned(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "reliability upstream"}, Hosts: []string{"127.0.0.1"}, Server: true})
+				cert, caPEM := self.TLS, string(self.CertPEM)
 				up := startUpstream(t, "127.0.0.1:0", blackhole)
 				restore := func() {
 					up.kill()
@@ -172,31 +167,4 @@ func stats(t testing.TB, srv *inproc, pool string) *poolv1.PoolStats {
 // until dial_timeout.
 func blackhole(_ *upstream, c net.Conn, _ int64) {
 	_, _ = io.Copy(io.Discard, c)
-}
-
-// selfSignedCert returns a certificate for 127.0.0.1 that is its own CA,
-// and its PEM for the pool's tls.ca_pem.
-func selfSignedCert(t testing.TB) (tls.Certificate, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "reliability upstream"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

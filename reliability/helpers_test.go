@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -72,50 +72,22 @@ type inproc struct {
 
 func startServer(t testing.TB, o srvOptions) *inproc {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "poolplane.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Env: o.env, Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := mgr.Load(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	gs, svc, err := server.New(server.Config{
-		Manager:          mgr,
-		Logger:           discardLogger(),
-		KeepaliveTime:    o.keepaliveTime,
-		KeepaliveTimeout: o.keepaliveTimeout,
-		KeepaliveMinTime: time.Millisecond,
+	srv := servertest.Start(t, servertest.Options{
+		Store:   store.Options{NoSync: true},
+		Logger:  discardLogger(),
+		Manager: func(c *poolmgr.ManagerConfig) { c.Env = o.env },
+		Server: func(c *server.Config) {
+			c.KeepaliveTime = o.keepaliveTime
+			c.KeepaliveTimeout = o.keepaliveTimeout
+			c.KeepaliveMinTime = time.Millisecond
+		},
 	})
+	cc, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(ln) // ends with Stop
-	}()
-	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cc.Close()
-		svc.Lease.Shutdown()
-		gs.Stop()
-		<-served
-		svc.Lease.Wait()
-		mgr.Close()
-		st.Close()
-	})
-	return &inproc{mgr: mgr, addr: ln.Addr().String(), cc: cc,
+	t.Cleanup(func() { cc.Close() })
+	return &inproc{mgr: srv.Manager, addr: srv.Addr, cc: cc,
 		admin: poolv1.NewPoolAdminServiceClient(cc), stats: poolv1.NewStatsServiceClient(cc)}
 }
 

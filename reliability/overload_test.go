@@ -51,7 +51,7 @@ func TestOverload(t *testing.T) {
 	echo := startUpstream(t, "127.0.0.1:0", echoLines)
 	var fireSent atomic.Int64
 	fire := startUpstream(t, "127.0.0.1:0", firehose(&fireSent))
-	pd := startPoold(t, t.TempDir(), "--pprof")
+	pd := spawnPoold(t, t.TempDir(), "--pprof")
 	admin, _, closeAdmin := adminClient(t, pd.addr)
 	defer closeAdmin()
 	ctx := testCtx(t)

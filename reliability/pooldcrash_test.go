@@ -96,7 +96,7 @@ func TestPooldCrash(t *testing.T) {
 	dataDir := t.TempDir()
 	// History holds every revision of a pool across all rounds.
 	extra := []string{"--history", strconv.Itoa(rounds*callsPerRound/writers*2 + 100)}
-	pd := startPoold(t, dataDir, extra...)
+	pd := spawnPoold(t, dataDir, extra...)
 	ctx := testCtx(t)
 
 	ws := make([]*crashWriter, writers)
@@ -169,7 +169,7 @@ func TestPooldCrash(t *testing.T) {
 		closeConn()
 		killed := time.Now()
 
-		pd = startPoold(t, dataDir, extra...)
+		pd = spawnPoold(t, dataDir, extra...)
 		restartTime := time.Since(killed)
 		admin, stats, closeConn := adminClient(t, pd.addr)
 		for _, w := range ws {

@@ -54,9 +54,10 @@ type pooldProc struct {
 	tail []string   // the last lines of its log
 }
 
-// startPoold runs poold on 127.0.0.1:0 over dataDir and waits until it
-// serves. The test's cleanup kills it if it still runs.
-func startPoold(t testing.TB, dataDir string, extra ...string) *pooldProc {
+// spawnPoold runs the built poold as a child process on 127.0.0.1:0 over
+// dataDir and waits until it serves. The test's cleanup kills it if it
+// still runs. (cmd/poold's tests run poold in-process instead.)
+func spawnPoold(t testing.TB, dataDir string, extra ...string) *pooldProc {
 	t.Helper()
 	bin := buildPoold(t)
 	args := append([]string{

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"strings"
@@ -14,6 +15,8 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestCreateGetPool(t *testing.T) {
@@ -313,7 +316,7 @@ func secretFree(t *testing.T, what string, m proto.Message, keyPEM string) {
 func TestPrivateKeyNeverReturned(t *testing.T) {
 	e := startAdminEnv(t)
 	ctx := ctxT(t)
-	certPEM, keyPEM := testClientCert(t)
+	certPEM, keyPEM := testkit.SelfSigned(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "poolplane-test-client"}, Client: true}).Strings()
 	rev0, err := e.mgr.CurrentRevision(ctx)
 	if err != nil {
 		t.Fatal(err)

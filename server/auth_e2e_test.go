@@ -3,21 +3,14 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"log/slog"
 	"math/big"
 	"net"
-	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,115 +27,16 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
-
-// testCA issues certificates for TLS and mTLS tests.
-type testCA struct {
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	pem    []byte
-	serial int64
-}
-
-func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "poolplane test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), serial: 1}
-}
-
-func (ca *testCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-// issue returns a leaf certificate for a server (dns names) or a client
-// (subject, URIs), with its PEM forms.
-func (ca *testCA) issue(t testing.TB, subject pkix.Name, dns []string, uris []string, client bool) (tls.Certificate, []byte, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca.serial++
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(ca.serial),
-		Subject:      subject,
-		DNSNames:     dns,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	for _, u := range uris {
-		pu, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, pu)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-	c, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, certPEM, keyPEM
-}
-
-// lockedBuffer is a log sink safe for concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // authEnv is a server with authentication, on loopback.
 type authEnv struct {
 	mgr    *poolmgr.Manager
 	health *Health
 	addr   string
-	log    *lockedBuffer
+	log    *testkit.SyncBuffer
 	echo   *echoUpstream
 }
 
@@ -157,7 +51,7 @@ func startAuthEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(
 // means no authentication. The log captures every level.
 func startEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Config), mmod func(*poolmgr.ManagerConfig)) *authEnv {
 	t.Helper()
-	e := &authEnv{log: &lockedBuffer{}, echo: newEchoUpstream(t)}
+	e := &authEnv{log: &testkit.SyncBuffer{}, echo: newEchoUpstream(t)}
 	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{})
 	if err != nil {
@@ -465,12 +359,12 @@ func TestStatsWatcherBound(t *testing.T) {
 }
 
 func TestAuthMTLS(t *testing.T) {
-	ca := newTestCA(t)
-	serverCert, _, _ := ca.issue(t, pkix.Name{CommonName: "poold"}, []string{"poold.test"}, nil, false)
+	ca := testkit.NewCA(t)
+	serverCert := ca.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "poold"}, Hosts: []string{"poold.test"}, Server: true}).TLS
 	serverTLS := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{serverCert},
-		ClientCAs:    ca.pool(),
+		ClientCAs:    ca.Pool(),
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 	}
 	ps := []Principal{
@@ -481,11 +375,11 @@ func TestAuthMTLS(t *testing.T) {
 	}
 	e := startAuthEnv(t, ps, serverTLS, nil)
 	clientTLS := func(certs ...tls.Certificate) credentials.TransportCredentials {
-		return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: ca.pool(), ServerName: "poold.test", Certificates: certs})
+		return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: ca.Pool(), ServerName: "poold.test", Certificates: certs})
 	}
 	ctx := context.Background()
 
-	ops, _, _ := ca.issue(t, pkix.Name{CommonName: "ops", Organization: []string{"Acme"}}, nil, nil, true)
+	ops := ca.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "ops", Organization: []string{"Acme"}}, Client: true}).TLS
 	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(ops)))
 	if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "m", Pool: &poolv1.Pool{Endpoints: []string{e.echo.addr()}}}); err != nil {
 		t.Fatalf("create as ops-cert: %v", err)
@@ -495,7 +389,7 @@ func TestAuthMTLS(t *testing.T) {
 		t.Fatalf("history actor: %v %v", revs, err)
 	}
 
-	svc, _, _ := ca.issue(t, pkix.Name{CommonName: "whatever"}, nil, []string{"spiffe://acme/svc"}, true)
+	svc := ca.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "whatever"}, URIs: []string{"spiffe://acme/svc"}, Client: true}).TLS
 	viewer := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(svc)))
 	if _, err := viewer.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"}); err != nil {
 		t.Fatalf("read as svc-cert (SAN): %v", err)
@@ -504,19 +398,19 @@ func TestAuthMTLS(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("delete as a viewer certificate: %v", err)
 	}
-	bare, _, _ := ca.issue(t, pkix.Name{CommonName: "bare", Organization: []string{"X"}}, nil, nil, true)
+	bare := ca.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "bare", Organization: []string{"X"}}, Client: true}).TLS
 	if _, err := poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(bare))).GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"}); err != nil {
 		t.Fatalf("read as cn-only: %v", err)
 	}
 
-	stranger, _, _ := ca.issue(t, pkix.Name{CommonName: "stranger"}, nil, nil, true)
+	stranger := ca.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "stranger"}, Client: true}).TLS
 	_, err = poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(stranger))).GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"})
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "CN=stranger") {
 		t.Fatalf("unmapped certificate: %v", err)
 	}
 	// A certificate from another CA fails the handshake.
-	other := newTestCA(t)
-	forged, _, _ := other.issue(t, pkix.Name{CommonName: "ops", Organization: []string{"Acme"}}, nil, nil, true)
+	other := testkit.NewCA(t)
+	forged := other.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "ops", Organization: []string{"Acme"}}, Client: true}).TLS
 	_, err = poolv1.NewPoolAdminServiceClient(e.dial(t, clientTLS(forged))).GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/m"})
 	if code := status.Code(err); code != codes.Unavailable && code != codes.Unauthenticated {
 		t.Fatalf("certificate of another CA: %v", err)

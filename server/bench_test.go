@@ -3,11 +3,8 @@ package server_test
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,8 +15,10 @@ import (
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
-	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/servertest"
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // The lease benchmarks compare the tunnel with two references measured in
@@ -41,31 +40,12 @@ type benchEnv struct {
 
 func newBenchEnv(b *testing.B, maxConns int32) *benchEnv {
 	b.Helper()
-	up := benchEcho(b)
-	st, err := store.Open(filepath.Join(b.TempDir(), "db"), store.Options{NoSync: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { mgr.Close() })
+	up := testkit.EchoServer(b)
+	srv := servertest.Start(b, servertest.Options{Store: store.Options{NoSync: true}})
 	cfg := poolmgr.Config{Endpoints: []string{up}, Limits: poolmgr.Limits{MaxConnections: int(maxConns), MaxWaiters: 4096}}
-	if _, err := mgr.Create(context.Background(), "echo", cfg, poolmgr.WriteOptions{}); err != nil {
+	if _, err := srv.Manager.Create(context.Background(), "echo", cfg, poolmgr.WriteOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	gs, svc, err := server.New(server.Config{Manager: mgr, Logger: logger})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go gs.Serve(ln)
 
 	// The bare gRPC echo reference: same messages, no upstream.
 	// Same flow-control windows as the lease server and the SDK.
@@ -82,17 +62,14 @@ func newBenchEnv(b *testing.B, maxConns int32) *benchEnv {
 		b.Fatal(err)
 	}
 
-	c, err := client.New(ln.Addr().String(), client.WithInsecure(), client.WithIdleStreams(64))
+	c, err := client.New(srv.Addr, client.WithInsecure(), client.WithIdleStreams(64))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
 		c.Close()
 		ecc.Close()
-		svc.Lease.Shutdown()
-		gs.Stop()
 		es.Stop()
-		svc.Lease.Wait()
 	})
 	return &benchEnv{upstream: up, client: c, grpcEcho: poolv1.NewLeaseServiceClient(ecc)}
 }
@@ -149,46 +126,6 @@ func (g *grpcEchoConn) roundTrip(msg []byte) error {
 		got += len(g.resp.GetData().GetData())
 	}
 	return nil
-}
-
-func benchEcho(b *testing.B) string {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var mu sync.Mutex // protects conns
-		var conns []net.Conn
-		defer func() {
-			mu.Lock()
-			for _, c := range conns {
-				c.Close()
-			}
-			mu.Unlock()
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, 64<<10)
-				io.CopyBuffer(c, c, buf)
-				c.Close()
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 func roundTrip(c net.Conn, msg, buf []byte) error {

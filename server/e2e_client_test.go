@@ -9,11 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,14 +20,12 @@ import (
 	"time"
 
 	"golang.org/x/net/nettest"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/stats"
 
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
-	"github.com/poolplane/poolplane/store"
 
 	"github.com/poolplane/poolplane/internal/testkit"
 )
@@ -48,50 +44,7 @@ type sdkEnv struct {
 
 func startSDKEnv(t testing.TB, opts ...client.Option) *sdkEnv {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "pools.db"), store.Options{})
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	logger := slog.New(slog.DiscardHandler)
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	t.Cleanup(func() { _ = mgr.Close() })
-	if err := mgr.Load(context.Background()); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	srv, svcs, err := server.New(server.Config{Manager: mgr, Logger: logger})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	e := &sdkEnv{mgr: mgr, svcs: svcs, addr: lis.Addr().String(), streams: &leaseStreamCounter{}}
-	all := append([]client.Option{
-		client.WithInsecure(),
-		client.WithClientName("e2e"),
-		client.WithDialOptions(grpc.WithStatsHandler(e.streams)),
-	}, opts...)
-	c, err := client.New(e.addr, all...)
-	if err != nil {
-		t.Fatalf("client.New: %v", err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	e.c = c
-	return e
+	return startSDKEnvWith(t, sdkEnvConfig{client: opts})
 }
 
 // createPool creates pool id with cfg.
@@ -134,49 +87,14 @@ type sdkUpstream struct {
 
 func startSDKUpstream(t testing.TB, handler func(net.Conn)) *sdkUpstream {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &sdkUpstream{addr: lis.Addr().String(), conns: make(chan net.Conn, 1024)}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects all
-		all   []net.Conn
-		accWG sync.WaitGroup
-	)
-	accWG.Add(1)
-	go func() {
-		defer accWG.Done()
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			u.accepted.Add(1)
-			mu.Lock()
-			all = append(all, c)
-			mu.Unlock()
-			if handler == nil {
-				u.conns <- c
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handler(c)
-			}()
+	u := &sdkUpstream{conns: make(chan net.Conn, 1024)}
+	u.addr = testkit.Serve(t, func(c net.Conn) {
+		u.accepted.Add(1)
+		if handler == nil {
+			u.conns <- c
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		_ = lis.Close()
-		accWG.Wait()
-		mu.Lock()
-		for _, c := range all {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		handler(c)
 	})
 	return u
 }

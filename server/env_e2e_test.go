@@ -3,16 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +24,7 @@ import (
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -64,51 +57,16 @@ func startAdminEnv(t *testing.T, opts ...func(*adminEnvOptions)) *adminEnv {
 		f(&o)
 	}
 	e := &adminEnv{upstream: testkit.EchoServer(t), log: &testkit.SyncBuffer{}}
-	logger := slog.New(slog.NewTextHandler(e.log, nil))
-
-	st, err := store.Open(filepath.Join(t.TempDir(), "pools.db"), o.storeOpts)
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
 	// A secret key, so pools may carry inline client keys (stored sealed).
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger, SecretKey: bytes.Repeat([]byte{0x5e}, 32)})
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	t.Cleanup(func() { _ = mgr.Close() })
-	if err := mgr.Load(context.Background()); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	e.mgr = mgr
-
-	cfg := server.Config{Manager: mgr, Logger: logger}
-	if o.config != nil {
-		o.config(&cfg)
-	}
-	srv, svc, err := server.New(cfg)
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	e.health = svc.Health
-	if o.register != nil {
-		o.register(srv)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
+	srv := servertest.Start(t, servertest.Options{
+		Store:    o.storeOpts,
+		Logger:   slog.New(slog.NewTextHandler(e.log, nil)),
+		Manager:  func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{0x5e}, 32) },
+		Server:   o.config,
+		Register: o.register,
 	})
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	e.mgr, e.health, e.addr = srv.Manager, srv.Services.Health, srv.Addr
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,32 +154,6 @@ func (e *adminEnv) mustCreate(t *testing.T, id string, mod func(*poolv1.Pool)) *
 		t.Fatalf("CreatePool(%s): %v", id, err)
 	}
 	return got
-}
-
-// testClientCert returns a self-signed client certificate and its key, PEM.
-func testClientCert(t *testing.T) (certPEM, keyPEM string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "poolplane-test-client"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
 }
 
 // blackholeProxy forwards TCP between clients and target until freeze is

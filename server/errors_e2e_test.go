@@ -5,13 +5,13 @@ import (
 	"crypto/tls"
 	"encoding/pem"
 	"errors"
+	"google.golang.org/grpc"
 	"io"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,9 +20,8 @@ import (
 
 	"github.com/poolplane/poolplane/client"
 	"github.com/poolplane/poolplane/poolmgr"
-	"github.com/poolplane/poolplane/server"
-	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -30,55 +29,22 @@ import (
 type sdkEnvConfig struct {
 	manager func(*poolmgr.ManagerConfig) // after Store and Logger are set
 	logger  *slog.Logger                 // nil: discard
+	client  []client.Option              // after the defaults
 }
 
-// startSDKEnvWith is startSDKEnv with a tweaked Manager or logger: a store
-// on t.TempDir(), a loaded Manager, server.New on 127.0.0.1:0 and a
-// client.Client, closed by t.Cleanup (the client first).
+// startSDKEnvWith is startSDKEnv with a tweaked Manager, logger or client:
+// a store on t.TempDir(), a loaded Manager, server.New on 127.0.0.1:0 and
+// a client.Client, closed by t.Cleanup (the client first).
 func startSDKEnvWith(t testing.TB, cfg sdkEnvConfig) *sdkEnv {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "pools.db"), store.Options{})
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	logger := cfg.logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	mc := poolmgr.ManagerConfig{Store: st, Logger: logger}
-	if cfg.manager != nil {
-		cfg.manager(&mc)
-	}
-	mgr, err := poolmgr.NewManager(mc)
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	t.Cleanup(func() { _ = mgr.Close() })
-	if err := mgr.Load(context.Background()); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	srv, svc, err := server.New(server.Config{Manager: mgr, Logger: logger})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		svc.Lease.Shutdown()
-		srv.Stop()
-		<-served
-		svc.Lease.Wait()
-	})
-	e := &sdkEnv{mgr: mgr, addr: lis.Addr().String(), streams: &leaseStreamCounter{}}
-	c, err := client.New(e.addr, client.WithInsecure(), client.WithClientName("e2e"))
+	srv := servertest.Start(t, servertest.Options{Logger: cfg.logger, Manager: cfg.manager})
+	e := &sdkEnv{mgr: srv.Manager, svcs: srv.Services, addr: srv.Addr, streams: &leaseStreamCounter{}}
+	all := append([]client.Option{
+		client.WithInsecure(),
+		client.WithClientName("e2e"),
+		client.WithDialOptions(grpc.WithStatsHandler(e.streams)),
+	}, cfg.client...)
+	c, err := client.New(e.addr, all...)
 	if err != nil {
 		t.Fatalf("client.New: %v", err)
 	}

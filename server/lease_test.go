@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -22,49 +23,32 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // echoUpstream is a loopback TCP echo server that counts its connections.
 type echoUpstream struct {
-	ln       net.Listener
+	address  string
 	accepted atomic.Int64
 	mu       sync.Mutex // protects conns
 	conns    []net.Conn
-	wg       sync.WaitGroup
 }
 
 func newEchoUpstream(t testing.TB) *echoUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &echoUpstream{ln: ln}
-	u.wg.Add(1)
-	go func() {
-		defer u.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u.accepted.Add(1)
-			u.mu.Lock()
-			u.conns = append(u.conns, c)
-			u.mu.Unlock()
-			u.wg.Add(1)
-			go func() {
-				defer u.wg.Done()
-				_, _ = io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(u.close)
+	u := &echoUpstream{}
+	u.address = testkit.Serve(t, func(c net.Conn) {
+		u.accepted.Add(1)
+		u.mu.Lock()
+		u.conns = append(u.conns, c)
+		u.mu.Unlock()
+		testkit.EchoConn(c)
+	})
 	return u
 }
 
-func (u *echoUpstream) addr() string { return u.ln.Addr().String() }
+func (u *echoUpstream) addr() string { return u.address }
 
 // closeConns closes every accepted connection (an upstream restart).
 func (u *echoUpstream) closeConns() {
@@ -74,12 +58,6 @@ func (u *echoUpstream) closeConns() {
 		c.Close()
 	}
 	u.conns = nil
-}
-
-func (u *echoUpstream) close() {
-	u.ln.Close()
-	u.closeConns()
-	u.wg.Wait()
 }
 
 type leaseEnv struct {
@@ -223,45 +201,22 @@ func wantStatus(t testing.TB, s poolv1.LeaseService_LeaseClient, code codes.Code
 	}
 }
 
-// waitInUse polls the pool's stats until in-use equals n, bounded by the
-// test deadline.
+// waitInUse waits until the pool's in-use count equals n.
 func waitInUse(t testing.TB, mgr *poolmgr.Manager, n int) {
 	t.Helper()
 	p, err := mgr.Pool("echo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		ch := p.Changed()
-		if p.Stats().InUse == n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("in use = %d, want %d", p.Stats().InUse, n)
-		}
-	}
+	testkit.WaitChanged(t, 10*time.Second, fmt.Sprintf("%d in use", n), p.Changed,
+		func() bool { return p.Stats().InUse == n }, func() string { return fmt.Sprintf("in use = %d", p.Stats().InUse) })
 }
 
 // waitWaiters waits until the pool has n queued acquirers.
 func waitWaiters(t testing.TB, p *poolmgr.Pool, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		ch := p.Changed()
-		if p.Stats().Waiters == n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("waiters = %d, want %d", p.Stats().Waiters, n)
-		}
-	}
+	testkit.WaitChanged(t, 10*time.Second, fmt.Sprintf("%d waiters", n), p.Changed,
+		func() bool { return p.Stats().Waiters == n }, func() string { return fmt.Sprintf("waiters = %d", p.Stats().Waiters) })
 }
 
 func TestLeaseEchoAndStreamReuse(t *testing.T) {

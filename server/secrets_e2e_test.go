@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/x509/pkix"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +16,8 @@ import (
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/poolmgr"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestUpstreamNotAllowedStatus(t *testing.T) {
@@ -41,8 +42,9 @@ func TestUpstreamNotAllowedStatus(t *testing.T) {
 }
 
 func TestInlineKeyRefusedWithoutSecretKey(t *testing.T) {
-	ca := newTestCA(t)
-	_, certPEM, keyPEM := ca.issue(t, pkix.Name{CommonName: "c"}, nil, nil, true)
+	ca := testkit.NewCA(t)
+	c := ca.Client(t, "c")
+	certPEM, keyPEM := c.CertPEM, c.KeyPEM
 	e := startEnv(t, nil, nil, nil, nil)
 	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, nil))
 	ctx := context.Background()
@@ -81,9 +83,10 @@ func TestInlineKeyRefusedWithoutSecretKey(t *testing.T) {
 // authentication, auditing and debug logging on, and checks that no
 // response, history entry, watch event, error or log line carries it.
 func TestSecretsNeverLeak(t *testing.T) {
-	ca := newTestCA(t)
-	_, certPEM, keyPEM := ca.issue(t, pkix.Name{CommonName: "c"}, nil, nil, true)
-	_, _, otherKey := ca.issue(t, pkix.Name{CommonName: "d"}, nil, nil, true)
+	ca := testkit.NewCA(t)
+	c := ca.Client(t, "c")
+	certPEM, keyPEM := c.CertPEM, c.KeyPEM
+	otherKey := ca.Client(t, "d").KeyPEM
 	e := startEnv(t, rolePrincipals(), nil, nil, func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{9}, 32) })
 	cc := e.dial(t, nil)
 	admin := poolv1.NewPoolAdminServiceClient(cc)

@@ -3,17 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,10 +26,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
-	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -484,55 +478,14 @@ type serverOptions struct {
 func startServerWith(t *testing.T, o serverOptions) *testServer {
 	t.Helper()
 	ts := &testServer{log: &testkit.SyncBuffer{}}
-	logger := slog.New(slog.NewTextHandler(ts.log, nil))
-	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
-	m, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st, Logger: logger})
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	t.Cleanup(func() { m.Close() })
-	if err := m.Load(context.Background()); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
-	cfg := server.Config{Manager: m, Logger: logger}
-	if o.config != nil {
-		o.config(&cfg)
-	}
-	srv, _, err := server.New(cfg, o.grpcOpts...)
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	var lis net.Listener
-	if o.network == "unix" {
-		dir, err := os.MkdirTemp("", "poolctl")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
-		path := filepath.Join(dir, "poold.sock")
-		if lis, err = net.Listen("unix", path); err != nil {
-			t.Fatal(err)
-		}
-		ts.addr = "unix://" + path
-	} else {
-		if lis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		ts.addr = lis.Addr().String()
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
+	srv := servertest.Start(t, servertest.Options{
+		Store:  store.Options{NoSync: true},
+		Logger: slog.New(slog.NewTextHandler(ts.log, nil)),
+		Server: o.config,
+		GRPC:   o.grpcOpts,
+		Unix:   o.network == "unix",
 	})
+	ts.addr = srv.Addr
 	return ts
 }
 
@@ -568,7 +521,8 @@ func TestUnixSocket(t *testing.T) {
 
 func TestTLSAndToken(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile := writeSelfSigned(t, dir)
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	testkit.SelfSigned(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "poold.test"}, Hosts: []string{"poold.test"}, Server: true}).WriteFiles(t, certFile, keyFile)
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -626,79 +580,11 @@ func TestTLSAndToken(t *testing.T) {
 	}
 }
 
-// writeSelfSigned writes a self-signed certificate for poold.test and its
-// key to dir.
-func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "poold.test"},
-		DNSNames:              []string{"poold.test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = filepath.Join(dir, "cert.pem")
-	keyFile = filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
 // startSilent starts an upstream that reads until EOF and then neither
 // writes nor closes, as a server that ignores half-closes would.
 func startSilent(t *testing.T) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects conns
-		conns []net.Conn
-	)
-	wg.Go(func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(io.Discard, c) })
-		}
-	})
-	t.Cleanup(func() {
-		_ = lis.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return lis.Addr().String()
+	return testkit.Serve(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) }) // never closes: the cleanup does
 }
 
 func TestForwardHalfCloseTimeout(t *testing.T) {
@@ -889,65 +775,40 @@ type gatedUpstream struct {
 
 func startGatedUpstream(t *testing.T) *gatedUpstream {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &gatedUpstream{addr: lis.Addr().String(), gate: make(chan struct{}), requests: make(chan string, 16)}
+	u := &gatedUpstream{gate: make(chan struct{}), requests: make(chan string, 16)}
 	stopc := make(chan struct{})
-	var wg sync.WaitGroup
-	var mu sync.Mutex // protects conns
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
+	u.addr = testkit.Serve(t, func(c net.Conn) {
+		lines := make(chan string, 16)
+		var reader sync.WaitGroup
+		reader.Go(func() { // requests and the FIN
+			defer close(lines)
+			r := bufio.NewReader(c)
+			last := ""
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					u.finAfter.Store(last, true)
+					return
+				}
+				last = line
+				u.requests <- line
+				lines <- line
+			}
+		})
+		defer reader.Wait()
+		defer c.Close()
+		for line := range lines { // a reply per request, when the gate opens
+			select {
+			case <-u.gate:
+			case <-stopc:
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			lines := make(chan string, 16)
-			wg.Go(func() { // reader: requests and the FIN
-				defer close(lines)
-				r := bufio.NewReader(c)
-				last := ""
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						u.finAfter.Store(last, true)
-						return
-					}
-					last = line
-					u.requests <- line
-					lines <- line
-				}
-			})
-			wg.Go(func() { // writer: a reply per request, when the gate opens
-				defer c.Close()
-				for line := range lines {
-					select {
-					case <-u.gate:
-					case <-stopc:
-						return
-					}
-					if _, err := c.Write([]byte("reply-" + line)); err != nil {
-						return
-					}
-				}
-			})
+			if _, err := c.Write([]byte("reply-" + line)); err != nil {
+				return
+			}
 		}
 	})
-	t.Cleanup(func() {
-		close(stopc)
-		_ = lis.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	t.Cleanup(func() { close(stopc) }) // before the kit's cleanup: it waits for the handlers
 	return u
 }
 

@@ -117,7 +117,7 @@ func backupTo(t *testing.T, addr, file string) {
 // revisions and etags, and the same history.
 func TestPooldEtcdTLSAuthBackup(t *testing.T) {
 	_, flags := secureEtcdFlags(t, "pp")
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	p := startPoold(t, t.TempDir(), flags...)
 	ctx := t.Context()
 	admin := poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr))

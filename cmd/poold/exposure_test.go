@@ -62,7 +62,7 @@ func TestPooldRequiresAllowUpstreamBeyondLoopback(t *testing.T) {
 			t.Errorf("%v: exit %d:\n%s\nwant 2 and a word about --allow-upstream", args, code, out.String())
 		}
 	}
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	p := startPoold(t, t.TempDir())
 	admin := poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr))
 	if _, err := admin.CreatePool(context.Background(), &poolv1.CreatePoolRequest{PoolId: "dev", Pool: &poolv1.Pool{Endpoints: []string{up}}}); err != nil {
@@ -129,12 +129,12 @@ func TestPooldMetricsExposure(t *testing.T) {
 func TestMetricsOverMTLS(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
 	dir := t.TempDir()
-	pki := newTestPKI(t)
+	pki := testkit.NewCA(t)
 	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.pem")
-	c, k, _ := pki.issue(t, "poold", false)
-	writeFile(t, certFile, c)
-	writeFile(t, keyFile, k)
-	writeFile(t, caFile, pki.caPEM)
+	c, k, _ := pooldCert(t, pki)
+	testkit.WriteFile(t, certFile, c)
+	testkit.WriteFile(t, keyFile, k)
+	testkit.WriteFile(t, caFile, pki.PEM)
 	certs, err := newCertReloader(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +150,7 @@ func TestMetricsOverMTLS(t *testing.T) {
 	}
 	t.Cleanup(func() { ms.stop(slog.New(slog.NewTextHandler(&log, nil))) })
 	get := func(certs ...tls.Certificate) (int, error) {
-		tr := &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pki.pool(), ServerName: "poold.test", Certificates: certs}}
+		tr := &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pki.Pool(), ServerName: "poold.test", Certificates: certs}}
 		defer tr.CloseIdleConnections()
 		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + ms.addr() + "/metrics")
 		if err != nil {
@@ -163,7 +163,8 @@ func TestMetricsOverMTLS(t *testing.T) {
 	if code, err := get(); err == nil {
 		t.Fatalf("a scraper without a client certificate got %d", code)
 	}
-	cc, ck, _ := pki.issue(t, "prometheus", true)
+	cPrometheus := pki.Client(t, "prometheus")
+	cc, ck := cPrometheus.CertPEM, cPrometheus.KeyPEM
 	scraper, err := tls.X509KeyPair(cc, ck)
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +198,7 @@ func TestPooldUnixSocketRemovesOnlyStaleSockets(t *testing.T) {
 	}
 
 	file := filepath.Join(dir, "important.db")
-	writeFile(t, file, []byte("precious"))
+	testkit.WriteFile(t, file, []byte("precious"))
 	link := filepath.Join(dir, "link.sock")
 	if err := os.Symlink(file, link); err != nil {
 		t.Fatal(err)

@@ -16,13 +16,15 @@ import (
 
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // poold at its default level (INFO) logs no line per lease, stats poll or
 // health check: a benchmark's leases used to log one line each. It still
 // logs admin changes, "pools loaded" once, and durations as "5s".
 func TestPooldLogsNoLinePerLease(t *testing.T) {
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	p := startPoold(t, t.TempDir(), "--log-format", "json")
 	cc := dial(t, p.grpcAddr)
 	ctx := context.Background()

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -79,29 +77,6 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 	return cc
 }
 
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -115,7 +90,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 
 func TestPooldServesPersistsAndShutsDown(t *testing.T) {
 	dir := t.TempDir()
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	p := startPoold(t, dir)
 	cc := dial(t, p.grpcAddr)
 	admin := poolv1.NewPoolAdminServiceClient(cc)
@@ -184,7 +159,7 @@ func TestPooldServesPersistsAndShutsDown(t *testing.T) {
 }
 
 func TestPooldShutdownWaitsForLeases(t *testing.T) {
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	p := startPoold(t, t.TempDir())
 	cc := dial(t, p.grpcAddr)
 	ctx := context.Background()

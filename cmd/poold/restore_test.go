@@ -48,7 +48,7 @@ func withoutRevisions[M proto.Message](m M) M {
 // holding an unfinished restore.
 func TestPooldRestore(t *testing.T) {
 	srv, flags := secureEtcdFlags(t, "pp")
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	ctx := t.Context()
 	a := startPoold(t, t.TempDir(), flags...)
 	admin := poolv1.NewPoolAdminServiceClient(dial(t, a.grpcAddr))

@@ -110,7 +110,7 @@ func TestScaleOutDNSTarget(t *testing.T) {
 	}
 	srv := etcdtest.Start(t)
 	storeURL := "etcd://" + srv.Endpoint() + "/dns"
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	port := samePort(t, ips...)
 	var rs []*poold
 	for _, ip := range ips {

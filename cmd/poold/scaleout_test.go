@@ -87,7 +87,7 @@ func acquires(t *testing.T, addr, pool string) uint64 {
 func TestScaleOutTwoReplicas(t *testing.T) {
 	srv := etcdtest.Start(t)
 	storeURL := "etcd://" + srv.Endpoint() + "/scaleout"
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	a := startPoold(t, t.TempDir(), "--store", storeURL)
 	b := startPoold(t, t.TempDir(), "--store", storeURL)
 	ctx := t.Context()
@@ -160,7 +160,7 @@ func TestScaleOutTwoReplicas(t *testing.T) {
 // A lease refused with POOL_DRAINING by one replica is retried once on
 // another: two replicas with their own stores, the pool draining on one.
 func TestScaleOutLeaseRetriesDrainingReplica(t *testing.T) {
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	a := startPoold(t, t.TempDir())
 	b := startPoold(t, t.TempDir())
 	ctx := t.Context()
@@ -201,28 +201,13 @@ type countingEcho struct {
 
 func newCountingEcho(t *testing.T) *countingEcho {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &countingEcho{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := e.open.Add(1)
-			for m := e.max.Load(); n > m && !e.max.CompareAndSwap(m, n); m = e.max.Load() {
-			}
-			wg.Go(func() {
-				_, _ = io.Copy(c, c)
-				c.Close()
-				e.open.Add(-1)
-			})
+	e := &countingEcho{}
+	e.addr = testkit.Serve(t, func(c net.Conn) {
+		n := e.open.Add(1)
+		for m := e.max.Load(); n > m && !e.max.CompareAndSwap(m, n); m = e.max.Load() {
 		}
+		testkit.EchoConn(c)
+		e.open.Add(-1)
 	})
 	return e
 }

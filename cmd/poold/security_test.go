@@ -3,17 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -36,77 +30,12 @@ import (
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
-// testPKI issues certificates signed by one test CA.
-type testPKI struct {
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	caPEM  []byte
-	serial int64
-}
-
-func newTestPKI(t *testing.T) *testPKI {
+// pooldCert issues poold's serving certificate, for poold.test and
+// 127.0.0.1: PEM, and its serial.
+func pooldCert(t *testing.T, ca *testkit.CA) (certPEM, keyPEM []byte, serial int64) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	return &testPKI{ca: ca, caKey: key, caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), serial: 1}
-}
-
-// issue returns a certificate and key, PEM, and the certificate's serial.
-func (p *testPKI) issue(t *testing.T, cn string, client bool) (certPEM, keyPEM []byte, serial int64) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.serial++
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
-	if !client {
-		tmpl.DNSNames = []string{"poold.test"}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), p.serial
-}
-
-func (p *testPKI) pool() *x509.CertPool {
-	cp := x509.NewCertPool()
-	cp.AddCert(p.ca)
-	return cp
-}
-
-func writeFile(t *testing.T, name string, b []byte) {
-	t.Helper()
-	tmp := name + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, name); err != nil {
-		t.Fatal(err)
-	}
+	c := ca.Issue(t, testkit.CertSpec{Subject: pkix.Name{CommonName: "poold"}, Hosts: []string{"poold.test", "127.0.0.1"}, Server: true})
+	return c.CertPEM, c.KeyPEM, c.Serial
 }
 
 // servedSerial handshakes with addr and returns the serial of the
@@ -140,22 +69,22 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 	t.Cleanup(func() { signal.Stop(guard) })
 
 	dir := t.TempDir()
-	pki := newTestPKI(t)
+	pki := testkit.NewCA(t)
 	certFile, keyFile, caFile, authFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.pem"), filepath.Join(dir, "auth.yaml")
-	c1, k1, serial1 := pki.issue(t, "poold", false)
-	writeFile(t, certFile, c1)
-	writeFile(t, keyFile, k1)
-	writeFile(t, caFile, pki.caPEM)
-	writeFile(t, authFile, []byte("principals:\n"+
+	c1, k1, serial1 := pooldCert(t, pki)
+	testkit.WriteFile(t, certFile, c1)
+	testkit.WriteFile(t, keyFile, k1)
+	testkit.WriteFile(t, caFile, pki.PEM)
+	testkit.WriteFile(t, authFile, []byte("principals:\n"+
 		"- {name: ops, token_sha256: "+server.HashToken("ops-token")+", role: admin}\n"+
 		"- {name: svc, mtls_subject: svc, role: client, pools: ['echo*']}\n"))
 
-	up := echoServer(t)
+	up := testkit.EchoServer(t)
 	p := startPoold(t, filepath.Join(dir, "data"), "--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", caFile,
 		"--auth-file", authFile, "--reload-interval", "1h")
 	dialTLS := func(certs ...tls.Certificate) *grpc.ClientConn {
 		cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			MinVersion: tls.VersionTLS12, RootCAs: pki.pool(), ServerName: "poold.test", Certificates: certs})))
+			MinVersion: tls.VersionTLS12, RootCAs: pki.Pool(), ServerName: "poold.test", Certificates: certs})))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +109,8 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 	}
 
 	// A client principal identified by its certificate leases.
-	cc, ck, _ := pki.issue(t, "svc", true)
+	cSvc := pki.Client(t, "svc")
+	cc, ck := cSvc.CertPEM, cSvc.KeyPEM
 	svcCert, err := tls.X509KeyPair(cc, ck)
 	if err != nil {
 		t.Fatal(err)
@@ -222,16 +152,16 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 
 	// Rotate the certificate and SIGHUP: new handshakes get the new one,
 	// the open lease keeps relaying.
-	if got := servedSerial(t, p.grpcAddr, pki.pool()); got != serial1 {
+	if got := servedSerial(t, p.grpcAddr, pki.Pool()); got != serial1 {
 		t.Fatalf("serving serial %d, want %d", got, serial1)
 	}
-	c2, k2, serial2 := pki.issue(t, "poold", false)
-	writeFile(t, certFile, c2)
-	writeFile(t, keyFile, k2)
+	c2, k2, serial2 := pooldCert(t, pki)
+	testkit.WriteFile(t, certFile, c2)
+	testkit.WriteFile(t, keyFile, k2)
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	pollUntil(t, 10*time.Second, func() bool { return servedSerial(t, p.grpcAddr, pki.pool()) == serial2 },
+	pollUntil(t, 10*time.Second, func() bool { return servedSerial(t, p.grpcAddr, pki.Pool()) == serial2 },
 		func() { t.Fatalf("the new certificate is not served 10s after SIGHUP:\n%s", p.log) })
 	echo("after reload")
 	send(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Release_{Release: &poolv1.LeaseRequest_Release{Reusable: true}}})
@@ -244,17 +174,17 @@ func TestPooldTLSAuthAndReload(t *testing.T) {
 	}
 
 	// A broken certificate file is refused and the current one stays.
-	writeFile(t, certFile, []byte("not a certificate"))
+	testkit.WriteFile(t, certFile, []byte("not a certificate"))
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitLog(t, p, "reload failed")
-	if got := servedSerial(t, p.grpcAddr, pki.pool()); got != serial2 {
+	if got := servedSerial(t, p.grpcAddr, pki.Pool()); got != serial2 {
 		t.Fatalf("after a bad reload: serial %d, want %d", got, serial2)
 	}
 
 	// The auth file reloads too: a new principal can call.
-	writeFile(t, authFile, []byte("principals:\n- {name: ops2, token_sha256: "+server.HashToken("new-token")+", role: viewer}\n"))
+	testkit.WriteFile(t, authFile, []byte("principals:\n- {name: ops2, token_sha256: "+server.HashToken("new-token")+", role: viewer}\n"))
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -291,18 +221,18 @@ func pollUntil(t *testing.T, d time.Duration, cond func() bool, fail func()) {
 
 func TestPooldCertFileChangeReloads(t *testing.T) {
 	dir := t.TempDir()
-	pki := newTestPKI(t)
+	pki := testkit.NewCA(t)
 	certFile, keyFile, authFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "auth.yaml")
-	c1, k1, _ := pki.issue(t, "poold", false)
-	writeFile(t, certFile, c1)
-	writeFile(t, keyFile, k1)
-	writeFile(t, authFile, []byte("principals:\n- {name: a, token_sha256: "+server.HashToken("t")+", role: admin}\n"))
+	c1, k1, _ := pooldCert(t, pki)
+	testkit.WriteFile(t, certFile, c1)
+	testkit.WriteFile(t, keyFile, k1)
+	testkit.WriteFile(t, authFile, []byte("principals:\n- {name: a, token_sha256: "+server.HashToken("t")+", role: admin}\n"))
 	p := startPoold(t, filepath.Join(dir, "data"), "--tls-cert", certFile, "--tls-key", keyFile, "--auth-file", authFile, "--reload-interval", "50ms")
-	c2, k2, serial2 := pki.issue(t, "poold", false)
+	c2, k2, serial2 := pooldCert(t, pki)
 	// Key first, then certificate: a poll in between fails and retries.
-	writeFile(t, keyFile, k2)
-	writeFile(t, certFile, c2)
-	pollUntil(t, 10*time.Second, func() bool { return servedSerial(t, p.grpcAddr, pki.pool()) == serial2 },
+	testkit.WriteFile(t, keyFile, k2)
+	testkit.WriteFile(t, certFile, c2)
+	pollUntil(t, 10*time.Second, func() bool { return servedSerial(t, p.grpcAddr, pki.Pool()) == serial2 },
 		func() { t.Fatalf("the changed certificate is not served:\n%s", p.log) })
 }
 
@@ -310,10 +240,11 @@ func TestPooldAllowlistAndSecrets(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	keyFile := filepath.Join(dir, "secret.key")
-	writeFile(t, keyFile, []byte(hex.EncodeToString(bytes.Repeat([]byte{7}, 32))+"\n"))
-	up := echoServer(t)
-	pki := newTestPKI(t)
-	certPEM, keyPEM, _ := pki.issue(t, "client", true)
+	testkit.WriteFile(t, keyFile, []byte(hex.EncodeToString(bytes.Repeat([]byte{7}, 32))+"\n"))
+	up := testkit.EchoServer(t)
+	pki := testkit.NewCA(t)
+	cClient := pki.Client(t, "client")
+	certPEM, keyPEM := cClient.CertPEM, cClient.KeyPEM
 
 	p := startPoold(t, data, "--allow-upstream", "127.0.0.0/8", "--allow-upstream", "*.internal:443")
 	admin := poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr))
@@ -401,7 +332,7 @@ func TestSecurityFlags(t *testing.T) {
 	}
 	// A bad auth file stops poold with the reason.
 	bad := filepath.Join(dir, "auth.yaml")
-	writeFile(t, bad, []byte("principals:\n- {name: a, token_sha256: plain-token, role: admin}\n"))
+	testkit.WriteFile(t, bad, []byte("principals:\n- {name: a, token_sha256: plain-token, role: admin}\n"))
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"--data-dir", filepath.Join(dir, "d2"), "--metrics-listen", "off", "--listen", "127.0.0.1:0", "--auth-file", bad}, &out, nil); code != 1 ||
 		!strings.Contains(out.String(), "not the token") {
@@ -433,7 +364,7 @@ func TestReadSecretKey(t *testing.T) {
 		"b64": []byte(base64.StdEncoding.EncodeToString(key)),
 	} {
 		f := filepath.Join(dir, name)
-		writeFile(t, f, content)
+		testkit.WriteFile(t, f, content)
 		got, err := readSecretKey(f, warn)
 		if err != nil || !bytes.Equal(got, key) {
 			t.Errorf("%s: %x %v", name, got, err)

@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -57,12 +59,7 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 func WaitWithin(t testing.TB, limit time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	end := start.Add(limit)
-	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
-			end = dl.Add(-deadlineMargin)
-		}
-	}
+	end := waitEnd(t, limit)
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for !cond() {
@@ -72,6 +69,43 @@ func WaitWithin(t testing.TB, limit time.Duration, what string, cond func() bool
 		<-tick.C
 	}
 	return time.Since(start)
+}
+
+// WaitChanged waits until cond holds, checking it again each time the
+// channel changed returned before the check is closed (a change
+// notification such as a pool's Changed), so that it never sleeps. It
+// fails the test after limit, or earlier when the test's deadline is near;
+// the failure names what and, when state is not nil, what state says.
+func WaitChanged(t testing.TB, limit time.Duration, what string, changed func() <-chan struct{}, cond func() bool, state func() string) {
+	t.Helper()
+	timer := time.NewTimer(time.Until(waitEnd(t, limit)))
+	defer timer.Stop()
+	for {
+		ch := changed()
+		if cond() {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			if state != nil {
+				t.Fatalf("timed out waiting for %s: %s", what, state())
+			}
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// waitEnd is when a wait of limit from now ends: earlier when the test's
+// deadline is near.
+func waitEnd(t testing.TB, limit time.Duration) time.Time {
+	end := time.Now().Add(limit)
+	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
+			end = dl.Add(-deadlineMargin)
+		}
+	}
+	return end
 }
 
 // Recv takes one value from ch, failing the test after DefaultWait.
@@ -103,6 +137,13 @@ func EchoConn(c net.Conn) {
 	_ = c.Close()
 }
 
+// DiscardConn reads c until it ends, then closes it: an upstream that
+// holds connections open and never answers.
+func DiscardConn(c net.Conn) {
+	_, _ = io.Copy(io.Discard, c)
+	_ = c.Close()
+}
+
 // Serve accepts connections on 127.0.0.1:0 and runs handler on each in its
 // own goroutine; it returns the address. The test's cleanup closes the
 // listener and every connection and waits for the handlers.
@@ -113,9 +154,10 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 		t.Fatal(err)
 	}
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // protects conns
-		conns []net.Conn
+		wg     sync.WaitGroup
+		mu     sync.Mutex // protects conns and closed
+		conns  []net.Conn
+		closed bool
 	)
 	wg.Go(func() {
 		for {
@@ -124,6 +166,11 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 				return
 			}
 			mu.Lock()
+			if closed { // accepted as the cleanup ran: nobody closes it later
+				mu.Unlock()
+				_ = c.Close()
+				continue
+			}
 			conns = append(conns, c)
 			mu.Unlock()
 			wg.Go(func() { handler(c) })
@@ -132,6 +179,7 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 	t.Cleanup(func() {
 		_ = lis.Close()
 		mu.Lock()
+		closed = true
 		for _, c := range conns {
 			_ = c.Close()
 		}
@@ -146,12 +194,7 @@ func Serve(t testing.TB, handler func(net.Conn)) string {
 // more than WaitWithin on a timeout.
 func Poll(t testing.TB, limit time.Duration, cond func() bool) bool {
 	t.Helper()
-	end := time.Now().Add(limit)
-	if tt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := tt.Deadline(); ok && dl.Add(-deadlineMargin).Before(end) {
-			end = dl.Add(-deadlineMargin)
-		}
-	}
+	end := waitEnd(t, limit)
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for !cond() {
@@ -171,7 +214,11 @@ func GoBuild(t testing.TB, dir, out, pkg string, race bool) {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skipf("no go command to build %s: %v", pkg, err)
+		// The go command sets GOROOT for the tests it runs.
+		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		if _, serr := os.Stat(gobin); os.Getenv("GOROOT") == "" || serr != nil {
+			t.Skipf("no go command to build %s: %v", pkg, err)
+		}
 	}
 	args := []string{"build", "-o", out}
 	if race {

@@ -3,6 +3,7 @@ package testkit
 import (
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -41,4 +42,20 @@ func TestWaitForAndRecv(t *testing.T) {
 	if b.String() != "log" {
 		t.Fatal(b.String())
 	}
+}
+
+func TestWaitChanged(t *testing.T) {
+	var mu sync.Mutex // protects n and changed
+	n, changed := 0, make(chan struct{})
+	get := func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed }
+	go func() {
+		for range 3 {
+			mu.Lock()
+			n++
+			close(changed)
+			changed = make(chan struct{})
+			mu.Unlock()
+		}
+	}()
+	WaitChanged(t, DefaultWait, "n to reach 3", get, func() bool { mu.Lock(); defer mu.Unlock(); return n == 3 }, nil)
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/puddle/v2"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // benchConn is a do-nothing net.Conn. It is not a syscall.Conn, so the pool
@@ -162,40 +164,12 @@ func BenchmarkAcquireRelease(b *testing.B) {
 // BenchmarkAcquireReleaseTCP is the poolmgr idle-hit path on real loopback
 // sockets: each checkout and release includes the MSG_PEEK syscall.
 func BenchmarkAcquireReleaseTCP(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	defer func() {
-		ln.Close()
-		wg.Wait()
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	addr := testkit.Serve(b, func(net.Conn) {}) // holds each connection until the end
 	var d net.Dialer
 	for _, g := range []int{1, 8, 64} {
 		b.Run("goroutines="+strconv.Itoa(g), func(b *testing.B) {
 			op, cleanup := benchPoolmgr(func(ctx context.Context, network, _ string) (net.Conn, error) {
-				return d.DialContext(ctx, network, ln.Addr().String())
+				return d.DialContext(ctx, network, addr)
 			})(b)
 			defer cleanup()
 			runConcurrent(b, g, op)

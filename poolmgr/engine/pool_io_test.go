@@ -2,17 +2,11 @@ package engine
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // upstream is a loopback TCP server (echo by default) that counts the
@@ -155,7 +151,7 @@ func (u *testUpstream) open() int {
 func (u *testUpstream) anyConn() net.Conn {
 	u.t.Helper()
 	var c net.Conn
-	waitCondition(u.t, "an accepted connection", func() bool {
+	testkit.WaitFor(u.t, "an accepted connection", func() bool {
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		for o := range u.conns {
@@ -165,23 +161,6 @@ func (u *testUpstream) anyConn() net.Conn {
 		return false
 	})
 	return c
-}
-
-// waitCondition polls cond until it holds, bounded by the test deadline.
-func waitCondition(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	if d, ok := t.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	tick := time.NewTicker(time.Millisecond) // the polling interval
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
 }
 
 func ioConfig(endpoint string, mutate func(*Config)) Config {
@@ -230,7 +209,7 @@ func TestIODeadIdleConnectionIsNotHandedOut(t *testing.T) {
 	c.Release(true)
 
 	u.closeConns() // the upstream closes the idle connection
-	waitCondition(t, "the FIN to arrive", func() bool { return !c.alive() })
+	testkit.WaitFor(t, "the FIN to arrive", func() bool { return !c.alive() })
 
 	c2 := mustAcquire(t, p)
 	if c2.Info().Reused {
@@ -249,7 +228,7 @@ func TestIOStrayBytesCloseIdleConnection(t *testing.T) {
 	c := mustAcquire(t, p)
 	c.Release(true)
 	u.anyConn().Write([]byte("unsolicited"))
-	waitCondition(t, "stray bytes", func() bool { return !c.alive() })
+	testkit.WaitFor(t, "stray bytes", func() bool { return !c.alive() })
 	c2 := mustAcquire(t, p)
 	defer c2.Release(true)
 	if c2.Info().Reused || p.Stats().Closes["unhealthy"] != 1 {
@@ -264,7 +243,7 @@ func TestIOValidateAfterIdleSkipsPeek(t *testing.T) {
 	c := mustAcquire(t, p)
 	c.Release(true)
 	u.anyConn().Write([]byte("x"))
-	waitCondition(t, "stray bytes", func() bool { return !c.alive() })
+	testkit.WaitFor(t, "stray bytes", func() bool { return !c.alive() })
 	c2 := mustAcquire(t, p)
 	if c2 != c {
 		t.Fatal("peeked although idle for less than validate_after_idle")
@@ -277,19 +256,19 @@ func TestIOReleaseWithUnreadBytesCloses(t *testing.T) {
 	p := newIOPool(t, ioConfig(u.addr(), nil), Env{})
 	c := mustAcquire(t, p)
 	c.NetConn().Write([]byte("ping")) // the echo is never read
-	waitCondition(t, "the echo", func() bool { return !c.alive() })
+	testkit.WaitFor(t, "the echo", func() bool { return !c.alive() })
 	c.Release(true)
 	if s := p.Stats(); s.Closes["dirty"] != 1 || s.Idle != 0 {
 		t.Fatalf("release with unread bytes: %+v", s)
 	}
-	waitCondition(t, "upstream to see the close", func() bool { return u.open() == 0 })
+	testkit.WaitFor(t, "upstream to see the close", func() bool { return u.open() == 0 })
 }
 
 func TestIOUpstreamRestart(t *testing.T) {
 	u := startUpstream(t, "127.0.0.1:0", nil, nil)
 	addr := u.addr()
 	p := newIOPool(t, ioConfig(addr, func(c *Config) { c.Limits.MinIdle = 2 }), Env{})
-	waitCondition(t, "prewarm", func() bool { return p.Stats().Idle == 2 })
+	testkit.WaitFor(t, "prewarm", func() bool { return p.Stats().Idle == 2 })
 	u.stop()
 	u2 := startUpstream(t, addr, nil, nil)
 	for i := range 3 {
@@ -326,92 +305,32 @@ func TestIODialFailureReportsLastError(t *testing.T) {
 }
 
 // testPKI is a CA with a server certificate for 127.0.0.1/upstream.test and
-// a client certificate, all generated for the test.
+// a client certificate "poold-client", all generated for the test.
 type testPKI struct {
-	caPEM                 string
-	server                tls.Certificate
-	clientCert, clientKey string
-	pool                  *x509.CertPool
+	*testkit.CA
+	server, client *testkit.Cert
 }
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey := newKey()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "poolplane test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
-		k := newKey()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			DNSNames:     []string{"upstream.test"},
-			IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-			pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	}
-	sc, sk := issue(2, "upstream.test", x509.ExtKeyUsageServerAuth)
-	server, err := tls.X509KeyPair(sc, sk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, ck := issue(3, "poold-client", x509.ExtKeyUsageClientAuth)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &testPKI{
-		caPEM:      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
-		server:     server,
-		clientCert: string(cc),
-		clientKey:  string(ck),
-		pool:       pool,
-	}
+	ca := testkit.NewCA(t)
+	return &testPKI{CA: ca, server: ca.Server(t, "upstream.test", "127.0.0.1"), client: ca.Client(t, "poold-client")}
 }
 
 func TestIOTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	for _, mutual := range []bool{false, true} {
 		t.Run("mtls="+strconv.FormatBool(mutual), func(t *testing.T) {
-			srvCfg := &tls.Config{Certificates: []tls.Certificate{pki.server}}
+			srvCfg := &tls.Config{Certificates: []tls.Certificate{pki.server.TLS}}
 			if mutual {
 				srvCfg.ClientAuth = tls.RequireAndVerifyClientCert
-				srvCfg.ClientCAs = pki.pool
+				srvCfg.ClientCAs = pki.Pool()
 			}
 			u := startUpstream(t, "127.0.0.1:0", func(ln net.Listener) net.Listener { return tls.NewListener(ln, srvCfg) }, nil)
 			p := newIOPool(t, ioConfig(u.addr(), func(c *Config) {
-				c.TLS = TLSConfig{Enabled: true, CAPEM: pki.caPEM, ServerName: "upstream.test"}
+				c.TLS = TLSConfig{Enabled: true, CAPEM: string(pki.PEM), ServerName: "upstream.test"}
 				if mutual {
-					c.TLS.ClientCertPEM, c.TLS.ClientKeyPEM = pki.clientCert, pki.clientKey
+					c.TLS.ClientCertPEM, c.TLS.ClientKeyPEM = string(pki.client.CertPEM), string(pki.client.KeyPEM)
 				}
 			}), Env{})
 			for i := range 3 {
@@ -452,7 +371,7 @@ func TestIOTLS(t *testing.T) {
 
 func TestIOTLSUntrustedUpstreamFailsDial(t *testing.T) {
 	pki := newTestPKI(t)
-	srvCfg := &tls.Config{Certificates: []tls.Certificate{pki.server}}
+	srvCfg := &tls.Config{Certificates: []tls.Certificate{pki.server.TLS}}
 	u := startUpstream(t, "127.0.0.1:0", func(ln net.Listener) net.Listener { return tls.NewListener(ln, srvCfg) }, nil)
 	p := newIOPool(t, ioConfig(u.addr(), func(c *Config) {
 		c.TLS = TLSConfig{Enabled: true, ServerName: "upstream.test"} // system roots
@@ -501,7 +420,7 @@ func TestIODNSChange(t *testing.T) {
 	if s := p.Stats(); s.Closes["dns"] != 2 {
 		t.Fatalf("departed leased conn not closed on release: %v", s.Closes)
 	}
-	waitCondition(t, "old upstream connections to close", func() bool { return a.open() == 0 })
+	testkit.WaitFor(t, "old upstream connections to close", func() bool { return a.open() == 0 })
 }
 
 func TestIOHealthCheckHTTP(t *testing.T) {
@@ -539,11 +458,11 @@ func TestIOHealthCheckRedisPingLoop(t *testing.T) {
 	u := startUpstream(t, "127.0.0.1:0", nil, pong)
 	hc := HealthCheck{Kind: HealthRedisPing, Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond}
 	p := newIOPool(t, ioConfig(u.addr(), func(c *Config) { c.HealthCheck = hc; c.Limits.MinIdle = 1 }), Env{})
-	waitCondition(t, "prewarm", func() bool { return p.Stats().Idle == 1 })
+	testkit.WaitFor(t, "prewarm", func() bool { return p.Stats().Idle == 1 })
 	c := mustAcquire(t, p)
 	first := c.lastCheckForTest(p)
 	c.Release(true)
-	waitCondition(t, "a health check", func() bool {
+	testkit.WaitFor(t, "a health check", func() bool {
 		c2 := mustAcquire(t, p)
 		defer c2.Release(true)
 		return c2.lastCheckForTest(p).After(first)
@@ -616,7 +535,7 @@ func TestIOManyAcquirers(t *testing.T) {
 		t.Fatalf("Stats = %+v", s)
 	}
 	p.Close()
-	waitCondition(t, "upstream connections to close", func() bool { return u.open() == 0 })
+	testkit.WaitFor(t, "upstream connections to close", func() bool { return u.open() == 0 })
 }
 
 func TestIOKeepAliveDisabled(t *testing.T) {

@@ -16,9 +16,9 @@ import (
 func mtlsUpstream(t *testing.T, pki *testPKI, mutate func(*tls.Config), handler func(net.Conn)) *testUpstream {
 	t.Helper()
 	srvCfg := &tls.Config{
-		Certificates: []tls.Certificate{pki.server},
+		Certificates: []tls.Certificate{pki.server.TLS},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pki.pool,
+		ClientCAs:    pki.Pool(),
 		MinVersion:   tls.VersionTLS13,
 	}
 	if mutate != nil {
@@ -37,8 +37,8 @@ func TestIOTLS13ClientCertRefusedAfterHandshake(t *testing.T) {
 	pki := newTestPKI(t)
 	u := mtlsUpstream(t, pki, nil, nil)
 	p := newIOPool(t, ioConfig(u.addr(), func(c *Config) {
-		c.TLS = TLSConfig{Enabled: true, CAPEM: pki.caPEM, ServerName: "upstream.test"} // no client certificate
-		c.Limits.AcquireTimeout = 30 * time.Second                                      // ends early: the circuit opens
+		c.TLS = TLSConfig{Enabled: true, CAPEM: string(pki.PEM), ServerName: "upstream.test"} // no client certificate
+		c.Limits.AcquireTimeout = 30 * time.Second                                            // ends early: the circuit opens
 	}), Env{})
 	c, err := p.Acquire(context.Background(), "t")
 	if err == nil {
@@ -63,8 +63,8 @@ func TestIOTLS13ClientCertRefusedAfterHandshake(t *testing.T) {
 func TestIOTLS13ClientCertAccepted(t *testing.T) {
 	pki := newTestPKI(t)
 	withCert := func(c *Config) {
-		c.TLS = TLSConfig{Enabled: true, CAPEM: pki.caPEM, ServerName: "upstream.test",
-			ClientCertPEM: pki.clientCert, ClientKeyPEM: pki.clientKey}
+		c.TLS = TLSConfig{Enabled: true, CAPEM: string(pki.PEM), ServerName: "upstream.test",
+			ClientCertPEM: string(pki.client.CertPEM), ClientKeyPEM: string(pki.client.KeyPEM)}
 		c.Lifecycle.ValidateAfterIdle = time.Hour // hand out the greeting, do not peek at it
 	}
 	t.Run("tickets", func(t *testing.T) {

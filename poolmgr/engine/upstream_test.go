@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func mustAllowlist(t *testing.T, entries ...string) *Allowlist {
@@ -145,7 +147,7 @@ func TestDialRefusesRebinding(t *testing.T) {
 	for _, d := range n.allConns() {
 		_ = d.Close()
 	}
-	waitCondition(t, "the rebound name refused", func() bool {
+	testkit.WaitFor(t, "the rebound name refused", func() bool {
 		_, err := p.resolveEndpoint(context.Background(), "api.internal:6379")
 		return errors.Is(err, ErrUpstreamNotAllowed)
 	})

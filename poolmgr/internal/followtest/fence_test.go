@@ -3,7 +3,6 @@ package followtest
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -13,6 +12,8 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store/etcdstore"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 var _ poolmgr.Replicas = (*etcdstore.Membership)(nil)
@@ -20,68 +21,30 @@ var _ poolmgr.Replicas = (*etcdstore.Membership)(nil)
 // countingUpstream accepts connections and holds them until the peer
 // closes; it counts the open ones and their peak.
 type countingUpstream struct {
-	ln net.Listener
-	wg sync.WaitGroup
+	address string
 
-	mu     sync.Mutex // protects following fields
-	open   int
-	peak   int
-	conns  []net.Conn
-	closed bool
+	mu   sync.Mutex // protects following fields
+	open int
+	peak int
 }
 
 func newCountingUpstream(t *testing.T) *countingUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &countingUpstream{ln: ln}
-	u.wg.Add(1)
-	go u.accept()
-	t.Cleanup(func() {
-		_ = ln.Close()
+	u := &countingUpstream{}
+	u.address = testkit.Serve(t, func(c net.Conn) {
 		u.mu.Lock()
-		u.closed = true
-		for _, c := range u.conns {
-			_ = c.Close()
-		}
+		u.open++
+		u.peak = max(u.peak, u.open)
 		u.mu.Unlock()
-		u.wg.Wait()
+		testkit.DiscardConn(c)
+		u.mu.Lock()
+		u.open--
+		u.mu.Unlock()
 	})
 	return u
 }
 
-func (u *countingUpstream) accept() {
-	defer u.wg.Done()
-	for {
-		c, err := u.ln.Accept()
-		if err != nil {
-			return
-		}
-		u.mu.Lock()
-		if u.closed {
-			u.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		u.conns = append(u.conns, c)
-		u.open++
-		u.peak = max(u.peak, u.open)
-		u.mu.Unlock()
-		u.wg.Add(1)
-		go func() {
-			defer u.wg.Done()
-			_, _ = io.Copy(io.Discard, c)
-			_ = c.Close()
-			u.mu.Lock()
-			u.open--
-			u.mu.Unlock()
-		}()
-	}
-}
-
-func (u *countingUpstream) addr() string { return u.ln.Addr().String() }
+func (u *countingUpstream) addr() string { return u.address }
 
 // counts returns the open connections and the peak since the last reset.
 func (u *countingUpstream) counts() (open, peak int) {
@@ -165,7 +128,7 @@ func TestPartitionedReplicaFences(t *testing.T) {
 	if _, err := r1.m.Create(ctx, "per", per, poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, 5*time.Second, "shares 5+5, prewarmed", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "shares 5+5, prewarmed", func() bool {
 		open, _ := fleetUp.counts()
 		return maxConns(r0, "fleet") == 5 && maxConns(r1, "fleet") == 5 && open == limit && maxConns(r0, "per") == 2
 	})
@@ -182,7 +145,7 @@ func TestPartitionedReplicaFences(t *testing.T) {
 	proxy.Cut()
 	cut := time.Now()
 	var fencedAt, provenAt, grownAt time.Time
-	within(t, 10*time.Second, "r1 takes the whole limit", func() bool {
+	testkit.WaitWithin(t, 10*time.Second, "r1 takes the whole limit", func() bool {
 		s1a := stats(t, r1, "fleet").Max // r1 before r0: a sum above the limit is real
 		s0 := stats(t, r0, "fleet").Max
 		s1b := stats(t, r1, "fleet").Max // r1 after r0: r0 at 0 and r1 still 5 proves the order
@@ -207,7 +170,7 @@ func TestPartitionedReplicaFences(t *testing.T) {
 	}
 	t.Logf("after the cut: r0's share 0 by %v, r1's share %d at %v: r0 fenced at least %v earlier",
 		fencedAt.Sub(cut), limit, grownAt.Sub(cut), grownAt.Sub(provenAt))
-	within(t, 5*time.Second, "r1 prewarms its whole limit", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "r1 prewarms its whole limit", func() bool {
 		return stats(t, r1, "fleet").Idle == limit
 	})
 
@@ -233,7 +196,7 @@ func TestPartitionedReplicaFences(t *testing.T) {
 	}
 	c.Release(true)
 	leased.Release(true)
-	within(t, 5*time.Second, "r0's leased connection closes on release", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "r0's leased connection closes on release", func() bool {
 		open, _ := fleetUp.counts()
 		return stats(t, r0, "fleet").Total == 0 && open == limit
 	})
@@ -250,7 +213,7 @@ func TestPartitionedReplicaFences(t *testing.T) {
 	var overSum int
 	var overFor time.Duration
 	var overSince time.Time
-	within(t, 15*time.Second, "shares 5+5 again", func() bool {
+	testkit.WaitWithin(t, 15*time.Second, "shares 5+5 again", func() bool {
 		s0 := stats(t, r0, "fleet") // the grower before the shrinker: a sum above the limit is real
 		s1 := maxConns(r1, "fleet")
 		now := time.Now()
@@ -267,7 +230,7 @@ func TestPartitionedReplicaFences(t *testing.T) {
 	})
 	t.Logf("shares 5+5 again %v after the restore; shares above the limit on re-registration: peak sum %d for %v",
 		time.Since(restored), overSum, overFor)
-	within(t, 5*time.Second, "upstream back at the limit", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "upstream back at the limit", func() bool {
 		open, _ := fleetUp.counts()
 		return open == limit
 	})

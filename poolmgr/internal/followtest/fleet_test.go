@@ -9,6 +9,8 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store/etcdstore"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // fleetReplica is a following Manager that registers as id and divides
@@ -92,8 +94,8 @@ func TestFleetLimitsFollowReplicas(t *testing.T) {
 		}
 		return fmt.Sprint(s)
 	}
-	within(t, 5*time.Second, "shares 4+3+3", func() bool { return shares(rs...) == "[4 3 3]" })
-	within(t, propagation, "per-replica pool whole on every replica", func() bool {
+	testkit.WaitWithin(t, 5*time.Second, "shares 4+3+3", func() bool { return shares(rs...) == "[4 3 3]" })
+	testkit.WaitWithin(t, propagation, "per-replica pool whole on every replica", func() bool {
 		for _, r := range rs {
 			if maxConns(r, "per") != 10 {
 				return false
@@ -103,12 +105,12 @@ func TestFleetLimitsFollowReplicas(t *testing.T) {
 	})
 
 	rs[2].stop()
-	within(t, 5*time.Second, "shares 5+5 after r2 left", func() bool { return shares(rs[0], rs[1]) == "[5 5]" })
+	testkit.WaitWithin(t, 5*time.Second, "shares 5+5 after r2 left", func() bool { return shares(rs[0], rs[1]) == "[5 5]" })
 
 	// A change of the fleet limit is re-divided on every replica.
 	cfg.Limits.MaxConnections = 7
 	if _, err := rs[1].m.Update(ctx, "fleet", cfg, 0, poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "shares 4+3 after the update", func() bool { return shares(rs[0], rs[1]) == "[4 3]" })
+	testkit.WaitWithin(t, propagation, "shares 4+3 after the update", func() bool { return shares(rs[0], rs[1]) == "[4 3]" })
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store/etcdstore"
 	"github.com/poolplane/poolplane/store/etcdstore/etcdtest"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -47,21 +49,6 @@ func replica(t *testing.T, srv *etcdtest.Server, prefix string) *poolmgr.Manager
 	return m
 }
 
-// within polls cond until it holds, failing the test after d. Polling is
-// bounded and does not sleep for state: each round waits on a short timer.
-func within(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		<-tick.C
-	}
-}
-
 func poolState(m *poolmgr.Manager, id string) (poolmgr.State, int, bool) {
 	p, err := m.Pool(id)
 	if err != nil {
@@ -83,7 +70,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if _, err := a.Create(ctx, "p1", cfg, poolmgr.WriteOptions{Actor: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "create on b", func() bool {
+	testkit.WaitWithin(t, propagation, "create on b", func() bool {
 		st, maxc, ok := poolState(b, "p1")
 		return ok && st == poolmgr.StateActive && maxc == 4
 	})
@@ -92,7 +79,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if _, err := b.Update(ctx, "p1", cfg, 0, poolmgr.WriteOptions{Actor: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "update on a", func() bool {
+	testkit.WaitWithin(t, propagation, "update on a", func() bool {
 		_, maxc, ok := poolState(a, "p1")
 		return ok && maxc == 7
 	})
@@ -100,7 +87,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if _, err := a.Drain(ctx, "p1", poolmgr.WriteOptions{Actor: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "drain on b", func() bool {
+	testkit.WaitWithin(t, propagation, "drain on b", func() bool {
 		st, _, ok := poolState(b, "p1")
 		return ok && st == poolmgr.StateDraining
 	})
@@ -110,7 +97,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if _, err := b.Reconnect(ctx, "p1", poolmgr.WriteOptions{Actor: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "reconnect on a", func() bool { return p.Generation() > gen })
+	testkit.WaitWithin(t, propagation, "reconnect on a", func() bool { return p.Generation() > gen })
 	// Apply on a (create p2), delete p1 on b.
 	if _, err := a.Apply(ctx, []poolmgr.PoolSpec{{ID: "p1", Config: cfg}, {ID: "p2", Config: cfg}}, poolmgr.ApplyOptions{}); err != nil {
 		t.Fatal(err)
@@ -118,7 +105,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if err := b.Delete(ctx, "p1", 0, poolmgr.WriteOptions{Actor: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "apply and delete", func() bool {
+	testkit.WaitWithin(t, propagation, "apply and delete", func() bool {
 		_, _, p1a := poolState(a, "p1")
 		_, _, p2b := poolState(b, "p2")
 		return !p1a && p2b
@@ -132,7 +119,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if _, err := a.Reconnect(ctx, "p2", poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "reconnect on b", func() bool { return q.Generation() > bgen })
+	testkit.WaitWithin(t, propagation, "reconnect on b", func() bool { return q.Generation() > bgen })
 	rev, err := a.CurrentRevision(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +128,7 @@ func TestTwoReplicasFollow(t *testing.T) {
 	if _, err := b.Pause(ctx, "p2", poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, propagation, "pause on a", func() bool {
+	testkit.WaitWithin(t, propagation, "pause on a", func() bool {
 		st, _, ok := poolState(a, "p2")
 		return ok && st == poolmgr.StatePaused
 	})
@@ -165,7 +152,7 @@ func TestReplicaReconcilesAfterOutage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	within(t, propagation, "create on b", func() bool {
+	testkit.WaitWithin(t, propagation, "create on b", func() bool {
 		_, _, k := poolState(b, "keep")
 		_, _, g := poolState(b, "gone")
 		return k && g
@@ -181,14 +168,14 @@ func TestReplicaReconcilesAfterOutage(t *testing.T) {
 	// Changes after the restart reach b: its watch resumed or it
 	// reconciled.
 	cfg.Limits.MaxConnections = 9
-	within(t, 10*time.Second, "write after restart", func() bool {
+	testkit.WaitWithin(t, 10*time.Second, "write after restart", func() bool {
 		_, err := a.Update(ctx, "keep", cfg, 0, poolmgr.WriteOptions{})
 		return err == nil
 	})
 	if err := a.Delete(ctx, "gone", 0, poolmgr.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	within(t, 10*time.Second, "b follows after the outage", func() bool {
+	testkit.WaitWithin(t, 10*time.Second, "b follows after the outage", func() bool {
 		_, maxc, ok := poolState(b, "keep")
 		_, _, gone := poolState(b, "gone")
 		return ok && maxc == 9 && !gone
