@@ -77,7 +77,10 @@ func TestCloseDeliversToSlowUpstream(t *testing.T) {
 	for _, withDeadline := range []bool{false, true} {
 		name := map[bool]string{false: "plain", true: "write deadline"}[withDeadline]
 		t.Run(name, func(t *testing.T) {
-			e := startSDKEnv(t)
+			// The upstream's pace is a goroutine's: on a loaded machine it
+			// may stall past the default release timeout, which this test
+			// is not about (TestCloseReportsUndelivered is).
+			e := startSDKEnv(t, client.WithReleaseTimeout(5*time.Second))
 			up := startSDKUpstream(t, nil)
 			e.createPool(t, "slow", poolmgr.Config{Endpoints: []string{up.addr}})
 			conn, err := e.c.Lease(ctxSDK(t), "slow")
