@@ -443,24 +443,16 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 		s.mu.Unlock()
 		c.grant(f.Granted)
 	case *poolv1.LeaseResponse_Data_:
-		s.mu.Lock()
-		ok := s.state == stActive && !s.ended
-		st := s.state
-		c := s.cur
-		s.mu.Unlock()
-		if !ok {
-			return protocolError("data on a stream that is %s", st)
+		c, err := s.liveConn("data")
+		if err != nil {
+			return err
 		}
 		c.confirm(f.Data.GetUpstreamWritten())
 		c.deliver(f.Data.GetData())
 	case *poolv1.LeaseResponse_CloseWrite_:
-		s.mu.Lock()
-		ok := s.state == stActive && !s.ended
-		st := s.state
-		c := s.cur
-		s.mu.Unlock()
-		if !ok {
-			return protocolError("close_write on a stream that is %s", st)
+		c, err := s.liveConn("close_write")
+		if err != nil {
+			return err
 		}
 		c.upstreamEOF()
 	case *poolv1.LeaseResponse_Ended_:
@@ -487,6 +479,17 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 		return protocolError("empty frame")
 	}
 	return nil
+}
+
+// liveConn returns the Conn of a granted lease that has not ended, for a
+// frame of the kind named, or a protocol error.
+func (s *stream) liveConn(frame string) (*Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stActive || s.ended {
+		return nil, protocolError("%s on a stream that is %s", frame, s.state)
+	}
+	return s.cur, nil
 }
 
 // endErrs maps an ended frame to what Read and Write return afterwards.
