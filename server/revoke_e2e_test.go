@@ -42,21 +42,11 @@ func TestRevokedPrincipalLosesStreams(t *testing.T) {
 	lc := poolv1.NewLeaseServiceClient(cc)
 
 	// A warm stream: one lease done, kept for the next.
-	idle, err := lc.Lease(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, idle, openFrame("pools/echo"))
-	recvGranted(t, idle)
+	idle := grantedStream(ctx, t, lc, "pools/echo")
 	mustSend(t, idle, releaseFrame(true))
 	recvEnded(t, idle)
 	// A stream holding a lease.
-	held, err := lc.Lease(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, held, openFrame("pools/echo"))
-	recvGranted(t, held)
+	held := grantedStream(ctx, t, lc, "pools/echo")
 	mustSend(t, held, dataFrame([]byte("hi")))
 	if got := readEcho(t, held, 2); string(got) != "hi" {
 		t.Fatalf("echo %q", got)
@@ -120,26 +110,11 @@ func TestNarrowedPrincipalStreams(t *testing.T) {
 	ctx := bearer(base, "svc")
 	lc := poolv1.NewLeaseServiceClient(cc)
 
-	idle, err := lc.Lease(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, idle, openFrame("pools/a"))
-	recvGranted(t, idle)
+	idle := grantedStream(ctx, t, lc, "pools/a")
 	mustSend(t, idle, releaseFrame(true))
 	recvEnded(t, idle)
-	heldA, err := lc.Lease(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, heldA, openFrame("pools/a"))
-	recvGranted(t, heldA)
-	heldB, err := lc.Lease(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, heldB, openFrame("pools/b"))
-	recvGranted(t, heldB)
+	heldA := grantedStream(ctx, t, lc, "pools/a")
+	heldB := grantedStream(ctx, t, lc, "pools/b")
 
 	narrowed := svc
 	narrowed.Pools = []string{"b"}
@@ -207,4 +182,16 @@ func TestAuthenticatorUpdateRevokes(t *testing.T) {
 	if err := a.Update([]Principal{{Name: "bad"}}); err == nil || revoked(before["keep"]) {
 		t.Fatalf("a bad update: %v", err)
 	}
+}
+
+// grantedStream opens a Lease stream and a lease of pool on it.
+func grantedStream(ctx context.Context, t *testing.T, lc poolv1.LeaseServiceClient, pool string) poolv1.LeaseService_LeaseClient {
+	t.Helper()
+	s, err := lc.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s, openFrame(pool))
+	recvGranted(t, s)
+	return s
 }

@@ -3,6 +3,7 @@ module github.com/poolplane/poolplane/cmd/poolbench
 go 1.26.0
 
 require (
+	github.com/poolplane/poolplane v0.0.0-00010101000000-000000000000
 	github.com/poolplane/poolplane/client v0.0.0-00010101000000-000000000000
 	github.com/poolplane/poolplane/gen v0.0.0-00010101000000-000000000000
 	github.com/poolplane/poolplane/internal/testkit v0.0.0-00010101000000-000000000000

@@ -20,10 +20,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/poolplane/poolplane/internal/flagusage"
 )
 
 // poolsPrefix begins every pool's resource name.
@@ -137,20 +138,7 @@ func commandLine(fs *flag.FlagSet) string {
 func usage(w io.Writer, fs *flag.FlagSet) {
 	_, _ = fmt.Fprintf(w, "Usage: poolbench [flags]\n\n%s.\n\nFlags:\n", strings.ToUpper(summary[:1])+summary[1:])
 	fs.VisitAll(func(f *flag.Flag) {
-		name, usage := flag.UnquoteUsage(f)
-		dash := "--"
-		if len(f.Name) == 1 {
-			dash = "-"
-		}
-		line := "  " + dash + f.Name
-		if name != "" {
-			line += " " + name
-		}
-		_, _ = fmt.Fprintf(w, "%s\n    \t%s", line, usage)
-		if !slices.Contains([]string{"", "false", "0", "0s"}, f.DefValue) {
-			_, _ = fmt.Fprintf(w, " (default %s)", f.DefValue)
-		}
-		_, _ = fmt.Fprintln(w)
+		flagusage.Print(w, f)
 	})
 	_, _ = fmt.Fprint(w, "\nExit status: 0 success, 1 failure (a failed request, a leak), 2 usage error.\n"+
 		"See docs/benchmarks.md and docs/soak.md.\n")

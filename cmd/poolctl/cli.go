@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/flagusage"
 )
 
 // errHelp ends a run that printed help: exit status 0.
@@ -305,20 +305,7 @@ func (e *env) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
 			_, _ = fmt.Fprint(w, "\nFlags:\n")
 			first = false
 		}
-		name, usage := flag.UnquoteUsage(f)
-		dash := "--"
-		if len(f.Name) == 1 {
-			dash = "-"
-		}
-		line := "  " + dash + f.Name
-		if name != "" {
-			line += " " + name
-		}
-		_, _ = fmt.Fprintf(w, "%s\n    \t%s", line, usage)
-		if !slices.Contains([]string{"", "false", "0", "0s"}, f.DefValue) {
-			_, _ = fmt.Fprintf(w, " (default %s)", f.DefValue)
-		}
-		_, _ = fmt.Fprintln(w)
+		flagusage.Print(w, f)
 	})
 	_, _ = fmt.Fprint(w, "\nGlobal flags: see 'poolctl help'.\n")
 }
