@@ -102,6 +102,9 @@ const (
 	CloseSingleUse        = engine.CloseSingleUse
 	CloseError            = engine.CloseError
 	CloseMaxLeaseDuration = engine.CloseMaxLeaseDuration
+	CloseOutstanding      = engine.CloseOutstanding
+	CloseResetFailed      = engine.CloseResetFailed
+	CloseNotResettable    = engine.CloseNotResettable
 
 	DefaultMaxConnections = engine.DefaultMaxConnections
 	DefaultMaxWaiters     = engine.DefaultMaxWaiters

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/protocol"
 )
 
 const (
@@ -73,8 +74,10 @@ const (
 type End struct {
 	Reason  Reason
 	Message string // for humans: the upstream error
-	Reused  bool   // the connection went back to the pool
-	Written int64  // client bytes written to the upstream in all
+	// Reused: the connection went back to the pool (a protocol pool's
+	// connection after its reset, which may still close it).
+	Reused  bool
+	Written int64 // client bytes written to the upstream in all
 }
 
 // Upstream is the leased connection as the relay uses it; *poolmgr.Conn
@@ -85,6 +88,12 @@ type Upstream interface {
 	CloseReason() poolmgr.CloseReason
 	AddBytes(in, out int64)
 	Release(reusable bool)
+	// Discard closes the connection, counted under reason.
+	Discard(reason poolmgr.CloseReason)
+	// Protocol is the pool's protocol handler, nil for RAW.
+	Protocol() protocol.Handler
+	// ResetTimeout bounds a protocol pool's reset at release.
+	ResetTimeout() time.Duration
 }
 
 // Sink is the client side of a lease: where the reader goroutine delivers
@@ -132,17 +141,27 @@ type Lease struct {
 	sink Sink
 	opts Options
 
-	readerc chan struct{} // closed when the reader goroutine exits
-	stopc   chan struct{} // closed by Release: a reader waiting after the upstream's EOF exits
-	cutc    chan struct{} // closed by Cut
-	cutOnce sync.Once
+	// sess follows the exchange of a protocol pool's lease (nil for RAW).
+	sess protocol.Session
+	// reset is the decision Release and Abandon hand to the reader
+	// goroutine of a protocol pool's lease once it stopped reading: reset
+	// the connection (true) or leave it (false). Buffered.
+	reset chan bool
+
+	stoppedc chan struct{} // closed when the reader stops reading
+	readerc  chan struct{} // closed when the reader goroutine exits (after a reset)
+	stopc    chan struct{} // closed by Release: a reader waiting after the upstream's EOF exits
+	cutc     chan struct{} // closed by Cut
+	cutOnce  sync.Once
 	// cutReason is why the lease was cut; valid once cutc is closed.
 	cutReason atomic.Int32
 
 	// Set by the reader before it exits; read after readerc closes.
-	readErr error
-	upEOF   bool // the upstream half-closed (CloseWrite was sent)
+	readErr    error
+	upEOF      bool // the upstream half-closed (CloseWrite was sent)
+	readFailed bool // the upstream read failed or ended (not stopped by a deadline)
 
+	started   atomic.Bool           // Start ran
 	releasing atomic.Bool           // the client released: a read deadline stops the reader
 	ended     atomic.Bool           // the end was sent (by the reader) or the lease is over
 	finish    sync.Once             // the Release of up
@@ -167,18 +186,28 @@ func New(up Upstream, sink Sink, opts Options) *Lease {
 		opts.Reader = new(Reader)
 	}
 	opts.ReadSize = min(max(opts.ReadSize, SmallRead), LargeRead)
-	return &Lease{up: up, nc: up.NetConn(), sink: sink, opts: opts,
-		readerc: make(chan struct{}), stopc: make(chan struct{}), cutc: make(chan struct{})}
+	l := &Lease{up: up, nc: up.NetConn(), sink: sink, opts: opts,
+		stoppedc: make(chan struct{}), readerc: make(chan struct{}),
+		stopc: make(chan struct{}), cutc: make(chan struct{})}
+	if h := up.Protocol(); h != nil {
+		l.sess = h.NewSession()
+		l.reset = make(chan bool, 1)
+	}
+	return l
 }
 
 // Start starts the reader goroutine.
 func (l *Lease) Start() {
+	l.started.Store(true)
 	go l.relayUpstream()
 }
 
 // NotStarted marks a lease whose client side failed before Start: its
 // Abandon does not wait for a reader.
-func (l *Lease) NotStarted() { close(l.readerc) }
+func (l *Lease) NotStarted() {
+	close(l.stoppedc)
+	close(l.readerc)
+}
 
 // Ended reports whether the lease ended from the upstream's side (or was
 // cut): client bytes are dropped from then on.
@@ -227,6 +256,14 @@ func (l *Lease) release(reusable bool) {
 	})
 }
 
+// discard closes the connection once, counted under reason.
+func (l *Lease) discard(reason poolmgr.CloseReason) {
+	l.finish.Do(func() {
+		l.up.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
+		l.up.Discard(reason)
+	})
+}
+
 // remoteReason says why a lease ended other than by the client's release,
 // after the upstream connection failed with err.
 func (l *Lease) remoteReason(err error) Reason {
@@ -263,42 +300,71 @@ func (l *Lease) relayUpstream() {
 			l.opts.Done()
 		}
 	}()
+	if !l.readUpstream() || l.sess == nil {
+		close(l.stoppedc)
+		return
+	}
+	close(l.stoppedc)
+	select {
+	case ok := <-l.reset:
+		if ok {
+			l.resetUpstream()
+		}
+	case <-l.up.Done():
+		l.release(false) // the pool closed it
+	}
+}
+
+// readUpstream is the reader's loop; it reports whether it stopped for the
+// client side (Release, Abandon), which then decides what becomes of the
+// connection, rather than ending the lease itself.
+func (l *Lease) readUpstream() (stopped bool) {
 	r := l.opts.Reader
 	r.Reset(l.nc, l.opts.ReadSize)
 	for {
 		bp, n, err := r.Read()
 		if n > 0 {
 			l.bytesIn.Add(int64(n))
+			if l.sess != nil {
+				l.sess.Reply((*bp)[Headroom : Headroom+n])
+			}
 			if serr := l.sink.Data(bp, n, l.bytesOut.Load()); serr != nil {
 				l.readErr = serr
-				return
+				return true // the client side is gone: Abandon follows
 			}
 		}
 		if err == nil {
 			continue
 		}
 		l.readErr = err
-		if l.releasing.Load() && errors.Is(err, os.ErrDeadlineExceeded) && !l.isCut() {
-			return // stopped by Release, which sends the end
+		deadline := errors.Is(err, os.ErrDeadlineExceeded)
+		l.readFailed = !deadline
+		if l.releasing.Load() && deadline && !l.isCut() {
+			return true // stopped by Release, which sends the end
+		}
+		if deadline && l.sess != nil && l.isCut() && Reason(l.cutReason.Load()) == ReasonNone {
+			// The client side ended (its Abandon follows): a protocol
+			// pool may still reset the connection.
+			return true
 		}
 		if errors.Is(err, io.EOF) && l.opts.HalfClose && !l.isCut() {
 			l.upEOF = true
 			if l.sink.CloseWrite() != nil {
-				return
+				return true
 			}
 			select {
 			case <-l.stopc:
-				return // released: Release sends the end
+				return true // released: Release sends the end
 			case <-l.cutc:
 			case <-l.up.Done():
 			}
 		}
 		reason := l.remoteReason(err)
 		if l.releasing.Load() && !l.isCut() {
-			return // Release is ending the lease and sends the end
+			return true // Release is ending the lease and sends the end
 		}
 		if !l.ended.CompareAndSwap(false, true) {
-			return
+			return true // Abandon ended it
 		}
 		// Closing the connection ends a write in progress; once Write has
 		// let go of wmu, the count is final.
@@ -316,7 +382,47 @@ func (l *Lease) relayUpstream() {
 			msg = err.Error()
 		}
 		_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: written})
-		return
+		return false
+	}
+}
+
+// resettable reports, once the reader stopped, whether a protocol pool's
+// connection may be reset for another lease: nothing failed or was cut
+// short on it, and the session can be brought back.
+func (l *Lease) resettable() bool {
+	if l.sess == nil || l.broken || l.upEOF || l.readFailed {
+		return false
+	}
+	if l.isCut() && Reason(l.cutReason.Load()) != ReasonNone {
+		return false
+	}
+	select {
+	case <-l.up.Done():
+		return false
+	default:
+	}
+	return true
+}
+
+// resetUpstream runs the protocol's reset within the pool's reset_timeout
+// and hands the connection back: to the idle set when it came back clean,
+// closed otherwise. It runs on the reader goroutine after the client side
+// has its end, so no client waits for it.
+func (l *Lease) resetUpstream() {
+	err := l.nc.SetDeadline(time.Now().Add(l.up.ResetTimeout()))
+	if err == nil {
+		err = l.sess.Reset(l.nc)
+	}
+	if err == nil {
+		err = l.nc.SetDeadline(time.Time{})
+	}
+	switch {
+	case err == nil:
+		l.release(true)
+	case errors.Is(err, protocol.ErrOutstanding):
+		l.discard(poolmgr.CloseOutstanding)
+	default:
+		l.discard(poolmgr.CloseResetFailed)
 	}
 }
 
@@ -333,6 +439,11 @@ func (l *Lease) Write(bufs net.Buffers) {
 	defer l.wmu.Unlock()
 	if l.Ended() {
 		return // the lease ended upstream; the client has not seen it yet
+	}
+	if l.sess != nil {
+		for _, b := range bufs {
+			l.sess.Request(b)
+		}
 	}
 	var err error
 	switch l.nc.(type) {
@@ -454,14 +565,27 @@ func (l *Lease) Release(reusable bool) error {
 			_ = l.nc.Close()
 		}
 	}
-	<-l.readerc
+	<-l.stoppedc
+	sendEnd := l.ended.CompareAndSwap(false, true)
+	if l.sess != nil {
+		reused := false
+		if sendEnd && l.resettable() {
+			reused = l.decideReset()
+		} else {
+			l.reset <- false
+			l.release(false) // a no-op when the reader ended the lease
+		}
+		if !sendEnd {
+			return nil
+		}
+		return l.sink.Ended(End{Reason: Released, Reused: reused, Written: l.bytesOut.Load()})
+	}
 	clean := reusable && !l.broken && !l.upEOF && !l.isCut() && errors.Is(l.readErr, os.ErrDeadlineExceeded)
 	if clean {
 		if err := l.nc.SetDeadline(time.Time{}); err != nil {
 			clean = false
 		}
 	}
-	sendEnd := l.ended.CompareAndSwap(false, true)
 	clean = clean && sendEnd
 	l.release(clean)
 	if !sendEnd {
@@ -470,12 +594,37 @@ func (l *Lease) Release(reusable bool) error {
 	return l.sink.Ended(End{Reason: Released, Reused: clean, Written: l.bytesOut.Load()})
 }
 
+// decideReset hands a protocol pool's connection to the reader goroutine
+// for its reset, or closes it when its session cannot be reset; it reports
+// whether the reset runs. The client's own word on reuse does not count:
+// the pool knows where the exchange stands.
+func (l *Lease) decideReset() bool {
+	if l.sess.State() == protocol.NotResettable {
+		l.discard(poolmgr.CloseNotResettable)
+		l.reset <- false
+		return false
+	}
+	l.reset <- true
+	return true
+}
+
 // Abandon ends a lease whose client side went away without a release: the
 // connection's state is unknown, so it is closed, not reused.
+//
+// On a protocol pool, the exchange's state is known: the connection is
+// reset for another lease when its session allows, as on Release.
 func (l *Lease) Abandon() {
 	l.releasing.Store(true)
 	l.ended.Store(true)
 	l.Cut(ReasonNone) // wakes a reader waiting after the upstream's EOF
+	if l.sess != nil && l.started.Load() {
+		<-l.stoppedc
+		if l.resettable() {
+			l.decideReset()
+			return
+		}
+		l.reset <- false
+	}
 	_ = l.nc.Close()
 	<-l.readerc
 	l.release(false)

@@ -5,18 +5,23 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/protocol"
 
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // fakeUp is an Upstream over one end of a TCP pair.
 type fakeUp struct {
-	nc       net.Conn
-	done     chan struct{}
-	reason   poolmgr.CloseReason
-	released chan bool // the reusable flag of the one Release
+	nc      net.Conn
+	done    chan struct{}
+	reason  poolmgr.CloseReason
+	handler protocol.Handler
+	// discarded is the reason of Discard; read after released.
+	discarded poolmgr.CloseReason
+	released  chan bool // the reusable flag of the one Release
 }
 
 func newFakeUp(nc net.Conn) *fakeUp {
@@ -28,6 +33,12 @@ func (u *fakeUp) Done() <-chan struct{}            { return u.done }
 func (u *fakeUp) CloseReason() poolmgr.CloseReason { return u.reason }
 func (u *fakeUp) AddBytes(int64, int64)            {}
 func (u *fakeUp) Release(reusable bool)            { u.released <- reusable }
+func (u *fakeUp) Discard(r poolmgr.CloseReason) {
+	u.discarded = r
+	u.released <- false
+}
+func (u *fakeUp) Protocol() protocol.Handler  { return u.handler }
+func (u *fakeUp) ResetTimeout() time.Duration { return time.Second }
 
 // revoke closes the connection as the pool does on RevokeLease.
 func (u *fakeUp) revoke(r poolmgr.CloseReason) {

@@ -11,6 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/poolplane/poolplane/protocol"
+	"github.com/poolplane/poolplane/protocol/http1"
+	"github.com/poolplane/poolplane/protocol/redis"
 )
 
 // ReusePolicy says whether a released connection may serve another lease.
@@ -86,6 +90,56 @@ func (k HealthCheckKind) String() string {
 		return "REDIS_PING"
 	}
 	return "HealthCheckKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Protocol is what the pool knows of the protocol its connections carry,
+// and so when a released connection may serve another lease.
+type Protocol int
+
+const (
+	// ProtocolRaw: no protocol knowledge (the default). A connection is
+	// reused only when the client released it as complete and nothing is
+	// pending on it.
+	ProtocolRaw Protocol = iota
+	// ProtocolRedis: RESP2/RESP3. The relay follows commands and replies;
+	// at release, outstanding replies are discarded and RESET plus the
+	// pool's Redis setup run before the connection is idle again.
+	ProtocolRedis
+	// ProtocolHTTP1: HTTP/1.1. A connection is reused only at a message
+	// boundary with every response complete; upgrades, CONNECT,
+	// close-delimited bodies and "Connection: close" end it.
+	ProtocolHTTP1
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolRaw:
+		return "RAW"
+	case ProtocolRedis:
+		return "REDIS"
+	case ProtocolHTTP1:
+		return "HTTP1"
+	}
+	return "Protocol(" + strconv.Itoa(int(p)) + ")"
+}
+
+// RedisSetup is the connection setup a REDIS pool runs after every dial and
+// every reset, so that clients never hold the upstream's credentials.
+// Changing any field bumps the generation.
+type RedisSetup struct {
+	// Username and Password authenticate (HELLO AUTH); an empty Username
+	// with a Password is Redis's "default" user. The password is
+	// write-only: sealed at rest, never returned by the API.
+	Username string `field:"username"`
+	Password string `field:"password"`
+	// Database is SELECTed when not 0. Range 0..1048575.
+	Database int `field:"database"`
+	// ProtocolVersion is the RESP version, 2 or 3 (HELLO's protover).
+	// Default 2.
+	ProtocolVersion int `field:"protocol_version"`
+	// ClientName is set with HELLO's SETNAME: at most 128 printable
+	// characters, no spaces.
+	ClientName string `field:"client_name"`
 }
 
 // TLSConfig configures TLS to the upstream. Changing any field bumps the
@@ -217,6 +271,16 @@ type Config struct {
 	DNSRefresh time.Duration `field:"dns_refresh"`
 	Reuse      ReusePolicy   `field:"reuse_policy"`
 	IdleOrder  IdleOrder     `field:"idle_order"`
+	// Protocol decides when a connection may be reused; changing it bumps
+	// the generation.
+	Protocol Protocol `field:"protocol"`
+	// ResetTimeout bounds, at release, reading the replies a client left
+	// outstanding and the protocol's reset; a connection not clean by then
+	// is closed. Default 1s; range 1ms..1m. Only for a protocol other
+	// than RAW.
+	ResetTimeout time.Duration `field:"reset_timeout"`
+	// Redis is the setup of a REDIS pool.
+	Redis RedisSetup `field:"redis"`
 	// Labels are free-form key/value pairs for operators.
 	Labels map[string]string `field:"labels"`
 }
@@ -233,6 +297,7 @@ const (
 	DefaultHealthInterval = 30 * time.Second
 	DefaultHealthTimeout  = 2 * time.Second
 	DefaultDNSRefresh     = 30 * time.Second
+	DefaultResetTimeout   = time.Second
 )
 
 // WithDefaults returns c with every zero field set to its default.
@@ -279,6 +344,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.DNSRefresh == 0 {
 		c.DNSRefresh = DefaultDNSRefresh
+	}
+	if c.Protocol != ProtocolRaw && c.ResetTimeout == 0 {
+		c.ResetTimeout = DefaultResetTimeout
+	}
+	if c.Protocol == ProtocolRedis && c.Redis.ProtocolVersion == 0 {
+		c.Redis.ProtocolVersion = 2
 	}
 	return c
 }
@@ -414,6 +485,8 @@ func (c Config) Validate() error {
 		bad("idle_order", "unknown order %d", c.IdleOrder)
 	}
 
+	c.validateProtocol(bad, durRange)
+
 	t := c.TLS
 	if !t.Enabled && (t.ServerName != "" || t.CAPEM != "" || t.ClientCertPEM != "" || t.ClientKeyPEM != "" || t.ClientKeyFile != "") {
 		bad("tls.enabled", "TLS settings are given but tls.enabled is false")
@@ -450,6 +523,50 @@ func (c Config) Validate() error {
 	return &ValidationError{Violations: vs}
 }
 
+// validateProtocol checks protocol, reset_timeout and redis.
+func (c Config) validateProtocol(bad func(field, format string, args ...any), durRange func(string, time.Duration, time.Duration, time.Duration)) {
+	switch c.Protocol {
+	case ProtocolRaw:
+		if c.ResetTimeout != 0 {
+			bad("reset_timeout", "applies only to a protocol other than RAW")
+		}
+	case ProtocolRedis, ProtocolHTTP1:
+		durRange("reset_timeout", c.ResetTimeout, time.Millisecond, time.Minute)
+	default:
+		bad("protocol", "unknown protocol %d", c.Protocol)
+	}
+	switch hk := c.HealthCheck.Kind; {
+	case hk == HealthRedisPing && c.Protocol == ProtocolHTTP1:
+		bad("health_check.kind", "REDIS_PING on an HTTP1 pool")
+	case hk == HealthHTTP && c.Protocol == ProtocolRedis:
+		bad("health_check.kind", "HTTP on a REDIS pool")
+	}
+	r := c.Redis
+	if c.Protocol != ProtocolRedis {
+		if r != (RedisSetup{}) {
+			bad("redis", "applies only to protocol REDIS")
+		}
+		return
+	}
+	if r.Username != "" && r.Password == "" {
+		bad("redis.password", "a username needs a password")
+	}
+	for _, f := range []struct{ name, v string }{{"redis.username", r.Username}, {"redis.password", r.Password}} {
+		if len(f.v) > 512 || strings.ContainsAny(f.v, "\x00\r\n") {
+			bad(f.name, "at most 512 bytes, with no NUL, CR or LF")
+		}
+	}
+	if r.Database < 0 || r.Database > 1<<20-1 {
+		bad("redis.database", "must be between 0 and 1048575, got %d", r.Database)
+	}
+	if r.ProtocolVersion != 2 && r.ProtocolVersion != 3 {
+		bad("redis.protocol_version", "must be 2 or 3, got %d", r.ProtocolVersion)
+	}
+	if len(r.ClientName) > 128 || strings.IndexFunc(r.ClientName, func(c rune) bool { return c <= ' ' || c > '~' }) >= 0 {
+		bad("redis.client_name", "at most 128 printable ASCII characters, no spaces, got %q", r.ClientName)
+	}
+}
+
 // Equal reports whether two configs are the same.
 func (c Config) Equal(o Config) bool {
 	return len(c.DiffFields(o)) == 0
@@ -457,7 +574,7 @@ func (c Config) Equal(o Config) bool {
 
 // generationFields are the fields whose change bumps the generation.
 func (c Config) sameUpstream(o Config) bool {
-	return slices.Equal(c.Endpoints, o.Endpoints) && c.TLS == o.TLS
+	return slices.Equal(c.Endpoints, o.Endpoints) && c.TLS == o.TLS && c.Protocol == o.Protocol && c.Redis == o.Redis
 }
 
 // check parses the PEM material.
@@ -508,4 +625,17 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return cfg, nil
+}
+
+// newHandler builds cfg.Protocol's handler with cfg's setup; nil for RAW.
+func newHandler(cfg Config) protocol.Handler {
+	switch cfg.Protocol {
+	case ProtocolRedis:
+		r := cfg.Redis
+		return redis.New(redis.Options{Username: r.Username, Password: r.Password,
+			Database: r.Database, ProtocolVersion: r.ProtocolVersion, ClientName: r.ClientName})
+	case ProtocolHTTP1:
+		return http1.New()
+	}
+	return nil
 }

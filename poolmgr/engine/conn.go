@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/poolplane/poolplane/protocol"
 )
 
 // connState is where a connection is, guarded by the pool's mutex.
@@ -40,6 +42,7 @@ type Conn struct {
 	created time.Time
 	jitter  float64       // in [0,1): share of lifetime_jitter cut from this connection's life
 	done    chan struct{} // closed when the pool closes the connection
+	handler protocol.Handler
 	// closeReason is why the pool closed it; set before done closes.
 	closeReason CloseReason
 
@@ -230,6 +233,16 @@ func (c *Conn) AddBytes(in, out int64) {
 	}
 }
 
+// ResetTimeout is the pool's reset_timeout: how long a protocol pool's
+// reset at release may take.
+func (c *Conn) ResetTimeout() time.Duration {
+	return time.Duration(c.pool.resetTimeout.Load())
+}
+
+// Protocol is the pool's protocol as it was when the connection was set up
+// (nil for RAW): a generation bump retires connections of another.
+func (c *Conn) Protocol() protocol.Handler { return c.handler }
+
 // Release ends the lease. The connection goes back to the idle set (or to
 // the next waiter) only if reusable is true, no upstream bytes are pending
 // unread, it is within its lifetime, its generation is current, the pool is
@@ -240,7 +253,21 @@ func (c *Conn) Release(reusable bool) {
 	if !c.active.CompareAndSwap(true, false) {
 		return
 	}
-	dirty := !reusable || (c.raw != nil && !c.alive())
+	c.release(reusable && (c.raw == nil || c.alive()), CloseDirty)
+}
+
+// Discard ends the lease and closes the connection, counted under reason
+// (a protocol pool's failed reset, for example). Like Release, it is
+// idempotent within a lease.
+func (c *Conn) Discard(reason CloseReason) {
+	if !c.active.CompareAndSwap(true, false) {
+		return
+	}
+	c.release(false, reason)
+}
+
+func (c *Conn) release(reusable bool, dirtyReason CloseReason) {
+	dirty := !reusable
 	p := c.pool
 	p.mu.Lock()
 	if c.state != connLeased {
@@ -250,7 +277,7 @@ func (c *Conn) Release(reusable bool) {
 	now := p.env.Now()
 	p.st.holdTime.observe(now.Sub(c.since))
 	p.unleaseLocked(c)
-	reason, bad := CloseDirty, dirty
+	reason, bad := dirtyReason, dirty
 	if !bad && p.cfg.Reuse == SingleUse {
 		reason, bad = CloseSingleUse, true
 	}

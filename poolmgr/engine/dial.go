@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"time"
+
+	"github.com/poolplane/poolplane/protocol"
 )
 
 // upstreamAddr is one resolved address of an endpoint.
@@ -99,6 +101,7 @@ type dialSpec struct {
 	timeout   time.Duration
 	keepAlive time.Duration
 	tlsBase   *tls.Config
+	handler   protocol.Handler
 	jitter    float64
 	failRound uint64          // Pool.failRound when the dial started
 	stop      context.Context // Pool.dialCtx: cancelled by a fence or Close
@@ -112,6 +115,7 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 		timeout:   p.cfg.Limits.DialTimeout,
 		keepAlive: p.cfg.Lifecycle.TCPKeepAlive,
 		tlsBase:   p.tlsBase,
+		handler:   p.handler,
 		jitter:    rand.Float64(),
 		failRound: p.failRound,
 		stop:      p.dialCtx,
@@ -193,6 +197,12 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, er
 			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
 		}
 	}
+	if s.handler != nil {
+		if err := s.handler.Setup(ctx, nc); err != nil {
+			_ = nc.Close() // the setup error is what matters
+			return nil, target, fmt.Errorf("%s: %w", target.addr, err)
+		}
+	}
 	return nc, target, nil
 }
 
@@ -259,6 +269,7 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 	}
 	p.consecFails, p.circuitOpen, p.nextDialAt, p.lastDialErr = 0, false, time.Time{}, nil
 	c := p.newConn(nc, target, s.gen, now, s.jitter)
+	c.handler = s.handler
 	p.total++
 	p.genCount[c.gen]++
 	reason, bad := p.putLocked(c, now)

@@ -94,11 +94,13 @@ func (p *Pool) Reconfigure(cfg Config) (Retired, error) {
 		return Retired{}, ErrPoolClosed
 	}
 	p.cfgVer++
+	p.resetTimeout.Store(int64(cfg.ResetTimeout))
 	r := p.planLocked(cfg)
 	var toClose []*Conn
 	if !p.cfg.sameUpstream(cfg) {
 		p.cfg = cfg
 		p.tlsBase = tlsBase
+		p.handler = newHandler(cfg)
 		p.bumpGenerationLocked()
 		toClose = p.discardIdleLocked(toClose, func(*Conn) (CloseReason, bool) { return CloseGeneration, true })
 	} else {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/poolplane/poolplane/poolmgr/engine/internal/deque"
 	"github.com/poolplane/poolplane/poolmgr/engine/internal/waitq"
+
+	"github.com/poolplane/poolplane/protocol"
 )
 
 // State is a pool's lifecycle state.
@@ -108,6 +110,10 @@ type Pool struct {
 	cfg     Config
 	cfgVer  uint64 // bumped by every Reconfigure
 	tlsBase *tls.Config
+	// handler is cfg.Protocol's, with cfg's setup (nil for RAW).
+	handler protocol.Handler
+	// resetTimeout is cfg.ResetTimeout, read without the lock.
+	resetTimeout atomic.Int64
 	state   State
 	closed  bool
 	// fenced withdraws the pool's whole share of its limit (see
@@ -215,11 +221,13 @@ func NewFencedPool(name string, cfg Config, env Env, f Fence) (*Pool, error) {
 		kickc:       make(chan struct{}, 1),
 		cfg:         cloneConfig(cfg),
 		tlsBase:     tlsBase,
+		handler:     newHandler(cfg),
 		gen:         1,
 		genCount:    make(map[uint64]int),
 		fenced:      f.Fenced,
 		fenceSeq:    f.Seq,
 	}
+	p.resetTimeout.Store(int64(cfg.ResetTimeout))
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.dialCtx, p.dialCancel = context.WithCancel(p.ctx)
 	p.setEndpointsLocked()

@@ -41,6 +41,16 @@ const (
 	// CloseMaxLeaseDuration: its lease was held past
 	// lifecycle.max_lease_duration.
 	CloseMaxLeaseDuration
+	// CloseOutstanding: a protocol pool's connection whose client left
+	// replies outstanding that did not finish within reset_timeout.
+	CloseOutstanding
+	// CloseResetFailed: a protocol pool's reset (or the setup after it)
+	// failed or did not answer within reset_timeout.
+	CloseResetFailed
+	// CloseNotResettable: the client left state no reset clears (an
+	// unfinished request, an upgrade, a replication stream, a protocol
+	// error).
+	CloseNotResettable
 
 	numCloseReasons
 )
@@ -60,6 +70,9 @@ var closeReasonNames = [numCloseReasons]string{
 	CloseError:       "error",
 
 	CloseMaxLeaseDuration: "max_lease_duration",
+	CloseOutstanding:      "outstanding_reply",
+	CloseResetFailed:      "reset_failed",
+	CloseNotResettable:    "not_resettable",
 }
 
 // String returns the snake_case name used as the key of Stats.Closes.

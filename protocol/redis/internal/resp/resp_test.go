@@ -36,24 +36,25 @@ func TestReplies(t *testing.T) {
 		name, in string
 		want     []string
 	}{
-		{"simple", "+OK\r\n", []string{"+  "}},
-		{"error", "-ERR unknown command\r\n", []string{"-  "}},
+		{"simple", "+OK\r\n", []string{"+ OK "}},
+		{"error", "-ERR unknown command\r\n", []string{"- ERR unknown command "}},
 		{"integer", ":1000\r\n", []string{":  "}},
-		{"bulk", "$5\r\nhello\r\n", []string{"$  "}},
-		{"bulk with CRLF inside", "$4\r\n\r\n\r\n\r\n", []string{"$  "}},
+		{"bulk", "$5\r\nhello\r\n", []string{"$ hello "}},
+		{"bulk with CRLF inside", "$4\r\n\r\n\r\n\r\n", []string{"$ \r\n\r\n "}},
 		{"null bulk", "$-1\r\n", []string{"$  "}},
 		{"empty bulk", "$0\r\n\r\n", []string{"$  "}},
 		{"array", "*2\r\n$3\r\nfoo\r\n:1\r\n", []string{"* foo "}},
 		{"null array", "*-1\r\n", []string{"*  "}},
 		{"empty array", "*0\r\n", []string{"*  "}},
 		{"nested", "*2\r\n*2\r\n+a\r\n+b\r\n*1\r\n:3\r\n", []string{"*  "}},
-		{"pipeline", "+OK\r\n:1\r\n$1\r\nx\r\n", []string{"+  ", ":  ", "$  "}},
+		{"pipeline", "+OK\r\n:1\r\n$1\r\nx\r\n", []string{"+ OK ", ":  ", "$ x "}},
 		{"RESP3 map", "%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n", []string{"%  "}},
 		{"RESP3 set", "~2\r\n+a\r\n+b\r\n", []string{"~  "}},
 		{"RESP3 scalars", "_\r\n,1.5\r\n#t\r\n(3492890328409238509324850943850943825024385\r\n", []string{"_  ", ",  ", "#  ", "(  "}},
 		{"RESP3 blob error and verbatim", "!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n", []string{"!  ", "=  "}},
 		{"push", ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n", []string{"> message ch"}},
 		{"RESP2 pub/sub message", "*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n", []string{"* message ch"}},
+		{"long top-level string cut", "+" + strings.Repeat("y", 40) + "\r\n", []string{"+ " + strings.Repeat("y", MaxName) + " "}},
 		{"attribute then reply", "|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2\r\n", []string{"*  "}},
 	}
 	for _, tt := range tests {

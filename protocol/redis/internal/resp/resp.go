@@ -41,8 +41,10 @@ type Message struct {
 	Type byte
 	// Name and Arg are the first two elements of an array of bulk or
 	// simple strings (for commands: the command and its first argument),
-	// at most MaxName bytes each, as sent (not case-folded). Empty
-	// otherwise.
+	// at most MaxName bytes each, as sent (not case-folded). For a
+	// top-level simple string, error or bulk string, Name is its first
+	// MaxName bytes.
+	// Empty otherwise.
 	Name, Arg []byte
 }
 
@@ -116,8 +118,11 @@ func (s *Scanner) Feed(b []byte) (int, error) {
 			}
 			s.typ, s.state, s.lineLen, s.num, s.neg, s.digits = c, stLine, 1, 0, false, 0
 			s.capWhat = -1
-			if len(s.stack) == 1 && s.elem < 2 && (s.top == '*' || s.top == '>') && (c == '$' || c == '+') {
+			switch {
+			case len(s.stack) == 1 && s.elem < 2 && (s.top == '*' || s.top == '>') && (c == '$' || c == '+'):
 				s.capWhat = s.elem
+			case len(s.stack) == 0 && (c == '+' || c == '-' || c == '$'):
+				s.capWhat = 0 // a top-level string or error: its first bytes
 			}
 			i++
 		case stLine:
@@ -223,7 +228,7 @@ func (s *Scanner) lineByte(c byte) error {
 		default:
 			return fmt.Errorf("%w: bad length byte %q after %q", ErrProtocol, c, s.typ)
 		}
-	case '+':
+	case '+', '-':
 		if s.capWhat >= 0 {
 			s.keep([]byte{c})
 		}

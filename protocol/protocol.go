@@ -1,0 +1,84 @@
+// Package protocol is what the pool knows of the protocols it carries: how
+// a new connection is set up (the pool's own credentials and session
+// settings), how an idle one is probed, and, for each lease, where the
+// exchange stands (requests sent, replies completed, state a reset cannot
+// clear) and how the connection is brought back to a clean state before the
+// next lease. The engine runs Setup and Probe; the relay feeds a Session
+// both directions of a lease and runs its Reset at release.
+//
+// Implementations live in the subpackages (redis, http1) and import
+// nothing of the project: a Session follows the stream without copying
+// it, and bounds what it buffers.
+package protocol
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// Handler is one pool's protocol, built from its configuration. Safe for
+// concurrent use.
+type Handler interface {
+	// Setup runs the pool's connection setup on a freshly dialed
+	// connection (authentication, database, protocol version, name), within
+	// ctx's deadline. A connection whose setup fails is not used.
+	Setup(ctx context.Context, nc net.Conn) error
+	// Probe checks an idle connection with the protocol's own request (a
+	// Redis PING); the caller sets nc's deadline.
+	Probe(nc net.Conn) error
+	// NewSession starts following one lease.
+	NewSession() Session
+}
+
+// State is where a lease's exchange stands.
+type State int
+
+const (
+	// Idle: every request sent has its complete reply; the connection
+	// stands at a message boundary.
+	Idle State = iota
+	// Outstanding: replies are still due; Reset reads and discards them.
+	Outstanding
+	// NotResettable: the connection holds state no reset clears (an
+	// upgraded or close-delimited HTTP exchange, a replication stream, a
+	// stream that broke the protocol). It must be closed.
+	NotResettable
+)
+
+func (s State) String() string {
+	switch s {
+	case Idle:
+		return "idle"
+	case Outstanding:
+		return "outstanding"
+	case NotResettable:
+		return "not_resettable"
+	}
+	return "State(?)"
+}
+
+// Session follows one lease's exchange at message level. Request and Reply
+// are called with each chunk of the stream in order, Request from the
+// goroutine writing to the upstream and Reply from the one reading it;
+// State and Reset only once both have stopped. A Session never keeps the
+// bytes it is given.
+type Session interface {
+	// Request follows client bytes about to be written to the upstream.
+	Request(b []byte)
+	// Reply follows upstream bytes about to be delivered to the client.
+	Reply(b []byte)
+	// State reports where the exchange stands.
+	State() State
+	// Reset brings the connection back to the state Setup left it in: it
+	// reads and discards outstanding replies, then runs the protocol's
+	// reset and the pool's setup again, checking every reply. The caller
+	// sets nc's deadline (the pool's reset_timeout). An error means the
+	// connection must be closed; errors.Is(err, ErrOutstanding) when
+	// outstanding replies did not finish in time.
+	Reset(nc net.Conn) error
+}
+
+// ErrOutstanding is wrapped by a Reset that failed while replies the
+// client left behind were still due.
+var ErrOutstanding = errors.New("protocol: outstanding replies did not finish")
