@@ -35,12 +35,12 @@ type Handler interface {
 type State int
 
 const (
-	// Idle: every request sent has its complete reply; the connection
+	// Idle means every request sent has its complete reply; the connection
 	// stands at a message boundary.
 	Idle State = iota
-	// Outstanding: replies are still due; Reset reads and discards them.
+	// Outstanding means replies are still due; Reset reads and discards them.
 	Outstanding
-	// NotResettable: the connection holds state no reset clears (an
+	// NotResettable means the connection holds state no reset clears (an
 	// upgraded or close-delimited HTTP exchange, a replication stream, a
 	// stream that broke the protocol). It must be closed.
 	NotResettable

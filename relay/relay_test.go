@@ -19,6 +19,8 @@ type fakeUp struct {
 	done    chan struct{}
 	reason  poolmgr.CloseReason
 	handler protocol.Handler
+	// resetTimeout is ResetTimeout's answer (0: 5 s).
+	resetTimeout time.Duration
 	// discarded is the reason of Discard; read after released.
 	discarded poolmgr.CloseReason
 	released  chan bool // the reusable flag of the one Release
@@ -37,8 +39,13 @@ func (u *fakeUp) Discard(r poolmgr.CloseReason) {
 	u.discarded = r
 	u.released <- false
 }
-func (u *fakeUp) Protocol() protocol.Handler  { return u.handler }
-func (u *fakeUp) ResetTimeout() time.Duration { return time.Second }
+func (u *fakeUp) Protocol() protocol.Handler { return u.handler }
+func (u *fakeUp) ResetTimeout() time.Duration {
+	if u.resetTimeout == 0 {
+		return 5 * time.Second
+	}
+	return u.resetTimeout
+}
 
 // revoke closes the connection as the pool does on RevokeLease.
 func (u *fakeUp) revoke(r poolmgr.CloseReason) {

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,52 +17,10 @@ import (
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
-// startRedis starts a throwaway redis-server on a free loopback port and
-// returns its address, or skips the test when redis-server is not installed.
+// startRedis starts a throwaway redis-server on a free loopback port.
 func startRedis(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not found in PATH: install it (apt-get install redis-server) to run the go-redis end-to-end tests")
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	_, port, _ := net.SplitHostPort(addr)
-	_ = lis.Close()
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--protected-mode", "no")
-	logPath := filepath.Join(t.TempDir(), "redis.log")
-	cmd.Args = append(cmd.Args, "--logfile", logPath)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	testkit.WaitFor(t, "redis-server to listen on "+addr, func() bool {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("redis-server exited early:\n%s", b)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	})
-	return addr
+	return testkit.Redis(t)
 }
 
 // TestSDKGoRedis drives a real redis-server with go-redis v9 whose Dialer

@@ -114,8 +114,8 @@ type Pool struct {
 	handler protocol.Handler
 	// resetTimeout is cfg.ResetTimeout, read without the lock.
 	resetTimeout atomic.Int64
-	state   State
-	closed  bool
+	state        State
+	closed       bool
 	// fenced withdraws the pool's whole share of its limit (see
 	// SetFence); fenceSeq orders the owner's fence decisions.
 	fenced   bool

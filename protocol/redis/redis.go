@@ -178,7 +178,26 @@ type Session struct {
 	sent     int64 // commands the client sent
 	answered int64 // replies (not push messages) the client got
 	bad      error // why the connection cannot be reset
+	// undo are the commands the reset adds after RESET for state RESET
+	// leaves (Redis 7.0 keeps CLIENT NO-EVICT and NO-TOUCH): set when the
+	// client sent the command that changes it.
+	undo undoFlags
 }
+
+type undoFlags uint8
+
+const (
+	undoNoEvict undoFlags = 1 << iota
+	undoNoTouch
+	// undoReplySkip: CLIENT REPLY SKIP may be pending, and would swallow
+	// RESET's reply; a first RESET takes it.
+	undoReplySkip
+)
+
+var (
+	noEvictOff = appendCommand(nil, "CLIENT", "NO-EVICT", "OFF")
+	noTouchOff = appendCommand(nil, "CLIENT", "NO-TOUCH", "OFF")
+)
 
 func (s *Session) onCommand(m *resp.Message) {
 	s.sent++
@@ -188,6 +207,12 @@ func (s *Session) onCommand(m *resp.Message) {
 		s.bad = fmt.Errorf("redis: %s turns the connection into a replica link", strings.ToUpper(string(m.Name)))
 	case equalFold(m.Name, "QUIT"):
 		s.bad = errors.New("redis: the client sent QUIT")
+	case equalFold(m.Name, "CLIENT") && equalFold(m.Arg, "NO-EVICT"):
+		s.undo |= undoNoEvict
+	case equalFold(m.Name, "CLIENT") && equalFold(m.Arg, "NO-TOUCH"):
+		s.undo |= undoNoTouch
+	case equalFold(m.Name, "CLIENT") && equalFold(m.Arg, "REPLY"):
+		s.undo |= undoReplySkip
 	}
 }
 
@@ -259,14 +284,28 @@ func (s *Session) Reset(nc net.Conn) error {
 
 	bp := pipePool.Get().(*[]byte)
 	defer pipePool.Put(bp)
-	b := append((*bp)[:0], resetPrefix...)
+	b := (*bp)[:0]
+	if s.undo&undoReplySkip != 0 {
+		// Its reply, if any, is read as one the client left.
+		b = append(b, resetPrefix...)
+	}
+	b = append(b, resetPrefix...)
+	want := s.h.setupCount + 2
+	if s.undo&undoNoEvict != 0 {
+		b = append(b, noEvictOff...)
+		want++
+	}
+	if s.undo&undoNoTouch != 0 {
+		b = append(b, noTouchOff...)
+		want++
+	}
 	b = append(b, s.h.setup...)
 	b = appendCommand(b, "PING", string(hexNonce[:]))
 	*bp = b
 	if _, err := nc.Write(b); err != nil {
 		return fmt.Errorf("redis reset: %w", err)
 	}
-	r := replies{want: s.h.setupCount + 2, nonce: hexNonce[:]}
+	r := replies{want: want, nonce: hexNonce[:]}
 	outstanding := s.State() == protocol.Outstanding
 	if err := r.read(nc, &s.rep); err != nil {
 		if outstanding && !r.marked {

@@ -1,0 +1,185 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
+	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/protocol"
+)
+
+// lineProto is a protocol of lines: each request line has one reply line.
+// A request line "STUCK" leaves state no reset clears. Its reset writes
+// "RESET\n" and expects every outstanding reply, then "OK\n".
+type lineProto struct{}
+
+func (lineProto) Setup(context.Context, net.Conn) error { return nil }
+func (lineProto) Probe(net.Conn) error                  { return nil }
+func (lineProto) NewSession() protocol.Session          { return &lineSession{} }
+
+type lineSession struct {
+	sent, got atomic.Int64
+	partial   bool // the client's last request line is unfinished
+	stuck     bool
+}
+
+func (s *lineSession) Request(b []byte) {
+	s.sent.Add(int64(bytes.Count(b, []byte("\n"))))
+	s.partial = len(b) > 0 && b[len(b)-1] != '\n'
+	s.stuck = s.stuck || bytes.Contains(b, []byte("STUCK"))
+}
+
+func (s *lineSession) Reply(b []byte) { s.got.Add(int64(bytes.Count(b, []byte("\n")))) }
+
+func (s *lineSession) State() protocol.State {
+	switch {
+	case s.partial || s.stuck:
+		return protocol.NotResettable
+	case s.sent.Load() > s.got.Load():
+		return protocol.Outstanding
+	}
+	return protocol.Idle
+}
+
+func (s *lineSession) Reset(nc net.Conn) error {
+	if _, err := io.WriteString(nc, "RESET\n"); err != nil {
+		return err
+	}
+	br := bufio.NewReader(nc)
+	for s.sent.Load() > s.got.Load() {
+		if _, err := br.ReadString('\n'); err != nil {
+			return fmt.Errorf("%w: %w", protocol.ErrOutstanding, err)
+		}
+		s.got.Add(1)
+	}
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "OK\n" {
+		return errors.New("reset answered " + line)
+	}
+	return nil
+}
+
+// TestProtocolRelease covers the relay's part in a protocol pool's
+// release: the client's word does not count, the session's state and the
+// reset's outcome do, and the client has its end before the reset runs.
+func TestProtocolRelease(t *testing.T) {
+	cases := []struct {
+		name string
+		// lease runs the exchange; far is the upstream's end.
+		lease func(t *testing.T, l *Lease, far *bufio.ReadWriter)
+		// upstream plays the upstream's part of the reset (nil: none).
+		upstream func(t *testing.T, far *bufio.ReadWriter)
+		abandon  bool
+		want     End
+		reason   poolmgr.CloseReason // -1: released for reuse
+	}{
+		{name: "idle: reset and reused", lease: exchange, upstream: answerReset("OK\n"),
+			want: End{Reason: Released, Reused: true, Written: 5}, reason: -1},
+		{name: "outstanding reply drained", lease: func(t *testing.T, l *Lease, far *bufio.ReadWriter) {
+			exchange(t, l, far)
+			l.Write(net.Buffers{[]byte("slow\n")})
+			expectLine(t, far, "slow\n")
+		}, upstream: func(t *testing.T, far *bufio.ReadWriter) {
+			writeLine(t, far, "late\n")
+			answerReset("OK\n")(t, far)
+		}, want: End{Reason: Released, Reused: true, Written: 10}, reason: -1},
+		{name: "outstanding reply never comes", lease: func(t *testing.T, l *Lease, far *bufio.ReadWriter) {
+			l.Write(net.Buffers{[]byte("slow\n")})
+			expectLine(t, far, "slow\n")
+		}, upstream: func(t *testing.T, far *bufio.ReadWriter) { expectLine(t, far, "RESET\n") },
+			want: End{Reason: Released, Reused: true, Written: 5}, reason: poolmgr.CloseOutstanding},
+		{name: "reset refused", lease: exchange, upstream: answerReset("NO\n"),
+			want: End{Reason: Released, Reused: true, Written: 5}, reason: poolmgr.CloseResetFailed},
+		{name: "unfinished request", lease: func(t *testing.T, l *Lease, far *bufio.ReadWriter) {
+			l.Write(net.Buffers{[]byte("half")})
+		}, want: End{Reason: Released, Written: 4}, reason: poolmgr.CloseNotResettable},
+		{name: "state no reset clears", lease: func(t *testing.T, l *Lease, far *bufio.ReadWriter) {
+			l.Write(net.Buffers{[]byte("STUCK\n")})
+		}, want: End{Reason: Released, Written: 6}, reason: poolmgr.CloseNotResettable},
+		{name: "abandoned by the client side: reset", lease: exchange, upstream: answerReset("OK\n"),
+			abandon: true, reason: -1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			near, farConn := tcpPair(t)
+			far := bufio.NewReadWriter(bufio.NewReader(farConn), bufio.NewWriter(farConn))
+			up := newFakeUp(near)
+			up.handler = lineProto{}
+			up.resetTimeout = 200 * time.Millisecond
+			s := newFakeSink()
+			l := New(up, s, Options{})
+			l.Start()
+			tc.lease(t, l, far)
+			if tc.abandon {
+				l.Cut(ReasonNone) // the client side's stream ended
+				l.Abandon()
+			} else {
+				// The client says "not reusable": a protocol pool decides.
+				if err := l.Release(false); err != nil {
+					t.Fatal(err)
+				}
+				if e := testkit.Recv(t, s.ended); e != tc.want {
+					t.Fatalf("ended %+v; want %+v", e, tc.want)
+				}
+			}
+			if tc.upstream != nil {
+				tc.upstream(t, far)
+			}
+			reused := testkit.Recv(t, up.released)
+			l.Wait(nil)
+			switch {
+			case tc.reason == -1 && !reused:
+				t.Fatalf("closed (%v), want reused", up.discarded)
+			case tc.reason != -1 && reused:
+				t.Fatalf("reused, want closed for %v", tc.reason)
+			case tc.reason != -1 && up.discarded != tc.reason:
+				t.Fatalf("closed for %v, want %v", up.discarded, tc.reason)
+			}
+		})
+	}
+}
+
+// exchange sends "ping\n" and answers it.
+func exchange(t *testing.T, l *Lease, far *bufio.ReadWriter) {
+	t.Helper()
+	l.Write(net.Buffers{[]byte("pin"), []byte("g\n")})
+	expectLine(t, far, "ping\n")
+	writeLine(t, far, "pong\n")
+	testkit.WaitFor(t, "the reply", func() bool { return l.sess.(*lineSession).got.Load() == 1 })
+}
+
+func answerReset(reply string) func(*testing.T, *bufio.ReadWriter) {
+	return func(t *testing.T, far *bufio.ReadWriter) {
+		expectLine(t, far, "RESET\n")
+		writeLine(t, far, reply)
+	}
+}
+
+func expectLine(t *testing.T, far *bufio.ReadWriter, want string) {
+	t.Helper()
+	if got, err := far.ReadString('\n'); got != want || err != nil {
+		t.Fatalf("upstream read %q, %v; want %q", got, err, want)
+	}
+}
+
+func writeLine(t *testing.T, far *bufio.ReadWriter, line string) {
+	t.Helper()
+	if _, err := far.WriteString(line); err != nil {
+		t.Fatal(err)
+	}
+	if err := far.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
