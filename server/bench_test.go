@@ -62,16 +62,23 @@ func newBenchEnv(b *testing.B, maxConns int32) *benchEnv {
 		b.Fatal(err)
 	}
 
-	c, err := client.New(srv.Addr, client.WithInsecure(), client.WithIdleStreams(64))
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := newBenchClient(b, srv.Addr)
 	b.Cleanup(func() {
-		c.Close()
 		ecc.Close()
 		es.Stop()
 	})
 	return &benchEnv{upstream: up, client: c, grpcEcho: poolv1.NewLeaseServiceClient(ecc)}
+}
+
+// newBenchClient is an SDK client of the benchmarks' server.
+func newBenchClient(b *testing.B, addr string) *client.Client {
+	b.Helper()
+	c, err := client.New(addr, client.WithInsecure(), client.WithIdleStreams(64))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
 }
 
 // grpcEchoServer echoes data frames on a LeaseService stream.

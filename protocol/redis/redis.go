@@ -178,6 +178,9 @@ type Session struct {
 	sent     int64 // commands the client sent
 	answered int64 // replies (not push messages) the client got
 	bad      error // why the connection cannot be reset
+	// dirty: the client sent a command that is not stateless, so the
+	// release resets the connection.
+	dirty bool
 	// undo are the commands the reset adds after RESET for state RESET
 	// leaves (Redis 7.0 keeps CLIENT NO-EVICT and NO-TOUCH): set when the
 	// client sent the command that changes it.
@@ -201,6 +204,9 @@ var (
 
 func (s *Session) onCommand(m *resp.Message) {
 	s.sent++
+	if !s.dirty && !isStateless(m.Name) {
+		s.dirty = true
+	}
 	switch {
 	case equalFold(m.Name, "SYNC"), equalFold(m.Name, "PSYNC"), equalFold(m.Name, "REPLCONF"):
 		// The connection becomes a replication stream.
@@ -274,8 +280,10 @@ func (s *Session) Reset(nc net.Conn) error {
 		}
 		return errors.New("redis: the client left a command unfinished")
 	}
-	if s.sent == 0 && s.rep.Idle() && s.answered == 0 {
-		return nil // the client sent nothing: the connection is as Setup left it
+	if !s.dirty && s.State() == protocol.Idle {
+		// Only stateless commands, every reply read (or nothing sent): the
+		// connection is as Setup left it.
+		return nil
 	}
 	var nonce [nonceLen / 2]byte
 	_, _ = rand.Read(nonce[:])
@@ -316,7 +324,10 @@ func (s *Session) Reset(nc net.Conn) error {
 	return nil
 }
 
-var pipePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+var (
+	pipePool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+	readPool = sync.Pool{New: func() any { return new([4 << 10]byte) }}
+)
 
 // replies reads the replies to a pipeline of want commands. With a nonce,
 // the pipeline is RESET, setup, PING nonce, after replies the client left:
@@ -370,9 +381,11 @@ func (r *replies) read(nc net.Conn, sc *resp.Scanner) error {
 	}
 	r.ring = make([]summary, r.want)
 	sc.OnMessage = r.onMessage
-	var buf [4 << 10]byte
+	bp := readPool.Get().(*[4 << 10]byte)
+	defer readPool.Put(bp)
+	buf := bp[:]
 	for !r.marked || !sc.Idle() {
-		n, err := nc.Read(buf[:])
+		n, err := nc.Read(buf)
 		if n > 0 {
 			if _, ferr := sc.Feed(buf[:n]); ferr != nil {
 				return ferr

@@ -338,3 +338,50 @@ func TestProbe(t *testing.T) {
 		}
 	}
 }
+
+// TestStatelessLeaseSkipsReset checks that a lease of data commands, every
+// reply read, goes back without a RESET (the common case costs nothing),
+// and that one state-changing command brings it back.
+func TestStatelessLeaseSkipsReset(t *testing.T) {
+	addr := testkit.Redis(t)
+	side := dial(t, addr, New(Options{}))
+	resets := func() string {
+		info := side.do("INFO", "commandstats")
+		for line := range strings.Lines(info) {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_reset:calls="); ok {
+				n, _, _ := strings.Cut(rest, ",")
+				return n
+			}
+		}
+		return "0"
+	}
+	h := New(Options{})
+	c := dial(t, addr, h)
+	c.lease(h)
+	c.do("set", "k", "v")
+	c.do("GET", "k")
+	c.do("HSET", "h", "f", "v")
+	if err := c.reset(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := resets(); n != "0" {
+		t.Fatalf("a stateless lease ran RESET (%s calls)", n)
+	}
+	c.lease(h)
+	c.do("GET", "k")
+	c.do("CLIENT", "SETNAME", "x")
+	if err := c.reset(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := resets(); n != "1" {
+		t.Fatalf("CLIENT SETNAME: %s RESET calls, want 1", n)
+	}
+}
+
+func BenchmarkIsStateless(b *testing.B) {
+	names := [][]byte{[]byte("get"), []byte("SET"), []byte("select"), []byte("hgetall")}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		isStateless(names[i%len(names)])
+	}
+}
