@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/poolplane/poolplane/protocol/redis"
 )
 
 // maxSleep bounds the maintenance loop's sleep when nothing is scheduled.
@@ -190,11 +192,6 @@ func (p *Pool) probeAll(cs []*Conn, hc HealthCheck) {
 	}
 }
 
-var (
-	redisPing = []byte("*1\r\n$4\r\nPING\r\n")
-	redisPong = []byte("+PONG\r\n")
-)
-
 // probe runs one health check on c, owned by the caller. Every kind starts
 // with the peek; HTTP and REDIS_PING then exchange a request and a reply
 // within hc.Timeout.
@@ -215,7 +212,7 @@ func (p *Pool) probe(c *Conn, hc HealthCheck) bool {
 	if hc.Kind == HealthHTTP {
 		ok = probeHTTP(c.nc, c.host, hc.HTTPPath)
 	} else {
-		ok = probeRedis(c.nc)
+		ok = redis.Ping(c.nc) == nil
 	}
 	return ok && c.nc.SetDeadline(time.Time{}) == nil
 }
@@ -239,13 +236,12 @@ func probeHTTP(rw io.ReadWriter, host, path string) bool {
 	return resp.StatusCode >= 200 && resp.StatusCode < 400 && !resp.Close && br.Buffered() == 0
 }
 
-func probeRedis(rw io.ReadWriter) bool {
-	if _, err := rw.Write(redisPing); err != nil {
+// probeProtocol runs the pool protocol's probe on c, owned by the caller,
+// within timeout.
+func (c *Conn) probeProtocol(timeout time.Duration) bool {
+	// Socket deadlines are wall-clock time.
+	if c.nc.SetDeadline(time.Now().Add(timeout)) != nil {
 		return false
 	}
-	var buf [7]byte
-	if _, err := io.ReadFull(rw, buf[:]); err != nil {
-		return false
-	}
-	return bytes.Equal(buf[:], redisPong)
+	return c.handler.Probe(c.nc) == nil && c.nc.SetDeadline(time.Time{}) == nil
 }

@@ -397,8 +397,16 @@ func (p *Pool) checkoutLocked(ctx context.Context, c *Conn, holder string, start
 	}
 	if c.raw != nil && now.Sub(c.idleSince) >= p.cfg.Lifecycle.ValidateAfterIdle {
 		c.state = connChecking
+		// A protocol pool that asked for validation after an idle spell
+		// also gets the protocol's own probe (a Redis PING): a round trip,
+		// so not on every checkout.
+		probe := c.handler != nil && p.cfg.Lifecycle.ValidateAfterIdle > 0
+		timeout := p.cfg.Limits.DialTimeout
 		p.mu.Unlock()
 		ok := c.alive()
+		if ok && probe {
+			ok = c.probeProtocol(timeout)
+		}
 		p.mu.Lock()
 		if !ok {
 			return false, CloseUnhealthy, true

@@ -545,3 +545,9 @@ func TestIOKeepAliveDisabled(t *testing.T) {
 	roundTrip(t, c)
 	c.Release(true)
 }
+
+// The PING exchange of a REDIS_PING health check, as an upstream sees it.
+var (
+	redisPing = []byte("*1\r\n$4\r\nPING\r\n")
+	redisPong = []byte("+PONG\r\n")
+)

@@ -1,0 +1,128 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
+)
+
+// redisInfo sends an inline command on a leased connection and returns
+// the first line of its bulk reply (all of CLIENT INFO's).
+func redisInfo(t *testing.T, c *Conn, cmd string) string {
+	t.Helper()
+	nc := c.NetConn()
+	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+	defer func() { _ = nc.SetDeadline(time.Time{}) }()
+	if _, err := io.WriteString(nc, cmd+"\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	head, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(head, "$") {
+		t.Fatalf("%s answered %q, %v", cmd, head, err)
+	}
+	body, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := br.ReadString('\n'); err != nil && !errors.Is(err, io.EOF) { // the bulk's closing CRLF
+		t.Fatal(err)
+	}
+	return body
+}
+
+// TestIORedisSetup checks a REDIS pool's connection setup against a real
+// redis-server with a password: every connection the pool hands out is
+// authenticated, in the pool's database and named, and a wrong password
+// fails the dial with Redis's own words.
+func TestIORedisSetup(t *testing.T) {
+	addr := testkit.Redis(t, "--requirepass", "s3cret")
+	p := newIOPool(t, ioConfig(addr, func(c *Config) {
+		c.Protocol = ProtocolRedis
+		c.Redis = RedisSetup{Password: "s3cret", Database: 3, ClientName: "pooled", ProtocolVersion: 2}
+		c.Lifecycle.ValidateAfterIdle = time.Nanosecond // every checkout PINGs
+	}), Env{})
+	for range 3 {
+		c, err := p.Acquire(context.Background(), "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := redisInfo(t, c, "CLIENT INFO")
+		for _, want := range []string{" db=3 ", " name=pooled ", " user=default "} {
+			if !strings.Contains(" "+info, want) {
+				t.Fatalf("CLIENT INFO %q lacks %q", info, want)
+			}
+		}
+		c.Release(true)
+	}
+	if st := p.Stats(); st.New != 1 || st.Reused != 2 {
+		t.Fatalf("created %d, reused %d: want one connection, reused twice", st.New, st.Reused)
+	}
+
+	bad := newIOPool(t, ioConfig(addr, func(c *Config) {
+		c.Protocol = ProtocolRedis
+		c.Redis = RedisSetup{Password: "wrong", ProtocolVersion: 2}
+		c.Limits.AcquireTimeout = 200 * time.Millisecond
+	}), Env{})
+	_, err := bad.Acquire(context.Background(), "t")
+	var ae *AcquireError
+	if !errors.As(err, &ae) || ae.LastDialErr == nil || !strings.Contains(ae.LastDialErr.Error(), "WRONGPASS") {
+		t.Fatalf("Acquire with a wrong password = %v, want the dial's WRONGPASS", err)
+	}
+}
+
+// TestIORedisCheckoutProbe checks that a REDIS pool with
+// validate_after_idle PINGs a connection idle that long before handing it
+// out, and closes one that does not answer.
+func TestIORedisCheckoutProbe(t *testing.T) {
+	pings := make(chan struct{}, 16)
+	answer := make(chan bool, 16)
+	u := startUpstream(t, "127.0.0.1:0", nil, func(nc net.Conn) {
+		buf := make([]byte, len(redisPing))
+		for {
+			if _, err := io.ReadFull(nc, buf); err != nil {
+				return
+			}
+			pings <- struct{}{}
+			if !<-answer {
+				return // hang up without a reply
+			}
+			if _, err := nc.Write(redisPong); err != nil {
+				return
+			}
+		}
+	})
+	p := newIOPool(t, ioConfig(u.addr(), func(c *Config) {
+		c.Protocol = ProtocolRedis
+		c.Lifecycle.ValidateAfterIdle = time.Nanosecond
+	}), Env{})
+	c, err := p.Acquire(context.Background(), "t") // a new connection: no probe
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release(true)
+	answer <- true
+	c, err = p.Acquire(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Recv(t, pings)
+	c.Release(true)
+	answer <- false // the next probe gets no PONG: the connection is closed, a new one dialed
+	c, err = p.Acquire(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Recv(t, pings)
+	if st := p.Stats(); st.Closes["unhealthy"] != 1 || st.New != 2 {
+		t.Fatalf("closes %v, created %d; want one unhealthy close and a second connection", st.Closes, st.New)
+	}
+	c.Release(true)
+}
