@@ -8,18 +8,18 @@ const (
 
 	// The start line and header fields (or trailer fields), bounded by
 	// maxHeader together.
-	sMethod     // request method
-	sTarget     // request target
-	sVersion    // HTTP-version (request: last; response: first)
-	sStatus     // status code
-	sStatusEnd  // after the status code: SP or CR
-	sReason     // reason phrase
-	sStartLF    // LF ending the start line
-	sLineStart  // the start of a field line, or CR ending the block
-	sName       // field name
-	sValue      // field value
-	sValueLF    // LF ending a field line
-	sEndLF      // LF ending the block
+	sMethod    // request method
+	sTarget    // request target
+	sVersion   // HTTP-version (request: last; response: first)
+	sStatus    // status code
+	sStatusEnd // after the status code: SP or CR
+	sReason    // reason phrase
+	sStartLF   // LF ending the start line
+	sLineStart // the start of a field line, or CR ending the block
+	sName      // field name
+	sValue     // field value
+	sValueLF   // LF ending a field line
+	sEndLF     // LF ending the block
 
 	// A chunk-size line, bounded by maxChunkLine.
 	sChunkSize // hex digits

@@ -211,7 +211,7 @@ const (
 // each request when its request line ends, the response framer pops it
 // when its final response ends.
 type queue struct {
-	mu sync.Mutex // protects the following fields
+	mu      sync.Mutex // protects the following fields
 	head, n int
 	flags   [maxPipeline]uint8
 }
