@@ -131,6 +131,9 @@ func (p *parser) begin() {
 
 // step follows one byte outside bodies.
 func (p *parser) step(c byte) {
+	if p.st == sStart {
+		p.begin()
+	}
 	if p.st <= sHeaderLast {
 		p.n++
 		if p.n > maxHeader {
@@ -146,8 +149,6 @@ func (p *parser) step(c byte) {
 	}
 	switch p.st {
 	case sStart:
-		p.begin()
-		p.n = 1
 		if p.isReq {
 			p.st = sMethod
 			p.method(c)

@@ -102,6 +102,8 @@ func exchanges() []exchange {
 		{name: "CL empty", steps: []string{">POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n"}, want: protocol.NotResettable, err: errMalformed},
 		{name: "CL huge", steps: []string{get, "<HTTP/1.1 200 OK\r\nContent-Length: 9999999999999999999\r\n\r\n"}, want: protocol.NotResettable, err: errMalformed},
 		{name: "headers at the bound", steps: []string{">GET / HTTP/1.1\r\nX: " + big[:maxHeader-len("GET / HTTP/1.1\r\nX: \r\n\r\n")] + "\r\n\r\n", ok0}, want: protocol.Idle},
+		{name: "headers at the bound twice", steps: []string{">GET / HTTP/1.1\r\nX: " + big[:maxHeader-len("GET / HTTP/1.1\r\nX: \r\n\r\n")] + "\r\n\r\n", ok0, ">GET / HTTP/1.1\r\nX: " + big[:maxHeader-len("GET / HTTP/1.1\r\nX: \r\n\r\n")] + "\r\n\r\n", ok0}, want: protocol.Idle},
+		{name: "response headers at the bound twice", steps: []string{get, get, "<HTTP/1.1 200 OK\r\nX: " + big[:maxHeader-len("HTTP/1.1 200 OK\r\nX: \r\nContent-Length: 0\r\n\r\n")] + "\r\nContent-Length: 0\r\n\r\n", "<HTTP/1.1 200 OK\r\nX: " + big[:maxHeader-len("HTTP/1.1 200 OK\r\nX: \r\n\r\n")] + "\r\n\r\n"}, want: protocol.NotResettable, err: errCloseBody},
 		{name: "oversized request headers", steps: []string{">GET / HTTP/1.1\r\nX: " + big + "\r\n\r\n"}, want: protocol.NotResettable, err: errHeaderTooLong},
 		{name: "oversized response headers", steps: []string{get, "<HTTP/1.1 200 OK\r\nX: " + big + "\r\n\r\n"}, want: protocol.NotResettable, err: errHeaderTooLong},
 		{name: "oversized trailers", steps: []string{get, "<HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: " + big + "\r\n\r\n"}, want: protocol.NotResettable, err: errHeaderTooLong},
