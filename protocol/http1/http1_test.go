@@ -171,7 +171,7 @@ func TestSplitEverywhere(t *testing.T) {
 			for cut := 1; cut < len(st)-1; cut++ {
 				steps := append(append(append([]string(nil), e.steps[:i]...), st[:cut+1], st[:1]+st[cut+1:]), e.steps[i+1:]...)
 				s := run(exchange{steps: steps}, 0)
-				if s.State() != want.State() || s.why() != want.why() || s.rep.messages != want.rep.messages {
+				if s.State() != want.State() || !errors.Is(s.why(), want.why()) || s.rep.messages != want.rep.messages {
 					t.Fatalf("%s cut at step %d byte %d: %v (%v), want %v (%v)", e.name, i, cut, s.State(), s.why(), want.State(), want.why())
 				}
 			}
