@@ -113,6 +113,42 @@ func (p *parser) feed(b []byte) {
 				}
 			}
 			continue
+		case sName:
+			j := i
+			for j < len(b) && tchar[b[j]] {
+				p.nameByte(b[j])
+				j++
+			}
+			if j == i {
+				break
+			}
+			if p.n += j - i; p.n > maxHeader {
+				p.fail(errHeaderTooLong)
+				return
+			}
+			i = j
+			continue
+		case sValue, sReason, sTarget:
+			// Runs of bytes the framer only checks and counts.
+			if p.st == sValue && p.kind != hOther && p.kind != hUpgrade {
+				break
+			}
+			j := i
+			for j < len(b) && fieldByte[b[j]] {
+				j++
+			}
+			if j == i {
+				break
+			}
+			if p.n += j - i; p.n > maxHeader {
+				p.fail(errHeaderTooLong)
+				return
+			}
+			if p.st == sTarget {
+				p.wordLen = 1 // the target is not empty
+			}
+			i = j
+			continue
 		}
 		p.step(b[i])
 		i++
@@ -568,6 +604,17 @@ func unhex(c byte) (byte, bool) {
 	}
 	return 0, false
 }
+
+// fieldByte reports the bytes a field value, a reason phrase or a request
+// target may hold and that need no further look: not SP (which ends a
+// target), not CR, and no other control byte but HTAB. A target's HTAB is
+// left to step, which rejects it.
+var fieldByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c > ' ' && c != 0x7f
+	}
+	return t
+}()
 
 // tchar reports the token characters of RFC 9110 §5.6.2.
 var tchar = func() (t [256]bool) {
