@@ -315,3 +315,44 @@ func TestConcurrent(t *testing.T) {
 	<-donec
 	wantState(t, s, protocol.Idle)
 }
+
+func TestResetStub(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		steps       []string // the lease
+		reply       string   // what the upstream still sends
+		ok          bool
+		outstanding bool // the error wraps ErrOutstanding
+	}{
+		{name: "idle", steps: []string{get, ok5}, reply: "never read", ok: true},
+		{name: "one due", steps: []string{get}, reply: ok5[1:], ok: true},
+		{name: "rest of a body", steps: []string{get, ok5[:len(ok5)-2]}, reply: "lo", ok: true},
+		{name: "pipelined", steps: []string{get, head, get, ok5[:3]}, reply: ok5[3:] + "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n" + chunked[1:], ok: true},
+		{name: "interim then final", steps: []string{get}, reply: "HTTP/1.1 103 Early Hints\r\n\r\n" + ok5[1:], ok: true},
+		{name: "stray bytes", steps: []string{get}, reply: ok5[1:] + "x"},
+		{name: "EOF", steps: []string{get}, reply: ok5[1:10], outstanding: true},
+		{name: "close-delimited", steps: []string{get}, reply: "HTTP/1.1 200 OK\r\n\r\nbody"},
+		{name: "Connection: close", steps: []string{get}, reply: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"},
+		{name: "malformed", steps: []string{get}, reply: "HTTP/1.1 200 OK\nContent-Length: 0\n\n"},
+		{name: "unfinished request", steps: []string{">GET / HTTP/1.1\r\n"}, reply: ok5[1:]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := run(exchange{steps: tc.steps}, 0)
+			nc := &stubConn{r: strings.NewReader(tc.reply)}
+			err := s.Reset(nc)
+			if (err == nil) != tc.ok || errors.Is(err, protocol.ErrOutstanding) != tc.outstanding {
+				t.Fatalf("Reset = %v, want ok %v, outstanding %v", err, tc.ok, tc.outstanding)
+			}
+			if tc.ok {
+				wantState(t, s, protocol.Idle)
+				left := nc.r.(*strings.Reader).Len()
+				if tc.name == "idle" && left != len(tc.reply) {
+					t.Fatal("Reset of an idle session read")
+				}
+				if tc.name != "idle" && left != 0 {
+					t.Fatal("Reset left reply bytes unread")
+				}
+			}
+		})
+	}
+}
