@@ -76,6 +76,8 @@ func exchanges() []exchange {
 		{name: "100-continue", steps: []string{">PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "<HTTP/1.1 100 Continue\r\n\r\n", ">abc", ok5}, want: protocol.Idle},
 		{name: "100-continue waiting", steps: []string{">PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "<HTTP/1.1 100 Continue\r\n\r\n", ">abc"}, want: protocol.Outstanding},
 		{name: "100-continue refused", steps: []string{">PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "<HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n"}, want: protocol.NotResettable, err: errUnfinished},
+		{name: "100-continue refused, body sent", steps: []string{">PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "<HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n", ">abc"}, want: protocol.Idle},
+		{name: "early response", steps: []string{">POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\na", "<HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", ">bc", get, ok5}, want: protocol.Idle},
 		{name: "103 then 200", steps: []string{get, "<HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", ok5}, want: protocol.Idle},
 		{name: "103 only", steps: []string{get, "<HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"}, want: protocol.Outstanding},
 		{name: "101", steps: []string{get, "<HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"}, want: protocol.NotResettable, err: errSwitched},
@@ -176,5 +178,19 @@ func TestSplitEverywhere(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestConnectResponse checks the response framer's own view of CONNECT:
+// a 2xx opens a tunnel, anything else is an ordinary response.
+func TestConnectResponse(t *testing.T) {
+	connect := ">CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"
+	s := run(exchange{steps: []string{connect, "<HTTP/1.1 200 Connection Established\r\n\r\n"}}, 0)
+	if !errors.Is(s.rep.err, errTunnel) {
+		t.Fatalf("2xx to CONNECT: %v, want %v", s.rep.err, errTunnel)
+	}
+	s = run(exchange{steps: []string{connect, "<HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 2\r\n\r\nno"}}, 0)
+	if s.rep.err != nil || s.rep.messages != 1 || s.State() != protocol.NotResettable {
+		t.Fatalf("407 to CONNECT: %v, %d messages, %v", s.rep.err, s.rep.messages, s.State())
 	}
 }
