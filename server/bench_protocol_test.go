@@ -129,9 +129,8 @@ func BenchmarkProtocolHTTP1(b *testing.B) {
 			body, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if err != nil || string(body) != "hello" {
-				return fmt.Errorf("GET answered %s %q, %v", resp.Status, body, err)
+				return fmt.Errorf("GET answered %s %q: %w", resp.Status, body, err)
 			}
 			return nil
 		})
 }
-
