@@ -58,6 +58,10 @@ type (
 	ReusePolicy = engine.ReusePolicy
 	// IdleOrder is engine.IdleOrder.
 	IdleOrder = engine.IdleOrder
+	// Protocol is engine.Protocol.
+	Protocol = engine.Protocol
+	// RedisSetup is engine.RedisSetup.
+	RedisSetup = engine.RedisSetup
 	// FieldViolation is engine.FieldViolation.
 	FieldViolation = engine.FieldViolation
 	// ValidationError is engine.ValidationError.
@@ -79,6 +83,10 @@ const (
 
 	LIFO = engine.LIFO
 	FIFO = engine.FIFO
+
+	ProtocolRaw   = engine.ProtocolRaw
+	ProtocolRedis = engine.ProtocolRedis
+	ProtocolHTTP1 = engine.ProtocolHTTP1
 
 	ScopeReplica = engine.ScopeReplica
 	ScopeFleet   = engine.ScopeFleet
@@ -116,6 +124,7 @@ const (
 	DefaultHealthInterval = engine.DefaultHealthInterval
 	DefaultHealthTimeout  = engine.DefaultHealthTimeout
 	DefaultDNSRefresh     = engine.DefaultDNSRefresh
+	DefaultResetTimeout   = engine.DefaultResetTimeout
 
 	// AllowAny is engine.AllowAny.
 	AllowAny = engine.AllowAny

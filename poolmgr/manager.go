@@ -75,6 +75,10 @@ type WriteOptions struct {
 	// key (see keepStoredKey), so that a pool read back, which never
 	// carries the key, can be written back whole.
 	KeepClientKey bool
+	// KeepRedisPassword (Update only): a REDIS config that gives the stored
+	// Redis username but no password keeps the stored password (see
+	// keepStoredKey), for the same reason.
+	KeepRedisPassword bool
 }
 
 // PoolInfo is a pool's stored configuration and state.
@@ -572,14 +576,19 @@ func cloneConfig(cfg Config) Config {
 
 // checkWrite applies the write-time policies to a config about to be
 // stored: every endpoint must pass the upstream policy (an error wrapping
-// ErrUpstreamNotAllowed), and an inline client key needs a secret key to
-// be stored encrypted (a *ValidationError). prefix is prepended to field
+// ErrUpstreamNotAllowed), and an inline client key or a Redis password
+// needs a secret key to be stored encrypted (a *ValidationError). prefix is prepended to field
 // names ("pools[3]." in Apply).
 func (m *Manager) checkWrite(cfg Config, prefix string) error {
 	if cfg.TLS.ClientKeyPEM != "" && m.sealer == nil {
 		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "tls.client_key_pem",
 			Reason: "inline private keys are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
 				"give tls.client_key_file (a path on the poold host) instead, or start poold with --secret-key-file"}}}
+	}
+	if cfg.Redis.Password != "" && m.sealer == nil {
+		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "redis.password",
+			Reason: "Redis passwords are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
+				"start poold with --secret-key-file"}}}
 	}
 	for i, ep := range cfg.Endpoints {
 		if err := m.env.Upstreams.AllowEndpoint(ep); err != nil {
