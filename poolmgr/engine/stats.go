@@ -197,6 +197,7 @@ type AcquireInfo struct {
 	WaitTime     time.Duration // how long Acquire took
 	UpstreamAddr string        // the resolved "ip:port" dialed
 	Generation   uint64        // the connection's generation
+	Protocol     Protocol      // the pool's protocol when the connection was set up
 }
 
 // Histogram has explicit bucket bounds.
