@@ -391,6 +391,7 @@ func statsToProto(s poolmgr.Stats, now time.Time) *poolv1.PoolStats {
 		Serving:           s.State == poolmgr.StateActive && !s.CircuitOpen && !s.Fenced,
 		CircuitOpen:       s.CircuitOpen,
 		Fenced:            s.Fenced,
+		Protocol:          protocolToProto(s.Protocol),
 		LastDialError:     s.LastDialError,
 		MaxConnections:    int32(s.Max),
 		MinIdle:           int32(s.MinIdle),

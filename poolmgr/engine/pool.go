@@ -114,8 +114,8 @@ type Pool struct {
 	handler protocol.Handler
 	// resetTimeout is cfg.ResetTimeout, read without the lock.
 	resetTimeout atomic.Int64
-	state   State
-	closed  bool
+	state        State
+	closed       bool
 	// fenced withdraws the pool's whole share of its limit (see
 	// SetFence); fenceSeq orders the owner's fence decisions.
 	fenced   bool
@@ -751,6 +751,8 @@ type Stats struct {
 	// Fenced: the pool's owner fenced it (see Pool.SetFence); Max is 0
 	// meanwhile.
 	Fenced bool
+	// Protocol is the pool's configured protocol.
+	Protocol Protocol
 	// Gauges: Total = Idle + InUse (+ connections between two states for
 	// an instant: a checkout peek, a release). Idle includes the idle
 	// connections under health check. Max is this replica's current share

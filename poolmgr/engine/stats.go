@@ -143,6 +143,7 @@ func (p *Pool) Stats() Stats {
 		State:             p.state,
 		Generation:        p.gen,
 		Fenced:            p.fenced,
+		Protocol:          p.cfg.Protocol,
 		Max:               p.maxLocked(),
 		Total:             p.total,
 		InUse:             len(p.leased),
