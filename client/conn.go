@@ -40,6 +40,14 @@ type LeaseInfo struct {
 	Protocol poolv1.Protocol
 }
 
+// PoolDecidesReuse reports whether the pool follows the protocol and decides
+// at release whether the connection is reused (Protocol is neither RAW nor
+// UNSPECIFIED): then Close is all a client side needs, even one that cannot
+// know whether its exchange was complete.
+func (i LeaseInfo) PoolDecidesReuse() bool {
+	return i.Protocol != poolv1.Protocol_PROTOCOL_UNSPECIFIED && i.Protocol != poolv1.Protocol_PROTOCOL_RAW
+}
+
 // Conn is a leased upstream connection: a net.Conn whose bytes travel over a
 // gRPC stream to the pool's connection. Read, Write, the deadline setters,
 // Close, Discard and CloseWrite are safe for concurrent use; concurrent Reads
