@@ -73,7 +73,8 @@ type forwarder struct {
 	pool           string
 	acquireTimeout time.Duration
 	// reuse makes a local EOF release the lease as reusable instead of
-	// half-closing the upstream.
+	// half-closing the upstream, on a RAW pool (a pool with a protocol
+	// decides reuse itself: a local EOF always releases its leases).
 	reuse bool
 	// halfCloseTimeout bounds how long the upstream may stay silent after
 	// the local side's EOF; 0 means forever.
