@@ -97,15 +97,15 @@ func (k HealthCheckKind) String() string {
 type Protocol int
 
 const (
-	// ProtocolRaw: no protocol knowledge (the default). A connection is
+	// ProtocolRaw is no protocol knowledge (the default). A connection is
 	// reused only when the client released it as complete and nothing is
 	// pending on it.
 	ProtocolRaw Protocol = iota
-	// ProtocolRedis: RESP2/RESP3. The relay follows commands and replies;
+	// ProtocolRedis is RESP2/RESP3. The relay follows commands and replies;
 	// at release, outstanding replies are discarded and RESET plus the
 	// pool's Redis setup run before the connection is idle again.
 	ProtocolRedis
-	// ProtocolHTTP1: HTTP/1.1. A connection is reused only at a message
+	// ProtocolHTTP1 is HTTP/1.1. A connection is reused only at a message
 	// boundary with every response complete; upgrades, CONNECT,
 	// close-delimited bodies and "Connection: close" end it.
 	ProtocolHTTP1
