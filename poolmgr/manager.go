@@ -43,11 +43,12 @@ type ManagerConfig struct {
 	Logger *slog.Logger
 	// Now stamps create and update times. Default time.Now.
 	Now func() time.Time
-	// SecretKey, 32 bytes, encrypts client private keys in the store
-	// (AES-256-GCM). Without it, pools that give a client key inline
-	// (TLSConfig.ClientKeyPEM) are refused with a *ValidationError; give
-	// TLSConfig.ClientKeyFile instead. Records with encrypted keys need the
-	// key they were written with to be read.
+	// SecretKey, 32 bytes, encrypts client private keys and Redis
+	// passwords in the store (AES-256-GCM). Without it, pools that give a
+	// client key inline (TLSConfig.ClientKeyPEM) or a Redis password
+	// (RedisSetup.Password) are refused with a *ValidationError; give
+	// TLSConfig.ClientKeyFile instead of a key. Records with encrypted
+	// secrets need the key they were written with to be read.
 	SecretKey []byte
 	// Follow makes the Manager follow changes that other Managers (poold
 	// replicas sharing the store, e.g. through etcd) commit: Load starts a
