@@ -31,6 +31,21 @@ type LeaseInfo struct {
 	WaitTime time.Duration
 	// Generation is the connection's pool generation.
 	Generation uint64
+	// Protocol is the pool's protocol. PROTOCOL_UNSPECIFIED (from a server
+	// that predates it) and PROTOCOL_RAW mean RAW: Close is the caller's
+	// word that the exchange is complete. With any other protocol the pool
+	// follows the exchange and decides at release whether the connection
+	// is reused: Close releases it, and the pool reads outstanding replies
+	// and resets the connection, or closes it.
+	Protocol poolv1.Protocol
+}
+
+// PoolDecidesReuse reports whether the pool follows the protocol and decides
+// at release whether the connection is reused (Protocol is neither RAW nor
+// UNSPECIFIED): then Close is all a client side needs, even one that cannot
+// know whether its exchange was complete.
+func (i LeaseInfo) PoolDecidesReuse() bool {
+	return i.Protocol != poolv1.Protocol_PROTOCOL_UNSPECIFIED && i.Protocol != poolv1.Protocol_PROTOCOL_RAW
 }
 
 // Conn is a leased upstream connection: a net.Conn whose bytes travel over a
@@ -116,6 +131,7 @@ func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
 		ConnAge:      g.GetConnAge().AsDuration(),
 		WaitTime:     g.GetWaitTime().AsDuration(),
 		Generation:   g.GetGeneration(),
+		Protocol:     g.GetProtocol(),
 	}
 	c.laddr = Addr{name: c.s.c.name + "/" + g.GetLeaseId()}
 	c.raddr = Addr{name: g.GetUpstreamAddr()}

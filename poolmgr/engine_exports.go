@@ -124,6 +124,7 @@ const (
 	DefaultHealthInterval = engine.DefaultHealthInterval
 	DefaultHealthTimeout  = engine.DefaultHealthTimeout
 	DefaultDNSRefresh     = engine.DefaultDNSRefresh
+	DefaultResetTimeout   = engine.DefaultResetTimeout
 
 	// AllowAny is engine.AllowAny.
 	AllowAny = engine.AllowAny

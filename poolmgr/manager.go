@@ -43,11 +43,12 @@ type ManagerConfig struct {
 	Logger *slog.Logger
 	// Now stamps create and update times. Default time.Now.
 	Now func() time.Time
-	// SecretKey, 32 bytes, encrypts client private keys in the store
-	// (AES-256-GCM). Without it, pools that give a client key inline
-	// (TLSConfig.ClientKeyPEM) are refused with a *ValidationError; give
-	// TLSConfig.ClientKeyFile instead. Records with encrypted keys need the
-	// key they were written with to be read.
+	// SecretKey, 32 bytes, encrypts client private keys and Redis
+	// passwords in the store (AES-256-GCM). Without it, pools that give a
+	// client key inline (TLSConfig.ClientKeyPEM) or a Redis password
+	// (RedisSetup.Password) are refused with a *ValidationError; give
+	// TLSConfig.ClientKeyFile instead of a key. Records with encrypted
+	// secrets need the key they were written with to be read.
 	SecretKey []byte
 	// Follow makes the Manager follow changes that other Managers (poold
 	// replicas sharing the store, e.g. through etcd) commit: Load starts a
@@ -75,6 +76,10 @@ type WriteOptions struct {
 	// key (see keepStoredKey), so that a pool read back, which never
 	// carries the key, can be written back whole.
 	KeepClientKey bool
+	// KeepRedisPassword (Update only): a REDIS config that gives the stored
+	// Redis username but no password keeps the stored password (see
+	// keepStoredKey), for the same reason.
+	KeepRedisPassword bool
 }
 
 // PoolInfo is a pool's stored configuration and state.
@@ -572,14 +577,19 @@ func cloneConfig(cfg Config) Config {
 
 // checkWrite applies the write-time policies to a config about to be
 // stored: every endpoint must pass the upstream policy (an error wrapping
-// ErrUpstreamNotAllowed), and an inline client key needs a secret key to
-// be stored encrypted (a *ValidationError). prefix is prepended to field
+// ErrUpstreamNotAllowed), and an inline client key or a Redis password
+// needs a secret key to be stored encrypted (a *ValidationError). prefix is prepended to field
 // names ("pools[3]." in Apply).
 func (m *Manager) checkWrite(cfg Config, prefix string) error {
 	if cfg.TLS.ClientKeyPEM != "" && m.sealer == nil {
 		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "tls.client_key_pem",
 			Reason: "inline private keys are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
 				"give tls.client_key_file (a path on the poold host) instead, or start poold with --secret-key-file"}}}
+	}
+	if cfg.Redis.Password != "" && m.sealer == nil {
+		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "redis.password",
+			Reason: "Redis passwords are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
+				"start poold with --secret-key-file"}}}
 	}
 	for i, ep := range cfg.Endpoints {
 		if err := m.env.Upstreams.AllowEndpoint(ep); err != nil {

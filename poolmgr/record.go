@@ -51,15 +51,33 @@ type (
 		Config     configJSON `json:"config"`
 	}
 	configJSON struct {
-		Endpoints   []string          `json:"endpoints"`
-		TLS         tlsJSON           `json:"tls"`
-		Limits      limitsJSON        `json:"limits"`
-		Lifecycle   lifecycleJSON     `json:"lifecycle"`
-		HealthCheck healthJSON        `json:"health_check"`
-		DNSRefresh  int64             `json:"dns_refresh_ns"`
-		Reuse       string            `json:"reuse_policy"`
-		IdleOrder   string            `json:"idle_order"`
-		Labels      map[string]string `json:"labels,omitempty"`
+		Endpoints   []string      `json:"endpoints"`
+		TLS         tlsJSON       `json:"tls"`
+		Limits      limitsJSON    `json:"limits"`
+		Lifecycle   lifecycleJSON `json:"lifecycle"`
+		HealthCheck healthJSON    `json:"health_check"`
+		DNSRefresh  int64         `json:"dns_refresh_ns"`
+		Reuse       string        `json:"reuse_policy"`
+		IdleOrder   string        `json:"idle_order"`
+		// Protocol, ResetTimeout and Redis are omitted for a RAW pool, so
+		// that its record reads back in builds that predate them.
+		Protocol     string            `json:"protocol,omitempty"`
+		ResetTimeout int64             `json:"reset_timeout_ns,omitempty"`
+		Redis        *redisJSON        `json:"redis,omitempty"`
+		Labels       map[string]string `json:"labels,omitempty"`
+	}
+	redisJSON struct {
+		Username string `json:"username,omitempty"`
+		// PasswordSealed is the password encrypted with the Manager's
+		// secret key, like tlsJSON.ClientKeySealed; Password is the
+		// password in clear, written only by a Manager without a secret
+		// key (which refuses passwords: only tests do). At most one is
+		// set. The API never returns either.
+		PasswordSealed  string `json:"password_sealed,omitempty"`
+		Password        string `json:"password,omitempty"`
+		Database        int    `json:"database,omitempty"`
+		ProtocolVersion int    `json:"protocol_version,omitempty"`
+		ClientName      string `json:"client_name,omitempty"`
 	}
 	tlsJSON struct {
 		Enabled       bool   `json:"enabled"`
@@ -101,12 +119,17 @@ type (
 	}
 )
 
-// keyAAD binds sealed client keys to their use.
-var keyAAD = []byte("poolplane pool record: tls.client_key")
+// keyAAD binds sealed client keys to their use; passwordAAD sealed Redis
+// passwords to theirs.
+var (
+	keyAAD      = []byte("poolplane pool record: tls.client_key")
+	passwordAAD = []byte("poolplane pool record: redis.password")
+)
 
-// encodeRecord encodes r in the current schema. The client key is sealed
-// with s; without s (no secret key) it is stored in clear, which the
-// Manager allows only for keys already stored so. It fails only for a
+// encodeRecord encodes r in the current schema. The client key and the
+// Redis password are sealed with s; without s (no secret key) they are
+// stored in clear, which the Manager allows only for keys already stored
+// so. It fails only for a
 // Config holding enum values outside their declared sets.
 func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 	c := r.Config
@@ -125,6 +148,13 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 	kind, err := enumName(int(c.HealthCheck.Kind), healthKindNames, "health_check.kind")
 	if err != nil {
 		return nil, err
+	}
+	proto, err := enumName(int(c.Protocol), protocolNames, "protocol")
+	if err != nil {
+		return nil, err
+	}
+	if c.Protocol == ProtocolRaw {
+		proto = ""
 	}
 	j := recordJSON{
 		V:          recordVersion,
@@ -164,11 +194,28 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 				Timeout:  int64(c.HealthCheck.Timeout),
 				HTTPPath: c.HealthCheck.HTTPPath,
 			},
-			DNSRefresh: int64(c.DNSRefresh),
-			Reuse:      reuse,
-			IdleOrder:  order,
-			Labels:     c.Labels,
+			DNSRefresh:   int64(c.DNSRefresh),
+			Reuse:        reuse,
+			IdleOrder:    order,
+			Protocol:     proto,
+			ResetTimeout: int64(c.ResetTimeout),
+			Labels:       c.Labels,
 		},
+	}
+	if r := c.Redis; r != (RedisSetup{}) {
+		j.Config.Redis = &redisJSON{
+			Username:        r.Username,
+			Database:        r.Database,
+			ProtocolVersion: r.ProtocolVersion,
+			ClientName:      r.ClientName,
+		}
+		if r.Password != "" {
+			if s != nil {
+				j.Config.Redis.PasswordSealed = s.Seal([]byte(r.Password), passwordAAD)
+			} else {
+				j.Config.Redis.Password = r.Password
+			}
+		}
 	}
 	if k := c.TLS.ClientKeyPEM; k != "" {
 		if s != nil {
@@ -184,7 +231,8 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 	return b, nil
 }
 
-// decodeRecord decodes a stored record, opening a sealed client key with s.
+// decodeRecord decodes a stored record, opening a sealed client key and a
+// sealed Redis password with s.
 // It refuses records written by a newer schema, unknown fields, unknown
 // enum names, trailing data, and a sealed key without s or under another
 // key, with an error wrapping errRecord. It does not validate the Config:
@@ -233,6 +281,12 @@ func decodeRecord(b []byte, s *seal.Sealer) (record, error) {
 	if err != nil {
 		return record{}, err
 	}
+	proto := int(ProtocolRaw)
+	if c.Protocol != "" {
+		if proto, err = parseEnum(c.Protocol, protocolNames, "protocol"); err != nil {
+			return record{}, err
+		}
+	}
 	r.CreateTime = j.CreateTime.UTC()
 	r.UpdateTime = j.UpdateTime.UTC()
 	for _, t := range []time.Time{r.CreateTime, r.UpdateTime} {
@@ -274,10 +328,34 @@ func decodeRecord(b []byte, s *seal.Sealer) (record, error) {
 			Timeout:  time.Duration(c.HealthCheck.Timeout),
 			HTTPPath: c.HealthCheck.HTTPPath,
 		},
-		DNSRefresh: time.Duration(c.DNSRefresh),
-		Reuse:      ReusePolicy(reuse),
-		IdleOrder:  IdleOrder(order),
-		Labels:     c.Labels,
+		DNSRefresh:   time.Duration(c.DNSRefresh),
+		Reuse:        ReusePolicy(reuse),
+		IdleOrder:    IdleOrder(order),
+		Protocol:     Protocol(proto),
+		ResetTimeout: time.Duration(c.ResetTimeout),
+		Labels:       c.Labels,
+	}
+	if rj := c.Redis; rj != nil {
+		r.Config.Redis = RedisSetup{
+			Username:        rj.Username,
+			Password:        rj.Password,
+			Database:        rj.Database,
+			ProtocolVersion: rj.ProtocolVersion,
+			ClientName:      rj.ClientName,
+		}
+		if sealed := rj.PasswordSealed; sealed != "" {
+			switch {
+			case rj.Password != "":
+				return record{}, fmt.Errorf("%w: both a sealed and a clear Redis password", errRecord)
+			case s == nil:
+				return record{}, fmt.Errorf("%w: the Redis password is encrypted and no secret key is configured (poold --secret-key-file)", errRecord)
+			}
+			pw, err := s.Open(sealed, passwordAAD)
+			if err != nil {
+				return record{}, fmt.Errorf("%w: Redis password: %w (is --secret-key-file the key the pool was written with?)", errRecord, err)
+			}
+			r.Config.Redis.Password = string(pw)
+		}
 	}
 	if sealed := c.TLS.ClientKeySealed; sealed != "" {
 		switch {
@@ -303,7 +381,8 @@ var (
 		int(HealthNone): "NONE", int(HealthTCP): "TCP", int(HealthTLS): "TLS",
 		int(HealthHTTP): "HTTP", int(HealthRedisPing): "REDIS_PING",
 	}
-	stateNames = map[int]string{int(StateActive): "ACTIVE", int(StatePaused): "PAUSED", int(StateDraining): "DRAINING"}
+	protocolNames = map[int]string{int(ProtocolRaw): "RAW", int(ProtocolRedis): "REDIS", int(ProtocolHTTP1): "HTTP1"}
+	stateNames    = map[int]string{int(StateActive): "ACTIVE", int(StatePaused): "PAUSED", int(StateDraining): "DRAINING"}
 )
 
 func enumName(v int, names map[int]string, field string) (string, error) {

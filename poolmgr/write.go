@@ -151,7 +151,7 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 	}
 	// A config that may take the stored key is validated once it has it,
 	// under the write lock.
-	keep := o.KeepClientKey && omitsClientKey(cfg.TLS)
+	keep := o.KeepClientKey && omitsClientKey(cfg.TLS) || o.KeepRedisPassword && omitsPassword(cfg)
 	var err error
 	if keep {
 		cfg = cloneConfig(cfg)
@@ -162,7 +162,7 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 		expect: expectRevision,
 		mutate: func(rec *record, _ bool) (bool, error) {
 			if keep {
-				keepStoredKey(rec.Config.TLS, &cfg)
+				keepStoredKey(rec.Config, &cfg, o.KeepClientKey, o.KeepRedisPassword)
 				if err := cfg.WithDefaults().Validate(); err != nil {
 					return false, err
 				}
@@ -186,14 +186,31 @@ func omitsClientKey(t TLSConfig) bool {
 	return t.ClientCertPEM != "" && t.ClientKeyPEM == "" && t.ClientKeyFile == ""
 }
 
-// keepStoredKey is the one rule by which a stored client key survives a
-// write that omits it: a cfg that gives the stored client certificate but
-// neither a key nor a key file takes the stored key. A new certificate, a
-// key file or a key of its own leaves cfg as it is. Callers hold the write
-// lock and pass the TLS config stored at the revision they write over.
-func keepStoredKey(stored TLSConfig, cfg *Config) {
-	if omitsClientKey(cfg.TLS) && cfg.TLS.ClientCertPEM == stored.ClientCertPEM {
-		cfg.TLS.ClientKeyPEM = stored.ClientKeyPEM
+// omitsPassword reports whether c is a REDIS config without a password: a
+// config read back from the API, or one with no password at all.
+func omitsPassword(c Config) bool {
+	return c.Protocol == ProtocolRedis && c.Redis.Password == ""
+}
+
+// keepStoredKey is the one rule by which the stored secrets, the client key
+// and the Redis password, survive a write that omits them (the API never
+// returns them, so a pool read back and written whole omits them).
+//   - key: a cfg that gives the stored client certificate but neither a key
+//     nor a key file takes the stored key. A new certificate, a key file or
+//     a key of its own leaves cfg as it is.
+//   - password: a REDIS cfg that gives the stored Redis username (empty for
+//     the default user) but no password takes the stored password of a
+//     stored REDIS config. A new username or a password of its own leaves
+//     cfg as it is.
+//
+// Callers hold the write lock and pass the config stored at the revision
+// they write over.
+func keepStoredKey(stored Config, cfg *Config, key, password bool) {
+	if key && omitsClientKey(cfg.TLS) && cfg.TLS.ClientCertPEM == stored.TLS.ClientCertPEM {
+		cfg.TLS.ClientKeyPEM = stored.TLS.ClientKeyPEM
+	}
+	if password && omitsPassword(*cfg) && stored.Protocol == ProtocolRedis && cfg.Redis.Username == stored.Redis.Username {
+		cfg.Redis.Password = stored.Redis.Password
 	}
 }
 

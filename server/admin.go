@@ -129,6 +129,10 @@ func (s *AdminServer) UpdatePool(ctx context.Context, req *poolv1.UpdatePoolRequ
 	// keeps the stored key when the certificate is the stored one; an
 	// explicit "tls.client_key_pem" clears it.
 	o.KeepClientKey = mask.leaves[keyPath] && mask.keyImplicit
+	// The Redis password likewise: "*", no mask or "redis" with an empty
+	// password and the stored username keeps it; an explicit
+	// "redis.password" clears it.
+	o.KeepRedisPassword = mask.leaves[passwordPath] && mask.passwordImplicit
 	for attempt := 0; ; attempt++ {
 		cur, err := s.core.Get(ctx, id)
 		if err != nil {

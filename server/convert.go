@@ -19,9 +19,10 @@ import (
 )
 
 // This file converts between the wire messages and poolmgr's types. The
-// client private key is write-only: it goes into a poolmgr.Config, and
-// nothing converted back to the wire ever carries it; the wire shows its
-// fingerprint instead.
+// client private key and the Redis password are write-only: they go into a
+// poolmgr.Config, and nothing converted back to the wire ever carries them;
+// the wire shows the key's fingerprint and whether a password is set
+// instead.
 
 // configFromProto converts p's writable fields to a poolmgr.Config. Unset
 // (zero) fields stay zero, which the core reads as "default". Output-only
@@ -121,14 +122,46 @@ func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) 
 	default:
 		bad("idle_order", "unknown order %d", int32(o))
 	}
+	switch pr := p.GetProtocol(); pr {
+	case poolv1.Protocol_PROTOCOL_UNSPECIFIED, poolv1.Protocol_PROTOCOL_RAW:
+		cfg.Protocol = poolmgr.ProtocolRaw
+	case poolv1.Protocol_PROTOCOL_REDIS:
+		cfg.Protocol = poolmgr.ProtocolRedis
+	case poolv1.Protocol_PROTOCOL_HTTP1:
+		cfg.Protocol = poolmgr.ProtocolHTTP1
+	default:
+		bad("protocol", "unknown protocol %d", int32(pr))
+	}
+	cfg.ResetTimeout = dur("reset_timeout", p.GetResetTimeout())
+	if r := p.GetRedis(); r != nil {
+		cfg.Redis = poolmgr.RedisSetup{
+			Username:        r.GetUsername(),
+			Password:        r.GetPassword(),
+			Database:        int(r.GetDatabase()),
+			ProtocolVersion: int(r.GetProtocolVersion()),
+			ClientName:      r.GetClientName(),
+		}
+	}
 	if len(p.GetLabels()) > 0 {
 		cfg.Labels = maps.Clone(p.GetLabels())
 	}
 	return cfg, vs
 }
 
-// poolToProto converts a stored pool. The client key is left out; its
-// fingerprint is set instead.
+// protocolToProto maps a pool's protocol; RAW is PROTOCOL_RAW.
+func protocolToProto(p poolmgr.Protocol) poolv1.Protocol {
+	switch p {
+	case poolmgr.ProtocolRedis:
+		return poolv1.Protocol_PROTOCOL_REDIS
+	case poolmgr.ProtocolHTTP1:
+		return poolv1.Protocol_PROTOCOL_HTTP1
+	}
+	return poolv1.Protocol_PROTOCOL_RAW
+}
+
+// poolToProto converts a stored pool. The client key and the Redis
+// password are left out; the key's fingerprint and password_set are set
+// instead.
 func poolToProto(info poolmgr.PoolInfo) *poolv1.Pool {
 	p := configToProto(info.Config)
 	p.Name = poolName(info.ID)
@@ -147,7 +180,8 @@ func poolToProto(info poolmgr.PoolInfo) *poolv1.Pool {
 	return p
 }
 
-// configToProto converts a Config's writable fields, without the client key.
+// configToProto converts a Config's writable fields, without the client key
+// or the Redis password.
 func configToProto(c poolmgr.Config) *poolv1.Pool {
 	p := &poolv1.Pool{
 		Endpoints: slices.Clone(c.Endpoints),
@@ -201,6 +235,20 @@ func configToProto(c poolmgr.Config) *poolv1.Pool {
 		p.IdleOrder = poolv1.IdleOrder_IDLE_ORDER_FIFO
 	default:
 		p.IdleOrder = poolv1.IdleOrder_IDLE_ORDER_LIFO
+	}
+	p.Protocol = protocolToProto(c.Protocol)
+	if c.ResetTimeout != 0 {
+		p.ResetTimeout = durationpb.New(c.ResetTimeout)
+	}
+	if r := c.Redis; r != (poolmgr.RedisSetup{}) {
+		p.Redis = &poolv1.RedisSetup{
+			Username:        r.Username,
+			Database:        int32(r.Database),
+			ProtocolVersion: int32(r.ProtocolVersion),
+			ClientName:      r.ClientName,
+			PasswordSet:     r.Password != "",
+			// Password is write-only: never set here.
+		}
 	}
 	return p
 }
@@ -343,6 +391,7 @@ func statsToProto(s poolmgr.Stats, now time.Time) *poolv1.PoolStats {
 		Serving:           s.State == poolmgr.StateActive && !s.CircuitOpen && !s.Fenced,
 		CircuitOpen:       s.CircuitOpen,
 		Fenced:            s.Fenced,
+		Protocol:          protocolToProto(s.Protocol),
 		LastDialError:     s.LastDialError,
 		MaxConnections:    int32(s.Max),
 		MinIdle:           int32(s.MinIdle),

@@ -28,7 +28,13 @@ func fullConfig() poolmgr.Config {
 		DNSRefresh:  time.Minute,
 		Reuse:       poolmgr.SingleUse,
 		IdleOrder:   poolmgr.FIFO,
-		Labels:      map[string]string{"k": "v"},
+		// Not a valid config with an HTTP health check: conversions do
+		// not validate.
+		Protocol:     poolmgr.ProtocolRedis,
+		ResetTimeout: 2 * time.Second,
+		Redis: poolmgr.RedisSetup{Username: "u", Password: "redis-secret", Database: 3,
+			ProtocolVersion: 3, ClientName: "n"},
+		Labels: map[string]string{"k": "v"},
 	}
 }
 
@@ -41,12 +47,16 @@ func TestConfigRoundTripWithoutKey(t *testing.T) {
 	if fp := p.GetTls().GetClientKeyFingerprint(); fp != keyFingerprint(cfg.TLS.ClientKeyPEM) || !strings.HasPrefix(fp, "sha256:") {
 		t.Fatalf("fingerprint %q", fp)
 	}
+	if p.GetRedis().GetPassword() != "" || !p.GetRedis().GetPasswordSet() {
+		t.Fatalf("redis = %v: the password returned, or password_set false", p.GetRedis())
+	}
 	back, vs := configFromProto(p)
 	if len(vs) != 0 {
 		t.Fatalf("violations %v", vs)
 	}
 	want := cfg
 	want.TLS.ClientKeyPEM = ""
+	want.Redis.Password = ""
 	if d := want.DiffFields(back); len(d) != 0 {
 		t.Fatalf("round trip differs in %v", d)
 	}
@@ -55,6 +65,11 @@ func TestConfigRoundTripWithoutKey(t *testing.T) {
 		c := poolmgr.Config{HealthCheck: poolmgr.HealthCheck{Kind: k, Interval: time.Second}}
 		if got, _ := configFromProto(configToProto(c)); got.HealthCheck.Kind != k {
 			t.Fatalf("kind %v -> %v", k, got.HealthCheck.Kind)
+		}
+	}
+	for _, pr := range []poolmgr.Protocol{poolmgr.ProtocolRaw, poolmgr.ProtocolRedis, poolmgr.ProtocolHTTP1} {
+		if got, _ := configFromProto(configToProto(poolmgr.Config{Protocol: pr})); got.Protocol != pr {
+			t.Fatalf("protocol %v -> %v", pr, got.Protocol)
 		}
 	}
 }
@@ -88,6 +103,9 @@ func TestPoolToProtoOutputFields(t *testing.T) {
 	if strings.Contains(string(b), "PRIVATE KEY") {
 		t.Fatal("key on the wire")
 	}
+	if strings.Contains(string(b), "redis-secret") {
+		t.Fatal("Redis password on the wire")
+	}
 }
 
 func TestValidateUpdateMask(t *testing.T) {
@@ -96,10 +114,16 @@ func TestValidateUpdateMask(t *testing.T) {
 		leaves  []string // some leaves that must be set
 		not     []string // leaves that must not be set
 		keyImpl bool
+		pwImpl  bool
 		bad     bool
 	}{
-		{paths: nil, leaves: []string{"endpoints", keyPath, "labels"}, keyImpl: true},
-		{paths: []string{"*"}, leaves: writableLeaves, keyImpl: true},
+		{paths: nil, leaves: []string{"endpoints", keyPath, passwordPath, "labels"}, keyImpl: true, pwImpl: true},
+		{paths: []string{"*"}, leaves: writableLeaves, keyImpl: true, pwImpl: true},
+		{paths: []string{"redis"}, leaves: []string{"redis.username", passwordPath}, not: []string{keyPath}, pwImpl: true},
+		{paths: []string{"redis", "redis.password"}, leaves: []string{passwordPath}, pwImpl: false},
+		{paths: []string{"redis.database"}, leaves: []string{"redis.database"}, not: []string{passwordPath}},
+		{paths: []string{"redis.password_set"}, bad: true},
+		{paths: []string{"protocol", "reset_timeout"}, leaves: []string{"protocol", "reset_timeout"}},
 		{paths: []string{"limits.max_connections"}, leaves: []string{"limits.max_connections"}, not: []string{"limits.min_idle", keyPath}},
 		{paths: []string{"limits.maxConnections", "healthCheck.httpPath"}, leaves: []string{"limits.max_connections", "health_check.http_path"}},
 		{paths: []string{"limits"}, leaves: []string{"limits.max_connections", "limits.dial_timeout"}, not: []string{"endpoints"}},
@@ -137,6 +161,9 @@ func TestValidateUpdateMask(t *testing.T) {
 		}
 		if m.keyImplicit != tt.keyImpl {
 			t.Errorf("%v: keyImplicit %v", tt.paths, m.keyImplicit)
+		}
+		if m.passwordImplicit != tt.pwImpl {
+			t.Errorf("%v: passwordImplicit %v", tt.paths, m.passwordImplicit)
 		}
 	}
 }

@@ -21,11 +21,15 @@ import (
 // outputOnlyPaths may not be named in an update mask.
 var outputOnlyPaths = []string{
 	"name", "state", "generation", "revision", "etag", "create_time", "update_time",
-	"tls.client_key_fingerprint",
+	"tls.client_key_fingerprint", "redis.password_set",
 }
 
-// keyPath is the write-only client key.
-const keyPath = "tls.client_key_pem"
+// keyPath is the write-only client key; passwordPath the write-only Redis
+// password. Both are handled the same way.
+const (
+	keyPath      = "tls.client_key_pem"
+	passwordPath = "redis.password"
+)
 
 // poolFields are the writable fields of a Pool, read from its descriptor:
 // leaves are the paths an update mask can copy; groups are the message
@@ -78,6 +82,10 @@ type updateMask struct {
 	// asks the core for it with WriteOptions.KeepClientKey. Naming
 	// "tls.client_key_pem" explicitly with an empty value clears the key.
 	keyImplicit bool
+	// passwordImplicit is keyImplicit for the Redis password: "*", an
+	// empty mask or "redis"; then an empty password with the stored
+	// username keeps the stored password (WriteOptions.KeepRedisPassword).
+	passwordImplicit bool
 }
 
 // covers reports whether a violation of field (a Pool-relative path)
@@ -104,6 +112,7 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 			m.leaves[l] = true
 		}
 		m.keyImplicit = true
+		m.passwordImplicit = true
 	}
 	if len(paths) == 0 {
 		all()
@@ -113,7 +122,7 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 	bad := func(i int, reason string) {
 		vs = append(vs, poolmgr.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: reason})
 	}
-	explicitKey := false
+	explicitKey, explicitPassword := false, false
 	for i, raw := range paths {
 		p := snakePath(raw)
 		switch {
@@ -131,8 +140,11 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 			}
 		case slices.Contains(fields.leaves, p):
 			m.leaves[p] = true
-			if p == keyPath {
+			switch p {
+			case keyPath:
 				explicitKey = true
+			case passwordPath:
+				explicitPassword = true
 			}
 		case slices.Contains(fields.groups, p):
 			for _, l := range fields.leaves {
@@ -140,8 +152,11 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 					m.leaves[l] = true
 				}
 			}
-			if p == "tls" {
+			switch p {
+			case "tls":
 				m.keyImplicit = true
+			case "redis":
+				m.passwordImplicit = true
 			}
 		default:
 			bad(i, fmt.Sprintf("unknown field %q", raw))
@@ -149,6 +164,9 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 	}
 	if explicitKey {
 		m.keyImplicit = false
+	}
+	if explicitPassword {
+		m.passwordImplicit = false
 	}
 	if len(vs) > 0 {
 		return updateMask{}, &poolmgr.ValidationError{Violations: vs}
@@ -174,11 +192,12 @@ func snakePath(p string) string {
 }
 
 // mergeConfig returns cur with the masked leaves taken from src. An
-// implicitly masked, empty client key is left empty: the core keeps the
-// stored key under its write lock (WriteOptions.KeepClientKey). Both are converted to Pool
-// messages, the masked leaves copied by protoreflect, and the result
-// converted back; the write-only client key, which no Pool message built
-// from a Config carries, is carried over beside them.
+// implicitly masked, empty client key or Redis password is left empty: the
+// core keeps the stored one under its write lock
+// (WriteOptions.KeepClientKey, KeepRedisPassword). Both are converted to
+// Pool messages, the masked leaves copied by protoreflect, and the result
+// converted back; the write-only client key and password, which no Pool
+// message built from a Config carries, are carried over beside them.
 func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	dst := configToProto(cur)
 	from := configToProto(src)
@@ -192,6 +211,10 @@ func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	out.TLS.ClientKeyPEM = cur.TLS.ClientKeyPEM
 	if m.leaves[keyPath] {
 		out.TLS.ClientKeyPEM = src.TLS.ClientKeyPEM
+	}
+	out.Redis.Password = cur.Redis.Password
+	if m.leaves[passwordPath] {
+		out.Redis.Password = src.Redis.Password
 	}
 	return out
 }

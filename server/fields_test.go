@@ -87,12 +87,18 @@ func TestEveryPoolFieldIsWired(t *testing.T) {
 			continue
 		}
 		back := configToProto(cfg)
-		if leaf == keyPath {
+		switch leaf {
+		case keyPath:
 			// Write-only: never returned, its fingerprint is.
 			if back.GetTls().GetClientKeyPem() != "" || back.GetTls().GetClientKeyFingerprint() == "" {
 				t.Errorf("%s: configToProto returns the key or no fingerprint", leaf)
 			}
-		} else {
+		case passwordPath:
+			// Write-only: never returned, password_set is.
+			if back.GetRedis().GetPassword() != "" || !back.GetRedis().GetPasswordSet() {
+				t.Errorf("%s: configToProto returns the password or no password_set", leaf)
+			}
+		default:
 			got := &poolv1.Pool{}
 			copyPath(got.ProtoReflect(), back.ProtoReflect(), leaf)
 			if !proto.Equal(got, p) {

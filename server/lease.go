@@ -463,6 +463,7 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		ConnAge:      durationpb.New(info.ConnAge),
 		WaitTime:     durationpb.New(info.WaitTime),
 		Generation:   info.Generation,
+		Protocol:     protocolToProto(info.Protocol),
 	}}})
 	if err != nil {
 		l.relay.NotStarted()

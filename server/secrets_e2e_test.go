@@ -149,3 +149,88 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Fatal("no audit lines were logged")
 	}
 }
+
+// TestRedisPasswordNeverReturned writes a REDIS pool with a password through
+// every write path and checks that no response, history entry, watch event
+// or log line carries it, that password_set shows it, and that a pool read
+// back and written whole keeps it.
+func TestRedisPasswordNeverReturned(t *testing.T) {
+	const password = "redis-pw-7f3a9c1e5b2d"
+	e := startEnv(t, rolePrincipals(), nil, nil, func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{7}, 32) })
+	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, nil))
+	ctx := bearer(context.Background(), "tok-admin")
+	watch, err := admin.WatchPools(ctx, &poolv1.WatchPoolsRequest{StartRevision: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []proto.Message
+	keep := func(m proto.Message, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = append(seen, m)
+	}
+	pool := &poolv1.Pool{
+		Endpoints: []string{e.echo.addr()},
+		Protocol:  poolv1.Protocol_PROTOCOL_REDIS,
+		Redis:     &poolv1.RedisSetup{Username: "app", Password: password, Database: 1},
+	}
+	created, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "r", Pool: pool})
+	keep(created, err)
+	if r := created.GetRedis(); !r.GetPasswordSet() || r.GetPassword() != "" || r.GetUsername() != "app" || r.GetProtocolVersion() != 2 ||
+		created.GetProtocol() != poolv1.Protocol_PROTOCOL_REDIS || created.GetResetTimeout().AsDuration() != poolmgr.DefaultResetTimeout {
+		t.Fatalf("created = %v", created)
+	}
+
+	// The pool read back and written whole (no mask) keeps the password;
+	// so does an Apply of it.
+	readBack := proto.Clone(created).(*poolv1.Pool)
+	readBack.Limits.MaxWaiters = 7
+	updated, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: readBack})
+	keep(updated, err)
+	if !updated.GetRedis().GetPasswordSet() || updated.GetLimits().GetMaxWaiters() != 7 {
+		t.Fatalf("update of a read-back pool: %v", updated)
+	}
+	applied, err := admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: []*poolv1.Pool{updated}})
+	keep(applied, err)
+	if applied.GetChanges()[0].GetAction() != poolv1.PoolChange_ACTION_UNCHANGED {
+		t.Fatalf("apply of a read-back pool: %v", applied)
+	}
+	// A mask of other fields keeps it too.
+	masked, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/r", Redis: &poolv1.RedisSetup{Database: 3}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"redis.database"}}})
+	keep(masked, err)
+	if !masked.GetRedis().GetPasswordSet() || masked.GetRedis().GetDatabase() != 3 {
+		t.Fatalf("masked update: %v", masked)
+	}
+	if info, err := e.mgr.Get(context.Background(), "r"); err != nil || info.Config.Redis.Password != password {
+		t.Fatalf("the stored password did not survive: %v", err)
+	}
+
+	got, err := admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/r"})
+	keep(got, err)
+	list, err := admin.ListPools(ctx, &poolv1.ListPoolsRequest{})
+	keep(list, err)
+	revs, err := admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/r"})
+	keep(revs, err)
+	for range 3 {
+		keep(watch.Recv())
+	}
+	for _, m := range seen {
+		if b, _ := protojson.Marshal(m); strings.Contains(string(b), password) {
+			t.Fatalf("response %T carries the password", m)
+		}
+	}
+	if strings.Contains(e.log.String(), password) {
+		t.Fatalf("the log carries the password:\n%s", e.log.String())
+	}
+
+	// Naming redis.password explicitly, empty, clears it (here refused: a
+	// username needs a password).
+	_, err = admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/r", Redis: &poolv1.RedisSetup{}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"redis.password"}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "pool.redis.password") {
+		t.Fatalf("clearing the password of a user: %v", err)
+	}
+}

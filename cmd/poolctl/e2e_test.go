@@ -164,7 +164,7 @@ pools:
 		t.Fatalf("list -o json: %v", list)
 	}
 	out = ts.ok(t, "", "list")
-	if !regexp.MustCompile(`(?m)^pools/echo\s+ACTIVE\s+` + regexp.QuoteMeta(echo) + `\s+no\s+4\s`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^pools/echo\s+ACTIVE\s+` + regexp.QuoteMeta(echo) + `\s+no\s+RAW\s+4\s`).MatchString(out) {
 		t.Fatalf("list:\n%s", out)
 	}
 	if out := ts.ok(t, "", "list", "-o", "yaml"); !strings.Contains(out, "pools:\n  - name: pools/echo") {

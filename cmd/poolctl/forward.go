@@ -36,12 +36,13 @@ func forwardCommand() *command {
 			acquire := fs.Duration("acquire-timeout", 0, "bound on each lease's wait for a connection (0: the pool's acquire_timeout)")
 			grace := fs.Duration("shutdown-timeout", defaultShutdownTimeout, "after SIGINT/SIGTERM, wait this long for connections, then close them")
 			reuse := fs.Bool("reuse", false,
-				"release a lease as reusable when its local client closes (EOF), for clients known to close only after reading "+
-					"every reply; by default a local EOF half-closes the upstream and the connection is not reused, since a reply "+
-					"may still be on its way and must not reach the next client")
-			_ = fs.Bool("half-close", true, "kept for scripts: half-closing the upstream on a local EOF is the default (see --reuse)")
+				"on a RAW pool, release a lease as reusable when its local client closes (EOF), for clients known to close only "+
+					"after reading every reply; by default a local EOF on a RAW pool half-closes the upstream and the connection is "+
+					"not reused, since a reply may still be on its way and must not reach the next client. A pool with a protocol "+
+					"(REDIS, HTTP1) decides reuse itself: a local EOF releases the lease, with or without --reuse")
+			_ = fs.Bool("half-close", true, "kept for scripts: half-closing the upstream on a local EOF is the default on a RAW pool (see --reuse)")
 			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
-				"end a lease once the upstream is silent this long after the local EOF (0: never); not with --reuse")
+				"end a lease once the upstream is silent this long after the local EOF (0: never); RAW pools without --reuse only")
 			return func(ctx context.Context, e *env, args []string) error {
 				if *acquire < 0 || *grace < 0 || *halfClose < 0 {
 					return usagef("forward: durations must not be negative")
@@ -72,7 +73,8 @@ type forwarder struct {
 	pool           string
 	acquireTimeout time.Duration
 	// reuse makes a local EOF release the lease as reusable instead of
-	// half-closing the upstream.
+	// half-closing the upstream, on a RAW pool (a pool with a protocol
+	// decides reuse itself: a local EOF always releases its leases).
 	reuse bool
 	// halfCloseTimeout bounds how long the upstream may stay silent after
 	// the local side's EOF; 0 means forever.
@@ -197,12 +199,15 @@ func (fc *forwardConn) forceClose() {
 // serve leases a connection for fc and copies bytes both ways, as TCP
 // does: a FIN from either side reaches the other (CloseWrite), and bytes go
 // on flowing the other way until that side's FIN too. Then the lease is
-// released, not reusable: forward cannot know where the upstream's replies
-// end, and a reply still on its way must not reach the next client. With
-// reuse, the local side's EOF releases the lease at once, reusable when
-// clean, for clients that close only after every reply. An error on either
-// side, or an upstream silent for halfCloseTimeout after the local EOF,
-// closes both and discards the upstream connection.
+// released, not reusable: on a RAW pool forward cannot know where the
+// upstream's replies end, and a reply still on its way must not reach the
+// next client. With reuse, the local side's EOF releases the lease at once,
+// reusable when clean, for clients that close only after every reply. On a
+// pool with a protocol (the lease's PoolDecidesReuse) the local EOF simply
+// releases the lease (Close): the pool follows the exchange, reads any
+// replies still due and resets the connection, or closes it. An error on
+// either side, or an upstream silent for halfCloseTimeout after the local
+// EOF, closes both and discards the upstream connection.
 func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	local := fc.local
 	defer func() { _ = local.Close() }()
@@ -227,6 +232,11 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 		return
 	}
 
+	// poolDecides: the pool follows the protocol and decides reuse at
+	// release, whatever the client side says.
+	poolDecides := up.Info().PoolDecidesReuse()
+	// releaseOnEOF: the local side's EOF releases the lease at once.
+	releaseOnEOF := f.reuse || poolDecides
 	var (
 		wg       sync.WaitGroup
 		failed   atomic.Bool
@@ -243,6 +253,12 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			return
 		}
 		localEOF.Store(true)
+		if poolDecides {
+			// The pool decides reuse: release now. The read loop below
+			// ends with net.ErrClosed.
+			f.released(local, up.Close())
+			return
+		}
 		if f.reuse {
 			// The client closed after a complete exchange: release now.
 			// The read loop below ends with net.ErrClosed.
@@ -259,7 +275,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	// before every read).
 	buf := make([]byte, 32<<10)
 	for {
-		if localEOF.Load() && !f.reuse && f.halfCloseTimeout > 0 {
+		if localEOF.Load() && !releaseOnEOF && f.halfCloseTimeout > 0 {
 			_ = up.SetReadDeadline(time.Now().Add(f.halfCloseTimeout))
 		}
 		n, rerr := up.Read(buf)
@@ -278,14 +294,14 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			break
 		}
 		if rerr != nil {
-			if !f.reuse || !localEOF.Load() {
+			if !releaseOnEOF || !localEOF.Load() {
 				fail()
 			}
 			break
 		}
 	}
 	wg.Wait()
-	if failed.Load() || f.reuse {
+	if failed.Load() || releaseOnEOF {
 		return // discarded, or released by the local EOF
 	}
 	f.released(local, up.Discard())

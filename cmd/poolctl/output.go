@@ -195,6 +195,15 @@ func stateString(s poolv1.PoolState) string {
 	return strings.TrimPrefix(s.String(), "POOL_STATE_")
 }
 
+// protocolString is a pool's protocol as list and stats show it: RAW,
+// REDIS, HTTP1 (UNSPECIFIED is RAW).
+func protocolString(p poolv1.Protocol) string {
+	if p == poolv1.Protocol_PROTOCOL_UNSPECIFIED {
+		p = poolv1.Protocol_PROTOCOL_RAW
+	}
+	return strings.TrimPrefix(p.String(), "PROTOCOL_")
+}
+
 func actionString(a poolv1.PoolChange_Action) string {
 	return strings.TrimPrefix(a.String(), "ACTION_")
 }
@@ -242,14 +251,14 @@ func yesNo(b bool) string {
 // poolTable writes pools as list does.
 func poolTable(w io.Writer, pools []*poolv1.Pool) error {
 	now := time.Now()
-	t := newTable(w, "NAME", "STATE", "ENDPOINTS", "TLS", "MAX", "MIN_IDLE", "GENERATION", "REVISION", "AGE")
+	t := newTable(w, "NAME", "STATE", "ENDPOINTS", "TLS", "PROTOCOL", "MAX", "MIN_IDLE", "GENERATION", "REVISION", "AGE")
 	for _, p := range pools {
 		max := "10"
 		if v := p.GetLimits().GetMaxConnections(); v != 0 {
 			max = itoa(v)
 		}
 		t.row(p.GetName(), stateString(p.GetState()), strings.Join(p.GetEndpoints(), ","),
-			yesNo(p.GetTls().GetEnabled()), max, itoa(p.GetLimits().GetMinIdle()),
+			yesNo(p.GetTls().GetEnabled()), protocolString(p.GetProtocol()), max, itoa(p.GetLimits().GetMinIdle()),
 			itoa(p.GetGeneration()), itoa(p.GetRevision()), ageString(p.GetCreateTime(), now))
 	}
 	return t.flush()

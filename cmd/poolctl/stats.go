@@ -170,14 +170,14 @@ func (r *redrawer) draw(w io.Writer, text string) error {
 
 // statsTable writes one row per pool.
 func statsTable(w io.Writer, stats []*poolv1.PoolStats) error {
-	t := newTable(w, "NAME", "STATE", "SERVING", "GEN", "MAX", "TOTAL", "IN_USE", "IDLE", "DIALING", "WAITERS",
+	t := newTable(w, "NAME", "STATE", "SERVING", "PROTOCOL", "GEN", "MAX", "TOTAL", "IN_USE", "IDLE", "DIALING", "WAITERS",
 		"ACQUIRES", "REUSED", "CREATED", "WAITS", "TIMEOUTS", "REJECTED", "DIAL_FAILURES", "CIRCUIT", "LAST_DIAL_ERROR")
 	for _, s := range stats {
 		circuit := "closed"
 		if s.GetCircuitOpen() {
 			circuit = "open"
 		}
-		t.row(s.GetName(), stateString(s.GetState()), yesNo(s.GetServing()), itoa(s.GetGeneration()),
+		t.row(s.GetName(), stateString(s.GetState()), yesNo(s.GetServing()), protocolString(s.GetProtocol()), itoa(s.GetGeneration()),
 			itoa(s.GetMaxConnections()), itoa(s.GetTotal()), itoa(s.GetInUse()), itoa(s.GetIdle()),
 			itoa(s.GetDialing()), itoa(s.GetWaiters()), itoa(s.GetAcquires()), itoa(s.GetReused()),
 			itoa(s.GetCreated()), itoa(s.GetWaits()), itoa(s.GetTimeouts()), itoa(s.GetBacklogRejections()),

@@ -43,6 +43,7 @@ type Conn struct {
 	jitter  float64       // in [0,1): share of lifetime_jitter cut from this connection's life
 	done    chan struct{} // closed when the pool closes the connection
 	handler protocol.Handler
+	proto   Protocol // the protocol handler follows (ProtocolRaw: handler is nil)
 	// closeReason is why the pool closed it; set before done closes.
 	closeReason CloseReason
 
@@ -203,6 +204,7 @@ func (c *Conn) Info() AcquireInfo {
 		WaitTime:     c.waitTime,
 		UpstreamAddr: c.addr,
 		Generation:   c.gen,
+		Protocol:     c.proto,
 	}
 }
 

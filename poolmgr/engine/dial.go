@@ -102,6 +102,7 @@ type dialSpec struct {
 	keepAlive time.Duration
 	tlsBase   *tls.Config
 	handler   protocol.Handler
+	proto     Protocol // the config's protocol, which handler follows
 	jitter    float64
 	failRound uint64          // Pool.failRound when the dial started
 	stop      context.Context // Pool.dialCtx: cancelled by a fence or Close
@@ -116,6 +117,7 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 		keepAlive: p.cfg.Lifecycle.TCPKeepAlive,
 		tlsBase:   p.tlsBase,
 		handler:   p.handler,
+		proto:     p.cfg.Protocol,
 		jitter:    rand.Float64(),
 		failRound: p.failRound,
 		stop:      p.dialCtx,
@@ -269,7 +271,7 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 	}
 	p.consecFails, p.circuitOpen, p.nextDialAt, p.lastDialErr = 0, false, time.Time{}, nil
 	c := p.newConn(nc, target, s.gen, now, s.jitter)
-	c.handler = s.handler
+	c.handler, c.proto = s.handler, s.proto
 	p.total++
 	p.genCount[c.gen]++
 	reason, bad := p.putLocked(c, now)

@@ -759,6 +759,8 @@ type Stats struct {
 	// Fenced: the pool's owner fenced it (see Pool.SetFence); Max is 0
 	// meanwhile.
 	Fenced bool
+	// Protocol is the pool's configured protocol.
+	Protocol Protocol
 	// Gauges: Total = Idle + InUse (+ connections between two states for
 	// an instant: a checkout peek, a release). Idle includes the idle
 	// connections under health check. Max is this replica's current share

@@ -143,6 +143,7 @@ func (p *Pool) Stats() Stats {
 		State:             p.state,
 		Generation:        p.gen,
 		Fenced:            p.fenced,
+		Protocol:          p.cfg.Protocol,
 		Max:               p.maxLocked(),
 		Total:             p.total,
 		InUse:             len(p.leased),
@@ -197,6 +198,7 @@ type AcquireInfo struct {
 	WaitTime     time.Duration // how long Acquire took
 	UpstreamAddr string        // the resolved "ip:port" dialed
 	Generation   uint64        // the connection's generation
+	Protocol     Protocol      // the pool's protocol when the connection was set up
 }
 
 // Histogram has explicit bucket bounds.

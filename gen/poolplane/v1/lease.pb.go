@@ -555,7 +555,13 @@ type LeaseResponse_Granted struct {
 	// How long the request waited for the connection.
 	WaitTime *durationpb.Duration `protobuf:"bytes,6,opt,name=wait_time,json=waitTime,proto3" json:"wait_time,omitempty"`
 	// The connection's generation.
-	Generation    uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The pool's protocol (UNSPECIFIED from a server that predates it, read
+	// as RAW). When it is not RAW the pool decides at release whether the
+	// connection is reused, whatever release.reusable says: a client side
+	// that cannot know whether its exchange was complete (a forwarded
+	// socket) may simply release.
+	Protocol      Protocol `protobuf:"varint,8,opt,name=protocol,proto3,enum=poolplane.v1.Protocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -637,6 +643,13 @@ func (x *LeaseResponse_Granted) GetGeneration() uint64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *LeaseResponse_Granted) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
 }
 
 // Data carries bytes from the upstream. A frame with no bytes reports
@@ -813,7 +826,7 @@ var File_poolplane_v1_lease_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"\n" +
-	"\x18poolplane/v1/lease.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe1\x03\n" +
+	"\x18poolplane/v1/lease.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17poolplane/v1/pool.proto\"\xe1\x03\n" +
 	"\fLeaseRequest\x125\n" +
 	"\x04open\x18\x01 \x01(\v2\x1f.poolplane.v1.LeaseRequest.OpenH\x00R\x04open\x125\n" +
 	"\x04data\x18\x02 \x01(\v2\x1f.poolplane.v1.LeaseRequest.DataH\x00R\x04data\x12H\n" +
@@ -831,13 +844,13 @@ const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"CloseWrite\x1a%\n" +
 	"\aRelease\x12\x1a\n" +
 	"\breusable\x18\x01 \x01(\bR\breusableB\a\n" +
-	"\x05frame\"\xae\x06\n" +
+	"\x05frame\"\xe2\x06\n" +
 	"\rLeaseResponse\x12?\n" +
 	"\agranted\x18\x01 \x01(\v2#.poolplane.v1.LeaseResponse.GrantedH\x00R\agranted\x126\n" +
 	"\x04data\x18\x02 \x01(\v2 .poolplane.v1.LeaseResponse.DataH\x00R\x04data\x129\n" +
 	"\x05ended\x18\x03 \x01(\v2!.poolplane.v1.LeaseResponse.EndedH\x00R\x05ended\x12I\n" +
 	"\vclose_write\x18\x04 \x01(\v2&.poolplane.v1.LeaseResponse.CloseWriteH\x00R\n" +
-	"closeWrite\x1a\xa7\x02\n" +
+	"closeWrite\x1a\xdb\x02\n" +
 	"\aGranted\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12#\n" +
 	"\rupstream_addr\x18\x02 \x01(\tR\fupstreamAddr\x12\x16\n" +
@@ -847,7 +860,8 @@ const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"\twait_time\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bwaitTime\x12\x1e\n" +
 	"\n" +
 	"generation\x18\a \x01(\x04R\n" +
-	"generation\x1aE\n" +
+	"generation\x122\n" +
+	"\bprotocol\x18\b \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x1aE\n" +
 	"\x04Data\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12)\n" +
 	"\x10upstream_written\x18\x02 \x01(\x04R\x0fupstreamWritten\x1a\f\n" +
@@ -897,6 +911,7 @@ var file_poolplane_v1_lease_proto_goTypes = []any{
 	(*LeaseResponse_CloseWrite)(nil), // 9: poolplane.v1.LeaseResponse.CloseWrite
 	(*LeaseResponse_Ended)(nil),      // 10: poolplane.v1.LeaseResponse.Ended
 	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
+	(Protocol)(0),                    // 12: poolplane.v1.Protocol
 }
 var file_poolplane_v1_lease_proto_depIdxs = []int32{
 	3,  // 0: poolplane.v1.LeaseRequest.open:type_name -> poolplane.v1.LeaseRequest.Open
@@ -911,14 +926,15 @@ var file_poolplane_v1_lease_proto_depIdxs = []int32{
 	11, // 9: poolplane.v1.LeaseResponse.Granted.idle_time:type_name -> google.protobuf.Duration
 	11, // 10: poolplane.v1.LeaseResponse.Granted.conn_age:type_name -> google.protobuf.Duration
 	11, // 11: poolplane.v1.LeaseResponse.Granted.wait_time:type_name -> google.protobuf.Duration
-	0,  // 12: poolplane.v1.LeaseResponse.Ended.reason:type_name -> poolplane.v1.EndReason
-	1,  // 13: poolplane.v1.LeaseService.Lease:input_type -> poolplane.v1.LeaseRequest
-	2,  // 14: poolplane.v1.LeaseService.Lease:output_type -> poolplane.v1.LeaseResponse
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	12, // 12: poolplane.v1.LeaseResponse.Granted.protocol:type_name -> poolplane.v1.Protocol
+	0,  // 13: poolplane.v1.LeaseResponse.Ended.reason:type_name -> poolplane.v1.EndReason
+	1,  // 14: poolplane.v1.LeaseService.Lease:input_type -> poolplane.v1.LeaseRequest
+	2,  // 15: poolplane.v1.LeaseService.Lease:output_type -> poolplane.v1.LeaseResponse
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_lease_proto_init() }
@@ -926,6 +942,7 @@ func file_poolplane_v1_lease_proto_init() {
 	if File_poolplane_v1_lease_proto != nil {
 		return
 	}
+	file_poolplane_v1_pool_proto_init()
 	file_poolplane_v1_lease_proto_msgTypes[0].OneofWrappers = []any{
 		(*LeaseRequest_Open_)(nil),
 		(*LeaseRequest_Data_)(nil),

@@ -247,6 +247,70 @@ func (HealthCheckKind) EnumDescriptor() ([]byte, []int) {
 	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
 }
 
+// Protocol is what a pool knows of the protocol its connections carry.
+type Protocol int32
+
+const (
+	// Same as RAW.
+	Protocol_PROTOCOL_UNSPECIFIED Protocol = 0
+	// No protocol knowledge: a connection is reused only when the client
+	// released it as complete (release{reusable: true}) and nothing is pending
+	// on it at release.
+	Protocol_PROTOCOL_RAW Protocol = 1
+	// Redis RESP2/RESP3. The pool follows commands and replies; at release,
+	// outstanding replies are read and discarded up to reset_timeout, then
+	// RESET and the pool's redis setup run, and the connection is idle again
+	// only when every reply came back. Needs Redis 6.2 or later.
+	Protocol_PROTOCOL_REDIS Protocol = 2
+	// HTTP/1.1. A connection is reused only at a message boundary with every
+	// response complete; upgrades, CONNECT, close-delimited bodies and
+	// "Connection: close" end it.
+	Protocol_PROTOCOL_HTTP1 Protocol = 3 // Value 4 is kept for POSTGRES.
+)
+
+// Enum value maps for Protocol.
+var (
+	Protocol_name = map[int32]string{
+		0: "PROTOCOL_UNSPECIFIED",
+		1: "PROTOCOL_RAW",
+		2: "PROTOCOL_REDIS",
+		3: "PROTOCOL_HTTP1",
+	}
+	Protocol_value = map[string]int32{
+		"PROTOCOL_UNSPECIFIED": 0,
+		"PROTOCOL_RAW":         1,
+		"PROTOCOL_REDIS":       2,
+		"PROTOCOL_HTTP1":       3,
+	}
+)
+
+func (x Protocol) Enum() *Protocol {
+	p := new(Protocol)
+	*p = x
+	return p
+}
+
+func (x Protocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Protocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_poolplane_v1_pool_proto_enumTypes[4].Descriptor()
+}
+
+func (Protocol) Type() protoreflect.EnumType {
+	return &file_poolplane_v1_pool_proto_enumTypes[4]
+}
+
+func (x Protocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Protocol.Descriptor instead.
+func (Protocol) EnumDescriptor() ([]byte, []int) {
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
+}
+
 // PoolState is a pool's lifecycle state.
 type PoolState int32
 
@@ -288,11 +352,11 @@ func (x PoolState) String() string {
 }
 
 func (PoolState) Descriptor() protoreflect.EnumDescriptor {
-	return file_poolplane_v1_pool_proto_enumTypes[4].Descriptor()
+	return file_poolplane_v1_pool_proto_enumTypes[5].Descriptor()
 }
 
 func (PoolState) Type() protoreflect.EnumType {
-	return &file_poolplane_v1_pool_proto_enumTypes[4]
+	return &file_poolplane_v1_pool_proto_enumTypes[5]
 }
 
 func (x PoolState) Number() protoreflect.EnumNumber {
@@ -301,7 +365,7 @@ func (x PoolState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PoolState.Descriptor instead.
 func (PoolState) EnumDescriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
 }
 
 // A Pool is a named set of warm connections to one upstream service.
@@ -348,12 +412,28 @@ type Pool struct {
 	// Free-form labels for operators: at most 64, keys 1-63 characters, values
 	// at most 256. No effect on behaviour.
 	Labels map[string]string `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// What the pool knows of the protocol its connections carry, and so when a
+	// released connection may serve another lease. Default UNSPECIFIED, which
+	// is RAW: a connection is reused only when the client released it as
+	// complete and nothing is pending on it. With REDIS or HTTP1 the pool
+	// follows requests and replies and decides reuse itself at release (see
+	// Protocol). Takes effect by generation bump.
+	Protocol Protocol `protobuf:"varint,11,opt,name=protocol,proto3,enum=poolplane.v1.Protocol" json:"protocol,omitempty"`
+	// At release, the bound on reading the replies a client left outstanding
+	// and on the protocol's reset; a connection not clean by then is closed
+	// (closes reason "outstanding_reply" or "reset_failed"). Default 1s when
+	// protocol is not RAW; range 1ms..1m; must be unset (0) for RAW. Takes
+	// effect at once (on the next release).
+	ResetTimeout *durationpb.Duration `protobuf:"bytes,12,opt,name=reset_timeout,json=resetTimeout,proto3" json:"reset_timeout,omitempty"`
+	// The setup a REDIS pool runs on each connection; only for protocol
+	// REDIS. Takes effect by generation bump.
+	Redis *RedisSetup `protobuf:"bytes,13,opt,name=redis,proto3" json:"redis,omitempty"`
 	// Output only. The lifecycle state: ACTIVE, PAUSED or DRAINING, changed
 	// with DrainPool, PausePool and ResumePool.
 	State PoolState `protobuf:"varint,20,opt,name=state,proto3,enum=poolplane.v1.PoolState" json:"state,omitempty"`
-	// Output only. The connection generation: bumped by endpoint or TLS
-	// changes and by ReconnectPool. Connections of older generations are
-	// retired.
+	// Output only. The connection generation: bumped by endpoint, TLS,
+	// protocol or redis changes and by ReconnectPool. Connections of older
+	// generations are retired.
 	Generation uint64 `protobuf:"varint,21,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Output only. The configuration revision (a global, monotonic store
 	// revision); ListPoolRevisions and RollbackPool refer to it.
@@ -466,6 +546,27 @@ func (x *Pool) GetIdleOrder() IdleOrder {
 func (x *Pool) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
+	}
+	return nil
+}
+
+func (x *Pool) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func (x *Pool) GetResetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ResetTimeout
+	}
+	return nil
+}
+
+func (x *Pool) GetRedis() *RedisSetup {
+	if x != nil {
+		return x.Redis
 	}
 	return nil
 }
@@ -634,6 +735,115 @@ func (x *UpstreamTLS) GetClientKeyFile() string {
 	return ""
 }
 
+// RedisSetup is the connection setup of a REDIS pool. The pool runs it
+// (HELLO with AUTH and SETNAME, then SELECT) after every dial and after every
+// reset (RESET at release), so clients never need the upstream's password
+// and every lease starts on a connection in the same state. RESET needs
+// Redis 6.2 or later. Changing any field bumps the generation.
+type RedisSetup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ACL user to authenticate as (HELLO ... AUTH). Empty with a password
+	// is Redis's "default" user. A username needs a password. At most 512
+	// bytes, no NUL, CR or LF.
+	Username string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	// Input only. The password of username (or of the default user). It is
+	// write-only: no response, history entry or log ever contains it;
+	// password_set tells whether one is stored. poold stores it encrypted
+	// (AES-256-GCM) when it runs with --secret-key-file, like
+	// tls.client_key_pem. To keep the stored password on an UpdatePool, leave
+	// this field out of update_mask, or send it empty with the stored
+	// username under a mask of "*", "redis" or no mask; naming
+	// "redis.password" with an empty value clears it. At most 512 bytes, no
+	// NUL, CR or LF.
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// The database SELECTed after authentication when not 0.
+	// Default 0; range 0..1048575.
+	Database int32 `protobuf:"varint,3,opt,name=database,proto3" json:"database,omitempty"`
+	// The RESP version asked for with HELLO: 2 or 3. Default 2.
+	ProtocolVersion int32 `protobuf:"varint,4,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// The connection name set with HELLO's SETNAME: at most 128 printable
+	// ASCII characters, no spaces. Default: none.
+	ClientName string `protobuf:"bytes,5,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`
+	// Output only. Whether a password is stored. The password itself is never
+	// returned, nor a hash of it (a password, unlike a private key, can be
+	// guessed from one).
+	PasswordSet   bool `protobuf:"varint,6,opt,name=password_set,json=passwordSet,proto3" json:"password_set,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedisSetup) Reset() {
+	*x = RedisSetup{}
+	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedisSetup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedisSetup) ProtoMessage() {}
+
+func (x *RedisSetup) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedisSetup.ProtoReflect.Descriptor instead.
+func (*RedisSetup) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RedisSetup) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RedisSetup) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RedisSetup) GetDatabase() int32 {
+	if x != nil {
+		return x.Database
+	}
+	return 0
+}
+
+func (x *RedisSetup) GetProtocolVersion() int32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *RedisSetup) GetClientName() string {
+	if x != nil {
+		return x.ClientName
+	}
+	return ""
+}
+
+func (x *RedisSetup) GetPasswordSet() bool {
+	if x != nil {
+		return x.PasswordSet
+	}
+	return false
+}
+
 // Limits bound the pool's size and how long callers wait.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -667,7 +877,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +889,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +902,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{2}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Limits) GetMaxConnections() int32 {
@@ -775,7 +985,7 @@ type Lifecycle struct {
 
 func (x *Lifecycle) Reset() {
 	*x = Lifecycle{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +997,7 @@ func (x *Lifecycle) String() string {
 func (*Lifecycle) ProtoMessage() {}
 
 func (x *Lifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1010,7 @@ func (x *Lifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle.ProtoReflect.Descriptor instead.
 func (*Lifecycle) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Lifecycle) GetMaxLifetime() *durationpb.Duration {
@@ -866,7 +1076,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1088,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1101,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HealthCheck) GetKind() HealthCheckKind {
@@ -926,7 +1136,7 @@ var File_poolplane_v1_pool_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\n" +
-	"\x17poolplane/v1/pool.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x06\n" +
+	"\x17poolplane/v1/pool.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\a\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x03(\tR\tendpoints\x12+\n" +
@@ -940,7 +1150,10 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\n" +
 	"idle_order\x18\t \x01(\x0e2\x17.poolplane.v1.IdleOrderR\tidleOrder\x126\n" +
 	"\x06labels\x18\n" +
-	" \x03(\v2\x1e.poolplane.v1.Pool.LabelsEntryR\x06labels\x12-\n" +
+	" \x03(\v2\x1e.poolplane.v1.Pool.LabelsEntryR\x06labels\x122\n" +
+	"\bprotocol\x18\v \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x12>\n" +
+	"\rreset_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\fresetTimeout\x12.\n" +
+	"\x05redis\x18\r \x01(\v2\x18.poolplane.v1.RedisSetupR\x05redis\x12-\n" +
 	"\x05state\x18\x14 \x01(\x0e2\x17.poolplane.v1.PoolStateR\x05state\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x15 \x01(\x04R\n" +
@@ -962,7 +1175,16 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x0fclient_cert_pem\x18\x04 \x01(\tR\rclientCertPem\x12$\n" +
 	"\x0eclient_key_pem\x18\x05 \x01(\tR\fclientKeyPem\x124\n" +
 	"\x16client_key_fingerprint\x18\x06 \x01(\tR\x14clientKeyFingerprint\x12&\n" +
-	"\x0fclient_key_file\x18\a \x01(\tR\rclientKeyFile\"\xba\x02\n" +
+	"\x0fclient_key_file\x18\a \x01(\tR\rclientKeyFile\"\xcf\x01\n" +
+	"\n" +
+	"RedisSetup\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1a\n" +
+	"\bdatabase\x18\x03 \x01(\x05R\bdatabase\x12)\n" +
+	"\x10protocol_version\x18\x04 \x01(\x05R\x0fprotocolVersion\x12\x1f\n" +
+	"\vclient_name\x18\x05 \x01(\tR\n" +
+	"clientName\x12!\n" +
+	"\fpassword_set\x18\x06 \x01(\bR\vpasswordSet\"\xba\x02\n" +
 	"\x06Limits\x12'\n" +
 	"\x0fmax_connections\x18\x01 \x01(\x05R\x0emaxConnections\x12\x19\n" +
 	"\bmin_idle\x18\x02 \x01(\x05R\aminIdle\x12\x19\n" +
@@ -1002,7 +1224,12 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x15HEALTH_CHECK_KIND_TCP\x10\x01\x12\x19\n" +
 	"\x15HEALTH_CHECK_KIND_TLS\x10\x02\x12\x1a\n" +
 	"\x16HEALTH_CHECK_KIND_HTTP\x10\x03\x12 \n" +
-	"\x1cHEALTH_CHECK_KIND_REDIS_PING\x10\x04*n\n" +
+	"\x1cHEALTH_CHECK_KIND_REDIS_PING\x10\x04*^\n" +
+	"\bProtocol\x12\x18\n" +
+	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fPROTOCOL_RAW\x10\x01\x12\x12\n" +
+	"\x0ePROTOCOL_REDIS\x10\x02\x12\x12\n" +
+	"\x0ePROTOCOL_HTTP1\x10\x03*n\n" +
 	"\tPoolState\x12\x1a\n" +
 	"\x16POOL_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11POOL_STATE_ACTIVE\x10\x01\x12\x15\n" +
@@ -1021,52 +1248,57 @@ func file_poolplane_v1_pool_proto_rawDescGZIP() []byte {
 	return file_poolplane_v1_pool_proto_rawDescData
 }
 
-var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_poolplane_v1_pool_proto_goTypes = []any{
 	(LimitScope)(0),               // 0: poolplane.v1.LimitScope
 	(ReusePolicy)(0),              // 1: poolplane.v1.ReusePolicy
 	(IdleOrder)(0),                // 2: poolplane.v1.IdleOrder
 	(HealthCheckKind)(0),          // 3: poolplane.v1.HealthCheckKind
-	(PoolState)(0),                // 4: poolplane.v1.PoolState
-	(*Pool)(nil),                  // 5: poolplane.v1.Pool
-	(*UpstreamTLS)(nil),           // 6: poolplane.v1.UpstreamTLS
-	(*Limits)(nil),                // 7: poolplane.v1.Limits
-	(*Lifecycle)(nil),             // 8: poolplane.v1.Lifecycle
-	(*HealthCheck)(nil),           // 9: poolplane.v1.HealthCheck
-	nil,                           // 10: poolplane.v1.Pool.LabelsEntry
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(Protocol)(0),                 // 4: poolplane.v1.Protocol
+	(PoolState)(0),                // 5: poolplane.v1.PoolState
+	(*Pool)(nil),                  // 6: poolplane.v1.Pool
+	(*UpstreamTLS)(nil),           // 7: poolplane.v1.UpstreamTLS
+	(*RedisSetup)(nil),            // 8: poolplane.v1.RedisSetup
+	(*Limits)(nil),                // 9: poolplane.v1.Limits
+	(*Lifecycle)(nil),             // 10: poolplane.v1.Lifecycle
+	(*HealthCheck)(nil),           // 11: poolplane.v1.HealthCheck
+	nil,                           // 12: poolplane.v1.Pool.LabelsEntry
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_poolplane_v1_pool_proto_depIdxs = []int32{
-	6,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
-	7,  // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
-	8,  // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
-	9,  // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
-	11, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
+	7,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
+	9,  // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
+	10, // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
+	11, // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
+	13, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
 	1,  // 5: poolplane.v1.Pool.reuse_policy:type_name -> poolplane.v1.ReusePolicy
 	2,  // 6: poolplane.v1.Pool.idle_order:type_name -> poolplane.v1.IdleOrder
-	10, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
-	4,  // 8: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
-	12, // 9: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
-	12, // 10: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
-	11, // 11: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
-	11, // 12: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
-	0,  // 13: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
-	11, // 14: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
-	11, // 15: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
-	11, // 16: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
-	11, // 17: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
-	11, // 18: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
-	11, // 19: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
-	3,  // 20: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
-	11, // 21: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	11, // 22: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	12, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
+	4,  // 8: poolplane.v1.Pool.protocol:type_name -> poolplane.v1.Protocol
+	13, // 9: poolplane.v1.Pool.reset_timeout:type_name -> google.protobuf.Duration
+	8,  // 10: poolplane.v1.Pool.redis:type_name -> poolplane.v1.RedisSetup
+	5,  // 11: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
+	14, // 12: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
+	14, // 13: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
+	13, // 14: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
+	13, // 15: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
+	0,  // 16: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
+	13, // 17: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
+	13, // 18: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
+	13, // 19: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
+	13, // 20: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
+	13, // 21: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
+	13, // 22: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
+	3,  // 23: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
+	13, // 24: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	13, // 25: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_pool_proto_init() }
@@ -1079,8 +1311,8 @@ func file_poolplane_v1_pool_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_pool_proto_rawDesc), len(file_poolplane_v1_pool_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   6,
+			NumEnums:      6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -194,6 +194,8 @@ type PoolStats struct {
 	// leases are refused with REPLICA_FENCED until etcd answers again.
 	// Always false for replica-scoped pools and with the bbolt store.
 	Fenced bool `protobuf:"varint,8,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	// The pool's protocol (protocol on the Pool; RAW when unset there).
+	Protocol Protocol `protobuf:"varint,9,opt,name=protocol,proto3,enum=poolplane.v1.Protocol" json:"protocol,omitempty"`
 	// Gauges.
 	// limits.max_connections.
 	MaxConnections int32 `protobuf:"varint,10,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
@@ -227,7 +229,12 @@ type PoolStats struct {
 	// Dials that failed.
 	DialFailures uint64 `protobuf:"varint,27,opt,name=dial_failures,json=dialFailures,proto3" json:"dial_failures,omitempty"`
 	// Connections closed, by reason: idle_timeout, max_lifetime, unhealthy,
-	// generation, shrink, dirty, revoked, drain, closed, dns, single_use, error.
+	// generation, shrink, dirty, revoked, drain, closed, dns, single_use, error,
+	// max_lease_duration; and for a pool whose protocol is not RAW:
+	// outstanding_reply (replies still due at release did not finish within
+	// reset_timeout), reset_failed (the protocol's reset or setup failed) and
+	// not_resettable (the lease left state no reset clears). A reason with no
+	// close is absent.
 	Closes map[string]uint64 `protobuf:"bytes,28,rep,name=closes,proto3" json:"closes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Bytes relayed from the upstream to clients.
 	BytesIn uint64 `protobuf:"varint,29,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
@@ -328,6 +335,13 @@ func (x *PoolStats) GetFenced() bool {
 		return x.Fenced
 	}
 	return false
+}
+
+func (x *PoolStats) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
 }
 
 func (x *PoolStats) GetMaxConnections() int32 {
@@ -562,7 +576,7 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x125\n" +
 	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"G\n" +
 	"\x16WatchPoolStatsResponse\x12-\n" +
-	"\x05stats\x18\x01 \x03(\v2\x17.poolplane.v1.PoolStatsR\x05stats\"\x96\b\n" +
+	"\x05stats\x18\x01 \x03(\v2\x17.poolplane.v1.PoolStatsR\x05stats\"\xca\b\n" +
 	"\tPoolStats\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12-\n" +
@@ -573,7 +587,8 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"\aserving\x18\x05 \x01(\bR\aserving\x12!\n" +
 	"\fcircuit_open\x18\x06 \x01(\bR\vcircuitOpen\x12&\n" +
 	"\x0flast_dial_error\x18\a \x01(\tR\rlastDialError\x12\x16\n" +
-	"\x06fenced\x18\b \x01(\bR\x06fenced\x12'\n" +
+	"\x06fenced\x18\b \x01(\bR\x06fenced\x122\n" +
+	"\bprotocol\x18\t \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x12'\n" +
 	"\x0fmax_connections\x18\n" +
 	" \x01(\x05R\x0emaxConnections\x12\x19\n" +
 	"\bmin_idle\x18\v \x01(\x05R\aminIdle\x12\x14\n" +
@@ -631,25 +646,27 @@ var file_poolplane_v1_stats_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),    // 6: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil),  // 7: google.protobuf.Timestamp
 	(PoolState)(0),                 // 8: poolplane.v1.PoolState
+	(Protocol)(0),                  // 9: poolplane.v1.Protocol
 }
 var file_poolplane_v1_stats_proto_depIdxs = []int32{
 	6,  // 0: poolplane.v1.WatchPoolStatsRequest.interval:type_name -> google.protobuf.Duration
 	3,  // 1: poolplane.v1.WatchPoolStatsResponse.stats:type_name -> poolplane.v1.PoolStats
 	7,  // 2: poolplane.v1.PoolStats.time:type_name -> google.protobuf.Timestamp
 	8,  // 3: poolplane.v1.PoolStats.state:type_name -> poolplane.v1.PoolState
-	5,  // 4: poolplane.v1.PoolStats.closes:type_name -> poolplane.v1.PoolStats.ClosesEntry
-	4,  // 5: poolplane.v1.PoolStats.acquire_wait:type_name -> poolplane.v1.Histogram
-	4,  // 6: poolplane.v1.PoolStats.dial_time:type_name -> poolplane.v1.Histogram
-	4,  // 7: poolplane.v1.PoolStats.hold_time:type_name -> poolplane.v1.Histogram
-	0,  // 8: poolplane.v1.StatsService.GetPoolStats:input_type -> poolplane.v1.GetPoolStatsRequest
-	1,  // 9: poolplane.v1.StatsService.WatchPoolStats:input_type -> poolplane.v1.WatchPoolStatsRequest
-	3,  // 10: poolplane.v1.StatsService.GetPoolStats:output_type -> poolplane.v1.PoolStats
-	2,  // 11: poolplane.v1.StatsService.WatchPoolStats:output_type -> poolplane.v1.WatchPoolStatsResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	9,  // 4: poolplane.v1.PoolStats.protocol:type_name -> poolplane.v1.Protocol
+	5,  // 5: poolplane.v1.PoolStats.closes:type_name -> poolplane.v1.PoolStats.ClosesEntry
+	4,  // 6: poolplane.v1.PoolStats.acquire_wait:type_name -> poolplane.v1.Histogram
+	4,  // 7: poolplane.v1.PoolStats.dial_time:type_name -> poolplane.v1.Histogram
+	4,  // 8: poolplane.v1.PoolStats.hold_time:type_name -> poolplane.v1.Histogram
+	0,  // 9: poolplane.v1.StatsService.GetPoolStats:input_type -> poolplane.v1.GetPoolStatsRequest
+	1,  // 10: poolplane.v1.StatsService.WatchPoolStats:input_type -> poolplane.v1.WatchPoolStatsRequest
+	3,  // 11: poolplane.v1.StatsService.GetPoolStats:output_type -> poolplane.v1.PoolStats
+	2,  // 12: poolplane.v1.StatsService.WatchPoolStats:output_type -> poolplane.v1.WatchPoolStatsResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_stats_proto_init() }

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+
+	"github.com/poolplane/poolplane/internal/testkit"
+)
+
+// startRedisServer starts a throwaway redis-server on a free loopback port,
+// or skips the test when it is not installed.
+func startRedisServer(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server not found in PATH")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	_ = ln.Close()
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--protected-mode", "no", "--logfile", filepath.Join(dir, "redis.log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	testkit.WaitFor(t, "redis-server to listen on "+addr, func() bool {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			t.Fatalf("redis-server exited early:\n%s", b)
+		default:
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		_ = c.Close()
+		return true
+	})
+	return addr
+}
+
+// TestForwardProtocolPoolDecidesReuse: on a REDIS pool, forward without
+// --reuse releases a lease when its local client closes, and the pool,
+// which follows the exchange and resets the connection, keeps it: the next
+// forwarded connection reuses it, even after a client that closed with a
+// reply still due. list, get and stats show the protocol.
+func TestForwardProtocolPoolDecidesReuse(t *testing.T) {
+	ts := startServer(t)
+	redis := startRedisServer(t)
+	ts.ok(t, "pools:\n- id: cache\n  endpoints: ["+redis+"]\n  protocol: redis\n", "apply", "-f", "-")
+	if out := ts.ok(t, "", "list"); !strings.Contains(out, "PROTOCOL") || !strings.Contains(out, "REDIS") {
+		t.Fatalf("list does not show the protocol:\n%s", out)
+	}
+	if out := ts.ok(t, "", "get", "cache"); !strings.Contains(out, "PROTOCOL_REDIS") {
+		t.Fatalf("get does not show the protocol:\n%s", out)
+	}
+	addr, stop := ts.startForward(t, "cache")
+	released := func() {
+		testkit.WaitFor(t, "the lease to be released", func() bool {
+			l := unmarshal(t, ts.ok(t, "", "leases", "cache", "-o", "json"), &poolv1.ListLeasesResponse{})
+			return len(l.GetLeases()) == 0
+		})
+	}
+	for i := range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			// A client that leaves a reply due: the pool reads it at release.
+			if _, err := io.WriteString(c, "*2\r\n$4\r\nECHO\r\n$4\r\nlate\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.Close()
+			released()
+			continue
+		}
+		if _, err := io.WriteString(c, "*1\r\n$4\r\nPING\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || line != "+PONG\r\n" {
+			t.Fatalf("round %d: read %q, %v; want +PONG", i, line, err)
+		}
+		_ = c.Close()
+		released()
+	}
+	testkit.WaitFor(t, "the connection to be idle again", func() bool {
+		st := unmarshal(t, ts.ok(t, "", "stats", "cache", "-o", "json"), &poolv1.PoolStats{})
+		return st.GetIdle() == 1
+	})
+	st := unmarshal(t, ts.ok(t, "", "stats", "cache", "-o", "json"), &poolv1.PoolStats{})
+	if st.GetProtocol() != poolv1.Protocol_PROTOCOL_REDIS || st.GetCreated() != 1 || st.GetReused() != 2 {
+		t.Fatalf("after 3 forwarded connections: protocol %v created %d reused %d; want REDIS, 1, 2 (closes %v)",
+			st.GetProtocol(), st.GetCreated(), st.GetReused(), st.GetCloses())
+	}
+	if out := ts.ok(t, "", "stats", "cache"); !strings.Contains(out, "REDIS") {
+		t.Fatalf("stats does not show the protocol:\n%s", out)
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
