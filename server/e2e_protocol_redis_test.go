@@ -208,6 +208,16 @@ func TestRedisPoolIsolatesClients(t *testing.T) {
 				t.Fatalf("B's LPOP answered %q: A's BLPOP took the job", got)
 			}
 		}},
+		{name: "client half-closed", closed: "any", leave: func(a *respClient) {
+			// The FIN reaches Redis, which answers and closes: never reused.
+			a.send("PING")
+			if err := a.nc.(*client.Conn).CloseWrite(); err != nil {
+				a.t.Fatal(err)
+			}
+			if got := a.read(); got != "+PONG\r\n" {
+				a.t.Fatalf("PING after the half-close answered %q", got)
+			}
+		}},
 		{name: "command half sent", closed: "not_resettable", leave: func(a *respClient) {
 			if _, err := io.WriteString(a.nc, "*2\r\n$3\r\nGET\r\n$4\r\nab"); err != nil {
 				a.t.Fatal(err)

@@ -126,3 +126,37 @@ func TestIORedisCheckoutProbe(t *testing.T) {
 	}
 	c.Release(true)
 }
+
+// TestProtocolChangeBumpsGeneration: connections set up under one
+// protocol or Redis setup are never handed out under another.
+func TestProtocolChangeBumpsGeneration(t *testing.T) {
+	u := startUpstream(t, "127.0.0.1:0", nil, nil)
+	cfg := ioConfig(u.addr(), nil)
+	p := newIOPool(t, cfg, Env{})
+	for i, change := range []func(*Config){
+		func(c *Config) { c.Protocol, c.ResetTimeout = ProtocolHTTP1, time.Second },
+		func(c *Config) { c.Protocol, c.Redis.ProtocolVersion = ProtocolRedis, 2 },
+		func(c *Config) { c.Redis.Database = 4 },
+		func(c *Config) { c.Redis.ClientName = "other" },
+	} {
+		change(&cfg)
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+		before := p.Generation()
+		if _, err := p.Reconfigure(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Generation(); got != before+1 {
+			t.Fatalf("change %d: generation %d -> %d, want a bump", i, before, got)
+		}
+	}
+	before := p.Generation()
+	cfg.ResetTimeout = 2 * time.Second // applies to the next release: no bump
+	if _, err := p.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if p.Generation() != before {
+		t.Fatal("a reset_timeout change bumped the generation")
+	}
+}
