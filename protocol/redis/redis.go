@@ -177,7 +177,9 @@ type Session struct {
 	req, rep resp.Scanner
 	sent     int64 // commands the client sent
 	answered int64 // replies (not push messages) the client got
-	bad      error // why the connection cannot be reset
+	// Why the connection cannot be reset: reqBad is the client
+	// direction's (Request's goroutine), repBad the upstream's (Reply's).
+	reqBad, repBad error
 	// dirty: the client sent a command that is not stateless, so the
 	// release resets the connection.
 	dirty bool
@@ -210,9 +212,9 @@ func (s *Session) onCommand(m *resp.Message) {
 	switch {
 	case equalFold(m.Name, "SYNC"), equalFold(m.Name, "PSYNC"), equalFold(m.Name, "REPLCONF"):
 		// The connection becomes a replication stream.
-		s.bad = fmt.Errorf("redis: %s turns the connection into a replica link", strings.ToUpper(string(m.Name)))
+		s.reqBad = fmt.Errorf("redis: %s turns the connection into a replica link", strings.ToUpper(string(m.Name)))
 	case equalFold(m.Name, "QUIT"):
-		s.bad = errors.New("redis: the client sent QUIT")
+		s.reqBad = errors.New("redis: the client sent QUIT")
 	case equalFold(m.Name, "CLIENT") && equalFold(m.Arg, "NO-EVICT"):
 		s.undo |= undoNoEvict
 	case equalFold(m.Name, "CLIENT") && equalFold(m.Arg, "NO-TOUCH"):
@@ -234,21 +236,21 @@ func equalFold(b []byte, name string) bool {
 
 // Request follows client bytes.
 func (s *Session) Request(b []byte) {
-	if s.bad != nil {
+	if s.reqBad != nil {
 		return
 	}
 	if _, err := s.req.Feed(b); err != nil {
-		s.bad = err
+		s.reqBad = err
 	}
 }
 
 // Reply follows upstream bytes.
 func (s *Session) Reply(b []byte) {
-	if s.bad != nil {
+	if s.repBad != nil {
 		return
 	}
 	if _, err := s.rep.Feed(b); err != nil {
-		s.bad = err
+		s.repBad = err
 	}
 }
 
@@ -256,7 +258,7 @@ func (s *Session) Reply(b []byte) {
 // finish sending cannot be reset: whatever the pool sent would complete it.
 func (s *Session) State() protocol.State {
 	switch {
-	case s.bad != nil, !s.req.Idle():
+	case s.reqBad != nil, s.repBad != nil, !s.req.Idle():
 		return protocol.NotResettable
 	case s.sent > s.answered || !s.rep.Idle():
 		return protocol.Outstanding
@@ -275,8 +277,11 @@ const nonceLen = 32
 // a PING with a random nonce, and checks their replies.
 func (s *Session) Reset(nc net.Conn) error {
 	if s.State() == protocol.NotResettable {
-		if s.bad != nil {
-			return s.bad
+		if s.reqBad != nil {
+			return s.reqBad
+		}
+		if s.repBad != nil {
+			return s.repBad
 		}
 		return errors.New("redis: the client left a command unfinished")
 	}

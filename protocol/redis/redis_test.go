@@ -385,3 +385,26 @@ func BenchmarkIsStateless(b *testing.B) {
 		isStateless(names[i%len(names)])
 	}
 }
+
+// TestSessionDirectionsConcurrently feeds both directions from their own
+// goroutines, as the relay does, including bytes that break the protocol
+// on each side: under -race, the two directions share nothing.
+func TestSessionDirectionsConcurrently(t *testing.T) {
+	s := New(Options{}).NewSession()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 1000 {
+			s.Reply([]byte("+OK\r\n"))
+		}
+		s.Reply([]byte("?bad\r\n"))
+	}()
+	for range 1000 {
+		s.Request([]byte("*1\r\n$4\r\nPING\r\n"))
+	}
+	s.Request([]byte("*1\r\n:1\r\n"))
+	<-done
+	if st := s.State(); st != protocol.NotResettable {
+		t.Fatalf("State() = %v after protocol errors both ways", st)
+	}
+}
