@@ -22,13 +22,18 @@ import (
 type Handler interface {
 	// Setup runs the pool's connection setup on a freshly dialed
 	// connection (authentication, database, protocol version, name), within
-	// ctx's deadline. A connection whose setup fails is not used.
-	Setup(ctx context.Context, nc net.Conn) error
+	// ctx's deadline. It returns the connection to use from then on (nc, or
+	// one layered on it, such as a TLS session the protocol negotiated)
+	// and the connection's own state for its sessions (a PostgreSQL
+	// backend's parameters and key), or nil. A connection whose setup
+	// fails is not used.
+	Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error)
 	// Probe checks an idle connection with the protocol's own request (a
 	// Redis PING); the caller sets nc's deadline.
 	Probe(nc net.Conn) error
-	// NewSession starts following one lease.
-	NewSession() Session
+	// NewSession starts following one lease on a connection whose Setup
+	// returned state.
+	NewSession(state any) Session
 }
 
 // State is where a lease's exchange stands.
@@ -64,8 +69,11 @@ func (s State) String() string {
 // State and Reset only once both have stopped. A Session never keeps the
 // bytes it is given.
 type Session interface {
-	// Request follows client bytes about to be written to the upstream.
-	Request(b []byte)
+	// Request follows client bytes about to be written to the upstream and
+	// returns how many of them go: all, but for a message the pool answers
+	// itself, after which the client sends nothing more (a PostgreSQL
+	// Terminate ends the lease, not the connection).
+	Request(b []byte) int
 	// Reply follows upstream bytes about to be delivered to the client.
 	Reply(b []byte)
 	// State reports where the exchange stands.
@@ -77,6 +85,20 @@ type Session interface {
 	// connection must be closed; errors.Is(err, ErrOutstanding) when
 	// outstanding replies did not finish in time.
 	Reset(nc net.Conn) error
+}
+
+// Greeter is a Session that answers the client's opening itself before
+// anything is relayed: a PostgreSQL startup, which the pool completed when
+// it dialed. The relay hands it the client's first bytes, and the upstream
+// connection (no reader runs until the opening is done).
+type Greeter interface {
+	Session
+	// Greet takes client bytes b. It returns bytes to send to the client,
+	// how many of b it took (the rest, once done, goes to the upstream),
+	// and whether the opening is complete. An error refuses the client:
+	// reply (an error message in the protocol) is sent, the client's
+	// further bytes are dropped, and the connection is left as State says.
+	Greet(nc net.Conn, b []byte) (reply []byte, took int, done bool, err error)
 }
 
 // ErrOutstanding is wrapped by a Reset that failed while replies the

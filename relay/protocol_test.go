@@ -22,9 +22,9 @@ import (
 // "RESET\n" and expects every outstanding reply, then "OK\n".
 type lineProto struct{}
 
-func (lineProto) Setup(context.Context, net.Conn) error { return nil }
-func (lineProto) Probe(net.Conn) error                  { return nil }
-func (lineProto) NewSession() protocol.Session          { return &lineSession{} }
+func (lineProto) Setup(_ context.Context, nc net.Conn) (net.Conn, any, error) { return nc, nil, nil }
+func (lineProto) Probe(net.Conn) error                                        { return nil }
+func (lineProto) NewSession(any) protocol.Session                             { return &lineSession{} }
 
 type lineSession struct {
 	sent, got atomic.Int64
@@ -32,10 +32,11 @@ type lineSession struct {
 	stuck     bool
 }
 
-func (s *lineSession) Request(b []byte) {
+func (s *lineSession) Request(b []byte) int {
 	s.sent.Add(int64(bytes.Count(b, []byte("\n"))))
 	s.partial = len(b) > 0 && b[len(b)-1] != '\n'
 	s.stuck = s.stuck || bytes.Contains(b, []byte("STUCK"))
+	return len(b)
 }
 
 func (s *lineSession) Reply(b []byte) { s.got.Add(int64(bytes.Count(b, []byte("\n")))) }
@@ -182,4 +183,91 @@ func writeLine(t *testing.T, far *bufio.ReadWriter, line string) {
 	if err := far.Flush(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// greetProto is lineProto with an opening the pool answers itself: the
+// client's first line "HELLO <name>\n" gets "WELCOME\n" (or "DENIED\n" for
+// any name but "ok"), and "BYE\n" ends the lease without reaching the
+// upstream.
+type greetProto struct{ lineProto }
+
+func (greetProto) NewSession(any) protocol.Session { return &greetSession{} }
+
+type greetSession struct {
+	lineSession
+	opening []byte
+}
+
+func (s *greetSession) Greet(_ net.Conn, b []byte) ([]byte, int, bool, error) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		s.opening = append(s.opening, b...)
+		return nil, len(b), false, nil
+	}
+	line := string(append(s.opening, b[:i]...))
+	if line != "HELLO ok" {
+		return []byte("DENIED\n"), i + 1, false, errors.New("denied")
+	}
+	return []byte("WELCOME\n"), i + 1, true, nil
+}
+
+func (s *greetSession) Request(b []byte) int {
+	if i := bytes.Index(b, []byte("BYE\n")); i >= 0 {
+		s.lineSession.Request(b[:i])
+		return i
+	}
+	return s.lineSession.Request(b)
+}
+
+// TestProtocolGreeting: a greeter answers the opening before anything
+// reaches the upstream, the bytes after it in the same write go on, a
+// refused client reaches nothing, and the pool's own message (BYE) never
+// reaches the upstream.
+func TestProtocolGreeting(t *testing.T) {
+	t.Run("welcomed", func(t *testing.T) {
+		near, farConn := tcpPair(t)
+		far := bufio.NewReadWriter(bufio.NewReader(farConn), bufio.NewWriter(farConn))
+		up := newFakeUp(near)
+		up.handler = greetProto{}
+		s := newFakeSink()
+		l := New(up, s, Options{})
+		l.Start()
+		l.Write(net.Buffers{[]byte("HEL"), []byte("LO ok\nping\n")})
+		testkit.WaitFor(t, "the welcome", func() bool { d, _ := s.got(); return d == "WELCOME\n" })
+		expectLine(t, far, "ping\n")
+		writeLine(t, far, "pong\n")
+		testkit.WaitFor(t, "the reply", func() bool { d, _ := s.got(); return d == "WELCOME\npong\n" })
+		l.Write(net.Buffers{[]byte("BYE\n")})
+		if err := l.Release(true); err != nil {
+			t.Fatal(err)
+		}
+		if e := testkit.Recv(t, s.ended); !e.Reused || e.Written != 5 {
+			t.Fatalf("ended %+v; want reused, 5 bytes written (BYE withheld)", e)
+		}
+		answerReset("OK\n")(t, far) // the next line after ping is the reset's: BYE never came
+		if !testkit.Recv(t, up.released) {
+			t.Fatalf("closed for %v, want reused", up.discarded)
+		}
+		l.Wait(nil)
+	})
+	t.Run("refused", func(t *testing.T) {
+		near, farConn := tcpPair(t)
+		up := newFakeUp(near)
+		up.handler = greetProto{}
+		s := newFakeSink()
+		l := New(up, s, Options{})
+		l.Start()
+		l.Write(net.Buffers{[]byte("HELLO intruder\nFLUSHALL\n")})
+		testkit.WaitFor(t, "the refusal", func() bool { d, _ := s.got(); return d == "DENIED\n" })
+		l.Write(net.Buffers{[]byte("more\n")})
+		l.Abandon()
+		if !testkit.Recv(t, up.released) {
+			t.Fatalf("closed for %v: nothing reached the upstream, it should be reused", up.discarded)
+		}
+		_ = farConn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		var b [1]byte
+		if n, _ := farConn.Read(b[:]); n > 0 {
+			t.Fatal("a refused client's bytes reached the upstream")
+		}
+	})
 }

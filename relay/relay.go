@@ -92,6 +92,9 @@ type Upstream interface {
 	Discard(reason poolmgr.CloseReason)
 	// Protocol is the pool's protocol handler, nil for RAW.
 	Protocol() protocol.Handler
+	// ProtocolState is what the handler's Setup returned for the
+	// connection.
+	ProtocolState() any
 	// ResetTimeout bounds a protocol pool's reset at release.
 	ResetTimeout() time.Duration
 }
@@ -147,6 +150,16 @@ type Lease struct {
 	// goroutine of a protocol pool's lease once it stopped reading: reset
 	// the connection (true) or leave it (false). Buffered.
 	reset chan bool
+	// greeter is sess while it answers the client's opening (nil once
+	// done, or for a protocol without one); the reader starts after it.
+	// refused: the greeter refused the client, whose bytes are dropped.
+	// Both belong to the client side's goroutine.
+	greeter protocol.Greeter
+	refused bool
+	// readerGo is set when the reader goroutine starts; closeOnce closes
+	// stoppedc and readerc for a lease whose reader never ran.
+	readerGo  atomic.Bool
+	closeOnce sync.Once
 
 	stoppedc chan struct{} // closed when the reader stops reading
 	readerc  chan struct{} // closed when the reader goroutine exits (after a reset)
@@ -190,24 +203,43 @@ func New(up Upstream, sink Sink, opts Options) *Lease {
 		stoppedc: make(chan struct{}), readerc: make(chan struct{}),
 		stopc: make(chan struct{}), cutc: make(chan struct{})}
 	if h := up.Protocol(); h != nil {
-		l.sess = h.NewSession()
+		l.sess = h.NewSession(up.ProtocolState())
 		l.reset = make(chan bool, 1)
+		l.greeter, _ = l.sess.(protocol.Greeter)
 	}
 	return l
 }
 
 // Start starts the reader goroutine.
+// A protocol's greeter answers the client's opening first: the reader
+// starts once it is done.
 func (l *Lease) Start() {
 	l.started.Store(true)
+	if l.greeter == nil {
+		l.startReader()
+	}
+}
+
+func (l *Lease) startReader() {
+	l.readerGo.Store(true)
 	go l.relayUpstream()
 }
 
 // NotStarted marks a lease whose client side failed before Start: its
 // Abandon does not wait for a reader.
-func (l *Lease) NotStarted() {
-	close(l.stoppedc)
-	close(l.readerc)
+func (l *Lease) NotStarted() { l.noReader() }
+
+// noReader closes the reader's channels of a lease whose reader never ran.
+func (l *Lease) noReader() {
+	l.closeOnce.Do(func() {
+		close(l.stoppedc)
+		close(l.readerc)
+	})
 }
+
+// greeting reports whether the protocol's greeter has the lease: the
+// reader has not started.
+func (l *Lease) greeting() bool { return l.sess != nil && !l.readerGo.Load() && l.started.Load() }
 
 // Ended reports whether the lease ended from the upstream's side (or was
 // cut): client bytes are dropped from then on.
@@ -440,9 +472,20 @@ func (l *Lease) Write(bufs net.Buffers) {
 	if l.Ended() {
 		return // the lease ended upstream; the client has not seen it yet
 	}
+	if l.greeter != nil || l.refused {
+		if bufs = l.greet(bufs); len(bufs) == 0 {
+			return
+		}
+	}
 	if l.sess != nil {
-		for _, b := range bufs {
-			l.sess.Request(b)
+		for i, b := range bufs {
+			if k := l.sess.Request(b); k < len(b) {
+				// The rest is the pool's to answer (and the client sends
+				// nothing after it).
+				bufs[i] = b[:k]
+				bufs = bufs[:i+1]
+				break
+			}
 		}
 	}
 	var err error
@@ -536,6 +579,68 @@ func (l *Lease) maybeReport(now time.Time) {
 	_ = l.sink.Progress(w) // a failed send is the client side's end, seen next
 }
 
+// greet hands client bytes to the protocol's greeter until the opening is
+// done, sends its replies to the client, and returns the bytes that follow
+// the opening, for the upstream. Once done it starts the reader.
+func (l *Lease) greet(bufs net.Buffers) net.Buffers {
+	for i, b := range bufs {
+		if l.refused {
+			return nil
+		}
+		reply, took, done, err := l.greeter.Greet(l.nc, b)
+		if len(reply) > 0 && l.toClient(reply) != nil {
+			l.refused = true // the client side is gone
+			return nil
+		}
+		if err != nil {
+			l.refused = true
+			return nil
+		}
+		if done {
+			l.greeter = nil
+			l.startReader()
+			rest := bufs[i:]
+			rest[0] = b[took:]
+			return rest
+		}
+	}
+	return nil
+}
+
+// toClient sends bytes the pool answers itself to the client side.
+func (l *Lease) toClient(b []byte) error {
+	for len(b) > 0 {
+		n := min(len(b), l.opts.ReadSize)
+		bp := Buffers.Get(Headroom + n)
+		copy((*bp)[Headroom:], b[:n])
+		if err := l.sink.Data(bp, n, l.bytesOut.Load()); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// endGreeting ends a lease whose reader never started (its client left
+// during the opening, or was refused): the connection goes back as the
+// greeter left it, or is closed.
+func (l *Lease) endGreeting() (reused bool) {
+	l.noReader()
+	cut := l.isCut() && Reason(l.cutReason.Load()) != ReasonNone
+	if l.sess.State() == protocol.Idle && !l.broken && !cut {
+		select {
+		case <-l.up.Done():
+		default:
+			if err := l.nc.SetDeadline(time.Time{}); err == nil {
+				l.release(true)
+				return true
+			}
+		}
+	}
+	l.discard(poolmgr.CloseNotResettable)
+	return false
+}
+
 // CloseWrite half-closes the upstream for writing (TCP FIN); reads go on.
 // The connection is never reused afterwards.
 func (l *Lease) CloseWrite() {
@@ -556,6 +661,13 @@ func (l *Lease) CloseWrite() {
 // word (reusable), no error, EOF, cut or half-close seen on the lease, a
 // reader stopped cleanly, and the pool's own checks in Release.
 func (l *Lease) Release(reusable bool) error {
+	if l.greeting() {
+		reused := l.endGreeting()
+		if !l.ended.CompareAndSwap(false, true) {
+			return nil
+		}
+		return l.sink.Ended(End{Reason: Released, Reused: reused, Written: l.bytesOut.Load()})
+	}
 	l.releasing.Store(true)
 	close(l.stopc)
 	if !l.ended.Load() {
@@ -614,6 +726,11 @@ func (l *Lease) decideReset() bool {
 // On a protocol pool, the exchange's state is known: the connection is
 // reset for another lease when its session allows, as on Release.
 func (l *Lease) Abandon() {
+	if l.greeting() {
+		l.ended.Store(true)
+		l.endGreeting()
+		return
+	}
 	l.releasing.Store(true)
 	l.ended.Store(true)
 	l.Cut(ReasonNone) // wakes a reader waiting after the upstream's EOF

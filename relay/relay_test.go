@@ -39,6 +39,7 @@ func (u *fakeUp) Discard(r poolmgr.CloseReason) {
 	u.discarded = r
 	u.released <- false
 }
+func (u *fakeUp) ProtocolState() any         { return nil }
 func (u *fakeUp) Protocol() protocol.Handler { return u.handler }
 func (u *fakeUp) ResetTimeout() time.Duration {
 	if u.resetTimeout == 0 {

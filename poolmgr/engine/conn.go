@@ -44,6 +44,7 @@ type Conn struct {
 	done    chan struct{} // closed when the pool closes the connection
 	handler protocol.Handler
 	proto   Protocol // the protocol handler follows (ProtocolRaw: handler is nil)
+	pstate  any      // what handler's Setup returned for the connection's sessions
 	// closeReason is why the pool closed it; set before done closes.
 	closeReason CloseReason
 
@@ -244,6 +245,10 @@ func (c *Conn) ResetTimeout() time.Duration {
 // Protocol is the pool's protocol as it was when the connection was set up
 // (nil for RAW): a generation bump retires connections of another.
 func (c *Conn) Protocol() protocol.Handler { return c.handler }
+
+// ProtocolState is what the protocol's Setup returned for the connection
+// (a PostgreSQL backend's parameters and key), for its sessions.
+func (c *Conn) ProtocolState() any { return c.pstate }
 
 // Release ends the lease. The connection goes back to the idle set (or to
 // the next waiter) only if reusable is true, no upstream bytes are pending

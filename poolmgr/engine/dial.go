@@ -144,26 +144,26 @@ func (p *Pool) runDial(ctx context.Context, s dialSpec) {
 	defer stop()
 
 	start := p.env.Now()
-	nc, target, err := p.dial(ctx, s)
-	p.dialDone(nc, target, s, start, err)
+	nc, state, target, err := p.dial(ctx, s)
+	p.dialDone(nc, state, target, s, start, err)
 }
 
-func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, error) {
-	target := s.target
+// dial dials one connection, with its TLS handshake and its protocol's
+// setup; state is what the setup returned for the connection's sessions.
+func (p *Pool) dial(ctx context.Context, s dialSpec) (nc net.Conn, state any, target upstreamAddr, err error) {
+	target = s.target
 	if s.endpoint != "" {
 		addrs, err := p.resolveEndpoint(ctx, s.endpoint)
 		if err != nil {
-			return nil, target, err
+			return nil, nil, target, err
 		}
 		target = addrs[rand.IntN(len(addrs))]
 	}
 	// Every address is checked right before it is dialed, whatever the
 	// resolver said earlier: a name rebound to a forbidden address fails.
 	if err := p.checkDial(target.host, target.addr); err != nil {
-		return nil, target, err
+		return nil, nil, target, err
 	}
-	var nc net.Conn
-	var err error
 	if p.env.Dial != nil {
 		nc, err = p.env.Dial(ctx, "tcp", target.addr)
 	} else {
@@ -171,7 +171,7 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, er
 		nc, err = d.DialContext(ctx, "tcp", target.addr)
 	}
 	if err != nil {
-		return nil, target, fmt.Errorf("dial %s: %w", target.addr, err)
+		return nil, nil, target, fmt.Errorf("dial %s: %w", target.addr, err)
 	}
 	if tc, ok := nc.(*net.TCPConn); ok && p.env.Dial != nil {
 		if s.keepAlive < 0 {
@@ -191,21 +191,23 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (net.Conn, upstreamAddr, er
 		start := time.Now()
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close() // the handshake error is what matters
-			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
+			return nil, nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
 		}
 		deadline, _ := ctx.Deadline()
 		if nc, err = confirmClientCert(tc, &v, time.Since(start), deadline); err != nil {
 			_ = tc.Close() // the refusal is what matters
-			return nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
+			return nil, nil, target, fmt.Errorf("tls handshake with %s: %w", target.addr, err)
 		}
 	}
 	if s.handler != nil {
-		if err := s.handler.Setup(ctx, nc); err != nil {
+		set, st, err := s.handler.Setup(ctx, nc)
+		if err != nil {
 			_ = nc.Close() // the setup error is what matters
-			return nil, target, fmt.Errorf("%s: %w", target.addr, err)
+			return nil, nil, target, fmt.Errorf("%s: %w", target.addr, err)
 		}
+		nc, state = set, st
 	}
-	return nc, target, nil
+	return nc, state, target, nil
 }
 
 // backoff returns the wait after n consecutive dial failures: exponential
@@ -219,7 +221,7 @@ func backoff(n int) time.Duration {
 }
 
 // dialDone files the result of a dial.
-func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time.Time, err error) {
+func (p *Pool) dialDone(nc net.Conn, state any, target upstreamAddr, s dialSpec, start time.Time, err error) {
 	p.mu.Lock()
 	now := p.env.Now()
 	p.dialing--
@@ -271,7 +273,7 @@ func (p *Pool) dialDone(nc net.Conn, target upstreamAddr, s dialSpec, start time
 	}
 	p.consecFails, p.circuitOpen, p.nextDialAt, p.lastDialErr = 0, false, time.Time{}, nil
 	c := p.newConn(nc, target, s.gen, now, s.jitter)
-	c.handler, c.proto = s.handler, s.proto
+	c.handler, c.proto, c.pstate = s.handler, s.proto, state
 	p.total++
 	p.genCount[c.gen]++
 	reason, bad := p.putLocked(c, now)

@@ -53,7 +53,7 @@ func pipelinedRequests(head bool) []byte {
 func frame(t *testing.T, dir byte, head bool, data []byte, step int) (outcome, int) {
 	t.Helper()
 	s := newSession()
-	p, feed := &s.req, s.Request
+	p, feed := &s.req, func(b []byte) { s.Request(b) }
 	if dir == '<' {
 		s.Request(pipelinedRequests(head))
 		p, feed = &s.rep, s.Reply
@@ -101,7 +101,7 @@ func checkSplits(t *testing.T, dir byte, head bool, data []byte) (outcome, int) 
 // message completed) and the framer's error.
 func firstMessage(dir byte, head bool, data []byte) (int, error) {
 	s := newSession()
-	p, feed := &s.req, s.Request
+	p, feed := &s.req, func(b []byte) { s.Request(b) }
 	if dir == '<' {
 		s.Request(pipelinedRequests(head))
 		p, feed = &s.rep, s.Reply

@@ -79,7 +79,7 @@ var _ protocol.Handler = (*Handler)(nil)
 func New() *Handler { return &Handler{} }
 
 // Setup does nothing: HTTP/1.1 has no connection setup.
-func (*Handler) Setup(context.Context, net.Conn) error { return nil }
+func (*Handler) Setup(_ context.Context, nc net.Conn) (net.Conn, any, error) { return nc, nil, nil }
 
 // Probe sends HEAD / on an idle connection and requires one complete 2xx
 // or 3xx response that keeps the connection open, and nothing after it.
@@ -105,7 +105,7 @@ func (*Handler) Probe(nc net.Conn) error {
 }
 
 // NewSession starts following a lease.
-func (*Handler) NewSession() protocol.Session { return newSession() }
+func (*Handler) NewSession(any) protocol.Session { return newSession() }
 
 func newSession() *Session {
 	s := &Session{}
@@ -128,7 +128,10 @@ type Session struct {
 var _ protocol.Session = (*Session)(nil)
 
 // Request follows client bytes about to be written to the upstream.
-func (s *Session) Request(b []byte) { s.req.feed(b) }
+func (s *Session) Request(b []byte) int {
+	s.req.feed(b)
+	return len(b)
+}
 
 // Reply follows upstream bytes about to be delivered to the client.
 func (s *Session) Reply(b []byte) { s.rep.feed(b) }

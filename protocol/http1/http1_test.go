@@ -129,7 +129,7 @@ func exchanges() []exchange {
 func run(e exchange, step int) *Session {
 	s := newSession()
 	for _, st := range e.steps {
-		feed := s.Request
+		feed := func(b []byte) { s.Request(b) }
 		if st[0] == '<' {
 			feed = s.Reply
 		}

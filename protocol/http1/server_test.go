@@ -131,7 +131,7 @@ func (o oneByteReader) Read(b []byte) (int, error) { return o.r.Read(b[:1]) }
 func TestServerExchanges(t *testing.T) {
 	ts := newTestServer(t, nil)
 	nc := ts.dial(t)
-	s := New().NewSession().(*Session)
+	s := New().NewSession(nil).(*Session)
 	c := sessionConn{nc, s}
 	wantState(t, s, protocol.Idle)
 	for _, path := range []string{"/fast", "/chunked", "/fast"} {
@@ -149,7 +149,7 @@ func TestServerExchanges(t *testing.T) {
 func TestServerResetDrains(t *testing.T) {
 	ts := newTestServer(t, nil)
 	nc := ts.dial(t)
-	s := New().NewSession().(*Session)
+	s := New().NewSession(nil).(*Session)
 	c := sessionConn{nc, s}
 
 	// A pipeline: /fast, then /slow, whose body stops half way.
@@ -174,7 +174,7 @@ func TestServerResetDrains(t *testing.T) {
 	}
 
 	// The connection serves the next lease.
-	s = New().NewSession().(*Session)
+	s = New().NewSession(nil).(*Session)
 	c = sessionConn{nc, s}
 	if body := roundTrip(t, c, "/fast"); body != "fast" {
 		t.Fatalf("body %q after the reset", body)
@@ -185,7 +185,7 @@ func TestServerResetDrains(t *testing.T) {
 func TestServerResetTimesOut(t *testing.T) {
 	ts := newTestServer(t, nil)
 	nc := ts.dial(t)
-	s := New().NewSession().(*Session)
+	s := New().NewSession(nil).(*Session)
 	c := sessionConn{nc, s}
 	if _, err := io.WriteString(c, "GET /block HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
 		t.Fatal(err)
@@ -207,7 +207,7 @@ func TestServerResetTimesOut(t *testing.T) {
 func TestResetNotResettable(t *testing.T) {
 	ts := newTestServer(t, nil)
 	nc := ts.dial(t)
-	s := New().NewSession().(*Session)
+	s := New().NewSession(nil).(*Session)
 	c := sessionConn{nc, s}
 	if _, err := io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"); err != nil {
 		t.Fatal(err)

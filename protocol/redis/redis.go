@@ -100,7 +100,11 @@ func appendCommand(b []byte, args ...string) []byte {
 }
 
 // Setup runs the pool's setup on a new connection and checks each reply.
-func (h *Handler) Setup(ctx context.Context, nc net.Conn) error {
+func (h *Handler) Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error) {
+	return nc, nil, h.setup1(ctx, nc)
+}
+
+func (h *Handler) setup1(ctx context.Context, nc net.Conn) error {
 	if h.setupCount == 0 {
 		return nil
 	}
@@ -163,7 +167,7 @@ func readFull(nc net.Conn, b []byte) (int, error) {
 }
 
 // NewSession starts following a lease.
-func (h *Handler) NewSession() protocol.Session {
+func (h *Handler) NewSession(any) protocol.Session {
 	s := &Session{h: h}
 	s.req.Commands = true
 	s.req.OnMessage = s.onCommand
@@ -235,13 +239,14 @@ func equalFold(b []byte, name string) bool {
 }
 
 // Request follows client bytes.
-func (s *Session) Request(b []byte) {
+func (s *Session) Request(b []byte) int {
 	if s.reqBad != nil {
-		return
+		return len(b)
 	}
 	if _, err := s.req.Feed(b); err != nil {
 		s.reqBad = err
 	}
+	return len(b)
 }
 
 // Reply follows upstream bytes.

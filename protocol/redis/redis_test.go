@@ -30,14 +30,14 @@ func dial(t *testing.T, addr string, h *Handler) *conn {
 	t.Cleanup(func() { _ = nc.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := h.Setup(ctx, nc); err != nil {
+	if _, _, err := h.Setup(ctx, nc); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
 	return &conn{t: t, nc: nc}
 }
 
 // lease starts a session, as the relay does for each lease.
-func (c *conn) lease(h *Handler) { c.sess = h.NewSession() }
+func (c *conn) lease(h *Handler) { c.sess = h.NewSession(nil) }
 
 // send writes a command through the session without reading its reply.
 func (c *conn) send(args ...string) {
@@ -321,7 +321,7 @@ func TestSetupAuthenticates(t *testing.T) {
 	defer func() { _ = nc.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err = New(Options{Password: "wrong"}).Setup(ctx, nc)
+	_, _, err = New(Options{Password: "wrong"}).Setup(ctx, nc)
 	if err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
 		t.Fatalf("Setup with a wrong password = %v, want a WRONGPASS error", err)
 	}
@@ -390,7 +390,7 @@ func BenchmarkIsStateless(b *testing.B) {
 // goroutines, as the relay does, including bytes that break the protocol
 // on each side: under -race, the two directions share nothing.
 func TestSessionDirectionsConcurrently(t *testing.T) {
-	s := New(Options{}).NewSession()
+	s := New(Options{}).NewSession(nil)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
