@@ -62,6 +62,10 @@ type (
 	Protocol = engine.Protocol
 	// RedisSetup is engine.RedisSetup.
 	RedisSetup = engine.RedisSetup
+	// PostgresSetup is engine.PostgresSetup.
+	PostgresSetup = engine.PostgresSetup
+	// PostgresSSLMode is engine.PostgresSSLMode.
+	PostgresSSLMode = engine.PostgresSSLMode
 	// FieldViolation is engine.FieldViolation.
 	FieldViolation = engine.FieldViolation
 	// ValidationError is engine.ValidationError.
@@ -84,9 +88,14 @@ const (
 	LIFO = engine.LIFO
 	FIFO = engine.FIFO
 
-	ProtocolRaw   = engine.ProtocolRaw
-	ProtocolRedis = engine.ProtocolRedis
-	ProtocolHTTP1 = engine.ProtocolHTTP1
+	ProtocolRaw      = engine.ProtocolRaw
+	ProtocolRedis    = engine.ProtocolRedis
+	ProtocolHTTP1    = engine.ProtocolHTTP1
+	ProtocolPostgres = engine.ProtocolPostgres
+
+	PostgresSSLDisable    = engine.PostgresSSLDisable
+	PostgresSSLRequire    = engine.PostgresSSLRequire
+	PostgresSSLVerifyFull = engine.PostgresSSLVerifyFull
 
 	ScopeReplica = engine.ScopeReplica
 	ScopeFleet   = engine.ScopeFleet

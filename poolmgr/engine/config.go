@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -109,6 +111,11 @@ const (
 	// boundary with every response complete; upgrades, CONNECT,
 	// close-delimited bodies and "Connection: close" end it.
 	ProtocolHTTP1
+	// ProtocolPostgres follows the PostgreSQL protocol (session pooling):
+	// the pool connects and authenticates with its own credentials,
+	// answers each client's startup itself, and at release rolls back what
+	// the client left open and runs the reset query.
+	ProtocolPostgres
 )
 
 func (p Protocol) String() string {
@@ -119,6 +126,8 @@ func (p Protocol) String() string {
 		return "REDIS"
 	case ProtocolHTTP1:
 		return "HTTP1"
+	case ProtocolPostgres:
+		return "POSTGRES"
 	}
 	return "Protocol(" + strconv.Itoa(int(p)) + ")"
 }
@@ -140,6 +149,59 @@ type RedisSetup struct {
 	// ClientName is set with HELLO's SETNAME: at most 128 printable
 	// characters, no spaces.
 	ClientName string `field:"client_name"`
+}
+
+// PostgresSSLMode is how a POSTGRES pool negotiates TLS with the server
+// (an SSLRequest on the connection, as libpq's sslmode).
+type PostgresSSLMode int
+
+// SSL modes.
+const (
+	// PostgresSSLDisable never asks for TLS (the default).
+	PostgresSSLDisable PostgresSSLMode = iota
+	// PostgresSSLRequire requires TLS without verifying the server.
+	PostgresSSLRequire
+	// PostgresSSLVerifyFull requires TLS with the server's certificate
+	// verified against CAPEM (or the system roots) for the endpoint's host.
+	PostgresSSLVerifyFull
+)
+
+func (m PostgresSSLMode) String() string {
+	switch m {
+	case PostgresSSLDisable:
+		return "DISABLE"
+	case PostgresSSLRequire:
+		return "REQUIRE"
+	case PostgresSSLVerifyFull:
+		return "VERIFY_FULL"
+	}
+	return "PostgresSSLMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// PostgresSetup is how a POSTGRES pool connects: every connection starts
+// with this database, user and startup parameters, authenticated by the
+// pool (SCRAM-SHA-256, md5, password or trust), so clients never hold the
+// database password. Changing any field but ResetQuery and
+// CloseOpenTransactions bumps the generation.
+type PostgresSetup struct {
+	// Database and User are required.
+	Database string `field:"database"`
+	User     string `field:"user"`
+	// Password is write-only: sealed at rest, never returned by the API.
+	Password string          `field:"password"`
+	SSLMode  PostgresSSLMode `field:"ssl_mode"`
+	// CAPEM verifies the server with SSLMode VERIFY_FULL; empty: the
+	// system roots.
+	CAPEM string `field:"ca_pem"`
+	// Params are startup parameters (application_name, search_path,
+	// TimeZone...): at most 32.
+	Params map[string]string `field:"params"`
+	// ResetQuery runs at every release, after a ROLLBACK of whatever the
+	// client left open. Default "DISCARD ALL".
+	ResetQuery string `field:"reset_query"`
+	// CloseOpenTransactions closes a connection released inside a
+	// transaction instead of rolling it back.
+	CloseOpenTransactions bool `field:"close_open_transactions"`
 }
 
 // TLSConfig configures TLS to the upstream. Changing any field bumps the
@@ -281,6 +343,8 @@ type Config struct {
 	ResetTimeout time.Duration `field:"reset_timeout"`
 	// Redis is the setup of a REDIS pool.
 	Redis RedisSetup `field:"redis"`
+	// Postgres is the setup of a POSTGRES pool.
+	Postgres PostgresSetup `field:"postgres"`
 	// Labels are free-form key/value pairs for operators.
 	Labels map[string]string `field:"labels"`
 }
@@ -298,6 +362,9 @@ const (
 	DefaultHealthTimeout  = 2 * time.Second
 	DefaultDNSRefresh     = 30 * time.Second
 	DefaultResetTimeout   = time.Second
+	// DefaultPostgresResetQuery is PgBouncer's server_reset_query for
+	// session pooling.
+	DefaultPostgresResetQuery = "DISCARD ALL"
 )
 
 // WithDefaults returns c with every zero field set to its default.
@@ -350,6 +417,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Protocol == ProtocolRedis && c.Redis.ProtocolVersion == 0 {
 		c.Redis.ProtocolVersion = 2
+	}
+	if c.Protocol == ProtocolPostgres && c.Postgres.ResetQuery == "" {
+		c.Postgres.ResetQuery = DefaultPostgresResetQuery
 	}
 	return c
 }
@@ -530,7 +600,7 @@ func (c Config) validateProtocol(bad func(field, format string, args ...any), du
 		if c.ResetTimeout != 0 {
 			bad("reset_timeout", "applies only to a protocol other than RAW")
 		}
-	case ProtocolRedis, ProtocolHTTP1:
+	case ProtocolRedis, ProtocolHTTP1, ProtocolPostgres:
 		durRange("reset_timeout", c.ResetTimeout, time.Millisecond, time.Minute)
 	default:
 		bad("protocol", "unknown protocol %d", c.Protocol)
@@ -541,6 +611,7 @@ func (c Config) validateProtocol(bad func(field, format string, args ...any), du
 	case hk == HealthHTTP && c.Protocol == ProtocolRedis:
 		bad("health_check.kind", "HTTP on a REDIS pool")
 	}
+	c.validatePostgres(bad)
 	r := c.Redis
 	if c.Protocol != ProtocolRedis {
 		if r != (RedisSetup{}) {
@@ -567,6 +638,54 @@ func (c Config) validateProtocol(bad func(field, format string, args ...any), du
 	}
 }
 
+// validatePostgres checks postgres.
+func (c Config) validatePostgres(bad func(field, format string, args ...any)) {
+	pg := c.Postgres
+	if c.Protocol != ProtocolPostgres {
+		if !reflect.ValueOf(pg).IsZero() {
+			bad("postgres", "applies only to protocol POSTGRES")
+		}
+		return
+	}
+	if c.TLS.Enabled {
+		bad("tls.enabled", "a POSTGRES pool negotiates TLS in the protocol: set postgres.ssl_mode instead")
+	}
+	for _, f := range []struct{ name, v string }{{"postgres.database", pg.Database}, {"postgres.user", pg.User}} {
+		if f.v == "" || len(f.v) > 63 || strings.ContainsRune(f.v, 0) {
+			bad(f.name, "required, at most 63 bytes, no NUL")
+		}
+	}
+	if len(pg.Password) > 1024 || strings.ContainsRune(pg.Password, 0) {
+		bad("postgres.password", "at most 1024 bytes, no NUL")
+	}
+	switch pg.SSLMode {
+	case PostgresSSLDisable, PostgresSSLRequire:
+		if pg.CAPEM != "" {
+			bad("postgres.ca_pem", "applies only to ssl_mode VERIFY_FULL")
+		}
+	case PostgresSSLVerifyFull:
+		if pg.CAPEM != "" && !x509.NewCertPool().AppendCertsFromPEM([]byte(pg.CAPEM)) {
+			bad("postgres.ca_pem", "holds no PEM certificate")
+		}
+	default:
+		bad("postgres.ssl_mode", "unknown mode %d", pg.SSLMode)
+	}
+	if len(pg.Params) > 32 {
+		bad("postgres.params", "at most 32 parameters, got %d", len(pg.Params))
+	}
+	for k, v := range pg.Params {
+		switch {
+		case k == "" || len(k) > 63 || strings.ContainsRune(k, 0) || strings.ContainsRune(v, 0) || len(v) > 1024:
+			bad("postgres.params", "parameter %q: names are 1-63 bytes, values at most 1024, no NUL", k)
+		case k == "user" || k == "database" || k == "replication" || k == "options":
+			bad("postgres.params", "parameter %q is not a session parameter the pool may set", k)
+		}
+	}
+	if len(pg.ResetQuery) > 4096 || strings.ContainsRune(pg.ResetQuery, 0) {
+		bad("postgres.reset_query", "at most 4096 bytes, no NUL")
+	}
+}
+
 // Equal reports whether two configs are the same.
 func (c Config) Equal(o Config) bool {
 	return len(c.DiffFields(o)) == 0
@@ -574,7 +693,8 @@ func (c Config) Equal(o Config) bool {
 
 // generationFields are the fields whose change bumps the generation.
 func (c Config) sameUpstream(o Config) bool {
-	return slices.Equal(c.Endpoints, o.Endpoints) && c.TLS == o.TLS && c.Protocol == o.Protocol && c.Redis == o.Redis
+	return slices.Equal(c.Endpoints, o.Endpoints) && c.TLS == o.TLS && c.Protocol == o.Protocol && c.Redis == o.Redis &&
+		c.Postgres.sameConnection(o.Postgres)
 }
 
 // check parses the PEM material.
@@ -638,4 +758,11 @@ func newHandler(cfg Config) protocol.Handler {
 		return http1.New()
 	}
 	return nil
+}
+
+// sameConnection reports whether connections made with p and o are alike:
+// everything but the reset settings.
+func (p PostgresSetup) sameConnection(o PostgresSetup) bool {
+	return p.Database == o.Database && p.User == o.User && p.Password == o.Password &&
+		p.SSLMode == o.SSLMode && p.CAPEM == o.CAPEM && maps.Equal(p.Params, o.Params)
 }

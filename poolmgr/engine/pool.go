@@ -241,6 +241,7 @@ func NewFencedPool(name string, cfg Config, env Env, f Fence) (*Pool, error) {
 func cloneConfig(c Config) Config {
 	c.Endpoints = slices.Clone(c.Endpoints)
 	c.Labels = maps.Clone(c.Labels)
+	c.Postgres.Params = maps.Clone(c.Postgres.Params)
 	return c
 }
 
