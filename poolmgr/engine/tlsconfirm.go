@@ -23,6 +23,9 @@ const (
 type tlsVerdict struct {
 	certs []tls.Certificate // the configured client certificates
 	asked bool              // the server sent a CertificateRequest
+	// none: the client had no certificate the server accepts, and sent
+	// none.
+	none bool
 	// nc is the socket under the TLS connection: a session ticket seen
 	// while armed ends confirmClientCert's read by expiring its deadline.
 	nc    net.Conn
@@ -49,6 +52,7 @@ func (v *tlsVerdict) clientCertificate(cri *tls.CertificateRequestInfo) (*tls.Ce
 			return &v.certs[i], nil
 		}
 	}
+	v.none = true
 	return new(tls.Certificate), nil
 }
 
@@ -82,7 +86,15 @@ func confirmClientCert(tc *tls.Conn, v *tlsVerdict, handshake time.Duration, dea
 		return tc, nil // nothing to refuse after the handshake
 	}
 	// Socket deadlines are wall-clock time, so time.Now, not Env.Now.
-	wait := time.Now().Add(min(max(2*handshake, tlsVerdictMin), tlsVerdictMax))
+	bound := min(max(2*handshake, tlsVerdictMin), tlsVerdictMax)
+	if v.none {
+		// Asked for a certificate and sent none: a refusal is all but
+		// certain, and on a loaded machine may come later than twice the
+		// handshake. Wait the longest bound: a server that takes the
+		// connection anyway ends the wait with its session ticket.
+		bound = tlsVerdictMax
+	}
+	wait := time.Now().Add(bound)
 	if !deadline.IsZero() && deadline.Before(wait) {
 		wait = deadline
 	}
