@@ -110,7 +110,7 @@ func newLeaseEnv(t testing.TB, cfg poolmgr.Config, opts ...grpc.ServerOption) *l
 }
 
 // open starts a lease stream on ctx and asks for a lease on pool "echo".
-func (e *leaseEnv) open(t testing.TB, ctx context.Context) poolv1.LeaseService_LeaseClient {
+func (e *leaseEnv) open(ctx context.Context, t testing.TB) poolv1.LeaseService_LeaseClient {
 	t.Helper()
 	s, err := e.client.Lease(ctx)
 	if err != nil {
@@ -121,16 +121,16 @@ func (e *leaseEnv) open(t testing.TB, ctx context.Context) poolv1.LeaseService_L
 }
 
 // leaseGranted opens a lease on pool "echo" and waits for the grant.
-func (e *leaseEnv) leaseGranted(t testing.TB, ctx context.Context) (poolv1.LeaseService_LeaseClient, *poolv1.LeaseResponse_Granted) {
+func (e *leaseEnv) leaseGranted(ctx context.Context, t testing.TB) (poolv1.LeaseService_LeaseClient, *poolv1.LeaseResponse_Granted) {
 	t.Helper()
-	s := e.open(t, ctx)
+	s := e.open(ctx, t)
 	return s, recvGranted(t, s)
 }
 
 // lease opens a lease on pool "echo" and waits for the grant.
-func (e *leaseEnv) lease(t testing.TB, ctx context.Context) poolv1.LeaseService_LeaseClient {
+func (e *leaseEnv) lease(ctx context.Context, t testing.TB) poolv1.LeaseService_LeaseClient {
 	t.Helper()
-	s, _ := e.leaseGranted(t, ctx)
+	s, _ := e.leaseGranted(ctx, t)
 	return s
 }
 
@@ -347,19 +347,19 @@ func TestLeaseOpenErrors(t *testing.T) {
 		if _, err := e.mgr.Drain(context.Background(), "echo", poolmgr.WriteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		s := e.open(t, context.Background())
+		s := e.open(context.Background(), t)
 		wantStatus(t, s, codes.FailedPrecondition, poolv1.ErrorReason_POOL_DRAINING)
 	})
 
 	t.Run("backlog full and acquire timeout", func(t *testing.T) {
-		holder := e.lease(t, context.Background())
+		holder := e.lease(context.Background(), t)
 
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		e.open(t, ctx) // a waiter
+		e.open(ctx, t) // a waiter
 		p, _ := e.mgr.Pool("echo")
 		waitWaiters(t, p, 1)
-		full := e.open(t, context.Background())
+		full := e.open(context.Background(), t)
 		wantStatus(t, full, codes.ResourceExhausted, poolv1.ErrorReason_BACKLOG_FULL)
 		cancel()
 		waitWaiters(t, p, 0)
@@ -378,7 +378,7 @@ func TestLeaseOpenErrors(t *testing.T) {
 
 func TestLeaseUpstreamEOFAndAbandon(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	s := e.lease(t, context.Background())
+	s := e.lease(context.Background(), t)
 	mustSend(t, s, dataFrame([]byte("ping")))
 	readEcho(t, s, 4)
 	e.up.closeConns() // the upstream goes away mid-lease
@@ -398,7 +398,7 @@ func TestLeaseUpstreamEOFAndAbandon(t *testing.T) {
 
 	// A client that vanishes mid-lease gets its connection closed.
 	ctx, cancel := context.WithCancel(context.Background())
-	e.lease(t, ctx) // cancelled below, leaving the lease
+	e.lease(ctx, t) // cancelled below, leaving the lease
 	waitInUse(t, e.mgr, 2)
 	cancel()
 	waitInUse(t, e.mgr, 1)
@@ -410,7 +410,7 @@ func TestLeaseUpstreamEOFAndAbandon(t *testing.T) {
 
 func TestLeaseRevoke(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	s, g := e.leaseGranted(t, context.Background())
+	s, g := e.leaseGranted(context.Background(), t)
 	leases, err := e.mgr.Leases(context.Background(), "echo")
 	if err != nil || len(leases) != 1 {
 		t.Fatalf("leases = %v, %v", leases, err)
@@ -429,7 +429,7 @@ func TestLeaseRevoke(t *testing.T) {
 
 func TestLeaseCloseWrite(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	s := e.lease(t, context.Background())
+	s := e.lease(context.Background(), t)
 	mustSend(t, s, dataFrame([]byte("last words")))
 	mustSend(t, s, closeWriteFrame())
 	if got := readEcho(t, s, 10); string(got) != "last words" {
@@ -443,8 +443,8 @@ func TestLeaseCloseWrite(t *testing.T) {
 
 func TestLeaseShutdownEndsIdleStreams(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	busy := e.lease(t, context.Background())
-	idle := e.lease(t, context.Background())
+	busy := e.lease(context.Background(), t)
+	idle := e.lease(context.Background(), t)
 	mustSend(t, idle, releaseFrame(true))
 	recvEnded(t, idle)
 
