@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +23,7 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest/harness"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -72,16 +72,7 @@ type leaseEnv struct {
 // upstream. opts configure the gRPC server.
 func newLeaseEnv(t testing.TB, cfg poolmgr.Config, opts ...grpc.ServerOption) *leaseEnv {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "pp.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mgr.Close() })
+	mgr := harness.Manager(t, store.Options{NoSync: true}, nil, nil)
 	up := newEchoUpstream(t)
 	if len(cfg.Endpoints) == 0 {
 		cfg.Endpoints = []string{up.addr()}
@@ -92,16 +83,8 @@ func newLeaseEnv(t testing.TB, cfg poolmgr.Config, opts ...grpc.ServerOption) *l
 	ls := newLeaseServer(mgr, nil)
 	gs := grpc.NewServer(opts...)
 	poolv1.RegisterLeaseServiceServer(gs, ls)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(ln)
-	t.Cleanup(func() {
-		gs.Stop()
-		ls.Wait()
-	})
-	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := harness.Serve(t, gs, ls, false)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
