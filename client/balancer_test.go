@@ -53,10 +53,7 @@ func waitReady(t *testing.T, c *Client, n int) {
 // granted it, and releases, waiting until the stream is warm again.
 func echoLease(t *testing.T, c *Client, fs []*fakeServer, idle <-chan string) {
 	t.Helper()
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	var l *fakeLease
 	select {
 	case l = <-fs[0].leases:

@@ -147,10 +147,7 @@ func TestIdleStreamsCap(t *testing.T) {
 	idle := idleSignal(c)
 	var conns []*Conn
 	for range 4 {
-		conn, err := c.Lease(context.Background(), "api")
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := leaseAPI(t, c)
 		conns = append(conns, conn)
 	}
 	for _, conn := range conns {
@@ -205,10 +202,7 @@ func TestReleaseReusable(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFake(t)
 			c := newTestClient(t, f)
-			conn, err := c.Lease(context.Background(), "api")
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := leaseAPI(t, c)
 			tt.do(t, conn, testkit.Recv(t, f.leases))
 			if got := testkit.Recv(t, f.releases); got != tt.want {
 				t.Errorf("reusable = %v, want %v", got, tt.want)
@@ -222,10 +216,7 @@ func TestCloseWriteHalfClose(t *testing.T) {
 	f.newUpstream = tcpUpstream(t)
 	c := newTestClient(t, f)
 	idle := idleSignal(c)
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	l := testkit.Recv(t, f.leases)
 	go func() {
 		b, _ := io.ReadAll(l.far) // until the FIN
@@ -252,10 +243,7 @@ func TestUpstreamEOF(t *testing.T) {
 	f := newFake(t)
 	c := newTestClient(t, f)
 	idle := idleSignal(c)
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	l := testkit.Recv(t, f.leases)
 	go func() {
 		l.far.Write([]byte("bye"))
@@ -277,10 +265,7 @@ func TestUpstreamEOF(t *testing.T) {
 	}
 	testkit.Recv(t, idle)
 	// The stream carries the next lease.
-	conn, err = c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn = leaseAPI(t, c)
 	conn.Close()
 	if n := f.streams.Load(); n != 1 {
 		t.Errorf("%d streams, want 1", n)
@@ -290,13 +275,10 @@ func TestUpstreamEOF(t *testing.T) {
 func TestRevoked(t *testing.T) {
 	f := newFake(t)
 	c := newTestClient(t, f)
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	defer conn.Close()
 	testkit.Recv(t, f.leases).revoke()
-	_, err = conn.Read(make([]byte, 1))
+	_, err := conn.Read(make([]byte, 1))
 	var ee *EndedError
 	if !errors.Is(err, ErrLeaseEnded) || !errors.As(err, &ee) || ee.Reason != poolv1.EndReason_END_REASON_REVOKED {
 		t.Errorf("Read: %v, want an EndedError REVOKED", err)
@@ -429,10 +411,7 @@ func TestEndedTimeout(t *testing.T) {
 	f.noEnded = true
 	c := newTestClient(t, f)
 	c.endedTimeout = 20 * time.Millisecond
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	conn.Close()
 	testkit.Recv(t, f.releases)
 	testkit.Recv(t, f.streamEnd) // discarded: its context was cancelled
@@ -440,10 +419,7 @@ func TestEndedTimeout(t *testing.T) {
 		t.Errorf("%d idle streams", n)
 	}
 	f.noEnded = false
-	conn, err = c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn = leaseAPI(t, c)
 	conn.Close()
 	if n := f.streams.Load(); n != 2 {
 		t.Errorf("%d streams, want 2", n)
@@ -480,10 +456,7 @@ func TestToken(t *testing.T) {
 	f := newFake(t)
 	f.token = "s3cret"
 	c := newTestClient(t, f, WithToken("s3cret"))
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	conn.Close()
 	bad := newTestClient(t, f, WithToken("wrong"))
 	if _, err := bad.Lease(context.Background(), "api"); !errors.Is(err, ErrUnauthenticated) {
@@ -497,10 +470,7 @@ func TestToken(t *testing.T) {
 func TestDeadlines(t *testing.T) {
 	f := newFake(t)
 	c := newTestClient(t, f)
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	defer conn.Close()
 	l := testkit.Recv(t, f.leases)
 
@@ -546,10 +516,7 @@ func TestDeadlines(t *testing.T) {
 func TestCloseUnblocks(t *testing.T) {
 	f := newFake(t)
 	c := newTestClient(t, f)
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	l := testkit.Recv(t, f.leases)
 	errc := make(chan error, 2)
 	started := make(chan struct{}, 2)
@@ -597,14 +564,8 @@ func TestCloseUnblocks(t *testing.T) {
 func TestClientCloseEndsConns(t *testing.T) {
 	f := newFake(t)
 	c := newTestClient(t, f)
-	warm, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	warm := leaseAPI(t, c)
+	conn := leaseAPI(t, c)
 	idle := idleSignal(c)
 	warm.Close()
 	testkit.Recv(t, idle)

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -19,10 +18,7 @@ func TestClientCloseAfterRelease(t *testing.T) {
 		c := newTestClient(t, f)
 		conns := make([]*Conn, 0, leases)
 		for range leases {
-			conn, err := c.Lease(context.Background(), "api")
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := leaseAPI(t, c)
 			conns = append(conns, conn)
 		}
 		for _, conn := range conns {
@@ -46,10 +42,7 @@ func TestClientCloseReleaseBounded(t *testing.T) {
 	f := newFake(t)
 	f.noEnded = true
 	c := newTestClient(t, f)
-	conn, err := c.Lease(context.Background(), "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := leaseAPI(t, c)
 	conn.Close()
 	testkit.Recv(t, f.releases)
 	start := time.Now()

@@ -172,10 +172,7 @@ func TestFrameSizeNegotiation(t *testing.T) {
 			return nil
 		}
 		c := newTestClient(t, f)
-		conn, err := c.Lease(context.Background(), "api")
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := leaseAPI(t, c)
 		if got := <-asked; len(got) != 1 || got[0] != strconv.Itoa(maxFrame) {
 			t.Fatalf("the SDK sent %s %q, want %d", leasewire.FrameSizeKey, got, maxFrame)
 		}

@@ -352,6 +352,17 @@ func newTestClient(t testing.TB, f *fakeServer, opts ...Option) *Client {
 	return c
 }
 
+// leaseAPI leases a connection of pool "api" from c, failing the test on
+// error.
+func leaseAPI(t testing.TB, c *Client) *Conn {
+	t.Helper()
+	conn, err := c.Lease(context.Background(), "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
 // idleSignal makes c report every stream joining its cache.
 func idleSignal(c *Client) <-chan string {
 	ch := make(chan string, 1<<16)

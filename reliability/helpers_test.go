@@ -275,27 +275,31 @@ func epochEcho(u *upstream, c net.Conn, epoch int64) {
 // (nothing received) for idle.
 func idleCutter(idle time.Duration) handler {
 	return func(u *upstream, c net.Conn, _ int64) {
-		buf := make([]byte, 4096)
-		for {
-			if err := c.SetReadDeadline(time.Now().Add(idle)); err != nil {
-				return
+		if echoUntilIdle(c, idle) {
+			u.cuts.Add(1)
+		}
+	}
+}
+
+// echoUntilIdle echoes what c sends until c has sent nothing for idle
+// (true) or the connection ends (false).
+func echoUntilIdle(c net.Conn, idle time.Duration) bool {
+	buf := make([]byte, 4096)
+	for {
+		if err := c.SetReadDeadline(time.Now().Add(idle)); err != nil {
+			return false
+		}
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return false
 			}
-			n, err := c.Read(buf)
-			if n > 0 {
-				if _, werr := c.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
-				return
-			}
-			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
-				u.cuts.Add(1)
-				return
-			}
-			if err != nil {
-				return
-			}
+		}
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+		if err != nil {
+			return false
 		}
 	}
 }

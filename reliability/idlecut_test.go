@@ -3,7 +3,6 @@ package reliability_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -157,27 +156,12 @@ func burstLoad(t *testing.T, addr, pool string, bursts int, silence func() time.
 // nothing is sent, not even a FIN, until the peer closes.
 func silentCutter(idle time.Duration) handler {
 	return func(u *upstream, c net.Conn, _ int64) {
-		buf := make([]byte, 4096)
-		for {
-			if err := c.SetReadDeadline(time.Now().Add(idle)); err != nil {
-				return
-			}
-			n, err := c.Read(buf)
-			if n > 0 {
-				if _, werr := c.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
-				u.cuts.Add(1)
-				if c.SetReadDeadline(time.Time{}) == nil {
-					_, _ = io.Copy(io.Discard, c) // swallow until the peer or a kill closes it
-				}
-				return
-			}
-			if err != nil {
-				return
-			}
+		if !echoUntilIdle(c, idle) {
+			return
+		}
+		u.cuts.Add(1)
+		if c.SetReadDeadline(time.Time{}) == nil {
+			_, _ = io.Copy(io.Discard, c) // swallow until the peer or a kill closes it
 		}
 	}
 }

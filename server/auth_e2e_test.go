@@ -8,8 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"math/big"
-	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +26,7 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest/harness"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -53,25 +52,8 @@ func startEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Con
 	t.Helper()
 	e := &authEnv{log: &testkit.SyncBuffer{}, echo: newEchoUpstream(t)}
 	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := store.Open(filepath.Join(t.TempDir(), "db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	mc := poolmgr.ManagerConfig{Store: st, Logger: logger}
-	if mmod != nil {
-		mmod(&mc)
-	}
-	mgr, err := poolmgr.NewManager(mc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = mgr.Close() })
-	if err := mgr.Load(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	e.mgr = mgr
-	cfg := Config{Manager: mgr, Logger: logger}
+	e.mgr = harness.Manager(t, store.Options{}, logger, mmod)
+	cfg := Config{Manager: e.mgr, Logger: logger}
 	if ps != nil {
 		a, err := NewAuthenticator(ps)
 		if err != nil {
@@ -90,20 +72,8 @@ func startEnv(t *testing.T, ps []Principal, serverTLS *tls.Config, mod func(*Con
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
 	e.health = svc.Health
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		svc.Lease.Shutdown()
-		srv.Stop()
-		<-done
-		svc.Lease.Wait()
-	})
+	e.addr = harness.Serve(t, srv, svc.Lease, false)
 	return e
 }
 

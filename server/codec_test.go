@@ -3,14 +3,11 @@ package server
 import (
 	"bytes"
 	"context"
-	"net"
-	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	gproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
@@ -22,7 +19,6 @@ import (
 	"github.com/poolplane/poolplane/internal/leasewire"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/relay"
-	"github.com/poolplane/poolplane/store"
 )
 
 func testCodec() leaseCodec { return leaseCodec{proto: encoding.GetCodecV2(gproto.Name)} }
@@ -252,37 +248,7 @@ func FuzzCodecUnmarshal(f *testing.F) {
 // would), with data frames of every size, including a 1 MiB frame that
 // reaches the server in many HTTP/2 frames.
 func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "pp.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mgr.Close() })
-	up := newEchoUpstream(t)
-	if _, err := mgr.Create(context.Background(), "echo", poolmgr.Config{Endpoints: []string{up.addr()}}, poolmgr.WriteOptions{Actor: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	ls := newLeaseServer(mgr, nil)
-	gs := grpc.NewServer(codecOption(), grpc.MaxRecvMsgSize(DefaultMaxRecvMsgSize))
-	poolv1.RegisterLeaseServiceServer(gs, ls)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(ln)
-	t.Cleanup(func() {
-		gs.Stop()
-		ls.Wait()
-	})
-	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	env := newLeaseEnv(t, poolmgr.Config{}, codecOption(), grpc.MaxRecvMsgSize(DefaultMaxRecvMsgSize))
 
 	// Without leasewire.FrameSizeKey (an older or another client) the server sends
 	// data frames of at most relay.SmallRead bytes; with it, of at most what the
@@ -301,7 +267,7 @@ func TestCodecLeaseWithPlainProtoClient(t *testing.T) {
 		if tc.md != nil {
 			ctx = metadata.AppendToOutgoingContext(ctx, tc.md...)
 		}
-		s, err := poolv1.NewLeaseServiceClient(cc).Lease(ctx)
+		s, err := env.client.Lease(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

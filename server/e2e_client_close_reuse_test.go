@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/poolplane/poolplane/client"
-	"github.com/poolplane/poolplane/poolmgr"
 )
 
 // TestClientCloseReuses is TestGoRedisCloseReuses and
@@ -18,11 +17,7 @@ import (
 func TestClientCloseReuses(t *testing.T) {
 	t.Run("go-redis", func(t *testing.T) {
 		addr := startRedis(t)
-		e := startSDKEnv(t)
-		e.createPool(t, "redis", poolmgr.Config{
-			Endpoints: []string{addr},
-			Limits:    poolmgr.Limits{MaxConnections: 2 * reusePoolSize},
-		})
+		e := startReuseEnv(t, "redis", addr)
 		ctx := ctxSDK(t)
 		for round := range 4 {
 			c := newRoundClient(t, e)
@@ -36,11 +31,7 @@ func TestClientCloseReuses(t *testing.T) {
 			_, _ = w.Write([]byte(r.URL.Path))
 		}))
 		t.Cleanup(api.Close)
-		e := startSDKEnv(t)
-		e.createPool(t, "api", poolmgr.Config{
-			Endpoints: []string{api.Listener.Addr().String()},
-			Limits:    poolmgr.Limits{MaxConnections: 2 * reusePoolSize},
-		})
+		e := startReuseEnv(t, "api", api.Listener.Addr().String())
 		ctx := ctxSDK(t)
 		for round := range 4 {
 			c := newRoundClient(t, e)

@@ -25,6 +25,18 @@ import (
 // that is not reused shows as an extra dial instead of a wait.
 const reusePoolSize = 4
 
+// startReuseEnv starts a server and an SDK client with pool id in front of
+// endpoint, allowing twice reusePoolSize connections.
+func startReuseEnv(t *testing.T, id, endpoint string) *sdkEnv {
+	t.Helper()
+	e := startSDKEnv(t)
+	e.createPool(t, id, poolmgr.Config{
+		Endpoints: []string{endpoint},
+		Limits:    poolmgr.Limits{MaxConnections: 2 * reusePoolSize},
+	})
+	return e
+}
+
 // TestGoRedisCloseReuses closes a go-redis client (its pool closes every
 // connection, each a lease) round after round: the leases are released
 // reusable, so the pool dials at most PoolSize upstream connections in all
@@ -33,11 +45,7 @@ const reusePoolSize = 4
 // client used serves a RESP2 client in RESP2, and the reverse.
 func TestGoRedisCloseReuses(t *testing.T) {
 	addr := startRedis(t)
-	e := startSDKEnv(t)
-	e.createPool(t, "redis", poolmgr.Config{
-		Endpoints: []string{addr},
-		Limits:    poolmgr.Limits{MaxConnections: 2 * reusePoolSize},
-	})
+	e := startReuseEnv(t, "redis", addr)
 	ctx := ctxSDK(t)
 	for round := range 4 {
 		goRedisRound(ctx, t, e.c, 3-round%2)
@@ -57,11 +65,7 @@ func TestHTTPTransportCloseIdleNotReused(t *testing.T) {
 		fmt.Fprint(w, r.URL.Path)
 	}))
 	t.Cleanup(api.Close)
-	e := startSDKEnv(t)
-	e.createPool(t, "api", poolmgr.Config{
-		Endpoints: []string{api.Listener.Addr().String()},
-		Limits:    poolmgr.Limits{MaxConnections: 2 * reusePoolSize},
-	})
+	e := startReuseEnv(t, "api", api.Listener.Addr().String())
 	ctx := ctxSDK(t)
 	for round := range 4 {
 		httpRound(t, e.c)
@@ -132,10 +136,9 @@ func httpRound(t *testing.T, c *client.Client) {
 	wg.Wait()
 }
 
-// checkReused waits until pool has no lease left, then fails unless the
-// pool dialed at most reusePoolSize connections since it was created and
-// closed none: every released lease was reused.
-func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) {
+// releasedStats waits until pool has no lease left and no dial under way,
+// logs its stats and returns them.
+func releasedStats(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) *poolv1.PoolStats {
 	t.Helper()
 	var st *poolv1.PoolStats
 	testkit.WaitFor(t, "every lease of "+pool+" to be released", func() bool {
@@ -144,6 +147,15 @@ func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool strin
 		return err == nil && st.GetInUse() == 0 && st.GetDialing() == 0
 	})
 	t.Logf("round %d: %d dials, %d acquires, %d reused, closes %v", round, st.GetDials(), st.GetAcquires(), st.GetReused(), st.GetCloses())
+	return st
+}
+
+// checkReused waits until pool has no lease left, then fails unless the
+// pool dialed at most reusePoolSize connections since it was created and
+// closed none: every released lease was reused.
+func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) {
+	t.Helper()
+	st := releasedStats(ctx, t, c, pool, round)
 	if st.GetDials() > reusePoolSize || len(st.GetCloses()) > 0 {
 		t.Errorf("round %d: %d dials for %d connections at a time, closes %v: released connections were not reused",
 			round, st.GetDials(), reusePoolSize, st.GetCloses())
@@ -157,13 +169,7 @@ func checkReused(ctx context.Context, t *testing.T, c *client.Client, pool strin
 // no request went out on it).
 func checkNotReused(ctx context.Context, t *testing.T, c *client.Client, pool string, round int) {
 	t.Helper()
-	var st *poolv1.PoolStats
-	testkit.WaitFor(t, "every lease of "+pool+" to be released", func() bool {
-		var err error
-		st, err = c.PoolStats(ctx, pool)
-		return err == nil && st.GetInUse() == 0 && st.GetDialing() == 0
-	})
-	t.Logf("round %d: %d dials, %d acquires, %d reused, closes %v", round, st.GetDials(), st.GetAcquires(), st.GetReused(), st.GetCloses())
+	st := releasedStats(ctx, t, c, pool, round)
 	dirty := st.GetCloses()["dirty"]
 	if st.GetDials() > uint64((round+1)*reusePoolSize) || dirty < uint64(round+1) || len(st.GetCloses()) != 1 {
 		t.Errorf("round %d: %d dials, closes %v; want at most %d dials, closed as dirty",

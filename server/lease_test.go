@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +23,7 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store"
 
+	"github.com/poolplane/poolplane/internal/servertest/harness"
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
@@ -69,19 +69,10 @@ type leaseEnv struct {
 
 // newLeaseEnv starts a manager over a real store, a gRPC server with the
 // lease service on 127.0.0.1:0 and one pool "echo" in front of an echo
-// upstream.
-func newLeaseEnv(t testing.TB, cfg poolmgr.Config) *leaseEnv {
+// upstream. opts configure the gRPC server.
+func newLeaseEnv(t testing.TB, cfg poolmgr.Config, opts ...grpc.ServerOption) *leaseEnv {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "pp.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	mgr, err := poolmgr.NewManager(poolmgr.ManagerConfig{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mgr.Close() })
+	mgr := harness.Manager(t, store.Options{NoSync: true}, nil, nil)
 	up := newEchoUpstream(t)
 	if len(cfg.Endpoints) == 0 {
 		cfg.Endpoints = []string{up.addr()}
@@ -90,23 +81,40 @@ func newLeaseEnv(t testing.TB, cfg poolmgr.Config) *leaseEnv {
 		t.Fatal(err)
 	}
 	ls := newLeaseServer(mgr, nil)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(opts...)
 	poolv1.RegisterLeaseServiceServer(gs, ls)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(ln)
-	t.Cleanup(func() {
-		gs.Stop()
-		ls.Wait()
-	})
-	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := harness.Serve(t, gs, ls, false)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
 	return &leaseEnv{mgr: mgr, srv: ls, client: poolv1.NewLeaseServiceClient(cc), up: up}
+}
+
+// open starts a lease stream on ctx and asks for a lease on pool "echo".
+func (e *leaseEnv) open(ctx context.Context, t testing.TB) poolv1.LeaseService_LeaseClient {
+	t.Helper()
+	s, err := e.client.Lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, s, openFrame("echo"))
+	return s
+}
+
+// leaseGranted opens a lease on pool "echo" and waits for the grant.
+func (e *leaseEnv) leaseGranted(ctx context.Context, t testing.TB) (poolv1.LeaseService_LeaseClient, *poolv1.LeaseResponse_Granted) {
+	t.Helper()
+	s := e.open(ctx, t)
+	return s, recvGranted(t, s)
+}
+
+// lease opens a lease on pool "echo" and waits for the grant.
+func (e *leaseEnv) lease(ctx context.Context, t testing.TB) poolv1.LeaseService_LeaseClient {
+	t.Helper()
+	s, _ := e.leaseGranted(ctx, t)
+	return s
 }
 
 func openFrame(pool string) *poolv1.LeaseRequest {
@@ -150,30 +158,29 @@ func readEcho(t testing.TB, s poolv1.LeaseService_LeaseClient, n int) []byte {
 	return got
 }
 
-func recvGranted(t testing.TB, s poolv1.LeaseService_LeaseClient) *poolv1.LeaseResponse_Granted {
+// recvFrame receives one message and returns the frame get picks from it,
+// failing the test when the stream fails or the message is another frame.
+func recvFrame[F any](t testing.TB, s poolv1.LeaseService_LeaseClient, what string, get func(*poolv1.LeaseResponse) *F) *F {
 	t.Helper()
 	m, err := s.Recv()
 	if err != nil {
-		t.Fatalf("recv granted: %v", err)
+		t.Fatalf("recv %s: %v", what, err)
 	}
-	g := m.GetGranted()
-	if g == nil {
-		t.Fatalf("want granted, got %v", m)
+	f := get(m)
+	if f == nil {
+		t.Fatalf("want %s, got %v", what, m)
 	}
-	return g
+	return f
+}
+
+func recvGranted(t testing.TB, s poolv1.LeaseService_LeaseClient) *poolv1.LeaseResponse_Granted {
+	t.Helper()
+	return recvFrame(t, s, "granted", (*poolv1.LeaseResponse).GetGranted)
 }
 
 func recvEnded(t testing.TB, s poolv1.LeaseService_LeaseClient) *poolv1.LeaseResponse_Ended {
 	t.Helper()
-	m, err := s.Recv()
-	if err != nil {
-		t.Fatalf("recv ended: %v", err)
-	}
-	e := m.GetEnded()
-	if e == nil {
-		t.Fatalf("want ended, got %v", m)
-	}
-	return e
+	return recvFrame(t, s, "ended", (*poolv1.LeaseResponse).GetEnded)
 }
 
 // wantStatus receives until the stream ends and checks its code and reason.
@@ -323,36 +330,19 @@ func TestLeaseOpenErrors(t *testing.T) {
 		if _, err := e.mgr.Drain(context.Background(), "echo", poolmgr.WriteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		s, err := e.client.Lease(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		mustSend(t, s, openFrame("echo"))
+		s := e.open(context.Background(), t)
 		wantStatus(t, s, codes.FailedPrecondition, poolv1.ErrorReason_POOL_DRAINING)
 	})
 
 	t.Run("backlog full and acquire timeout", func(t *testing.T) {
-		holder, err := e.client.Lease(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		mustSend(t, holder, openFrame("echo"))
-		recvGranted(t, holder)
+		holder := e.lease(context.Background(), t)
 
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		waiter, err := e.client.Lease(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mustSend(t, waiter, openFrame("echo"))
+		e.open(ctx, t) // a waiter
 		p, _ := e.mgr.Pool("echo")
 		waitWaiters(t, p, 1)
-		full, err := e.client.Lease(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		mustSend(t, full, openFrame("echo"))
+		full := e.open(context.Background(), t)
 		wantStatus(t, full, codes.ResourceExhausted, poolv1.ErrorReason_BACKLOG_FULL)
 		cancel()
 		waitWaiters(t, p, 0)
@@ -371,12 +361,7 @@ func TestLeaseOpenErrors(t *testing.T) {
 
 func TestLeaseUpstreamEOFAndAbandon(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	s, err := e.client.Lease(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, s, openFrame("echo"))
-	recvGranted(t, s)
+	s := e.lease(context.Background(), t)
 	mustSend(t, s, dataFrame([]byte("ping")))
 	readEcho(t, s, 4)
 	e.up.closeConns() // the upstream goes away mid-lease
@@ -396,12 +381,7 @@ func TestLeaseUpstreamEOFAndAbandon(t *testing.T) {
 
 	// A client that vanishes mid-lease gets its connection closed.
 	ctx, cancel := context.WithCancel(context.Background())
-	s2, err := e.client.Lease(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, s2, openFrame("echo"))
-	recvGranted(t, s2)
+	e.lease(ctx, t) // cancelled below, leaving the lease
 	waitInUse(t, e.mgr, 2)
 	cancel()
 	waitInUse(t, e.mgr, 1)
@@ -413,12 +393,7 @@ func TestLeaseUpstreamEOFAndAbandon(t *testing.T) {
 
 func TestLeaseRevoke(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	s, err := e.client.Lease(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, s, openFrame("echo"))
-	g := recvGranted(t, s)
+	s, g := e.leaseGranted(context.Background(), t)
 	leases, err := e.mgr.Leases(context.Background(), "echo")
 	if err != nil || len(leases) != 1 {
 		t.Fatalf("leases = %v, %v", leases, err)
@@ -437,12 +412,7 @@ func TestLeaseRevoke(t *testing.T) {
 
 func TestLeaseCloseWrite(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	s, err := e.client.Lease(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, s, openFrame("echo"))
-	recvGranted(t, s)
+	s := e.lease(context.Background(), t)
 	mustSend(t, s, dataFrame([]byte("last words")))
 	mustSend(t, s, closeWriteFrame())
 	if got := readEcho(t, s, 10); string(got) != "last words" {
@@ -456,18 +426,8 @@ func TestLeaseCloseWrite(t *testing.T) {
 
 func TestLeaseShutdownEndsIdleStreams(t *testing.T) {
 	e := newLeaseEnv(t, poolmgr.Config{})
-	busy, err := e.client.Lease(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, busy, openFrame("echo"))
-	recvGranted(t, busy)
-	idle, err := e.client.Lease(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustSend(t, idle, openFrame("echo"))
-	recvGranted(t, idle)
+	busy := e.lease(context.Background(), t)
+	idle := e.lease(context.Background(), t)
 	mustSend(t, idle, releaseFrame(true))
 	recvEnded(t, idle)
 

@@ -5,47 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
-
-// waitLimit bounds how long a test waits for an event that must come. It
-// is a failure deadline, not a way to wait for state.
-const waitLimit = 10 * time.Second
-
-func recv(t *testing.T, ch <-chan Event) Event {
-	t.Helper()
-	timer := time.NewTimer(waitLimit)
-	defer timer.Stop()
-	select {
-	case ev, ok := <-ch:
-		if !ok {
-			t.Fatal("watch channel closed")
-		}
-		return ev
-	case <-timer.C:
-		t.Fatal("no event")
-	}
-	panic("unreachable")
-}
-
-// waitClosed drains ch until it closes and returns what it drained.
-func waitClosed(t *testing.T, ch <-chan Event) []Event {
-	t.Helper()
-	timer := time.NewTimer(waitLimit)
-	defer timer.Stop()
-	var evs []Event
-	for {
-		select {
-		case ev, ok := <-ch:
-			if !ok {
-				return evs
-			}
-			evs = append(evs, ev)
-		case <-timer.C:
-			t.Fatal("watch channel not closed")
-		}
-	}
-}
 
 func TestWatchCompacted(t *testing.T) {
 	s, _ := newStore(t, Options{LogLimit: 5})
@@ -65,7 +27,7 @@ func TestWatchCompacted(t *testing.T) {
 		t.Fatal(err)
 	}
 	for want := int64(16); want <= 20; want++ {
-		if ev := recv(t, w); ev.Revision != want {
+		if ev := testkit.RecvOpen(t, w); ev.Revision != want {
 			t.Fatalf("revision %d, want %d", ev.Revision, want)
 		}
 	}
@@ -86,7 +48,7 @@ func TestWatchSlowConsumer(t *testing.T) {
 	for i := range 100 {
 		mustPut(t, s, "k", fmt.Sprint(i), Any())
 	}
-	evs := waitClosed(t, w)
+	evs := testkit.Drain(t, w)
 	if ctx.Err() != nil {
 		t.Fatal("ctx ended")
 	}
@@ -116,7 +78,7 @@ func TestWatchEnds(t *testing.T) {
 		mustPut(t, s, "k", "v", Any())
 		cancel()
 		// At most the one pending event, then closed.
-		if evs := waitClosed(t, w); len(evs) > 1 {
+		if evs := testkit.Drain(t, w); len(evs) > 1 {
 			t.Errorf("got %d events after cancel", len(evs))
 		}
 	})
@@ -137,7 +99,7 @@ func TestWatchEnds(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, w := range ws {
-			waitClosed(t, w)
+			testkit.Drain(t, w)
 		}
 	})
 }

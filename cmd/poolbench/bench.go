@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -129,15 +128,12 @@ func (f *benchFlags) config(timeout time.Duration, output, command string) (benc
 
 // bench is one run: the processes, the pools and the SDK client.
 type bench struct {
-	cfg     benchConfig
-	stderr  io.Writer
-	certs   *benchCerts
-	tlsConf *tls.Config
-	up      *upstreamProc
-	poold   *pooldProc
-	hap     *haproxyProc
-	sdk     *client.Client
-	notes   []string
+	procs
+	cfg    benchConfig
+	stderr io.Writer
+	hap    *haproxyProc
+	sdk    *client.Client
+	notes  []string
 }
 
 // cell is one case at one client count.
@@ -177,19 +173,10 @@ func runBench(ctx context.Context, cfg benchConfig, stdout, stderr io.Writer) (e
 	defer func() { _ = os.RemoveAll(dir) }()
 
 	b := &bench{cfg: cfg, stderr: stderr}
-	if b.certs, err = newBenchCerts(); err != nil {
-		return fmt.Errorf("bench: certificates: %w", err)
+	defer b.stop()
+	if err := b.start(ctx, dir, pooldPath, cfg.profileDir != ""); err != nil {
+		return err
 	}
-	b.tlsConf = &tls.Config{RootCAs: b.certs.roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}
-
-	if b.up, err = startUpstream(ctx, dir, b.certs); err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	defer b.up.stop()
-	if b.poold, err = startPoold(ctx, pooldPath, filepath.Join(dir, "data"), cfg.profileDir != ""); err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	defer b.poold.stop(10 * time.Second)
 	hapVersion := ""
 	if path, note := findHAProxy(cfg.haproxy); path != "" {
 		if b.hap, err = startHAProxy(ctx, path, dir, b.up.tcpAddr); err != nil {

@@ -201,18 +201,27 @@ func (b *bench) leaseWorker(pool string, deadline time.Time) rrWorker {
 	return &leaseWorker{b: b, pool: pool, ctx: ctx, stop: cancel}
 }
 
-func (w *leaseWorker) roundTrip(req, resp []byte) error {
-	c, err := w.b.sdk.LeaseWith(w.ctx, w.pool, req)
-	if err != nil {
-		return err
-	}
+// readEcho reads c's echo of req into resp, discarding c on an error or
+// when the echo differs (errMismatch).
+func readEcho(c *client.Conn, req, resp []byte) error {
 	if _, err := io.ReadFull(c, resp); err != nil {
 		_ = c.Discard()
 		return err
 	}
 	if !bytes.Equal(req, resp) {
 		_ = c.Discard()
-		return errors.New("response differs from request")
+		return errMismatch
+	}
+	return nil
+}
+
+func (w *leaseWorker) roundTrip(req, resp []byte) error {
+	c, err := w.b.sdk.LeaseWith(w.ctx, w.pool, req)
+	if err != nil {
+		return err
+	}
+	if err := readEcho(c, req, resp); err != nil {
+		return err
 	}
 	return c.Close()
 }

@@ -504,3 +504,40 @@ backend echo
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// procs are the processes a bench or a soak runs against: the upstream
+// (plain TCP and TLS) and poold, and the certificates the upstream serves.
+type procs struct {
+	certs   *benchCerts
+	tlsConf *tls.Config // trusts the upstream's certificate
+	up      *upstreamProc
+	poold   *pooldProc
+}
+
+// start makes the certificates, then starts the upstream and poold (from
+// pooldPath, its data in dir, with profiling if asked). stop stops what
+// started, also after an error.
+func (p *procs) start(ctx context.Context, dir, pooldPath string, profile bool) error {
+	var err error
+	if p.certs, err = newBenchCerts(); err != nil {
+		return fmt.Errorf("bench: certificates: %w", err)
+	}
+	p.tlsConf = &tls.Config{RootCAs: p.certs.roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+	if p.up, err = startUpstream(ctx, dir, p.certs); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if p.poold, err = startPoold(ctx, pooldPath, filepath.Join(dir, "data"), profile); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
+}
+
+// stop stops poold, then the upstream: whichever started.
+func (p *procs) stop() {
+	if p.poold != nil {
+		p.poold.stop(10 * time.Second)
+	}
+	if p.up != nil {
+		p.up.stop()
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,16 +122,13 @@ func (c soakConfig) churnEvery() time.Duration {
 
 // soakRun is one soak: the processes, the admin connection and the counts.
 type soakRun struct {
-	cfg     soakConfig
-	stderr  io.Writer
-	certs   *benchCerts
-	tlsConf *tls.Config
-	up      *upstreamProc
-	poold   *pooldProc
-	cc      *grpc.ClientConn
-	admin   poolv1.PoolAdminServiceClient
-	stats   poolv1.StatsServiceClient
-	hc      *http.Client // scrapes poold's /metrics
+	procs
+	cfg    soakConfig
+	stderr io.Writer
+	cc     *grpc.ClientConn
+	admin  poolv1.PoolAdminServiceClient
+	stats  poolv1.StatsServiceClient
+	hc     *http.Client // scrapes poold's /metrics
 
 	// sideEpoch counts the side pool's drain transitions: odd while
 	// draining (or about to be). A POOL_DRAINING error is expected when
@@ -215,18 +210,10 @@ func runSoak(ctx context.Context, cfg soakConfig, stdout, stderr io.Writer) erro
 	r := &soakRun{cfg: cfg, stderr: stderr, errs: map[string]*soakErrorKind{},
 		hc: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: cfg.timeout}}
 	defer r.hc.CloseIdleConnections()
-	if r.certs, err = newBenchCerts(); err != nil {
-		return fmt.Errorf("bench: certificates: %w", err)
+	defer r.stop()
+	if err := r.start(ctx, dir, pooldPath, false); err != nil {
+		return err
 	}
-	r.tlsConf = &tls.Config{RootCAs: r.certs.roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}
-	if r.up, err = startUpstream(ctx, dir, r.certs); err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	defer r.up.stop()
-	if r.poold, err = startPoold(ctx, pooldPath, filepath.Join(dir, "data"), false); err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	defer r.poold.stop(10 * time.Second)
 	if r.poold.metricsAddr == "" {
 		return errors.New("bench: --soak: poold reported no metrics listener")
 	}

@@ -329,3 +329,44 @@ func poolName(arg string) string {
 func (e *env) rpcContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, e.g.timeout)
 }
+
+// rpc connects, if no earlier request did, and bounds one request by
+// --timeout; the caller defers the returned cancel.
+func (e *env) rpc(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if err := e.connect(); err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := e.rpcContext(ctx)
+	return ctx, cancel, nil
+}
+
+// allPages calls fetch with each page token in turn, starting with "",
+// until it returns no next token, and gathers the items of every page.
+func allPages[T any](fetch func(token string) (items []T, next string, err error)) ([]T, error) {
+	var all []T
+	token := ""
+	for {
+		items, next, err := fetch(token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if next == "" {
+			return all, nil
+		}
+		token = next
+	}
+}
+
+// rpcBody wraps the body of a command that makes one request: it connects
+// and bounds ctx by --timeout before calling body.
+func rpcBody(body func(ctx context.Context, e *env, args []string) error) func(context.Context, *env, []string) error {
+	return func(ctx context.Context, e *env, args []string) error {
+		ctx, cancel, err := e.rpc(ctx)
+		if err != nil {
+			return err
+		}
+		defer cancel()
+		return body(ctx, e, args)
+	}
+}

@@ -103,10 +103,10 @@ func readApplyFiles(stdin io.Reader, files []string) ([]*poolv1.Pool, error) {
 
 // apply sends the wanted pools and prints the plan.
 func (e *env) apply(ctx context.Context, pools []*poolv1.Pool, prune, dryRun bool) error {
-	if err := e.connect(); err != nil {
+	ctx, cancel, err := e.rpc(ctx)
+	if err != nil {
 		return err
 	}
-	ctx, cancel := e.rpcContext(ctx)
 	defer cancel()
 	resp, err := e.admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: pools, Prune: prune, ValidateOnly: dryRun})
 	if err != nil {
@@ -147,21 +147,13 @@ func getCommand() *command {
 		name: "get", args: "POOL", summary: "show a pool's configuration and state",
 		minArgs: 1, maxArgs: 1,
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			return func(ctx context.Context, e *env, args []string) error {
-				if err := e.connect(); err != nil {
-					return err
-				}
-				ctx, cancel := e.rpcContext(ctx)
-				defer cancel()
+			return rpcBody(func(ctx context.Context, e *env, args []string) error {
 				p, err := e.admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: poolName(args[0])})
 				if err != nil {
 					return err
 				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, p)
-				}
-				return fieldTable(e.stdout, p)
-			}
+				return e.show(p, func() error { return fieldTable(e.stdout, p) })
+			})
 		},
 	}
 }
@@ -170,30 +162,17 @@ func listCommand() *command {
 	return &command{
 		name: "list", summary: "list pools",
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			return func(ctx context.Context, e *env, _ []string) error {
-				if err := e.connect(); err != nil {
+			return rpcBody(func(ctx context.Context, e *env, _ []string) error {
+				pools, err := allPages(func(token string) ([]*poolv1.Pool, string, error) {
+					resp, err := e.admin.ListPools(ctx, &poolv1.ListPoolsRequest{PageSize: 1000, PageToken: token})
+					return resp.GetPools(), resp.GetNextPageToken(), err
+				})
+				if err != nil {
 					return err
 				}
-				ctx, cancel := e.rpcContext(ctx)
-				defer cancel()
-				all := &poolv1.ListPoolsResponse{}
-				req := &poolv1.ListPoolsRequest{PageSize: 1000}
-				for {
-					resp, err := e.admin.ListPools(ctx, req)
-					if err != nil {
-						return err
-					}
-					all.Pools = append(all.Pools, resp.GetPools()...)
-					if resp.GetNextPageToken() == "" {
-						break
-					}
-					req.PageToken = resp.GetNextPageToken()
-				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, all)
-				}
-				return poolTable(e.stdout, all.GetPools())
-			}
+				all := &poolv1.ListPoolsResponse{Pools: pools}
+				return e.show(all, func() error { return poolTable(e.stdout, pools) })
+			})
 		},
 	}
 }
@@ -206,15 +185,9 @@ func deleteCommand() *command {
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			etag := fs.String("etag", "", "delete only if the pool's etag is still `ETAG` (from get -o yaml)")
 			dryRun := fs.Bool("dry-run", false, "check the request without deleting (validate_only)")
-			return func(ctx context.Context, e *env, args []string) error {
-				if err := e.connect(); err != nil {
-					return err
-				}
-				ctx, cancel := e.rpcContext(ctx)
-				defer cancel()
+			return rpcBody(func(ctx context.Context, e *env, args []string) error {
 				name := poolName(args[0])
-				_, err := e.admin.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: name, Etag: *etag, ValidateOnly: *dryRun})
-				if err != nil {
+				if _, err := e.admin.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: name, Etag: *etag, ValidateOnly: *dryRun}); err != nil {
 					return err
 				}
 				if e.g.output != "table" {
@@ -226,7 +199,7 @@ func deleteCommand() *command {
 					_, _ = fmt.Fprintf(e.stdout, "%s deleted\n", name)
 				}
 				return nil
-			}
+			})
 		},
 	}
 }
@@ -243,16 +216,13 @@ func lifecycleCommand(verb, summary string) *command {
 			wait := fs.Bool("wait", false, waitHelp[verb])
 			waitTimeout := fs.Duration("wait-timeout", defaultWaitTimeout, "give up --wait after this long (exit status 1)")
 			return func(ctx context.Context, e *env, args []string) error {
-				if err := e.connect(); err != nil {
+				rctx, cancel, err := e.rpc(ctx)
+				if err != nil {
 					return err
 				}
-				name := poolName(args[0])
-				rctx, cancel := e.rpcContext(ctx)
 				defer cancel()
-				var (
-					p   *poolv1.Pool
-					err error
-				)
+				name := poolName(args[0])
+				var p *poolv1.Pool
 				switch verb {
 				case "drain":
 					p, err = e.admin.DrainPool(rctx, &poolv1.DrainPoolRequest{Name: name})
@@ -271,10 +241,7 @@ func lifecycleCommand(verb, summary string) *command {
 						return err
 					}
 				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, p)
-				}
-				return poolTable(e.stdout, []*poolv1.Pool{p})
+				return e.show(p, func() error { return poolTable(e.stdout, []*poolv1.Pool{p}) })
 			}
 		},
 	}
@@ -378,30 +345,17 @@ func historyCommand() *command {
 		name: "history", args: "POOL", summary: "list a pool's configuration revisions, newest first",
 		minArgs: 1, maxArgs: 1,
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			return func(ctx context.Context, e *env, args []string) error {
-				if err := e.connect(); err != nil {
+			return rpcBody(func(ctx context.Context, e *env, args []string) error {
+				revs, err := allPages(func(token string) ([]*poolv1.PoolRevision, string, error) {
+					resp, err := e.admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: poolName(args[0]), PageSize: 1000, PageToken: token})
+					return resp.GetRevisions(), resp.GetNextPageToken(), err
+				})
+				if err != nil {
 					return err
 				}
-				ctx, cancel := e.rpcContext(ctx)
-				defer cancel()
-				all := &poolv1.ListPoolRevisionsResponse{}
-				req := &poolv1.ListPoolRevisionsRequest{Name: poolName(args[0]), PageSize: 1000}
-				for {
-					resp, err := e.admin.ListPoolRevisions(ctx, req)
-					if err != nil {
-						return err
-					}
-					all.Revisions = append(all.Revisions, resp.GetRevisions()...)
-					if resp.GetNextPageToken() == "" {
-						break
-					}
-					req.PageToken = resp.GetNextPageToken()
-				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, all)
-				}
-				return historyTable(e.stdout, all.GetRevisions())
-			}
+				all := &poolv1.ListPoolRevisionsResponse{Revisions: revs}
+				return e.show(all, func() error { return historyTable(e.stdout, revs) })
+			})
 		},
 	}
 }
@@ -487,10 +441,10 @@ func rollbackCommand() *command {
 				if *rev <= 0 {
 					return usagef("rollback: --revision N is required (see poolctl history %s)", args[0])
 				}
-				if err := e.connect(); err != nil {
+				ctx, cancel, err := e.rpc(ctx)
+				if err != nil {
 					return err
 				}
-				ctx, cancel := e.rpcContext(ctx)
 				defer cancel()
 				p, err := e.admin.RollbackPool(ctx, &poolv1.RollbackPoolRequest{Name: poolName(args[0]), Revision: *rev})
 				if err != nil {
@@ -514,12 +468,7 @@ func leasesCommand() *command {
 		name: "leases", args: "[POOL]", summary: "list active leases, of one pool or of all",
 		maxArgs: 1,
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			return func(ctx context.Context, e *env, args []string) error {
-				if err := e.connect(); err != nil {
-					return err
-				}
-				ctx, cancel := e.rpcContext(ctx)
-				defer cancel()
+			return rpcBody(func(ctx context.Context, e *env, args []string) error {
 				parent := "pools/-"
 				if len(args) == 1 {
 					parent = poolName(args[0])
@@ -537,7 +486,7 @@ func leasesCommand() *command {
 						durString(l.GetHeld()), timeString(l.GetGrantTime()))
 				}
 				return t.flush()
-			}
+			})
 		},
 	}
 }
@@ -546,12 +495,7 @@ func replicasCommand() *command {
 	return &command{
 		name: "replicas", summary: "list the poold replicas sharing the server's configuration (etcd store) and whether the server is fenced",
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			return func(ctx context.Context, e *env, _ []string) error {
-				if err := e.connect(); err != nil {
-					return err
-				}
-				ctx, cancel := e.rpcContext(ctx)
-				defer cancel()
+			return rpcBody(func(ctx context.Context, e *env, _ []string) error {
 				resp, err := e.admin.ListReplicas(ctx, &poolv1.ListReplicasRequest{})
 				if err != nil {
 					return err
@@ -575,7 +519,7 @@ func replicasCommand() *command {
 					t.row(itoa(r.GetRank()), r.GetId(), state)
 				}
 				return t.flush()
-			}
+			})
 		},
 	}
 }
@@ -590,10 +534,10 @@ func revokeCommand() *command {
 				if !strings.HasPrefix(args[0], poolsPrefix) || !strings.Contains(args[0], "/leases/") {
 					return usagef("revoke: want a lease name pools/POOL/leases/ID (see poolctl leases), got %q", args[0])
 				}
-				if err := e.connect(); err != nil {
+				ctx, cancel, err := e.rpc(ctx)
+				if err != nil {
 					return err
 				}
-				ctx, cancel := e.rpcContext(ctx)
 				defer cancel()
 				if _, err := e.admin.RevokeLease(ctx, &poolv1.RevokeLeaseRequest{Name: args[0]}); err != nil {
 					return err
@@ -620,10 +564,10 @@ func backupCommand() *command {
 				if out == "" {
 					return usagef("backup: -o FILE is required")
 				}
-				if err := e.connect(); err != nil {
+				ctx, cancel, err := e.rpc(ctx)
+				if err != nil {
 					return err
 				}
-				ctx, cancel := e.rpcContext(ctx)
 				defer cancel()
 				n, err := backup(ctx, e.admin, out)
 				if err != nil {

@@ -21,6 +21,14 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 )
 
+// show writes m as -o json or yaml, or calls table for -o table.
+func (e *env) show(m proto.Message, table func() error) error {
+	if e.g.output != "table" {
+		return writeStructured(e.stdout, e.g.output, m)
+	}
+	return table()
+}
+
 // writeStructured writes m as -o json (protojson, multiline, lowerCamelCase
 // field names as grpcurl prints them) or -o yaml (snake_case field names,
 // as apply files are usually written).

@@ -57,10 +57,7 @@ func (e *env) statsOnce(ctx context.Context, names []string) error {
 		if err != nil {
 			return err
 		}
-		if e.g.output != "table" {
-			return writeStructured(e.stdout, e.g.output, st)
-		}
-		return statsTable(e.stdout, []*poolv1.PoolStats{st})
+		return e.show(st, func() error { return statsTable(e.stdout, []*poolv1.PoolStats{st}) })
 	}
 	stream, err := e.stats.WatchPoolStats(ctx, &poolv1.WatchPoolStatsRequest{})
 	if err != nil {
@@ -70,10 +67,7 @@ func (e *env) statsOnce(ctx context.Context, names []string) error {
 	if err != nil {
 		return err
 	}
-	if e.g.output != "table" {
-		return writeStructured(e.stdout, e.g.output, resp)
-	}
-	return statsTable(e.stdout, resp.GetStats())
+	return e.show(resp, func() error { return statsTable(e.stdout, resp.GetStats()) })
 }
 
 // watchStats streams snapshots until ctx ends. The table is redrawn in

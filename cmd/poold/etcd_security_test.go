@@ -121,36 +121,14 @@ func TestPooldEtcdTLSAuthBackup(t *testing.T) {
 	p := startPoold(t, t.TempDir(), flags...)
 	ctx := t.Context()
 	admin := poolv1.NewPoolAdminServiceClient(dial(t, p.grpcAddr))
-	for _, id := range []string{"api", "cache", "gone"} {
-		if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: id, Pool: &poolv1.Pool{
-			Endpoints: []string{up}, Limits: &poolv1.Limits{MaxConnections: 4}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, n := range []int32{5, 6} {
-		if _, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/api", Endpoints: []string{up},
-			Limits: &poolv1.Limits{MaxConnections: n}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	seedPools(ctx, t, admin, up)
 	if _, err := admin.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: "pools/gone"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := echoLease(ctx, sdkClient(t, p.grpcAddr), "api", 1); err != nil {
 		t.Fatalf("lease over the etcd-backed poold: %v", err)
 	}
-	want, err := admin.ListPools(ctx, &poolv1.ListPoolsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantRevs := map[string]*poolv1.ListPoolRevisionsResponse{}
-	for _, id := range []string{"api", "cache", "gone"} {
-		r, err := admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/" + id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantRevs[id] = r
-	}
+	want, wantRevs := poolsAndHistory(ctx, t, admin)
 	if n := len(wantRevs["api"].GetRevisions()); n != 3 {
 		t.Fatalf("api has %d revisions, want 3", n)
 	}

@@ -52,36 +52,14 @@ func TestPooldRestore(t *testing.T) {
 	ctx := t.Context()
 	a := startPoold(t, t.TempDir(), flags...)
 	admin := poolv1.NewPoolAdminServiceClient(dial(t, a.grpcAddr))
-	for _, id := range []string{"api", "cache", "gone"} {
-		if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: id, Pool: &poolv1.Pool{
-			Endpoints: []string{up}, Limits: &poolv1.Limits{MaxConnections: 4}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, n := range []int32{5, 6} {
-		if _, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/api", Endpoints: []string{up},
-			Limits: &poolv1.Limits{MaxConnections: n}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	seedPools(ctx, t, admin, up)
 	if _, err := admin.PausePool(ctx, &poolv1.PausePoolRequest{Name: "pools/cache"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: "pools/gone"}); err != nil {
 		t.Fatal(err)
 	}
-	want, err := admin.ListPools(ctx, &poolv1.ListPoolsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantRevs := map[string]*poolv1.ListPoolRevisionsResponse{}
-	for _, id := range []string{"api", "cache", "gone"} {
-		r, err := admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/" + id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantRevs[id] = r
-	}
+	want, wantRevs := poolsAndHistory(ctx, t, admin)
 	file := filepath.Join(t.TempDir(), "backup.db")
 	backupTo(t, a.grpcAddr, file)
 	a.stop(t)
@@ -198,4 +176,41 @@ func TestRestoreFlags(t *testing.T) {
 	if code := restoreCmd(t.Context(), []string{"f"}, io.Discard, &errOut); code != 2 || !strings.Contains(errOut.String(), "is required") {
 		t.Errorf("POOLPLANE_STORE=bolt: exit %d, stderr:\n%s", code, errOut.String())
 	}
+}
+
+// seedPools creates pools api, cache and gone on up (4 connections each)
+// and updates api twice (5, then 6 connections): three revisions of api.
+func seedPools(ctx context.Context, t *testing.T, admin poolv1.PoolAdminServiceClient, up string) {
+	t.Helper()
+	for _, id := range []string{"api", "cache", "gone"} {
+		if _, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: id, Pool: &poolv1.Pool{
+			Endpoints: []string{up}, Limits: &poolv1.Limits{MaxConnections: 4}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []int32{5, 6} {
+		if _, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/api", Endpoints: []string{up},
+			Limits: &poolv1.Limits{MaxConnections: n}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// poolsAndHistory lists the pools and the revisions of api, cache and
+// gone.
+func poolsAndHistory(ctx context.Context, t *testing.T, admin poolv1.PoolAdminServiceClient) (*poolv1.ListPoolsResponse, map[string]*poolv1.ListPoolRevisionsResponse) {
+	t.Helper()
+	want, err := admin.ListPools(ctx, &poolv1.ListPoolsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRevs := map[string]*poolv1.ListPoolRevisionsResponse{}
+	for _, id := range []string{"api", "cache", "gone"} {
+		r, err := admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/" + id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRevs[id] = r
+	}
+	return want, wantRevs
 }

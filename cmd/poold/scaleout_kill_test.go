@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -150,37 +149,20 @@ func TestScaleOutReplicaKilled(t *testing.T) {
 		killed   atomic.Bool
 		ok, fail [2]atomic.Int64 // before and after the kill
 		firstErr [2]atomic.Value // string
-		stopc    = make(chan struct{})
-		wg       sync.WaitGroup
 	)
-	var stopOnce sync.Once
-	stopWorkers := func() { stopOnce.Do(func() { close(stopc); wg.Wait() }) }
-	t.Cleanup(stopWorkers) // before c.Close (cleanups run last-in first-out)
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stopc:
-					return
-				default:
-				}
-				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				err := echoLease(lctx, c, "fleet", w*1_000_000+i)
-				cancel()
-				phase := 0 // by when the lease ended: one in flight at the kill counts after
-				if killed.Load() {
-					phase = 1
-				}
-				if err != nil {
-					if fail[phase].Add(1) == 1 {
-						firstErr[phase].Store(err.Error())
-					}
-					continue
-				}
-				ok[phase].Add(1)
+	stopWorkers := leaseLoad(ctx, t, c, workers, func(err error) {
+		phase := 0 // by when the lease ended: one in flight at the kill counts after
+		if killed.Load() {
+			phase = 1
+		}
+		if err != nil {
+			if fail[phase].Add(1) == 1 {
+				firstErr[phase].Store(err.Error())
 			}
-		})
-	}
+			return
+		}
+		ok[phase].Add(1)
+	})
 	var seen []uint64
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -19,6 +19,38 @@ import (
 )
 
 // echoLease leases from pool through c and checks one echo round trip.
+// leaseLoad starts workers goroutines that lease from pool "fleet" of c
+// over and over, one echo a lease bounded by 5s, and pass each lease's
+// outcome to done (called concurrently). The returned stop ends them and
+// waits; it may be called more than once, and the test's cleanup calls it
+// too (before the cleanups registered earlier, such as closing c).
+func leaseLoad(ctx context.Context, t *testing.T, c *client.Client, workers int, done func(err error)) (stop func()) {
+	t.Helper()
+	var (
+		stopc    = make(chan struct{})
+		wg       sync.WaitGroup
+		stopOnce sync.Once
+	)
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stopc:
+					return
+				default:
+				}
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := echoLease(lctx, c, "fleet", w*1_000_000+i)
+				cancel()
+				done(err)
+			}
+		})
+	}
+	stop = func() { stopOnce.Do(func() { close(stopc); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
 func echoLease(ctx context.Context, c *client.Client, pool string, i int) error {
 	conn, err := c.Lease(ctx, pool)
 	if err != nil {
@@ -292,38 +324,24 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	var (
 		phase          atomic.Int32 // 0 before the stop, 1 during it, 2 after
 		ok, failed     [3]atomic.Int64
-		stopc          = make(chan struct{})
-		wg             sync.WaitGroup
 		firstErrMu     sync.Mutex
 		firstErrDuring error
 	)
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stopc:
-					return
-				default:
-				}
-				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				err := echoLease(lctx, c, "fleet", w*1_000_000+i)
-				cancel()
-				// Counted in the phase in which the lease ended: one that
-				// began before the stop and failed in it failed during it.
-				p := phase.Load()
-				if err != nil {
-					failed[p].Add(1)
-					firstErrMu.Lock()
-					if firstErrDuring == nil {
-						firstErrDuring = err
-					}
-					firstErrMu.Unlock()
-					continue
-				}
-				ok[p].Add(1)
+	stopLoad := leaseLoad(ctx, t, c, workers, func(err error) {
+		// Counted in the phase in which the lease ended: one that began
+		// before the stop and failed in it failed during it.
+		p := phase.Load()
+		if err != nil {
+			failed[p].Add(1)
+			firstErrMu.Lock()
+			if firstErrDuring == nil {
+				firstErrDuring = err
 			}
-		})
-	}
+			firstErrMu.Unlock()
+			return
+		}
+		ok[p].Add(1)
+	})
 	testkit.WaitWithin(t, 10*time.Second, "load on every replica", func() bool {
 		for _, r := range rs {
 			if acquires(t, r.grpcAddr, "fleet") < 10 {
@@ -340,8 +358,7 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	testkit.WaitWithin(t, 5*time.Second, "6 divided by the 2 left", func() bool { return shares(rs[0], rs[1]) == "[3 3]" })
 	base = ok[2].Load()
 	testkit.WaitWithin(t, 10*time.Second, "leases after the re-division", func() bool { return ok[2].Load() >= base+100 })
-	close(stopc)
-	wg.Wait()
+	stopLoad()
 
 	t.Logf("leases ok before/during/after the stop: %d/%d/%d; failed: %d/%d/%d (first: %v); upstream max open %d",
 		ok[0].Load(), ok[1].Load(), ok[2].Load(), failed[0].Load(), failed[1].Load(), failed[2].Load(), firstErrDuring, up.max.Load())

@@ -2,19 +2,17 @@
 // bbolt store on t.TempDir(), a loaded poolmgr.Manager and server.New
 // serving on loopback, all closed by the test's cleanup. It is the one
 // in-process start that the server's external tests, poolctl's and the
-// reliability suite share.
+// reliability suite share; package server's in-package tests use its
+// parts in package harness.
 package servertest
 
 import (
-	"context"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"google.golang.org/grpc"
 
+	"github.com/poolplane/poolplane/internal/servertest/harness"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
@@ -46,27 +44,11 @@ type Server struct {
 // store, in that order.
 func Start(t testing.TB, o Options) *Server {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "pools.db"), o.Store)
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
 	logger := o.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	mc := poolmgr.ManagerConfig{Store: st, Logger: logger}
-	if o.Manager != nil {
-		o.Manager(&mc)
-	}
-	mgr, err := poolmgr.NewManager(mc)
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	t.Cleanup(func() { _ = mgr.Close() })
-	if err := mgr.Load(context.Background()); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
+	mgr := harness.Manager(t, o.Store, logger, o.Manager)
 	cfg := server.Config{Manager: mgr, Logger: logger}
 	if o.Server != nil {
 		o.Server(&cfg)
@@ -78,36 +60,5 @@ func Start(t testing.TB, o Options) *Server {
 	if o.Register != nil {
 		o.Register(gs)
 	}
-	s := &Server{Manager: mgr, Services: svc, GRPC: gs}
-	var lis net.Listener
-	if o.Unix {
-		// Not t.TempDir(): its path may be longer than a socket's.
-		dir, err := os.MkdirTemp("", "servertest")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.RemoveAll(dir) })
-		path := filepath.Join(dir, "poold.sock")
-		if lis, err = net.Listen("unix", path); err != nil {
-			t.Fatal(err)
-		}
-		s.Addr = "unix://" + path
-	} else {
-		if lis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		s.Addr = lis.Addr().String()
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(lis) // ends with Stop
-	}()
-	t.Cleanup(func() {
-		svc.Lease.Shutdown()
-		gs.Stop()
-		<-served
-		svc.Lease.Wait()
-	})
-	return s
+	return &Server{Manager: mgr, Services: svc, GRPC: gs, Addr: harness.Serve(t, gs, svc.Lease, o.Unix)}
 }

@@ -122,6 +122,44 @@ func Recv[T any](t testing.TB, ch <-chan T) T {
 	}
 }
 
+// RecvOpen takes one value from ch, failing the test if ch closes first
+// or after DefaultWait.
+func RecvOpen[T any](t testing.TB, ch <-chan T) T {
+	t.Helper()
+	timer := time.NewTimer(DefaultWait)
+	defer timer.Stop()
+	select {
+	case v, ok := <-ch:
+		if !ok {
+			t.Fatalf("%T closed", ch)
+		}
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out waiting on %T", ch)
+		panic("unreachable")
+	}
+}
+
+// Drain takes values from ch until it closes and returns them, failing the
+// test if it is still open after DefaultWait.
+func Drain[T any](t testing.TB, ch <-chan T) []T {
+	t.Helper()
+	timer := time.NewTimer(DefaultWait)
+	defer timer.Stop()
+	var vs []T
+	for {
+		select {
+		case v, ok := <-ch:
+			if !ok {
+				return vs
+			}
+			vs = append(vs, v)
+		case <-timer.C:
+			t.Fatalf("%T not closed after %v", ch, DefaultWait)
+		}
+	}
+}
+
 // EchoServer starts an echo server on 127.0.0.1:0 and returns its address.
 // Each connection's bytes come back until the peer half-closes; then the
 // connection closes. The test's cleanup closes the listener and every

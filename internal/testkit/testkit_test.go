@@ -59,3 +59,17 @@ func TestWaitChanged(t *testing.T) {
 	}()
 	WaitChanged(t, DefaultWait, "n to reach 3", get, func() bool { mu.Lock(); defer mu.Unlock(); return n == 3 }, nil)
 }
+
+func TestRecvOpenAndDrain(t *testing.T) {
+	ch := make(chan int, 3)
+	ch <- 1
+	ch <- 2
+	ch <- 3
+	close(ch)
+	if v := RecvOpen(t, ch); v != 1 {
+		t.Fatalf("RecvOpen = %d", v)
+	}
+	if vs := Drain(t, ch); len(vs) != 2 || vs[0] != 2 || vs[1] != 3 {
+		t.Fatalf("Drain = %v", vs)
+	}
+}

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -37,12 +36,7 @@ func TestCanonicalAddr(t *testing.T) {
 // TestAllowlistZonesAndEmbeddedIPv4: a zone or an IPv6 form carrying an
 // IPv4 address reaches no address its plain form could not.
 func TestAllowlistZonesAndEmbeddedIPv4(t *testing.T) {
-	tests := []struct {
-		name    string
-		entries []string
-		allow   []string
-		refuse  []string
-	}{
+	checkAllowlist(t, []allowlistCase{
 		{"open", nil,
 			[]string{"[::1]:80", "[64:ff9b::a00:1]:80", "[2002:a00:1::]:443", "10.0.0.1:80"},
 			[]string{
@@ -63,22 +57,7 @@ func TestAllowlistZonesAndEmbeddedIPv4(t *testing.T) {
 		{"explicit link-local still needs no zone to match", []string{"fe80::/10"},
 			[]string{"[fe80::1%lo]:80", "[fe80::1]:80"},
 			[]string{"[fd00:ec2::254%lo]:80"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			a := mustAllowlist(t, tt.entries...)
-			for _, ep := range tt.allow {
-				if err := a.AllowEndpoint(ep); err != nil {
-					t.Errorf("AllowEndpoint(%s) = %v, want allowed", ep, err)
-				}
-			}
-			for _, ep := range tt.refuse {
-				if err := a.AllowEndpoint(ep); !errors.Is(err, ErrUpstreamNotAllowed) {
-					t.Errorf("AllowEndpoint(%s) = %v, want ErrUpstreamNotAllowed", ep, err)
-				}
-			}
-		})
-	}
+	})
 
 	// Resolved addresses are checked the same way at dial time.
 	open := mustAllowlist(t)
@@ -119,14 +98,7 @@ func TestDialRefusesZonedResolution(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	_, err = p.Acquire(context.Background(), "t")
-	var aerr *AcquireError
-	if !errors.As(err, &aerr) || !errors.Is(aerr.LastDialErr, ErrUpstreamNotAllowed) {
-		t.Fatalf("acquire of a name on zoned and embedded forbidden addresses: %v, want a dial refused by the policy", err)
-	}
-	if n.dialCount() != 0 {
-		t.Fatalf("%d dials reached the network", n.dialCount())
-	}
+	wantDialRefused(t, p, n, "a name on zoned and embedded forbidden addresses")
 	for _, addr := range []string{"[fe80::1%lo]:9004", "[::%lo]:9004", "[64:ff9b::a9fe:a9fe]:9004"} {
 		if err := p.checkDial("api.internal", addr); !errors.Is(err, ErrUpstreamNotAllowed) {
 			t.Errorf("checkDial(%s) = %v", addr, err)

@@ -22,29 +22,18 @@ func mustAllowlist(t *testing.T, entries ...string) *Allowlist {
 	return a
 }
 
-func TestAllowlistEndpoints(t *testing.T) {
-	tests := []struct {
-		name    string
-		entries []string
-		allow   []string
-		refuse  []string
-	}{
-		{"open", nil,
-			[]string{"10.0.0.1:80", "example.com:443", "127.0.0.1:6379", "[::1]:80", "169.254.169.254.nip.io:80"},
-			[]string{"169.254.169.254:80", "169.254.1.1:443", "[fd00:ec2::254]:80", "[fe80::1]:80", "0.0.0.0:80", "[::]:80", "[::ffff:169.254.169.254]:80"}},
-		{"cidrs", []string{"10.0.0.0/8", "fd00::/8", "192.168.1.7"},
-			[]string{"10.1.2.3:6379", "[fd00::5]:443", "192.168.1.7:22"},
-			[]string{"11.0.0.1:80", "192.168.1.8:22", "db.internal:5432", "[fd00:ec2::254]:80"}},
-		{"hosts", []string{"*.internal:443", "redis.local:6379", "db.internal:*", "10.9.9.9:53"},
-			[]string{"api.internal:443", "a.b.internal:443", "API.Internal:443", "redis.local:6379", "db.internal:1", "10.9.9.9:53"},
-			[]string{"api.internal:80", "redis.local:6380", "internal:443", "evil.com:443", "10.9.9.9:54", "10.0.0.1:443"}},
-		{"explicit metadata", []string{"169.254.169.254/32"},
-			[]string{"169.254.169.254:80"},
-			[]string{"169.254.169.253:80"}},
-		{"broad CIDR is not explicit", []string{"0.0.0.0/0", "::/0"},
-			[]string{"8.8.8.8:53", "[2001:db8::1]:443"},
-			[]string{"169.254.169.254:80", "[fd00:ec2::254]:80", "[fe80::1]:80"}},
-	}
+// allowlistCase is an allowlist's entries and endpoints it must allow and
+// refuse.
+type allowlistCase struct {
+	name    string
+	entries []string
+	allow   []string
+	refuse  []string
+}
+
+// checkAllowlist runs each case as a subtest.
+func checkAllowlist(t *testing.T, tests []allowlistCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := mustAllowlist(t, tt.entries...)
@@ -60,6 +49,40 @@ func TestAllowlistEndpoints(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wantDialRefused acquires from p and fails the test unless the acquire
+// fails on a dial refused as ErrUpstreamNotAllowed and no dial reached n.
+func wantDialRefused(t *testing.T, p *Pool, n *fakeNet, what string) {
+	t.Helper()
+	_, err := p.Acquire(context.Background(), "t")
+	var aerr *AcquireError
+	if !errors.As(err, &aerr) || !errors.Is(aerr.LastDialErr, ErrUpstreamNotAllowed) {
+		t.Fatalf("acquire of %s: %v, want a dial refused by the policy", what, err)
+	}
+	if n.dialCount() != 0 {
+		t.Fatalf("%d dials reached the network", n.dialCount())
+	}
+}
+
+func TestAllowlistEndpoints(t *testing.T) {
+	checkAllowlist(t, []allowlistCase{
+		{"open", nil,
+			[]string{"10.0.0.1:80", "example.com:443", "127.0.0.1:6379", "[::1]:80", "169.254.169.254.nip.io:80"},
+			[]string{"169.254.169.254:80", "169.254.1.1:443", "[fd00:ec2::254]:80", "[fe80::1]:80", "0.0.0.0:80", "[::]:80", "[::ffff:169.254.169.254]:80"}},
+		{"cidrs", []string{"10.0.0.0/8", "fd00::/8", "192.168.1.7"},
+			[]string{"10.1.2.3:6379", "[fd00::5]:443", "192.168.1.7:22"},
+			[]string{"11.0.0.1:80", "192.168.1.8:22", "db.internal:5432", "[fd00:ec2::254]:80"}},
+		{"hosts", []string{"*.internal:443", "redis.local:6379", "db.internal:*", "10.9.9.9:53"},
+			[]string{"api.internal:443", "a.b.internal:443", "API.Internal:443", "redis.local:6379", "db.internal:1", "10.9.9.9:53"},
+			[]string{"api.internal:80", "redis.local:6380", "internal:443", "evil.com:443", "10.9.9.9:54", "10.0.0.1:443"}},
+		{"explicit metadata", []string{"169.254.169.254/32"},
+			[]string{"169.254.169.254:80"},
+			[]string{"169.254.169.253:80"}},
+		{"broad CIDR is not explicit", []string{"0.0.0.0/0", "::/0"},
+			[]string{"8.8.8.8:53", "[2001:db8::1]:443"},
+			[]string{"169.254.169.254:80", "[fd00:ec2::254]:80", "[fe80::1]:80"}},
+	})
 }
 
 func TestAllowlistDial(t *testing.T) {
@@ -122,14 +145,7 @@ func TestDialRefusesRebinding(t *testing.T) {
 	}
 	t.Cleanup(func() { p.Close() })
 
-	_, err = p.Acquire(context.Background(), "t")
-	var aerr *AcquireError
-	if !errors.As(err, &aerr) || !errors.Is(aerr.LastDialErr, ErrUpstreamNotAllowed) {
-		t.Fatalf("acquire of a name on the metadata address: %v, want a dial refused by the allowlist", err)
-	}
-	if n.dialCount() != 0 {
-		t.Fatalf("%d dials reached the network", n.dialCount())
-	}
+	wantDialRefused(t, p, n, "a name on the metadata address")
 
 	// An allowed address works; a later rebinding outside the CIDRs is
 	// refused again, and only the allowed address was ever dialed.
@@ -174,9 +190,5 @@ func TestDialRefusesLiteral(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	_, err = p.Acquire(context.Background(), "t")
-	var aerr *AcquireError
-	if !errors.As(err, &aerr) || !errors.Is(aerr.LastDialErr, ErrUpstreamNotAllowed) || n.dialCount() != 0 {
-		t.Fatalf("acquire: %v; %d dials", err, n.dialCount())
-	}
+	wantDialRefused(t, p, n, "a metadata literal")
 }

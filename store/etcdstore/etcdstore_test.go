@@ -25,15 +25,20 @@ func TestMain(m *testing.M) {
 // etcd member, each test in a fresh prefix.
 func TestConformance(t *testing.T) {
 	srv := etcdtest.Start(t)
+	runConformance(t, etcdstore.Config{Endpoints: []string{srv.Endpoint()}, Prefix: "test"})
+}
+
+// runConformance runs the storetest suite against stores made from base,
+// each test in a fresh prefix: base.Prefix and a number.
+func runConformance(t *testing.T, base etcdstore.Config) {
+	t.Helper()
 	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T, opts storetest.Options) storetest.Store {
 		t.Helper()
-		s, err := etcdstore.New(etcdstore.Config{
-			Endpoints:    []string{srv.Endpoint()},
-			Prefix:       fmt.Sprintf("test%d", n.Add(1)),
-			HistoryLimit: opts.HistoryLimit,
-			Now:          opts.Now,
-		})
+		cfg := base
+		cfg.Prefix = fmt.Sprintf("%s%d", base.Prefix, n.Add(1))
+		cfg.HistoryLimit, cfg.Now = opts.HistoryLimit, opts.Now
+		s, err := etcdstore.New(cfg)
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}

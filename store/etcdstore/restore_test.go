@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,18 +38,48 @@ func clock() func() time.Time {
 // backupFile writes a backup of s to a file and returns its path.
 func backupFile(t *testing.T, s *etcdstore.Store) string {
 	t.Helper()
+	return writeBackup(t, func(w io.Writer) (int64, error) { return s.BackupContext(t.Context(), w) })
+}
+
+// boltBackupFile writes a backup of the bbolt store b into a new file and
+// returns its path.
+func boltBackupFile(t *testing.T, b *store.Store) string {
+	t.Helper()
+	return writeBackup(t, b.Backup)
+}
+
+// writeBackup writes a backup with backup into a new file and returns its
+// path.
+func writeBackup(t *testing.T, backup func(io.Writer) (int64, error)) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "backup.db")
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.BackupContext(t.Context(), f); err != nil {
+	if _, err := backup(f); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// watchFromNow watches dst from its current revision until the test ends.
+func watchFromNow(ctx context.Context, t *testing.T, dst *etcdstore.Store) <-chan store.Event {
+	t.Helper()
+	from, err := dst.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	events, err := dst.Watch(wctx, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events
 }
 
 // exportFile reads a backup file as Restore reads it.
@@ -167,16 +198,7 @@ func TestRestoreRoundTrip(t *testing.T) {
 	want, wantRev := exportFile(t, path)
 
 	dst := openEtcd(t, srv, "dst", 3, nil)
-	from, err := dst.Revision(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	events, err := dst.Watch(wctx, from)
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := watchFromNow(ctx, t, dst)
 	res, err := dst.RestoreFile(ctx, path, etcdstore.RestoreOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -253,17 +275,7 @@ func TestRestoreBoltBackup(t *testing.T) {
 	if _, err := b.Put(ctx, "pools/c", []byte("c2"), store.Absent(), "dave"); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "backup.db")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Backup(f); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := boltBackupFile(t, b)
 	want, _ := exportFile(t, path)
 
 	dst := openEtcd(t, srv, "frombolt", 4, nil)
@@ -333,16 +345,7 @@ func TestRestoreRefusesNonEmpty(t *testing.T) {
 		t.Errorf("restore into a prefix holding replicas only = %v", err)
 	}
 
-	from, err := dst.Revision(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	events, err := dst.Watch(wctx, from)
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := watchFromNow(ctx, t, dst)
 	res, err := dst.RestoreFile(ctx, path, etcdstore.RestoreOptions{Replace: true})
 	if err != nil {
 		t.Fatal(err)
@@ -399,17 +402,7 @@ func TestRestoreBatches(t *testing.T) {
 	if _, err := b.Txn(ctx, ops[:40], "apply2"); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "backup.db")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Backup(f); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := boltBackupFile(t, b)
 	want, _ := exportFile(t, path)
 
 	dst := openEtcd(t, srv, "big", 0, nil)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,26 +192,11 @@ func TestConformanceTLSAuth(t *testing.T) {
 	srv := etcdtest.StartWith(t, etcdtest.Config{ClientCertAuth: true})
 	srv.EnableAuth(t, "r00t", etcdtest.User{Name: "poolplane", Password: "s3cret", Prefix: "conf"})
 	tlsCfg := srv.ClientTLS(t)
-	var n atomic.Int64
-	storetest.Run(t, func(t *testing.T, opts storetest.Options) storetest.Store {
-		t.Helper()
-		s, err := etcdstore.New(etcdstore.Config{
-			Endpoints:    []string{srv.Endpoint()},
-			Prefix:       fmt.Sprintf("conf%d", n.Add(1)),
-			TLS:          tlsCfg,
-			Username:     "poolplane",
-			Password:     "s3cret",
-			HistoryLimit: opts.HistoryLimit,
-			Now:          opts.Now,
-		})
-		if err != nil {
-			t.Fatalf("New: %v", err)
-		}
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		})
-		return s
+	runConformance(t, etcdstore.Config{
+		Endpoints: []string{srv.Endpoint()},
+		Prefix:    "conf",
+		TLS:       tlsCfg,
+		Username:  "poolplane",
+		Password:  "s3cret",
 	})
 }

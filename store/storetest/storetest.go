@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/poolplane/poolplane/store"
+
+	"github.com/poolplane/poolplane/internal/testkit"
 )
 
 // Store is the method set under test: poolmgr.Store plus Close.
@@ -50,7 +52,7 @@ type OpenFunc func(t *testing.T, opts Options) Store
 
 // WaitLimit bounds how long a test waits for an event that must come. It
 // is a failure deadline, not a way to wait for state.
-const WaitLimit = 10 * time.Second
+const WaitLimit = testkit.DefaultWait
 
 // Run runs the whole suite against the stores that open returns.
 func Run(t *testing.T, open OpenFunc) {
@@ -100,37 +102,13 @@ func mustPut(t *testing.T, s Store, key, value string, expect store.Expect) int6
 // within WaitLimit or ch closes.
 func Recv(t *testing.T, ch <-chan store.Event) store.Event {
 	t.Helper()
-	timer := time.NewTimer(WaitLimit)
-	defer timer.Stop()
-	select {
-	case ev, ok := <-ch:
-		if !ok {
-			t.Fatal("watch channel closed")
-		}
-		return ev
-	case <-timer.C:
-		t.Fatal("no event")
-	}
-	panic("unreachable")
+	return testkit.RecvOpen(t, ch)
 }
 
 // WaitClosed drains ch until it closes and returns what it drained.
 func WaitClosed(t *testing.T, ch <-chan store.Event) []store.Event {
 	t.Helper()
-	timer := time.NewTimer(WaitLimit)
-	defer timer.Stop()
-	var evs []store.Event
-	for {
-		select {
-		case ev, ok := <-ch:
-			if !ok {
-				return evs
-			}
-			evs = append(evs, ev)
-		case <-timer.C:
-			t.Fatal("watch channel not closed")
-		}
-	}
+	return testkit.Drain(t, ch)
 }
 
 func kvEqual(a, b store.KeyValue) bool {
