@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+
+	"github.com/poolplane/poolplane/internal/testkit"
+)
+
+// lookTool returns the path of an external client the test drives, or
+// skips the test when it is not installed.
+func lookTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s not found in PATH: install it (apt-get install %s) to run this test", name, pkg)
+	}
+	return p
+}
+
+// redisCmd builds a redis-cli command against addr, bounded by ctx.
+func redisCmd(ctx context.Context, bin, addr string, args ...string) *exec.Cmd {
+	host, port, _ := net.SplitHostPort(addr)
+	return exec.CommandContext(ctx, bin, append([]string{"-h", host, "-p", port}, args...)...)
+}
+
+// redisOut runs redis-cli against addr with stdin as its commands (one a
+// line) and returns its output lines.
+func redisOut(t testing.TB, bin, addr, stdin string, args ...string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := redisCmd(ctx, bin, addr, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli %s <<%q: %v\n%s", strings.Join(args, " "), stdin, err, out)
+	}
+	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+}
+
+// matchLines checks got against want, line by line, each want a regexp
+// matched against the whole line.
+func matchLines(got, want []string) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("got %d lines %q, want %d matching %q", len(got), got, len(want), want)
+	}
+	for i := range want {
+		if !regexp.MustCompile(`^(?:` + want[i] + `)$`).MatchString(got[i]) {
+			return fmt.Errorf("line %d: got %q, want %q (all: %q)", i, got[i], want[i], got)
+		}
+	}
+	return nil
+}
+
+// waitNoLeases waits until pool has no lease out.
+func (ts *testServer) waitNoLeases(t testing.TB, pool string) {
+	t.Helper()
+	testkit.WaitFor(t, "the lease on "+pool+" to be released", func() bool {
+		l := unmarshal(t, ts.ok(t, "", "leases", pool, "-o", "json"), &poolv1.ListLeasesResponse{})
+		return len(l.GetLeases()) == 0
+	})
+}
+
+// redisAdmin is a direct connection to Redis, outside any pool, for
+// CLIENT LIST.
+type redisAdmin struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func dialRedisAdmin(t testing.TB, redis string) *redisAdmin {
+	t.Helper()
+	nc, err := net.Dial("tcp", redis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nc.Close() })
+	return &redisAdmin{nc: nc, br: bufio.NewReader(nc)}
+}
+
+// clientLine returns the CLIENT LIST line of the connection with this id,
+// or "" when there is none.
+func (r *redisAdmin) clientLine(t testing.TB, id string) string {
+	t.Helper()
+	_ = r.nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(r.nc, "CLIENT LIST ID "+id+"\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	head, err := r.br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(head, "$") {
+		t.Fatalf("CLIENT LIST: %q, %v", head, err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(head[1:]))
+	if err != nil {
+		t.Fatalf("CLIENT LIST: %q: %v", head, err)
+	}
+	body := make([]byte, n+2)
+	if _, err := io.ReadFull(r.br, body); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(body))
+}
+
+// TestForwardRedisCLI: the real redis-cli through forward on a REDIS pool
+// of one connection. Client A, one redis-cli process, leaves state on the
+// connection (or is killed while blocked); client B, the next redis-cli,
+// finds it clean and gets its own replies. CLIENT ID shows whether B got
+// A's connection (reset and reused) or a new one (A's was closed).
+func TestForwardRedisCLI(t *testing.T) {
+	cli := lookTool(t, "redis-cli", "redis-tools")
+	const trials = 30
+	scenarios := []struct {
+		name string
+		// a is client A's stdin after CLIENT ID; aOut its expected output
+		// after the id, all of it, or what it prints before it blocks.
+		a    string
+		aOut []string
+		// blocked, when set, means A does not exit: it is killed once its
+		// connection's CLIENT LIST line matches this.
+		blocked string
+		b       string // client B's stdin after CLIENT ID
+		bOut    []string
+		reused  bool // B gets A's connection back
+	}{
+		{name: "select", a: "SELECT 5\n", aOut: []string{"OK"},
+			b: "CLIENT INFO\n", bOut: []string{`id=\d+ .* db=0 .*`}, reused: true},
+		{name: "setname", a: "CLIENT SETNAME alice\nCLIENT GETNAME\n", aOut: []string{"OK", "alice"},
+			b: "CLIENT GETNAME\n", bOut: []string{""}, reused: true},
+		{name: "multi", a: "MULTI\nSET k a\n", aOut: []string{"OK", "QUEUED"},
+			b: "SET k b\nGET k\n", bOut: []string{"OK", "b"}, reused: true},
+		{name: "subscribe", a: "SUBSCRIBE ch\n", aOut: []string{"subscribe", "ch", "1"}, blocked: ` sub=1 `,
+			b: "PUBLISH ch x\n", bOut: []string{"0"}, reused: true},
+		// redis-cli 7.0 waits for a reply to CLIENT REPLY OFF: killed too.
+		{name: "reply-off", a: "CLIENT REPLY OFF\n", blocked: ` cmd=client\|reply `,
+			b: "PING\nECHO hi\n", bOut: []string{"PONG", "hi"}, reused: true},
+		// The pool waits reset_timeout for BLPOP's reply, then closes.
+		{name: "blpop", a: "BLPOP q 0\n", blocked: ` flags=b .* cmd=blpop `,
+			b: "RPUSH q job\nLPOP q\n", bOut: []string{"1", "job"}},
+	}
+	ts := startServer(t)
+	redis := testkit.Redis(t)
+	var yaml strings.Builder
+	yaml.WriteString("pools:\n")
+	for _, sc := range scenarios {
+		fmt.Fprintf(&yaml, "- id: cli-%s\n  endpoints: [%s]\n  protocol: redis\n  limits: {max_connections: 1, acquire_timeout: 10s}\n", sc.name, redis)
+		if !sc.reused {
+			yaml.WriteString("  reset_timeout: 0.1s\n")
+		}
+	}
+	ts.ok(t, yaml.String(), "apply", "-f", "-")
+
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel() // each on its own pool; a redis-cli process takes tens of ms to start
+			pool := "cli-" + sc.name
+			addr, stop := ts.startForward(t, pool)
+			admin := dialRedisAdmin(t, redis)
+			for trial := range trials {
+				idA := runClientA(t, cli, addr, admin, "CLIENT ID\n"+sc.a, sc.aOut, sc.blocked)
+				ts.waitNoLeases(t, pool)
+				if sc.blocked != "" && !sc.reused {
+					testkit.WaitFor(t, "the pool to close A's connection", func() bool {
+						return admin.clientLine(t, idA) == ""
+					})
+				}
+				got := redisOut(t, cli, addr, "CLIENT ID\n"+sc.b)
+				if err := matchLines(got, append([]string{`\d+`}, sc.bOut...)); err != nil {
+					t.Fatalf("trial %d: client B: %v", trial, err)
+				}
+				if idB := got[0]; (idB == idA) != sc.reused {
+					t.Fatalf("trial %d: client A on connection %s, B on %s; want reused=%v", trial, idA, idB, sc.reused)
+				}
+			}
+			ts.waitNoLeases(t, pool)
+			testkit.WaitFor(t, "the connection to be idle", func() bool {
+				st := unmarshal(t, ts.ok(t, "", "stats", pool, "-o", "json"), &poolv1.PoolStats{})
+				return st.GetInUse() == 0 && st.GetIdle() == 1
+			})
+			st := unmarshal(t, ts.ok(t, "", "stats", pool, "-o", "json"), &poolv1.PoolStats{})
+			if sc.reused {
+				// One connection for every lease, A's and B's in
+				// every trial.
+				if st.GetCreated() != 1 || st.GetReused() != 2*trials-1 || len(st.GetCloses()) != 0 {
+					t.Fatalf("created %d reused %d closes %v; want 1, %d, none", st.GetCreated(), st.GetReused(), st.GetCloses(), 2*trials-1)
+				}
+			} else {
+				// Every A's connection closed for its outstanding
+				// reply; every B on a new one that the next A reuses.
+				if st.GetCreated() != trials+1 || st.GetReused() != trials-1 || st.GetCloses()["outstanding_reply"] != trials {
+					t.Fatalf("created %d reused %d closes %v; want %d, %d, outstanding_reply %d",
+						st.GetCreated(), st.GetReused(), st.GetCloses(), trials+1, trials-1, trials)
+				}
+			}
+			if r := stop(); r.code != 0 {
+				t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+			}
+		})
+	}
+}
+
+// runClientA runs client A: one redis-cli process with stdin as its
+// commands, the first CLIENT ID. It checks its output and returns the id.
+// When blocked is set, A does not exit by itself: once it printed its
+// output and Redis shows its connection matching blocked, it is killed
+// (SIGKILL, by PID).
+func runClientA(t *testing.T, cli, addr string, admin *redisAdmin, stdin string, want []string, blocked string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := redisCmd(ctx, cli, addr)
+	cmd.Stdin = strings.NewReader(stdin)
+	var errb testkit.SyncBuffer
+	cmd.Stderr = &errb
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	defer func() {
+		if !waited {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	var got []string
+	if blocked == "" {
+		b, err := io.ReadAll(stdout)
+		waited = true
+		if werr := cmd.Wait(); err != nil || werr != nil {
+			t.Fatalf("client A: %v, %v\n%s%s", err, werr, b, errb.String())
+		}
+		got = strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	} else {
+		br := bufio.NewReader(stdout)
+		for len(got) < 1+len(want) {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("client A: after %q: %v\n%s", got, err, errb.String())
+			}
+			got = append(got, strings.TrimSuffix(line, "\n"))
+		}
+	}
+	if err := matchLines(got, append([]string{`\d+`}, want...)); err != nil {
+		t.Fatalf("client A: %v", err)
+	}
+	id := got[0]
+	if blocked != "" {
+		re := regexp.MustCompile(blocked)
+		testkit.WaitFor(t, "client A's connection to match "+blocked, func() bool {
+			return re.MatchString(admin.clientLine(t, id))
+		})
+		if err := cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		waited = true
+	}
+	return id
+}
