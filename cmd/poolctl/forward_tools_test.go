@@ -272,3 +272,66 @@ func runClientA(t *testing.T, cli, addr string, admin *redisAdmin, stdin string,
 	}
 	return id
 }
+
+// redisBenchmark runs redis-benchmark against addr and returns its
+// output; it fails the test on an error reply or a non-zero exit.
+func redisBenchmark(t testing.TB, bin, addr string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-h", host, "-p", port}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Contains(strings.ToLower(string(out)), "err") {
+		t.Fatalf("redis-benchmark %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestForwardRedisBenchmark: the real redis-benchmark, 50 clients at once,
+// through forward on a REDIS pool of up to 64 connections, twice. Every
+// benchmark client is a lease. redis-benchmark closes its 50 SET clients
+// and opens 50 GET clients at once; a connection still being reset when a
+// new client leases is not idle, so the pool may dial a few more than 50
+// (up to its limit): the second run must be served by the first run's
+// connections, give or take those few. Connections are counted by dials:
+// created counts only the acquires a new connection served.
+func TestForwardRedisBenchmark(t *testing.T) {
+	bench := lookTool(t, "redis-benchmark", "redis-tools")
+	ts := startServer(t)
+	redis := testkit.Redis(t)
+	ts.ok(t, "pools:\n- id: bench\n  endpoints: ["+redis+"]\n  protocol: redis\n  limits: {max_connections: 64, acquire_timeout: 10s}\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "bench")
+	const clients, maxConns = 50, 64
+	var dials [2]uint64 // upstream connections opened (created counts only the acquires a new one served)
+	var st *poolv1.PoolStats
+	for run := range 2 {
+		out := redisBenchmark(t, bench, addr, "-c", strconv.Itoa(clients), "-n", "4000", "-t", "set,get", "-q")
+		for _, test := range []string{"SET", "GET"} {
+			if !regexp.MustCompile(`(?m)^` + test + `: [0-9.]+ requests per second`).MatchString(strings.ReplaceAll(out, "\r", "\n")) {
+				t.Fatalf("run %d: no %s result:\n%s", run, test, out)
+			}
+		}
+		ts.waitNoLeases(t, "bench")
+		testkit.WaitFor(t, "every connection to be idle", func() bool {
+			st = unmarshal(t, ts.ok(t, "", "stats", "bench", "-o", "json"), &poolv1.PoolStats{})
+			return st.GetInUse() == 0
+		})
+		t.Logf("run %d: dials %d total %d created %d reused %d acquires %d closes %v",
+			run, st.GetDials(), st.GetTotal(), st.GetCreated(), st.GetReused(), st.GetAcquires(), st.GetCloses())
+		dials[run] = st.GetDials()
+		if dials[run] < clients || dials[run] > maxConns || st.GetDialFailures() != 0 || len(st.GetCloses()) != 0 || uint64(st.GetIdle()) != dials[run] {
+			t.Fatalf("run %d: dials %d (failed %d) idle %d closes %v; want %d..%d dials, all idle, none closed",
+				run, dials[run], st.GetDialFailures(), st.GetIdle(), st.GetCloses(), clients, maxConns)
+		}
+	}
+	if more := dials[1] - dials[0]; more > clients/5 {
+		t.Fatalf("the second run dialled %d more connections; want it served by the first run's %d", more, dials[0])
+	}
+	if st.GetReused() < clients {
+		t.Fatalf("after two runs: %d leases reused a connection, want at least %d", st.GetReused(), clients)
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
