@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -330,6 +332,75 @@ func TestForwardRedisBenchmark(t *testing.T) {
 	}
 	if st.GetReused() < clients {
 		t.Fatalf("after two runs: %d leases reused a connection, want at least %d", st.GetReused(), clients)
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// TestForwardCurlKeepAlive: the real curl, fetching one URL 10 times over
+// one keep-alive connection, through forward on an HTTP1 pool of one
+// connection to nginx, several times in a row. Every body is right, each
+// curl opens one local connection (one lease), and nginx serves every
+// request of every run on the same connection: the pool reused it.
+func TestForwardCurlKeepAlive(t *testing.T) {
+	curl := lookTool(t, "curl", "curl")
+	root := t.TempDir()
+	const body = "hello from nginx"
+	if err := os.WriteFile(filepath.Join(root, "small.txt"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	web := testkit.Nginx(t, root, "add_header X-Conn $connection always;")
+	ts := startServer(t)
+	ts.ok(t, "pools:\n- id: web\n  endpoints: ["+web+"]\n  protocol: http1\n  limits: {max_connections: 1, acquire_timeout: 10s}\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "web")
+	const runs, fetches = 5, 10
+	url := "http://" + addr + "/small.txt"
+	args := []string{"-s", "--fail", "--max-time", "20", "-w", " %{http_code} %{num_connects} %header{x-conn}\n"}
+
+	for range fetches {
+		args = append(args, url)
+	}
+	conn := ""
+	for run := range runs {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, err := exec.CommandContext(ctx, curl, args...).CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("run %d: curl: %v\n%s", run, err, out)
+		}
+		lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+		if len(lines) != fetches {
+			t.Fatalf("run %d: %d responses, want %d:\n%s", run, len(lines), fetches, out)
+		}
+		for i, l := range lines {
+			// One local connection per curl: only the first fetch connects.
+			connects := "0"
+			if i == 0 {
+				connects = "1"
+			}
+			m := regexp.MustCompile(`^` + regexp.QuoteMeta(body) + ` 200 ` + connects + ` (\d+)$`).FindStringSubmatch(l)
+			if m == nil {
+				t.Fatalf("run %d fetch %d: %q, want %q, 200, %s new connections, X-Conn", run, i, l, body, connects)
+			}
+			if conn == "" {
+				conn = m[1]
+			}
+			if m[1] != conn {
+				t.Fatalf("run %d fetch %d: nginx connection %s, want %s (the pool's one connection)", run, i, m[1], conn)
+			}
+		}
+		ts.waitNoLeases(t, "web")
+	}
+
+	var st *poolv1.PoolStats
+	testkit.WaitFor(t, "the connection to be idle", func() bool {
+		st = unmarshal(t, ts.ok(t, "", "stats", "web", "-o", "json"), &poolv1.PoolStats{})
+		return st.GetIdle() == 1
+	})
+	if st.GetDials() != 1 || st.GetCreated() != 1 || st.GetReused() != runs-1 || st.GetAcquires() != runs || len(st.GetCloses()) != 0 {
+		t.Fatalf("after %d curl runs: dials %d created %d reused %d acquires %d closes %v; want 1, 1, %d, %d, none",
+			runs, st.GetDials(), st.GetCreated(), st.GetReused(), st.GetAcquires(), st.GetCloses(), runs-1, runs)
 	}
 	if r := stop(); r.code != 0 {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
