@@ -132,6 +132,8 @@ func TestForwardRedisCLI(t *testing.T) {
 		// blocked, when set, means A does not exit: it is killed once its
 		// connection's CLIENT LIST line matches this.
 		blocked string
+		// mayExit: a blocked A may also exit by itself.
+		mayExit bool
 		b       string // client B's stdin after CLIENT ID
 		bOut    []string
 		reused  bool // B gets A's connection back
@@ -144,8 +146,9 @@ func TestForwardRedisCLI(t *testing.T) {
 			b: "SET k b\nGET k\n", bOut: []string{"OK", "b"}, reused: true},
 		{name: "subscribe", a: "SUBSCRIBE ch\n", aOut: []string{"subscribe", "ch", "1"}, blocked: ` sub=1 `,
 			b: "PUBLISH ch x\n", bOut: []string{"0"}, reused: true},
-		// redis-cli 7.0 waits for a reply to CLIENT REPLY OFF: killed too.
-		{name: "reply-off", a: "CLIENT REPLY OFF\n", blocked: ` cmd=client\|reply `,
+		// redis-cli 7.0 waits for a reply to CLIENT REPLY OFF: killed too
+		// (a redis-cli that knows there is none exits at the end of stdin).
+		{name: "reply-off", a: "CLIENT REPLY OFF\n", blocked: ` cmd=client\|reply `, mayExit: true,
 			b: "PING\nECHO hi\n", bOut: []string{"PONG", "hi"}, reused: true},
 		// The pool waits reset_timeout for BLPOP's reply, then closes.
 		{name: "blpop", a: "BLPOP q 0\n", blocked: ` flags=b .* cmd=blpop `,
@@ -170,7 +173,7 @@ func TestForwardRedisCLI(t *testing.T) {
 			addr, stop := ts.startForward(t, pool)
 			admin := dialRedisAdmin(t, redis)
 			for trial := range trials {
-				idA := runClientA(t, cli, addr, admin, "CLIENT ID\n"+sc.a, sc.aOut, sc.blocked)
+				idA := runClientA(t, cli, addr, admin, "CLIENT ID\n"+sc.a, sc.aOut, sc.blocked, sc.mayExit)
 				ts.waitNoLeases(t, pool)
 				if sc.blocked != "" && !sc.reused {
 					testkit.WaitFor(t, "the pool to close A's connection", func() bool {
@@ -216,8 +219,8 @@ func TestForwardRedisCLI(t *testing.T) {
 // commands, the first CLIENT ID. It checks its output and returns the id.
 // When blocked is set, A does not exit by itself: once it printed its
 // output and Redis shows its connection matching blocked, it is killed
-// (SIGKILL, by PID).
-func runClientA(t *testing.T, cli, addr string, admin *redisAdmin, stdin string, want []string, blocked string) string {
+// (SIGKILL, by PID); with mayExit, it may also exit by itself first.
+func runClientA(t *testing.T, cli, addr string, admin *redisAdmin, stdin string, want []string, blocked string, mayExit bool) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -263,14 +266,26 @@ func runClientA(t *testing.T, cli, addr string, admin *redisAdmin, stdin string,
 	id := got[0]
 	if blocked != "" {
 		re := regexp.MustCompile(blocked)
+		// The rest of A's output is not read: Wait may close the pipe.
+		exited := make(chan struct{})
+		go func() {
+			_ = cmd.Wait()
+			close(exited)
+		}()
+		waited = true
 		testkit.WaitFor(t, "client A's connection to match "+blocked, func() bool {
+			select {
+			case <-exited:
+				if mayExit {
+					return true
+				}
+				t.Fatalf("client A exited before it was killed: %s", errb.String())
+			default:
+			}
 			return re.MatchString(admin.clientLine(t, id))
 		})
-		if err := cmd.Process.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		_ = cmd.Wait()
-		waited = true
+		_ = cmd.Process.Kill() // by PID; an error if it exited meanwhile
+		<-exited
 	}
 	return id
 }
