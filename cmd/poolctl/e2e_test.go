@@ -40,19 +40,19 @@ type testServer struct {
 	log  *testkit.SyncBuffer
 }
 
-func startServer(t *testing.T) *testServer {
+func startServer(t testing.TB) *testServer {
 	t.Helper()
 	return startServerWith(t, serverOptions{})
 }
 
 // cli runs poolctl against the server.
-func (ts *testServer) cli(t *testing.T, stdin string, args ...string) result {
+func (ts *testServer) cli(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
 	return runCLI(t, stdin, append([]string{"--server", ts.addr}, args...)...)
 }
 
 // ok runs poolctl and fails the test unless it exits 0.
-func (ts *testServer) ok(t *testing.T, stdin string, args ...string) string {
+func (ts *testServer) ok(t testing.TB, stdin string, args ...string) string {
 	t.Helper()
 	r := ts.cli(t, stdin, args...)
 	if r.code != 0 {
@@ -85,7 +85,7 @@ func writeFile(t *testing.T, name, content string) string {
 }
 
 // unmarshal parses -o json output.
-func unmarshal[M proto.Message](t *testing.T, out string, m M) M {
+func unmarshal[M proto.Message](t testing.TB, out string, m M) M {
 	t.Helper()
 	if err := protojson.Unmarshal([]byte(out), m); err != nil {
 		t.Fatalf("output is not a %T: %v\n%s", m, err, out)
@@ -276,7 +276,7 @@ func mustRead(t *testing.T, name string) string {
 
 // startForward runs poolctl forward until the returned stop is called and
 // returns the local address it listens on.
-func (ts *testServer) startForward(t *testing.T, pool string, extra ...string) (addr string, stop func() result) {
+func (ts *testServer) startForward(t testing.TB, pool string, extra ...string) (addr string, stop func() result) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb testkit.SyncBuffer
@@ -475,7 +475,7 @@ type serverOptions struct {
 
 // startServerWith is startServer with options; addr is "unix://<path>"
 // for a Unix socket.
-func startServerWith(t *testing.T, o serverOptions) *testServer {
+func startServerWith(t testing.TB, o serverOptions) *testServer {
 	t.Helper()
 	ts := &testServer{log: &testkit.SyncBuffer{}}
 	srv := servertest.Start(t, servertest.Options{

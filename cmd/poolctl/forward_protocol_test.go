@@ -4,9 +4,6 @@ import (
 	"bufio"
 	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,53 +13,6 @@ import (
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
-// startRedisServer starts a throwaway redis-server on a free loopback port,
-// or skips the test when it is not installed.
-func startRedisServer(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not found in PATH")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_, port, _ := net.SplitHostPort(addr)
-	_ = ln.Close()
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--protected-mode", "no", "--logfile", filepath.Join(dir, "redis.log"))
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	testkit.WaitFor(t, "redis-server to listen on "+addr, func() bool {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			t.Fatalf("redis-server exited early:\n%s", b)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	})
-	return addr
-}
-
 // TestForwardProtocolPoolDecidesReuse: on a REDIS pool, forward without
 // --reuse releases a lease when its local client closes, and the pool,
 // which follows the exchange and resets the connection, keeps it: the next
@@ -70,7 +20,7 @@ func startRedisServer(t *testing.T) string {
 // reply still due. list, get and stats show the protocol.
 func TestForwardProtocolPoolDecidesReuse(t *testing.T) {
 	ts := startServer(t)
-	redis := startRedisServer(t)
+	redis := testkit.Redis(t)
 	ts.ok(t, "pools:\n- id: cache\n  endpoints: ["+redis+"]\n  protocol: redis\n", "apply", "-f", "-")
 	if out := ts.ok(t, "", "list"); !strings.Contains(out, "PROTOCOL") || !strings.Contains(out, "REDIS") {
 		t.Fatalf("list does not show the protocol:\n%s", out)

@@ -30,7 +30,7 @@ type result struct {
 }
 
 // runCLI runs poolctl with args and stdin.
-func runCLI(t *testing.T, stdin string, args ...string) result {
+func runCLI(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
