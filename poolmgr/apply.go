@@ -90,12 +90,13 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 		}
 		cur[id] = current{rec, kv}
 	}
-	// A spec that omits the client key or the Redis password keeps the
-	// stored one (see keepStoredKey); then every spec is validated.
+	// A spec that omits the client key or the Redis or PostgreSQL password
+	// keeps the stored one (see keepStoredKey); then every spec is
+	// validated.
 	want = slices.Clone(want)
 	for i := range want {
 		if c, ok := cur[want[i].ID]; ok {
-			keepStoredKey(c.rec.Config, &want[i].Config, true, true)
+			keepStoredKey(c.rec.Config, &want[i].Config, true, true, true)
 		}
 	}
 	specs, err := prepareSpecs(want)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -43,12 +44,13 @@ type ManagerConfig struct {
 	Logger *slog.Logger
 	// Now stamps create and update times. Default time.Now.
 	Now func() time.Time
-	// SecretKey, 32 bytes, encrypts client private keys and Redis
-	// passwords in the store (AES-256-GCM). Without it, pools that give a
-	// client key inline (TLSConfig.ClientKeyPEM) or a Redis password
-	// (RedisSetup.Password) are refused with a *ValidationError; give
-	// TLSConfig.ClientKeyFile instead of a key. Records with encrypted
-	// secrets need the key they were written with to be read.
+	// SecretKey, 32 bytes, encrypts client private keys and Redis and
+	// PostgreSQL passwords in the store (AES-256-GCM). Without it, pools
+	// that give a client key inline (TLSConfig.ClientKeyPEM) or a password
+	// (RedisSetup.Password, PostgresSetup.Password) are refused with a
+	// *ValidationError; give TLSConfig.ClientKeyFile instead of a key.
+	// Records with encrypted secrets need the key they were written with
+	// to be read.
 	SecretKey []byte
 	// Follow makes the Manager follow changes that other Managers (poold
 	// replicas sharing the store, e.g. through etcd) commit: Load starts a
@@ -80,6 +82,10 @@ type WriteOptions struct {
 	// Redis username but no password keeps the stored password (see
 	// keepStoredKey), for the same reason.
 	KeepRedisPassword bool
+	// KeepPostgresPassword (Update only): a POSTGRES config that gives the
+	// stored user but no password keeps the stored password (see
+	// keepStoredKey), for the same reason.
+	KeepPostgresPassword bool
 }
 
 // PoolInfo is a pool's stored configuration and state.
@@ -572,14 +578,15 @@ func cloneConfig(cfg Config) Config {
 		}
 		cfg.Labels = l
 	}
+	cfg.Postgres.Params = maps.Clone(cfg.Postgres.Params)
 	return cfg
 }
 
 // checkWrite applies the write-time policies to a config about to be
 // stored: every endpoint must pass the upstream policy (an error wrapping
-// ErrUpstreamNotAllowed), and an inline client key or a Redis password
-// needs a secret key to be stored encrypted (a *ValidationError). prefix is prepended to field
-// names ("pools[3]." in Apply).
+// ErrUpstreamNotAllowed), and an inline client key or a Redis or PostgreSQL
+// password needs a secret key to be stored encrypted (a *ValidationError).
+// prefix is prepended to field names ("pools[3]." in Apply).
 func (m *Manager) checkWrite(cfg Config, prefix string) error {
 	if cfg.TLS.ClientKeyPEM != "" && m.sealer == nil {
 		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "tls.client_key_pem",
@@ -589,6 +596,11 @@ func (m *Manager) checkWrite(cfg Config, prefix string) error {
 	if cfg.Redis.Password != "" && m.sealer == nil {
 		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "redis.password",
 			Reason: "Redis passwords are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
+				"start poold with --secret-key-file"}}}
+	}
+	if cfg.Postgres.Password != "" && m.sealer == nil {
+		return &ValidationError{Violations: []FieldViolation{{Field: prefix + "postgres.password",
+			Reason: "PostgreSQL passwords are refused: poold keeps them only encrypted, and runs without --secret-key-file; " +
 				"start poold with --secret-key-file"}}}
 	}
 	for i, ep := range cfg.Endpoints {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"time"
 
 	"github.com/poolplane/poolplane/poolmgr/internal/seal"
@@ -59,12 +60,27 @@ type (
 		DNSRefresh  int64         `json:"dns_refresh_ns"`
 		Reuse       string        `json:"reuse_policy"`
 		IdleOrder   string        `json:"idle_order"`
-		// Protocol, ResetTimeout and Redis are omitted for a RAW pool, so
-		// that its record reads back in builds that predate them.
+		// Protocol, ResetTimeout, Redis and Postgres are omitted for a RAW
+		// pool, so that its record reads back in builds that predate them.
 		Protocol     string            `json:"protocol,omitempty"`
 		ResetTimeout int64             `json:"reset_timeout_ns,omitempty"`
 		Redis        *redisJSON        `json:"redis,omitempty"`
+		Postgres     *postgresJSON     `json:"postgres,omitempty"`
 		Labels       map[string]string `json:"labels,omitempty"`
+	}
+	postgresJSON struct {
+		Database string `json:"database,omitempty"`
+		User     string `json:"user,omitempty"`
+		// PasswordSealed and Password are as in redisJSON, sealed under
+		// their own label (pgPasswordAAD).
+		PasswordSealed string `json:"password_sealed,omitempty"`
+		Password       string `json:"password,omitempty"`
+		// SSLMode is omitted for DISABLE.
+		SSLMode               string            `json:"ssl_mode,omitempty"`
+		CAPEM                 string            `json:"ca_pem,omitempty"`
+		Params                map[string]string `json:"params,omitempty"`
+		ResetQuery            string            `json:"reset_query,omitempty"`
+		CloseOpenTransactions bool              `json:"close_open_transactions,omitempty"`
 	}
 	redisJSON struct {
 		Username string `json:"username,omitempty"`
@@ -120,17 +136,18 @@ type (
 )
 
 // keyAAD binds sealed client keys to their use; passwordAAD sealed Redis
-// passwords to theirs.
+// passwords to theirs, pgPasswordAAD sealed PostgreSQL passwords to theirs.
 var (
-	keyAAD      = []byte("poolplane pool record: tls.client_key")
-	passwordAAD = []byte("poolplane pool record: redis.password")
+	keyAAD        = []byte("poolplane pool record: tls.client_key")
+	passwordAAD   = []byte("poolplane pool record: redis.password")
+	pgPasswordAAD = []byte("poolplane pool record: postgres.password")
 )
 
 // encodeRecord encodes r in the current schema. The client key and the
-// Redis password are sealed with s; without s (no secret key) they are
-// stored in clear, which the Manager allows only for keys already stored
-// so. It fails only for a
-// Config holding enum values outside their declared sets.
+// Redis and PostgreSQL passwords are sealed with s; without s (no secret
+// key) they are stored in clear, which the Manager allows only for keys
+// already stored so. It fails only for a Config holding enum values
+// outside their declared sets.
 func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 	c := r.Config
 	state, err := stateName(r.State)
@@ -217,6 +234,9 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 			}
 		}
 	}
+	if j.Config.Postgres, err = postgresToJSON(c.Postgres, s); err != nil {
+		return nil, err
+	}
 	if k := c.TLS.ClientKeyPEM; k != "" {
 		if s != nil {
 			j.Config.TLS.ClientKeySealed = s.Seal([]byte(k), keyAAD)
@@ -231,8 +251,8 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 	return b, nil
 }
 
-// decodeRecord decodes a stored record, opening a sealed client key and a
-// sealed Redis password with s.
+// decodeRecord decodes a stored record, opening a sealed client key and
+// sealed Redis and PostgreSQL passwords with s.
 // It refuses records written by a newer schema, unknown fields, unknown
 // enum names, trailing data, and a sealed key without s or under another
 // key, with an error wrapping errRecord. It does not validate the Config:
@@ -357,6 +377,9 @@ func decodeRecord(b []byte, s *seal.Sealer) (record, error) {
 			r.Config.Redis.Password = string(pw)
 		}
 	}
+	if r.Config.Postgres, err = postgresFromJSON(c.Postgres, s); err != nil {
+		return record{}, err
+	}
 	if sealed := c.TLS.ClientKeySealed; sealed != "" {
 		switch {
 		case c.TLS.ClientKeyPEM != "":
@@ -381,9 +404,86 @@ var (
 		int(HealthNone): "NONE", int(HealthTCP): "TCP", int(HealthTLS): "TLS",
 		int(HealthHTTP): "HTTP", int(HealthRedisPing): "REDIS_PING",
 	}
-	protocolNames = map[int]string{int(ProtocolRaw): "RAW", int(ProtocolRedis): "REDIS", int(ProtocolHTTP1): "HTTP1"}
-	stateNames    = map[int]string{int(StateActive): "ACTIVE", int(StatePaused): "PAUSED", int(StateDraining): "DRAINING"}
+	protocolNames = map[int]string{
+		int(ProtocolRaw): "RAW", int(ProtocolRedis): "REDIS", int(ProtocolHTTP1): "HTTP1",
+		int(ProtocolPostgres): "POSTGRES",
+	}
+	sslModeNames = map[int]string{
+		int(PostgresSSLDisable): "DISABLE", int(PostgresSSLRequire): "REQUIRE", int(PostgresSSLVerifyFull): "VERIFY_FULL",
+	}
+	stateNames = map[int]string{int(StateActive): "ACTIVE", int(StatePaused): "PAUSED", int(StateDraining): "DRAINING"}
 )
+
+// postgresToJSON encodes a POSTGRES setup, nil for none, sealing the
+// password with s (in clear without s, as for the Redis password).
+func postgresToJSON(pg PostgresSetup, s *seal.Sealer) (*postgresJSON, error) {
+	if reflect.ValueOf(pg).IsZero() {
+		return nil, nil
+	}
+	mode, err := enumName(int(pg.SSLMode), sslModeNames, "postgres.ssl_mode")
+	if err != nil {
+		return nil, err
+	}
+	if pg.SSLMode == PostgresSSLDisable {
+		mode = ""
+	}
+	j := &postgresJSON{
+		Database:              pg.Database,
+		User:                  pg.User,
+		SSLMode:               mode,
+		CAPEM:                 pg.CAPEM,
+		Params:                pg.Params,
+		ResetQuery:            pg.ResetQuery,
+		CloseOpenTransactions: pg.CloseOpenTransactions,
+	}
+	if pg.Password != "" {
+		if s != nil {
+			j.PasswordSealed = s.Seal([]byte(pg.Password), pgPasswordAAD)
+		} else {
+			j.Password = pg.Password
+		}
+	}
+	return j, nil
+}
+
+// postgresFromJSON decodes a POSTGRES setup, opening a sealed password with
+// s; nil is no setup.
+func postgresFromJSON(j *postgresJSON, s *seal.Sealer) (PostgresSetup, error) {
+	if j == nil {
+		return PostgresSetup{}, nil
+	}
+	mode := int(PostgresSSLDisable)
+	if j.SSLMode != "" {
+		var err error
+		if mode, err = parseEnum(j.SSLMode, sslModeNames, "postgres.ssl_mode"); err != nil {
+			return PostgresSetup{}, err
+		}
+	}
+	pg := PostgresSetup{
+		Database:              j.Database,
+		User:                  j.User,
+		Password:              j.Password,
+		SSLMode:               PostgresSSLMode(mode),
+		CAPEM:                 j.CAPEM,
+		Params:                j.Params,
+		ResetQuery:            j.ResetQuery,
+		CloseOpenTransactions: j.CloseOpenTransactions,
+	}
+	if sealed := j.PasswordSealed; sealed != "" {
+		switch {
+		case j.Password != "":
+			return PostgresSetup{}, fmt.Errorf("%w: both a sealed and a clear PostgreSQL password", errRecord)
+		case s == nil:
+			return PostgresSetup{}, fmt.Errorf("%w: the PostgreSQL password is encrypted and no secret key is configured (poold --secret-key-file)", errRecord)
+		}
+		pw, err := s.Open(sealed, pgPasswordAAD)
+		if err != nil {
+			return PostgresSetup{}, fmt.Errorf("%w: PostgreSQL password: %w (is --secret-key-file the key the pool was written with?)", errRecord, err)
+		}
+		pg.Password = string(pw)
+	}
+	return pg, nil
+}
 
 func enumName(v int, names map[int]string, field string) (string, error) {
 	if s, ok := names[v]; ok {

@@ -151,7 +151,8 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 	}
 	// A config that may take the stored key is validated once it has it,
 	// under the write lock.
-	keep := o.KeepClientKey && omitsClientKey(cfg.TLS) || o.KeepRedisPassword && omitsPassword(cfg)
+	keep := o.KeepClientKey && omitsClientKey(cfg.TLS) || o.KeepRedisPassword && omitsPassword(cfg) ||
+		o.KeepPostgresPassword && omitsPostgresPassword(cfg)
 	var err error
 	if keep {
 		cfg = cloneConfig(cfg)
@@ -162,7 +163,7 @@ func (m *Manager) Update(ctx context.Context, id string, cfg Config, expectRevis
 		expect: expectRevision,
 		mutate: func(rec *record, _ bool) (bool, error) {
 			if keep {
-				keepStoredKey(rec.Config, &cfg, o.KeepClientKey, o.KeepRedisPassword)
+				keepStoredKey(rec.Config, &cfg, o.KeepClientKey, o.KeepRedisPassword, o.KeepPostgresPassword)
 				if err := cfg.WithDefaults().Validate(); err != nil {
 					return false, err
 				}
@@ -192,9 +193,17 @@ func omitsPassword(c Config) bool {
 	return c.Protocol == ProtocolRedis && c.Redis.Password == ""
 }
 
+// omitsPostgresPassword reports whether c is a POSTGRES config without a
+// password: a config read back from the API, or one for trust
+// authentication.
+func omitsPostgresPassword(c Config) bool {
+	return c.Protocol == ProtocolPostgres && c.Postgres.Password == ""
+}
+
 // keepStoredKey is the one rule by which the stored secrets, the client key
-// and the Redis password, survive a write that omits them (the API never
-// returns them, so a pool read back and written whole omits them).
+// and the Redis and PostgreSQL passwords, survive a write that omits them
+// (the API never returns them, so a pool read back and written whole omits
+// them).
 //   - key: a cfg that gives the stored client certificate but neither a key
 //     nor a key file takes the stored key. A new certificate, a key file or
 //     a key of its own leaves cfg as it is.
@@ -202,15 +211,21 @@ func omitsPassword(c Config) bool {
 //     the default user) but no password takes the stored password of a
 //     stored REDIS config. A new username or a password of its own leaves
 //     cfg as it is.
+//   - pgPassword: a POSTGRES cfg that gives the stored user but no password
+//     takes the stored password of a stored POSTGRES config. A new user or
+//     a password of its own leaves cfg as it is.
 //
 // Callers hold the write lock and pass the config stored at the revision
 // they write over.
-func keepStoredKey(stored Config, cfg *Config, key, password bool) {
+func keepStoredKey(stored Config, cfg *Config, key, password, pgPassword bool) {
 	if key && omitsClientKey(cfg.TLS) && cfg.TLS.ClientCertPEM == stored.TLS.ClientCertPEM {
 		cfg.TLS.ClientKeyPEM = stored.TLS.ClientKeyPEM
 	}
 	if password && omitsPassword(*cfg) && stored.Protocol == ProtocolRedis && cfg.Redis.Username == stored.Redis.Username {
 		cfg.Redis.Password = stored.Redis.Password
+	}
+	if pgPassword && omitsPostgresPassword(*cfg) && stored.Protocol == ProtocolPostgres && cfg.Postgres.User == stored.Postgres.User {
+		cfg.Postgres.Password = stored.Postgres.Password
 	}
 }
 

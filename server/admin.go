@@ -133,6 +133,8 @@ func (s *AdminServer) UpdatePool(ctx context.Context, req *poolv1.UpdatePoolRequ
 	// password and the stored username keeps it; an explicit
 	// "redis.password" clears it.
 	o.KeepRedisPassword = mask.leaves[passwordPath] && mask.passwordImplicit
+	// And the PostgreSQL password, with the stored user.
+	o.KeepPostgresPassword = mask.leaves[pgPasswordPath] && mask.pgPasswordImplicit
 	for attempt := 0; ; attempt++ {
 		cur, err := s.core.Get(ctx, id)
 		if err != nil {

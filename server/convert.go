@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -19,10 +20,10 @@ import (
 )
 
 // This file converts between the wire messages and poolmgr's types. The
-// client private key and the Redis password are write-only: they go into a
-// poolmgr.Config, and nothing converted back to the wire ever carries them;
-// the wire shows the key's fingerprint and whether a password is set
-// instead.
+// client private key and the Redis and PostgreSQL passwords are write-only:
+// they go into a poolmgr.Config, and nothing converted back to the wire ever
+// carries them; the wire shows the key's fingerprint and whether a password
+// is set instead.
 
 // configFromProto converts p's writable fields to a poolmgr.Config. Unset
 // (zero) fields stay zero, which the core reads as "default". Output-only
@@ -129,6 +130,8 @@ func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) 
 		cfg.Protocol = poolmgr.ProtocolRedis
 	case poolv1.Protocol_PROTOCOL_HTTP1:
 		cfg.Protocol = poolmgr.ProtocolHTTP1
+	case poolv1.Protocol_PROTOCOL_POSTGRES:
+		cfg.Protocol = poolmgr.ProtocolPostgres
 	default:
 		bad("protocol", "unknown protocol %d", int32(pr))
 	}
@@ -140,6 +143,29 @@ func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) 
 			Database:        int(r.GetDatabase()),
 			ProtocolVersion: int(r.GetProtocolVersion()),
 			ClientName:      r.GetClientName(),
+		}
+	}
+	if pg := p.GetPostgres(); pg != nil {
+		cfg.Postgres = poolmgr.PostgresSetup{
+			Database:              pg.GetDatabase(),
+			User:                  pg.GetUser(),
+			Password:              pg.GetPassword(),
+			CAPEM:                 pg.GetCaPem(),
+			ResetQuery:            pg.GetResetQuery(),
+			CloseOpenTransactions: pg.GetCloseOpenTransactions(),
+		}
+		if len(pg.GetParams()) > 0 {
+			cfg.Postgres.Params = maps.Clone(pg.GetParams())
+		}
+		switch m := pg.GetSslMode(); m {
+		case poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_UNSPECIFIED, poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_DISABLE:
+			cfg.Postgres.SSLMode = poolmgr.PostgresSSLDisable
+		case poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_REQUIRE:
+			cfg.Postgres.SSLMode = poolmgr.PostgresSSLRequire
+		case poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_VERIFY_FULL:
+			cfg.Postgres.SSLMode = poolmgr.PostgresSSLVerifyFull
+		default:
+			bad("postgres.ssl_mode", "unknown mode %d", int32(m))
 		}
 	}
 	if len(p.GetLabels()) > 0 {
@@ -155,13 +181,15 @@ func protocolToProto(p poolmgr.Protocol) poolv1.Protocol {
 		return poolv1.Protocol_PROTOCOL_REDIS
 	case poolmgr.ProtocolHTTP1:
 		return poolv1.Protocol_PROTOCOL_HTTP1
+	case poolmgr.ProtocolPostgres:
+		return poolv1.Protocol_PROTOCOL_POSTGRES
 	}
 	return poolv1.Protocol_PROTOCOL_RAW
 }
 
-// poolToProto converts a stored pool. The client key and the Redis
-// password are left out; the key's fingerprint and password_set are set
-// instead.
+// poolToProto converts a stored pool. The client key and the Redis and
+// PostgreSQL passwords are left out; the key's fingerprint and password_set
+// are set instead.
 func poolToProto(info poolmgr.PoolInfo) *poolv1.Pool {
 	p := configToProto(info.Config)
 	p.Name = poolName(info.ID)
@@ -181,7 +209,7 @@ func poolToProto(info poolmgr.PoolInfo) *poolv1.Pool {
 }
 
 // configToProto converts a Config's writable fields, without the client key
-// or the Redis password.
+// or the Redis and PostgreSQL passwords.
 func configToProto(c poolmgr.Config) *poolv1.Pool {
 	p := &poolv1.Pool{
 		Endpoints: slices.Clone(c.Endpoints),
@@ -250,7 +278,32 @@ func configToProto(c poolmgr.Config) *poolv1.Pool {
 			// Password is write-only: never set here.
 		}
 	}
+	if pg := c.Postgres; !reflect.ValueOf(pg).IsZero() {
+		p.Postgres = &poolv1.PostgresSetup{
+			Database:              pg.Database,
+			User:                  pg.User,
+			SslMode:               postgresSSLModeToProto(pg.SSLMode),
+			CaPem:                 pg.CAPEM,
+			Params:                maps.Clone(pg.Params),
+			ResetQuery:            pg.ResetQuery,
+			CloseOpenTransactions: pg.CloseOpenTransactions,
+			PasswordSet:           pg.Password != "",
+			// Password is write-only: never set here.
+		}
+	}
 	return p
+}
+
+// postgresSSLModeToProto maps a POSTGRES pool's SSL mode; DISABLE is
+// POSTGRES_SSL_MODE_DISABLE.
+func postgresSSLModeToProto(m poolmgr.PostgresSSLMode) poolv1.PostgresSSLMode {
+	switch m {
+	case poolmgr.PostgresSSLRequire:
+		return poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_REQUIRE
+	case poolmgr.PostgresSSLVerifyFull:
+		return poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_VERIFY_FULL
+	}
+	return poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_DISABLE
 }
 
 // keyFingerprint returns "sha256:<hex>" of the DER bytes of the first PEM

@@ -34,6 +34,8 @@ func fullConfig() poolmgr.Config {
 		ResetTimeout: 2 * time.Second,
 		Redis: poolmgr.RedisSetup{Username: "u", Password: "redis-secret", Database: 3,
 			ProtocolVersion: 3, ClientName: "n"},
+		Postgres: poolmgr.PostgresSetup{Database: "db", User: "pu", Password: "pg-secret", SSLMode: poolmgr.PostgresSSLVerifyFull,
+			CAPEM: "pgca", Params: map[string]string{"application_name": "app"}, ResetQuery: "RESET ALL", CloseOpenTransactions: true},
 		Labels: map[string]string{"k": "v"},
 	}
 }
@@ -50,6 +52,9 @@ func TestConfigRoundTripWithoutKey(t *testing.T) {
 	if p.GetRedis().GetPassword() != "" || !p.GetRedis().GetPasswordSet() {
 		t.Fatalf("redis = %v: the password returned, or password_set false", p.GetRedis())
 	}
+	if p.GetPostgres().GetPassword() != "" || !p.GetPostgres().GetPasswordSet() {
+		t.Fatalf("postgres = %v: the password returned, or password_set false", p.GetPostgres())
+	}
 	back, vs := configFromProto(p)
 	if len(vs) != 0 {
 		t.Fatalf("violations %v", vs)
@@ -57,6 +62,7 @@ func TestConfigRoundTripWithoutKey(t *testing.T) {
 	want := cfg
 	want.TLS.ClientKeyPEM = ""
 	want.Redis.Password = ""
+	want.Postgres.Password = ""
 	if d := want.DiffFields(back); len(d) != 0 {
 		t.Fatalf("round trip differs in %v", d)
 	}
@@ -67,10 +73,21 @@ func TestConfigRoundTripWithoutKey(t *testing.T) {
 			t.Fatalf("kind %v -> %v", k, got.HealthCheck.Kind)
 		}
 	}
-	for _, pr := range []poolmgr.Protocol{poolmgr.ProtocolRaw, poolmgr.ProtocolRedis, poolmgr.ProtocolHTTP1} {
+	for _, pr := range []poolmgr.Protocol{poolmgr.ProtocolRaw, poolmgr.ProtocolRedis, poolmgr.ProtocolHTTP1, poolmgr.ProtocolPostgres} {
 		if got, _ := configFromProto(configToProto(poolmgr.Config{Protocol: pr})); got.Protocol != pr {
 			t.Fatalf("protocol %v -> %v", pr, got.Protocol)
 		}
+	}
+	for _, m := range []poolmgr.PostgresSSLMode{poolmgr.PostgresSSLDisable, poolmgr.PostgresSSLRequire, poolmgr.PostgresSSLVerifyFull} {
+		c := poolmgr.Config{Postgres: poolmgr.PostgresSetup{Database: "d", SSLMode: m}}
+		if got, _ := configFromProto(configToProto(c)); got.Postgres.SSLMode != m {
+			t.Fatalf("ssl_mode %v -> %v", m, got.Postgres.SSLMode)
+		}
+	}
+	// A setup read back does not alias the config's params.
+	p.GetPostgres().GetParams()["application_name"] = "changed"
+	if cfg.Postgres.Params["application_name"] != "app" {
+		t.Fatal("configToProto aliased postgres.params")
 	}
 }
 
@@ -80,13 +97,14 @@ func TestConfigFromProtoViolations(t *testing.T) {
 		HealthCheck: &poolv1.HealthCheck{Kind: 99},
 		ReusePolicy: 5,
 		IdleOrder:   -1,
+		Postgres:    &poolv1.PostgresSetup{SslMode: 9},
 	})
 	var fields []string
 	for _, v := range vs {
 		fields = append(fields, v.Field)
 	}
 	slices.Sort(fields)
-	if want := []string{"health_check.kind", "idle_order", "limits.acquire_timeout", "reuse_policy"}; !slices.Equal(fields, want) {
+	if want := []string{"health_check.kind", "idle_order", "limits.acquire_timeout", "postgres.ssl_mode", "reuse_policy"}; !slices.Equal(fields, want) {
 		t.Fatalf("violations %v, want %v", fields, want)
 	}
 }
@@ -106,6 +124,9 @@ func TestPoolToProtoOutputFields(t *testing.T) {
 	if strings.Contains(string(b), "redis-secret") {
 		t.Fatal("Redis password on the wire")
 	}
+	if strings.Contains(string(b), "pg-secret") {
+		t.Fatal("PostgreSQL password on the wire")
+	}
 }
 
 func TestValidateUpdateMask(t *testing.T) {
@@ -115,14 +136,19 @@ func TestValidateUpdateMask(t *testing.T) {
 		not     []string // leaves that must not be set
 		keyImpl bool
 		pwImpl  bool
+		pgImpl  bool
 		bad     bool
 	}{
-		{paths: nil, leaves: []string{"endpoints", keyPath, passwordPath, "labels"}, keyImpl: true, pwImpl: true},
-		{paths: []string{"*"}, leaves: writableLeaves, keyImpl: true, pwImpl: true},
+		{paths: nil, leaves: []string{"endpoints", keyPath, passwordPath, pgPasswordPath, "labels"}, keyImpl: true, pwImpl: true, pgImpl: true},
+		{paths: []string{"*"}, leaves: writableLeaves, keyImpl: true, pwImpl: true, pgImpl: true},
 		{paths: []string{"redis"}, leaves: []string{"redis.username", passwordPath}, not: []string{keyPath}, pwImpl: true},
 		{paths: []string{"redis", "redis.password"}, leaves: []string{passwordPath}, pwImpl: false},
 		{paths: []string{"redis.database"}, leaves: []string{"redis.database"}, not: []string{passwordPath}},
 		{paths: []string{"redis.password_set"}, bad: true},
+		{paths: []string{"postgres"}, leaves: []string{"postgres.user", "postgres.params", pgPasswordPath}, not: []string{passwordPath}, pgImpl: true},
+		{paths: []string{"postgres", "postgres.password"}, leaves: []string{pgPasswordPath}, pgImpl: false},
+		{paths: []string{"postgres.sslMode"}, leaves: []string{"postgres.ssl_mode"}, not: []string{pgPasswordPath}},
+		{paths: []string{"postgres.password_set"}, bad: true},
 		{paths: []string{"protocol", "reset_timeout"}, leaves: []string{"protocol", "reset_timeout"}},
 		{paths: []string{"limits.max_connections"}, leaves: []string{"limits.max_connections"}, not: []string{"limits.min_idle", keyPath}},
 		{paths: []string{"limits.maxConnections", "healthCheck.httpPath"}, leaves: []string{"limits.max_connections", "health_check.http_path"}},
@@ -165,6 +191,9 @@ func TestValidateUpdateMask(t *testing.T) {
 		if m.passwordImplicit != tt.pwImpl {
 			t.Errorf("%v: passwordImplicit %v", tt.paths, m.passwordImplicit)
 		}
+		if m.pgPasswordImplicit != tt.pgImpl {
+			t.Errorf("%v: pgPasswordImplicit %v", tt.paths, m.pgPasswordImplicit)
+		}
 	}
 }
 
@@ -185,6 +214,16 @@ func TestMergeConfigKeepsKey(t *testing.T) {
 	}
 	if got := mergeConfig(cur, readBack, explicit); got.TLS.ClientKeyPEM != "" {
 		t.Fatal("explicit empty key path did not clear the key")
+	}
+	// The PostgreSQL password: kept when not masked or masked implicitly
+	// (the core decides then), cleared by its explicit path.
+	readBack.Postgres.Password = ""
+	if got := mergeConfig(cur, readBack, only); got.Postgres.Password != cur.Postgres.Password {
+		t.Fatal("a mask of other fields dropped the PostgreSQL password")
+	}
+	pgExplicit, _ := validateUpdateMask([]string{pgPasswordPath})
+	if got := mergeConfig(cur, readBack, pgExplicit); got.Postgres.Password != "" {
+		t.Fatal("explicit empty postgres.password did not clear the password")
 	}
 	src := poolmgr.Config{Limits: poolmgr.Limits{MaxWaiters: 3}}
 	got := mergeConfig(cur, src, only)

@@ -21,14 +21,16 @@ import (
 // outputOnlyPaths may not be named in an update mask.
 var outputOnlyPaths = []string{
 	"name", "state", "generation", "revision", "etag", "create_time", "update_time",
-	"tls.client_key_fingerprint", "redis.password_set",
+	"tls.client_key_fingerprint", "redis.password_set", "postgres.password_set",
 }
 
 // keyPath is the write-only client key; passwordPath the write-only Redis
-// password. Both are handled the same way.
+// password, pgPasswordPath the write-only PostgreSQL password. All are
+// handled the same way.
 const (
-	keyPath      = "tls.client_key_pem"
-	passwordPath = "redis.password"
+	keyPath        = "tls.client_key_pem"
+	passwordPath   = "redis.password"
+	pgPasswordPath = "postgres.password"
 )
 
 // poolFields are the writable fields of a Pool, read from its descriptor:
@@ -86,6 +88,10 @@ type updateMask struct {
 	// empty mask or "redis"; then an empty password with the stored
 	// username keeps the stored password (WriteOptions.KeepRedisPassword).
 	passwordImplicit bool
+	// pgPasswordImplicit is keyImplicit for the PostgreSQL password: "*",
+	// an empty mask or "postgres"; then an empty password with the stored
+	// user keeps the stored password (WriteOptions.KeepPostgresPassword).
+	pgPasswordImplicit bool
 }
 
 // covers reports whether a violation of field (a Pool-relative path)
@@ -113,6 +119,7 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 		}
 		m.keyImplicit = true
 		m.passwordImplicit = true
+		m.pgPasswordImplicit = true
 	}
 	if len(paths) == 0 {
 		all()
@@ -122,7 +129,7 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 	bad := func(i int, reason string) {
 		vs = append(vs, poolmgr.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Reason: reason})
 	}
-	explicitKey, explicitPassword := false, false
+	explicitKey, explicitPassword, explicitPgPassword := false, false, false
 	for i, raw := range paths {
 		p := snakePath(raw)
 		switch {
@@ -145,6 +152,8 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 				explicitKey = true
 			case passwordPath:
 				explicitPassword = true
+			case pgPasswordPath:
+				explicitPgPassword = true
 			}
 		case slices.Contains(fields.groups, p):
 			for _, l := range fields.leaves {
@@ -157,6 +166,8 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 				m.keyImplicit = true
 			case "redis":
 				m.passwordImplicit = true
+			case "postgres":
+				m.pgPasswordImplicit = true
 			}
 		default:
 			bad(i, fmt.Sprintf("unknown field %q", raw))
@@ -167,6 +178,9 @@ func validateUpdateMask(paths []string) (updateMask, error) {
 	}
 	if explicitPassword {
 		m.passwordImplicit = false
+	}
+	if explicitPgPassword {
+		m.pgPasswordImplicit = false
 	}
 	if len(vs) > 0 {
 		return updateMask{}, &poolmgr.ValidationError{Violations: vs}
@@ -192,12 +206,13 @@ func snakePath(p string) string {
 }
 
 // mergeConfig returns cur with the masked leaves taken from src. An
-// implicitly masked, empty client key or Redis password is left empty: the
-// core keeps the stored one under its write lock
-// (WriteOptions.KeepClientKey, KeepRedisPassword). Both are converted to
-// Pool messages, the masked leaves copied by protoreflect, and the result
-// converted back; the write-only client key and password, which no Pool
-// message built from a Config carries, are carried over beside them.
+// implicitly masked, empty client key, Redis or PostgreSQL password is left
+// empty: the core keeps the stored one under its write lock
+// (WriteOptions.KeepClientKey, KeepRedisPassword, KeepPostgresPassword).
+// Both are converted to Pool messages, the masked leaves copied by
+// protoreflect, and the result converted back; the write-only client key
+// and passwords, which no Pool message built from a Config carries, are
+// carried over beside them.
 func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	dst := configToProto(cur)
 	from := configToProto(src)
@@ -215,6 +230,10 @@ func mergeConfig(cur, src poolmgr.Config, m updateMask) poolmgr.Config {
 	out.Redis.Password = cur.Redis.Password
 	if m.leaves[passwordPath] {
 		out.Redis.Password = src.Redis.Password
+	}
+	out.Postgres.Password = cur.Postgres.Password
+	if m.leaves[pgPasswordPath] {
+		out.Postgres.Password = src.Postgres.Password
 	}
 	return out
 }

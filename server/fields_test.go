@@ -98,6 +98,11 @@ func TestEveryPoolFieldIsWired(t *testing.T) {
 			if back.GetRedis().GetPassword() != "" || !back.GetRedis().GetPasswordSet() {
 				t.Errorf("%s: configToProto returns the password or no password_set", leaf)
 			}
+		case pgPasswordPath:
+			// Write-only: never returned, password_set is.
+			if back.GetPostgres().GetPassword() != "" || !back.GetPostgres().GetPasswordSet() {
+				t.Errorf("%s: configToProto returns the password or no password_set", leaf)
+			}
 		default:
 			got := &poolv1.Pool{}
 			copyPath(got.ProtoReflect(), back.ProtoReflect(), leaf)

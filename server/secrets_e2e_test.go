@@ -234,3 +234,103 @@ func TestRedisPasswordNeverReturned(t *testing.T) {
 		t.Fatalf("clearing the password of a user: %v", err)
 	}
 }
+
+// TestPostgresPasswordNeverReturned is TestRedisPasswordNeverReturned for
+// a POSTGRES pool's password: no response, history entry, watch event or
+// log line carries it, password_set shows it, a pool read back and written
+// whole (or under a mask of other fields) keeps it, and naming
+// postgres.password explicitly, empty, clears it.
+func TestPostgresPasswordNeverReturned(t *testing.T) {
+	const password = "pg-pw-3b8e1d6a0c4f"
+	e := startEnv(t, rolePrincipals(), nil, nil, func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{7}, 32) })
+	admin := poolv1.NewPoolAdminServiceClient(e.dial(t, nil))
+	ctx := bearer(context.Background(), "tok-admin")
+	watch, err := admin.WatchPools(ctx, &poolv1.WatchPoolsRequest{StartRevision: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []proto.Message
+	keep := func(m proto.Message, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = append(seen, m)
+	}
+	pool := &poolv1.Pool{
+		Endpoints: []string{e.echo.addr()},
+		Protocol:  poolv1.Protocol_PROTOCOL_POSTGRES,
+		Postgres: &poolv1.PostgresSetup{Database: "app", User: "pool", Password: password,
+			SslMode: poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_REQUIRE, Params: map[string]string{"application_name": "web"}},
+	}
+	created, err := admin.CreatePool(ctx, &poolv1.CreatePoolRequest{PoolId: "pg", Pool: pool})
+	keep(created, err)
+	if pg := created.GetPostgres(); !pg.GetPasswordSet() || pg.GetPassword() != "" || pg.GetUser() != "pool" ||
+		pg.GetResetQuery() != "DISCARD ALL" || pg.GetSslMode() != poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_REQUIRE ||
+		pg.GetParams()["application_name"] != "web" || created.GetProtocol() != poolv1.Protocol_PROTOCOL_POSTGRES {
+		t.Fatalf("created = %v", created)
+	}
+
+	// The pool read back and written whole (no mask) keeps the password;
+	// so does an Apply of it.
+	readBack := proto.Clone(created).(*poolv1.Pool)
+	readBack.Limits.MaxWaiters = 7
+	updated, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: readBack})
+	keep(updated, err)
+	if !updated.GetPostgres().GetPasswordSet() || updated.GetLimits().GetMaxWaiters() != 7 {
+		t.Fatalf("update of a read-back pool: %v", updated)
+	}
+	applied, err := admin.ApplyPools(ctx, &poolv1.ApplyPoolsRequest{Pools: []*poolv1.Pool{updated}})
+	keep(applied, err)
+	if applied.GetChanges()[0].GetAction() != poolv1.PoolChange_ACTION_UNCHANGED {
+		t.Fatalf("apply of a read-back pool: %v", applied)
+	}
+	// A mask of other fields keeps it too; so does "postgres" with the
+	// stored user and no password.
+	masked, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{
+		Pool:       &poolv1.Pool{Name: "pools/pg", Postgres: &poolv1.PostgresSetup{ResetQuery: "RESET ALL"}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"postgres.reset_query"}}})
+	keep(masked, err)
+	if !masked.GetPostgres().GetPasswordSet() || masked.GetPostgres().GetResetQuery() != "RESET ALL" {
+		t.Fatalf("masked update: %v", masked)
+	}
+	group, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{
+		Pool:       &poolv1.Pool{Name: "pools/pg", Postgres: &poolv1.PostgresSetup{Database: "app2", User: "pool"}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"postgres"}}})
+	keep(group, err)
+	if !group.GetPostgres().GetPasswordSet() || group.GetPostgres().GetDatabase() != "app2" {
+		t.Fatalf("update of the postgres group: %v", group)
+	}
+	if info, err := e.mgr.Get(context.Background(), "pg"); err != nil || info.Config.Postgres.Password != password {
+		t.Fatalf("the stored password did not survive: %v", err)
+	}
+
+	got, err := admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: "pools/pg"})
+	keep(got, err)
+	list, err := admin.ListPools(ctx, &poolv1.ListPoolsRequest{})
+	keep(list, err)
+	revs, err := admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: "pools/pg"})
+	keep(revs, err)
+	for range 4 {
+		keep(watch.Recv())
+	}
+	for _, m := range seen {
+		if b, _ := protojson.Marshal(m); strings.Contains(string(b), password) {
+			t.Fatalf("response %T carries the password", m)
+		}
+	}
+	if strings.Contains(e.log.String(), password) {
+		t.Fatalf("the log carries the password:\n%s", e.log.String())
+	}
+
+	// Naming postgres.password explicitly, empty, clears it (trust
+	// authentication needs none).
+	cleared, err := admin.UpdatePool(ctx, &poolv1.UpdatePoolRequest{Pool: &poolv1.Pool{Name: "pools/pg", Postgres: &poolv1.PostgresSetup{}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"postgres.password"}}})
+	if err != nil || cleared.GetPostgres().GetPasswordSet() {
+		t.Fatalf("clearing the password: %v, %v", cleared, err)
+	}
+	if info, err := e.mgr.Get(context.Background(), "pg"); err != nil || info.Config.Postgres.Password != "" {
+		t.Fatalf("the password was not cleared: %v", err)
+	}
+}

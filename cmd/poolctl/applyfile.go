@@ -300,9 +300,40 @@ func (c *converter) field(v *yaml.Node, fd protoreflect.FieldDescriptor, depth i
 		}
 		return out, nil
 	case fd.IsMap():
-		return c.value(v, depth) // labels: string to string
+		if fd.MapValue().Kind() == protoreflect.StringKind && v.Kind == yaml.MappingNode {
+			return c.stringMap(v, depth)
+		}
+		return c.value(v, depth)
 	}
 	return one(v)
+}
+
+// stringMap converts a mapping to a map<string, string> field (labels,
+// postgres.params): a scalar value is taken as the text written, so that
+// "statement_timeout: 5000" or "jit: true" gives the string a server
+// expects; anything else converts generically (and protojson rejects it).
+func (c *converter) stringMap(n *yaml.Node, depth int) (any, error) {
+	pairs, err := c.pairs(n, depth)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]any, len(pairs))
+	for _, kv := range pairs {
+		v := deref(kv[1])
+		if v.Kind == yaml.ScalarNode && v.Tag != "!!null" {
+			if err := c.count(v); err != nil {
+				return nil, err
+			}
+			out[kv[0].Value] = v.Value
+			continue
+		}
+		x, err := c.value(v, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		out[kv[0].Value] = x
+	}
+	return out, nil
 }
 
 // durationName is the full name of google.protobuf.Duration.

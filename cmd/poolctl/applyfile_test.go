@@ -137,6 +137,27 @@ update_time: 2025-01-02T03:04:05Z
 			in:   "pools:\n- id: a\n  endpoints: [h:1]\n  limits: {max_connections: \"9\"}\n  labels: {a: \"1\", b: x}\n",
 			want: []string{`{"name":"pools/a","endpoints":["h:1"],"limits":{"maxConnections":9},"labels":{"a":"1","b":"x"}}`},
 		},
+		{
+			name: "postgres",
+			in: `
+pools:
+  - id: db
+    endpoints: [127.0.0.1:5432]
+    protocol: postgres
+    postgres:
+      database: app
+      user: pool
+      password: pw
+      ssl_mode: verify-full
+      params: {application_name: web, statement_timeout: 5000, jit: false}
+      reset_query: DISCARD ALL
+      close_open_transactions: true
+`,
+			want: []string{`{"name":"pools/db","endpoints":["127.0.0.1:5432"],"protocol":"PROTOCOL_POSTGRES",
+				"postgres":{"database":"app","user":"pool","password":"pw","sslMode":"POSTGRES_SSL_MODE_VERIFY_FULL",
+				"params":{"application_name":"web","statement_timeout":"5000","jit":"false"},"resetQuery":"DISCARD ALL",
+				"closeOpenTransactions":true}}`},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

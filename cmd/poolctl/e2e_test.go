@@ -835,3 +835,41 @@ func TestBackup(t *testing.T) {
 		t.Fatalf("pools/echo in the backup: %q, %v", kv.Value, err)
 	}
 }
+
+// TestApplyPostgres applies a POSTGRES pool from YAML (protocol, enums in
+// short form, startup parameters), reads it back in every form and applies
+// the YAML of get back unchanged.
+func TestApplyPostgres(t *testing.T) {
+	ts := startServer(t)
+	echo := testkit.EchoServer(t)
+	ts.ok(t, `
+pools:
+  - id: db
+    endpoints: [`+echo+`]
+    protocol: postgres
+    postgres:
+      database: app
+      user: pool
+      ssl_mode: require
+      params: {application_name: web, statement_timeout: 5000}
+      close_open_transactions: true
+`, "apply", "-f", "-")
+	p := unmarshal(t, ts.ok(t, "", "get", "db", "-o", "json"), &poolv1.Pool{})
+	pg := p.GetPostgres()
+	if p.GetProtocol() != poolv1.Protocol_PROTOCOL_POSTGRES || pg.GetDatabase() != "app" || pg.GetUser() != "pool" ||
+		pg.GetSslMode() != poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_REQUIRE || pg.GetParams()["statement_timeout"] != "5000" ||
+		!pg.GetCloseOpenTransactions() || pg.GetPasswordSet() || pg.GetResetQuery() != "DISCARD ALL" {
+		t.Fatalf("get -o json: %v", p)
+	}
+	if out := ts.ok(t, "", "list"); !regexp.MustCompile(`(?m)^pools/db\s+ACTIVE\s+` + regexp.QuoteMeta(echo) + `\s+no\s+POSTGRES\s`).MatchString(out) {
+		t.Fatalf("list:\n%s", out)
+	}
+	if out := ts.ok(t, "", "get", "db"); !regexp.MustCompile(`postgres\.params\.application_name\s+web`).MatchString(out) {
+		t.Fatalf("get:\n%s", out)
+	}
+	y := ts.ok(t, "", "get", "db", "-o", "yaml")
+	resp := unmarshal(t, ts.ok(t, y, "apply", "-f", "-", "-o", "json"), &poolv1.ApplyPoolsResponse{})
+	if a := actions(resp); a["pools/db"] != "UNCHANGED" {
+		t.Fatalf("apply of get -o yaml: %v\n%s", resp, y)
+	}
+}

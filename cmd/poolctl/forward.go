@@ -39,7 +39,7 @@ func forwardCommand() *command {
 				"on a RAW pool, release a lease as reusable when its local client closes (EOF), for clients known to close only "+
 					"after reading every reply; by default a local EOF on a RAW pool half-closes the upstream and the connection is "+
 					"not reused, since a reply may still be on its way and must not reach the next client. A pool with a protocol "+
-					"(REDIS, HTTP1) decides reuse itself: a local EOF releases the lease, with or without --reuse")
+					"(REDIS, HTTP1, POSTGRES) decides reuse itself: a local EOF releases the lease, with or without --reuse")
 			_ = fs.Bool("half-close", true, "kept for scripts: half-closing the upstream on a local EOF is the default on a RAW pool (see --reuse)")
 			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
 				"end a lease once the upstream is silent this long after the local EOF (0: never); RAW pools without --reuse only")

@@ -204,7 +204,7 @@ func stateString(s poolv1.PoolState) string {
 }
 
 // protocolString is a pool's protocol as list and stats show it: RAW,
-// REDIS, HTTP1 (UNSPECIFIED is RAW).
+// REDIS, HTTP1, POSTGRES (UNSPECIFIED is RAW).
 func protocolString(p poolv1.Protocol) string {
 	if p == poolv1.Protocol_PROTOCOL_UNSPECIFIED {
 		p = poolv1.Protocol_PROTOCOL_RAW

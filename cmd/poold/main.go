@@ -127,7 +127,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Var(&o.allowUpstream, "allow-upstream", "allowed upstreams, repeatable or comma-separated: CIDRs (10.0.0.0/8) and host:port patterns (*.internal:443, redis.local:6379, db.internal:*), "+
 		"or \"any\"; pool endpoints are checked when written and every resolved address before it is dialed. Required when --listen is reachable from other hosts; "+
 		"on a loopback or unix:// --listen the default is any upstream but link-local and metadata addresses")
-	fs.StringVar(&o.secretKeyFile, "secret-key-file", "", "file of 32 random bytes (raw, hex or base64) that encrypt pools' inline client keys and Redis passwords at rest (AES-256-GCM); without it both are refused (pools name a tls.client_key_file)")
+	fs.StringVar(&o.secretKeyFile, "secret-key-file", "", "file of 32 random bytes (raw, hex or base64) that encrypt pools' inline client keys and Redis and PostgreSQL passwords at rest (AES-256-GCM); without it all are refused (pools name a tls.client_key_file)")
 	fs.DurationVar(&o.reloadInterval, "reload-interval", 5*time.Second, "how often --tls-cert, --tls-key and --auth-file are checked for changes")
 	fs.IntVar(&o.maxRecvMsgSize, "max-recv-msg-size", server.DefaultMaxRecvMsgSize, "largest gRPC message accepted, in bytes (at least 1 MiB + 1 KiB: a lease data frame)")
 	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")

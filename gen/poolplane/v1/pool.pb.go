@@ -265,7 +265,14 @@ const (
 	// HTTP/1.1. A connection is reused only at a message boundary with every
 	// response complete; upgrades, CONNECT, close-delimited bodies and
 	// "Connection: close" end it.
-	Protocol_PROTOCOL_HTTP1 Protocol = 3 // Value 4 is kept for POSTGRES.
+	Protocol_PROTOCOL_HTTP1 Protocol = 3
+	// PostgreSQL (session pooling). The pool connects and authenticates with
+	// its postgres setup and answers each client's startup itself; at
+	// release it rolls back what the client left open (or closes the
+	// connection, with postgres.close_open_transactions) and runs
+	// postgres.reset_query, and the connection is idle again only when both
+	// finished within reset_timeout.
+	Protocol_PROTOCOL_POSTGRES Protocol = 4
 )
 
 // Enum value maps for Protocol.
@@ -275,12 +282,14 @@ var (
 		1: "PROTOCOL_RAW",
 		2: "PROTOCOL_REDIS",
 		3: "PROTOCOL_HTTP1",
+		4: "PROTOCOL_POSTGRES",
 	}
 	Protocol_value = map[string]int32{
 		"PROTOCOL_UNSPECIFIED": 0,
 		"PROTOCOL_RAW":         1,
 		"PROTOCOL_REDIS":       2,
 		"PROTOCOL_HTTP1":       3,
+		"PROTOCOL_POSTGRES":    4,
 	}
 )
 
@@ -309,6 +318,64 @@ func (x Protocol) Number() protoreflect.EnumNumber {
 // Deprecated: Use Protocol.Descriptor instead.
 func (Protocol) EnumDescriptor() ([]byte, []int) {
 	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
+}
+
+// PostgresSSLMode is how a POSTGRES pool negotiates TLS with the server.
+type PostgresSSLMode int32
+
+const (
+	// Same as DISABLE.
+	PostgresSSLMode_POSTGRES_SSL_MODE_UNSPECIFIED PostgresSSLMode = 0
+	// Never asks for TLS.
+	PostgresSSLMode_POSTGRES_SSL_MODE_DISABLE PostgresSSLMode = 1
+	// Requires TLS, without verifying the server's certificate.
+	PostgresSSLMode_POSTGRES_SSL_MODE_REQUIRE PostgresSSLMode = 2
+	// Requires TLS, with the server's certificate verified against ca_pem
+	// (or the system roots) for the endpoint's host.
+	PostgresSSLMode_POSTGRES_SSL_MODE_VERIFY_FULL PostgresSSLMode = 3
+)
+
+// Enum value maps for PostgresSSLMode.
+var (
+	PostgresSSLMode_name = map[int32]string{
+		0: "POSTGRES_SSL_MODE_UNSPECIFIED",
+		1: "POSTGRES_SSL_MODE_DISABLE",
+		2: "POSTGRES_SSL_MODE_REQUIRE",
+		3: "POSTGRES_SSL_MODE_VERIFY_FULL",
+	}
+	PostgresSSLMode_value = map[string]int32{
+		"POSTGRES_SSL_MODE_UNSPECIFIED": 0,
+		"POSTGRES_SSL_MODE_DISABLE":     1,
+		"POSTGRES_SSL_MODE_REQUIRE":     2,
+		"POSTGRES_SSL_MODE_VERIFY_FULL": 3,
+	}
+)
+
+func (x PostgresSSLMode) Enum() *PostgresSSLMode {
+	p := new(PostgresSSLMode)
+	*p = x
+	return p
+}
+
+func (x PostgresSSLMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PostgresSSLMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_poolplane_v1_pool_proto_enumTypes[5].Descriptor()
+}
+
+func (PostgresSSLMode) Type() protoreflect.EnumType {
+	return &file_poolplane_v1_pool_proto_enumTypes[5]
+}
+
+func (x PostgresSSLMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PostgresSSLMode.Descriptor instead.
+func (PostgresSSLMode) EnumDescriptor() ([]byte, []int) {
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
 }
 
 // PoolState is a pool's lifecycle state.
@@ -352,11 +419,11 @@ func (x PoolState) String() string {
 }
 
 func (PoolState) Descriptor() protoreflect.EnumDescriptor {
-	return file_poolplane_v1_pool_proto_enumTypes[5].Descriptor()
+	return file_poolplane_v1_pool_proto_enumTypes[6].Descriptor()
 }
 
 func (PoolState) Type() protoreflect.EnumType {
-	return &file_poolplane_v1_pool_proto_enumTypes[5]
+	return &file_poolplane_v1_pool_proto_enumTypes[6]
 }
 
 func (x PoolState) Number() protoreflect.EnumNumber {
@@ -365,7 +432,7 @@ func (x PoolState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PoolState.Descriptor instead.
 func (PoolState) EnumDescriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{6}
 }
 
 // A Pool is a named set of warm connections to one upstream service.
@@ -415,9 +482,9 @@ type Pool struct {
 	// What the pool knows of the protocol its connections carry, and so when a
 	// released connection may serve another lease. Default UNSPECIFIED, which
 	// is RAW: a connection is reused only when the client released it as
-	// complete and nothing is pending on it. With REDIS or HTTP1 the pool
-	// follows requests and replies and decides reuse itself at release (see
-	// Protocol). Takes effect by generation bump.
+	// complete and nothing is pending on it. With REDIS, HTTP1 or POSTGRES
+	// the pool follows requests and replies and decides reuse itself at
+	// release (see Protocol). Takes effect by generation bump.
 	Protocol Protocol `protobuf:"varint,11,opt,name=protocol,proto3,enum=poolplane.v1.Protocol" json:"protocol,omitempty"`
 	// At release, the bound on reading the replies a client left outstanding
 	// and on the protocol's reset; a connection not clean by then is closed
@@ -428,12 +495,17 @@ type Pool struct {
 	// The setup a REDIS pool runs on each connection; only for protocol
 	// REDIS. Takes effect by generation bump.
 	Redis *RedisSetup `protobuf:"bytes,13,opt,name=redis,proto3" json:"redis,omitempty"`
+	// How a POSTGRES pool connects and authenticates to the database, and
+	// how it resets a released connection; only for protocol POSTGRES, and
+	// required with it. A change of a connection field bumps the generation;
+	// reset_query and close_open_transactions take effect at the next release.
+	Postgres *PostgresSetup `protobuf:"bytes,14,opt,name=postgres,proto3" json:"postgres,omitempty"`
 	// Output only. The lifecycle state: ACTIVE, PAUSED or DRAINING, changed
 	// with DrainPool, PausePool and ResumePool.
 	State PoolState `protobuf:"varint,20,opt,name=state,proto3,enum=poolplane.v1.PoolState" json:"state,omitempty"`
 	// Output only. The connection generation: bumped by endpoint, TLS,
-	// protocol or redis changes and by ReconnectPool. Connections of older
-	// generations are retired.
+	// protocol, redis or postgres connection changes and by ReconnectPool.
+	// Connections of older generations are retired.
 	Generation uint64 `protobuf:"varint,21,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Output only. The configuration revision (a global, monotonic store
 	// revision); ListPoolRevisions and RollbackPool refer to it.
@@ -567,6 +639,13 @@ func (x *Pool) GetResetTimeout() *durationpb.Duration {
 func (x *Pool) GetRedis() *RedisSetup {
 	if x != nil {
 		return x.Redis
+	}
+	return nil
+}
+
+func (x *Pool) GetPostgres() *PostgresSetup {
+	if x != nil {
+		return x.Postgres
 	}
 	return nil
 }
@@ -844,6 +923,150 @@ func (x *RedisSetup) GetPasswordSet() bool {
 	return false
 }
 
+// PostgresSetup is the connection setup of a POSTGRES pool (session
+// pooling). The pool opens each connection itself, with this database,
+// user and startup parameters, and authenticates with the pool's
+// credentials (SCRAM-SHA-256, md5, password or trust, as the server asks).
+// It answers each client's startup itself: clients present their poolplane
+// identity and never hold the database password. At release the pool rolls
+// back what the client left open and runs reset_query before the connection
+// serves another lease. Changing database, user, password, ssl_mode, ca_pem
+// or params bumps the generation; reset_query and close_open_transactions
+// take effect at the next release.
+type PostgresSetup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The database to connect to. Required; at most 63 bytes, no NUL.
+	Database string `protobuf:"bytes,1,opt,name=database,proto3" json:"database,omitempty"`
+	// The role to connect as. Required; at most 63 bytes, no NUL.
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// Input only. The password of user, for SCRAM-SHA-256, md5 or password
+	// authentication; empty for trust. It is write-only: no response, history
+	// entry or log ever contains it; password_set tells whether one is
+	// stored. poold stores it encrypted (AES-256-GCM) and refuses it when it
+	// runs without --secret-key-file, like redis.password. To keep the stored
+	// password on an UpdatePool, leave this field out of update_mask, or send
+	// it empty with the stored user under a mask of "*", "postgres" or no
+	// mask; naming "postgres.password" with an empty value clears it. At most
+	// 1024 bytes, no NUL.
+	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// Whether and how the pool asks the server for TLS (an SSLRequest, as
+	// libpq's sslmode). Default UNSPECIFIED, which is DISABLE.
+	SslMode PostgresSSLMode `protobuf:"varint,4,opt,name=ssl_mode,json=sslMode,proto3,enum=poolplane.v1.PostgresSSLMode" json:"ssl_mode,omitempty"`
+	// PEM-encoded CA certificates to verify the server with; only with
+	// ssl_mode VERIFY_FULL. Default: the system roots.
+	CaPem string `protobuf:"bytes,5,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	// Startup parameters sent on every connection (application_name,
+	// search_path, TimeZone...): at most 32; names 1-63 bytes, values at most
+	// 1024, no NUL; user, database, replication and options are refused.
+	// Default: none.
+	Params map[string]string `protobuf:"bytes,6,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The query run at every release, after a ROLLBACK of any transaction the
+	// client left open. Default "DISCARD ALL"; at most 4096 bytes, no NUL.
+	// Takes effect at the next release.
+	ResetQuery string `protobuf:"bytes,7,opt,name=reset_query,json=resetQuery,proto3" json:"reset_query,omitempty"`
+	// Close a connection released inside a transaction instead of rolling it
+	// back. Default false. Takes effect at the next release.
+	CloseOpenTransactions bool `protobuf:"varint,8,opt,name=close_open_transactions,json=closeOpenTransactions,proto3" json:"close_open_transactions,omitempty"`
+	// Output only. Whether a password is stored. The password itself is never
+	// returned, nor a hash of it.
+	PasswordSet   bool `protobuf:"varint,9,opt,name=password_set,json=passwordSet,proto3" json:"password_set,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PostgresSetup) Reset() {
+	*x = PostgresSetup{}
+	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PostgresSetup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PostgresSetup) ProtoMessage() {}
+
+func (x *PostgresSetup) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PostgresSetup.ProtoReflect.Descriptor instead.
+func (*PostgresSetup) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PostgresSetup) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *PostgresSetup) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *PostgresSetup) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *PostgresSetup) GetSslMode() PostgresSSLMode {
+	if x != nil {
+		return x.SslMode
+	}
+	return PostgresSSLMode_POSTGRES_SSL_MODE_UNSPECIFIED
+}
+
+func (x *PostgresSetup) GetCaPem() string {
+	if x != nil {
+		return x.CaPem
+	}
+	return ""
+}
+
+func (x *PostgresSetup) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *PostgresSetup) GetResetQuery() string {
+	if x != nil {
+		return x.ResetQuery
+	}
+	return ""
+}
+
+func (x *PostgresSetup) GetCloseOpenTransactions() bool {
+	if x != nil {
+		return x.CloseOpenTransactions
+	}
+	return false
+}
+
+func (x *PostgresSetup) GetPasswordSet() bool {
+	if x != nil {
+		return x.PasswordSet
+	}
+	return false
+}
+
 // Limits bound the pool's size and how long callers wait.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -877,7 +1100,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1112,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1125,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Limits) GetMaxConnections() int32 {
@@ -985,7 +1208,7 @@ type Lifecycle struct {
 
 func (x *Lifecycle) Reset() {
 	*x = Lifecycle{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1220,7 @@ func (x *Lifecycle) String() string {
 func (*Lifecycle) ProtoMessage() {}
 
 func (x *Lifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1233,7 @@ func (x *Lifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle.ProtoReflect.Descriptor instead.
 func (*Lifecycle) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Lifecycle) GetMaxLifetime() *durationpb.Duration {
@@ -1076,7 +1299,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1311,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1324,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HealthCheck) GetKind() HealthCheckKind {
@@ -1136,7 +1359,7 @@ var File_poolplane_v1_pool_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\n" +
-	"\x17poolplane/v1/pool.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\a\n" +
+	"\x17poolplane/v1/pool.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\b\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x03(\tR\tendpoints\x12+\n" +
@@ -1153,7 +1376,8 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	" \x03(\v2\x1e.poolplane.v1.Pool.LabelsEntryR\x06labels\x122\n" +
 	"\bprotocol\x18\v \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x12>\n" +
 	"\rreset_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\fresetTimeout\x12.\n" +
-	"\x05redis\x18\r \x01(\v2\x18.poolplane.v1.RedisSetupR\x05redis\x12-\n" +
+	"\x05redis\x18\r \x01(\v2\x18.poolplane.v1.RedisSetupR\x05redis\x127\n" +
+	"\bpostgres\x18\x0e \x01(\v2\x1b.poolplane.v1.PostgresSetupR\bpostgres\x12-\n" +
 	"\x05state\x18\x14 \x01(\x0e2\x17.poolplane.v1.PoolStateR\x05state\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x15 \x01(\x04R\n" +
@@ -1184,7 +1408,21 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x04 \x01(\x05R\x0fprotocolVersion\x12\x1f\n" +
 	"\vclient_name\x18\x05 \x01(\tR\n" +
 	"clientName\x12!\n" +
-	"\fpassword_set\x18\x06 \x01(\bR\vpasswordSet\"\xba\x02\n" +
+	"\fpassword_set\x18\x06 \x01(\bR\vpasswordSet\"\xa4\x03\n" +
+	"\rPostgresSetup\x12\x1a\n" +
+	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x128\n" +
+	"\bssl_mode\x18\x04 \x01(\x0e2\x1d.poolplane.v1.PostgresSSLModeR\asslMode\x12\x15\n" +
+	"\x06ca_pem\x18\x05 \x01(\tR\x05caPem\x12?\n" +
+	"\x06params\x18\x06 \x03(\v2'.poolplane.v1.PostgresSetup.ParamsEntryR\x06params\x12\x1f\n" +
+	"\vreset_query\x18\a \x01(\tR\n" +
+	"resetQuery\x126\n" +
+	"\x17close_open_transactions\x18\b \x01(\bR\x15closeOpenTransactions\x12!\n" +
+	"\fpassword_set\x18\t \x01(\bR\vpasswordSet\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\x02\n" +
 	"\x06Limits\x12'\n" +
 	"\x0fmax_connections\x18\x01 \x01(\x05R\x0emaxConnections\x12\x19\n" +
 	"\bmin_idle\x18\x02 \x01(\x05R\aminIdle\x12\x19\n" +
@@ -1224,12 +1462,18 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\x15HEALTH_CHECK_KIND_TCP\x10\x01\x12\x19\n" +
 	"\x15HEALTH_CHECK_KIND_TLS\x10\x02\x12\x1a\n" +
 	"\x16HEALTH_CHECK_KIND_HTTP\x10\x03\x12 \n" +
-	"\x1cHEALTH_CHECK_KIND_REDIS_PING\x10\x04*^\n" +
+	"\x1cHEALTH_CHECK_KIND_REDIS_PING\x10\x04*u\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_RAW\x10\x01\x12\x12\n" +
 	"\x0ePROTOCOL_REDIS\x10\x02\x12\x12\n" +
-	"\x0ePROTOCOL_HTTP1\x10\x03*n\n" +
+	"\x0ePROTOCOL_HTTP1\x10\x03\x12\x15\n" +
+	"\x11PROTOCOL_POSTGRES\x10\x04*\x95\x01\n" +
+	"\x0fPostgresSSLMode\x12!\n" +
+	"\x1dPOSTGRES_SSL_MODE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19POSTGRES_SSL_MODE_DISABLE\x10\x01\x12\x1d\n" +
+	"\x19POSTGRES_SSL_MODE_REQUIRE\x10\x02\x12!\n" +
+	"\x1dPOSTGRES_SSL_MODE_VERIFY_FULL\x10\x03*n\n" +
 	"\tPoolState\x12\x1a\n" +
 	"\x16POOL_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11POOL_STATE_ACTIVE\x10\x01\x12\x15\n" +
@@ -1248,57 +1492,63 @@ func file_poolplane_v1_pool_proto_rawDescGZIP() []byte {
 	return file_poolplane_v1_pool_proto_rawDescData
 }
 
-var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_poolplane_v1_pool_proto_goTypes = []any{
 	(LimitScope)(0),               // 0: poolplane.v1.LimitScope
 	(ReusePolicy)(0),              // 1: poolplane.v1.ReusePolicy
 	(IdleOrder)(0),                // 2: poolplane.v1.IdleOrder
 	(HealthCheckKind)(0),          // 3: poolplane.v1.HealthCheckKind
 	(Protocol)(0),                 // 4: poolplane.v1.Protocol
-	(PoolState)(0),                // 5: poolplane.v1.PoolState
-	(*Pool)(nil),                  // 6: poolplane.v1.Pool
-	(*UpstreamTLS)(nil),           // 7: poolplane.v1.UpstreamTLS
-	(*RedisSetup)(nil),            // 8: poolplane.v1.RedisSetup
-	(*Limits)(nil),                // 9: poolplane.v1.Limits
-	(*Lifecycle)(nil),             // 10: poolplane.v1.Lifecycle
-	(*HealthCheck)(nil),           // 11: poolplane.v1.HealthCheck
-	nil,                           // 12: poolplane.v1.Pool.LabelsEntry
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(PostgresSSLMode)(0),          // 5: poolplane.v1.PostgresSSLMode
+	(PoolState)(0),                // 6: poolplane.v1.PoolState
+	(*Pool)(nil),                  // 7: poolplane.v1.Pool
+	(*UpstreamTLS)(nil),           // 8: poolplane.v1.UpstreamTLS
+	(*RedisSetup)(nil),            // 9: poolplane.v1.RedisSetup
+	(*PostgresSetup)(nil),         // 10: poolplane.v1.PostgresSetup
+	(*Limits)(nil),                // 11: poolplane.v1.Limits
+	(*Lifecycle)(nil),             // 12: poolplane.v1.Lifecycle
+	(*HealthCheck)(nil),           // 13: poolplane.v1.HealthCheck
+	nil,                           // 14: poolplane.v1.Pool.LabelsEntry
+	nil,                           // 15: poolplane.v1.PostgresSetup.ParamsEntry
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_poolplane_v1_pool_proto_depIdxs = []int32{
-	7,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
-	9,  // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
-	10, // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
-	11, // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
-	13, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
+	8,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
+	11, // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
+	12, // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
+	13, // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
+	16, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
 	1,  // 5: poolplane.v1.Pool.reuse_policy:type_name -> poolplane.v1.ReusePolicy
 	2,  // 6: poolplane.v1.Pool.idle_order:type_name -> poolplane.v1.IdleOrder
-	12, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
+	14, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
 	4,  // 8: poolplane.v1.Pool.protocol:type_name -> poolplane.v1.Protocol
-	13, // 9: poolplane.v1.Pool.reset_timeout:type_name -> google.protobuf.Duration
-	8,  // 10: poolplane.v1.Pool.redis:type_name -> poolplane.v1.RedisSetup
-	5,  // 11: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
-	14, // 12: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
-	14, // 13: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
-	13, // 14: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
-	13, // 15: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
-	0,  // 16: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
-	13, // 17: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
-	13, // 18: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
-	13, // 19: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
-	13, // 20: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
-	13, // 21: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
-	13, // 22: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
-	3,  // 23: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
-	13, // 24: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	13, // 25: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	16, // 9: poolplane.v1.Pool.reset_timeout:type_name -> google.protobuf.Duration
+	9,  // 10: poolplane.v1.Pool.redis:type_name -> poolplane.v1.RedisSetup
+	10, // 11: poolplane.v1.Pool.postgres:type_name -> poolplane.v1.PostgresSetup
+	6,  // 12: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
+	17, // 13: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
+	17, // 14: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 15: poolplane.v1.PostgresSetup.ssl_mode:type_name -> poolplane.v1.PostgresSSLMode
+	15, // 16: poolplane.v1.PostgresSetup.params:type_name -> poolplane.v1.PostgresSetup.ParamsEntry
+	16, // 17: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
+	16, // 18: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
+	0,  // 19: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
+	16, // 20: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
+	16, // 21: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
+	16, // 22: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
+	16, // 23: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
+	16, // 24: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
+	16, // 25: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
+	3,  // 26: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
+	16, // 27: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	16, // 28: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_pool_proto_init() }
@@ -1311,8 +1561,8 @@ func file_poolplane_v1_pool_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_pool_proto_rawDesc), len(file_poolplane_v1_pool_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   7,
+			NumEnums:      7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
