@@ -43,7 +43,7 @@ http {
 	fastcgi_temp_path %[1]s/fastcgi;
 	uwsgi_temp_path %[1]s/uwsgi;
 	scgi_temp_path %[1]s/scgi;
-	keepalive_requests 100000;
+	keepalive_requests 100000000;
 	keepalive_timeout 300s;
 	default_type application/octet-stream;
 	server {
