@@ -11,14 +11,16 @@
 // in its Handler's registry. A client's CancelRequest is looked up there
 // and, when it names one of the pool's backends, forwarded on a fresh
 // connection to the same server address (over TLS when the pool's SSLMode
-// asks for it, as libpq does), never on a pooled connection. The registry
-// holds at most maxKeys entries (the oldest goes first); an entry is
-// removed when its connection fails a probe or a reset. A stale entry is
-// harmless: the server ignores a cancel whose secret does not match a live
-// backend.
+// asks for it, as libpq does), never on a pooled connection; the client
+// gets no reply, as from a server. The registry holds the maxKeys keys
+// most recently set up or leased (so a lease's key stays while it runs);
+// a key is removed when its connection fails a reset, and otherwise ages
+// out. A stale key is harmless: the server ignores a cancel whose secret
+// does not match a live backend.
 package postgres
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -77,8 +79,9 @@ type Options struct {
 	CloseOpenTransactions bool
 }
 
-// maxKeys bounds the cancel registry of one Handler.
-const maxKeys = 8192
+// maxKeys bounds the cancel registry of one Handler: the backend keys of
+// the connections set up or leased most recently.
+const maxKeys = 4096
 
 // maxOpening bounds the client's opening (SSLRequest and StartupMessage).
 const maxOpening = 10 << 10
@@ -90,13 +93,16 @@ type Handler struct {
 	tlsConfig *tls.Config // nil: SSLDisable; ServerName filled per connection
 	tlsErr    error       // a bad CAPEM, reported by Setup
 
-	mu sync.Mutex // protects the fields below
-	// keys maps a backend key to its server's address.
-	keys map[backendKey]string
-	// order is keys' insertion order, for eviction.
-	order []backendKey
-	// conns maps a connection to its backend key, for Probe.
-	conns map[net.Conn]backendKey
+	mu sync.Mutex // protects keys and lru
+	// keys maps a backend key to its element in lru.
+	keys map[backendKey]*list.Element
+	// lru holds *keyEntry values, the most recently used last.
+	lru list.List
+}
+
+type keyEntry struct {
+	key  backendKey
+	addr string // the server's address
 }
 
 var _ protocol.Handler = (*Handler)(nil)
@@ -111,7 +117,7 @@ func New(o Options) *Handler {
 	if o.ResetQuery == "" {
 		o.ResetQuery = DefaultResetQuery
 	}
-	h := &Handler{o: o, keys: make(map[backendKey]string), conns: make(map[net.Conn]backendKey)}
+	h := &Handler{o: o, keys: make(map[backendKey]*list.Element)}
 	switch o.SSLMode {
 	case "", SSLDisable:
 	case SSLRequire:
@@ -131,8 +137,8 @@ func New(o Options) *Handler {
 	return h
 }
 
-// State is what Setup learned of a connection, for its sessions.
-type State struct {
+// ConnState is what Setup learned of a connection, for its sessions.
+type ConnState struct {
 	// Params are the ParameterStatus values the server reported at
 	// startup. Read-only.
 	Params map[string]string
@@ -156,7 +162,7 @@ func (h *Handler) connTLS(host string) *tls.Config {
 
 // Setup starts up and authenticates on nc with pgconn and returns the
 // connection to use (a TLS session over nc with SSLMode require or
-// verify-full) and its *State.
+// verify-full) and its *ConnState.
 func (h *Handler) Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error) {
 	if h.tlsErr != nil {
 		return nil, nil, h.tlsErr
@@ -203,73 +209,57 @@ func (h *Handler) Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error)
 	if err := hc.Conn.SetDeadline(time.Time{}); err != nil {
 		return nil, nil, err
 	}
-	st := &State{Params: hc.ParameterStatuses, PID: hc.PID, Secret: hc.SecretKey, addr: nc.RemoteAddr().String()}
+	st := &ConnState{Params: hc.ParameterStatuses, PID: hc.PID, Secret: hc.SecretKey, addr: nc.RemoteAddr().String()}
 	if st.Params == nil {
 		st.Params = map[string]string{}
 	}
-	h.register(hc.Conn, st)
+	h.register(st)
 	return hc.Conn, st, nil
 }
 
-func (h *Handler) register(c net.Conn, st *State) {
+// register records (or refreshes) st's backend key in the cancel
+// registry, evicting the least recently used key beyond maxKeys.
+func (h *Handler) register(st *ConnState) {
 	k := backendKey{st.PID, string(st.Secret)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.keys[k]; !ok {
-		if len(h.order) >= maxKeys {
-			old := h.order[0]
-			h.order = h.order[1:]
-			delete(h.keys, old)
-		}
-		h.order = append(h.order, k)
-	}
-	h.keys[k] = st.addr
-	h.conns[c] = k
-}
-
-// forget removes a connection's key from the registry (its connection is
-// about to be closed).
-func (h *Handler) forget(c net.Conn, k backendKey) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if c != nil {
-		if ck, ok := h.conns[c]; ok {
-			k = ck
-			delete(h.conns, c)
-		}
-	}
-	if _, ok := h.keys[k]; !ok {
+	if e, ok := h.keys[k]; ok {
+		h.lru.MoveToBack(e)
 		return
 	}
-	delete(h.keys, k)
-	for i, o := range h.order {
-		if o == k {
-			h.order = append(h.order[:i], h.order[i+1:]...)
-			break
-		}
+	h.keys[k] = h.lru.PushBack(&keyEntry{key: k, addr: st.addr})
+	if h.lru.Len() > maxKeys {
+		old := h.lru.Remove(h.lru.Front()).(*keyEntry)
+		delete(h.keys, old.key)
 	}
-	for c, ck := range h.conns {
-		if ck == k {
-			delete(h.conns, c)
-		}
+}
+
+// forget removes st's backend key from the registry (its connection is
+// about to be closed).
+func (h *Handler) forget(st *ConnState) {
+	k := backendKey{st.PID, string(st.Secret)}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e, ok := h.keys[k]; ok {
+		h.lru.Remove(e)
+		delete(h.keys, k)
 	}
 }
 
 func (h *Handler) lookup(pid uint32, secret []byte) (string, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	addr, ok := h.keys[backendKey{pid, string(secret)}]
-	return addr, ok
+	e, ok := h.keys[backendKey{pid, string(secret)}]
+	if !ok {
+		return "", false
+	}
+	return e.Value.(*keyEntry).addr, true
 }
 
 // Probe runs SELECT 1 and expects its ReadyForQuery, idle. The caller sets
-// the deadline. A failed probe forgets the connection's backend key.
+// the deadline.
 func (h *Handler) Probe(nc net.Conn) error {
-	err := simpleQuery(nc, "SELECT 1")
-	if err != nil {
-		h.forget(nc, backendKey{})
-	}
-	return err
+	return simpleQuery(nc, "SELECT 1")
 }
 
 // simpleQuery runs one simple query on an idle connection and expects
@@ -322,11 +312,13 @@ func readResults(fe *pgproto3.Frontend, n int, params map[string]string) (byte, 
 }
 
 // NewSession starts following a lease on a connection whose Setup returned
-// state (a *State).
+// state (a *ConnState).
 func (h *Handler) NewSession(state any) protocol.Session {
-	st, _ := state.(*State)
+	st, _ := state.(*ConnState)
 	if st == nil {
-		st = &State{Params: map[string]string{}}
+		st = &ConnState{Params: map[string]string{}}
+	} else {
+		h.register(st)
 	}
 	return &Session{h: h, st: st, tx: 'I'}
 }

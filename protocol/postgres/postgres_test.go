@@ -31,7 +31,7 @@ func newHandler(o Options) *Handler {
 }
 
 // dialSetup dials addr and runs Setup.
-func dialSetup(t *testing.T, h *Handler, addr string) (net.Conn, *State, error) {
+func dialSetup(t *testing.T, h *Handler, addr string) (net.Conn, *ConnState, error) {
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -45,10 +45,10 @@ func dialSetup(t *testing.T, h *Handler, addr string) (net.Conn, *State, error) 
 		return nil, nil, err
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	return c, st.(*State), nil
+	return c, st.(*ConnState), nil
 }
 
-func mustSetup(t *testing.T, h *Handler, addr string) (net.Conn, *State) {
+func mustSetup(t *testing.T, h *Handler, addr string) (net.Conn, *ConnState) {
 	t.Helper()
 	c, st, err := dialSetup(t, h, addr)
 	if err != nil {
@@ -61,7 +61,7 @@ func mustSetup(t *testing.T, h *Handler, addr string) (net.Conn, *State) {
 // relay.Lease does: Greet until done, then Request/Reply on each chunk. It
 // returns the address to connect to and a channel that yields the Session
 // once the client side ended and the upstream reader stopped.
-func relay(t *testing.T, h *Handler, up net.Conn, st *State) (string, <-chan *Session) {
+func relay(t *testing.T, h *Handler, up net.Conn, st *ConnState) (string, <-chan *Session) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -147,7 +147,7 @@ func clientConfig(t *testing.T, addr string) *pgx.ConnConfig {
 
 // lease runs f on a pgx client greeted on up, closes the client, and
 // returns the session.
-func lease(t *testing.T, h *Handler, up net.Conn, st *State, cfg func(*pgx.ConnConfig), f func(*pgx.Conn)) *Session {
+func lease(t *testing.T, h *Handler, up net.Conn, st *ConnState, cfg func(*pgx.ConnConfig), f func(*pgx.Conn)) *Session {
 	t.Helper()
 	addr, done := relay(t, h, up, st)
 	cc := clientConfig(t, addr)
@@ -445,7 +445,7 @@ func TestCopyNotResettable(t *testing.T) {
 }
 
 func TestTerminateWithheld(t *testing.T) {
-	s := newHandler(Options{}).NewSession(&State{}).(*Session)
+	s := newHandler(Options{}).NewSession(&ConnState{}).(*Session)
 	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
 	x, _ := (&pgproto3.Terminate{}).Encode(nil)
 	b := append(append([]byte{}, q...), x...)
@@ -456,7 +456,7 @@ func TestTerminateWithheld(t *testing.T) {
 		t.Fatalf("state %v", s.State())
 	}
 	// Terminate's header split across chunks: nothing of it goes.
-	s = newHandler(Options{}).NewSession(&State{}).(*Session)
+	s = newHandler(Options{}).NewSession(&ConnState{}).(*Session)
 	if k := s.Request(x[:2]); k != 0 {
 		t.Fatalf("Request returned %d for a split Terminate", k)
 	}
@@ -522,7 +522,7 @@ func TestCancel(t *testing.T) {
 }
 
 func TestSSLRequestDeclined(t *testing.T) {
-	s := newHandler(Options{}).NewSession(&State{}).(*Session)
+	s := newHandler(Options{}).NewSession(&ConnState{}).(*Session)
 	req, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 	reply, took, done, err := s.Greet(nil, req[:3])
 	if err != nil || done || len(reply) != 0 || took != 3 {
@@ -531,5 +531,85 @@ func TestSSLRequestDeclined(t *testing.T) {
 	reply, _, done, err = s.Greet(nil, req[3:])
 	if err != nil || done || string(reply) != "N" {
 		t.Fatalf("SSLRequest: %q %v %v", reply, done, err)
+	}
+}
+
+func TestMessageTracking(t *testing.T) {
+	h := newHandler(Options{})
+	s := h.NewSession(&ConnState{}).(*Session)
+	q, _ := (&pgproto3.Query{String: "BEGIN"}).Encode(nil)
+	s.Request(q[:3])
+	if s.State() != protocol.NotResettable {
+		t.Fatalf("partial request: %v", s.State())
+	}
+	s.Request(q[3:])
+	if s.State() != protocol.Outstanding {
+		t.Fatalf("query sent: %v", s.State())
+	}
+	cc, _ := (&pgproto3.CommandComplete{CommandTag: []byte("BEGIN")}).Encode(nil)
+	z, _ := (&pgproto3.ReadyForQuery{TxStatus: 'T'}).Encode(nil)
+	b := append(cc, z...)
+	for i := range b { // one byte at a time
+		s.Reply(b[i : i+1])
+		if i != len(cc)-1 && i < len(b)-1 && s.State() != protocol.NotResettable {
+			t.Fatalf("partial reply at %d: %v", i, s.State())
+		}
+	}
+	if s.State() != protocol.Idle || s.tx != 'T' {
+		t.Fatalf("after ReadyForQuery: %v %q", s.State(), s.tx)
+	}
+	p, _ := (&pgproto3.Parse{Query: "SELECT 1"}).Encode(nil)
+	s.Request(p)
+	if s.State() != protocol.Outstanding || !s.unsynced {
+		t.Fatalf("Parse without Sync: %v", s.State())
+	}
+	g, _ := (&pgproto3.CopyInResponse{}).Encode(nil)
+	s.Reply(g)
+	if s.State() != protocol.NotResettable {
+		t.Fatalf("COPY: %v", s.State())
+	}
+	w, _ := (&pgproto3.CopyBothResponse{}).Encode(nil)
+	s = h.NewSession(&ConnState{}).(*Session)
+	s.Reply(w)
+	if s.State() != protocol.NotResettable {
+		t.Fatalf("CopyBoth: %v", s.State())
+	}
+}
+
+func TestQuoteLiteral(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":      "'plain'",
+		"it's":       "'it''s'",
+		`back\slash`: ` E'back\\slash'`,
+		`a'\`:        ` E'a''\\'`,
+	} {
+		if got := quoteLiteral(in); got != want {
+			t.Errorf("quoteLiteral(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestRegistryBounded(t *testing.T) {
+	h := newHandler(Options{})
+	first := &ConnState{PID: 1, Secret: []byte{1}, addr: "a"}
+	h.register(first)
+	for i := range maxKeys {
+		h.NewSession(&ConnState{PID: uint32(i + 2), Secret: []byte{2}, addr: "b"})
+		if i == maxKeys/2 {
+			h.NewSession(first) // a lease refreshes the key
+		}
+	}
+	if _, ok := h.lookup(1, []byte{1}); !ok {
+		t.Fatal("a recently leased key was evicted")
+	}
+	if _, ok := h.lookup(2, []byte{2}); ok {
+		t.Fatal("the oldest key was kept")
+	}
+	if h.lru.Len() != maxKeys || len(h.keys) != maxKeys {
+		t.Fatalf("%d keys", h.lru.Len())
+	}
+	h.forget(first)
+	if _, ok := h.lookup(1, []byte{1}); ok {
+		t.Fatal("a forgotten key was kept")
 	}
 }

@@ -24,7 +24,7 @@ const (
 // client's writing side (never concurrently), Reply on the upstream reader.
 type Session struct {
 	h  *Handler
-	st *State
+	st *ConnState
 
 	// The opening.
 	opening []byte // the client's opening so far (bounded by maxOpening)
@@ -193,7 +193,7 @@ func (s *Session) Reset(nc net.Conn) error {
 	}
 	err := s.reset(nc)
 	if err != nil {
-		s.h.forget(nil, backendKey{s.st.PID, string(s.st.Secret)})
+		s.h.forget(s.st)
 	}
 	return err
 }
