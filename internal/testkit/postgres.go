@@ -33,6 +33,18 @@ const (
 // in a temporary directory it owns. The server is stopped at cleanup.
 func Postgres(t testing.TB) string {
 	t.Helper()
+	return startPostgres(t, nil, nil)
+}
+
+// PostgresTLS is Postgres with TLS on (ssl=on), serving the certificate
+// and key given in PEM; clients may still connect without TLS.
+func PostgresTLS(t testing.TB, certPEM, keyPEM []byte) string {
+	t.Helper()
+	return startPostgres(t, certPEM, keyPEM)
+}
+
+func startPostgres(t testing.TB, certPEM, keyPEM []byte) string {
+	t.Helper()
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
 	if len(bins) == 0 {
 		t.Skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: install them (apt-get install postgresql) to run the tests against a real PostgreSQL")
@@ -78,6 +90,19 @@ func Postgres(t testing.TB) string {
 	run("initdb", "-D", data, "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C",
 		"--auth-local=trust", "--auth-host=scram-sha-256", "--pwfile="+pwfile)
 
+	var tlsArgs []string
+	if certPEM != nil {
+		for name, b := range map[string][]byte{"server.crt": certPEM, "server.key": keyPEM} {
+			f := filepath.Join(data, name)
+			if err := os.WriteFile(f, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if cred != nil {
+				_ = os.Chown(f, int(cred.Uid), int(cred.Gid))
+			}
+		}
+		tlsArgs = []string{"-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"}
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +118,7 @@ func Postgres(t testing.TB) string {
 	cmd := exec.Command(filepath.Join(binDir, "postgres"), "-D", data, "-p", port, "-k", dir,
 		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off", "-c", "max_connections=60")
+	cmd.Args = append(cmd.Args, tlsArgs...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
@@ -611,5 +612,63 @@ func TestRegistryBounded(t *testing.T) {
 	h.forget(first)
 	if _, ok := h.lookup(1, []byte{1}); ok {
 		t.Fatal("a forgotten key was kept")
+	}
+}
+
+func TestTLS(t *testing.T) {
+	ca := testkit.NewCA(t)
+	srv := ca.Server(t, "127.0.0.1")
+	addr := testkit.PostgresTLS(t, srv.CertPEM, srv.KeyPEM)
+
+	for _, o := range []Options{{SSLMode: SSLRequire}, {SSLMode: SSLVerifyFull, CAPEM: string(ca.PEM)}} {
+		h := newHandler(o)
+		up, st := mustSetup(t, h, addr)
+		if _, ok := up.(*tls.Conn); !ok {
+			t.Fatalf("%s: Setup returned a %T", o.SSLMode, up)
+		}
+		s := lease(t, h, up, st, nil, func(c *pgx.Conn) {
+			if got := queryString(t, c, "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()"); got != "true" {
+				t.Fatalf("%s: ssl %s", o.SSLMode, got)
+			}
+		})
+		if err := reset(t, s, up); err != nil {
+			t.Fatalf("%s: Reset: %v", o.SSLMode, err)
+		}
+
+		// A cancel goes over TLS too.
+		up2, st2 := mustSetup(t, h, addr)
+		raddr, done := relay(t, h, up, st)
+		ctx := context.Background()
+		c, err := pgx.ConnectConfig(ctx, clientConfig(t, raddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Exec(ctx, "SELECT pg_sleep(10)")
+			errc <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		req, _ := (&pgproto3.CancelRequest{ProcessID: st.PID, SecretKey: st.Secret}).Encode(nil)
+		if _, _, _, err := h.NewSession(st2).(protocol.Greeter).Greet(up2, req); err == nil || strings.Contains(err.Error(), "unknown") {
+			t.Fatalf("cancel: %v", err)
+		}
+		select {
+		case err := <-errc:
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "57014" {
+				t.Fatalf("%s: query: %v", o.SSLMode, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the query was not cancelled", o.SSLMode)
+		}
+		_ = c.Close(ctx)
+		testkit.Recv(t, done)
+	}
+
+	other := testkit.NewCA(t)
+	h := newHandler(Options{SSLMode: SSLVerifyFull, CAPEM: string(other.PEM)})
+	if _, _, err := dialSetup(t, h, addr); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("verify-full with another CA: %v", err)
 	}
 }
