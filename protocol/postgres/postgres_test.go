@@ -334,6 +334,19 @@ func TestStartupRefusedAndParams(t *testing.T) {
 	}
 	testkit.Recv(t, done)
 
+	// No database: the user's name, which is not the pool's database.
+	raddr, done = relay(t, h, up, st)
+	c, fe := rawClientNoWait(t, raddr, map[string]string{"user": testkit.PostgresUser})
+	receiveUntil(t, fe, func(m pgproto3.BackendMessage) bool {
+		e, ok := m.(*pgproto3.ErrorResponse)
+		if ok && e.Code != "3D000" {
+			t.Fatalf("no database: %s %s", e.Code, e.Message)
+		}
+		return ok
+	})
+	_ = c.Close()
+	testkit.Recv(t, done)
+
 	withParams := func(cc *pgx.ConnConfig) {
 		cc.RuntimeParams = map[string]string{"application_name": "it's mine", "search_path": `"$user", public`, "TimeZone": "Asia/Tokyo"}
 	}
@@ -354,7 +367,9 @@ func TestStartupRefusedAndParams(t *testing.T) {
 	if err := reset(t, s, up); err != nil {
 		t.Fatal(err)
 	}
-	s = lease(t, h, up, st, nil, func(c *pgx.Conn) {
+	// A client asking for protocol 3.2 is told 3.0 and goes on.
+	proto32 := func(cc *pgx.ConnConfig) { cc.MaxProtocolVersion = "3.2" }
+	s = lease(t, h, up, st, proto32, func(c *pgx.Conn) {
 		if got := queryString(t, c, "SHOW application_name"); got != "" {
 			t.Errorf("application_name after reset %q", got)
 		}
@@ -367,6 +382,14 @@ func TestStartupRefusedAndParams(t *testing.T) {
 // rawClient connects to a relay and completes the startup by hand.
 func rawClient(t *testing.T, addr string) (net.Conn, *pgproto3.Frontend) {
 	t.Helper()
+	c, fe := rawClientNoWait(t, addr, map[string]string{"user": testkit.PostgresUser, "database": testkit.PostgresDatabase})
+	receiveUntil(t, fe, func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.ReadyForQuery); return ok })
+	return c, fe
+}
+
+// rawClientNoWait connects to a relay and sends a startup with params.
+func rawClientNoWait(t *testing.T, addr string, params map[string]string) (net.Conn, *pgproto3.Frontend) {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -374,12 +397,10 @@ func rawClient(t *testing.T, addr string) (net.Conn, *pgproto3.Frontend) {
 	t.Cleanup(func() { _ = c.Close() })
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	fe := pgproto3.NewFrontend(c, c)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-		Parameters: map[string]string{"user": testkit.PostgresUser, "database": testkit.PostgresDatabase}})
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: params})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	receiveUntil(t, fe, func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.ReadyForQuery); return ok })
 	return c, fe
 }
 

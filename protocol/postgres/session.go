@@ -253,7 +253,9 @@ func (s *Session) reset(nc net.Conn) error {
 // user and database is answered with AuthenticationOk, the connection's
 // parameters (after SETting those the client asked for that differ),
 // its backend key and ReadyForQuery. Any other user or database gets a
-// FATAL ErrorResponse.
+// FATAL ErrorResponse, as do a replication connection and the "options"
+// parameter. Greet sets no deadline on nc for the SETs: the relay's cut
+// bounds them. A connection whose SETs failed is NotResettable.
 func (s *Session) Greet(nc net.Conn, b []byte) ([]byte, int, bool, error) {
 	prev := len(s.opening)
 	if prev+len(b) > maxOpening {
@@ -317,7 +319,11 @@ func (s *Session) startup(nc net.Conn, sm *pgproto3.StartupMessage) ([]byte, err
 		return errorResponse("28000", fmt.Sprintf("this pool serves user %q, not %q", s.h.o.User, u)),
 			fmt.Errorf("postgres startup: user %q", u)
 	}
-	if d := p["database"]; d != "" && d != s.h.o.Database {
+	d := p["database"]
+	if d == "" {
+		d = p["user"] // as the server: the database defaults to the user's name
+	}
+	if d != s.h.o.Database {
 		return errorResponse("3D000", fmt.Sprintf("this pool serves database %q, not %q", s.h.o.Database, d)),
 			fmt.Errorf("postgres startup: database %q", d)
 	}
