@@ -16,6 +16,7 @@ import (
 
 	"github.com/poolplane/poolplane/protocol"
 	"github.com/poolplane/poolplane/protocol/http1"
+	"github.com/poolplane/poolplane/protocol/postgres"
 	"github.com/poolplane/poolplane/protocol/redis"
 )
 
@@ -756,6 +757,18 @@ func newHandler(cfg Config) protocol.Handler {
 			Database: r.Database, ProtocolVersion: r.ProtocolVersion, ClientName: r.ClientName})
 	case ProtocolHTTP1:
 		return http1.New()
+	case ProtocolPostgres:
+		p := cfg.Postgres
+		mode := postgres.SSLDisable
+		switch p.SSLMode {
+		case PostgresSSLRequire:
+			mode = postgres.SSLRequire
+		case PostgresSSLVerifyFull:
+			mode = postgres.SSLVerifyFull
+		}
+		return postgres.New(postgres.Options{Database: p.Database, User: p.User, Password: p.Password,
+			SSLMode: mode, CAPEM: p.CAPEM, Params: p.Params, ResetQuery: p.ResetQuery,
+			CloseOpenTransactions: p.CloseOpenTransactions})
 	}
 	return nil
 }
