@@ -241,8 +241,10 @@ func TestProtocolGreeting(t *testing.T) {
 		if err := l.Release(true); err != nil {
 			t.Fatal(err)
 		}
-		if e := testkit.Recv(t, s.ended); !e.Reused || e.Written != 5 {
-			t.Fatalf("ended %+v; want reused, 5 bytes written (BYE withheld)", e)
+		// Every client byte counts as taken: the opening and BYE, which the
+		// pool answered, and ping, which the upstream got.
+		if e := testkit.Recv(t, s.ended); !e.Reused || e.Written != 18 {
+			t.Fatalf("ended %+v; want reused, all 18 client bytes taken", e)
 		}
 		answerReset("OK\n")(t, far) // the next line after ping is the reset's: BYE never came
 		if !testkit.Recv(t, up.released) {
@@ -255,12 +257,18 @@ func TestProtocolGreeting(t *testing.T) {
 		up := newFakeUp(near)
 		up.handler = greetProto{}
 		s := newFakeSink()
-		l := New(up, s, Options{})
+		done := make(chan struct{})
+		l := New(up, s, Options{Done: func() { close(done) }})
 		l.Start()
 		l.Write(net.Buffers{[]byte("HELLO intruder\nFLUSHALL\n")})
 		testkit.WaitFor(t, "the refusal", func() bool { d, _ := s.got(); return d == "DENIED\n" })
+		// As a server closes after its error: the client side gets its end.
+		if e := testkit.Recv(t, s.ended); e.Reason != UpstreamEOF || !e.Reused {
+			t.Fatalf("ended %+v, want UpstreamEOF with the connection kept", e)
+		}
 		l.Write(net.Buffers{[]byte("more\n")})
 		l.Abandon()
+		testkit.Recv(t, done) // Done runs once, in place of the reader that never started
 		if !testkit.Recv(t, up.released) {
 			t.Fatalf("closed for %v: nothing reached the upstream, it should be reused", up.discarded)
 		}

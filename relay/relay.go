@@ -129,7 +129,8 @@ type Options struct {
 	// Reader is reused by the lease's reader goroutine (a client side with
 	// leases one after another keeps one); nil allocates one.
 	Reader *Reader
-	// Done is called once when the reader goroutine exits.
+	// Done is called once when the reader goroutine exits (or, for a
+	// started lease whose reader never ran, when it ends).
 	Done func()
 }
 
@@ -160,6 +161,7 @@ type Lease struct {
 	// stoppedc and readerc for a lease whose reader never ran.
 	readerGo  atomic.Bool
 	closeOnce sync.Once
+	greetOnce sync.Once // endGreeting's work
 
 	stoppedc chan struct{} // closed when the reader stops reading
 	readerc  chan struct{} // closed when the reader goroutine exits (after a reset)
@@ -481,7 +483,12 @@ func (l *Lease) Write(bufs net.Buffers) {
 		for i, b := range bufs {
 			if k := l.sess.Request(b); k < len(b) {
 				// The rest is the pool's to answer (and the client sends
-				// nothing after it).
+				// nothing after it): taken, as if written.
+				withheld := len(b) - k
+				for _, r := range bufs[i+1:] {
+					withheld += len(r)
+				}
+				l.bytesOut.Add(int64(withheld))
 				bufs[i] = b[:k]
 				bufs = bufs[:i+1]
 				break
@@ -585,16 +592,22 @@ func (l *Lease) maybeReport(now time.Time) {
 func (l *Lease) greet(bufs net.Buffers) net.Buffers {
 	for i, b := range bufs {
 		if l.refused {
-			return nil
+			l.bytesOut.Add(int64(len(b))) // taken, and dropped: the client was refused
+			continue
 		}
 		reply, took, done, err := l.greeter.Greet(l.nc, b)
+		// Bytes the pool answers itself count as delivered: the client's
+		// release waits for every byte it wrote to be taken.
+		l.bytesOut.Add(int64(took))
 		if len(reply) > 0 && l.toClient(reply) != nil {
 			l.refused = true // the client side is gone
 			return nil
 		}
 		if err != nil {
 			l.refused = true
-			return nil
+			l.bytesOut.Add(int64(len(b) - took))
+			l.endRefused()
+			continue
 		}
 		if done {
 			l.greeter = nil
@@ -621,11 +634,31 @@ func (l *Lease) toClient(b []byte) error {
 	return nil
 }
 
+// endRefused ends the lease of a client the greeter refused, as a server
+// closes the connection after its error message (or after a cancel
+// request): the client side gets UpstreamEOF; the connection goes back as
+// the greeter left it.
+func (l *Lease) endRefused() {
+	if !l.ended.CompareAndSwap(false, true) {
+		return
+	}
+	reused := l.endGreeting()
+	_ = l.sink.Ended(End{Reason: UpstreamEOF, Reused: reused, Written: l.bytesOut.Load()})
+}
+
 // endGreeting ends a lease whose reader never started (its client left
 // during the opening, or was refused): the connection goes back as the
 // greeter left it, or is closed.
 func (l *Lease) endGreeting() (reused bool) {
+	l.greetOnce.Do(func() { reused = l.endGreetingOnce() })
+	return reused
+}
+
+func (l *Lease) endGreetingOnce() (reused bool) {
 	l.noReader()
+	if l.opts.Done != nil {
+		defer l.opts.Done() // in place of the reader that never ran
+	}
 	cut := l.isCut() && Reason(l.cutReason.Load()) != ReasonNone
 	if l.sess.State() == protocol.Idle && !l.broken && !cut {
 		select {

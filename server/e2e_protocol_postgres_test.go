@@ -1,0 +1,274 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/poolplane/poolplane/client"
+	"github.com/poolplane/poolplane/internal/testkit"
+	"github.com/poolplane/poolplane/poolmgr"
+)
+
+// startPostgresPool starts PostgreSQL and an SDK env with a POSTGRES pool
+// "pg" of one connection (and "pg-short" with a short reset_timeout) that
+// holds the database password: clients present no password.
+func startPostgresPool(t *testing.T) (*sdkEnv, string) {
+	t.Helper()
+	addr := testkit.Postgres(t)
+	e := startSDKEnvWith(t, sdkEnvConfig{
+		manager: func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{7}, 32) },
+		client:  []client.Option{client.WithReleaseTimeout(10 * time.Second)},
+	})
+	for pool, reset := range map[string]time.Duration{"pg": 5 * time.Second, "pg-short": 200 * time.Millisecond} {
+		e.createPool(t, pool, poolmgr.Config{
+			Endpoints:    []string{addr},
+			Limits:       poolmgr.Limits{MaxConnections: 1},
+			Protocol:     poolmgr.ProtocolPostgres,
+			ResetTimeout: reset,
+			Postgres: poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser,
+				Password: testkit.PostgresPassword},
+		})
+	}
+	return e, addr
+}
+
+// pgConnect connects pgx to pool through the SDK's Dialer, with no
+// password (the address in the URL is not dialed: the Dialer leases).
+func pgConnect(t *testing.T, e *sdkEnv, pool string) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig("postgres://" + testkit.PostgresUser + "@127.0.0.1/" + testkit.PostgresDatabase + "?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DialFunc = pgconn.DialFunc(e.c.Dialer(pool))
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol // the checks leave no prepared statement of their own
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("connect through pool %s: %v", pool, err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+func pgScalar[T any](t *testing.T, conn *pgx.Conn, sql string) T {
+	t.Helper()
+	var v T
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := conn.QueryRow(ctx, sql).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+func pgExec(t *testing.T, conn *pgx.Conn, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// pgRaw writes raw protocol bytes on the connection under pgx, as a client
+// cut off mid-exchange would have.
+func pgRaw(t *testing.T, conn *pgx.Conn, typ byte, body []byte) {
+	t.Helper()
+	msg := append([]byte{typ, 0, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint32(msg[1:5], uint32(4+len(body)))
+	if _, err := conn.PgConn().Conn().Write(msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPostgresPoolIsolatesClients: pgx through the SDK on a POSTGRES pool
+// of one connection, against a real PostgreSQL. Client A leaves session
+// state behind and goes (closing normally, or cut off mid-exchange), then
+// client B finds a clean session on the same backend where the pool can
+// reset it (pg_backend_pid is the same), or a new backend where it cannot.
+// Each case runs 30 times.
+func TestPostgresPoolIsolatesClients(t *testing.T) {
+	e, _ := startPostgresPool(t)
+	setup := pgConnect(t, e, "pg")
+	pgExec(t, setup, "CREATE TABLE IF NOT EXISTS jobs (id int)")
+	if err := setup.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		leave  func(t *testing.T, a *pgx.Conn)
+		cutOff bool   // A's socket is closed under pgx (a killed client)
+		closed string // the close reason, or "" when B must get A's backend
+	}{
+		{name: "SET", leave: func(t *testing.T, a *pgx.Conn) { pgExec(t, a, "SET statement_timeout = 1234") }},
+		{name: "temp table", leave: func(t *testing.T, a *pgx.Conn) { pgExec(t, a, "CREATE TEMP TABLE scratch (x int)") }},
+		{name: "prepared statement", leave: func(t *testing.T, a *pgx.Conn) { pgExec(t, a, "PREPARE mine AS SELECT 1") }},
+		{name: "LISTEN", leave: func(t *testing.T, a *pgx.Conn) { pgExec(t, a, "LISTEN news") }},
+		{name: "advisory lock", leave: func(t *testing.T, a *pgx.Conn) { pgScalar[string](t, a, "SELECT pg_advisory_lock(42)::text") }},
+		{name: "SET LOCAL in an open transaction", cutOff: true, leave: func(t *testing.T, a *pgx.Conn) {
+			pgExec(t, a, "BEGIN")
+			pgExec(t, a, "SET LOCAL statement_timeout = 999")
+			pgExec(t, a, "INSERT INTO jobs VALUES (1)")
+		}},
+		{name: "failed transaction", cutOff: true, leave: func(t *testing.T, a *pgx.Conn) {
+			pgExec(t, a, "BEGIN")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := a.Exec(ctx, "SELECT 1/0"); err == nil {
+				t.Fatal("1/0 succeeded")
+			}
+		}},
+		{name: "cut between Parse and Sync", cutOff: true, leave: func(t *testing.T, a *pgx.Conn) {
+			pgRaw(t, a, 'P', []byte("half\x00SELECT 1\x00\x00\x00"))
+		}},
+		{name: "COPY abandoned", cutOff: true, closed: "not_resettable", leave: func(t *testing.T, a *pgx.Conn) {
+			pgRaw(t, a, 'Q', []byte("COPY jobs FROM STDIN\x00"))
+			var b [1]byte // wait for CopyInResponse
+			_ = a.PgConn().Conn().SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := a.PgConn().Conn().Read(b[:]); err != nil || b[0] != 'G' {
+				t.Fatalf("COPY: read %q, %v", b[:], err)
+			}
+		}},
+		{name: "long query abandoned", cutOff: true, closed: "outstanding_reply", leave: func(t *testing.T, a *pgx.Conn) {
+			pgRaw(t, a, 'Q', []byte("SELECT pg_sleep(30)\x00"))
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := "pg"
+			if tc.closed != "" {
+				pool = "pg-short"
+			}
+			for trial := range 30 {
+				before := closes(t, e, pool, tc.closed)
+				a := pgConnect(t, e, pool)
+				pidA := pgScalar[int32](t, a, "SELECT pg_backend_pid()")
+				tc.leave(t, a)
+				if tc.cutOff {
+					_ = a.PgConn().Conn().Close() // no Terminate: the client is gone
+				} else if err := a.Close(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				b := pgConnect(t, e, pool)
+				pidB := pgScalar[int32](t, b, "SELECT pg_backend_pid()")
+				switch {
+				case tc.closed == "" && pidB != pidA:
+					t.Fatalf("trial %d: B on backend %d, A on %d: the pool lost a backend it could reset (closes %d)", trial, pidB, pidA, closes(t, e, pool, "any"))
+				case tc.closed != "" && pidB == pidA:
+					t.Fatalf("trial %d: B got A's backend %d; want it closed (%s)", trial, pidA, tc.closed)
+				case tc.closed != "":
+					if after := closes(t, e, pool, tc.closed); after != before+1 {
+						t.Fatalf("trial %d: closes[%s] %d -> %d, want +1", trial, tc.closed, before, after)
+					}
+				}
+				for sql, want := range map[string]string{
+					"SHOW statement_timeout":                                          "0",
+					"SELECT count(*)::text FROM pg_prepared_statements":               "0",
+					"SELECT count(*)::text FROM pg_listening_channels()":              "0",
+					"SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory'": "0",
+					"SELECT coalesce(to_regclass('pg_temp.scratch')::text, 'none')":   "none",
+					"SELECT count(*)::text FROM jobs":                                 "0",
+					"SELECT current_user || '/' || current_database()":                testkit.PostgresUser + "/" + testkit.PostgresDatabase,
+				} {
+					if got := pgScalar[string](t, b, sql); got != want {
+						t.Fatalf("trial %d: B: %s = %q, want %q: A's session leaked", trial, sql, got, want)
+					}
+				}
+				if st := b.PgConn().TxStatus(); st != 'I' {
+					t.Fatalf("trial %d: B starts in transaction status %c", trial, st)
+				}
+				echo := "b-" + strconv.Itoa(trial)
+				if got := pgScalar[string](t, b, "SELECT '"+echo+"'"); got != echo {
+					t.Fatalf("trial %d: B read %q", trial, got)
+				}
+				if err := b.Close(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestPostgresPoolRefusesOtherDatabases: a client asking for another
+// database or user than the pool's gets PostgreSQL's own error, and the
+// pool's connection stays good for the next client.
+func TestPostgresPoolRefusesOtherDatabases(t *testing.T) {
+	e, _ := startPostgresPool(t)
+	for _, tc := range []struct{ url, code string }{
+		{"postgres://" + testkit.PostgresUser + "@127.0.0.1/postgres?sslmode=disable", "3D000"},
+		{"postgres://postgres@127.0.0.1/" + testkit.PostgresDatabase + "?sslmode=disable", "28000"},
+	} {
+		cfg, err := pgx.ParseConfig(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DialFunc = pgconn.DialFunc(e.c.Dialer("pg"))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = pgx.ConnectConfig(ctx, cfg)
+		cancel()
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != tc.code {
+			t.Fatalf("%s: %v, want SQLSTATE %s", tc.url, err, tc.code)
+		}
+	}
+	c := pgConnect(t, e, "pg")
+	if got := pgScalar[string](t, c, "SELECT current_database()"); got != testkit.PostgresDatabase {
+		t.Fatalf("current_database() = %q", got)
+	}
+}
+
+// TestPostgresPoolCancel: a CancelRequest pgx sends through the pool (its
+// own lease, on a connection of its own) reaches the backend running the
+// query and nothing else: pg_sleep(20) ends with 57014 at once. The cancel
+// is repeated until the query ends, as one sent before the query started
+// is ignored by the server.
+func TestPostgresPoolCancel(t *testing.T) {
+	e, addr := startPostgresPool(t)
+	// Two slots: the cancel request's own lease needs one.
+	e.createPool(t, "pg2", poolmgr.Config{
+		Endpoints: []string{addr}, Limits: poolmgr.Limits{MaxConnections: 2},
+		Protocol: poolmgr.ProtocolPostgres,
+		Postgres: poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser, Password: testkit.PostgresPassword},
+	})
+	c := pgConnect(t, e, "pg2")
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := c.Exec(context.Background(), "SELECT pg_sleep(20)")
+		errc <- err
+	}()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for {
+		select {
+		case err = <-errc:
+			break wait
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if cerr := c.PgConn().CancelRequest(ctx); cerr != nil {
+				t.Errorf("CancelRequest: %v", cerr)
+			}
+			cancel()
+		}
+	}
+	var pe *pgconn.PgError
+	if took := time.Since(start); !errors.As(err, &pe) || pe.Code != "57014" || took > 10*time.Second {
+		t.Fatalf("pg_sleep(20) cancelled: %v after %v, want 57014 (query_canceled) at once", err, took)
+	}
+	// The connection is still good.
+	if got := pgScalar[string](t, c, "SELECT 'after'"); got != "after" {
+		t.Fatalf("after the cancel: %q", got)
+	}
+}
