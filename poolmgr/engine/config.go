@@ -611,6 +611,8 @@ func (c Config) validateProtocol(bad func(field, format string, args ...any), du
 		bad("health_check.kind", "REDIS_PING on an HTTP1 pool")
 	case hk == HealthHTTP && c.Protocol == ProtocolRedis:
 		bad("health_check.kind", "HTTP on a REDIS pool")
+	case (hk == HealthHTTP || hk == HealthRedisPing) && c.Protocol == ProtocolPostgres:
+		bad("health_check.kind", "%v on a POSTGRES pool: TCP or TLS checks run SELECT 1", hk)
 	}
 	c.validatePostgres(bad)
 	r := c.Redis

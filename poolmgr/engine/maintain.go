@@ -194,7 +194,8 @@ func (p *Pool) probeAll(cs []*Conn, hc HealthCheck) {
 
 // probe runs one health check on c, owned by the caller. Every kind starts
 // with the peek; HTTP and REDIS_PING then exchange a request and a reply
-// within hc.Timeout.
+// within hc.Timeout, and so do TCP and TLS on a protocol pool, with the
+// protocol's probe.
 func (p *Pool) probe(c *Conn, hc HealthCheck) bool {
 	if !c.alive() {
 		return false
@@ -202,7 +203,9 @@ func (p *Pool) probe(c *Conn, hc HealthCheck) bool {
 	switch hc.Kind {
 	case HealthHTTP, HealthRedisPing:
 	default:
-		return true
+		// TCP and TLS: on a protocol pool, also the protocol's own probe
+		// (a Redis PING, a PostgreSQL SELECT 1).
+		return c.handler == nil || c.probeProtocol(hc.Timeout)
 	}
 	// Socket deadlines are wall-clock time, so time.Now here, not Env.Now.
 	if c.nc.SetDeadline(time.Now().Add(hc.Timeout)) != nil {

@@ -160,3 +160,40 @@ func TestProtocolChangeBumpsGeneration(t *testing.T) {
 		t.Fatal("a reset_timeout change bumped the generation")
 	}
 }
+
+// TestIOProtocolHealthCheck: on a protocol pool a TCP health check also
+// runs the protocol's probe, so an upstream that accepts bytes but no
+// longer answers (a hung Redis) fails it; on a RAW pool the peek alone
+// passes.
+func TestIOProtocolHealthCheck(t *testing.T) {
+	answer := make(chan bool, 1)
+	u := startUpstream(t, "127.0.0.1:0", nil, func(nc net.Conn) {
+		buf := make([]byte, len(redisPing))
+		for {
+			if _, err := io.ReadFull(nc, buf); err != nil {
+				return
+			}
+			if <-answer {
+				_, _ = nc.Write(redisPong)
+			}
+		}
+	})
+	hc := HealthCheck{Kind: HealthTCP, Interval: time.Second, Timeout: 100 * time.Millisecond}
+	p := newIOPool(t, ioConfig(u.addr(), func(c *Config) { c.Protocol = ProtocolRedis; c.HealthCheck = hc }), Env{})
+	c := mustAcquire(t, p)
+	defer c.Release(false)
+	answer <- true
+	if !p.probe(c, hc) {
+		t.Fatal("a PONG failed the check")
+	}
+	answer <- false
+	if p.probe(c, hc) {
+		t.Fatal("no PONG passed the check")
+	}
+	raw := newIOPool(t, ioConfig(u.addr(), func(c *Config) { c.HealthCheck = hc }), Env{})
+	rc := mustAcquire(t, raw)
+	defer rc.Release(false)
+	if !raw.probe(rc, hc) {
+		t.Fatal("a RAW pool's TCP check failed an open connection")
+	}
+}
