@@ -6,6 +6,7 @@ import (
 	"net"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -211,6 +212,53 @@ func (s *Session) reset(nc net.Conn) error {
 		s.sent++
 		s.unsynced = false
 	}
+	if s.answered < s.sent && s.st != nil {
+		// A query still running when its client left: cancel it unless it
+		// ends within cancelAfter, rather than wait out reset_timeout and
+		// close the connection (the server would go on running it).
+		cancelled := make(chan struct{})
+		t := time.AfterFunc(cancelAfter, func() {
+			defer close(cancelled)
+			_ = s.h.cancel(s.st.addr, s.st.PID, s.st.Secret)
+		})
+		// A cancel sent has reached the server before anything else runs
+		// on the connection: a backend that gets it while idle ignores it,
+		// one that gets it during the reset query fails the reset (which
+		// closes the connection); it never reaches the next client's query.
+		err := s.drain(fe)
+		if !t.Stop() {
+			<-cancelled
+		}
+		if err != nil {
+			return err
+		}
+	}
+	n := 1
+	if s.tx == 'T' || s.tx == 'E' {
+		if s.h.o.CloseOpenTransactions {
+			return errors.New("postgres: released inside a transaction")
+		}
+		fe.Send(&pgproto3.Query{String: "ROLLBACK"})
+		n++
+	}
+	fe.Send(&pgproto3.Query{String: s.h.o.ResetQuery})
+	if err := fe.Flush(); err != nil {
+		return fmt.Errorf("postgres reset: %w", err)
+	}
+	if _, err := readResults(fe, n, nil); err != nil {
+		return fmt.Errorf("postgres reset: %w", err)
+	}
+	return nil
+}
+
+// cancelAfter is how long a query its client left running may go on
+// before the reset cancels it.
+const cancelAfter = 10 * time.Millisecond
+
+// drain reads and discards the replies still due, failing a COPY FROM
+// STDIN the client left, until every Query and Sync has its
+// ReadyForQuery.
+func (s *Session) drain(fe *pgproto3.Frontend) error {
 	for s.answered < s.sent {
 		msg, err := fe.Receive()
 		if err != nil {
@@ -228,21 +276,6 @@ func (s *Session) reset(nc net.Conn) error {
 		case *pgproto3.CopyBothResponse:
 			return fmt.Errorf("%w: replication started", protocol.ErrOutstanding)
 		}
-	}
-	n := 1
-	if s.tx == 'T' || s.tx == 'E' {
-		if s.h.o.CloseOpenTransactions {
-			return errors.New("postgres: released inside a transaction")
-		}
-		fe.Send(&pgproto3.Query{String: "ROLLBACK"})
-		n++
-	}
-	fe.Send(&pgproto3.Query{String: s.h.o.ResetQuery})
-	if err := fe.Flush(); err != nil {
-		return fmt.Errorf("postgres reset: %w", err)
-	}
-	if _, err := readResults(fe, n, nil); err != nil {
-		return fmt.Errorf("postgres reset: %w", err)
 	}
 	return nil
 }
