@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/poolplane/poolplane/client"
 	"github.com/poolplane/poolplane/internal/testkit"
@@ -272,5 +275,65 @@ wait:
 	// The connection is still good.
 	if got := pgScalar[string](t, c, "SELECT 'after'"); got != "after" {
 		t.Fatalf("after the cancel: %q", got)
+	}
+}
+
+// TestPostgresPoolDatabaseSQL: database/sql through pgx's stdlib driver,
+// its connections leased from a POSTGRES pool through the SDK: its own
+// pool of 4 over the pool's 2 backends, concurrent queries and
+// transactions (committed and rolled back), every result its own.
+func TestPostgresPoolDatabaseSQL(t *testing.T) {
+	e, addr := startPostgresPool(t)
+	e.createPool(t, "pg2", poolmgr.Config{
+		Endpoints: []string{addr}, Limits: poolmgr.Limits{MaxConnections: 2},
+		Protocol: poolmgr.ProtocolPostgres,
+		Postgres: poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser, Password: testkit.PostgresPassword},
+	})
+	cfg, err := pgx.ParseConfig("postgres://" + testkit.PostgresUser + "@127.0.0.1/" + testkit.PostgresDatabase + "?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DialFunc = pgconn.DialFunc(e.c.Dialer("pg2"))
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { _ = db.Close() })
+	db.SetMaxOpenConns(2) // the pool's backends; database/sql's idle conns hold their leases
+	ctx := ctxSDK(t)
+	if _, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS sqljobs (id int, who text)"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				tx, err := db.BeginTx(ctx, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				who := fmt.Sprintf("w%d-%d", w, i)
+				if _, err := tx.ExecContext(ctx, "INSERT INTO sqljobs VALUES ($1, $2)", i, who); err != nil {
+					t.Error(err)
+					return
+				}
+				var got string
+				if err := tx.QueryRowContext(ctx, "SELECT who FROM sqljobs WHERE who = $1", who).Scan(&got); err != nil || got != who {
+					t.Errorf("read back %q, %v; want %q", got, err, who)
+				}
+				if i%2 == 0 {
+					err = tx.Commit()
+				} else {
+					err = tx.Rollback()
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var n int
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqljobs").Scan(&n); err != nil || n != 20 {
+		t.Fatalf("%d rows, %v; want the 20 committed", n, err)
 	}
 }
