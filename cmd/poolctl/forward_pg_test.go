@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -239,5 +240,31 @@ func TestForwardPgbench(t *testing.T) {
 	}
 	if r := stop(); r.code != 0 {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// TestPostgresDocExample: the YAML pool of docs/postgres.md applies as
+// written, and reads back with its password write-only.
+func TestPostgresDocExample(t *testing.T) {
+	doc := mustRead(t, filepath.Join("..", "..", "docs", "postgres.md"))
+	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/postgres.md has no yaml block")
+	}
+	ts := startServerWith(t, serverOptions{
+		manager: func(c *poolmgr.ManagerConfig) { c.SecretKey = bytes.Repeat([]byte{7}, 32) },
+	})
+	ts.ok(t, m[1], "apply", "-f", "-")
+	p := unmarshal(t, ts.ok(t, "", "get", "appdb", "-o", "json"), &poolv1.Pool{})
+	pg := p.GetPostgres()
+	if p.GetProtocol() != poolv1.Protocol_PROTOCOL_POSTGRES || pg.GetDatabase() != "appdb" || pg.GetUser() != "app" ||
+		pg.GetPassword() != "" || !pg.GetPasswordSet() || pg.GetParams()["statement_timeout"] != "5000" ||
+		pg.GetResetQuery() != "DISCARD ALL" || pg.GetSslMode() != poolv1.PostgresSSLMode_POSTGRES_SSL_MODE_DISABLE {
+		t.Fatalf("the pool of docs/postgres.md reads back as %v", p)
+	}
+	// Without a secret key, poold refuses the password.
+	plain := startServer(t)
+	if r := plain.cli(t, m[1], "apply", "-f", "-"); r.code == 0 {
+		t.Fatalf("apply without a secret key: exit 0\n%s", r.stdout)
 	}
 }
