@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
 
@@ -471,6 +472,7 @@ type serverOptions struct {
 	config   func(*server.Config)
 	grpcOpts []grpc.ServerOption
 	network  string // "tcp" (default) or "unix"
+	manager  func(*poolmgr.ManagerConfig)
 }
 
 // startServerWith is startServer with options; addr is "unix://<path>"
@@ -479,11 +481,12 @@ func startServerWith(t testing.TB, o serverOptions) *testServer {
 	t.Helper()
 	ts := &testServer{log: &testkit.SyncBuffer{}}
 	srv := servertest.Start(t, servertest.Options{
-		Store:  store.Options{NoSync: true},
-		Logger: slog.New(slog.NewTextHandler(ts.log, nil)),
-		Server: o.config,
-		GRPC:   o.grpcOpts,
-		Unix:   o.network == "unix",
+		Store:   store.Options{NoSync: true},
+		Logger:  slog.New(slog.NewTextHandler(ts.log, nil)),
+		Manager: o.manager,
+		Server:  o.config,
+		GRPC:    o.grpcOpts,
+		Unix:    o.network == "unix",
 	})
 	ts.addr = srv.Addr
 	return ts

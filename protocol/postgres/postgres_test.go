@@ -556,6 +556,26 @@ func TestSSLRequestDeclined(t *testing.T) {
 	}
 }
 
+// TestSSLRequestThenStartup: libpq (sslmode=prefer) sends its SSLRequest,
+// waits for "N", then sends its StartupMessage in a later read. The
+// SSLRequest is answered once: the startup's reply begins with
+// AuthenticationOk, and took counts only the startup's bytes.
+func TestSSLRequestThenStartup(t *testing.T) {
+	s := newHandler(Options{User: "u", Database: "d"}).NewSession(&ConnState{}).(*Session)
+	req, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+	if reply, took, done, err := s.Greet(nil, req); err != nil || done || string(reply) != "N" || took != len(req) {
+		t.Fatalf("SSLRequest: %q %d %v %v", reply, took, done, err)
+	}
+	sm, _ := (&pgproto3.StartupMessage{ProtocolVersion: protocolVersion30,
+		Parameters: map[string]string{"user": "u", "database": "d"}}).Encode(nil)
+	query, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+	reply, took, done, err := s.Greet(nil, append(sm, query...))
+	if err != nil || !done || took != len(sm) || len(reply) == 0 || reply[0] != 'R' {
+		t.Fatalf("startup after an SSLRequest: reply %q took %d (want %d) done %v err %v; want AuthenticationOk first",
+			reply, took, len(sm), done, err)
+	}
+}
+
 func TestMessageTracking(t *testing.T) {
 	h := newHandler(Options{})
 	s := h.NewSession(&ConnState{}).(*Session)

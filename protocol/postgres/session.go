@@ -29,6 +29,7 @@ type Session struct {
 
 	// The opening.
 	opening []byte // the client's opening so far (bounded by maxOpening)
+	greeted int    // bytes of opening already answered (SSLRequests)
 	used    bool   // something ran on the connection this lease
 
 	// Client to server (Request).
@@ -296,10 +297,11 @@ func (s *Session) Greet(nc net.Conn, b []byte) ([]byte, int, bool, error) {
 	}
 	s.opening = append(s.opening, b...)
 	var reply []byte
-	off := 0
+	off := s.greeted
 	for {
 		rest := s.opening[off:]
 		if len(rest) < 8 {
+			s.greeted = off
 			return reply, len(b), false, nil
 		}
 		n := be32(rest)
@@ -308,6 +310,7 @@ func (s *Session) Greet(nc net.Conn, b []byte) ([]byte, int, bool, error) {
 				fmt.Errorf("postgres: startup packet length %d", n)
 		}
 		if len(rest) < n {
+			s.greeted = off
 			return reply, len(b), false, nil
 		}
 		msg := rest[:n]
@@ -340,7 +343,7 @@ func (s *Session) Greet(nc net.Conn, b []byte) ([]byte, int, bool, error) {
 		if err != nil {
 			return reply, 0, false, err
 		}
-		s.opening = nil
+		s.opening, s.greeted = nil, 0
 		return reply, off - prev, true, nil
 	}
 }

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/poolplane/poolplane/internal/testkit"
+)
+
+// startPgBouncer runs /usr/sbin/pgbouncer (or pgbouncer from PATH) in
+// session mode in front of the PostgreSQL at pg: 8 server connections per
+// user and database, DISCARD ALL at release, clients authenticated with
+// authType ("scram-sha-256" against app's password in its auth_file, or
+// "trust": no password asked), TCP on a free loopback port, no Unix
+// socket. PgBouncer refuses to run as root: as root it runs as the
+// "postgres" user, in a directory it can read. It is stopped by PID at
+// cleanup. It skips without pgbouncer.
+func startPgBouncer(t testing.TB, pg, authType string) string {
+	t.Helper()
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		bin = "/usr/sbin/pgbouncer"
+		if _, err := os.Stat(bin); err != nil {
+			t.Skip("pgbouncer not found in PATH nor /usr/sbin: install it (apt-get install pgbouncer) to compare with PgBouncer")
+		}
+	}
+	// Not t.TempDir(): its parent is private to root, and pgbouncer may
+	// run as postgres.
+	dir, err := os.MkdirTemp("", "pgbouncer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Skipf("running as root and there is no postgres user to run pgbouncer as: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	pgHost, pgPort, _ := net.SplitHostPort(pg)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	_ = lis.Close()
+	files := map[string]string{
+		"users.txt": fmt.Sprintf("%q %q\n", testkit.PostgresUser, testkit.PostgresPassword),
+		"pgbouncer.ini": fmt.Sprintf(`[databases]
+%s = host=%s port=%s dbname=%s user=%s password=%s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %s
+unix_socket_dir =
+auth_type = %s
+auth_file = %s
+pool_mode = session
+default_pool_size = 8
+max_client_conn = 200
+server_reset_query = DISCARD ALL
+ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
+`, testkit.PostgresDatabase, pgHost, pgPort, testkit.PostgresDatabase, testkit.PostgresUser, testkit.PostgresPassword,
+			port, authType, filepath.Join(dir, "users.txt")),
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if cred != nil {
+			_ = os.Chown(p, int(cred.Uid), int(cred.Gid))
+		}
+	}
+	if cred != nil {
+		_ = os.Chown(dir, int(cred.Uid), int(cred.Gid))
+	}
+	logf, err := os.Create(filepath.Join(dir, "pgbouncer.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if err := cmd.Start(); err != nil {
+		_ = logf.Close()
+		t.Fatalf("start pgbouncer: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		_ = logf.Close()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM) // by PID: immediate shutdown
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			t.Fatalf("pgbouncer exited:\n%s", b)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			_ = c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			t.Fatalf("pgbouncer did not listen on %s:\n%s", addr, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkPgbenchPooling: pgbench, select-only, 8 clients for 10 s, on
+// loopback, against PostgreSQL directly (with the password), through
+// PgBouncer in session mode (8 server connections; the client
+// authenticated with SCRAM-SHA-256, as a deployment would, and with trust,
+// presenting no password as poolplane's client does) and through poolctl
+// forward on a POSTGRES pool of 8 connections (no
+// password from the client); each once with connections held for the run
+// and once with -C (a new client connection per transaction). It reports
+// the tps of each and poolplane's ratios to direct and to PgBouncer in
+// both modes (x-pgbouncer against SCRAM, x-pgbouncer-trust against
+// trust). Run it with -benchtime 1x: one iteration is the whole
+// procedure.
+func BenchmarkPgbenchPooling(b *testing.B) {
+	bin := lookTool(b, "pgbench", "postgresql-client")
+	ts, pg := startPgServer(b, "bench", 8)
+	bouncer := startPgBouncer(b, pg, "scram-sha-256")
+	trust := startPgBouncer(b, pg, "trust")
+	pgbench(b, bin, pg, testkit.PostgresPassword, "-i", "-s", "1", "-q")
+	fwd, _ := ts.startForward(b, "bench")
+	targets := []struct {
+		name, addr, password string
+	}{
+		{"direct", pg, testkit.PostgresPassword},
+		{"pgbouncer", bouncer, testkit.PostgresPassword},
+		{"pgbouncer-trust", trust, ""},
+		{"poolplane", fwd, ""},
+	}
+	tps := map[string]float64{}
+	for range b.N {
+		for _, mode := range []string{"", "-C"} {
+			for _, tg := range targets {
+				args := []string{"-S", "-n", "-T", "10", "-c", "8"}
+				if mode != "" {
+					args = append(args, mode)
+				}
+				v := pgbench(b, bin, tg.addr, tg.password, args...)
+				name := tg.name + mode
+				b.Logf("%-18s %8.0f tps", name, v)
+				tps[name] = v
+			}
+		}
+	}
+	for _, mode := range []string{"", "-C"} {
+		for _, tg := range targets {
+			b.ReportMetric(tps[tg.name+mode], tg.name+mode+"-tps")
+		}
+		b.ReportMetric(tps["poolplane"+mode]/tps["direct"+mode], "x-direct"+mode)
+		b.ReportMetric(tps["poolplane"+mode]/tps["pgbouncer"+mode], "x-pgbouncer"+mode)
+		b.ReportMetric(tps["poolplane"+mode]/tps["pgbouncer-trust"+mode], "x-pgbouncer-trust"+mode)
+	}
+}
