@@ -101,6 +101,21 @@ type Greeter interface {
 	Greet(nc net.Conn, b []byte) (reply []byte, took int, done bool, err error)
 }
 
+type endpointHostKey struct{}
+
+// WithEndpointHost returns ctx carrying the host of the endpoint a
+// connection was dialed for (a DNS name, where the dial went to one of its
+// addresses): the name a Setup that negotiates TLS verifies.
+func WithEndpointHost(ctx context.Context, host string) context.Context {
+	return context.WithValue(ctx, endpointHostKey{}, host)
+}
+
+// EndpointHost is the host WithEndpointHost put in ctx, or "".
+func EndpointHost(ctx context.Context) string {
+	h, _ := ctx.Value(endpointHostKey{}).(string)
+	return h
+}
+
 // ErrOutstanding is wrapped by a Reset that failed while replies the
 // client left behind were still due.
 var ErrOutstanding = errors.New("protocol: outstanding replies did not finish")

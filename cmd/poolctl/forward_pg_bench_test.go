@@ -117,24 +117,21 @@ log_disconnections = 0
 			<-exited
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.WaitWithin(t, 10*time.Second, "pgbouncer to listen on "+addr, func() bool {
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
 			t.Fatalf("pgbouncer exited:\n%s", b)
 		default:
 		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			_ = c.Close()
-			return addr
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-			t.Fatalf("pgbouncer did not listen on %s:\n%s", addr, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		_ = c.Close()
+		return true
+	})
+	return addr
 }
 
 // BenchmarkPgbenchPooling: pgbench, select-only, 8 clients for 10 s, on

@@ -200,7 +200,7 @@ func (p *Pool) dial(ctx context.Context, s dialSpec) (nc net.Conn, state any, ta
 		}
 	}
 	if s.handler != nil {
-		set, st, err := s.handler.Setup(ctx, nc)
+		set, st, err := s.handler.Setup(protocol.WithEndpointHost(ctx, target.host), nc)
 		if err != nil {
 			_ = nc.Close() // the setup error is what matters
 			return nil, nil, target, fmt.Errorf("%s: %w", target.addr, err)

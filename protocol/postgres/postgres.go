@@ -103,6 +103,7 @@ type Handler struct {
 type keyEntry struct {
 	key  backendKey
 	addr string // the server's address
+	name string // the name its TLS certificate is verified for
 }
 
 var _ protocol.Handler = (*Handler)(nil)
@@ -146,6 +147,7 @@ type ConnState struct {
 	PID    uint32
 	Secret []byte
 	addr   string
+	name   string // the server name TLS verifies
 }
 
 // connTLS returns the TLS configuration for a connection to host.
@@ -182,7 +184,11 @@ func (h *Handler) Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error)
 	for k, v := range h.o.Params {
 		cfg.RuntimeParams[k] = v
 	}
-	cfg.TLSConfig = h.connTLS(host)
+	name := protocol.EndpointHost(ctx) // the endpoint's name, not the address dialed
+	if name == "" {
+		name = host
+	}
+	cfg.TLSConfig = h.connTLS(name)
 	cfg.Fallbacks = nil
 	cfg.ConnectTimeout = 0
 	cfg.SSLNegotiation = ""
@@ -209,7 +215,7 @@ func (h *Handler) Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error)
 	if err := hc.Conn.SetDeadline(time.Time{}); err != nil {
 		return nil, nil, err
 	}
-	st := &ConnState{Params: hc.ParameterStatuses, PID: hc.PID, Secret: hc.SecretKey, addr: nc.RemoteAddr().String()}
+	st := &ConnState{Params: hc.ParameterStatuses, PID: hc.PID, Secret: hc.SecretKey, addr: nc.RemoteAddr().String(), name: name}
 	if st.Params == nil {
 		st.Params = map[string]string{}
 	}
@@ -227,7 +233,7 @@ func (h *Handler) register(st *ConnState) {
 		h.lru.MoveToBack(e)
 		return
 	}
-	h.keys[k] = h.lru.PushBack(&keyEntry{key: k, addr: st.addr})
+	h.keys[k] = h.lru.PushBack(&keyEntry{key: k, addr: st.addr, name: st.name})
 	if h.lru.Len() > maxKeys {
 		old := h.lru.Remove(h.lru.Front()).(*keyEntry)
 		delete(h.keys, old.key)
@@ -246,14 +252,15 @@ func (h *Handler) forget(st *ConnState) {
 	}
 }
 
-func (h *Handler) lookup(pid uint32, secret []byte) (string, bool) {
+func (h *Handler) lookup(pid uint32, secret []byte) (addr, name string, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e, ok := h.keys[backendKey{pid, string(secret)}]
 	if !ok {
-		return "", false
+		return "", "", false
 	}
-	return e.Value.(*keyEntry).addr, true
+	ke := e.Value.(*keyEntry)
+	return ke.addr, ke.name, true
 }
 
 // Probe runs SELECT 1 and expects its ReadyForQuery, idle. The caller sets
@@ -326,7 +333,7 @@ func (h *Handler) NewSession(state any) protocol.Session {
 // cancel forwards a CancelRequest for a backend of addr on a fresh
 // connection (over TLS when the pool's SSLMode asks for it), and waits
 // briefly for the server to close it.
-func (h *Handler) cancel(addr string, pid uint32, secret []byte) error {
+func (h *Handler) cancel(addr, name string, pid uint32, secret []byte) error {
 	ctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	var d net.Dialer
@@ -339,8 +346,7 @@ func (h *Handler) cancel(addr string, pid uint32, secret []byte) error {
 	if err := c.SetDeadline(dl); err != nil {
 		return err
 	}
-	host, _, _ := net.SplitHostPort(addr)
-	if tc := h.connTLS(host); tc != nil {
+	if tc := h.connTLS(name); tc != nil {
 		req, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 		if _, err := c.Write(req); err != nil {
 			return err

@@ -511,7 +511,7 @@ func TestCancel(t *testing.T) {
 		_, err := c.Exec(ctx, "SELECT pg_sleep(10)")
 		errc <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	waitRunning(t, addr, "SELECT pg_sleep(10)")
 	req, _ := (&pgproto3.CancelRequest{ProcessID: c.PgConn().PID(), SecretKey: c.PgConn().SecretKey()}).Encode(nil)
 	s2 := h.NewSession(st2).(*Session)
 	start := time.Now()
@@ -641,17 +641,17 @@ func TestRegistryBounded(t *testing.T) {
 			h.NewSession(first) // a lease refreshes the key
 		}
 	}
-	if _, ok := h.lookup(1, []byte{1}); !ok {
+	if _, _, ok := h.lookup(1, []byte{1}); !ok {
 		t.Fatal("a recently leased key was evicted")
 	}
-	if _, ok := h.lookup(2, []byte{2}); ok {
+	if _, _, ok := h.lookup(2, []byte{2}); ok {
 		t.Fatal("the oldest key was kept")
 	}
 	if h.lru.Len() != maxKeys || len(h.keys) != maxKeys {
 		t.Fatalf("%d keys", h.lru.Len())
 	}
 	h.forget(first)
-	if _, ok := h.lookup(1, []byte{1}); ok {
+	if _, _, ok := h.lookup(1, []byte{1}); ok {
 		t.Fatal("a forgotten key was kept")
 	}
 }
@@ -689,7 +689,7 @@ func TestTLS(t *testing.T) {
 			_, err := c.Exec(ctx, "SELECT pg_sleep(10)")
 			errc <- err
 		}()
-		time.Sleep(300 * time.Millisecond)
+		waitRunning(t, addr, "SELECT pg_sleep(10)")
 		req, _ := (&pgproto3.CancelRequest{ProcessID: st.PID, SecretKey: st.Secret}).Encode(nil)
 		if _, _, _, err := h.NewSession(st2).(protocol.Greeter).Greet(up2, req); err == nil || strings.Contains(err.Error(), "unknown") {
 			t.Fatalf("cancel: %v", err)
@@ -711,5 +711,54 @@ func TestTLS(t *testing.T) {
 	h := newHandler(Options{SSLMode: SSLVerifyFull, CAPEM: string(other.PEM)})
 	if _, _, err := dialSetup(t, h, addr); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("verify-full with another CA: %v", err)
+	}
+}
+
+// waitRunning waits until a backend of the test server runs query (a
+// cancel sent before it starts would be ignored), polling pg_stat_activity
+// on a connection of its own.
+func waitRunning(t *testing.T, addr, query string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, "postgres://"+testkit.PostgresUser+":"+testkit.PostgresPassword+"@"+addr+"/"+testkit.PostgresDatabase+"?sslmode=prefer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close(context.Background()) }()
+	testkit.WaitFor(t, "the query to run", func() bool {
+		var n int
+		err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1", query).Scan(&n)
+		return err == nil && n > 0
+	})
+}
+
+// TestVerifyFullByEndpointName: verify-full checks the certificate for the
+// endpoint's host name (the engine dials one of its addresses), not the
+// address dialed.
+func TestVerifyFullByEndpointName(t *testing.T) {
+	ca := testkit.NewCA(t)
+	srv := ca.Server(t, "pg.test") // no IP in the certificate
+	addr := testkit.PostgresTLS(t, srv.CertPEM, srv.KeyPEM)
+	h := newHandler(Options{SSLMode: SSLVerifyFull, CAPEM: string(ca.PEM)})
+	setup := func(ctx context.Context) error {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		c, _, err := h.Setup(ctx, nc)
+		if err != nil {
+			_ = nc.Close()
+			return err
+		}
+		return c.Close()
+	}
+	if err := setup(protocol.WithEndpointHost(context.Background(), "pg.test")); err != nil {
+		t.Fatalf("verify-full for the endpoint's name: %v", err)
+	}
+	if err := setup(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("verify-full for the bare address: %v, want a certificate error", err)
 	}
 }

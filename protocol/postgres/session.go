@@ -220,7 +220,7 @@ func (s *Session) reset(nc net.Conn) error {
 		cancelled := make(chan struct{})
 		t := time.AfterFunc(cancelAfter, func() {
 			defer close(cancelled)
-			_ = s.h.cancel(s.st.addr, s.st.PID, s.st.Secret)
+			_ = s.h.cancel(s.st.addr, s.st.name, s.st.PID, s.st.Secret)
 		})
 		// A cancel sent has reached the server before anything else runs
 		// on the connection: a backend that gets it while idle ignores it,
@@ -325,8 +325,8 @@ func (s *Session) Greet(nc net.Conn, b []byte) ([]byte, int, bool, error) {
 			if err := cr.Decode(msg[4:]); err != nil {
 				return nil, 0, false, fmt.Errorf("postgres cancel request: %w", err)
 			}
-			if addr, ok := s.h.lookup(cr.ProcessID, cr.SecretKey); ok {
-				if err := s.h.cancel(addr, cr.ProcessID, cr.SecretKey); err != nil {
+			if addr, name, ok := s.h.lookup(cr.ProcessID, cr.SecretKey); ok {
+				if err := s.h.cancel(addr, name, cr.ProcessID, cr.SecretKey); err != nil {
 					return nil, 0, false, fmt.Errorf("postgres cancel: %w", err)
 				}
 				return nil, 0, false, errors.New("postgres: cancel request forwarded")
