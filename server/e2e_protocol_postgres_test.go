@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,7 +102,7 @@ func pgRaw(t *testing.T, conn *pgx.Conn, typ byte, body []byte) {
 // reset it (pg_backend_pid is the same), or a new backend where it cannot.
 // Each case runs 30 times.
 func TestPostgresPoolIsolatesClients(t *testing.T) {
-	e, _ := startPostgresPool(t)
+	e, addr := startPostgresPool(t)
 	setup := pgConnect(t, e, "pg")
 	pgExec(t, setup, "CREATE TABLE IF NOT EXISTS jobs (id int)")
 	if err := setup.Close(context.Background()); err != nil {
@@ -165,7 +166,14 @@ func TestPostgresPoolIsolatesClients(t *testing.T) {
 					t.Fatal(err)
 				}
 				b := pgConnect(t, e, pool)
-				pidB := pgScalar[int32](t, b, "SELECT pg_backend_pid()")
+				var pidB int32
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := b.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pidB)
+				cancel()
+				if err != nil {
+					t.Fatalf("trial %d: B's first query: %v (A was on backend %d; closes %d)\n%s", trial, err, pidA,
+						closes(t, e, pool, "any"), pgActivity(t, addr))
+				}
 				switch {
 				case tc.closed == "" && pidB != pidA:
 					t.Fatalf("trial %d: B on backend %d, A on %d: the pool lost a backend it could reset (closes %d)", trial, pidB, pidA, closes(t, e, pool, "any"))
@@ -336,4 +344,31 @@ func TestPostgresPoolDatabaseSQL(t *testing.T) {
 	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqljobs").Scan(&n); err != nil || n != 20 {
 		t.Fatalf("%d rows, %v; want the 20 committed", n, err)
 	}
+}
+
+// pgActivity describes the server's backends, on a connection of its own,
+// for a failure message.
+func pgActivity(t *testing.T, addr string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, "postgres://"+testkit.PostgresUser+":"+testkit.PostgresPassword+"@"+addr+"/"+testkit.PostgresDatabase+"?sslmode=disable")
+	if err != nil {
+		return "pg_stat_activity: " + err.Error()
+	}
+	defer func() { _ = c.Close(context.Background()) }()
+	rows, err := c.Query(ctx, "SELECT pid, coalesce(state, ''), coalesce(wait_event, ''), left(query, 60) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+	if err != nil {
+		return "pg_stat_activity: " + err.Error()
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var pid int32
+		var state, wait, query string
+		if err := rows.Scan(&pid, &state, &wait, &query); err == nil {
+			fmt.Fprintf(&b, "backend %d %s %s %q\n", pid, state, wait, query)
+		}
+	}
+	return b.String()
 }
