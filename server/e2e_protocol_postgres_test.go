@@ -21,6 +21,11 @@ import (
 	"github.com/poolplane/poolplane/poolmgr"
 )
 
+// pgWait bounds one statement or one read in these tests: what they
+// assert is isolation, and a loaded machine running them with -race may
+// take seconds over a SCRAM dial or a query.
+const pgWait = 30 * time.Second
+
 // startPostgresPool starts PostgreSQL and an SDK env with a POSTGRES pool
 // "pg" of one connection (and "pg-short" with a short reset_timeout) that
 // holds the database password: clients present no password.
@@ -67,7 +72,7 @@ func pgConnect(t *testing.T, e *sdkEnv, pool string) *pgx.Conn {
 func pgScalar[T any](t *testing.T, conn *pgx.Conn, sql string) T {
 	t.Helper()
 	var v T
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), pgWait)
 	defer cancel()
 	if err := conn.QueryRow(ctx, sql).Scan(&v); err != nil {
 		t.Fatalf("%s: %v", sql, err)
@@ -77,7 +82,7 @@ func pgScalar[T any](t *testing.T, conn *pgx.Conn, sql string) T {
 
 func pgExec(t *testing.T, conn *pgx.Conn, sql string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), pgWait)
 	defer cancel()
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)
@@ -126,7 +131,7 @@ func TestPostgresPoolIsolatesClients(t *testing.T) {
 		}},
 		{name: "failed transaction", cutOff: true, leave: func(t *testing.T, a *pgx.Conn) {
 			pgExec(t, a, "BEGIN")
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), pgWait)
 			defer cancel()
 			if _, err := a.Exec(ctx, "SELECT 1/0"); err == nil {
 				t.Fatal("1/0 succeeded")
@@ -138,7 +143,7 @@ func TestPostgresPoolIsolatesClients(t *testing.T) {
 		{name: "COPY abandoned", cutOff: true, closed: "not_resettable", leave: func(t *testing.T, a *pgx.Conn) {
 			pgRaw(t, a, 'Q', []byte("COPY jobs FROM STDIN\x00"))
 			var b [1]byte // wait for CopyInResponse
-			_ = a.PgConn().Conn().SetReadDeadline(time.Now().Add(10 * time.Second))
+			_ = a.PgConn().Conn().SetReadDeadline(time.Now().Add(pgWait))
 			if _, err := a.PgConn().Conn().Read(b[:]); err != nil || b[0] != 'G' {
 				t.Fatalf("COPY: read %q, %v", b[:], err)
 			}
@@ -167,7 +172,7 @@ func TestPostgresPoolIsolatesClients(t *testing.T) {
 				}
 				b := pgConnect(t, e, pool)
 				var pidB int32
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), pgWait)
 				err := b.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pidB)
 				cancel()
 				if err != nil {
@@ -226,7 +231,7 @@ func TestPostgresPoolRefusesOtherDatabases(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg.DialFunc = pgconn.DialFunc(e.c.Dialer("pg"))
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), pgWait)
 		_, err = pgx.ConnectConfig(ctx, cfg)
 		cancel()
 		var pe *pgconn.PgError
@@ -255,11 +260,12 @@ func TestPostgresPoolCancel(t *testing.T) {
 	})
 	c := pgConnect(t, e, "pg2")
 	errc := make(chan error, 1)
-	start := time.Now()
 	go func() {
 		_, err := c.Exec(context.Background(), "SELECT pg_sleep(20)")
 		errc <- err
 	}()
+	waitRunningPG(t, addr, "SELECT pg_sleep(20)")
+	start := time.Now() // the query runs: a cancel from now on reaches it
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var err error
@@ -344,6 +350,24 @@ func TestPostgresPoolDatabaseSQL(t *testing.T) {
 	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqljobs").Scan(&n); err != nil || n != 20 {
 		t.Fatalf("%d rows, %v; want the 20 committed", n, err)
 	}
+}
+
+// waitRunningPG waits until a backend runs query, polling
+// pg_stat_activity on a connection of its own.
+func waitRunningPG(t *testing.T, addr, query string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), pgWait)
+	defer cancel()
+	c, err := pgx.Connect(ctx, "postgres://"+testkit.PostgresUser+":"+testkit.PostgresPassword+"@"+addr+"/"+testkit.PostgresDatabase+"?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close(context.Background()) }()
+	testkit.WaitWithin(t, pgWait, "the query to run", func() bool {
+		var n int
+		err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1", query).Scan(&n)
+		return err == nil && n > 0
+	})
 }
 
 // pgActivity describes the server's backends, on a connection of its own,
