@@ -87,6 +87,14 @@ type Session interface {
 	Reset(nc net.Conn) error
 }
 
+// Cleaner is a Session that can tell, at release, that Reset has nothing
+// to do: the connection is as its setup left it. The relay then returns
+// it to the pool at once, as for a RAW pool, rather than handing it to
+// the reset.
+type Cleaner interface {
+	Clean() bool
+}
+
 // Greeter is a Session that answers the client's opening itself before
 // anything is relayed: a PostgreSQL startup, which the pool completed when
 // it dialed. The relay hands it the client's first bytes, and the upstream

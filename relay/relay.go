@@ -749,6 +749,12 @@ func (l *Lease) decideReset() bool {
 		l.reset <- false
 		return false
 	}
+	if c, ok := l.sess.(protocol.Cleaner); ok && c.Clean() && l.nc.SetDeadline(time.Time{}) == nil {
+		// Nothing to reset: back to the pool now, as a RAW lease goes.
+		l.release(true)
+		l.reset <- false
+		return true
+	}
 	l.reset <- true
 	return true
 }

@@ -163,6 +163,10 @@ func (s *Session) why() error {
 	return nil
 }
 
+// Clean reports that the exchange stands at a boundary: Reset has nothing
+// to do.
+func (s *Session) Clean() bool { return s.State() == protocol.Idle }
+
 // Reset returns nil at once when the lease is Idle. When responses are
 // still due, it reads and discards them until every request has its final
 // response; an error wraps protocol.ErrOutstanding when reading failed

@@ -183,6 +183,10 @@ func (s *Session) State() protocol.State {
 	return protocol.Idle
 }
 
+// Clean reports that the client ran nothing (only its startup): Reset has
+// nothing to do.
+func (s *Session) Clean() bool { return !s.used }
+
 // Reset drains what the client left outstanding (sending the Sync its
 // extended-protocol messages lack, failing a COPY FROM STDIN that starts
 // meanwhile), rolls back an open transaction (or, with

@@ -271,6 +271,10 @@ func (s *Session) State() protocol.State {
 	return protocol.Idle
 }
 
+// Clean reports that the lease sent only stateless commands and read
+// every reply: Reset has nothing to do.
+func (s *Session) Clean() bool { return !s.dirty && s.State() == protocol.Idle }
+
 // resetPrefix is the first command of every reset.
 var resetPrefix = appendCommand(nil, "RESET")
 
