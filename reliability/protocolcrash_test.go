@@ -56,7 +56,9 @@ func TestHelperMidReply(t *testing.T) {
 		fail(err)
 	}
 	fmt.Println("MID", strings.TrimPrefix(id, ":"))
-	time.Sleep(time.Minute) // killed long before: the lease dies with the process
+	// Wait to be killed: the parent never writes to stdin, and closes it
+	// only after the kill (or dies, closing it, and PDEATHSIG ends us).
+	_, _ = io.Copy(io.Discard, os.Stdin)
 	os.Exit(0)
 }
 
@@ -102,6 +104,10 @@ func TestProtocolClientKilledMidReply(t *testing.T) {
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s", midReplyEnv, srv.addr, "redis"))
 		setPdeathsig(cmd)
 		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -114,10 +120,12 @@ func TestProtocolClientKilledMidReply(t *testing.T) {
 		if err != nil || !ok {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
+			_ = stdin.Close()
 			t.Fatalf("trial %d: the child said %q, %v", trial, line, err)
 		}
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
+		_ = stdin.Close()
 
 		conn, err := c.Lease(testCtx(t), "redis")
 		if err != nil {
