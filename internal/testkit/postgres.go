@@ -121,7 +121,7 @@ func startPostgres(t testing.TB, certPEM, keyPEM []byte) string {
 	cmd.Args = append(cmd.Args, tlsArgs...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	cmd.SysProcAttr = dieWithTest(&syscall.SysProcAttr{Credential: cred})
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()
 		t.Fatalf("start postgres: %v", err)

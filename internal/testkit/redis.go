@@ -30,6 +30,7 @@ func Redis(t testing.TB, extra ...string) string {
 	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", t.TempDir(), "--protected-mode", "no", "--logfile", logPath}
 	cmd := exec.Command(bin, append(args, extra...)...)
+	cmd.SysProcAttr = dieWithTest(nil)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
