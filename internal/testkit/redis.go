@@ -2,7 +2,6 @@ package testkit
 
 import (
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -30,28 +29,9 @@ func Redis(t testing.TB, extra ...string) string {
 	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", t.TempDir(), "--protected-mode", "no", "--logfile", logPath}
 	cmd := exec.Command(bin, append(args, extra...)...)
-	cmd.SysProcAttr = dieWithTest(nil)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	WaitFor(t, "redis-server to listen on "+addr, func() bool {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("redis-server exited early:\n%s", b)
-		default:
-		}
-		// Redis listens before it has loaded its configuration (and may
-		// still exit over it): ready is a reply to PING, +PONG or -NOAUTH.
+	// Redis listens before it has loaded its configuration (and may still
+	// exit over it): ready is a reply to PING, +PONG or -NOAUTH.
+	runServer(t, "redis-server on "+addr, cmd, logPath, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return false
