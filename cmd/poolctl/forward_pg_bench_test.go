@@ -5,9 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -32,23 +30,7 @@ func startPgBouncer(t testing.TB, pg, authType string) string {
 			t.Skip("pgbouncer not found in PATH nor /usr/sbin: install it (apt-get install pgbouncer) to compare with PgBouncer")
 		}
 	}
-	// Not t.TempDir(): its parent is private to root, and pgbouncer may
-	// run as postgres.
-	dir, err := os.MkdirTemp("", "pgbouncer-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Skipf("running as root and there is no postgres user to run pgbouncer as: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
+	dir, cred := testkit.PostgresUserDir(t, "pgbouncer-")
 	pgHost, pgPort, _ := net.SplitHostPort(pg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -86,9 +68,6 @@ log_disconnections = 0
 		if cred != nil {
 			_ = os.Chown(p, int(cred.Uid), int(cred.Gid))
 		}
-	}
-	if cred != nil {
-		_ = os.Chown(dir, int(cred.Uid), int(cred.Gid))
 	}
 	logf, err := os.Create(filepath.Join(dir, "pgbouncer.log"))
 	if err != nil {

@@ -23,6 +23,33 @@ const (
 	PostgresDatabase = "appdb"
 )
 
+// PostgresUserDir makes a temporary directory (removed at cleanup) for a
+// server that refuses to run as root, PostgreSQL's or PgBouncer's. As root
+// it belongs to the "postgres" user, and cred is that user, to run the
+// server as (the test skips when there is none); otherwise cred is nil.
+// Not t.TempDir(): its parent is private to root.
+func PostgresUserDir(t testing.TB, prefix string) (dir string, cred *syscall.Credential) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if os.Geteuid() != 0 {
+		return dir, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		t.Skipf("running as root and there is no postgres user to run the server as: %v", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	return dir, &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
 // Postgres starts a throwaway PostgreSQL server (initdb, then postgres) on
 // a free loopback port and returns its address. TCP connections
 // authenticate with SCRAM-SHA-256; the role PostgresUser (password
@@ -52,24 +79,7 @@ func startPostgres(t testing.TB, certPEM, keyPEM []byte) string {
 	sort.Strings(bins)
 	binDir := filepath.Dir(bins[len(bins)-1])
 
-	dir, err := os.MkdirTemp("", "testkit-postgres-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Skipf("running as root and there is no postgres user to run PostgreSQL as: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
+	dir, cred := PostgresUserDir(t, "testkit-postgres-")
 	run := func(name string, args ...string) {
 		t.Helper()
 		cmd := exec.Command(filepath.Join(binDir, name), args...)
