@@ -109,6 +109,17 @@ type Greeter interface {
 	Greet(nc net.Conn, b []byte) (reply []byte, took int, done bool, err error)
 }
 
+// Opener is a Handler that reads the start of a client's opening before
+// a connection is leased for it, to answer a request that needs none: a
+// PostgreSQL CancelRequest goes to its backend on a connection of its own,
+// and would otherwise wait for a pooled connection, perhaps the one the
+// query to cancel holds. Open returns the bytes it read, which go to the
+// lease first, unless it answered the client itself (done); the caller
+// sets nc's deadline and closes nc when done.
+type Opener interface {
+	Open(nc net.Conn) (read []byte, done bool, err error)
+}
+
 // Refusal says why a pool cannot lease a client a connection.
 type Refusal int
 

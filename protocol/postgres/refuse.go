@@ -3,6 +3,7 @@ package postgres
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -49,4 +50,34 @@ func refusalCode(why protocol.Refusal) string {
 		return "28000" // invalid_authorization_specification
 	}
 	return "57P03" // cannot_connect_now
+}
+
+var _ protocol.Opener = (*Handler)(nil)
+
+// Open reads the first 8 bytes of a client's opening, its length and
+// code. A CancelRequest is read whole and sent to its backend on a fresh
+// connection, for a backend key a lease of this pool was given (any other
+// is ignored, as a server ignores an unknown key): done. Anything else is
+// returned for the lease's greeting.
+func (h *Handler) Open(nc net.Conn) ([]byte, bool, error) {
+	var head [16]byte
+	if _, err := io.ReadFull(nc, head[:8]); err != nil {
+		return nil, false, fmt.Errorf("postgres opening: %w", err)
+	}
+	if be32(head[:4]) != 16 || uint32(be32(head[4:8])) != cancelRequestCode {
+		return head[:8], false, nil
+	}
+	if _, err := io.ReadFull(nc, head[8:]); err != nil {
+		return nil, false, fmt.Errorf("postgres cancel request: %w", err)
+	}
+	var cr pgproto3.CancelRequest
+	if err := cr.Decode(head[4:]); err != nil {
+		return nil, false, fmt.Errorf("postgres cancel request: %w", err)
+	}
+	if addr, name, ok := h.lookup(cr.ProcessID, cr.SecretKey); ok {
+		if err := h.cancel(addr, name, cr.ProcessID, cr.SecretKey); err != nil {
+			return nil, true, fmt.Errorf("postgres cancel: %w", err)
+		}
+	}
+	return nil, true, nil
 }

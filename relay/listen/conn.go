@@ -1,6 +1,7 @@
 package listen
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -53,7 +54,7 @@ func (c *clientConn) serve() {
 	}()
 	c.upEOFc = make(chan struct{})
 	c.endedc = make(chan struct{})
-	holder := "listener " + c.l.cfg.Address + " from " + c.nc.RemoteAddr().String()
+	holder := "listener " + c.l.address + " from " + c.nc.RemoteAddr().String()
 	p, perr := c.h.pool(c.l.pool)
 	var handler protocol.Handler
 	if perr == nil {
@@ -64,11 +65,26 @@ func (c *clientConn) serve() {
 		if err != nil {
 			return
 		}
-		holder = name + " via listener " + c.l.cfg.Address
+		holder = name + " via listener " + c.l.address
 	}
 	if perr != nil {
 		c.refuse(nil, protocol.RefuseUnavailable, perr.Error())
 		return
+	}
+	var opening []byte
+	if o, ok := handler.(protocol.Opener); ok {
+		_ = c.nc.SetDeadline(time.Now().Add(handshakeTimeout))
+		read, done, err := o.Open(c.nc)
+		if done || err != nil {
+			if err != nil {
+				c.h.logger.Debug("pool listener opening", "pool", c.l.pool, "remote", c.nc.RemoteAddr().String(), "error", err)
+			}
+			return
+		}
+		if err := c.nc.SetDeadline(time.Time{}); err != nil {
+			return
+		}
+		opening = read
 	}
 	up, err := p.Acquire(c.h.stopCtx, holder)
 	if err != nil {
@@ -79,10 +95,14 @@ func (c *clientConn) serve() {
 		if c.h.stopCtx.Err() != nil {
 			err = errors.New("poold is shutting down")
 		}
+		if len(opening) > 0 {
+			// The refusal reads the opening from its start.
+			c.nc = &replayConn{Conn: c.nc, r: io.MultiReader(bytes.NewReader(opening), c.nc)}
+		}
 		c.refuse(p.Protocol(), why, "pool "+c.l.pool+": "+err.Error())
 		return
 	}
-	c.relay(up)
+	c.relay(up, opening)
 }
 
 // handshake runs a TLS listener's handshake and authorizes the client's
@@ -115,7 +135,7 @@ func (c *clientConn) handshake(handler protocol.Handler) (holder string, err err
 // releases the lease, and the pool resets the connection. On a RAW pool
 // the close is a half-close passed on to the upstream (a reply may still
 // be on its way), and the connection is not reused.
-func (c *clientConn) relay(up *poolmgr.Conn) {
+func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 	decides := up.Protocol() != nil
 	c.h.wg.Add(1) // the relay's reader goroutine
 	l := relay.New(up, c, relay.Options{ReadSize: relay.SmallRead, HalfClose: !decides, Done: c.h.wg.Done})
@@ -124,6 +144,9 @@ func (c *clientConn) relay(up *poolmgr.Conn) {
 		l.Cut(relay.Shutdown) // EndLeases ran while acquiring
 	}
 	l.Start()
+	if len(opening) > 0 {
+		l.Write(net.Buffers{opening})
+	}
 	var r relay.Reader
 	r.Reset(c.nc, relay.SmallRead)
 	for {
@@ -186,6 +209,23 @@ func (c *clientConn) refuse(handler protocol.Handler, why protocol.Refusal, msg 
 		}
 	}
 	linger(c.nc)
+}
+
+// replayConn is a connection whose first bytes were read already: Read
+// reads them again, then the connection.
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite half-closes the connection, when it can.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // linger half-closes nc and reads until the client closes (or nc's

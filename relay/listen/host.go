@@ -122,6 +122,9 @@ func (h *Host) pool(id string) (*poolmgr.Pool, error) {
 // listener is one of a pool's listeners.
 type listener struct {
 	pool string
+	// address is cfg.Address, which never changes: read by connections.
+	address string
+	// cfg is the listener's settings, replaced by Sync under Host.mu.
 	cfg  poolmgr.Listener
 	addr poolmgr.ListenAddr
 	ln   net.Listener // nil when err is set
@@ -146,7 +149,7 @@ func (l *listener) close() {
 
 // status is the listener's ListenerStatus.
 func (l *listener) status() poolmgr.ListenerStatus {
-	return poolmgr.ListenerStatus{Address: l.cfg.Address, Bound: l.bound, Err: l.err,
+	return poolmgr.ListenerStatus{Address: l.address, Bound: l.bound, Err: l.err,
 		Accepted: l.accepted.Load(), Refused: l.refused.Load(), Active: int(l.active.Load())}
 }
 
@@ -172,7 +175,7 @@ func (h *Host) open(id string, cfg poolmgr.Listener) (*listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &listener{pool: id, cfg: cfg, addr: a, ln: ln, bound: ln.Addr().String()}
+	l := &listener{pool: id, address: cfg.Address, cfg: cfg, addr: a, ln: ln, bound: ln.Addr().String()}
 	if a.Network == "unix" {
 		l.bound = "unix://" + a.Addr
 	}
@@ -215,7 +218,7 @@ func (l *listener) key() string {
 // findLocked returns pool id's open listener at address, or nil.
 func findLocked(ls []*listener, address string) *listener {
 	for _, l := range ls {
-		if l.ln != nil && l.cfg.Address == address {
+		if l.ln != nil && l.address == address {
 			return l
 		}
 	}
@@ -314,7 +317,7 @@ func (h *Host) Sync(id string, want []poolmgr.Listener) {
 			l.cfg = w
 			h.mu.Unlock()
 			if l.addr.Network == "unix" && (old.Mode != w.Mode || old.Group != w.Group) {
-				h.rechmod(l)
+				h.rechmod(l, w)
 			}
 			next = append(next, l)
 			continue
@@ -338,7 +341,7 @@ func (h *Host) Sync(id string, want []poolmgr.Listener) {
 		}
 		if err != nil {
 			h.logger.Error("pool listener not opened", "pool", id, "address", w.Address, "error", err)
-			next = append(next, &listener{pool: id, cfg: w, err: err.Error()})
+			next = append(next, &listener{pool: id, address: w.Address, cfg: w, err: err.Error()})
 			continue
 		}
 		next = append(next, l)
@@ -364,24 +367,24 @@ func (h *Host) Sync(id string, want []poolmgr.Listener) {
 		if !contains(next, l) {
 			l.close()
 			if l.ln != nil {
-				h.logger.Info("pool listener closed", "pool", id, "address", l.cfg.Address)
+				h.logger.Info("pool listener closed", "pool", id, "address", l.address)
 			}
 		}
 	}
 	for _, l := range start {
-		h.logger.Info("pool listener open", "pool", id, "address", l.cfg.Address, "bound", l.bound)
+		h.logger.Info("pool listener open", "pool", id, "address", l.address, "bound", l.bound)
 		go h.accept(l)
 	}
 }
 
 // rechmod applies a kept Unix socket listener's new mode and group.
-func (h *Host) rechmod(l *listener) {
-	mode := os.FileMode(l.cfg.Mode)
+func (h *Host) rechmod(l *listener, cfg poolmgr.Listener) {
+	mode := os.FileMode(cfg.Mode)
 	if mode == 0 {
 		mode = poolmgr.DefaultUnixMode
 	}
-	if err := unixsock.Chmod(l.addr.Addr, mode, l.cfg.Group); err != nil {
-		h.logger.Error("pool listener mode not changed", "pool", l.pool, "address", l.cfg.Address, "error", err)
+	if err := unixsock.Chmod(l.addr.Addr, mode, cfg.Group); err != nil {
+		h.logger.Error("pool listener mode not changed", "pool", l.pool, "address", l.address, "error", err)
 	}
 }
 
@@ -497,7 +500,7 @@ func (h *Host) accept(l *listener) {
 			// Out of file descriptors and the like: wait a little, as
 			// net/http's Server does, then go on.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			h.logger.Warn("pool listener accept", "pool", l.pool, "address", l.cfg.Address, "error", err, "retry_in", backoff)
+			h.logger.Warn("pool listener accept", "pool", l.pool, "address", l.address, "error", err, "retry_in", backoff)
 			t := time.NewTimer(backoff)
 			select {
 			case <-t.C:

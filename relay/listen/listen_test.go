@@ -3,13 +3,19 @@ package listen_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -341,4 +347,154 @@ func TestHostCloseEndsConnections(t *testing.T) {
 	if ls, _ := m.Leases(context.Background(), "p"); len(ls) != 0 {
 		t.Fatalf("leases after Close: %+v", ls)
 	}
+}
+
+// TestTLSListener: a listener with tls serves the process's certificate,
+// requires a client certificate and leases only to a client whose
+// certificate maps to a principal allowed the pool; others are told in
+// their protocol (here HTTP 403) or, without a handshake, closed.
+func TestTLSListener(t *testing.T) {
+	ca := testkit.NewCA(t)
+	srvCert := ca.Server(t, "127.0.0.1")
+	h, err := listen.New(listen.Config{
+		Logger: slog.New(slog.DiscardHandler),
+		TLS:    ca.ServerTLS(srvCert, true),
+		Authorize: func(cert *x509.Certificate, pool string) (string, error) {
+			if cert.Subject.CommonName == "alice" && pool == "web" {
+				return "alice", nil
+			}
+			return "", fmt.Errorf("%s may not lease pool %s", cert.Subject.CommonName, pool)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := harness.Manager(t, harness.StoreOptions(), nil, func(mc *poolmgr.ManagerConfig) { mc.Listeners = h })
+	harness.ServeListeners(t, h, m)
+	up := httpUpstream(t)
+	if _, err := m.Create(context.Background(), "web", poolmgr.Config{Endpoints: []string{up}, Protocol: poolmgr.ProtocolHTTP1,
+		Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0", TLS: true}}}, poolmgr.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	addr := m.ListenerStatus("web")[0].Bound
+	dialTLS := func(cn string) net.Conn {
+		t.Helper()
+		c, err := tls.Dial("tcp", addr, ca.ClientTLS("127.0.0.1", ca.Client(t, cn)))
+		if err != nil {
+			t.Fatalf("%s: %v", cn, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	alice := dialTLS("alice")
+	if r := get(t, alice); r.StatusCode != 200 || r.Header.Get("X-Body") != "ok" {
+		t.Fatalf("alice: %d %q", r.StatusCode, r.Header.Get("X-Body"))
+	}
+	ls, err := m.Leases(context.Background(), "web")
+	if err != nil || len(ls) != 1 || !strings.HasPrefix(ls[0].Holder, "alice via listener") {
+		t.Fatalf("leases = %+v, %v", ls, err)
+	}
+	if r := get(t, dialTLS("mallory")); r.StatusCode != http.StatusForbidden || !strings.Contains(r.Header.Get("X-Body"), "mallory may not lease pool web") {
+		t.Fatalf("mallory: %d %q", r.StatusCode, r.Header.Get("X-Body"))
+	}
+	// Without a client certificate, or without TLS at all: no lease.
+	noCert := ca.ClientTLS("127.0.0.1", nil)
+	if c, err := tls.Dial("tcp", addr, noCert); err == nil {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err == nil {
+			if b, err := io.ReadAll(c); err == nil && len(b) > 0 {
+				t.Fatalf("a client without a certificate read %q", b)
+			}
+		}
+		c.Close()
+	}
+	plain := dial(t, addr)
+	if _, err := io.WriteString(plain, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(plain); strings.Contains(string(b), "200 OK") {
+		t.Fatalf("a plain client read %q", b)
+	}
+	if ls, _ := m.Leases(context.Background(), "web"); len(ls) != 1 {
+		t.Fatalf("leases = %+v, want alice's alone", ls)
+	}
+}
+
+// TestListenerChangesUnderLoad: clients exchange on one listener without
+// a single failure while the pool's other listeners and limits change
+// under them, 40 times.
+func TestListenerChangesUnderLoad(t *testing.T) {
+	e := newEnv(t)
+	echo := testkit.EchoServer(t)
+	main := poolmgr.Listener{Address: "127.0.0.1:0"}
+	a := e.create(t, "p", poolmgr.Config{Endpoints: []string{echo}, Limits: poolmgr.Limits{MaxConnections: 8},
+		Listeners: []poolmgr.Listener{main}})[0]
+	const clients = 6
+	stop := make(chan struct{})
+	errc := make(chan error, clients)
+	var done sync.WaitGroup
+	var exchanges atomic.Int64
+	for i := range clients {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			errc <- func() error {
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return nil
+					default:
+					}
+					c, err := net.Dial("tcp", a)
+					if err != nil {
+						return err
+					}
+					_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+					for k := range 5 {
+						msg := fmt.Sprintf("client %d conn %d msg %d", i, n, k)
+						if _, err := io.WriteString(c, msg); err != nil {
+							c.Close()
+							return err
+						}
+						buf := make([]byte, len(msg))
+						if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+							c.Close()
+							return fmt.Errorf("read %q: %q, %v", msg, buf, err)
+						}
+						exchanges.Add(1)
+					}
+					c.Close()
+				}
+			}()
+		}()
+	}
+	info, err := e.m.Get(context.Background(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := info.Spec
+	for i := range 40 {
+		spec.Listeners = []poolmgr.Listener{main}
+		if i%2 == 0 {
+			spec.Listeners = append(spec.Listeners, poolmgr.Listener{Address: "127.0.0.1:0"})
+		}
+		spec.Limits.MaxConnections = 4 + i%5
+		if _, err := e.m.Update(context.Background(), "p", spec, 0, poolmgr.WriteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.bound(t, "p")[0]; got != a {
+			t.Fatalf("change %d: the kept listener moved from %s to %s", i, a, got)
+		}
+		before := exchanges.Load()
+		testkit.WaitFor(t, "exchanges to go on", func() bool { return exchanges.Load() > before })
+	}
+	close(stop)
+	done.Wait()
+	for range clients {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d exchanges across 40 changes", exchanges.Load())
 }

@@ -41,3 +41,7 @@ func ManagerServing(t testing.TB, logger *slog.Logger) (*poolmgr.Manager, *liste
 	ServeListeners(t, h, m)
 	return m, h
 }
+
+// StoreOptions are the store options of ManagerServing, for a test that
+// builds its own host.
+func StoreOptions() store.Options { return store.Options{} }
