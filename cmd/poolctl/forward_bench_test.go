@@ -21,11 +21,18 @@ const benchRequests = 10000
 // against addr and returns the mean of its SET and GET requests/s.
 func redisBenchmarkRPS(b *testing.B, bin, addr string) float64 {
 	b.Helper()
+	return redisBenchmarkRun(b, bin, addr, 50, benchRequests)
+}
+
+// redisBenchmarkRun runs redis-benchmark -c clients -n requests -t set,get
+// against addr and returns the mean of its SET and GET requests/s.
+func redisBenchmarkRun(b *testing.B, bin, addr string, clients, requests int) float64 {
+	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	host, port, _ := net.SplitHostPort(addr)
 	out, err := exec.CommandContext(ctx, bin, "-h", host, "-p", port,
-		"-c", "50", "-n", strconv.Itoa(benchRequests), "-t", "set,get", "-q", "--csv").Output()
+		"-c", strconv.Itoa(clients), "-n", strconv.Itoa(requests), "-t", "set,get", "-q", "--csv").Output()
 	if err != nil {
 		b.Fatalf("redis-benchmark: %v\n%s", err, out)
 	}
