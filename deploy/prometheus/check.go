@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 )
@@ -95,7 +96,7 @@ func (c Catalog) CheckExpr(p parser.Parser, expr string) []error {
 func (c Catalog) checkSelector(vs *parser.VectorSelector) []error {
 	name := vs.Name
 	for _, m := range vs.LabelMatchers {
-		if m.Name == labels.MetricName && m.Type == labels.MatchEqual {
+		if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual {
 			name = m.Value
 		}
 	}
@@ -108,7 +109,7 @@ func (c Catalog) checkSelector(vs *parser.VectorSelector) []error {
 	}
 	var errs []error
 	for _, m := range vs.LabelMatchers {
-		if m.Name == labels.MetricName || slices.Contains(targetLabels, m.Name) {
+		if m.Name == model.MetricNameLabel || slices.Contains(targetLabels, m.Name) {
 			continue
 		}
 		values, ok := lbls[m.Name]
