@@ -76,6 +76,10 @@ type (
 	UpstreamPolicy = engine.UpstreamPolicy
 	// Allowlist is engine.Allowlist.
 	Allowlist = engine.Allowlist
+	// Listener is engine.Listener.
+	Listener = engine.Listener
+	// ListenAddr is engine.ListenAddr.
+	ListenAddr = engine.ListenAddr
 )
 
 // Engine constants.
@@ -136,6 +140,8 @@ const (
 	DefaultHealthTimeout  = engine.DefaultHealthTimeout
 	DefaultDNSRefresh     = engine.DefaultDNSRefresh
 	DefaultResetTimeout   = engine.DefaultResetTimeout
+	DefaultUnixMode       = engine.DefaultUnixMode
+	MaxListeners          = engine.MaxListeners
 
 	// AllowAny is engine.AllowAny.
 	AllowAny = engine.AllowAny
@@ -159,3 +165,6 @@ func FieldPaths() []string { return engine.FieldPaths() }
 
 // CloseReasons is engine.CloseReasons: every key Stats.Closes may hold.
 func CloseReasons() []string { return engine.CloseReasons() }
+
+// ParseListenAddr is engine.ParseListenAddr.
+func ParseListenAddr(s string) (ListenAddr, error) { return engine.ParseListenAddr(s) }
