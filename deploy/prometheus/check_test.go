@@ -2,6 +2,7 @@ package prometheus
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -157,4 +158,62 @@ func mapValues(m map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// The dashboard imports as it is: a uid, panels with unique ids and a
+// place on the grid, every query on the data source variable.
+func TestDashboardShape(t *testing.T) {
+	b, err := os.ReadFile(dashboardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		UID    string `json:"uid"`
+		Title  string `json:"title"`
+		Panels []struct {
+			ID      int    `json:"id"`
+			Type    string `json:"type"`
+			Title   string `json:"title"`
+			GridPos *struct {
+				H, W, X, Y int
+			} `json:"gridPos"`
+			Datasource *struct {
+				UID string `json:"uid"`
+			} `json:"datasource"`
+			Targets []struct {
+				RefID      string `json:"refId"`
+				Expr       string `json:"expr"`
+				Datasource *struct {
+					UID string `json:"uid"`
+				} `json:"datasource"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.UID == "" || d.Title == "" {
+		t.Fatalf("uid %q, title %q", d.UID, d.Title)
+	}
+	ids := map[int]bool{}
+	for _, p := range d.Panels {
+		if ids[p.ID] {
+			t.Errorf("panel id %d twice", p.ID)
+		}
+		ids[p.ID] = true
+		if p.Title == "" || p.GridPos == nil || p.GridPos.W == 0 || p.GridPos.H == 0 || p.GridPos.X+p.GridPos.W > 24 {
+			t.Errorf("panel %d (%q): no title or no place on the grid: %+v", p.ID, p.Title, p.GridPos)
+		}
+		if p.Type == "row" {
+			continue
+		}
+		if len(p.Targets) == 0 || p.Datasource == nil || p.Datasource.UID != "${datasource}" {
+			t.Errorf("panel %q: no targets, or not on the ${datasource} variable", p.Title)
+		}
+		for _, tg := range p.Targets {
+			if tg.Expr == "" || tg.RefID == "" || tg.Datasource == nil || tg.Datasource.UID != "${datasource}" {
+				t.Errorf("panel %q: target %q without expr, refId or the ${datasource} variable", p.Title, tg.RefID)
+			}
+		}
+	}
 }
