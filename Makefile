@@ -14,10 +14,10 @@ POOLBENCH := cmd/poolbench
 
 # The Go modules of the repository (docs/modules.md): the generated API, the
 # lease wire layout, the SDK, a module that consumes only the SDK, the root
-# (server, CLI) and the benchmark harness. Leaves first: tidy reads the
-# go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
+# (server, CLI), the benchmark harness and the alert rules' check (it pins
+# promtool). Leaves first: tidy reads the go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
 # PKGS as the package pattern; `make test MODULES=client` narrows it down.
-MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH)
+MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH) deploy/prometheus
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
 
 # The modules find each other through replace directives, never a go.work:

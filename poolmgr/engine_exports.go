@@ -26,6 +26,8 @@ type (
 	State = engine.State
 	// Stats is engine.Stats.
 	Stats = engine.Stats
+	// EndpointStats is engine.EndpointStats.
+	EndpointStats = engine.EndpointStats
 	// Histogram is engine.Histogram.
 	Histogram = engine.Histogram
 	// LeaseInfo is engine.LeaseInfo.
@@ -160,6 +162,9 @@ func HistogramBounds() []time.Duration { return engine.HistogramBounds() }
 
 // FieldPaths is engine.FieldPaths: the API path of every leaf of a Config.
 func FieldPaths() []string { return engine.FieldPaths() }
+
+// CloseReasons is engine.CloseReasons: every key Stats.Closes may hold.
+func CloseReasons() []string { return engine.CloseReasons() }
 
 // ParseListenAddr is engine.ParseListenAddr.
 func ParseListenAddr(s string) (ListenAddr, error) { return engine.ParseListenAddr(s) }

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -109,55 +111,102 @@ func (m *metricsServer) stop(logger *slog.Logger) {
 
 // poolCollector exports every pool's Stats snapshot at scrape time, named
 // after OpenTelemetry's db.client.connection.* conventions with a poolplane_
-// prefix. It starts no goroutines: each scrape reads the snapshots.
+// prefix, plus poolplane_build_info and this replica's fence. It starts no
+// goroutines: each scrape reads the snapshots. docs/metrics.md lists every
+// metric; a test checks that list, the Grafana dashboard and the alert rules
+// under deploy/ against a scrape.
 type poolCollector struct {
 	mgr *poolmgr.Manager
+	// closeReasons are every value of the reason label of closes_total:
+	// each is exported, zero or not, so that rate() and alerts see a
+	// series from the pool's first scrape.
+	closeReasons []string
+	buildInfo    prometheus.Metric
 
-	count, max, idleMin, idleMax, pending, dialing, serving *prometheus.Desc
-	timeouts, acquires, reused, created, backlog            *prometheus.Desc
-	dials, dialFailures, closes, bytes                      *prometheus.Desc
-	createTime, waitTime, useTime                           *prometheus.Desc
+	count, max, idleMin, idleMax, pending, oldestWait, dialing, serving *prometheus.Desc
+	circuitOpen, fenced                                                 *prometheus.Desc
+	timeouts, acquires, waits, backlog                                  *prometheus.Desc
+	dials, dialFailures, opened, healthChecks, closes, bytes            *prometheus.Desc
+	createTime, waitTime, useTime                                       *prometheus.Desc
+	replicaFenced                                                       *prometheus.Desc
 }
 
 func newPoolCollector(mgr *poolmgr.Manager) *poolCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("poolplane_connection_"+name, help, append([]string{"pool"}, labels...), nil)
 	}
+	version, commit := buildVersion()
 	return &poolCollector{
 		mgr:          mgr,
+		closeReasons: poolmgr.CloseReasons(),
+		buildInfo: prometheus.MustNewConstMetric(
+			prometheus.NewDesc("poolplane_build_info", "Always 1; the labels say which build of poold this is.",
+				nil, prometheus.Labels{"version": version, "commit": commit, "goversion": runtime.Version()}),
+			prometheus.GaugeValue, 1),
 		count:        d("count", "Connections open, by state (idle, used); db.client.connection.count.", "state"),
-		max:          d("max", "Most connections allowed (limits.max_connections); db.client.connection.max."),
+		max:          d("max", "Most connections allowed (limits.max_connections, this replica's share of it); db.client.connection.max."),
 		idleMin:      d("idle_min", "Connections kept idle (limits.min_idle); db.client.connection.idle.min."),
 		idleMax:      d("idle_max", "Most idle connections kept (limits.max_idle); db.client.connection.idle.max."),
 		pending:      d("pending_requests", "Acquirers waiting for a connection; db.client.connection.pending_requests."),
+		oldestWait:   d("oldest_wait_seconds", "How long the longest-waiting acquirer has waited so far, 0 with none waiting (PgBouncer's maxwait)."),
 		dialing:      d("dialing", "Dials in progress."),
 		serving:      d("serving", "1 while the pool can hand out connections (active, circuit closed)."),
+		circuitOpen:  d("circuit_open", "1 while the dial circuit is open: dials failed repeatedly and acquires that need one fail fast."),
+		fenced:       d("fenced", "1 while this replica holds no share of the pool's fleet-wide limit (fenced)."),
 		timeouts:     d("timeouts_total", "Acquires that timed out; db.client.connection.timeouts."),
-		acquires:     d("acquires_total", "Successful acquires."),
-		reused:       d("reused_total", "Acquires served by an idle connection."),
-		created:      d("created_total", "Acquires served by a new connection."),
+		acquires:     d("acquires_total", "Successful acquires, by the connection that served them: reused (it served a lease before) or new (its first lease).", "connection"),
+		waits:        d("waits_total", "Acquires that found no idle connection and queued."),
 		backlog:      d("backlog_rejections_total", "Acquires refused because max_waiters were queued."),
-		dials:        d("dials_total", "Dials started."),
-		dialFailures: d("dial_failures_total", "Dials that failed."),
+		dials:        d("dials_total", "Dials started, by configured endpoint.", "endpoint"),
+		dialFailures: d("dial_failures_total", "Dials that failed, by configured endpoint.", "endpoint"),
+		opened:       d("opened_total", "Connections opened (dials that succeeded), by configured endpoint.", "endpoint"),
+		healthChecks: d("health_checks_total", "Health checks of idle connections, by result (ok, failed).", "result"),
 		closes:       d("closes_total", "Connections closed, by reason.", "reason"),
 		bytes:        d("bytes_total", "Bytes relayed, by direction (in: from the upstream, out: to it).", "direction"),
 		createTime:   d("create_time_seconds", "Time to dial a connection, TLS included; db.client.connection.create_time."),
 		waitTime:     d("wait_time_seconds", "Time acquires waited; db.client.connection.wait_time."),
 		useTime:      d("use_time_seconds", "Time leases were held; db.client.connection.use_time."),
+		replicaFenced: prometheus.NewDesc("poolplane_replica_fenced",
+			"1 while this replica may no longer count itself among the replicas sharing the store: its fleet-scoped pools hold no share and serve nothing.", nil, nil),
 	}
+}
+
+// buildVersion returns the version and VCS revision of this build, from
+// the build information the go command records.
+//
+// internal/version.Get is to replace it once that package is in: this is
+// the one place poold's metrics read the version.
+func buildVersion() (version, commit string) {
+	version, commit = "(devel)", ""
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version, commit
+	}
+	if v := bi.Main.Version; v != "" {
+		version = v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			commit = s.Value
+		}
+	}
+	return version, commit
 }
 
 // Describe implements prometheus.Collector.
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.count, c.max, c.idleMin, c.idleMax, c.pending, c.dialing, c.serving,
-		c.timeouts, c.acquires, c.reused, c.created, c.backlog, c.dials, c.dialFailures, c.closes, c.bytes,
-		c.createTime, c.waitTime, c.useTime} {
+	for _, d := range []*prometheus.Desc{c.count, c.max, c.idleMin, c.idleMax, c.pending, c.oldestWait, c.dialing, c.serving,
+		c.circuitOpen, c.fenced, c.timeouts, c.acquires, c.waits, c.backlog, c.dials, c.dialFailures, c.opened,
+		c.healthChecks, c.closes, c.bytes, c.createTime, c.waitTime, c.useTime, c.replicaFenced} {
 		ch <- d
 	}
+	ch <- c.buildInfo.Desc()
 }
 
 // Collect implements prometheus.Collector.
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- c.buildInfo
+	ch <- prometheus.MustNewConstMetric(c.replicaFenced, prometheus.GaugeValue, boolValue(c.mgr.ReplicaSet().Fenced))
 	for _, id := range c.mgr.Pools() {
 		p, err := c.mgr.Pool(id)
 		if err != nil {
@@ -177,21 +226,25 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.idleMin, float64(st.MinIdle))
 		gauge(c.idleMax, float64(cfg.Limits.MaxIdle))
 		gauge(c.pending, float64(st.Waiters))
+		gauge(c.oldestWait, st.OldestWait.Seconds())
 		gauge(c.dialing, float64(st.Dialing))
-		serving := 0.0
-		if p.Serving() {
-			serving = 1
-		}
-		gauge(c.serving, serving)
+		gauge(c.serving, boolValue(p.Serving()))
+		gauge(c.circuitOpen, boolValue(st.CircuitOpen))
+		gauge(c.fenced, boolValue(st.Fenced))
 		counter(c.timeouts, st.Timeouts)
-		counter(c.acquires, st.Acquires)
-		counter(c.reused, st.Reused)
-		counter(c.created, st.New)
+		counter(c.acquires, st.Reused, "reused")
+		counter(c.acquires, st.New, "new")
+		counter(c.waits, st.Waits)
 		counter(c.backlog, st.BacklogRejections)
-		counter(c.dials, st.Dials)
-		counter(c.dialFailures, st.DialFailures)
-		for reason, n := range st.Closes {
-			counter(c.closes, n, reason)
+		for _, e := range st.Endpoints {
+			counter(c.dials, e.Dials, e.Endpoint)
+			counter(c.dialFailures, e.DialFailures, e.Endpoint)
+			counter(c.opened, e.Opened, e.Endpoint)
+		}
+		counter(c.healthChecks, st.HealthChecks-st.HealthFailures, "ok")
+		counter(c.healthChecks, st.HealthFailures, "failed")
+		for _, reason := range c.closeReasons {
+			counter(c.closes, st.Closes[reason], reason)
 		}
 		counter(c.bytes, st.BytesIn, "in")
 		counter(c.bytes, st.BytesOut, "out")
@@ -199,6 +252,13 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- constHistogram(c.waitTime, st.WaitTime, id)
 		ch <- constHistogram(c.useTime, st.HoldTime, id)
 	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // constHistogram converts a poolmgr histogram (per-bucket counts) to

@@ -40,6 +40,7 @@ func (p *Pool) setEndpointsLocked() {
 		}
 	}
 	p.lastResolve = time.Time{}
+	p.keepEndpointsLocked()
 	p.kickLocked()
 }
 
@@ -108,6 +109,14 @@ type dialSpec struct {
 	stop      context.Context // Pool.dialCtx: cancelled by a fence or Close
 }
 
+// endpointName is the configured endpoint the dial is for.
+func (s *dialSpec) endpointName() string {
+	if s.endpoint != "" {
+		return s.endpoint
+	}
+	return s.target.endpoint
+}
+
 func (p *Pool) startDialLocked(ctx context.Context) {
 	p.dialing++
 	p.st.dials++
@@ -128,6 +137,7 @@ func (p *Pool) startDialLocked(ctx context.Context) {
 		// Names not resolved yet: this dial resolves its endpoint itself.
 		s.endpoint = p.cfg.Endpoints[p.rr%len(p.cfg.Endpoints)]
 	}
+	p.endpointLocked(s.endpointName()).dials++
 	p.rr++
 	p.dialWG.Add(1)
 	go p.runDial(ctx, s)
@@ -238,6 +248,7 @@ func (p *Pool) dialDone(nc net.Conn, state any, target upstreamAddr, s dialSpec,
 			return
 		}
 		p.st.dialFailures++
+		p.endpointLocked(s.endpointName()).dialFailures++
 		p.lastDialErr = err
 		if s.failRound == p.failRound {
 			// The first failure among the dials started since the last
@@ -268,6 +279,8 @@ func (p *Pool) dialDone(nc net.Conn, state any, target upstreamAddr, s dialSpec,
 		return
 	}
 	p.st.dialTime.observe(now.Sub(start))
+	p.st.opened++
+	p.endpointLocked(s.endpointName()).opened++
 	if p.circuitOpen {
 		p.env.Logger.Info("upstream circuit closed", "pool", p.name, "addr", target.addr)
 	}

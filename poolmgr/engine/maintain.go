@@ -173,6 +173,11 @@ func (p *Pool) probeAll(cs []*Conn, hc HealthCheck) {
 		p.probing--
 		now := p.env.Now()
 		c.lastCheck = now
+		if ok {
+			p.st.healthOK++
+		} else {
+			p.st.healthFailed++
+		}
 		reason, bad := CloseUnhealthy, !ok
 		if !bad {
 			// Back in its place by idle age: keep the idle time it had.

@@ -772,11 +772,27 @@ type Stats struct {
 	CircuitOpen                               bool
 	LastDialError                             string // "" after a successful dial
 
-	// Counters since the pool was created. Acquires = Reused + New.
+	// OldestWait is how long the longest-queued acquirer has waited so
+	// far (PgBouncer's maxwait); 0 with no one queued.
+	OldestWait time.Duration
+
+	// Counters since the pool was created. Acquires = Reused + New:
+	// acquires served by a connection that served a lease before (Reused)
+	// or by one on its first lease (New), which a prewarmed connection
+	// may be long after its dial. Waits counts the acquires that queued.
 	Acquires, Reused, New, Waits, Timeouts, BacklogRejections uint64
-	Dials, DialFailures                                       uint64
-	Closes                                                    map[string]uint64 // by CloseReason.String()
-	BytesIn, BytesOut                                         uint64
+	// Dials counts dials started; DialFailures those that failed; Opened
+	// those that opened a connection. A dial cancelled by Close or a
+	// fence is neither.
+	Dials, DialFailures, Opened uint64
+	// HealthChecks counts health checks of idle connections (including
+	// failed ones); HealthFailures those that found the connection bad.
+	HealthChecks, HealthFailures uint64
+	Closes                       map[string]uint64 // by CloseReason.String()
+	BytesIn, BytesOut            uint64
+	// Endpoints has the dial counters of each configured endpoint, in
+	// Config.Endpoints order.
+	Endpoints []EndpointStats
 	// WaitTime observes every successful acquire (0 on an idle hit),
 	// DialTime every successful dial, HoldTime every ended lease.
 	WaitTime, DialTime, HoldTime Histogram

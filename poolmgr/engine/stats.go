@@ -75,6 +75,12 @@ var closeReasonNames = [numCloseReasons]string{
 	CloseNotResettable:    "not_resettable",
 }
 
+// CloseReasons returns the name of every CloseReason, in order: the keys
+// Stats.Closes may hold.
+func CloseReasons() []string {
+	return append([]string(nil), closeReasonNames[:]...)
+}
+
 // String returns the snake_case name used as the key of Stats.Closes.
 func (r CloseReason) String() string {
 	if r >= 0 && r < numCloseReasons {
@@ -129,10 +135,61 @@ func (h *histogram) snapshot() Histogram {
 
 // counters are the cumulative counters of a pool, guarded by its mutex.
 type counters struct {
+	// reused and created count acquires by the connection that served
+	// them (one that served a lease before, or its first lease); opened
+	// counts connections, that is successful dials.
 	acquires, reused, created, waits, timeouts, backlogRejections uint64
-	dials, dialFailures                                           uint64
+	dials, dialFailures, opened                                   uint64
+	healthOK, healthFailed                                        uint64
 	closes                                                        [numCloseReasons]uint64
 	waitTime, dialTime, holdTime                                  histogram
+	// endpoints holds the dial counters of each configured endpoint, and
+	// of no other: setEndpointsLocked keeps it to cfg.Endpoints, so its
+	// size is bounded by the configuration, whatever names resolve to.
+	endpoints map[string]*endpointCounters
+}
+
+// endpointCounters are the dial counters of one configured endpoint.
+type endpointCounters struct {
+	dials, dialFailures, opened uint64
+}
+
+// endpointLocked returns the counters of the configured endpoint ep. A
+// dial of an endpoint removed while it ran counts in a throwaway.
+func (p *Pool) endpointLocked(ep string) *endpointCounters {
+	if ec := p.st.endpoints[ep]; ec != nil {
+		return ec
+	}
+	return new(endpointCounters)
+}
+
+// keepEndpointsLocked keeps the counters of the endpoints in cfg.Endpoints
+// (new ones start at zero) and forgets the others.
+func (p *Pool) keepEndpointsLocked() {
+	m := make(map[string]*endpointCounters, len(p.cfg.Endpoints))
+	for _, ep := range p.cfg.Endpoints {
+		ec := p.st.endpoints[ep]
+		if ec == nil {
+			ec = new(endpointCounters)
+		}
+		m[ep] = ec
+	}
+	p.st.endpoints = m
+}
+
+// oldestWaitLocked is how long the longest-queued waiter has waited, 0
+// with none queued.
+func (p *Pool) oldestWaitLocked(now time.Time) time.Duration {
+	var oldest time.Time
+	for e := p.waiters.Front(); e != nil; e = e.Next() {
+		if s := e.Value.start; oldest.IsZero() || s.Before(oldest) {
+			oldest = s
+		}
+	}
+	if oldest.IsZero() {
+		return 0
+	}
+	return max(now.Sub(oldest), 0)
 }
 
 // Stats returns a value snapshot taken under the pool's lock.
@@ -160,6 +217,11 @@ func (p *Pool) Stats() Stats {
 		BacklogRejections: p.st.backlogRejections,
 		Dials:             p.st.dials,
 		DialFailures:      p.st.dialFailures,
+		Opened:            p.st.opened,
+		HealthChecks:      p.st.healthOK + p.st.healthFailed,
+		HealthFailures:    p.st.healthFailed,
+		OldestWait:        p.oldestWaitLocked(p.env.Now()),
+		Endpoints:         make([]EndpointStats, 0, len(p.cfg.Endpoints)),
 		Closes:            make(map[string]uint64),
 		WaitTime:          p.st.waitTime.snapshot(),
 		DialTime:          p.st.dialTime.snapshot(),
@@ -167,6 +229,11 @@ func (p *Pool) Stats() Stats {
 	}
 	if p.lastDialErr != nil {
 		s.LastDialError = p.lastDialErr.Error()
+	}
+	for _, ep := range p.cfg.Endpoints {
+		if ec := p.st.endpoints[ep]; ec != nil {
+			s.Endpoints = append(s.Endpoints, EndpointStats{Endpoint: ep, Dials: ec.dials, DialFailures: ec.dialFailures, Opened: ec.opened})
+		}
 	}
 	for r, n := range p.st.closes {
 		if n > 0 {
@@ -177,6 +244,15 @@ func (p *Pool) Stats() Stats {
 	s.BytesIn = p.bytesIn.Load()
 	s.BytesOut = p.bytesOut.Load()
 	return s
+}
+
+// EndpointStats are the dial counters of one configured endpoint (a
+// "host:port" of Config.Endpoints, whatever it resolves to).
+type EndpointStats struct {
+	Endpoint            string
+	Dials, DialFailures uint64
+	// Opened counts the dials that opened a connection.
+	Opened uint64
 }
 
 // LeaseInfo describes an active lease.
