@@ -7,6 +7,15 @@ PKGS     := ./...
 DATA_DIR ?= ./data
 FUZZTIME ?= 10s
 BENCHOUT ?= bench.txt
+# VERSION is what poold --version, poolctl version and poolplane_build_info
+# report for binaries that make builds: git describe of the checkout (a tag,
+# or the abbreviated commit, -dirty with uncommitted changes). Without git
+# (a source archive) nothing is stamped and the binaries fall back to what the
+# go command recorded (internal/version). `make build VERSION=v1.2.3` sets it.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+VERSION_PKG := github.com/poolplane/poolplane/internal/version
+LDFLAGS  := $(if $(VERSION),-X $(VERSION_PKG).Version=$(VERSION)) $(if $(COMMIT),-X $(VERSION_PKG).Commit=$(COMMIT))
 # POOLBENCH is the directory of the poolbench module, the benchmark and soak
 # harness: kept apart so that its plotting dependencies stay out of the root
 # go.mod and out of poolctl.
@@ -72,9 +81,9 @@ fuzz:
 		done); \
 	done
 
-## build: bin/poold, bin/poolctl and bin/poolbench.
+## build: bin/poold, bin/poolctl and bin/poolbench, stamped with VERSION.
 build:
-	$(GO) build -trimpath -o bin/ ./cmd/...
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 	cd $(POOLBENCH) && $(GO) build -trimpath -o ../../bin/ .
 
 ## tools: bin/grpcurl, pinned in tools/go.mod, for the README's tour.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/poolplane/poolplane/internal/version"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store/etcdstore"
@@ -80,7 +81,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	close(ready)
 	metricsAddr := ms.addr()
 	// The Manager logged "pools loaded" (how many, how many failed).
-	logger.Info("poold serving", "listen", ln.Addr().String(), "metrics", metricsAddr, "data", c.where, "follow", c.shared)
+	logger.Info("poold serving", "version", version.Get().Version, "listen", ln.Addr().String(), "metrics", metricsAddr, "data", c.where, "follow", c.shared)
 	if onStart != nil {
 		onStart(ln.Addr().String(), metricsAddr)
 	}
