@@ -23,10 +23,12 @@ POOLBENCH := cmd/poolbench
 
 # The Go modules of the repository (docs/modules.md): the generated API, the
 # lease wire layout, the SDK, a module that consumes only the SDK, the root
-# (server, CLI) and the benchmark harness. Leaves first: tidy reads the
+# (server, CLI), the benchmark harness and the deployment kit (the image
+# builder and the tests of the manifests and the systemd unit, whose
+# container and Kubernetes requirements stay out of every other go.mod). Leaves first: tidy reads the
 # go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
 # PKGS as the package pattern; `make test MODULES=client` narrows it down.
-MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH)
+MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH) deploy
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
 
 # The modules find each other through replace directives, never a go.work:
@@ -41,7 +43,11 @@ define foreach_module
 done; exit $$status
 endef
 
-.PHONY: all generate check-generated lint test bench fuzz build tools run clean
+# IMAGE is the name `make image` gives the container image; its tag is
+# VERSION (latest when there is none).
+IMAGE    ?= ghcr.io/poolplane/poold
+
+.PHONY: all generate check-generated lint test bench fuzz build image tools run clean
 
 all: check-generated lint test build
 
@@ -85,6 +91,13 @@ fuzz:
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 	cd $(POOLBENCH) && $(GO) build -trimpath -o ../../bin/ .
+
+## image: the container image, built without a container engine or a registry (deploy/image):
+## bin/poolplane-image (an OCI image layout, for skopeo/crane/podman) and bin/poolplane-image.tar (docker load).
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/static/ ./cmd/poold ./cmd/poolctl
+	cd deploy && $(GO) run ./image -bin ../bin/static -version '$(VERSION)' -ref '$(IMAGE):$(or $(VERSION),latest)' \
+		-o ../bin/poolplane-image -tar ../bin/poolplane-image.tar
 
 ## tools: bin/grpcurl, pinned in tools/go.mod, for the README's tour.
 tools:

@@ -1,0 +1,18 @@
+module github.com/poolplane/poolplane/deploy
+
+go 1.26.0
+
+require (
+	github.com/google/go-containerregistry v0.22.1
+	github.com/poolplane/poolplane/internal/testkit v0.0.0-00010101000000-000000000000
+	go.uber.org/goleak v1.3.0
+)
+
+require (
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+)
+
+replace github.com/poolplane/poolplane/internal/testkit => ../internal/testkit
