@@ -116,7 +116,9 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 		changes []change
 		now     = m.now()
 	)
+	specIndex := make(map[string]int, len(specs))
 	for si, s := range specs {
+		specIndex[s.ID] = si
 		c, ok := cur[s.ID]
 		if !ok {
 			if err := m.checkWrite(s.Config, fmt.Sprintf("pools[%d].", si)); err != nil {
@@ -178,6 +180,18 @@ func (m *Manager) Apply(ctx context.Context, want []PoolSpec, o ApplyOptions) (P
 		}
 	}
 	slices.SortFunc(plan.Actions, func(a, b PlannedAction) int { return cmp.Compare(a.ID, b.ID) })
+	// Listeners first: one that cannot be opened fails the Apply before
+	// anything is committed.
+	for _, c := range changes {
+		if c.action == ActionDelete {
+			continue
+		}
+		abort, err := m.prepareListeners(c.id, c.rec.Config, fmt.Sprintf("pools[%d].", specIndex[c.id]))
+		if err != nil {
+			return Plan{}, err
+		}
+		defer abort()
+	}
 	if o.ValidateOnly || len(ops) == 0 {
 		return plan, nil
 	}

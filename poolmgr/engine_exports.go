@@ -74,6 +74,10 @@ type (
 	UpstreamPolicy = engine.UpstreamPolicy
 	// Allowlist is engine.Allowlist.
 	Allowlist = engine.Allowlist
+	// Listener is engine.Listener.
+	Listener = engine.Listener
+	// ListenAddr is engine.ListenAddr.
+	ListenAddr = engine.ListenAddr
 )
 
 // Engine constants.
@@ -134,6 +138,8 @@ const (
 	DefaultHealthTimeout  = engine.DefaultHealthTimeout
 	DefaultDNSRefresh     = engine.DefaultDNSRefresh
 	DefaultResetTimeout   = engine.DefaultResetTimeout
+	DefaultUnixMode       = engine.DefaultUnixMode
+	MaxListeners          = engine.MaxListeners
 
 	// AllowAny is engine.AllowAny.
 	AllowAny = engine.AllowAny
@@ -154,3 +160,6 @@ func HistogramBounds() []time.Duration { return engine.HistogramBounds() }
 
 // FieldPaths is engine.FieldPaths: the API path of every leaf of a Config.
 func FieldPaths() []string { return engine.FieldPaths() }
+
+// ParseListenAddr is engine.ParseListenAddr.
+func ParseListenAddr(s string) (ListenAddr, error) { return engine.ParseListenAddr(s) }

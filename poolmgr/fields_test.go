@@ -44,6 +44,9 @@ func setLeaf(t *testing.T, c *Config, path string) {
 		v.Set(reflect.ValueOf([]string{"x:1"}))
 	case v.Kind() == reflect.Map:
 		v.Set(reflect.ValueOf(map[string]string{"k": "v"}))
+	case v.Type() == reflect.TypeFor[[]Listener]():
+		// Every field of a listener set, so each must survive the record.
+		v.Set(reflect.ValueOf([]Listener{{Address: "unix:///run/x.sock", Mode: 0o600, Group: "g", TLS: true}}))
 	default:
 		t.Fatalf("%s: setLeaf knows no value for a %v: teach it one", path, v.Type())
 	}

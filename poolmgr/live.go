@@ -161,6 +161,7 @@ func (m *Manager) startPool(id string, rec record) error {
 	if old != nil {
 		m.retire(old)
 	}
+	m.syncListeners(id, &rec.Config)
 	return nil
 }
 
@@ -184,6 +185,9 @@ func (m *Manager) applyLive(id string, rec record, cfgChanged, stateChanged bool
 	if stateChanged {
 		applyState(p, rec.State)
 	}
+	if cfgChanged {
+		m.syncListeners(id, &rec.Config)
+	}
 	return nil
 }
 
@@ -195,6 +199,7 @@ func (m *Manager) stopPool(id string) {
 	delete(m.fleet, id)
 	delete(m.pools, id)
 	m.mu.Unlock()
+	m.syncListeners(id, nil)
 	if p != nil {
 		m.retire(p)
 	}

@@ -64,6 +64,10 @@ type ManagerConfig struct {
 	// ErrFenced). Without it this Manager is the only replica and fleet
 	// limits apply whole.
 	Replicas Replicas
+	// Listeners, if set, opens and closes the pools' local listeners
+	// (Config.Listeners) as pools change: a write whose listener cannot be
+	// opened fails before it is committed.
+	Listeners ListenerHost
 }
 
 // WriteOptions go with every single-pool write.
@@ -201,6 +205,7 @@ type Manager struct {
 	donec        chan struct{} // closed when the follow loop ends; nil if none runs
 	replicas     Replicas      // ManagerConfig.Replicas; may be nil
 	membersDonec chan struct{} // closed when the membership loop ends; nil if none runs
+	listeners    ListenerHost  // ManagerConfig.Listeners; may be nil
 }
 
 // NewManager returns a Manager with no live pools; call Load to start the
@@ -248,6 +253,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		fleet:    make(map[string]Config),
 		follow:   cfg.Follow,
 		replicas: cfg.Replicas,
+
+		listeners: cfg.Listeners,
 	}, nil
 }
 
@@ -571,6 +578,7 @@ func prepare(cfg Config) (Config, error) {
 // cloneConfig returns cfg with its slices and maps copied.
 func cloneConfig(cfg Config) Config {
 	cfg.Endpoints = slices.Clone(cfg.Endpoints)
+	cfg.Listeners = slices.Clone(cfg.Listeners)
 	if cfg.Labels != nil {
 		l := make(map[string]string, len(cfg.Labels))
 		for k, v := range cfg.Labels {

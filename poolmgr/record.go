@@ -67,6 +67,13 @@ type (
 		Redis        *redisJSON        `json:"redis,omitempty"`
 		Postgres     *postgresJSON     `json:"postgres,omitempty"`
 		Labels       map[string]string `json:"labels,omitempty"`
+		Listeners    []listenerJSON    `json:"listeners,omitempty"`
+	}
+	listenerJSON struct {
+		Address string `json:"address"`
+		Mode    uint32 `json:"mode,omitempty"`
+		Group   string `json:"group,omitempty"`
+		TLS     bool   `json:"tls,omitempty"`
 	}
 	postgresJSON struct {
 		Database string `json:"database,omitempty"`
@@ -219,6 +226,9 @@ func encodeRecord(r record, s *seal.Sealer) ([]byte, error) {
 			Labels:       c.Labels,
 		},
 	}
+	for _, l := range c.Listeners {
+		j.Config.Listeners = append(j.Config.Listeners, listenerJSON(l))
+	}
 	if r := c.Redis; r != (RedisSetup{}) {
 		j.Config.Redis = &redisJSON{
 			Username:        r.Username,
@@ -354,6 +364,9 @@ func decodeRecord(b []byte, s *seal.Sealer) (record, error) {
 		Protocol:     Protocol(proto),
 		ResetTimeout: time.Duration(c.ResetTimeout),
 		Labels:       c.Labels,
+	}
+	for _, l := range c.Listeners {
+		r.Config.Listeners = append(r.Config.Listeners, Listener(l))
 	}
 	if rj := c.Redis; rj != nil {
 		r.Config.Redis = RedisSetup{

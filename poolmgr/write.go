@@ -83,6 +83,15 @@ func (m *Manager) write(ctx context.Context, id string, o WriteOptions, w write)
 	if err != nil {
 		return PoolInfo{}, err
 	}
+	if changed {
+		// Listeners first: one that cannot be opened fails the write
+		// before anything is committed.
+		abort, err := m.prepareListeners(id, rec.Config, "")
+		if err != nil {
+			return PoolInfo{}, err
+		}
+		defer abort()
+	}
 	if !changed || o.ValidateOnly {
 		return m.info(id, rec, kv.CreateRevision, kv.ModRevision), nil
 	}

@@ -109,6 +109,40 @@ type Greeter interface {
 	Greet(nc net.Conn, b []byte) (reply []byte, took int, done bool, err error)
 }
 
+// Opener is a Handler that reads the start of a client's opening before
+// a connection is leased for it, to answer a request that needs none: a
+// PostgreSQL CancelRequest goes to its backend on a connection of its own,
+// and would otherwise wait for a pooled connection, perhaps the one the
+// query to cancel holds. Open returns the bytes it read, which go to the
+// lease first, unless it answered the client itself (done); the caller
+// sets nc's deadline and closes nc when done.
+type Opener interface {
+	Open(nc net.Conn) (read []byte, done bool, err error)
+}
+
+// Refusal says why a pool cannot lease a client a connection.
+type Refusal int
+
+const (
+	// RefuseBusy means every connection is in use and the pool's waiters or
+	// acquire timeout ran out (a PostgreSQL too_many_connections).
+	RefuseBusy Refusal = iota
+	// RefuseUnavailable means the pool is draining, gone, or cannot reach its
+	// upstream.
+	RefuseUnavailable
+	// RefuseDenied means the client may not lease the pool.
+	RefuseDenied
+)
+
+// Refuser is a Handler that can tell a client, in its protocol, that it
+// gets no connection, before any is leased: a local listener's client
+// that the pool turned away. Refuse reads as much of the client's opening
+// as the protocol needs before an error (a PostgreSQL startup) and writes
+// the error; the caller sets nc's deadline and closes it.
+type Refuser interface {
+	Refuse(nc net.Conn, why Refusal, msg string) error
+}
+
 type endpointHostKey struct{}
 
 // WithEndpointHost returns ctx carrying the host of the endpoint a

@@ -447,3 +447,21 @@ func actorFromContext(ctx context.Context) string {
 
 // anonymous is the actor of requests without an authenticated principal.
 const anonymous = "anonymous"
+
+// AuthorizeLease maps a verified client certificate to its principal and
+// checks that it may lease pool id: what a pool listener with tls asks of
+// each client (the role admin, or client with the pool among its
+// patterns). It returns the principal's name, for ListLeases.
+func (a *Authenticator) AuthorizeLease(cert *x509.Certificate, id string) (string, error) {
+	p := a.table.Load().byCert(cert)
+	if p == nil {
+		return "", fmt.Errorf("client certificate %q maps to no principal", cert.Subject.String())
+	}
+	if !roleAllows(p.Role, permLease) {
+		return "", fmt.Errorf("principal %s (role %s) may not lease connections", p.Name, p.Role)
+	}
+	if !p.allowsPool(id) {
+		return "", fmt.Errorf("principal %s may not lease pool %s", p.Name, id)
+	}
+	return p.Name, nil
+}

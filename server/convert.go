@@ -171,6 +171,9 @@ func configFromProto(p *poolv1.Pool) (poolmgr.Config, []poolmgr.FieldViolation) 
 	if len(p.GetLabels()) > 0 {
 		cfg.Labels = maps.Clone(p.GetLabels())
 	}
+	for _, l := range p.GetListeners() {
+		cfg.Listeners = append(cfg.Listeners, poolmgr.Listener{Address: l.GetAddress(), Mode: l.GetMode(), Group: l.GetGroup(), TLS: l.GetTls()})
+	}
 	return cfg, vs
 }
 
@@ -232,6 +235,9 @@ func configToProto(c poolmgr.Config) *poolv1.Pool {
 		},
 		DnsRefresh: durationpb.New(c.DNSRefresh),
 		Labels:     maps.Clone(c.Labels),
+	}
+	for _, l := range c.Listeners {
+		p.Listeners = append(p.Listeners, &poolv1.Listener{Address: l.Address, Mode: l.Mode, Group: l.Group, Tls: l.TLS})
 	}
 	if t := c.TLS; t != (poolmgr.TLSConfig{}) {
 		p.Tls = &poolv1.UpstreamTLS{
@@ -524,4 +530,17 @@ func scopeToProto(s poolmgr.LimitScope) poolv1.LimitScope {
 		return poolv1.LimitScope_LIMIT_SCOPE_FLEET
 	}
 	return poolv1.LimitScope_LIMIT_SCOPE_REPLICA
+}
+
+// listenersToProto converts a pool's listener statuses.
+func listenersToProto(ls []poolmgr.ListenerStatus) []*poolv1.ListenerStatus {
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make([]*poolv1.ListenerStatus, len(ls))
+	for i, l := range ls {
+		out[i] = &poolv1.ListenerStatus{Address: l.Address, BoundAddress: l.Bound, Error: l.Err,
+			Accepted: l.Accepted, Refused: l.Refused, Active: int32(l.Active)}
+	}
+	return out
 }

@@ -36,7 +36,8 @@ func fullConfig() poolmgr.Config {
 			ProtocolVersion: 3, ClientName: "n"},
 		Postgres: poolmgr.PostgresSetup{Database: "db", User: "pu", Password: "pg-secret", SSLMode: poolmgr.PostgresSSLVerifyFull,
 			CAPEM: "pgca", Params: map[string]string{"application_name": "app"}, ResetQuery: "RESET ALL", CloseOpenTransactions: true},
-		Labels: map[string]string{"k": "v"},
+		Labels:    map[string]string{"k": "v"},
+		Listeners: []poolmgr.Listener{{Address: "127.0.0.1:6390"}, {Address: "unix:///run/poolplane/p.sock", Mode: 0o600, Group: "poolplane"}},
 	}
 }
 

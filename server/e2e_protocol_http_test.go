@@ -98,6 +98,12 @@ func get(path string, headers ...string) string {
 // drained what A left), B gets the same nginx connection; where it cannot,
 // the connection is closed and counted under its reason. 30 trials each.
 func TestHTTPPoolIsolatesClients(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testHTTPPoolIsolatesClients(t, f) })
+	}
+}
+
+func testHTTPPoolIsolatesClients(t *testing.T, f front) {
 	addr := startWeb(t)
 	e := startSDKEnv(t, client.WithReleaseTimeout(10*time.Second)) // a loaded machine may pause a write past the default
 	for pool, reset := range map[string]time.Duration{"web": 5 * time.Second, "web-short": 100 * time.Millisecond} {
@@ -106,15 +112,12 @@ func TestHTTPPoolIsolatesClients(t *testing.T) {
 			Limits:       poolmgr.Limits{MaxConnections: 1},
 			Protocol:     poolmgr.ProtocolHTTP1,
 			ResetTimeout: reset,
+			Listeners:    localListener,
 		})
 	}
-	ctx := ctxSDK(t)
-	lease := func(t *testing.T, pool string) (*client.Conn, *httpClient) {
+	lease := func(t *testing.T, pool string) (net.Conn, *httpClient) {
 		t.Helper()
-		conn, err := e.c.Lease(ctx, pool)
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := f.dial(t, e, pool)
 		// Released at once by the test; this release is for a trial that
 		// fails first (the pool has one connection).
 		t.Cleanup(func() { _ = conn.Close() })

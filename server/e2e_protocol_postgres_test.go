@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,7 @@ func startPostgresPool(t *testing.T) (*sdkEnv, string) {
 			ResetTimeout: reset,
 			Postgres: poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser,
 				Password: testkit.PostgresPassword},
+			Listeners: localListener,
 		})
 	}
 	return e, addr
@@ -53,11 +55,17 @@ func startPostgresPool(t *testing.T) (*sdkEnv, string) {
 // password (the address in the URL is not dialed: the Dialer leases).
 func pgConnect(t *testing.T, e *sdkEnv, pool string) *pgx.Conn {
 	t.Helper()
+	return pgConnectVia(t, e, fronts[0], pool)
+}
+
+// pgConnectVia connects pgx to pool through front f.
+func pgConnectVia(t *testing.T, e *sdkEnv, f front, pool string) *pgx.Conn {
+	t.Helper()
 	cfg, err := pgx.ParseConfig("postgres://" + testkit.PostgresUser + "@127.0.0.1/" + testkit.PostgresDatabase + "?sslmode=disable")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.DialFunc = pgconn.DialFunc(e.c.Dialer(pool))
+	cfg.DialFunc = func(context.Context, string, string) (net.Conn, error) { return f.dial(t, e, pool), nil }
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol // the checks leave no prepared statement of their own
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -107,7 +115,14 @@ func pgRaw(t *testing.T, conn *pgx.Conn, typ byte, body []byte) {
 // reset it (pg_backend_pid is the same), or a new backend where it cannot.
 // Each case runs 30 times.
 func TestPostgresPoolIsolatesClients(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testPostgresPoolIsolatesClients(t, f) })
+	}
+}
+
+func testPostgresPoolIsolatesClients(t *testing.T, f front) {
 	e, addr := startPostgresPool(t)
+	pgConnect := func(t *testing.T, e *sdkEnv, pool string) *pgx.Conn { return pgConnectVia(t, e, f, pool) }
 	setup := pgConnect(t, e, "pg")
 	pgExec(t, setup, "CREATE TABLE IF NOT EXISTS jobs (id int)")
 	if err := setup.Close(context.Background()); err != nil {
@@ -250,15 +265,29 @@ func TestPostgresPoolRefusesOtherDatabases(t *testing.T) {
 // query and nothing else: pg_sleep(20) ends with 57014 at once. The cancel
 // is repeated until the query ends, as one sent before the query started
 // is ignored by the server.
+//
+// Through the SDK the cancel request is a lease of its own, so the pool
+// has two connections; a pool listener answers a CancelRequest before it
+// leases anything, so there the pool's one connection, held by the query,
+// is enough.
 func TestPostgresPoolCancel(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testPostgresPoolCancel(t, f) })
+	}
+}
+
+func testPostgresPoolCancel(t *testing.T, f front) {
 	e, addr := startPostgresPool(t)
-	// Two slots: the cancel request's own lease needs one.
-	e.createPool(t, "pg2", poolmgr.Config{
-		Endpoints: []string{addr}, Limits: poolmgr.Limits{MaxConnections: 2},
-		Protocol: poolmgr.ProtocolPostgres,
-		Postgres: poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser, Password: testkit.PostgresPassword},
-	})
-	c := pgConnect(t, e, "pg2")
+	pool := "pg" // one connection
+	if f.name == "sdk" {
+		pool = "pg2"
+		e.createPool(t, pool, poolmgr.Config{
+			Endpoints: []string{addr}, Limits: poolmgr.Limits{MaxConnections: 2},
+			Protocol: poolmgr.ProtocolPostgres,
+			Postgres: poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser, Password: testkit.PostgresPassword},
+		})
+	}
+	c := pgConnectVia(t, e, f, pool)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Exec(context.Background(), "SELECT pg_sleep(20)")

@@ -118,6 +118,12 @@ func (c *respClient) clientInfo() map[string]string {
 // keeps its value); where it cannot, the connection is closed and counted
 // under its reason. Each case runs 30 times.
 func TestRedisPoolIsolatesClients(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testRedisPoolIsolatesClients(t, f) })
+	}
+}
+
+func testRedisPoolIsolatesClients(t *testing.T, f front) {
 	addr := startRedis(t)
 	e := startSDKEnv(t, client.WithReleaseTimeout(10*time.Second)) // a loaded machine may pause a write past the default
 	// "redis" leaves a reset time to drain what A left even on a loaded
@@ -129,17 +135,14 @@ func TestRedisPoolIsolatesClients(t *testing.T) {
 			Protocol:     poolmgr.ProtocolRedis,
 			ResetTimeout: reset,
 			Redis:        poolmgr.RedisSetup{Database: 1, ClientName: "pool"},
+			Listeners:    localListener,
 		})
 	}
-	ctx := ctxSDK(t)
 	side := newRESP(t, dialTCP(t, addr)) // a plain client beside the pool
 	side.do("SET", "big", strings.Repeat("x", 256<<10))
-	lease := func(t *testing.T, pool string) (*client.Conn, *respClient) {
+	lease := func(t *testing.T, pool string) (net.Conn, *respClient) {
 		t.Helper()
-		conn, err := e.c.Lease(ctx, pool)
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := f.dial(t, e, pool)
 		// Released at once by the test; this release is for a trial that
 		// fails first (the pool has one connection).
 		t.Cleanup(func() { _ = conn.Close() })
@@ -208,14 +211,25 @@ func TestRedisPoolIsolatesClients(t *testing.T) {
 				t.Fatalf("B's LPOP answered %q: A's BLPOP took the job", got)
 			}
 		}},
-		{name: "client half-closed", closed: "any", leave: func(a *respClient) {
-			// The FIN reaches Redis, which answers and closes: never reused.
+		{name: "client half-closed", closed: halfCloseClosed(f), leave: func(a *respClient) {
 			a.send("PING")
-			if err := a.nc.(*client.Conn).CloseWrite(); err != nil {
+			if err := a.nc.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 				a.t.Fatal(err)
 			}
-			if got := a.read(); got != "+PONG\r\n" {
-				a.t.Fatalf("PING after the half-close answered %q", got)
+			if f.name == "sdk" {
+				// The FIN reaches Redis, which answers and closes: never
+				// reused.
+				if got := a.read(); got != "+PONG\r\n" {
+					a.t.Fatalf("PING after the half-close answered %q", got)
+				}
+				return
+			}
+			// On a listener the client's FIN ends its lease, as its close
+			// does: the pool reads the PONG still due and keeps the
+			// connection. The client may or may not see the PONG first.
+			_ = a.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(a.br); err != nil || (len(b) != 0 && string(b) != "+PONG\r\n") {
+				a.t.Fatalf("after the half-close: %q, %v", b, err)
 			}
 		}},
 		{name: "command half sent", closed: "not_resettable", leave: func(a *respClient) {
@@ -270,6 +284,17 @@ func TestRedisPoolIsolatesClients(t *testing.T) {
 			}
 		})
 	}
+}
+
+// halfCloseClosed is what becomes of a connection whose client half-closed
+// after a request: through the SDK the FIN reaches Redis, which closes
+// (any reason); on a listener the FIN ends the lease and the pool keeps
+// the connection ("").
+func halfCloseClosed(f front) string {
+	if f.name == "sdk" {
+		return "any"
+	}
+	return ""
 }
 
 // closes returns the pool's count of closes for reason ("" -> 0; "any":

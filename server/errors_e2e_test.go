@@ -37,7 +37,7 @@ type sdkEnvConfig struct {
 // a client.Client, closed by t.Cleanup (the client first).
 func startSDKEnvWith(t testing.TB, cfg sdkEnvConfig) *sdkEnv {
 	t.Helper()
-	srv := servertest.Start(t, servertest.Options{Logger: cfg.logger, Manager: cfg.manager})
+	srv := servertest.Start(t, servertest.Options{Logger: cfg.logger, Manager: cfg.manager, Listeners: true})
 	e := &sdkEnv{mgr: srv.Manager, svcs: srv.Services, addr: srv.Addr, streams: &leaseStreamCounter{}}
 	all := append([]client.Option{
 		client.WithInsecure(),

@@ -36,6 +36,9 @@ func poolWithLeaf(t *testing.T, path string) *poolv1.Pool {
 		m.Mutable(fd).List().Append(protoreflect.ValueOfString("x:1"))
 	case fd.IsMap() && fd.MapKey().Kind() == protoreflect.StringKind && fd.MapValue().Kind() == protoreflect.StringKind:
 		m.Mutable(fd).Map().Set(protoreflect.ValueOfString("k").MapKey(), protoreflect.ValueOfString("v"))
+	case fd.IsList() && fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "poolplane.v1.Listener":
+		// Every field of a listener set, so each must be converted.
+		m.Mutable(fd).List().Append(protoreflect.ValueOfMessage((&poolv1.Listener{Address: "unix:///run/x.sock", Mode: 0o600, Group: "g", Tls: true}).ProtoReflect()))
 	case fd.IsList() || fd.IsMap():
 		t.Fatalf("%s: poolWithLeaf knows no value for this list or map: teach it one", path)
 	case fd.Kind() == protoreflect.BoolKind:

@@ -20,6 +20,7 @@ import (
 type statsCore interface {
 	Pool(id string) (*poolmgr.Pool, error)
 	Pools() []string
+	ListenerStatus(id string) []poolmgr.ListenerStatus
 }
 
 var _ statsCore = (*poolmgr.Manager)(nil)
@@ -67,7 +68,14 @@ func (s *StatsServer) GetPoolStats(ctx context.Context, req *poolv1.GetPoolStats
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return statsToProto(p.Stats(), s.now()), nil
+	return s.stats(id, p, s.now()), nil
+}
+
+// stats is the PoolStats of pool id: its engine's, and its listeners'.
+func (s *StatsServer) stats(id string, p *poolmgr.Pool, now time.Time) *poolv1.PoolStats {
+	st := statsToProto(p.Stats(), now)
+	st.Listeners = listenersToProto(s.core.ListenerStatus(id))
+	return st
 }
 
 // WatchPoolStats sends a snapshot of the named pools (every running pool
@@ -135,7 +143,7 @@ func (s *StatsServer) snapshot(ids []string, who *Principal) (*poolv1.WatchPoolS
 			}
 			return nil, err
 		}
-		resp.Stats = append(resp.Stats, statsToProto(p.Stats(), now))
+		resp.Stats = append(resp.Stats, s.stats(id, p, now))
 	}
 	return resp, nil
 }

@@ -265,6 +265,10 @@ func (c *converter) message(n *yaml.Node, md protoreflect.MessageDescriptor, dep
 	return out, nil
 }
 
+// listenerName is the message a listener written as a plain address
+// ("127.0.0.1:6390", "unix:///run/poolplane/cache.sock") stands for.
+var listenerName = (&poolv1.Listener{}).ProtoReflect().Descriptor().FullName()
+
 // field converts the value of field fd.
 func (c *converter) field(v *yaml.Node, fd protoreflect.FieldDescriptor, depth int) (any, error) {
 	v = deref(v)
@@ -274,6 +278,9 @@ func (c *converter) field(v *yaml.Node, fd protoreflect.FieldDescriptor, depth i
 			return c.enum(n, fd.Enum(), depth)
 		case fd.Message() != nil && fd.Message().FullName() == durationName:
 			return c.duration(n, depth)
+		case fd.Message() != nil && fd.Message().FullName() == listenerName && n.Kind == yaml.ScalarNode && n.Tag == "!!str":
+			// A listener written as its address alone.
+			return map[string]any{"address": n.Value}, nil
 		case fd.Message() != nil && !isWellKnown(fd.Message()):
 			return c.message(n, fd.Message(), depth)
 		}

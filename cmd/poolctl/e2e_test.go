@@ -487,6 +487,8 @@ func startServerWith(t testing.TB, o serverOptions) *testServer {
 		Server:  o.config,
 		GRPC:    o.grpcOpts,
 		Unix:    o.network == "unix",
+		// Pools may be served on local listeners (fronts_test.go).
+		Listeners: true,
 	})
 	ts.addr = srv.Addr
 	return ts

@@ -106,16 +106,22 @@ func psqlOK(t testing.TB, bin, addr string, args ...string) []string {
 	return strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
 }
 
-// TestForwardPsql: the real psql, with no password, through forward on a
+// TestPsql: the real psql, with no password, through each front on a
 // POSTGRES pool of one connection, many times in a row. Every psql gets
 // the same backend (its Terminate ends the lease, not the backend), and
 // what one psql leaves in its session (a search_path, a temp table) is
 // gone for the next. A psql asking for another database is refused with
 // the pool's FATAL 3D000 and exits 2, and the backend is still reused.
-func TestForwardPsql(t *testing.T) {
+func TestPsql(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testPsql(t, f) })
+	}
+}
+
+func testPsql(t *testing.T, f front) {
 	psql := lookTool(t, "psql", "postgresql-client")
 	ts, _ := startPgServer(t, "pg", 1)
-	addr, stop := ts.startForward(t, "pg")
+	addr, stop := f.open(t, ts, "pg")
 
 	const trials = 15 // two psql runs each
 	pid := ""
@@ -176,9 +182,7 @@ func TestForwardPsql(t *testing.T) {
 	if st.GetDials() != 1 || st.GetCreated() != 1 || len(st.GetCloses()) != 0 {
 		t.Fatalf("dials %d created %d closes %v; want one connection, never closed", st.GetDials(), st.GetCreated(), st.GetCloses())
 	}
-	if r := stop(); r.code != 0 {
-		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
-	}
+	stop()
 }
 
 var (
@@ -214,17 +218,23 @@ func pgbench(t testing.TB, bin, addr, password string, args ...string) float64 {
 	return tps
 }
 
-// TestForwardPgbench: the real pgbench, with no password, through forward
+// TestPgbench: the real pgbench, with no password, through each front
 // on a POSTGRES pool of 4 connections: 4 clients reconnecting for every
 // transaction (-C), then 4 clients each holding its connection, 3 s each,
 // select-only. No transaction fails, the pool never opens more than its 4
 // connections and reuses them.
-func TestForwardPgbench(t *testing.T) {
+func TestPgbench(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testPgbench(t, f) })
+	}
+}
+
+func testPgbench(t *testing.T, f front) {
 	bin := lookTool(t, "pgbench", "postgresql-client")
 	const maxConns = 4
 	ts, pg := startPgServer(t, "bench", maxConns)
 	pgbench(t, bin, pg, testkit.PostgresPassword, "-i", "-s", "1", "-q")
-	addr, stop := ts.startForward(t, "bench")
+	addr, stop := f.open(t, ts, "bench")
 	var reused uint64
 	for _, mode := range [][]string{{"-C"}, nil} {
 		tps := pgbench(t, bin, addr, "", append(mode, "-c", "4", "-T", "3", "-S", "-n")...)
@@ -238,9 +248,7 @@ func TestForwardPgbench(t *testing.T) {
 		}
 		reused = st.GetReused()
 	}
-	if r := stop(); r.code != 0 {
-		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
-	}
+	stop()
 }
 
 // TestPostgresDocExample: the YAML pool of docs/postgres.md applies as

@@ -115,12 +115,18 @@ func (r *redisAdmin) clientLine(t testing.TB, id string) string {
 	return strings.TrimSpace(string(body))
 }
 
-// TestForwardRedisCLI: the real redis-cli through forward on a REDIS pool
-// of one connection. Client A, one redis-cli process, leaves state on the
+// TestRedisCLI: the real redis-cli, through each front (forward and the
+// pool's listener), on a REDIS pool of one connection. Client A, one redis-cli process, leaves state on the
 // connection (or is killed while blocked); client B, the next redis-cli,
 // finds it clean and gets its own replies. CLIENT ID shows whether B got
 // A's connection (reset and reused) or a new one (A's was closed).
-func TestForwardRedisCLI(t *testing.T) {
+func TestRedisCLI(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testRedisCLI(t, f) })
+	}
+}
+
+func testRedisCLI(t *testing.T, f front) {
 	cli := lookTool(t, "redis-cli", "redis-tools")
 	const trials = 30
 	scenarios := []struct {
@@ -170,7 +176,7 @@ func TestForwardRedisCLI(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel() // each on its own pool; a redis-cli process takes tens of ms to start
 			pool := "cli-" + sc.name
-			addr, stop := ts.startForward(t, pool)
+			addr, stop := f.open(t, ts, pool)
 			admin := dialRedisAdmin(t, redis)
 			for trial := range trials {
 				idA := runClientA(t, cli, addr, admin, "CLIENT ID\n"+sc.a, sc.aOut, sc.blocked, sc.mayExit)
@@ -208,9 +214,7 @@ func TestForwardRedisCLI(t *testing.T) {
 						st.GetCreated(), st.GetReused(), st.GetCloses(), trials+1, trials-1, trials)
 				}
 			}
-			if r := stop(); r.code != 0 {
-				t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
-			}
+			stop()
 		})
 	}
 }
@@ -305,26 +309,35 @@ func redisBenchmark(t testing.TB, bin, addr string, args ...string) string {
 	return string(out)
 }
 
-// TestForwardRedisBenchmark: the real redis-benchmark, 50 clients at once,
-// through forward on a REDIS pool of up to 64 connections, twice. Every
-// benchmark client is a lease. redis-benchmark closes its 50 SET clients
-// and opens 50 GET clients at once; a connection still being reset when a
-// new client leases is not idle, so the pool may dial a few more than 50
-// (up to its limit): the second run must be served by the first run's
-// connections, give or take those few. Connections are counted by dials:
-// created counts only the acquires a new connection served.
-func TestForwardRedisBenchmark(t *testing.T) {
+// TestRedisBenchmark: the real redis-benchmark, 50 clients at once,
+// through each front on a REDIS pool of up to 64 connections. Every
+// benchmark client is a lease. The first run warms the pool up with SET
+// then GET: redis-benchmark closes its 50 SET clients and opens 50 GET
+// clients at once, and a connection still being reset when a new client
+// leases is not idle, so the pool may dial a few more than 50 (up to its
+// limit). The second run, GET alone, starts with every connection idle:
+// it is served by the first run's connections, but for the one
+// redis-benchmark's CONFIG GET connection may leave in its reset as the
+// 50 clients arrive. Connections are counted by dials: created counts only
+// the acquires a new connection served.
+func TestRedisBenchmark(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testRedisBenchmark(t, f) })
+	}
+}
+
+func testRedisBenchmark(t *testing.T, f front) {
 	bench := lookTool(t, "redis-benchmark", "redis-tools")
 	ts := startServer(t)
 	redis := testkit.Redis(t)
 	ts.ok(t, "pools:\n- id: bench\n  endpoints: ["+redis+"]\n  protocol: redis\n  limits: {max_connections: 64, acquire_timeout: 10s}\n", "apply", "-f", "-")
-	addr, stop := ts.startForward(t, "bench")
+	addr, stop := f.open(t, ts, "bench")
 	const clients, maxConns = 50, 64
 	var dials [2]uint64 // upstream connections opened (created counts only the acquires a new one served)
 	var st *poolv1.PoolStats
-	for run := range 2 {
-		out := redisBenchmark(t, bench, addr, "-c", strconv.Itoa(clients), "-n", "4000", "-t", "set,get", "-q")
-		for _, test := range []string{"SET", "GET"} {
+	for run, tests := range [][]string{{"SET", "GET"}, {"GET"}} {
+		out := redisBenchmark(t, bench, addr, "-c", strconv.Itoa(clients), "-n", "4000", "-t", strings.ToLower(strings.Join(tests, ",")), "-q")
+		for _, test := range tests {
 			if !regexp.MustCompile(`(?m)^` + test + `: [0-9.]+ requests per second`).MatchString(strings.ReplaceAll(out, "\r", "\n")) {
 				t.Fatalf("run %d: no %s result:\n%s", run, test, out)
 			}
@@ -342,23 +355,27 @@ func TestForwardRedisBenchmark(t *testing.T) {
 				run, dials[run], st.GetDialFailures(), st.GetIdle(), st.GetCloses(), clients, maxConns)
 		}
 	}
-	if more := dials[1] - dials[0]; more > clients/5 {
-		t.Fatalf("the second run dialled %d more connections; want it served by the first run's %d", more, dials[0])
+	if more := dials[1] - dials[0]; more > 1 {
+		t.Fatalf("the second run dialled %d more connections; want it served by the first run's %d (and at most one more)", more, dials[0])
 	}
 	if st.GetReused() < clients {
 		t.Fatalf("after two runs: %d leases reused a connection, want at least %d", st.GetReused(), clients)
 	}
-	if r := stop(); r.code != 0 {
-		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
-	}
+	stop()
 }
 
-// TestForwardCurlKeepAlive: the real curl, fetching one URL 10 times over
-// one keep-alive connection, through forward on an HTTP1 pool of one
+// TestCurlKeepAlive: the real curl, fetching one URL 10 times over
+// one keep-alive connection, through each front on an HTTP1 pool of one
 // connection to nginx, several times in a row. Every body is right, each
 // curl opens one local connection (one lease), and nginx serves every
 // request of every run on the same connection: the pool reused it.
-func TestForwardCurlKeepAlive(t *testing.T) {
+func TestCurlKeepAlive(t *testing.T) {
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) { testCurlKeepAlive(t, f) })
+	}
+}
+
+func testCurlKeepAlive(t *testing.T, f front) {
 	curl := lookTool(t, "curl", "curl")
 	root := t.TempDir()
 	const body = "hello from nginx"
@@ -368,7 +385,7 @@ func TestForwardCurlKeepAlive(t *testing.T) {
 	web := testkit.Nginx(t, root, "add_header X-Conn $connection always;")
 	ts := startServer(t)
 	ts.ok(t, "pools:\n- id: web\n  endpoints: ["+web+"]\n  protocol: http1\n  limits: {max_connections: 1, acquire_timeout: 10s}\n", "apply", "-f", "-")
-	addr, stop := ts.startForward(t, "web")
+	addr, stop := f.open(t, ts, "web")
 	const runs, fetches = 5, 10
 	url := "http://" + addr + "/small.txt"
 	args := []string{"-s", "--fail", "--max-time", "20", "-w", " %{http_code} %{num_connects} %header{x-conn}\n"}
@@ -417,7 +434,5 @@ func TestForwardCurlKeepAlive(t *testing.T) {
 		t.Fatalf("after %d curl runs: dials %d created %d reused %d acquires %d closes %v; want 1, 1, %d, %d, none",
 			runs, st.GetDials(), st.GetCreated(), st.GetReused(), st.GetAcquires(), st.GetCloses(), runs-1, runs)
 	}
-	if r := stop(); r.code != 0 {
-		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
-	}
+	stop()
 }

@@ -259,7 +259,7 @@ func yesNo(b bool) string {
 // poolTable writes pools as list does.
 func poolTable(w io.Writer, pools []*poolv1.Pool) error {
 	now := time.Now()
-	t := newTable(w, "NAME", "STATE", "ENDPOINTS", "TLS", "PROTOCOL", "MAX", "MIN_IDLE", "GENERATION", "REVISION", "AGE")
+	t := newTable(w, "NAME", "STATE", "ENDPOINTS", "TLS", "PROTOCOL", "MAX", "MIN_IDLE", "LISTENERS", "GENERATION", "REVISION", "AGE")
 	for _, p := range pools {
 		max := "10"
 		if v := p.GetLimits().GetMaxConnections(); v != 0 {
@@ -267,9 +267,21 @@ func poolTable(w io.Writer, pools []*poolv1.Pool) error {
 		}
 		t.row(p.GetName(), stateString(p.GetState()), strings.Join(p.GetEndpoints(), ","),
 			yesNo(p.GetTls().GetEnabled()), protocolString(p.GetProtocol()), max, itoa(p.GetLimits().GetMinIdle()),
-			itoa(p.GetGeneration()), itoa(p.GetRevision()), ageString(p.GetCreateTime(), now))
+			listenerAddrs(p.GetListeners()), itoa(p.GetGeneration()), itoa(p.GetRevision()), ageString(p.GetCreateTime(), now))
 	}
 	return t.flush()
+}
+
+// listenerAddrs lists a pool's listener addresses, "-" for none.
+func listenerAddrs(ls []*poolv1.Listener) string {
+	if len(ls) == 0 {
+		return "-"
+	}
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = printable(l.GetAddress())
+	}
+	return strings.Join(out, ",")
 }
 
 // flatten returns the populated fields of m as dotted snake_case paths

@@ -165,7 +165,7 @@ func (r *redrawer) draw(w io.Writer, text string) error {
 // statsTable writes one row per pool.
 func statsTable(w io.Writer, stats []*poolv1.PoolStats) error {
 	t := newTable(w, "NAME", "STATE", "SERVING", "PROTOCOL", "GEN", "MAX", "TOTAL", "IN_USE", "IDLE", "DIALING", "WAITERS",
-		"ACQUIRES", "REUSED", "CREATED", "WAITS", "TIMEOUTS", "REJECTED", "DIAL_FAILURES", "CIRCUIT", "LAST_DIAL_ERROR")
+		"ACQUIRES", "REUSED", "CREATED", "WAITS", "TIMEOUTS", "REJECTED", "DIAL_FAILURES", "CIRCUIT", "LISTENERS", "LAST_DIAL_ERROR")
 	for _, s := range stats {
 		circuit := "closed"
 		if s.GetCircuitOpen() {
@@ -175,7 +175,25 @@ func statsTable(w io.Writer, stats []*poolv1.PoolStats) error {
 			itoa(s.GetMaxConnections()), itoa(s.GetTotal()), itoa(s.GetInUse()), itoa(s.GetIdle()),
 			itoa(s.GetDialing()), itoa(s.GetWaiters()), itoa(s.GetAcquires()), itoa(s.GetReused()),
 			itoa(s.GetCreated()), itoa(s.GetWaits()), itoa(s.GetTimeouts()), itoa(s.GetBacklogRejections()),
-			itoa(s.GetDialFailures()), circuit, s.GetLastDialError())
+			itoa(s.GetDialFailures()), circuit, listenersString(s.GetListeners()), s.GetLastDialError())
 	}
 	return t.flush()
+}
+
+// listenersString shows a pool's listeners in one column: each bound
+// address with its connections being served, or the address and why it
+// is not open; "-" for none.
+func listenersString(ls []*poolv1.ListenerStatus) string {
+	if len(ls) == 0 {
+		return "-"
+	}
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		if l.GetError() != "" {
+			out[i] = l.GetAddress() + " (not open: " + printable(l.GetError()) + ")"
+			continue
+		}
+		out[i] = fmt.Sprintf("%s (%d active)", l.GetBoundAddress(), l.GetActive())
+	}
+	return strings.Join(out, ", ")
 }

@@ -4,11 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
-	"syscall"
-	"time"
 
+	"github.com/poolplane/poolplane/internal/unixsock"
 	"github.com/poolplane/poolplane/poolmgr"
 )
 
@@ -114,57 +112,12 @@ func checkMetricsListen(o options) (metricsExposure, error) {
 		"and --tls-client-ca (scrapers then present a client certificate), listen on 127.0.0.1, or pass --insecure to accept the risk", o.metricsListen)}
 }
 
-// listen opens the gRPC listener: TCP, or a unix socket with mode 0660.
-func listen(addr string) (net.Listener, error) {
+// openAPIListener opens the gRPC listener: TCP, or a unix socket with mode 0660.
+func openAPIListener(addr string) (net.Listener, error) {
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if err := removeStaleSocket(path); err != nil {
-			return nil, err
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(path, 0o660); err != nil {
-			_ = ln.Close()
-			return nil, fmt.Errorf("chmod socket: %w", err)
-		}
-		return ln, nil
+		return unixsock.Listen(path, 0o660, "")
 	}
 	return net.Listen("tcp", addr)
-}
-
-// staleSocketDialTimeout bounds the probe of an existing socket.
-const staleSocketDialTimeout = time.Second
-
-// removeStaleSocket clears the way for a unix socket at path: nothing
-// there is fine; a socket nobody accepts on (connection refused: left by a
-// poold that did not exit cleanly) is removed. Anything else is refused and
-// left alone: a regular file, a directory, a symbolic link, or a socket
-// another process serves.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("unix socket %s: %w", path, err)
-	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("unix socket %s: the path exists and is not a socket (%v); poold removes only a stale socket: "+
-			"move it away or choose another path", path, fi.Mode().Type())
-	}
-	c, err := net.DialTimeout("unix", path, staleSocketDialTimeout)
-	if err == nil {
-		_ = c.Close() // a probe: nothing was sent
-		return fmt.Errorf("unix socket %s is in use by another process (another poold?)", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("unix socket %s: cannot tell whether it is stale: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	return nil
 }
 
 // checkExposure applies every exposure rule to the settings: --listen,

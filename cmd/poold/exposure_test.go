@@ -20,6 +20,7 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 
 	"github.com/poolplane/poolplane/internal/testkit"
+	"github.com/poolplane/poolplane/internal/unixsock"
 )
 
 func TestCheckAllowUpstream(t *testing.T) {
@@ -234,7 +235,7 @@ func TestPooldUnixSocketRemovesOnlyStaleSockets(t *testing.T) {
 	}
 	sl.SetUnlinkOnClose(false)
 	sl.Close()
-	if err := removeStaleSocket(stale); err != nil {
+	if err := unixsock.RemoveStale(stale); err != nil {
 		t.Fatalf("a stale socket: %v", err)
 	}
 	if _, err := os.Lstat(stale); !os.IsNotExist(err) {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/poolplane/poolplane/internal/version"
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/relay/listen"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store/etcdstore"
 )
@@ -23,7 +26,13 @@ import (
 // the security around it, the gRPC and metrics listeners, then the
 // graceful shutdown.
 func serve(ctx context.Context, o options, logger *slog.Logger, onStart started) error {
-	c, err := openCore(ctx, o, logger)
+	sec, err := openSecurity(o, logger)
+	if err != nil {
+		return err
+	}
+	defer sec.close()
+
+	c, err := openCore(ctx, o, sec, logger)
 	if err != nil {
 		return err
 	}
@@ -33,12 +42,6 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newPoolCollector(c.mgr))
 	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(rpcMetrics)
-
-	sec, err := openSecurity(o, logger)
-	if err != nil {
-		return err
-	}
-	defer sec.close()
 
 	gs, srv, err := server.New(server.Config{
 		Manager:              c.mgr,
@@ -56,7 +59,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	}
 	rpcMetrics.InitializeMetrics(gs)
 
-	ln, err := listen(o.listen)
+	ln, err := openAPIListener(o.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -94,7 +97,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	}
 	stopHealth()
 	<-healthDone
-	shutdown(gs, srv, o.shutdownGrace, logger)
+	shutdown(gs, srv, c.listeners, o.shutdownGrace, logger)
 	ms.stop(logger)
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)
@@ -111,11 +114,13 @@ type core struct {
 	shared  bool   // the store is shared with other replicas
 	members *etcdstore.Membership
 	mgr     *poolmgr.Manager
+	// listeners serves the pools' local listeners, opened by Load.
+	listeners *listen.Host
 }
 
 // openCore opens the store, joins the replica set of a shared store and
 // loads every pool before poold serves.
-func openCore(ctx context.Context, o options, logger *slog.Logger) (_ *core, err error) {
+func openCore(ctx context.Context, o options, sec *security, logger *slog.Logger) (_ *core, err error) {
 	warn := func(msg string) { logger.Warn(msg) }
 	c := &core{shared: o.store != "bolt"}
 	if c.st, c.where, err = openStore(ctx, o, warn); err != nil {
@@ -154,9 +159,14 @@ func openCore(ctx context.Context, o options, logger *slog.Logger) (_ *core, err
 	if len(o.allowUpstream) == 0 {
 		logger.Info("no --allow-upstream: pools may reach any upstream but link-local and metadata addresses (the default of a loopback or unix:// --listen)")
 	}
+	if c.listeners, err = listen.New(listen.Config{Logger: logger, TLS: sec.listenerTLS, Authorize: sec.authorizeLease}); err != nil {
+		return nil, err
+	}
+	mcfg.Listeners = c.listeners
 	if c.mgr, err = poolmgr.NewManager(mcfg); err != nil {
 		return nil, err
 	}
+	c.listeners.SetPools(c.mgr)
 	loadCtx, cancelLoad := context.WithTimeout(ctx, storeLoadTimeout)
 	err = c.mgr.Load(loadCtx)
 	cancelLoad()
@@ -169,6 +179,9 @@ func openCore(ctx context.Context, o options, logger *slog.Logger) (_ *core, err
 // close closes the pools, leaves the replica set and closes the store, in
 // that order.
 func (c *core) close() {
+	if c.listeners != nil {
+		c.listeners.Close()
+	}
 	if c.mgr != nil {
 		_ = c.mgr.Close()
 	}
@@ -184,7 +197,11 @@ type security struct {
 	auth     *server.Authenticator // nil without --auth-file
 	certs    *certReloader         // nil without --tls-cert
 	grpcOpts []grpc.ServerOption
-	w        *watcher
+	// listenerTLS serves pool listeners with tls: the gRPC listener's
+	// certificate, client certificates required (nil without
+	// --tls-client-ca).
+	listenerTLS *tls.Config
+	w           *watcher
 }
 
 func openSecurity(o options, logger *slog.Logger) (*security, error) {
@@ -209,6 +226,10 @@ func openSecurity(o options, logger *slog.Logger) (*security, error) {
 			return nil, err
 		}
 		sec.grpcOpts = append(sec.grpcOpts, grpc.Creds(credentials.NewTLS(tcfg)))
+		if o.tlsClientCA != "" {
+			sec.listenerTLS = tcfg.Clone()
+			sec.listenerTLS.ClientAuth = tls.RequireAndVerifyClientCert
+		}
 		sec.w.items = append(sec.w.items, reloadable{name: "TLS certificate " + o.tlsCert, files: []string{o.tlsCert, o.tlsKey}, reload: sec.certs.reload})
 	}
 	if o.insecure && (o.tlsCert == "" || o.authFile == "") {
@@ -219,6 +240,16 @@ func openSecurity(o options, logger *slog.Logger) (*security, error) {
 		sec.w.start()
 	}
 	return sec, nil
+}
+
+// authorizeLease decides whether the client of a pool listener with tls
+// may lease pool id: the principal --auth-file maps its certificate to,
+// or, without an auth file, any certificate --tls-client-ca verified.
+func (sec *security) authorizeLease(cert *x509.Certificate, id string) (string, error) {
+	if sec.auth == nil {
+		return cert.Subject.String(), nil
+	}
+	return sec.auth.AuthorizeLease(cert, id)
 }
 
 // close stops the reload watcher.
@@ -232,29 +263,46 @@ func (sec *security) close() {
 // the grace period, then ends what is left: each lease with
 // END_REASON_SHUTDOWN, and streams that do not end within endLeasesWait
 // are cut. It returns once every relay goroutine has exited.
-func shutdown(gs *grpc.Server, srv *server.Services, grace time.Duration, logger *slog.Logger) {
+func shutdown(gs *grpc.Server, srv *server.Services, lh *listen.Host, grace time.Duration, logger *slog.Logger) {
 	srv.Health.Shutdown()
 	srv.Lease.Shutdown()
+	lh.Shutdown()
 	stopped := make(chan struct{})
 	go func() {
 		gs.GracefulStop()
 		close(stopped)
 	}()
+	idle := make(chan struct{}) // the pool listeners' connections are gone
+	go func() {
+		lh.Wait()
+		close(idle)
+	}()
 	timer := time.NewTimer(grace)
-	select {
-	case <-stopped:
-		timer.Stop()
-	case <-timer.C:
-		logger.Warn("grace period over: ending the remaining leases")
-		ectx, cancel := context.WithTimeout(context.Background(), endLeasesWait)
-		srv.Lease.EndLeases(ectx)
+	defer timer.Stop()
+	for stopped != nil || idle != nil {
 		select {
 		case <-stopped:
-		case <-ectx.Done():
-			gs.Stop()
-			<-stopped
+			stopped = nil
+			continue
+		case <-idle:
+			idle = nil
+			continue
+		case <-timer.C:
+		}
+		logger.Warn("grace period over: ending the remaining leases")
+		ectx, cancel := context.WithTimeout(context.Background(), endLeasesWait)
+		lh.EndLeases(ectx)
+		srv.Lease.EndLeases(ectx)
+		if stopped != nil {
+			select {
+			case <-stopped:
+			case <-ectx.Done():
+				gs.Stop()
+				<-stopped
+			}
 		}
 		cancel()
+		break
 	}
 	srv.Lease.Wait()
 }

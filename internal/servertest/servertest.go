@@ -14,6 +14,7 @@ import (
 
 	"github.com/poolplane/poolplane/internal/servertest/harness"
 	"github.com/poolplane/poolplane/poolmgr"
+	"github.com/poolplane/poolplane/relay/listen"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
 )
@@ -28,6 +29,8 @@ type Options struct {
 	GRPC     []grpc.ServerOption          // passed to server.New
 	Register func(*grpc.Server)           // extra services, before Serve
 	Unix     bool                         // serve on a Unix socket instead of TCP
+	// Listeners serves the pools' local listeners (Server.Listeners).
+	Listeners bool
 }
 
 // Server is a running in-process server.
@@ -37,6 +40,9 @@ type Server struct {
 	GRPC     *grpc.Server
 	// Addr is the address a client dials: host:port, or unix:///path.
 	Addr string
+	// Listeners serves the pools' local listeners; nil without
+	// Options.Listeners.
+	Listeners *listen.Host
 }
 
 // Start opens the store, loads the Manager and serves. The test's cleanup
@@ -48,7 +54,21 @@ func Start(t testing.TB, o Options) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	mgr := harness.Manager(t, o.Store, logger, o.Manager)
+	mod := o.Manager
+	var lh *listen.Host
+	if o.Listeners {
+		lh = harness.Listeners(t, logger)
+		mod = func(mc *poolmgr.ManagerConfig) {
+			mc.Listeners = lh
+			if o.Manager != nil {
+				o.Manager(mc)
+			}
+		}
+	}
+	mgr := harness.Manager(t, o.Store, logger, mod)
+	if lh != nil {
+		harness.ServeListeners(t, lh, mgr)
+	}
 	cfg := server.Config{Manager: mgr, Logger: logger}
 	if o.Server != nil {
 		o.Server(&cfg)
@@ -60,5 +80,5 @@ func Start(t testing.TB, o Options) *Server {
 	if o.Register != nil {
 		o.Register(gs)
 	}
-	return &Server{Manager: mgr, Services: svc, GRPC: gs, Addr: harness.Serve(t, gs, svc.Lease, o.Unix)}
+	return &Server{Manager: mgr, Services: svc, GRPC: gs, Addr: harness.Serve(t, gs, svc.Lease, o.Unix), Listeners: lh}
 }

@@ -346,6 +346,9 @@ type Config struct {
 	Redis RedisSetup `field:"redis"`
 	// Postgres is the setup of a POSTGRES pool.
 	Postgres PostgresSetup `field:"postgres"`
+	// Listeners are the local addresses the pool is served on. No effect
+	// on the engine.
+	Listeners []Listener `field:"listeners"`
 	// Labels are free-form key/value pairs for operators.
 	Labels map[string]string `field:"labels"`
 }
@@ -577,6 +580,8 @@ func (c Config) Validate() error {
 			bad("tls", "%v", err)
 		}
 	}
+
+	validateListeners(c.Listeners, bad)
 
 	if len(c.Labels) > 64 {
 		bad("labels", "at most 64 labels, got %d", len(c.Labels))

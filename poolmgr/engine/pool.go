@@ -241,6 +241,7 @@ func NewFencedPool(name string, cfg Config, env Env, f Fence) (*Pool, error) {
 func cloneConfig(c Config) Config {
 	c.Endpoints = slices.Clone(c.Endpoints)
 	c.Labels = maps.Clone(c.Labels)
+	c.Listeners = slices.Clone(c.Listeners)
 	c.Postgres.Params = maps.Clone(c.Postgres.Params)
 	return c
 }
@@ -779,4 +780,12 @@ type Stats struct {
 	// WaitTime observes every successful acquire (0 on an idle hit),
 	// DialTime every successful dial, HoldTime every ended lease.
 	WaitTime, DialTime, HoldTime Histogram
+}
+
+// Protocol returns the pool's protocol handler: nil for RAW. Safe for
+// concurrent use.
+func (p *Pool) Protocol() protocol.Handler {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.handler
 }

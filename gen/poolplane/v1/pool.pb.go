@@ -500,6 +500,16 @@ type Pool struct {
 	// required with it. A change of a connection field bumps the generation;
 	// reset_query and close_open_transactions take effect at the next release.
 	Postgres *PostgresSetup `protobuf:"bytes,14,opt,name=postgres,proto3" json:"postgres,omitempty"`
+	// Local listeners that serve the pool to programs in any language, in one
+	// hop: each accepted connection is a lease of the pool, with the same
+	// limits, waiters, timeouts, protocol awareness, stats, ListLeases entries,
+	// revocation and drain as a Lease stream. At most 16; no address twice,
+	// and none served by another pool. A listener that cannot be opened fails
+	// the write, naming its address (a replica that follows the change
+	// reports it in PoolStats.listeners instead). Takes effect at once:
+	// listeners added are opened, those removed are closed (their
+	// connections go on until they end).
+	Listeners []*Listener `protobuf:"bytes,15,rep,name=listeners,proto3" json:"listeners,omitempty"`
 	// Output only. The lifecycle state: ACTIVE, PAUSED or DRAINING, changed
 	// with DrainPool, PausePool and ResumePool.
 	State PoolState `protobuf:"varint,20,opt,name=state,proto3,enum=poolplane.v1.PoolState" json:"state,omitempty"`
@@ -650,6 +660,13 @@ func (x *Pool) GetPostgres() *PostgresSetup {
 	return nil
 }
 
+func (x *Pool) GetListeners() []*Listener {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
 func (x *Pool) GetState() PoolState {
 	if x != nil {
 		return x.State
@@ -690,6 +707,89 @@ func (x *Pool) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+// Listener is one local address a pool is served on.
+type Listener struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "host:port" for TCP, where host is an IP address or "localhost" (port 0
+	// picks a free port: PoolStats.listeners shows the one bound), or
+	// "unix:///absolute/path" for a Unix socket (an existing path is replaced
+	// only if it is a socket no one listens on). A TCP address other than
+	// loopback needs tls. Required.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Unix sockets only: the socket file's permission bits, as chmod takes
+	// them (0660 is 432). Default 0660; range 0..0777.
+	Mode uint32 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"`
+	// Unix sockets only: the group (name or numeric id) the socket file is
+	// given, so its members may connect. Default: poold's group.
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// Serve TLS with poold's own certificate (--tls-cert) and require a client
+	// certificate verified by --tls-client-ca and mapped by --auth-file to a
+	// principal allowed to lease the pool (role client, operator or admin,
+	// and the pool within its pool patterns). Required on an address that is
+	// not loopback; not for Unix sockets. Default false.
+	Tls           bool `protobuf:"varint,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Listener) Reset() {
+	*x = Listener{}
+	mi := &file_poolplane_v1_pool_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Listener) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Listener) ProtoMessage() {}
+
+func (x *Listener) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_pool_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Listener.ProtoReflect.Descriptor instead.
+func (*Listener) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Listener) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Listener) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *Listener) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Listener) GetTls() bool {
+	if x != nil {
+		return x.Tls
+	}
+	return false
 }
 
 // UpstreamTLS configures TLS (minimum TLS 1.2) and mTLS to the upstream.
@@ -737,7 +837,7 @@ type UpstreamTLS struct {
 
 func (x *UpstreamTLS) Reset() {
 	*x = UpstreamTLS{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[1]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +849,7 @@ func (x *UpstreamTLS) String() string {
 func (*UpstreamTLS) ProtoMessage() {}
 
 func (x *UpstreamTLS) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[1]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +862,7 @@ func (x *UpstreamTLS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamTLS.ProtoReflect.Descriptor instead.
 func (*UpstreamTLS) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{1}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UpstreamTLS) GetEnabled() bool {
@@ -853,7 +953,7 @@ type RedisSetup struct {
 
 func (x *RedisSetup) Reset() {
 	*x = RedisSetup{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +965,7 @@ func (x *RedisSetup) String() string {
 func (*RedisSetup) ProtoMessage() {}
 
 func (x *RedisSetup) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[2]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +978,7 @@ func (x *RedisSetup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedisSetup.ProtoReflect.Descriptor instead.
 func (*RedisSetup) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{2}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RedisSetup) GetUsername() string {
@@ -976,7 +1076,7 @@ type PostgresSetup struct {
 
 func (x *PostgresSetup) Reset() {
 	*x = PostgresSetup{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1088,7 @@ func (x *PostgresSetup) String() string {
 func (*PostgresSetup) ProtoMessage() {}
 
 func (x *PostgresSetup) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[3]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1101,7 @@ func (x *PostgresSetup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostgresSetup.ProtoReflect.Descriptor instead.
 func (*PostgresSetup) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{3}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PostgresSetup) GetDatabase() string {
@@ -1100,7 +1200,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1212,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[4]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1225,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{4}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Limits) GetMaxConnections() int32 {
@@ -1208,7 +1308,7 @@ type Lifecycle struct {
 
 func (x *Lifecycle) Reset() {
 	*x = Lifecycle{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1320,7 @@ func (x *Lifecycle) String() string {
 func (*Lifecycle) ProtoMessage() {}
 
 func (x *Lifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[5]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1333,7 @@ func (x *Lifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle.ProtoReflect.Descriptor instead.
 func (*Lifecycle) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{5}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Lifecycle) GetMaxLifetime() *durationpb.Duration {
@@ -1299,7 +1399,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_poolplane_v1_pool_proto_msgTypes[6]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1411,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_poolplane_v1_pool_proto_msgTypes[6]
+	mi := &file_poolplane_v1_pool_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1424,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{6}
+	return file_poolplane_v1_pool_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HealthCheck) GetKind() HealthCheckKind {
@@ -1359,7 +1459,7 @@ var File_poolplane_v1_pool_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\n" +
-	"\x17poolplane/v1/pool.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\b\n" +
+	"\x17poolplane/v1/pool.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\b\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x03(\tR\tendpoints\x12+\n" +
@@ -1377,7 +1477,8 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"\bprotocol\x18\v \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x12>\n" +
 	"\rreset_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\fresetTimeout\x12.\n" +
 	"\x05redis\x18\r \x01(\v2\x18.poolplane.v1.RedisSetupR\x05redis\x127\n" +
-	"\bpostgres\x18\x0e \x01(\v2\x1b.poolplane.v1.PostgresSetupR\bpostgres\x12-\n" +
+	"\bpostgres\x18\x0e \x01(\v2\x1b.poolplane.v1.PostgresSetupR\bpostgres\x124\n" +
+	"\tlisteners\x18\x0f \x03(\v2\x16.poolplane.v1.ListenerR\tlisteners\x12-\n" +
 	"\x05state\x18\x14 \x01(\x0e2\x17.poolplane.v1.PoolStateR\x05state\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x15 \x01(\x04R\n" +
@@ -1390,7 +1491,12 @@ const file_poolplane_v1_pool_proto_rawDesc = "" +
 	"updateTime\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
+	"\bListener\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12\x10\n" +
+	"\x03tls\x18\x04 \x01(\bR\x03tls\"\x8b\x02\n" +
 	"\vUpstreamTLS\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1f\n" +
 	"\vserver_name\x18\x02 \x01(\tR\n" +
@@ -1493,7 +1599,7 @@ func file_poolplane_v1_pool_proto_rawDescGZIP() []byte {
 }
 
 var file_poolplane_v1_pool_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_poolplane_v1_pool_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_poolplane_v1_pool_proto_goTypes = []any{
 	(LimitScope)(0),               // 0: poolplane.v1.LimitScope
 	(ReusePolicy)(0),              // 1: poolplane.v1.ReusePolicy
@@ -1503,52 +1609,54 @@ var file_poolplane_v1_pool_proto_goTypes = []any{
 	(PostgresSSLMode)(0),          // 5: poolplane.v1.PostgresSSLMode
 	(PoolState)(0),                // 6: poolplane.v1.PoolState
 	(*Pool)(nil),                  // 7: poolplane.v1.Pool
-	(*UpstreamTLS)(nil),           // 8: poolplane.v1.UpstreamTLS
-	(*RedisSetup)(nil),            // 9: poolplane.v1.RedisSetup
-	(*PostgresSetup)(nil),         // 10: poolplane.v1.PostgresSetup
-	(*Limits)(nil),                // 11: poolplane.v1.Limits
-	(*Lifecycle)(nil),             // 12: poolplane.v1.Lifecycle
-	(*HealthCheck)(nil),           // 13: poolplane.v1.HealthCheck
-	nil,                           // 14: poolplane.v1.Pool.LabelsEntry
-	nil,                           // 15: poolplane.v1.PostgresSetup.ParamsEntry
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*Listener)(nil),              // 8: poolplane.v1.Listener
+	(*UpstreamTLS)(nil),           // 9: poolplane.v1.UpstreamTLS
+	(*RedisSetup)(nil),            // 10: poolplane.v1.RedisSetup
+	(*PostgresSetup)(nil),         // 11: poolplane.v1.PostgresSetup
+	(*Limits)(nil),                // 12: poolplane.v1.Limits
+	(*Lifecycle)(nil),             // 13: poolplane.v1.Lifecycle
+	(*HealthCheck)(nil),           // 14: poolplane.v1.HealthCheck
+	nil,                           // 15: poolplane.v1.Pool.LabelsEntry
+	nil,                           // 16: poolplane.v1.PostgresSetup.ParamsEntry
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_poolplane_v1_pool_proto_depIdxs = []int32{
-	8,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
-	11, // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
-	12, // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
-	13, // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
-	16, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
+	9,  // 0: poolplane.v1.Pool.tls:type_name -> poolplane.v1.UpstreamTLS
+	12, // 1: poolplane.v1.Pool.limits:type_name -> poolplane.v1.Limits
+	13, // 2: poolplane.v1.Pool.lifecycle:type_name -> poolplane.v1.Lifecycle
+	14, // 3: poolplane.v1.Pool.health_check:type_name -> poolplane.v1.HealthCheck
+	17, // 4: poolplane.v1.Pool.dns_refresh:type_name -> google.protobuf.Duration
 	1,  // 5: poolplane.v1.Pool.reuse_policy:type_name -> poolplane.v1.ReusePolicy
 	2,  // 6: poolplane.v1.Pool.idle_order:type_name -> poolplane.v1.IdleOrder
-	14, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
+	15, // 7: poolplane.v1.Pool.labels:type_name -> poolplane.v1.Pool.LabelsEntry
 	4,  // 8: poolplane.v1.Pool.protocol:type_name -> poolplane.v1.Protocol
-	16, // 9: poolplane.v1.Pool.reset_timeout:type_name -> google.protobuf.Duration
-	9,  // 10: poolplane.v1.Pool.redis:type_name -> poolplane.v1.RedisSetup
-	10, // 11: poolplane.v1.Pool.postgres:type_name -> poolplane.v1.PostgresSetup
-	6,  // 12: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
-	17, // 13: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
-	17, // 14: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 15: poolplane.v1.PostgresSetup.ssl_mode:type_name -> poolplane.v1.PostgresSSLMode
-	15, // 16: poolplane.v1.PostgresSetup.params:type_name -> poolplane.v1.PostgresSetup.ParamsEntry
-	16, // 17: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
-	16, // 18: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
-	0,  // 19: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
-	16, // 20: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
-	16, // 21: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
-	16, // 22: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
-	16, // 23: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
-	16, // 24: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
-	16, // 25: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
-	3,  // 26: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
-	16, // 27: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	16, // 28: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	17, // 9: poolplane.v1.Pool.reset_timeout:type_name -> google.protobuf.Duration
+	10, // 10: poolplane.v1.Pool.redis:type_name -> poolplane.v1.RedisSetup
+	11, // 11: poolplane.v1.Pool.postgres:type_name -> poolplane.v1.PostgresSetup
+	8,  // 12: poolplane.v1.Pool.listeners:type_name -> poolplane.v1.Listener
+	6,  // 13: poolplane.v1.Pool.state:type_name -> poolplane.v1.PoolState
+	18, // 14: poolplane.v1.Pool.create_time:type_name -> google.protobuf.Timestamp
+	18, // 15: poolplane.v1.Pool.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 16: poolplane.v1.PostgresSetup.ssl_mode:type_name -> poolplane.v1.PostgresSSLMode
+	16, // 17: poolplane.v1.PostgresSetup.params:type_name -> poolplane.v1.PostgresSetup.ParamsEntry
+	17, // 18: poolplane.v1.Limits.acquire_timeout:type_name -> google.protobuf.Duration
+	17, // 19: poolplane.v1.Limits.dial_timeout:type_name -> google.protobuf.Duration
+	0,  // 20: poolplane.v1.Limits.scope:type_name -> poolplane.v1.LimitScope
+	17, // 21: poolplane.v1.Lifecycle.max_lifetime:type_name -> google.protobuf.Duration
+	17, // 22: poolplane.v1.Lifecycle.lifetime_jitter:type_name -> google.protobuf.Duration
+	17, // 23: poolplane.v1.Lifecycle.idle_timeout:type_name -> google.protobuf.Duration
+	17, // 24: poolplane.v1.Lifecycle.validate_after_idle:type_name -> google.protobuf.Duration
+	17, // 25: poolplane.v1.Lifecycle.max_lease_duration:type_name -> google.protobuf.Duration
+	17, // 26: poolplane.v1.Lifecycle.tcp_keepalive:type_name -> google.protobuf.Duration
+	3,  // 27: poolplane.v1.HealthCheck.kind:type_name -> poolplane.v1.HealthCheckKind
+	17, // 28: poolplane.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	17, // 29: poolplane.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_pool_proto_init() }
@@ -1562,7 +1670,7 @@ func file_poolplane_v1_pool_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_pool_proto_rawDesc), len(file_poolplane_v1_pool_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -246,7 +246,9 @@ type PoolStats struct {
 	// Time dials took, TLS handshake included.
 	DialTime *Histogram `protobuf:"bytes,41,opt,name=dial_time,json=dialTime,proto3" json:"dial_time,omitempty"`
 	// Time leases were held.
-	HoldTime      *Histogram `protobuf:"bytes,42,opt,name=hold_time,json=holdTime,proto3" json:"hold_time,omitempty"`
+	HoldTime *Histogram `protobuf:"bytes,42,opt,name=hold_time,json=holdTime,proto3" json:"hold_time,omitempty"`
+	// The pool's local listeners (Pool.listeners), in the order configured.
+	Listeners     []*ListenerStatus `protobuf:"bytes,50,rep,name=listeners,proto3" json:"listeners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -491,6 +493,13 @@ func (x *PoolStats) GetHoldTime() *Histogram {
 	return nil
 }
 
+func (x *PoolStats) GetListeners() []*ListenerStatus {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
 // Histogram has explicit buckets: counts[i] counts observations at most
 // bounds[i]; the last count is everything above the last bound.
 type Histogram struct {
@@ -565,6 +574,102 @@ func (x *Histogram) GetCount() uint64 {
 	return 0
 }
 
+// ListenerStatus is the state of one of a pool's local listeners on this
+// poold.
+type ListenerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The address as configured.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// The address bound: with port 0, the port chosen. Empty when the
+	// listener is not open.
+	BoundAddress string `protobuf:"bytes,2,opt,name=bound_address,json=boundAddress,proto3" json:"bound_address,omitempty"`
+	// Why the listener is not open on this poold (bind failed, for instance
+	// on a replica whose host has the port taken). Empty when it is open.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// Connections accepted since the listener opened.
+	Accepted uint64 `protobuf:"varint,4,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	// Connections accepted and refused (the pool could not lease: backlog
+	// full, acquire timeout, draining, not authorized), each told why in its
+	// protocol where it has one.
+	Refused uint64 `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Connections being served now.
+	Active        int32 `protobuf:"varint,6,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListenerStatus) Reset() {
+	*x = ListenerStatus{}
+	mi := &file_poolplane_v1_stats_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListenerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListenerStatus) ProtoMessage() {}
+
+func (x *ListenerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_poolplane_v1_stats_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListenerStatus.ProtoReflect.Descriptor instead.
+func (*ListenerStatus) Descriptor() ([]byte, []int) {
+	return file_poolplane_v1_stats_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListenerStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ListenerStatus) GetBoundAddress() string {
+	if x != nil {
+		return x.BoundAddress
+	}
+	return ""
+}
+
+func (x *ListenerStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ListenerStatus) GetAccepted() uint64 {
+	if x != nil {
+		return x.Accepted
+	}
+	return 0
+}
+
+func (x *ListenerStatus) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *ListenerStatus) GetActive() int32 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
 var File_poolplane_v1_stats_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_stats_proto_rawDesc = "" +
@@ -576,7 +681,7 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x125\n" +
 	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"G\n" +
 	"\x16WatchPoolStatsResponse\x12-\n" +
-	"\x05stats\x18\x01 \x03(\v2\x17.poolplane.v1.PoolStatsR\x05stats\"\xca\b\n" +
+	"\x05stats\x18\x01 \x03(\v2\x17.poolplane.v1.PoolStatsR\x05stats\"\x86\t\n" +
 	"\tPoolStats\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12-\n" +
@@ -610,7 +715,8 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"\tbytes_out\x18\x1e \x01(\x04R\bbytesOut\x12:\n" +
 	"\facquire_wait\x18( \x01(\v2\x17.poolplane.v1.HistogramR\vacquireWait\x124\n" +
 	"\tdial_time\x18) \x01(\v2\x17.poolplane.v1.HistogramR\bdialTime\x124\n" +
-	"\thold_time\x18* \x01(\v2\x17.poolplane.v1.HistogramR\bholdTime\x1a9\n" +
+	"\thold_time\x18* \x01(\v2\x17.poolplane.v1.HistogramR\bholdTime\x12:\n" +
+	"\tlisteners\x182 \x03(\v2\x1c.poolplane.v1.ListenerStatusR\tlisteners\x1a9\n" +
 	"\vClosesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"c\n" +
@@ -618,7 +724,14 @@ const file_poolplane_v1_stats_proto_rawDesc = "" +
 	"\x06bounds\x18\x01 \x03(\x01R\x06bounds\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x10\n" +
 	"\x03sum\x18\x03 \x01(\x01R\x03sum\x12\x14\n" +
-	"\x05count\x18\x04 \x01(\x04R\x05count2\xb9\x01\n" +
+	"\x05count\x18\x04 \x01(\x04R\x05count\"\xb3\x01\n" +
+	"\x0eListenerStatus\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12#\n" +
+	"\rbound_address\x18\x02 \x01(\tR\fboundAddress\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1a\n" +
+	"\baccepted\x18\x04 \x01(\x04R\baccepted\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\x04R\arefused\x12\x16\n" +
+	"\x06active\x18\x06 \x01(\x05R\x06active2\xb9\x01\n" +
 	"\fStatsService\x12J\n" +
 	"\fGetPoolStats\x12!.poolplane.v1.GetPoolStatsRequest\x1a\x17.poolplane.v1.PoolStats\x12]\n" +
 	"\x0eWatchPoolStats\x12#.poolplane.v1.WatchPoolStatsRequest\x1a$.poolplane.v1.WatchPoolStatsResponse0\x01B8Z6github.com/poolplane/poolplane/gen/poolplane/v1;poolv1b\x06proto3"
@@ -635,38 +748,40 @@ func file_poolplane_v1_stats_proto_rawDescGZIP() []byte {
 	return file_poolplane_v1_stats_proto_rawDescData
 }
 
-var file_poolplane_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_poolplane_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_poolplane_v1_stats_proto_goTypes = []any{
 	(*GetPoolStatsRequest)(nil),    // 0: poolplane.v1.GetPoolStatsRequest
 	(*WatchPoolStatsRequest)(nil),  // 1: poolplane.v1.WatchPoolStatsRequest
 	(*WatchPoolStatsResponse)(nil), // 2: poolplane.v1.WatchPoolStatsResponse
 	(*PoolStats)(nil),              // 3: poolplane.v1.PoolStats
 	(*Histogram)(nil),              // 4: poolplane.v1.Histogram
-	nil,                            // 5: poolplane.v1.PoolStats.ClosesEntry
-	(*durationpb.Duration)(nil),    // 6: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 7: google.protobuf.Timestamp
-	(PoolState)(0),                 // 8: poolplane.v1.PoolState
-	(Protocol)(0),                  // 9: poolplane.v1.Protocol
+	(*ListenerStatus)(nil),         // 5: poolplane.v1.ListenerStatus
+	nil,                            // 6: poolplane.v1.PoolStats.ClosesEntry
+	(*durationpb.Duration)(nil),    // 7: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 8: google.protobuf.Timestamp
+	(PoolState)(0),                 // 9: poolplane.v1.PoolState
+	(Protocol)(0),                  // 10: poolplane.v1.Protocol
 }
 var file_poolplane_v1_stats_proto_depIdxs = []int32{
-	6,  // 0: poolplane.v1.WatchPoolStatsRequest.interval:type_name -> google.protobuf.Duration
+	7,  // 0: poolplane.v1.WatchPoolStatsRequest.interval:type_name -> google.protobuf.Duration
 	3,  // 1: poolplane.v1.WatchPoolStatsResponse.stats:type_name -> poolplane.v1.PoolStats
-	7,  // 2: poolplane.v1.PoolStats.time:type_name -> google.protobuf.Timestamp
-	8,  // 3: poolplane.v1.PoolStats.state:type_name -> poolplane.v1.PoolState
-	9,  // 4: poolplane.v1.PoolStats.protocol:type_name -> poolplane.v1.Protocol
-	5,  // 5: poolplane.v1.PoolStats.closes:type_name -> poolplane.v1.PoolStats.ClosesEntry
+	8,  // 2: poolplane.v1.PoolStats.time:type_name -> google.protobuf.Timestamp
+	9,  // 3: poolplane.v1.PoolStats.state:type_name -> poolplane.v1.PoolState
+	10, // 4: poolplane.v1.PoolStats.protocol:type_name -> poolplane.v1.Protocol
+	6,  // 5: poolplane.v1.PoolStats.closes:type_name -> poolplane.v1.PoolStats.ClosesEntry
 	4,  // 6: poolplane.v1.PoolStats.acquire_wait:type_name -> poolplane.v1.Histogram
 	4,  // 7: poolplane.v1.PoolStats.dial_time:type_name -> poolplane.v1.Histogram
 	4,  // 8: poolplane.v1.PoolStats.hold_time:type_name -> poolplane.v1.Histogram
-	0,  // 9: poolplane.v1.StatsService.GetPoolStats:input_type -> poolplane.v1.GetPoolStatsRequest
-	1,  // 10: poolplane.v1.StatsService.WatchPoolStats:input_type -> poolplane.v1.WatchPoolStatsRequest
-	3,  // 11: poolplane.v1.StatsService.GetPoolStats:output_type -> poolplane.v1.PoolStats
-	2,  // 12: poolplane.v1.StatsService.WatchPoolStats:output_type -> poolplane.v1.WatchPoolStatsResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	5,  // 9: poolplane.v1.PoolStats.listeners:type_name -> poolplane.v1.ListenerStatus
+	0,  // 10: poolplane.v1.StatsService.GetPoolStats:input_type -> poolplane.v1.GetPoolStatsRequest
+	1,  // 11: poolplane.v1.StatsService.WatchPoolStats:input_type -> poolplane.v1.WatchPoolStatsRequest
+	3,  // 12: poolplane.v1.StatsService.GetPoolStats:output_type -> poolplane.v1.PoolStats
+	2,  // 13: poolplane.v1.StatsService.WatchPoolStats:output_type -> poolplane.v1.WatchPoolStatsResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_poolplane_v1_stats_proto_init() }
@@ -681,7 +796,7 @@ func file_poolplane_v1_stats_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poolplane_v1_stats_proto_rawDesc), len(file_poolplane_v1_stats_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
