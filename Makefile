@@ -25,8 +25,8 @@ POOLBENCH := cmd/poolbench
 # lease wire layout, the SDK, a module that consumes only the SDK, the root
 # (server, CLI), the benchmark harness and the deployment kit (the image
 # builder and the tests of the manifests and the systemd unit, whose
-# container and Kubernetes requirements stay out of every other go.mod). Leaves first: tidy reads the
-# go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
+# container and Kubernetes requirements stay out of every other go.mod).
+# Leaves first: tidy reads the go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
 # PKGS as the package pattern; `make test MODULES=client` narrows it down.
 MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH) deploy
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
@@ -93,10 +93,12 @@ build:
 	cd $(POOLBENCH) && $(GO) build -trimpath -o ../../bin/ .
 
 ## image: the container image, built without a container engine or a registry (deploy/image):
-## bin/poolplane-image (an OCI image layout, for skopeo/crane/podman) and bin/poolplane-image.tar (docker load).
+## bin/poolplane-image (an OCI image layout, for skopeo/crane/podman) and bin/poolplane-image.tar (docker load),
+## its time the last commit's, so the same checkout gives the same digest.
 image:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/static/ ./cmd/poold ./cmd/poolctl
-	cd deploy && $(GO) run ./image -bin ../bin/static -version '$(VERSION)' -ref '$(IMAGE):$(or $(VERSION),latest)' \
+	cd deploy && SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)} \
+		$(GO) run ./image -bin ../bin/static -version '$(VERSION)' -revision '$(COMMIT)' -ref '$(IMAGE):$(or $(VERSION),latest)' \
 		-o ../bin/poolplane-image -tar ../bin/poolplane-image.tar
 
 ## tools: bin/grpcurl, pinned in tools/go.mod, for the README's tour.

@@ -46,6 +46,7 @@ type Config struct {
 	CABundle       string // PEM file for CABundlePath, or ""
 	Ref            string // name:tag, for labels
 	Version        string // for the version label, or ""
+	Revision       string // for the revision label, or ""
 	Arch           string // GOARCH of the binaries
 	Created        time.Time
 }
@@ -113,6 +114,9 @@ func Build(cfg Config) (v1.Image, error) {
 	}
 	if cfg.Version != "" {
 		labels["org.opencontainers.image.version"] = cfg.Version
+	}
+	if cfg.Revision != "" {
+		labels["org.opencontainers.image.revision"] = cfg.Revision
 	}
 	cf.Config = v1.Config{
 		User:       fmt.Sprintf("%d:%d", UID, UID),

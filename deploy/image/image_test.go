@@ -28,8 +28,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// testVersion is the version the test stamps, as make build does.
-const testVersion = "v0.0.0-imagetest"
+// testVersion and testCommit are what the test stamps, as make build does.
+const (
+	testVersion = "v0.0.0-imagetest"
+	testCommit  = "0123456789abcdef0123456789abcdef01234567"
+)
 
 // buildStatic builds static poold and poolctl into dir, stamped with
 // testVersion as `make build` stamps them.
@@ -40,7 +43,7 @@ func buildStatic(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	const pkg = "github.com/poolplane/poolplane/internal/version"
-	args := []string{"build", "-trimpath", "-ldflags", "-X " + pkg + ".Version=" + testVersion + " -X " + pkg + ".Commit=0123456789abcdef",
+	args := []string{"build", "-trimpath", "-ldflags", "-X " + pkg + ".Version=" + testVersion + " -X " + pkg + ".Commit=" + testCommit,
 		"-o", dir + "/", "./cmd/poold", "./cmd/poolctl"}
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
@@ -68,7 +71,7 @@ func TestImage(t *testing.T) {
 
 	cfg := Config{
 		Poold: filepath.Join(bin, "poold"), Poolctl: filepath.Join(bin, "poolctl"),
-		Ref: "example.test/poolplane/poold:" + testVersion, Version: testVersion,
+		Ref: "example.test/poolplane/poold:" + testVersion, Version: testVersion, Revision: testCommit,
 		Arch: runtime.GOARCH, Created: time.Unix(1700000000, 0).UTC(),
 	}
 	img, err := Build(cfg)
@@ -148,8 +151,8 @@ func checkConfig(t *testing.T, cf *v1.ConfigFile) {
 	if !slices.Contains(c.Env, "POOLPLANE_DATA_DIR="+DataDir) {
 		t.Errorf("Env %q lacks POOLPLANE_DATA_DIR=%s", c.Env, DataDir)
 	}
-	if c.Labels["org.opencontainers.image.version"] != testVersion {
-		t.Errorf("version label %q, want %q", c.Labels["org.opencontainers.image.version"], testVersion)
+	if c.Labels["org.opencontainers.image.version"] != testVersion || c.Labels["org.opencontainers.image.revision"] != testCommit {
+		t.Errorf("labels %q, want version %s and revision %s", c.Labels, testVersion, testCommit)
 	}
 	if cf.OS != "linux" || cf.Architecture != runtime.GOARCH {
 		t.Errorf("platform %s/%s", cf.OS, cf.Architecture)

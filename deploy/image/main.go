@@ -47,6 +47,7 @@ func run(args []string) error {
 	fs.StringVar(&tarPath, "tar", "", "also write it as a tarball for docker load / podman load")
 	fs.StringVar(&cfg.Ref, "ref", "ghcr.io/poolplane/poold:latest", "the image's name and tag, recorded in the tarball and the layout's index")
 	fs.StringVar(&cfg.Version, "version", "", "the version recorded in the org.opencontainers.image.version label (make image passes its VERSION)")
+	fs.StringVar(&cfg.Revision, "revision", "", "the VCS revision recorded in the org.opencontainers.image.revision label (make image passes its COMMIT)")
 	fs.StringVar(&cfg.Arch, "arch", runtime.GOARCH, "the binaries' GOARCH")
 	fs.StringVar(&cfg.CABundle, "ca-bundle", "/etc/ssl/certs/ca-certificates.crt", `PEM CA bundle installed as /etc/ssl/certs/ca-certificates.crt (the system roots of etcds:// and TLS pools); "" for none`)
 	if err := fs.Parse(args); err != nil {
