@@ -135,8 +135,35 @@ func TestImage(t *testing.T) {
 		t.Errorf("second build digest %v, first %v: the build is not reproducible", d3, d1)
 	}
 
-	files := checkLayer(t, fromLayout, filepath.Join(tmp, "rootfs"))
-	runFromImage(t, files[PooldPath], files[PoolctlPath], filepath.Join(tmp, "data"))
+	rootfs, cred := userDir(t)
+	files := checkLayer(t, fromLayout, rootfs)
+	dataDir := filepath.Join(rootfs, filepath.FromSlash(DataDir))
+	if cred != nil {
+		if err := os.Chown(dataDir, UID, UID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runFromImage(t, files[PooldPath], files[PoolctlPath], dataDir, cred)
+}
+
+// userDir returns a directory for the image's files. As root, poold runs as
+// the image's user, as it does in a container: the directory is one that
+// user may traverse (t.TempDir's parent is private to root), and cred is
+// the user; otherwise cred is nil.
+func userDir(t *testing.T) (string, *syscall.Credential) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return t.TempDir(), nil
+	}
+	dir, err := os.MkdirTemp("", "poolplane-image-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, &syscall.Credential{Uid: UID, Gid: UID}
 }
 
 func checkConfig(t *testing.T, cf *v1.ConfigFile) {
@@ -180,6 +207,9 @@ func checkLayer(t *testing.T, img v1.Image, dir string) map[string]string {
 		owners[name] = h.Uid
 		switch h.Typeflag {
 		case tar.TypeDir:
+			if err := os.MkdirAll(filepath.Join(dir, filepath.FromSlash(h.Name)), 0o755); err != nil {
+				t.Fatal(err)
+			}
 		case tar.TypeReg:
 			p := filepath.Join(dir, filepath.FromSlash(h.Name))
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -229,8 +259,9 @@ func checkLayer(t *testing.T, img v1.Image, dir string) map[string]string {
 
 var servingLine = regexp.MustCompile(`msg="poold serving".* listen=(\S+) metrics=(\S+)`)
 
-// runFromImage runs the binaries taken out of the image.
-func runFromImage(t *testing.T, poold, poolctl, dataDir string) {
+// runFromImage runs the binaries taken out of the image, poold as cred
+// (nil: as the test).
+func runFromImage(t *testing.T, poold, poolctl, dataDir string, cred *syscall.Credential) {
 	t.Helper()
 	out, err := exec.Command(poold, "--version").CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "poold "+testVersion+" (0123456789ab) go") {
@@ -245,6 +276,7 @@ func runFromImage(t *testing.T, poold, poolctl, dataDir string) {
 	cmd := exec.Command(poold, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--shutdown-grace", "1s")
 	cmd.Env = append(os.Environ(), "POOLPLANE_DATA_DIR="+dataDir)
 	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +303,15 @@ func runFromImage(t *testing.T, poold, poolctl, dataDir string) {
 		}
 		return m != nil
 	})
+	if cred != nil {
+		fi, err := os.Stat(filepath.Join(dataDir, "poolplane.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != cred.Uid {
+			t.Errorf("poolplane.db belongs to %v, want uid %d: poold did not run as the image's user", fi.Sys(), cred.Uid)
+		}
+	}
 	if !strings.Contains(log.String(), "version="+testVersion) {
 		t.Errorf("poold's start log does not name its version:\n%s", log)
 	}
