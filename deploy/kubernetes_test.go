@@ -265,6 +265,30 @@ func TestManifestsSecurity(t *testing.T) {
 	}
 }
 
+// TestManifestsPodSecurity: a namespace whose workloads mount host paths
+// must not enforce a Pod Security Standard that forbids them (baseline and
+// restricted do), or the API server refuses the pods.
+func TestManifestsPodSecurity(t *testing.T) {
+	objs := loadManifests(t)
+	for _, o := range objs {
+		ns, ok := o.obj.(*corev1.Namespace)
+		if !ok {
+			continue
+		}
+		level := ns.Labels["pod-security.kubernetes.io/enforce"]
+		for _, w := range workloads(objs) {
+			if w.obj.(interface{ GetNamespace() string }).GetNamespace() != ns.Name {
+				continue
+			}
+			for _, v := range w.pod.Spec.Volumes {
+				if v.HostPath != nil && (level == "baseline" || level == "restricted") {
+					t.Errorf("%s: namespace %s enforces %s, which refuses %s %s (hostPath volume %s)", o.file, ns.Name, level, w.kind, w.name, v.Name)
+				}
+			}
+		}
+	}
+}
+
 // pooldImageRepo is the image `make image` builds (IMAGE in the Makefile).
 func pooldImageRepo(t *testing.T) string {
 	t.Helper()
