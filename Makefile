@@ -7,6 +7,15 @@ PKGS     := ./...
 DATA_DIR ?= ./data
 FUZZTIME ?= 10s
 BENCHOUT ?= bench.txt
+# VERSION is what poold --version, poolctl version and poolplane_build_info
+# report for binaries that make builds: git describe of the checkout (a tag,
+# or the abbreviated commit, -dirty with uncommitted changes). Without git
+# (a source archive) nothing is stamped and the binaries fall back to what the
+# go command recorded (internal/version). `make build VERSION=v1.2.3` sets it.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+VERSION_PKG := github.com/poolplane/poolplane/internal/version
+LDFLAGS  := $(if $(VERSION),-X $(VERSION_PKG).Version=$(VERSION)) $(if $(COMMIT),-X $(VERSION_PKG).Commit=$(COMMIT))
 # POOLBENCH is the directory of the poolbench module, the benchmark and soak
 # harness: kept apart so that its plotting dependencies stay out of the root
 # go.mod and out of poolctl.
@@ -14,10 +23,14 @@ POOLBENCH := cmd/poolbench
 
 # The Go modules of the repository (docs/modules.md): the generated API, the
 # lease wire layout, the SDK, a module that consumes only the SDK, the root
-# (server, CLI), the benchmark harness and the alert rules' check (it pins
-# promtool). Leaves first: tidy reads the go.mod of each replaced module. Every target that runs the go command runs it in each of them, with
-# PKGS as the package pattern; `make test MODULES=client` narrows it down.
-MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH) deploy/prometheus
+# (server, CLI), the benchmark harness, the deployment kit (the image
+# builder and the tests of the manifests and the systemd unit, whose
+# container and Kubernetes requirements stay out of every other go.mod) and
+# the alert rules' check (it pins promtool). Leaves first: tidy reads the
+# go.mod of each replaced module. Every target that runs the go command runs
+# it in each of them, with PKGS as the package pattern; `make test
+# MODULES=client` narrows it down.
+MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH) deploy deploy/prometheus
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
 
 # The modules find each other through replace directives, never a go.work:
@@ -32,7 +45,11 @@ define foreach_module
 done; exit $$status
 endef
 
-.PHONY: all generate check-generated lint test bench fuzz build tools run clean
+# IMAGE is the name `make image` gives the container image; its tag is
+# VERSION (latest when there is none).
+IMAGE    ?= ghcr.io/poolplane/poold
+
+.PHONY: all generate check-generated lint test bench fuzz build image tools run clean
 
 all: check-generated lint test build
 
@@ -72,10 +89,19 @@ fuzz:
 		done); \
 	done
 
-## build: bin/poold, bin/poolctl and bin/poolbench.
+## build: bin/poold, bin/poolctl and bin/poolbench, stamped with VERSION.
 build:
-	$(GO) build -trimpath -o bin/ ./cmd/...
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 	cd $(POOLBENCH) && $(GO) build -trimpath -o ../../bin/ .
+
+## image: the container image, built without a container engine or a registry (deploy/image):
+## bin/poolplane-image (an OCI image layout, for skopeo/crane/podman) and bin/poolplane-image.tar (docker load),
+## its time the last commit's, so the same checkout gives the same digest.
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/static/ ./cmd/poold ./cmd/poolctl
+	cd deploy && SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)} \
+		$(GO) run ./image -bin ../bin/static -version '$(VERSION)' -revision '$(COMMIT)' -ref '$(IMAGE):$(or $(VERSION),latest)' \
+		-o ../bin/poolplane-image -tar ../bin/poolplane-image.tar
 
 ## tools: bin/grpcurl, pinned in tools/go.mod, for the README's tour.
 tools:

@@ -178,8 +178,9 @@ type tourEnv struct {
 	env []string
 }
 
+// command runs cmdline with bash, in its own process group.
 func (e *tourEnv) command(ctx context.Context, cmdline string, out *testkit.SyncBuffer) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "bash", "-c", "exec "+cmdline)
+	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
 	cmd.Dir = e.dir
 	cmd.Env = e.env
 	cmd.Stdout, cmd.Stderr = out, out
@@ -192,7 +193,8 @@ func (e *tourEnv) command(ctx context.Context, cmdline string, out *testkit.Sync
 func (e *tourEnv) start(t *testing.T, cmdline string) *testkit.SyncBuffer {
 	t.Helper()
 	out := &testkit.SyncBuffer{}
-	cmd := e.command(context.Background(), cmdline, out)
+	// exec: the server is the process the signals reach.
+	cmd := e.command(context.Background(), "exec "+cmdline, out)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("%s: %v", cmdline, err)
 	}
@@ -339,13 +341,27 @@ func TestREADME(t *testing.T) {
 		t.Fatalf("poold did not start: %v\n%s", err, poold)
 	}
 
+	e.runBlocks(t, "README.md", blocks, ports, func(section string) bool { return section == "A five-minute tour" },
+		[]string{redisPort, fwdPort}, func() string { return tail(poold.String(), 15) })
+}
+
+// runBlocks runs blocks of file in order, as TestREADME describes: each
+// command must print its expected output; background commands run until the
+// test ends. In the sections where remap says so, ports rewrites commands and
+// expected output (the document's well-known ports to free ones). A
+// background command without expected output is waited for until it accepts
+// on the one of dialPorts its command line names. serverLog, if not nil,
+// returns what to show of the server's log when a command fails.
+func (e *tourEnv) runBlocks(t *testing.T, file string, blocks []consoleBlock, ports *strings.Replacer, remap func(section string) bool,
+	dialPorts []string, serverLog func() string) {
+	t.Helper()
 	lastEnd := time.Now()
 	for _, b := range blocks {
 		if wait := b.after - time.Since(lastEnd); wait > 0 {
 			// Time itself is what this block is about (see consoleBlock).
 			<-time.After(wait)
 		}
-		tour := b.section == "A five-minute tour"
+		tour := remap(b.section)
 		for _, c := range b.cmds {
 			cmdline, want := c.cmd, c.want
 			if tour {
@@ -355,7 +371,7 @@ func TestREADME(t *testing.T) {
 					want[i] = ports.Replace(w)
 				}
 			}
-			where := fmt.Sprintf("README.md:%d: $ %s", c.line, c.cmd)
+			where := fmt.Sprintf("%s:%d: $ %s", file, c.line, c.cmd)
 			if c.background {
 				out := e.start(t, cmdline)
 				err := eventually(t, 20*time.Second, func() error {
@@ -364,7 +380,7 @@ func TestREADME(t *testing.T) {
 						// would itself be a lease.
 						return matchOutput(want, out.String())
 					}
-					for _, p := range []string{redisPort, fwdPort} {
+					for _, p := range dialPorts {
 						if strings.Contains(cmdline, p) {
 							return dialable("127.0.0.1:" + p)
 						}
@@ -396,7 +412,11 @@ func TestREADME(t *testing.T) {
 				})
 			}
 			if err != nil {
-				t.Fatalf("%s\n%v\noutput:\n%s\npoold log (tail):\n%s", where, err, out, tail(poold.String(), 15))
+				log := ""
+				if serverLog != nil {
+					log = "\nserver log (tail):\n" + serverLog()
+				}
+				t.Fatalf("%s\n%v\noutput:\n%s%s", where, err, out, log)
 			}
 		}
 		lastEnd = time.Now()

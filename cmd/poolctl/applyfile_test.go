@@ -255,7 +255,7 @@ func TestExamplePoolsFile(t *testing.T) {
 		t.Fatalf("got %d pools, want 2", len(pools))
 	}
 	api, cache := pools[0], pools[1]
-	if api.GetName() != "pools/api" || api.GetEndpoints()[0] != "127.0.0.1:8080" || api.GetTls().GetEnabled() {
+	if api.GetName() != "pools/api" || api.GetEndpoints()[0] != "127.0.0.1:7701" || api.GetTls().GetEnabled() {
 		t.Errorf("api = %v", api)
 	}
 	if cache.GetName() != "pools/cache" || cache.GetEndpoints()[0] != "127.0.0.1:6379" ||

@@ -7,18 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/version"
 )
-
-// version is poolctl's version, set at build time with
-// -ldflags "-X main.version=v1.2.3"; without it the module version is used.
-var version = ""
 
 // fileList is a repeatable flag.
 type fileList []string
@@ -625,46 +620,19 @@ func backup(ctx context.Context, admin poolv1.PoolAdminServiceClient, file strin
 
 func versionCommand() *command {
 	return &command{
-		name: "version", summary: "print poolctl's version",
+		name: "version", summary: "print poolctl's version (stamped by make build; see internal/version)",
 		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, _ []string) error {
-				v, commit := buildVersion()
+				v := version.Get()
 				if e.g.output != "table" {
 					return writeValue(e.stdout, e.g.output, map[string]any{
-						"version": v, "commit": commit, "go": runtime.Version(),
-						"platform": runtime.GOOS + "/" + runtime.GOARCH,
+						"version": v.Version, "commit": v.Commit, "go": v.GoVersion,
+						"platform": v.Platform,
 					})
 				}
-				_, _ = fmt.Fprintf(e.stdout, "poolctl %s", v)
-				if commit != "" {
-					_, _ = fmt.Fprintf(e.stdout, " (%s)", commit)
-				}
-				_, _ = fmt.Fprintf(e.stdout, " %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+				_, _ = fmt.Fprintf(e.stdout, "poolctl %s\n", v)
 				return nil
 			}
 		},
 	}
-}
-
-// buildVersion returns the version and VCS commit poolctl was built from.
-func buildVersion() (v, commit string) {
-	v = version
-	bi, ok := debug.ReadBuildInfo()
-	if ok {
-		if v == "" && bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				commit = s.Value
-				if len(commit) > 12 {
-					commit = commit[:12]
-				}
-			}
-		}
-	}
-	if v == "" {
-		v = "(devel)"
-	}
-	return v, commit
 }

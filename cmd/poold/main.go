@@ -43,6 +43,7 @@ import (
 	"google.golang.org/grpc"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/version"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
 	"github.com/poolplane/poolplane/store"
@@ -70,6 +71,7 @@ type options struct {
 	history       int
 	insecure      bool
 	publicHealth  bool // --public-pool-health
+	version       bool // --version: print the version and exit
 
 	tlsCert, tlsKey, tlsClientCA string
 	authFile                     string
@@ -132,6 +134,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.maxRecvMsgSize, "max-recv-msg-size", server.DefaultMaxRecvMsgSize, "largest gRPC message accepted, in bytes (at least 1 MiB + 1 KiB: a lease data frame)")
 	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")
 	fs.IntVar(&o.maxStatsWatchers, "max-stats-watchers", server.DefaultMaxStatsWatchers, "most WatchPoolStats streams served at once")
+	fs.BoolVar(&o.version, "version", false, "print poold's version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: poold [flags]\n       echo -n TOKEN | poold hash-token   (prints the token_sha256 of an --auth-file principal)\n"+
 			"       poold restore --store etcd://host:port/prefix [flags] FILE   (loads a backup into etcd; poold restore -h)\n\n"+
@@ -147,7 +150,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
-	if err := applyEnv(fs); err != nil {
+	if o.version {
+		// Only the command line asks for it: no POOLPLANE_VERSION, and
+		// no other setting matters.
+		return o, nil
+	}
+	if err := applyEnv(fs, "version"); err != nil {
 		return o, err
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
@@ -204,9 +212,13 @@ func addEtcdFlags(fs *flag.FlagSet, e *etcdOptions) {
 }
 
 // applyEnv sets every flag of fs that the command line did not set from
-// its POOLPLANE_<FLAG> environment variable, if any.
-func applyEnv(fs *flag.FlagSet) error {
+// its POOLPLANE_<FLAG> environment variable, if any, except the flags named
+// in skip.
+func applyEnv(fs *flag.FlagSet, skip ...string) error {
 	set := map[string]bool{}
+	for _, name := range skip {
+		set[name] = true
+	}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
@@ -288,6 +300,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, onStart started) 
 	if errors.As(err, &uerr) {
 		fmt.Fprintf(stderr, "poold: %v\n", err)
 		return 2
+	}
+	if o.version {
+		fmt.Fprintf(os.Stdout, "poold %s\n", version.String())
+		return 0
 	}
 	logger, err := newLogger(o, stderr)
 	if err != nil {

@@ -5,12 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	versionpkg "github.com/poolplane/poolplane/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"runtime"
-	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -171,26 +171,12 @@ func newPoolCollector(mgr *poolmgr.Manager) *poolCollector {
 	}
 }
 
-// buildVersion returns the version and VCS revision of this build, from
-// the build information the go command records.
-//
-// internal/version.Get is to replace it once that package is in: this is
-// the one place poold's metrics read the version.
+// buildVersion returns the version and VCS revision of this build
+// (internal/version: stamped by make build, else what the go command
+// recorded), for poolplane_build_info.
 func buildVersion() (version, commit string) {
-	version, commit = "(devel)", ""
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return version, commit
-	}
-	if v := bi.Main.Version; v != "" {
-		version = v
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" {
-			commit = s.Value
-		}
-	}
-	return version, commit
+	v := versionpkg.Get()
+	return v.Version, v.Commit
 }
 
 // Describe implements prometheus.Collector.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/poolplane/poolplane/internal/version"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/relay/listen"
 	"github.com/poolplane/poolplane/server"
@@ -83,7 +84,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	close(ready)
 	metricsAddr := ms.addr()
 	// The Manager logged "pools loaded" (how many, how many failed).
-	logger.Info("poold serving", "listen", ln.Addr().String(), "metrics", metricsAddr, "data", c.where, "follow", c.shared)
+	logger.Info("poold serving", "version", version.Get().Version, "listen", ln.Addr().String(), "metrics", metricsAddr, "data", c.where, "follow", c.shared)
 	if onStart != nil {
 		onStart(ln.Addr().String(), metricsAddr)
 	}

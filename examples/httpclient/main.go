@@ -2,7 +2,7 @@
 // request's connection is a lease of a warm upstream connection, so the
 // client pays neither TCP nor TLS setup.
 //
-//	poolctl apply -f examples/pools.yaml   # pool "api" -> 127.0.0.1:8080
+//	poolctl apply -f examples/pools.yaml   # pool "api" -> 127.0.0.1:7701 (the tour's stand-in API)
 //	go run ./examples/httpclient -pool api -url http://api.internal/healthz
 //
 // The pool does the upstream's TLS, so URLs are http:// and the host in the
