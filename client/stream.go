@@ -83,6 +83,7 @@ func (st streamState) String() string {
 // the stream.
 type stream struct {
 	c      *Client
+	ch     *channel // the connection the stream is on
 	pool   string
 	hint   *pickHint       // where the balancer placed the stream
 	ctx    context.Context // owned by the stream, child of the Client's
@@ -114,26 +115,62 @@ type stream struct {
 }
 
 // newStream opens a Lease RPC for pool on replica (any when "" or not
-// ready; not avoid if another is ready) and starts its goroutines. The
-// RPC's context is the stream's own; ctx only bounds the call.
+// ready; not avoid if another is ready), on a connection with room for
+// it, and starts its goroutines. The RPC's context is the stream's own;
+// ctx only bounds the call.
 func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*stream, error) {
+	for {
+		ch, err := c.reserveStream()
+		if err != nil {
+			return nil, err
+		}
+		s, stalled, err := c.openStream(ctx, ch, pool, replica, avoid)
+		switch {
+		case stalled:
+			c.stalled(ch) // at the server's limit: try another connection
+			continue
+		case err != nil:
+			c.releaseStream(ch)
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// openStream opens a Lease RPC on ch. It gives up, reporting stalled, when
+// the RPC waits stallWait on a ready connection: it waits for stream quota
+// the server did not advertise.
+func (c *Client) openStream(ctx context.Context, ch *channel, pool, replica, avoid string) (s *stream, stalled bool, err error) {
 	hint := &pickHint{want: replica, avoid: avoid}
 	sctx, cancel := context.WithCancel(withPickHint(c.ctx, hint))
 	stop := context.AfterFunc(ctx, cancel)
-	rpc, err := c.leases.Lease(metadata.AppendToOutgoingContext(sctx, frameSizeMD...), leaseCallOption())
+	var stall atomic.Bool
+	t := time.AfterFunc(c.stallWait, func() {
+		if ch.ready() {
+			stall.Store(true)
+			cancel()
+		}
+	})
+	rpc, err := ch.leases.Lease(metadata.AppendToOutgoingContext(sctx, frameSizeMD...), leaseCallOption())
+	t.Stop()
 	if !stop() {
 		cancel()
-		return nil, leaseCtxErr(pool, ctx.Err())
+		return nil, false, leaseCtxErr(pool, ctx.Err())
+	}
+	if stall.Load() {
+		cancel()
+		return nil, true, nil
 	}
 	if err != nil {
 		cancel()
 		if c.ctx.Err() != nil {
-			return nil, ErrClientClosed
+			return nil, false, ErrClientClosed
 		}
-		return nil, fromStatus(err)
+		return nil, false, fromStatus(err)
 	}
-	s := &stream{
+	s = &stream{
 		c:      c,
+		ch:     ch,
 		pool:   pool,
 		hint:   hint,
 		ctx:    sctx,
@@ -149,7 +186,7 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 	if c.closed {
 		c.mu.Unlock()
 		cancel()
-		return nil, ErrClientClosed
+		return nil, false, ErrClientClosed
 	}
 	c.wg.Add(2)
 	c.mu.Unlock()
@@ -157,12 +194,13 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 	s.frameSize.Store(smallDataFrame)
 	go s.recvLoop()
 	go s.sendLoop()
-	return s, nil
+	return s, false, nil
 }
 
 // exit is deferred by both goroutines.
 func (s *stream) exit() {
 	if s.live.Add(-1) == 0 {
+		s.c.releaseStream(s.ch) // the RPC is over: its stream is free
 		close(s.donec)
 	}
 	s.c.wg.Done()
@@ -295,7 +333,8 @@ var frameSizeMD = []string{leasewire.FrameSizeKey, strconv.Itoa(maxFrame), lease
 
 // learnFrameSize sets the stream's data frame size from the server's
 // header, which arrives with its first response; without the header (or
-// if the stream broke first) it stays smallDataFrame. Only the receive
+// if the stream broke first) it stays smallDataFrame. The header also
+// carries the server's stream limit, for the Client. Only the receive
 // goroutine calls it, before it reads a frame, hence before a lease is
 // granted and written to.
 func (s *stream) learnFrameSize() {
@@ -303,6 +342,7 @@ func (s *stream) learnFrameSize() {
 	if err != nil {
 		return
 	}
+	s.c.learnStreamLimit(md.Get(leasewire.MaxStreamsKey))
 	v := md.Get(leasewire.FrameSizeKey)
 	if len(v) != 1 {
 		return

@@ -34,6 +34,17 @@ const (
 // frameSizeHeader is the server's header on Lease streams.
 var frameSizeHeader = metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame))
 
+// leaseHeader returns the header of Lease streams: the frame size, and the
+// stream limit per connection when it is known (n > 0), so that a client
+// holding more leases opens more connections.
+func leaseHeader(n uint32) metadata.MD {
+	if n == 0 {
+		return frameSizeHeader
+	}
+	return metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame),
+		leasewire.MaxStreamsKey, strconv.FormatUint(uint64(n), 10))
+}
+
 // clientFrameSize returns the upstream read size for a Lease call: the
 // client's leasewire.FrameSizeKey, at least relay.SmallRead and at most
 // relay.LargeRead.
@@ -62,6 +73,7 @@ type LeaseServer struct {
 
 	pools  poolSource
 	logger *slog.Logger
+	header metadata.MD // of every Lease stream (leaseHeader)
 	caps   leaseCaps // leases held per principal, for Principal.MaxLeases
 	// reauth authenticates a stream again when its principal is revoked
 	// (revoke.go); nil without authentication.
@@ -86,7 +98,7 @@ func newLeaseServer(pools poolSource, logger *slog.Logger) *LeaseServer {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &LeaseServer{pools: pools, logger: logger, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
+	return &LeaseServer{pools: pools, logger: logger, header: frameSizeHeader, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
 }
 
 // Shutdown stops granting leases: streams without a lease end at once with
@@ -132,9 +144,9 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx),
 		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose)}
 	// Tell the client it may send large data frames (an older poold does
-	// not, and its client keeps to small ones). The header goes out with
-	// the first response.
-	if err := stream.SetHeader(frameSizeHeader); err != nil {
+	// not, and its client keeps to small ones), and how many streams a
+	// connection takes. The header goes out with the first response.
+	if err := stream.SetHeader(s.header); err != nil {
 		return err
 	}
 	s.mu.Lock()
