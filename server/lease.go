@@ -74,7 +74,7 @@ type LeaseServer struct {
 	pools  poolSource
 	logger *slog.Logger
 	header metadata.MD // of every Lease stream (leaseHeader)
-	caps   leaseCaps // leases held per principal, for Principal.MaxLeases
+	caps   leaseCaps   // leases held per principal, for Principal.MaxLeases
 	// reauth authenticates a stream again when its principal is revoked
 	// (revoke.go); nil without authentication.
 	reauth auth.AuthFunc
