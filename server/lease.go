@@ -143,6 +143,12 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx), out: newOutData(),
 		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx),
 		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose)}
+	if s.reauth == nil {
+		// The handler goroutine waits for the stream's end; meanwhile it
+		// runs the reader of each lease (lendReader). With reauth it
+		// watches for revocation instead, and readers run on their own.
+		ls.runc = make(chan func())
+	}
 	// Tell the client it may send large data frames (an older poold does
 	// not, and its client keeps to small ones), and how many streams a
 	// connection takes. The header goes out with the first response.
@@ -190,7 +196,22 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 		case <-ls.donec:
 			return ls.err
 		case <-ls.idlec:
+		case reader := <-ls.runc:
+			reader()
 		}
+	}
+}
+
+// lendReader runs a lease's relay reader on the handler goroutine, which
+// has nothing else to do while the lease is held, so a held lease costs no
+// goroutine (and stack) of its own. When the handler is not waiting (a
+// protocol pool's reset still runs on it, it returned, or it watches for
+// revocation) the reader gets a goroutine of its own.
+func (ls *leaseStream) lendReader(reader func()) {
+	select {
+	case ls.runc <- reader:
+	default:
+		go reader()
 	}
 }
 
@@ -232,6 +253,9 @@ type leaseStream struct {
 	reader relay.Reader
 	// out is the reader goroutine's data frame, reused.
 	out *outData
+	// runc hands a lease's reader to the handler goroutine while it
+	// waits (lendReader); nil when the handler watches for revocation.
+	runc chan func()
 }
 
 // send sends one frame, a *poolv1.LeaseResponse or an *outData, unless the
@@ -252,6 +276,12 @@ func (ls *leaseStream) setBusy(b bool) (stopping bool) {
 	ls.busy = b
 	stopping = ls.stopping
 	ls.mu.Unlock()
+	select {
+	case <-ls.srv.stopc:
+		// The handler may be running a reader and not have seen it yet.
+		stopping = true
+	default:
+	}
 	if !b {
 		select {
 		case ls.idlec <- struct{}{}:
@@ -461,7 +491,7 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	l := &lease{conn: c, capc: capc}
 	ls.srv.wg.Add(1)
 	l.relay = relay.New(c, ls, relay.Options{ReadSize: ls.frameSize, HalfClose: ls.halfClose,
-		Reader: &ls.reader, Done: ls.srv.wg.Done})
+		Reader: &ls.reader, Done: ls.srv.wg.Done, Go: ls.lendReader})
 	ls.lease = l
 	ls.cur.Store(l.relay)
 	if ls.ctx.Err() != nil {

@@ -37,7 +37,7 @@ import (
 // It raises RLIMIT_NOFILE for itself and the server (each holds one socket
 // per lease) and skips when the hard limit is too low. POOLPLANE_SCALE_HEAP,
 // set to a path, has the server write a heap profile there while the
-// leases are held.
+// leases are held (its goroutines' stacks when the path ends in .txt).
 const (
 	scaleLeasesEnv = "POOLPLANE_SCALE_LEASES"
 	scaleChildEnv  = "POOLPLANE_SCALE_CHILD"  // "held-upstream,probe-upstream,max"
@@ -108,7 +108,11 @@ func TestScaleServerProcess(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			prof, level := "heap", 0
+			if strings.HasSuffix(arg, ".txt") {
+				prof, level = "goroutine", 2 // every goroutine's stack
+			}
+			if err := pprof.Lookup(prof).WriteTo(f, level); err != nil {
 				t.Error(err)
 			}
 			_ = f.Close()
@@ -117,8 +121,15 @@ func TestScaleServerProcess(t *testing.T) {
 	}
 }
 
+// scaleGCs is how many GCs run before a report: each may halve a
+// goroutine's stack that uses less than a quarter of it, as the periodic
+// GCs of a server whose leases sit idle do.
+const scaleGCs = 4
+
 func readScaleStats(t *testing.T) scaleStats {
-	runtime.GC()
+	for range scaleGCs {
+		runtime.GC()
+	}
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -230,7 +241,8 @@ func startScaleChild(t *testing.T, held, probe string, n int) *scaleChild {
 	return nil
 }
 
-// TestHeldLeasesAtScale holds many idle leases from one client.New on a
+// TestHeldLeasesAtScale holds many idle leases (each used for one echo
+// round trip, then left idle) from one client.New on a
 // server in its own process and reports the server's memory and
 // goroutines per idle held lease and per idle warm stream, and the round
 // trips of probe leases (a lease per request, 64 bytes each way) while
@@ -247,7 +259,7 @@ func TestHeldLeasesAtScale(t *testing.T) {
 	}
 	raiseNoFile(t, uint64(n+scaleFDSlack))
 
-	held := testkit.Serve(t, func(net.Conn) {}) // kept open, never read
+	held := testkit.Serve(t, smallEcho)
 	probe := testkit.Serve(t, testkit.EchoConn)
 	child := startScaleChild(t, held, probe, n)
 	c, err := client.New(child.addr, client.WithInsecure(), client.WithClientName("scale"), client.WithIdleStreams(n))
@@ -267,6 +279,10 @@ func TestHeldLeasesAtScale(t *testing.T) {
 		wg.Go(func() {
 			for i := w; i < n; i += scaleWorkers {
 				conn, err := c.Lease(ctx, "held")
+				if err == nil {
+					conns[i] = conn
+					err = echo(conn) // used once, then idle
+				}
 				if err != nil {
 					select {
 					case errc <- fmt.Errorf("lease %d: %w", i, err):
@@ -274,7 +290,6 @@ func TestHeldLeasesAtScale(t *testing.T) {
 					}
 					return
 				}
-				conns[i] = conn
 			}
 		})
 	}
@@ -328,21 +343,48 @@ func TestHeldLeasesAtScale(t *testing.T) {
 		scaleProbeSize, len(rtts), rtts[len(rtts)/2], rtts[len(rtts)*99/100], rtts[len(rtts)-1])
 }
 
+// smallEcho echoes with a small buffer of its own: testkit.EchoConn's
+// io.Copy splices through a pipe, two more descriptors per connection.
+func smallEcho(c net.Conn) {
+	buf := make([]byte, 512)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	_ = c.Close()
+}
+
+// echo writes scaleProbeSize bytes to conn and reads them back.
+func echo(conn net.Conn) error {
+	if err := conn.SetDeadline(time.Now().Add(testkit.DefaultWait)); err != nil {
+		return err
+	}
+	defer func() { _ = conn.SetDeadline(time.Time{}) }()
+	msg := make([]byte, scaleProbeSize)
+	if _, err := conn.Write(msg); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(conn, msg)
+	return err
+}
+
 // probeOnce leases from the probe pool, exchanges scaleProbeSize bytes and
 // releases, returning the time it took.
 func probeOnce(t *testing.T, ctx context.Context, c *client.Client) time.Duration {
 	t.Helper()
-	msg := make([]byte, scaleProbeSize)
-	got := make([]byte, scaleProbeSize)
 	start := time.Now()
 	conn, err := c.Lease(ctx, "probe")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(conn, got); err != nil {
+	if err := echo(conn); err != nil {
 		t.Fatal(err)
 	}
 	if err := conn.Close(); err != nil {
@@ -354,7 +396,9 @@ func probeOnce(t *testing.T, ctx context.Context, c *client.Client) time.Duratio
 // clientStats is scaleStats of this process, without RSS (it holds the
 // upstreams too).
 func clientStats() scaleStats {
-	runtime.GC()
+	for range scaleGCs {
+		runtime.GC()
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return scaleStats{Goroutines: runtime.NumGoroutine(), HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse}
