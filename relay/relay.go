@@ -4,7 +4,8 @@
 // backpressure, half-close, release and revocation, the end reasons, and
 // the one decision whether a released connection may be reused.
 //
-// A Lease runs one reader goroutine, which copies upstream bytes to the
+// A Lease runs one reader goroutine (a goroutine of its own, or one the
+// client side lends it: Options.Go), which copies upstream bytes to the
 // client side (Sink); the client side's own goroutine writes client bytes
 // to the upstream (Write) and ends the lease (Release or Abandon). Other
 // goroutines may Cut a lease at any time: a blocked upstream read or write

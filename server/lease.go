@@ -135,8 +135,10 @@ var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 
 // Lease serves one lease stream. The handler goroutine waits while the
 // stream's receive loop (one goroutine) reads client frames, acquires, writes
-// to the upstream and releases, and a reader goroutine per lease copies
-// upstream bytes to the stream. Only one of them sends at a time: granted and
+// to the upstream and releases, and each lease's relay reader copies
+// upstream bytes to the stream; the reader runs on the handler goroutine
+// while it waits (lendReader), so a held lease costs the stream's two
+// goroutines and no third. Only one of them sends at a time: granted and
 // ended{RELEASED} are sent by the receive loop while no reader runs.
 func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ctx := stream.Context()
