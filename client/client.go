@@ -18,6 +18,17 @@
 // setup. With several poold replicas, leases (not streams) take turns over
 // the replicas that are up and serving.
 //
+// A server allows a bounded number of streams on one connection (poold's
+// --max-concurrent-streams, 1024 by default), and a held lease or a warm
+// stream holds one. A Client therefore starts with one gRPC connection and
+// dials another when every connection it has is full: poold says its bound
+// in each Lease stream's header, and until it has, a connection takes
+// DefaultMaxStreamsPerConn streams (WithMaxStreamsPerConn sets a cap).
+// A lease never waits silently on that bound: a new stream that waits for
+// one on a ready connection moves to another connection, and any wait ends
+// with the lease's context (ErrAcquireTimeout at its deadline). So one
+// Client holds as many leases as the pools grant, ten thousand and more.
+//
 // The package imports only the generated API and gRPC.
 package client
 
@@ -149,7 +160,8 @@ func WithMaxStreamsPerConn(n int) Option {
 }
 
 // Client is a connection to a poold server: a small set of gRPC
-// ClientConns (one until the leases held at once need more, see New),
+// ClientConns (one until the leases held at once need more; see the
+// package documentation),
 // plus the warm streams of released leases. Its methods are safe for
 // concurrent use.
 type Client struct {

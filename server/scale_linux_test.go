@@ -268,7 +268,7 @@ func TestHeldLeasesAtScale(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	ctx := ctxT(t)
-	probeOnce(t, ctx, c) // connected, and the probe pool warm
+	probeOnce(ctx, t, c) // connected, and the probe pool warm
 
 	base := child.stats()
 	cbase := clientStats()
@@ -314,7 +314,7 @@ func TestHeldLeasesAtScale(t *testing.T) {
 
 	rtts := make([]time.Duration, 0, scaleProbes)
 	for range scaleProbes {
-		rtts = append(rtts, probeOnce(t, ctx, c))
+		rtts = append(rtts, probeOnce(ctx, t, c))
 	}
 	slices.Sort(rtts)
 
@@ -377,7 +377,7 @@ func echo(conn net.Conn) error {
 
 // probeOnce leases from the probe pool, exchanges scaleProbeSize bytes and
 // releases, returning the time it took.
-func probeOnce(t *testing.T, ctx context.Context, c *client.Client) time.Duration {
+func probeOnce(ctx context.Context, t *testing.T, c *client.Client) time.Duration {
 	t.Helper()
 	start := time.Now()
 	conn, err := c.Lease(ctx, "probe")
