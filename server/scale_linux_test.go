@@ -336,7 +336,7 @@ func TestHeldLeasesAtScale(t *testing.T) {
 	t.Logf("server per idle warm stream: RSS %.1f KiB, heap %.1f KiB, stacks %.1f KiB, goroutines %.2f",
 		per(base.RSS, warm.RSS), per(base.HeapInuse, warm.HeapInuse), per(base.StackInuse, warm.StackInuse),
 		float64(warm.Goroutines-base.Goroutines)/float64(n))
-	t.Logf("client per idle held lease: heap %.1f KiB, stacks %.1f KiB, goroutines %.2f",
+	t.Logf("test process (client, and the upstream's echo goroutine) per idle held lease: heap %.1f KiB, stacks %.1f KiB, goroutines %.2f",
 		per(cbase.HeapInuse, cheld.HeapInuse), per(cbase.StackInuse, cheld.StackInuse),
 		float64(cheld.Goroutines-cbase.Goroutines)/float64(n))
 	t.Logf("probe lease round trip (lease, %d B each way, release) while held, %d probes: p50 %v p99 %v max %v",
