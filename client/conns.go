@@ -24,7 +24,9 @@ import (
 // DefaultMaxStreamsPerConn, the least RFC 9113 (section 6.5.2) asks a
 // server to allow. Against a server that allows fewer and does not say so,
 // a new stream that waits on a ready connection for stallWait marks the
-// connection full, and the lease goes on another.
+// connection full, and the lease goes on another. With several replicas a
+// connection holds a transport to each, and the count is of all its
+// streams: it errs towards more connections, never towards a wait.
 
 const (
 	// DefaultMaxStreamsPerConn is the Lease streams a connection takes
