@@ -74,8 +74,12 @@ func (st streamState) String() string {
 // stream is one Lease RPC carrying leases one after another. A receive
 // goroutine reads server frames and routes them to the current lease's Conn;
 // a send goroutine drains a queue of client frames, so a Write can time out
-// while gRPC's flow control holds a frame. Both are owned by the Client
-// (Client.wg) and stop when the stream's context is cancelled.
+// while gRPC's flow control holds a frame. The send goroutine runs only
+// while frames are queued: the first frame queued starts it and it exits
+// once the queue is empty, so an idle lease or warm stream has the receive
+// goroutine alone. The receive goroutine is owned by the Client
+// (Client.wg), waits for the send goroutine before it exits, and stops when
+// the stream's context is cancelled.
 //
 // A lease ends when the release is queued and the server's ended frame has
 // arrived, in either order; the stream is then idle and goes back to the
@@ -90,18 +94,23 @@ type stream struct {
 	cancel context.CancelFunc
 	rpc    grpc.BidiStreamingClient[poolv1.LeaseRequest, poolv1.LeaseResponse]
 
-	live      atomic.Int32  // goroutines still running
 	progress  atomic.Uint64 // frames sent and received: a release waits while it moves
 	frameSize atomic.Int32  // the largest data frame to send; see learnFrameSize
 	donec     chan struct{} // closed when both goroutines have exited
 	deadc     chan struct{} // closed when the stream died; err is set first
 
-	wakec  chan struct{} // size 1: nudges the sender after an enqueue
-	spacec chan struct{} // size 1: nudges a Write waiting for queue space
+	spacec chan struct{}  // size 1: nudges a Write waiting for queue space
+	sendWG sync.WaitGroup // the send goroutine, while one runs
 
 	qmu    sync.Mutex // protects the following fields
 	q      []*poolv1.LeaseRequest
 	qbytes int // data bytes in q
+	// sending: a send goroutine runs (it clears sending as it finds q
+	// empty, and leaves it set after a failed Send: no other starts).
+	sending bool
+	// recvDone: the receive goroutine is exiting; no send goroutine
+	// starts.
+	recvDone bool
 
 	mu       sync.Mutex // protects the following fields; taken before qmu
 	state    streamState
@@ -178,7 +187,6 @@ func (c *Client) openStream(ctx context.Context, ch *channel, pool, replica, avo
 		rpc:    rpc,
 		donec:  make(chan struct{}),
 		deadc:  make(chan struct{}),
-		wakec:  make(chan struct{}, 1),
 		spacec: make(chan struct{}, 1),
 		state:  stOpening,
 	}
@@ -188,21 +196,23 @@ func (c *Client) openStream(ctx context.Context, ch *channel, pool, replica, avo
 		cancel()
 		return nil, false, ErrClientClosed
 	}
-	c.wg.Add(2)
+	c.wg.Add(1)
 	c.mu.Unlock()
-	s.live.Store(2)
 	s.frameSize.Store(smallDataFrame)
 	go s.recvLoop()
-	go s.sendLoop()
 	return s, false, nil
 }
 
-// exit is deferred by both goroutines.
+// exit is deferred by the receive goroutine: it waits for the send
+// goroutine (the stream's context is cancelled by then, so a Send in
+// progress returns) and frees the stream's place on its connection.
 func (s *stream) exit() {
-	if s.live.Add(-1) == 0 {
-		s.c.releaseStream(s.ch) // the RPC is over: its stream is free
-		close(s.donec)
-	}
+	s.qmu.Lock()
+	s.recvDone = true
+	s.qmu.Unlock()
+	s.sendWG.Wait()
+	s.c.releaseStream(s.ch) // the RPC is over: its stream is free
+	close(s.donec)
 	s.c.wg.Done()
 }
 
@@ -362,8 +372,22 @@ func (s *stream) enqueue(reqs ...*poolv1.LeaseRequest) {
 		s.q = append(s.q, r)
 		s.qbytes += len(r.GetData().GetData())
 	}
+	start := s.startSenderLocked()
 	s.qmu.Unlock()
-	nudge(s.wakec)
+	if start {
+		go s.sendLoop()
+	}
+}
+
+// startSenderLocked reports whether the caller, which has just queued
+// frames, must start the send goroutine: none runs and the stream lives.
+func (s *stream) startSenderLocked() bool {
+	if s.sending || s.recvDone {
+		return false
+	}
+	s.sending = true
+	s.sendWG.Add(1) // before recvDone is set: exit's Wait comes after
+	return true
 }
 
 // sendData queues one data frame of c, waiting while maxQueued bytes are
@@ -378,8 +402,11 @@ func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
 		if s.qbytes < maxQueued {
 			s.q = append(s.q, req)
 			s.qbytes += n
+			start := s.startSenderLocked()
 			s.qmu.Unlock()
-			nudge(s.wakec)
+			if start {
+				go s.sendLoop()
+			}
 			return nil
 		}
 		s.qmu.Unlock()
@@ -400,19 +427,16 @@ func nudge(ch chan struct{}) {
 	}
 }
 
-// sendLoop sends queued frames in order until the stream dies.
+// sendLoop sends queued frames in order until the queue is empty or the
+// stream dies.
 func (s *stream) sendLoop() {
-	defer s.exit()
+	defer s.sendWG.Done()
 	for {
 		s.qmu.Lock()
-		if len(s.q) == 0 {
+		if len(s.q) == 0 || s.ctx.Err() != nil {
+			s.sending = false
 			s.qmu.Unlock()
-			select {
-			case <-s.wakec:
-				continue
-			case <-s.ctx.Done():
-				return
-			}
+			return
 		}
 		req := s.q[0]
 		copy(s.q, s.q[1:])
