@@ -18,6 +18,17 @@
 // setup. With several poold replicas, leases (not streams) take turns over
 // the replicas that are up and serving.
 //
+// A server allows a bounded number of streams on one connection (poold's
+// --max-concurrent-streams, 1024 by default), and a held lease or a warm
+// stream holds one. A Client therefore starts with one gRPC connection and
+// dials another when every connection it has is full: poold says its bound
+// in each Lease stream's header, and until it has, a connection takes
+// DefaultMaxStreamsPerConn streams (WithMaxStreamsPerConn sets a cap).
+// A lease never waits silently on that bound: a new stream that waits for
+// one on a ready connection moves to another connection, and any wait ends
+// with the lease's context (ErrAcquireTimeout at its deadline). So one
+// Client holds as many leases as the pools grant, ten thousand and more.
+//
 // The package imports only the generated API and gRPC.
 package client
 
@@ -81,6 +92,7 @@ type options struct {
 	clientName     string
 	idleStreams    int
 	releaseTimeout time.Duration
+	maxStreams     int
 }
 
 // WithTLS dials the server over TLS with cfg (nil means the system roots and
@@ -137,13 +149,25 @@ func WithIdleStreams(n int) Option {
 	}
 }
 
-// Client is a connection to a poold server: one gRPC ClientConn shared by
-// every lease, plus the warm streams of released leases. Its methods are
-// safe for concurrent use.
+// WithMaxStreamsPerConn caps the Lease streams (held leases and warm
+// streams) the Client opens on one gRPC connection; a lease beyond it goes
+// on another connection, dialled when every connection is full. By default
+// the cap is what the server advertises (poold's --max-concurrent-streams,
+// less a few streams kept for other calls), and DefaultMaxStreamsPerConn
+// until a server has said. A value <= 0 means the default.
+func WithMaxStreamsPerConn(n int) Option {
+	return func(o *options) { o.maxStreams = max(n, 0) }
+}
+
+// Client is a connection to a poold server: a small set of gRPC
+// ClientConns (one until the leases held at once need more; see the
+// package documentation),
+// plus the warm streams of released leases. Its methods are safe for
+// concurrent use.
 type Client struct {
-	cc           *grpc.ClientConn
-	leases       poolv1.LeaseServiceClient
+	cc           *grpc.ClientConn // the first connection: stats calls, and the replicas seen ready
 	stats        poolv1.StatsServiceClient
+	dialConn     func() (*channel, error) // opens another connection
 	name         string
 	maxIdle      int
 	endedTimeout time.Duration // overridden by tests
@@ -157,12 +181,22 @@ type Client struct {
 	releasing atomic.Int64  // releases queued whose ended has not arrived
 	settledc  chan struct{} // size 1: nudged when releasing drops to zero
 
-	replicas   *replicaSet // the ready replicas, as the SDK's balancer sees them
-	replicasID uint64
+	replicas *replicaSet // the ready replicas, as the first connection's balancer sees them
+
+	// userStreams is WithMaxStreamsPerConn's cap, 0 for none.
+	userStreams int
+	// stallWait is how long a new stream may wait on a ready connection
+	// before the Client takes that connection to be at the server's
+	// stream limit (overridden by tests).
+	stallWait time.Duration
 
 	mu     sync.Mutex // protects the following fields
 	closed bool
 	idle   map[idleKey][]*stream // warm streams, most recently released last
+	chans  []*channel            // the connections, the first one first
+	// serverStreams is the stream limit the server advertised, 0 until
+	// one has.
+	serverStreams int
 
 	// testHookIdle, if set, is called after a stream joins the idle cache.
 	testHookIdle func(pool string)
@@ -214,8 +248,7 @@ func New(target string, opts ...Option) (*Client, error) {
 			secure: !o.insecure,
 		}))
 	}
-	target, extra, err := parseTarget(target)
-	if err != nil {
+	if _, _, err := parseTarget(target); err != nil {
 		return nil, err
 	}
 	// Fixed flow-control windows, as poold's: gRPC's dynamic window (BDP
@@ -225,14 +258,10 @@ func New(target string, opts ...Option) (*Client, error) {
 	// gRPC reads HTTP/2 DATA frames into buffers of this pool, which does
 	// not zero them (codec.go).
 	dial = append(dial, experimental.WithBufferPool(recvBufs))
-	replicas, replicasID := newReplicaSet()
-	dial = append(dial, extra...)
-	dial = append(dial, grpc.WithDefaultServiceConfig(serviceConfig(replicasID)))
-	dial = append(dial, o.dialOpts...)
-	cc, err := grpc.NewClient(target, dial...)
+	dialConn := func() (*channel, error) { return newChannel(target, dial, o.dialOpts) }
+	first, err := dialConn()
 	if err != nil {
-		dropReplicaSet(replicasID)
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, err
 	}
 	name := o.clientName
 	if name == "" {
@@ -243,9 +272,9 @@ func New(target string, opts ...Option) (*Client, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Client{
-		cc:             cc,
-		leases:         poolv1.NewLeaseServiceClient(cc),
-		stats:          poolv1.NewStatsServiceClient(cc),
+		cc:             first.cc,
+		stats:          poolv1.NewStatsServiceClient(first.cc),
+		dialConn:       dialConn,
 		name:           name,
 		maxIdle:        o.idleStreams,
 		endedTimeout:   defaultEndedTimeout,
@@ -253,9 +282,11 @@ func New(target string, opts ...Option) (*Client, error) {
 		ctx:            ctx,
 		cancel:         cancel,
 		settledc:       make(chan struct{}, 1),
-		replicas:       replicas,
-		replicasID:     replicasID,
+		replicas:       first.replicas,
+		userStreams:    o.maxStreams,
+		stallWait:      defaultStallWait,
 		idle:           make(map[idleKey][]*stream),
+		chans:          []*channel{first},
 	}, nil
 }
 
@@ -317,9 +348,15 @@ func (c *Client) Close() error {
 	c.awaitReleases(min(c.endedTimeout, closeGrace))
 	c.cancel()
 	c.wg.Wait()
-	err := c.cc.Close()
-	dropReplicaSet(c.replicasID)
-	return err
+	c.mu.Lock()
+	chans := c.chans
+	c.chans = nil
+	c.mu.Unlock()
+	var errs []error
+	for _, ch := range chans {
+		errs = append(errs, ch.close())
+	}
+	return errors.Join(errs...)
 }
 
 // awaitReleases waits until the server has confirmed every queued release

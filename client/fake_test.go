@@ -82,7 +82,7 @@ func (l *fakeLease) revoke() {
 	l.near.Close()
 }
 
-func newFake(t testing.TB) *fakeServer {
+func newFake(t testing.TB, opts ...grpc.ServerOption) *fakeServer {
 	t.Helper()
 	f := &fakeServer{
 		newUpstream: func() (net.Conn, net.Conn, error) { a, b := net.Pipe(); return a, b, nil },
@@ -107,7 +107,7 @@ func newFake(t testing.TB) *fakeServer {
 		}
 		return nil
 	}
-	srv := grpc.NewServer(
+	srv := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			if info.FullMethod == healthpb.Health_Watch_FullMethodName {
 				return h(srv, ss) // public, as on poold
@@ -123,7 +123,7 @@ func newFake(t testing.TB) *fakeServer {
 			}
 			return h(ctx, req)
 		}),
-	)
+	}, opts...)...)
 	poolv1.RegisterLeaseServiceServer(srv, f)
 	poolv1.RegisterStatsServiceServer(srv, f)
 	f.health = health.NewServer()

@@ -74,8 +74,12 @@ func (st streamState) String() string {
 // stream is one Lease RPC carrying leases one after another. A receive
 // goroutine reads server frames and routes them to the current lease's Conn;
 // a send goroutine drains a queue of client frames, so a Write can time out
-// while gRPC's flow control holds a frame. Both are owned by the Client
-// (Client.wg) and stop when the stream's context is cancelled.
+// while gRPC's flow control holds a frame. The send goroutine runs only
+// while frames are queued: the first frame queued starts it and it exits
+// once the queue is empty, so an idle lease or warm stream has the receive
+// goroutine alone. The receive goroutine is owned by the Client
+// (Client.wg), waits for the send goroutine before it exits, and stops when
+// the stream's context is cancelled.
 //
 // A lease ends when the release is queued and the server's ended frame has
 // arrived, in either order; the stream is then idle and goes back to the
@@ -83,24 +87,30 @@ func (st streamState) String() string {
 // the stream.
 type stream struct {
 	c      *Client
+	ch     *channel // the connection the stream is on
 	pool   string
 	hint   *pickHint       // where the balancer placed the stream
 	ctx    context.Context // owned by the stream, child of the Client's
 	cancel context.CancelFunc
 	rpc    grpc.BidiStreamingClient[poolv1.LeaseRequest, poolv1.LeaseResponse]
 
-	live      atomic.Int32  // goroutines still running
 	progress  atomic.Uint64 // frames sent and received: a release waits while it moves
 	frameSize atomic.Int32  // the largest data frame to send; see learnFrameSize
 	donec     chan struct{} // closed when both goroutines have exited
 	deadc     chan struct{} // closed when the stream died; err is set first
 
-	wakec  chan struct{} // size 1: nudges the sender after an enqueue
-	spacec chan struct{} // size 1: nudges a Write waiting for queue space
+	spacec chan struct{}  // size 1: nudges a Write waiting for queue space
+	sendWG sync.WaitGroup // the send goroutine, while one runs
 
 	qmu    sync.Mutex // protects the following fields
 	q      []*poolv1.LeaseRequest
 	qbytes int // data bytes in q
+	// sending: a send goroutine runs (it clears sending as it finds q
+	// empty, and leaves it set after a failed Send: no other starts).
+	sending bool
+	// recvDone: the receive goroutine is exiting; no send goroutine
+	// starts.
+	recvDone bool
 
 	mu       sync.Mutex // protects the following fields; taken before qmu
 	state    streamState
@@ -114,26 +124,62 @@ type stream struct {
 }
 
 // newStream opens a Lease RPC for pool on replica (any when "" or not
-// ready; not avoid if another is ready) and starts its goroutines. The
-// RPC's context is the stream's own; ctx only bounds the call.
+// ready; not avoid if another is ready), on a connection with room for
+// it, and starts its goroutines. The RPC's context is the stream's own;
+// ctx only bounds the call.
 func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*stream, error) {
+	for {
+		ch, err := c.reserveStream()
+		if err != nil {
+			return nil, err
+		}
+		s, stalled, err := c.openStream(ctx, ch, pool, replica, avoid)
+		switch {
+		case stalled:
+			c.stalled(ch) // at the server's limit: try another connection
+			continue
+		case err != nil:
+			c.releaseStream(ch)
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// openStream opens a Lease RPC on ch. It gives up, reporting stalled, when
+// the RPC waits stallWait on a ready connection: it waits for stream quota
+// the server did not advertise.
+func (c *Client) openStream(ctx context.Context, ch *channel, pool, replica, avoid string) (s *stream, stalled bool, err error) {
 	hint := &pickHint{want: replica, avoid: avoid}
 	sctx, cancel := context.WithCancel(withPickHint(c.ctx, hint))
 	stop := context.AfterFunc(ctx, cancel)
-	rpc, err := c.leases.Lease(metadata.AppendToOutgoingContext(sctx, frameSizeMD...), leaseCallOption())
+	var stall atomic.Bool
+	t := time.AfterFunc(c.stallWait, func() {
+		if ch.ready() {
+			stall.Store(true)
+			cancel()
+		}
+	})
+	rpc, err := ch.leases.Lease(metadata.AppendToOutgoingContext(sctx, frameSizeMD...), leaseCallOption())
+	t.Stop()
 	if !stop() {
 		cancel()
-		return nil, leaseCtxErr(pool, ctx.Err())
+		return nil, false, leaseCtxErr(pool, ctx.Err())
+	}
+	if stall.Load() {
+		cancel()
+		return nil, true, nil
 	}
 	if err != nil {
 		cancel()
 		if c.ctx.Err() != nil {
-			return nil, ErrClientClosed
+			return nil, false, ErrClientClosed
 		}
-		return nil, fromStatus(err)
+		return nil, false, fromStatus(err)
 	}
-	s := &stream{
+	s = &stream{
 		c:      c,
+		ch:     ch,
 		pool:   pool,
 		hint:   hint,
 		ctx:    sctx,
@@ -141,7 +187,6 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 		rpc:    rpc,
 		donec:  make(chan struct{}),
 		deadc:  make(chan struct{}),
-		wakec:  make(chan struct{}, 1),
 		spacec: make(chan struct{}, 1),
 		state:  stOpening,
 	}
@@ -149,22 +194,25 @@ func (c *Client) newStream(ctx context.Context, pool, replica, avoid string) (*s
 	if c.closed {
 		c.mu.Unlock()
 		cancel()
-		return nil, ErrClientClosed
+		return nil, false, ErrClientClosed
 	}
-	c.wg.Add(2)
+	c.wg.Add(1)
 	c.mu.Unlock()
-	s.live.Store(2)
 	s.frameSize.Store(smallDataFrame)
 	go s.recvLoop()
-	go s.sendLoop()
-	return s, nil
+	return s, false, nil
 }
 
-// exit is deferred by both goroutines.
+// exit is deferred by the receive goroutine: it waits for the send
+// goroutine (the stream's context is cancelled by then, so a Send in
+// progress returns) and frees the stream's place on its connection.
 func (s *stream) exit() {
-	if s.live.Add(-1) == 0 {
-		close(s.donec)
-	}
+	s.qmu.Lock()
+	s.recvDone = true
+	s.qmu.Unlock()
+	s.sendWG.Wait()
+	s.c.releaseStream(s.ch) // the RPC is over: its stream is free
+	close(s.donec)
 	s.c.wg.Done()
 }
 
@@ -295,7 +343,8 @@ var frameSizeMD = []string{leasewire.FrameSizeKey, strconv.Itoa(maxFrame), lease
 
 // learnFrameSize sets the stream's data frame size from the server's
 // header, which arrives with its first response; without the header (or
-// if the stream broke first) it stays smallDataFrame. Only the receive
+// if the stream broke first) it stays smallDataFrame. The header also
+// carries the server's stream limit, for the Client. Only the receive
 // goroutine calls it, before it reads a frame, hence before a lease is
 // granted and written to.
 func (s *stream) learnFrameSize() {
@@ -303,6 +352,7 @@ func (s *stream) learnFrameSize() {
 	if err != nil {
 		return
 	}
+	s.c.learnStreamLimit(md.Get(leasewire.MaxStreamsKey))
 	v := md.Get(leasewire.FrameSizeKey)
 	if len(v) != 1 {
 		return
@@ -322,8 +372,22 @@ func (s *stream) enqueue(reqs ...*poolv1.LeaseRequest) {
 		s.q = append(s.q, r)
 		s.qbytes += len(r.GetData().GetData())
 	}
+	start := s.startSenderLocked()
 	s.qmu.Unlock()
-	nudge(s.wakec)
+	if start {
+		go s.sendLoop()
+	}
+}
+
+// startSenderLocked reports whether the caller, which has just queued
+// frames, must start the send goroutine: none runs and the stream lives.
+func (s *stream) startSenderLocked() bool {
+	if s.sending || s.recvDone {
+		return false
+	}
+	s.sending = true
+	s.sendWG.Add(1) // before recvDone is set: exit's Wait comes after
+	return true
 }
 
 // sendData queues one data frame of c, waiting while maxQueued bytes are
@@ -338,8 +402,11 @@ func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
 		if s.qbytes < maxQueued {
 			s.q = append(s.q, req)
 			s.qbytes += n
+			start := s.startSenderLocked()
 			s.qmu.Unlock()
-			nudge(s.wakec)
+			if start {
+				go s.sendLoop()
+			}
 			return nil
 		}
 		s.qmu.Unlock()
@@ -360,19 +427,16 @@ func nudge(ch chan struct{}) {
 	}
 }
 
-// sendLoop sends queued frames in order until the stream dies.
+// sendLoop sends queued frames in order until the queue is empty or the
+// stream dies.
 func (s *stream) sendLoop() {
-	defer s.exit()
+	defer s.sendWG.Done()
 	for {
 		s.qmu.Lock()
-		if len(s.q) == 0 {
+		if len(s.q) == 0 || s.ctx.Err() != nil {
+			s.sending = false
 			s.qmu.Unlock()
-			select {
-			case <-s.wakec:
-				continue
-			case <-s.ctx.Done():
-				return
-			}
+			return
 		}
 		req := s.q[0]
 		copy(s.q, s.q[1:])

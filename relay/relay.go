@@ -4,7 +4,8 @@
 // backpressure, half-close, release and revocation, the end reasons, and
 // the one decision whether a released connection may be reused.
 //
-// A Lease runs one reader goroutine, which copies upstream bytes to the
+// A Lease runs one reader goroutine (a goroutine of its own, or one the
+// client side lends it: Options.Go), which copies upstream bytes to the
 // client side (Sink); the client side's own goroutine writes client bytes
 // to the upstream (Write) and ends the lease (Release or Abandon). Other
 // goroutines may Cut a lease at any time: a blocked upstream read or write
@@ -132,6 +133,11 @@ type Options struct {
 	// Done is called once when the reader goroutine exits (or, for a
 	// started lease whose reader never ran, when it ends).
 	Done func()
+	// Go runs the reader: it must call its argument once, on a goroutine
+	// of its choosing, and may return before. nil starts a new goroutine.
+	// A client side whose own goroutine has nothing to do while a lease is
+	// held lends it, so a held lease costs no goroutine of its own.
+	Go func(reader func())
 }
 
 // errCut is what an upstream write returns once the lease was cut.
@@ -224,6 +230,10 @@ func (l *Lease) Start() {
 
 func (l *Lease) startReader() {
 	l.readerGo.Store(true)
+	if l.opts.Go != nil {
+		l.opts.Go(l.relayUpstream)
+		return
+	}
 	go l.relayUpstream()
 }
 

@@ -212,3 +212,32 @@ func TestWriteAfterUpstreamHalfClose(t *testing.T) {
 		t.Fatalf("ended %+v", e)
 	}
 }
+
+// TestReaderOnLentGoroutine: with Options.Go the reader runs where the
+// client side puts it (here, a goroutine the test owns) and Release ends
+// it there as on a goroutine of the relay's own.
+func TestReaderOnLentGoroutine(t *testing.T) {
+	near, far := tcpPair(t)
+	up := newFakeUp(near)
+	s := newFakeSink()
+	lent := make(chan func(), 1)
+	l := New(up, s, Options{Go: func(reader func()) { lent <- reader }})
+	l.Start()
+	reader := testkit.Recv(t, lent)
+	ran := make(chan struct{})
+	go func() {
+		reader()
+		close(ran)
+	}()
+	if _, err := far.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the reply", func() bool { d, _ := s.got(); return d == "pong" })
+	if err := l.Release(true); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Recv(t, ran) // the reader returned
+	if e := testkit.Recv(t, s.ended); e.Reason != Released || !e.Reused {
+		t.Fatalf("ended %+v", e)
+	}
+}

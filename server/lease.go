@@ -34,6 +34,17 @@ const (
 // frameSizeHeader is the server's header on Lease streams.
 var frameSizeHeader = metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame))
 
+// leaseHeader returns the header of Lease streams: the frame size, and the
+// stream limit per connection when it is known (n > 0), so that a client
+// holding more leases opens more connections.
+func leaseHeader(n uint32) metadata.MD {
+	if n == 0 {
+		return frameSizeHeader
+	}
+	return metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame),
+		leasewire.MaxStreamsKey, strconv.FormatUint(uint64(n), 10))
+}
+
 // clientFrameSize returns the upstream read size for a Lease call: the
 // client's leasewire.FrameSizeKey, at least relay.SmallRead and at most
 // relay.LargeRead.
@@ -62,7 +73,8 @@ type LeaseServer struct {
 
 	pools  poolSource
 	logger *slog.Logger
-	caps   leaseCaps // leases held per principal, for Principal.MaxLeases
+	header metadata.MD // of every Lease stream (leaseHeader)
+	caps   leaseCaps   // leases held per principal, for Principal.MaxLeases
 	// reauth authenticates a stream again when its principal is revoked
 	// (revoke.go); nil without authentication.
 	reauth auth.AuthFunc
@@ -86,7 +98,7 @@ func newLeaseServer(pools poolSource, logger *slog.Logger) *LeaseServer {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &LeaseServer{pools: pools, logger: logger, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
+	return &LeaseServer{pools: pools, logger: logger, header: frameSizeHeader, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
 }
 
 // Shutdown stops granting leases: streams without a lease end at once with
@@ -123,18 +135,26 @@ var errShutdown = status.Error(codes.Unavailable, "server shutting down")
 
 // Lease serves one lease stream. The handler goroutine waits while the
 // stream's receive loop (one goroutine) reads client frames, acquires, writes
-// to the upstream and releases, and a reader goroutine per lease copies
-// upstream bytes to the stream. Only one of them sends at a time: granted and
+// to the upstream and releases, and each lease's relay reader copies
+// upstream bytes to the stream; the reader runs on the handler goroutine
+// while it waits (lendReader), so a held lease costs the stream's two
+// goroutines and no third. Only one of them sends at a time: granted and
 // ended{RELEASED} are sent by the receive loop while no reader runs.
 func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ctx := stream.Context()
 	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx), out: newOutData(),
 		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx),
 		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose)}
+	if s.reauth == nil {
+		// The handler goroutine waits for the stream's end; meanwhile it
+		// runs the reader of each lease (lendReader). With reauth it
+		// watches for revocation instead, and readers run on their own.
+		ls.runc = make(chan func())
+	}
 	// Tell the client it may send large data frames (an older poold does
-	// not, and its client keeps to small ones). The header goes out with
-	// the first response.
-	if err := stream.SetHeader(frameSizeHeader); err != nil {
+	// not, and its client keeps to small ones), and how many streams a
+	// connection takes. The header goes out with the first response.
+	if err := stream.SetHeader(s.header); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -178,7 +198,22 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 		case <-ls.donec:
 			return ls.err
 		case <-ls.idlec:
+		case reader := <-ls.runc:
+			reader()
 		}
+	}
+}
+
+// lendReader runs a lease's relay reader on the handler goroutine, which
+// has nothing else to do while the lease is held, so a held lease costs no
+// goroutine (and stack) of its own. When the handler is not waiting (a
+// protocol pool's reset still runs on it, it returned, or it watches for
+// revocation) the reader gets a goroutine of its own.
+func (ls *leaseStream) lendReader(reader func()) {
+	select {
+	case ls.runc <- reader:
+	default:
+		go reader()
 	}
 }
 
@@ -220,6 +255,9 @@ type leaseStream struct {
 	reader relay.Reader
 	// out is the reader goroutine's data frame, reused.
 	out *outData
+	// runc hands a lease's reader to the handler goroutine while it
+	// waits (lendReader); nil when the handler watches for revocation.
+	runc chan func()
 }
 
 // send sends one frame, a *poolv1.LeaseResponse or an *outData, unless the
@@ -240,6 +278,12 @@ func (ls *leaseStream) setBusy(b bool) (stopping bool) {
 	ls.busy = b
 	stopping = ls.stopping
 	ls.mu.Unlock()
+	select {
+	case <-ls.srv.stopc:
+		// The handler may be running a reader and not have seen it yet.
+		stopping = true
+	default:
+	}
 	if !b {
 		select {
 		case ls.idlec <- struct{}{}:
@@ -449,7 +493,7 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	l := &lease{conn: c, capc: capc}
 	ls.srv.wg.Add(1)
 	l.relay = relay.New(c, ls, relay.Options{ReadSize: ls.frameSize, HalfClose: ls.halfClose,
-		Reader: &ls.reader, Done: ls.srv.wg.Done})
+		Reader: &ls.reader, Done: ls.srv.wg.Done, Go: ls.lendReader})
 	ls.lease = l
 	ls.cur.Store(l.relay)
 	if ls.ctx.Err() != nil {

@@ -105,6 +105,8 @@ func (ls *leaseStream) wait() (done bool, err error) {
 			return true, ls.err
 		case <-ls.srv.stopc:
 			return false, nil
+		case reader := <-ls.runc: // nil with reauth: revokedc is watched
+			reader()
 		case <-revokedc:
 			if err := ls.refreshPrincipal(); err != nil {
 				ls.mu.Lock()

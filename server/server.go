@@ -183,6 +183,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, *Services, error)
 	svc := &Services{Health: NewHealth(cfg.Manager), Lease: NewLeaseServer(cfg.Manager, cfg.Logger)}
 	svc.Health.authFunc, svc.Health.public = cfg.AuthFunc, cfg.PublicPoolHealth
 	svc.Lease.reauth = cfg.AuthFunc
+	svc.Lease.header = leaseHeader(cfg.MaxConcurrentStreams)
 	poolv1.RegisterLeaseServiceServer(srv, svc.Lease)
 	healthpb.RegisterHealthServer(srv, svc.Health.Server())
 	reflection.Register(srv)

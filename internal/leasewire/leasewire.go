@@ -123,6 +123,13 @@ const FeatureHalfClose = "half-close"
 // SmallFrame bytes.
 const FrameSizeKey = "poolplane-max-data-frame"
 
+// MaxStreamsKey is the metadata key of the server's header on a Lease
+// stream that says, in decimal, how many streams it allows open at once on
+// one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, which grpc-go
+// does not show its caller). A client that holds more leases than that
+// opens more connections.
+const MaxStreamsKey = "poolplane-max-concurrent-streams"
+
 // SmallFrame is the largest data frame payload sent to a side that did not
 // say it takes larger ones. Such a side may decode with grpc-go's proto
 // codec, and an encoded frame must then fit grpc-go's 32 KiB buffer tier:
