@@ -460,7 +460,7 @@ func TestListenerChangesUnderLoad(t *testing.T) {
 						buf := make([]byte, len(msg))
 						if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
 							c.Close()
-							return fmt.Errorf("read %q: %q, %v", msg, buf, err)
+							return fmt.Errorf("read %q: %q, %w", msg, buf, err)
 						}
 						exchanges.Add(1)
 					}
