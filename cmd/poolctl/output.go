@@ -83,14 +83,24 @@ func withEmptyLists(js []byte, m proto.Message, protoNames bool) ([]byte, error)
 	if len(missing) == 0 {
 		return js, nil
 	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(js, &obj); err != nil {
-		return nil, err
+	// Appended at the end of the object, so the fields present keep
+	// their order (the proto's) whether or not a list is empty.
+	b := bytes.TrimRight(compactJSON(js), " \n")
+	if len(b) < 2 || b[len(b)-1] != '}' {
+		return nil, fmt.Errorf("internal error: not a JSON object: %q", js)
 	}
+	out := append([]byte(nil), b[:len(b)-1]...)
 	for _, k := range missing {
-		obj[k] = json.RawMessage("[]")
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		key, err := json.Marshal(k)
+		if err != nil {
+			return nil, err
+		}
+		out = append(append(out, key...), ":[]"...)
 	}
-	return json.Marshal(obj)
+	return append(out, '}'), nil
 }
 
 // compactJSON removes insignificant space from b (which is valid JSON).
