@@ -2,6 +2,7 @@ package listen_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -33,7 +34,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	m, h := harness.ManagerServing(t, nil)
+	m, h := harness.ManagerServing(t, nil, func(mc *poolmgr.ManagerConfig) { mc.SecretKey = bytes.Repeat([]byte{7}, 32) })
 	return &env{m: m, h: h}
 }
 
@@ -332,7 +333,7 @@ func TestListenerRefusesInItsProtocol(t *testing.T) {
 }
 
 func TestHostCloseEndsConnections(t *testing.T) {
-	m, h := harness.ManagerServing(t, nil)
+	m, h := harness.ManagerServing(t, nil, nil)
 	echo := testkit.EchoServer(t)
 	if _, err := m.Create(context.Background(), "p", poolmgr.Config{Endpoints: []string{echo},
 		Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0"}}}, poolmgr.WriteOptions{}); err != nil {
