@@ -18,7 +18,6 @@ import (
 	"github.com/poolplane/poolplane/internal/testkit"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/relay/listen"
-	"github.com/poolplane/poolplane/store"
 )
 
 // TestRedisAndPostgresRefusals: a client a REDIS or POSTGRES pool cannot
@@ -102,7 +101,7 @@ func TestListenerNotOpenedAtLoad(t *testing.T) {
 	addr := freePort(t)
 	echo := testkit.EchoServer(t)
 	start := func() (*poolmgr.Manager, *listen.Host, func()) {
-		st, err := store.Open(path, store.Options{})
+		st, err := harness.OpenStore(path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -52,3 +52,7 @@ func ManagerServing(t testing.TB, logger *slog.Logger, mod func(*poolmgr.Manager
 // StoreOptions are the store options of ManagerServing, for a test that
 // builds its own host.
 func StoreOptions() store.Options { return store.Options{} }
+
+// OpenStore opens the bbolt store at path with the default options, for a
+// test that stops and starts a Manager over the same store.
+func OpenStore(path string) (*store.Store, error) { return store.Open(path, store.Options{}) }
