@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -104,6 +105,22 @@ type Conn struct {
 	wclosed bool       // CloseWrite was called
 
 	rdl, wdl deadline
+
+	// Tracing, with a ReleaseTracer only (tr is nil otherwise).
+	tr        ReleaseTracer
+	tctx      context.Context // what TraceLeaseStart returned
+	grantedAt time.Time       // set before grantedc closes
+	// traceParts counts the caller's release and the lease's end: the
+	// second one traces the release.
+	traceParts atomic.Int32
+	recvd      atomic.Int64 // bytes received from the upstream
+	relClean   bool         // the release asked for reuse; set before its traceParts add
+	relErr     error        // what Close or Discard returned; set likewise
+	// The ended frame's reason, message and reused flag, set before endc
+	// closes (unspecified and false without one).
+	endReason poolv1.EndReason
+	endMsg    string
+	endReused bool
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -118,7 +135,42 @@ func newConn(s *stream) *Conn {
 		closedc:  make(chan struct{}),
 		rdl:      makeDeadline(),
 		wdl:      makeDeadline(),
+		tr:       s.c.trace.releaseTracer(),
 	}
+}
+
+// traceRelease sets the context of the lease's release event; called by
+// LeaseWith before it returns the Conn.
+func (c *Conn) traceRelease(tctx context.Context) { c.tctx = tctx }
+
+// traceEnd counts one of the two ends of a lease (the caller's release,
+// the server's end) and traces the release after the second.
+func (c *Conn) traceEnd() {
+	if c.tr == nil || c.traceParts.Add(1) != 2 {
+		return
+	}
+	err := c.relErr
+	if err == nil && c.endReason != poolv1.EndReason_END_REASON_RELEASED && c.endReason != poolv1.EndReason_END_REASON_UPSTREAM_EOF {
+		err = c.rerr
+	}
+	ctx := c.tctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	c.tr.TraceRelease(ctx, TraceReleaseData{
+		Pool:          c.s.pool,
+		LeaseID:       c.info.LeaseID,
+		UpstreamAddr:  c.info.UpstreamAddr,
+		Reusable:      c.relClean,
+		Reused:        c.endReused,
+		EndReason:     c.endReason,
+		EndMessage:    c.endMsg,
+		BytesSent:     c.sent.Load(),
+		BytesWritten:  max(c.endWritten, c.written.Load()),
+		BytesReceived: c.recvd.Load(),
+		Held:          time.Since(c.grantedAt),
+		Err:           err,
+	})
 }
 
 // grant records the granted frame; called once by the receive goroutine.
@@ -133,6 +185,9 @@ func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
 		Generation:   g.GetGeneration(),
 		Protocol:     g.GetProtocol(),
 	}
+	if c.tr != nil {
+		c.grantedAt = time.Now()
+	}
 	c.laddr = Addr{name: c.s.c.name + "/" + g.GetLeaseId()}
 	c.raddr = Addr{name: g.GetUpstreamAddr()}
 	close(c.grantedc)
@@ -146,6 +201,9 @@ func (c *Conn) deliver(b []byte) {
 		return
 	}
 	c.unread.Add(int64(len(b)))
+	if c.tr != nil {
+		c.recvd.Add(int64(len(b)))
+	}
 	select {
 	case c.datac <- b:
 	case <-c.closedc:
@@ -154,14 +212,19 @@ func (c *Conn) deliver(b []byte) {
 }
 
 // remoteEnd ends the lease from the server's side: Read returns rerr once
-// the data before it is read, Write returns werr. written is the ended
-// frame's upstream_written, or -1 without one.
-func (c *Conn) remoteEnd(rerr, werr error, written int64) {
+// the data before it is read, Write returns werr. e is the ended frame, or
+// nil when the lease ended without one (the stream broke).
+func (c *Conn) remoteEnd(rerr, werr error, e *poolv1.LeaseResponse_Ended) {
 	c.endOnce.Do(func() {
 		c.rerr, c.werr = rerr, werr
-		c.endWritten = written
+		c.endWritten = -1
+		if e != nil {
+			c.endWritten = int64(e.GetUpstreamWritten())
+			c.endReason, c.endMsg, c.endReused = e.GetReason(), e.GetMessage(), e.GetReused()
+		}
 		c.dirty.Store(true)
 		close(c.endc)
+		c.traceEnd()
 	})
 }
 
@@ -349,6 +412,8 @@ func (c *Conn) release(reusable, idleReader bool) error {
 		if sent := c.sent.Load(); sent > c.written.Load() {
 			err = c.awaitDelivery(sent)
 		}
+		c.relClean, c.relErr = clean, err
+		c.traceEnd()
 	})
 	return err
 }
@@ -381,6 +446,8 @@ func (c *Conn) awaitDelivery(sent int64) error {
 				timer.Reset(s.c.releaseTimeout)
 				continue
 			}
+			s.c.warn("poolplane: release stalled: closing the upstream connection", "pool", s.pool, "lease", c.info.LeaseID,
+				"sent", sent, "written", c.written.Load(), "timeout", s.c.releaseTimeout)
 			s.fail(errReleaseStalled)
 			<-c.endc
 			return fmt.Errorf("%w: the upstream took %d of %d bytes and then nothing for %s", ErrUndelivered, c.written.Load(), sent, s.c.releaseTimeout)
