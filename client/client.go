@@ -449,7 +449,7 @@ func (c *Client) leaseTraced(ctx context.Context, t *tracer, pool string, firstW
 	conn, err := c.lease(ctx, pool, firstWrite)
 	if t.wait != nil {
 		switch {
-		case err == nil && conn.info.WaitTime > 0:
+		case err == nil:
 			t.wait.TraceLeaseWait(tctx, TraceLeaseWaitData{Pool: pool, WaitTime: conn.info.WaitTime})
 		case errors.Is(err, ErrAcquireTimeout):
 			t.wait.TraceLeaseWait(tctx, TraceLeaseWaitData{Pool: pool, WaitTime: time.Since(start), Err: err})

@@ -27,9 +27,12 @@ type LeaseTracer interface {
 	TraceLeaseEnd(ctx context.Context, data TraceLeaseEndData)
 }
 
-// LeaseWaitTracer is a LeaseTracer that is also told when a lease waited in
-// the pool's queue for a connection: the pool had none free and was at
-// max_connections, or dialled one for the lease. TraceLeaseWait runs before
+// LeaseWaitTracer is a LeaseTracer that is also told how long each lease
+// waited in the pool for its connection (OpenTelemetry's
+// db.client.connection.wait_time): once the pool granted one, or once the
+// lease gave up with ErrAcquireTimeout. Leases refused at once (a missing
+// pool, a full backlog) and leases cancelled by their context did not wait
+// for a connection and are not reported. TraceLeaseWait runs before
 // TraceLeaseEnd, with the context TraceLeaseStart returned.
 type LeaseWaitTracer interface {
 	TraceLeaseWait(ctx context.Context, data TraceLeaseWaitData)
@@ -66,7 +69,9 @@ type TraceLeaseEndData struct {
 type TraceLeaseWaitData struct {
 	Pool string
 	// WaitTime is how long the lease waited: the server's measure for a
-	// granted lease, the SDK's for one that timed out.
+	// granted lease (LeaseInfo.WaitTime: 0 or close to it when an idle
+	// connection was at hand, more when the pool dialled one or the lease
+	// queued for one), the SDK's for one that timed out.
 	WaitTime time.Duration
 	// Err is nil when the wait ended with a connection, and the lease's
 	// error (matching ErrAcquireTimeout) when it did not.
