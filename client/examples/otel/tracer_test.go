@@ -182,7 +182,7 @@ func checkAttrs(t *testing.T, s sdktrace.ReadOnlySpan, want ...attribute.KeyValu
 	}
 	for _, kv := range want {
 		if v, ok := got[kv.Key]; !ok || v != kv.Value {
-			t.Errorf("%s: %s = %v, want %v", s.Name(), kv.Key, v.Emit(), kv.Value.Emit())
+			t.Errorf("%s: %s = %v, want %v", s.Name(), kv.Key, v.String(), kv.Value.String())
 		}
 	}
 }
