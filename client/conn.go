@@ -85,12 +85,12 @@ type Conn struct {
 
 	eofc    chan struct{} // closed when the upstream half-closed (close_write)
 	eofOnce sync.Once
+	reading atomic.Int32 // Reads waiting for data (here, it fills eofOnce's padding)
 
 	// sent counts the bytes queued for the upstream (0-RTT and Write);
 	// written is the most upstream_written the server reported.
 	sent    atomic.Int64
 	written atomic.Int64
-	reading atomic.Int32 // Reads waiting for data
 
 	closedc   chan struct{} // closed by Close or Discard
 	closeOnce sync.Once
@@ -106,16 +106,22 @@ type Conn struct {
 
 	rdl, wdl deadline
 
-	// Tracing, with a ReleaseTracer only (tr is nil otherwise).
+	// trace is the lease's release tracing, nil without a ReleaseTracer:
+	// a Conn costs no more without one.
+	trace *connTrace
+}
+
+// connTrace is what a Conn keeps for its ReleaseTracer.
+type connTrace struct {
 	tr        ReleaseTracer
-	tctx      context.Context // what TraceLeaseStart returned
+	ctx       context.Context // what TraceLeaseStart returned
 	grantedAt time.Time       // set before grantedc closes
-	// traceParts counts the caller's release and the lease's end: the
-	// second one traces the release.
-	traceParts atomic.Int32
-	recvd      atomic.Int64 // bytes received from the upstream
-	relClean   bool         // the release asked for reuse; set before its traceParts add
-	relErr     error        // what Close or Discard returned; set likewise
+	// parts counts the caller's release and the lease's end: the second
+	// one traces the release.
+	parts    atomic.Int32
+	recvd    atomic.Int64 // bytes received from the upstream
+	relClean bool         // the release asked for reuse; set before its parts add
+	relErr   error        // what Close or Discard returned; set likewise
 	// The ended frame's reason, message and reused flag, set before endc
 	// closes (unspecified and false without one).
 	endReason poolv1.EndReason
@@ -135,40 +141,45 @@ func newConn(s *stream) *Conn {
 		closedc:  make(chan struct{}),
 		rdl:      makeDeadline(),
 		wdl:      makeDeadline(),
-		tr:       s.c.trace.releaseTracer(),
+		trace:    s.c.trace.forConn(),
 	}
 }
 
 // traceRelease sets the context of the lease's release event; called by
 // LeaseWith before it returns the Conn.
-func (c *Conn) traceRelease(tctx context.Context) { c.tctx = tctx }
+func (c *Conn) traceRelease(ctx context.Context) {
+	if c.trace != nil {
+		c.trace.ctx = ctx
+	}
+}
 
 // traceEnd counts one of the two ends of a lease (the caller's release,
 // the server's end) and traces the release after the second.
 func (c *Conn) traceEnd() {
-	if c.tr == nil || c.traceParts.Add(1) != 2 {
+	t := c.trace
+	if t == nil || t.parts.Add(1) != 2 {
 		return
 	}
-	err := c.relErr
-	if err == nil && c.endReason != poolv1.EndReason_END_REASON_RELEASED && c.endReason != poolv1.EndReason_END_REASON_UPSTREAM_EOF {
+	err := t.relErr
+	if err == nil && t.endReason != poolv1.EndReason_END_REASON_RELEASED && t.endReason != poolv1.EndReason_END_REASON_UPSTREAM_EOF {
 		err = c.rerr
 	}
-	ctx := c.tctx
+	ctx := t.ctx
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	c.tr.TraceRelease(ctx, TraceReleaseData{
+	t.tr.TraceRelease(ctx, TraceReleaseData{
 		Pool:          c.s.pool,
 		LeaseID:       c.info.LeaseID,
 		UpstreamAddr:  c.info.UpstreamAddr,
-		Reusable:      c.relClean,
-		Reused:        c.endReused,
-		EndReason:     c.endReason,
-		EndMessage:    c.endMsg,
+		Reusable:      t.relClean,
+		Reused:        t.endReused,
+		EndReason:     t.endReason,
+		EndMessage:    t.endMsg,
 		BytesSent:     c.sent.Load(),
 		BytesWritten:  max(c.endWritten, c.written.Load()),
-		BytesReceived: c.recvd.Load(),
-		Held:          time.Since(c.grantedAt),
+		BytesReceived: t.recvd.Load(),
+		Held:          time.Since(t.grantedAt),
 		Err:           err,
 	})
 }
@@ -185,8 +196,8 @@ func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
 		Generation:   g.GetGeneration(),
 		Protocol:     g.GetProtocol(),
 	}
-	if c.tr != nil {
-		c.grantedAt = time.Now()
+	if c.trace != nil {
+		c.trace.grantedAt = time.Now()
 	}
 	c.laddr = Addr{name: c.s.c.name + "/" + g.GetLeaseId()}
 	c.raddr = Addr{name: g.GetUpstreamAddr()}
@@ -201,8 +212,8 @@ func (c *Conn) deliver(b []byte) {
 		return
 	}
 	c.unread.Add(int64(len(b)))
-	if c.tr != nil {
-		c.recvd.Add(int64(len(b)))
+	if c.trace != nil {
+		c.trace.recvd.Add(int64(len(b)))
 	}
 	select {
 	case c.datac <- b:
@@ -220,7 +231,9 @@ func (c *Conn) remoteEnd(rerr, werr error, e *poolv1.LeaseResponse_Ended) {
 		c.endWritten = -1
 		if e != nil {
 			c.endWritten = int64(e.GetUpstreamWritten())
-			c.endReason, c.endMsg, c.endReused = e.GetReason(), e.GetMessage(), e.GetReused()
+			if t := c.trace; t != nil {
+				t.endReason, t.endMsg, t.endReused = e.GetReason(), e.GetMessage(), e.GetReused()
+			}
 		}
 		c.dirty.Store(true)
 		close(c.endc)
@@ -412,8 +425,10 @@ func (c *Conn) release(reusable, idleReader bool) error {
 		if sent := c.sent.Load(); sent > c.written.Load() {
 			err = c.awaitDelivery(sent)
 		}
-		c.relClean, c.relErr = clean, err
-		c.traceEnd()
+		if t := c.trace; t != nil {
+			t.relClean, t.relErr = clean, err
+			c.traceEnd()
+		}
 	})
 	return err
 }

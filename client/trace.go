@@ -132,12 +132,13 @@ type tracer struct {
 	release ReleaseTracer
 }
 
-// releaseTracer returns the ReleaseTracer of t, nil when t is nil.
-func (t *tracer) releaseTracer() ReleaseTracer {
-	if t == nil {
+// forConn returns a new Conn's release tracing, nil without a
+// ReleaseTracer.
+func (t *tracer) forConn() *connTrace {
+	if t == nil || t.release == nil {
 		return nil
 	}
-	return t.release
+	return &connTrace{tr: t.release}
 }
 
 func newTracer(t LeaseTracer) *tracer {
