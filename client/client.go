@@ -31,7 +31,7 @@
 //
 // WithTracer traces leases, waits and releases through a LeaseTracer (the
 // way pgx traces queries): a tracer keeps its span in the context
-// TraceLeaseStart returns. examples/otel, a module of its own, records them
+// TraceLeaseStart returns. client/examples/otel, a module of its own, records them
 // as OpenTelemetry spans and metrics. WithLogger logs what the Client does
 // on its own to a log/slog Logger.
 //
