@@ -31,8 +31,8 @@
 //
 // WithTracer traces leases, waits and releases through a LeaseTracer (the
 // way pgx traces queries): a tracer keeps its span in the context
-// TraceLeaseStart returns. client/examples/otel, a module of its own, records them
-// as OpenTelemetry spans and metrics. WithLogger logs what the Client does
+// TraceLeaseStart returns. client/examples/otel, a module of its own,
+// records them as OpenTelemetry spans. WithLogger logs what the Client does
 // on its own to a log/slog Logger.
 //
 // The package imports only the generated API and gRPC.
