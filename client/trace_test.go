@@ -241,3 +241,18 @@ func TestLoggerEndedTimeout(t *testing.T) {
 		t.Errorf("log: %q", got)
 	}
 }
+
+// TestLoggerNewConnection: a lease past the streams one connection takes
+// goes on a new connection, logged at Debug.
+func TestLoggerNewConnection(t *testing.T) {
+	f := newFake(t)
+	var logs testkit.SyncBuffer
+	c := newTestClient(t, f, WithMaxStreamsPerConn(1),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	a, b := leaseAPI(t, c), leaseAPI(t, c)
+	a.Close()
+	b.Close()
+	if got := logs.String(); c.conns() != 2 || !strings.Contains(got, "level=DEBUG") || !strings.Contains(got, "new gRPC connection") {
+		t.Errorf("%d connections, log: %q", c.conns(), got)
+	}
+}
