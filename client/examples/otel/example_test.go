@@ -17,8 +17,13 @@ func ExampleNewTracer() {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter))
 	defer tp.Shutdown(context.Background())
 
-	c, err := client.New("127.0.0.1:7700", client.WithInsecure(),
-		client.WithTracer(poolplaneotel.NewTracer(poolplaneotel.WithTracerProvider(tp))))
+	// Metrics go to the global meter provider, unless WithMeterProvider
+	// names another.
+	tracer, err := poolplaneotel.NewTracer(poolplaneotel.WithTracerProvider(tp))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := client.New("127.0.0.1:7700", client.WithInsecure(), client.WithTracer(tracer))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -1,16 +1,23 @@
 // Package poolplaneotel records the leases of a poolplane SDK client as
-// OpenTelemetry spans, through the SDK's tracer interface
+// OpenTelemetry spans and metrics, through the SDK's tracer interface
 // (client.WithTracer):
 //
 //	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter))
-//	c, err := client.New("127.0.0.1:7700", client.WithInsecure(),
-//		client.WithTracer(poolplaneotel.NewTracer(poolplaneotel.WithTracerProvider(tp))))
+//	t, err := poolplaneotel.NewTracer(poolplaneotel.WithTracerProvider(tp), poolplaneotel.WithMeterProvider(mp))
+//	...
+//	c, err := client.New("127.0.0.1:7700", client.WithInsecure(), client.WithTracer(t))
 //
 // Each lease is a span "poolplane.lease" from the call to Lease (or a
 // Dialer's dial) until it returns, child of the span in the call's
 // context, with two children: "poolplane.wait", the time the pool took to
 // hand out the connection, and "poolplane.held", from the grant to the
 // release, which ends after its parent since a lease outlives the call.
+//
+// The metrics are OpenTelemetry's for a connection pool's client, each with
+// the pool's name (db.client.connection.pool.name):
+// db.client.connection.wait_time and db.client.connection.use_time
+// (histograms, in seconds), db.client.connection.timeouts (acquire
+// timeouts).
 //
 // It lives in a module of its own so that the SDK's module requires no
 // OpenTelemetry package: a service that does not trace compiles none.
@@ -26,6 +33,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/poolplane/poolplane/client"
@@ -54,18 +62,33 @@ const (
 )
 
 // Option configures a Tracer.
-type Option func(*Tracer)
+type Option func(*options)
+
+type options struct {
+	tp trace.TracerProvider
+	mp metric.MeterProvider
+}
 
 // WithTracerProvider sets the provider of the spans' tracer; the default
 // is the global one (otel.GetTracerProvider).
 func WithTracerProvider(tp trace.TracerProvider) Option {
-	return func(t *Tracer) { t.tracer = tp.Tracer(ScopeName) }
+	return func(o *options) { o.tp = tp }
+}
+
+// WithMeterProvider sets the provider of the metrics' meter; the default
+// is the global one (otel.GetMeterProvider).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) { o.mp = mp }
 }
 
 // Tracer is a client.LeaseTracer, client.LeaseWaitTracer and
-// client.ReleaseTracer that records spans. It is safe for concurrent use.
+// client.ReleaseTracer that records spans and metrics. It is safe for
+// concurrent use.
 type Tracer struct {
-	tracer trace.Tracer
+	tracer   trace.Tracer
+	waitTime metric.Float64Histogram
+	useTime  metric.Float64Histogram
+	timeouts metric.Int64Counter
 }
 
 var (
@@ -74,16 +97,35 @@ var (
 	_ client.ReleaseTracer   = (*Tracer)(nil)
 )
 
-// NewTracer returns a Tracer for client.WithTracer.
-func NewTracer(opts ...Option) *Tracer {
-	t := &Tracer{}
-	for _, o := range opts {
-		o(t)
+// durationBuckets are the histograms' bucket bounds in seconds, from 10µs
+// (a warm lease on loopback) to 10s (an acquire timeout).
+var durationBuckets = []float64{1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
+
+// NewTracer returns a Tracer for client.WithTracer. It fails only when the
+// meter provider refuses an instrument.
+func NewTracer(opts ...Option) (*Tracer, error) {
+	o := options{tp: otel.GetTracerProvider(), mp: otel.GetMeterProvider()}
+	for _, opt := range opts {
+		opt(&o)
 	}
-	if t.tracer == nil {
-		t.tracer = otel.GetTracerProvider().Tracer(ScopeName)
+	meter := o.mp.Meter(ScopeName)
+	t := &Tracer{tracer: o.tp.Tracer(ScopeName)}
+	var err error
+	if t.waitTime, err = meter.Float64Histogram("db.client.connection.wait_time", metric.WithUnit("s"),
+		metric.WithDescription("The time it took to obtain a connection from the pool."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...)); err != nil {
+		return nil, err
 	}
-	return t
+	if t.useTime, err = meter.Float64Histogram("db.client.connection.use_time", metric.WithUnit("s"),
+		metric.WithDescription("The time between borrowing a connection and returning it to the pool."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...)); err != nil {
+		return nil, err
+	}
+	if t.timeouts, err = meter.Int64Counter("db.client.connection.timeouts", metric.WithUnit("{timeout}"),
+		metric.WithDescription("The number of connection timeouts that have occurred trying to obtain a connection from the pool.")); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // TraceLeaseStart starts the lease's span.
@@ -96,9 +138,15 @@ func (t *Tracer) TraceLeaseStart(ctx context.Context, d client.TraceLeaseStartDa
 	return ctx
 }
 
-// TraceLeaseWait records the wait as a child span that ends now.
+// TraceLeaseWait records the wait as a child span that ends now, and in
+// the wait_time histogram (an acquire timeout in the timeouts counter).
 func (t *Tracer) TraceLeaseWait(ctx context.Context, d client.TraceLeaseWaitData) {
 	now := time.Now()
+	pool := metric.WithAttributes(PoolKey.String(d.Pool))
+	t.waitTime.Record(ctx, d.WaitTime.Seconds(), pool)
+	if errors.Is(d.Err, client.ErrAcquireTimeout) {
+		t.timeouts.Add(ctx, 1, pool)
+	}
 	_, span := t.tracer.Start(ctx, "poolplane.wait", trace.WithTimestamp(now.Add(-d.WaitTime)),
 		trace.WithAttributes(PoolKey.String(d.Pool)))
 	setError(span, d.Err)
@@ -126,9 +174,10 @@ func (t *Tracer) TraceLeaseEnd(ctx context.Context, d client.TraceLeaseEndData) 
 }
 
 // TraceRelease records the lease's hold, from its grant to now, as a child
-// span of the lease's.
+// span of the lease's, and in the use_time histogram.
 func (t *Tracer) TraceRelease(ctx context.Context, d client.TraceReleaseData) {
 	now := time.Now()
+	t.useTime.Record(ctx, d.Held.Seconds(), metric.WithAttributes(PoolKey.String(d.Pool)))
 	attrs := []attribute.KeyValue{
 		PoolKey.String(d.Pool),
 		LeaseIDKey.String(d.LeaseID),

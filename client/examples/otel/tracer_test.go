@@ -6,9 +6,12 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
@@ -27,9 +30,9 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// leaseServer is a LeaseService of one pool, "echo", whose connections
-// echo what the client writes: enough of poold for a lease's spans. Any
-// other pool is not found.
+// leaseServer is a LeaseService of two pools: "echo", whose connections
+// echo what the client writes, and "slow", which never grants a lease:
+// enough of poold for a lease's spans. Any other pool is not found.
 type leaseServer struct {
 	poolv1.UnimplementedLeaseServiceServer
 }
@@ -46,6 +49,10 @@ func (leaseServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, po
 		}
 		switch f := req.GetFrame().(type) {
 		case *poolv1.LeaseRequest_Open_:
+			if f.Open.GetPool() == "slow" {
+				<-stream.Context().Done()
+				return stream.Context().Err()
+			}
 			if f.Open.GetPool() != "echo" {
 				st, _ := status.New(grpccodes.NotFound, "pool not found").WithDetails(
 					&errdetails.ErrorInfo{Reason: "POOL_NOT_FOUND", Domain: "poolplane.dev"})
@@ -92,8 +99,14 @@ func TestTracerSpans(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	c, err := client.New(startServer(t), client.WithInsecure(),
-		client.WithTracer(poolplaneotel.NewTracer(poolplaneotel.WithTracerProvider(tp))))
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	tr, err := poolplaneotel.NewTracer(poolplaneotel.WithTracerProvider(tp), poolplaneotel.WithMeterProvider(mp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(startServer(t), client.WithInsecure(), client.WithTracer(tr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +130,11 @@ func TestTracerSpans(t *testing.T) {
 	if _, err := c.Lease(ctx, "missing"); !errors.Is(err, client.ErrPoolNotFound) {
 		t.Fatalf("missing pool: %v", err)
 	}
+	slowCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.Lease(slowCtx, "slow"); !errors.Is(err, client.ErrAcquireTimeout) {
+		t.Fatalf("slow pool: %v", err)
+	}
 	parent.End()
 	// The held span ends when the server's ended frame arrives, which
 	// Close does not wait for: closing the Client waits for it.
@@ -128,11 +146,11 @@ func TestTracerSpans(t *testing.T) {
 	for _, s := range rec.Ended() {
 		spans[s.Name()] = append(spans[s.Name()], s)
 	}
-	if n := [3]int{len(spans["poolplane.lease"]), len(spans["poolplane.wait"]), len(spans["poolplane.held"])}; n != [3]int{2, 1, 1} {
-		t.Fatalf("spans lease, wait, held: %v, want [2 1 1]", n)
+	if n := [3]int{len(spans["poolplane.lease"]), len(spans["poolplane.wait"]), len(spans["poolplane.held"])}; n != [3]int{3, 2, 1} {
+		t.Fatalf("spans lease, wait, held: %v, want [3 2 1]", n)
 	}
-	lease, failed := spans["poolplane.lease"][0], spans["poolplane.lease"][1]
-	wait, held := spans["poolplane.wait"][0], spans["poolplane.held"][0]
+	lease, failed, timedOut := spans["poolplane.lease"][0], spans["poolplane.lease"][1], spans["poolplane.lease"][2]
+	wait, slowWait, held := spans["poolplane.wait"][0], spans["poolplane.wait"][1], spans["poolplane.held"][0]
 
 	if lease.Parent().SpanID() != parent.SpanContext().SpanID() || failed.Parent().SpanID() != parent.SpanContext().SpanID() {
 		t.Error("the lease spans are not children of the caller's span")
@@ -171,6 +189,47 @@ func TestTracerSpans(t *testing.T) {
 	checkAttrs(t, failed, poolplaneotel.PoolKey.String("missing"), poolplaneotel.ErrorReasonKey.String("POOL_NOT_FOUND"))
 	if failed.Status().Code != codes.Error || len(failed.Events()) != 1 || failed.Events()[0].Name != "exception" {
 		t.Errorf("failed lease: status %v, events %v", failed.Status(), failed.Events())
+	}
+	checkAttrs(t, timedOut, poolplaneotel.PoolKey.String("slow"), poolplaneotel.ErrorReasonKey.String("ACQUIRE_TIMEOUT"))
+	if slowWait.Parent().SpanID() != timedOut.SpanContext().SpanID() || slowWait.Status().Code != codes.Error ||
+		slowWait.EndTime().Sub(slowWait.StartTime()) < 20*time.Millisecond {
+		t.Errorf("timed-out wait: status %v, from %v to %v", slowWait.Status(), slowWait.StartTime(), slowWait.EndTime())
+	}
+
+	// The metrics: one wait per pool that answered or timed out, one use.
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]map[string]uint64{} // metric, pool: count
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			got[m.Name] = map[string]uint64{}
+			switch d := m.Data.(type) {
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					pool, _ := p.Attributes.Value(poolplaneotel.PoolKey)
+					got[m.Name][pool.AsString()] = p.Count
+				}
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					pool, _ := p.Attributes.Value(poolplaneotel.PoolKey)
+					got[m.Name][pool.AsString()] = uint64(p.Value)
+				}
+			}
+		}
+	}
+	want := map[string]map[string]uint64{
+		"db.client.connection.wait_time": {"echo": 1, "slow": 1},
+		"db.client.connection.use_time":  {"echo": 1},
+		"db.client.connection.timeouts":  {"slow": 1},
+	}
+	for name, pools := range want {
+		for pool, n := range pools {
+			if got[name][pool] != n {
+				t.Errorf("%s{pool=%s} = %d, want %d (all: %v)", name, pool, got[name][pool], n, got)
+			}
+		}
 	}
 }
 
