@@ -19,9 +19,9 @@ import (
 // lease's LeaseInfo. Retries inside one call (see LeaseWith) are one
 // lease.
 //
-// The methods of a tracer may run concurrently and, for the events of a
-// lease's end, on the SDK's goroutines: they must be safe for concurrent
-// use and must not block.
+// The methods of a tracer run concurrently for concurrent leases, and
+// TraceRelease may run on a goroutine of the SDK that reads the lease's
+// stream: they must be safe for concurrent use and must not block.
 type LeaseTracer interface {
 	TraceLeaseStart(ctx context.Context, data TraceLeaseStartData) context.Context
 	TraceLeaseEnd(ctx context.Context, data TraceLeaseEndData)
