@@ -27,7 +27,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -143,6 +145,15 @@ type ConnState struct {
 	// Params are the ParameterStatus values the server reported at
 	// startup. Read-only.
 	Params map[string]string
+	// reported are the ParameterStatus values in force now, and applied
+	// the startup parameters a lease's client asked for that the
+	// connection keeps beyond its own startup values: the reset sets them
+	// again after the reset query, so that the next client asking for the
+	// same ones (every pgbench, every instance of a service) needs no
+	// round trip of its own. A client that asks for other values, or for
+	// none, gets its own or the startup ones at its startup. Both belong
+	// to the connection's one session at a time.
+	reported, applied map[string]string
 	// PID and Secret are the backend key.
 	PID    uint32
 	Secret []byte
@@ -327,7 +338,48 @@ func (h *Handler) NewSession(state any) protocol.Session {
 	} else {
 		h.register(st)
 	}
+	if st.reported == nil {
+		st.reported = maps.Clone(st.Params)
+		if st.reported == nil {
+			st.reported = map[string]string{}
+		}
+	}
 	return &Session{h: h, st: st, tx: 'I'}
+}
+
+// quoteIdent quotes s as an SQL identifier.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// applyQuery returns the statements that bring the connection's startup
+// parameters from what is in force (the startup values, and applied) to
+// want: set_config for each parameter want gives another value, RESET for
+// each applied one want does not give. "" when nothing is to change.
+func applyQuery(st *ConnState, applied, want map[string]string) string {
+	var stmts []string
+	for _, k := range sortedKeys(want) {
+		cur, ok := applied[k]
+		if !ok {
+			cur, ok = st.Params[k]
+		}
+		if !ok || cur != want[k] {
+			stmts = append(stmts, "SELECT pg_catalog.set_config("+quoteLiteral(k)+", "+quoteLiteral(want[k])+", false)")
+		}
+	}
+	for _, k := range sortedKeys(applied) {
+		if _, ok := want[k]; !ok {
+			stmts = append(stmts, "RESET "+quoteIdent(k))
+		}
+	}
+	return strings.Join(stmts, "; ")
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // cancel forwards a CancelRequest for a backend of addr on a fresh

@@ -367,11 +367,32 @@ func TestStartupRefusedAndParams(t *testing.T) {
 	if err := reset(t, s, up); err != nil {
 		t.Fatal(err)
 	}
-	// A client asking for protocol 3.2 is told 3.0 and goes on.
+	// The reset set the client's startup parameters again: the next client
+	// asking for the same ones gets them with no query of its own (its
+	// session ran nothing: no reset either).
+	s = lease(t, h, up, st, withParams, func(c *pgx.Conn) {
+		if got := c.PgConn().ParameterStatus("application_name"); got != "it's mine" {
+			t.Errorf("ParameterStatus application_name %q, again", got)
+		}
+	})
+	if s.used {
+		t.Fatal("a client asking for the parameters the connection kept ran a query for them")
+	}
+	if err := reset(t, s, up); err != nil {
+		t.Fatal(err)
+	}
+	// A client asking for protocol 3.2 is told 3.0 and goes on; asking for
+	// no parameters, it gets the connection's own (RESET).
 	proto32 := func(cc *pgx.ConnConfig) { cc.MaxProtocolVersion = "3.2" }
 	s = lease(t, h, up, st, proto32, func(c *pgx.Conn) {
 		if got := queryString(t, c, "SHOW application_name"); got != "" {
 			t.Errorf("application_name after reset %q", got)
+		}
+		if got := c.PgConn().ParameterStatus("TimeZone"); got == "Asia/Tokyo" {
+			t.Errorf("ParameterStatus TimeZone %q: the last client's", got)
+		}
+		if got := queryString(t, c, "SHOW search_path"); got != `"$user", public` {
+			t.Errorf("search_path %q", got)
 		}
 	})
 	if err := reset(t, s, up); err != nil {

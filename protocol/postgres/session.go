@@ -247,10 +247,17 @@ func (s *Session) reset(nc net.Conn) error {
 		n++
 	}
 	fe.Send(&pgproto3.Query{String: s.h.o.ResetQuery})
+	// The reset query (DISCARD ALL) brings the startup parameters back to
+	// the connection's own; the client's are set again in the same round
+	// trip, for the next client asking for the same (ConnState.applied).
+	if q := applyQuery(s.st, nil, s.st.applied); q != "" {
+		fe.Send(&pgproto3.Query{String: q})
+		n++
+	}
 	if err := fe.Flush(); err != nil {
 		return fmt.Errorf("postgres reset: %w", err)
 	}
-	if _, err := readResults(fe, n, nil); err != nil {
+	if _, err := readResults(fe, n, s.st.reported); err != nil {
 		return fmt.Errorf("postgres reset: %w", err)
 	}
 	return nil
@@ -375,42 +382,31 @@ func (s *Session) startup(nc net.Conn, sm *pgproto3.StartupMessage) ([]byte, err
 		return errorResponse("0A000", "the startup parameter \"options\" is not supported by the pool; set parameters as startup parameters"),
 			errors.New("postgres startup: options")
 	}
-	params := make(map[string]string, len(s.st.Params))
-	for k, v := range s.st.Params {
-		params[k] = v
-	}
-	var names, unknown []string
+	// want: the client's startup parameters; the connection keeps those
+	// that differ from its own startup values (ConnState.applied).
+	want := map[string]string{}
+	var unknown []string
 	for k, v := range p {
 		switch {
 		case k == "user" || k == "database" || k == "replication" || k == "options":
 		case strings.HasPrefix(k, "_pq_."):
 			unknown = append(unknown, k)
 		default:
-			if cur, ok := params[k]; !ok || cur != v {
-				names = append(names, k)
-			}
+			want[k] = v
 		}
 	}
-	sort.Strings(names)
 	sort.Strings(unknown)
 	var out []byte
 	if sm.ProtocolVersion != protocolVersion30 || len(unknown) > 0 {
 		out, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown}).Encode(out)
 	}
-	if len(names) > 0 {
-		var q strings.Builder
-		for i, k := range names {
-			if i > 0 {
-				q.WriteString("; ")
-			}
-			q.WriteString("SELECT pg_catalog.set_config(" + quoteLiteral(k) + ", " + quoteLiteral(p[k]) + ", false)")
-		}
+	if q := applyQuery(s.st, s.st.applied, want); q != "" {
 		s.used = true
 		fe := pgproto3.NewFrontend(nc, nc)
-		fe.Send(&pgproto3.Query{String: q.String()})
+		fe.Send(&pgproto3.Query{String: q})
 		err := fe.Flush()
 		if err == nil {
-			_, err = readResults(fe, 1, params)
+			_, err = readResults(fe, 1, s.st.reported)
 		}
 		if err != nil {
 			s.repBroken = true // the connection is closed, whatever happened
@@ -418,14 +414,16 @@ func (s *Session) startup(nc net.Conn, sm *pgproto3.StartupMessage) ([]byte, err
 				fmt.Errorf("postgres startup parameters: %w", err)
 		}
 	}
-	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
-	keys := make([]string, 0, len(params))
-	for k := range params {
-		keys = append(keys, k)
+	applied := map[string]string{}
+	for k, v := range want {
+		if cur, ok := s.st.Params[k]; !ok || cur != v {
+			applied[k] = v
+		}
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: params[k]}).Encode(out)
+	s.st.applied = applied
+	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
+	for _, k := range sortedKeys(s.st.reported) {
+		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: s.st.reported[k]}).Encode(out)
 	}
 	out, _ = (&pgproto3.BackendKeyData{ProcessID: s.st.PID, SecretKey: s.st.Secret}).Encode(out)
 	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
