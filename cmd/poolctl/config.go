@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// config is poolctl's config file: named contexts, each a poold to talk
+// to and how, in the manner of kubectl's kubeconfig.
+//
+//	current_context: prod
+//	contexts:
+//	  - name: prod
+//	    server: 10.0.0.1:7700,10.0.0.2:7700
+//	    token_file: ~/.config/poolctl/prod.token
+//	    tls: true
+//	    ca_file: /etc/poolplane/ca.pem
+//	    server_name: poold.internal
+//	  - name: local
+//	    server: unix:///run/poold/poold.sock
+type config struct {
+	CurrentContext string          `yaml:"current_context"`
+	Contexts       []configContext `yaml:"contexts"`
+}
+
+// configContext is one context of the config file. Relative file names
+// are relative to the config file's directory; "~/" is the home directory.
+type configContext struct {
+	Name       string `yaml:"name"`
+	Server     string `yaml:"server"`
+	Token      string `yaml:"token"`
+	TokenFile  string `yaml:"token_file"`
+	TLS        bool   `yaml:"tls"`
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+	Timeout    string `yaml:"timeout"`
+}
+
+// configPath returns the config file's path: $POOLCTL_CONFIG, else
+// poolctl/config.yaml in the user's config directory; explicit reports
+// whether $POOLCTL_CONFIG named it (then it must exist).
+func configPath() (path string, explicit bool) {
+	if p := os.Getenv("POOLCTL_CONFIG"); p != "" {
+		return p, true
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", false
+	}
+	return filepath.Join(dir, "poolctl", "config.yaml"), false
+}
+
+// loadConfig reads the config file; it returns nil, nil when there is
+// none.
+func loadConfig() (*config, string, error) {
+	path, explicit := configPath()
+	if path == "" {
+		return nil, "", nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return nil, path, nil
+	}
+	if err != nil {
+		return nil, path, fmt.Errorf("config: %w", err)
+	}
+	var cfg config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, path, fmt.Errorf("config %s: %w", path, err)
+	}
+	seen := map[string]bool{}
+	for _, c := range cfg.Contexts {
+		if c.Name == "" {
+			return nil, path, fmt.Errorf("config %s: a context has no name", path)
+		}
+		if seen[c.Name] {
+			return nil, path, fmt.Errorf("config %s: context %q is defined twice", path, c.Name)
+		}
+		seen[c.Name] = true
+	}
+	return &cfg, path, nil
+}
+
+// context returns the named context, or the current one when name is "".
+func (c *config) context(name string) (*configContext, error) {
+	if name == "" {
+		name = c.CurrentContext
+	}
+	if name == "" {
+		return nil, nil
+	}
+	for i := range c.Contexts {
+		if c.Contexts[i].Name == name {
+			return &c.Contexts[i], nil
+		}
+	}
+	names := make([]string, 0, len(c.Contexts))
+	for _, x := range c.Contexts {
+		names = append(names, x.Name)
+	}
+	return nil, fmt.Errorf("no context %q in the config file (it has: %s)", name, strings.Join(names, ", "))
+}
+
+// applyConfig fills the global flags that neither the command line nor
+// the environment set from the config file's context, then reads
+// --token-file. It runs once per run.
+func (e *env) applyConfig() error {
+	if e.g.resolved {
+		return nil
+	}
+	e.g.resolved = true
+	cfg, path, err := loadConfig()
+	if err != nil {
+		return usagef("%v", err)
+	}
+	if cfg == nil {
+		if e.g.context != "" {
+			return usagef("--context %s: no config file (%s)", e.g.context, path)
+		}
+	} else {
+		ctx, err := cfg.context(e.g.context)
+		if err != nil {
+			return usagef("%s: %v", path, err)
+		}
+		if ctx != nil {
+			if err := e.g.fromContext(ctx, filepath.Dir(path)); err != nil {
+				return usagef("%s: context %s: %v", path, ctx.Name, err)
+			}
+		}
+	}
+	return e.g.readTokenFile()
+}
+
+// fromContext sets every global not given explicitly from ctx.
+func (g *globals) fromContext(ctx *configContext, dir string) error {
+	g.contextName = ctx.Name
+	str := func(flag string, dst *string, v string, isFile bool) {
+		if v == "" || g.explicit(flag) {
+			return
+		}
+		if isFile {
+			v = expandPath(v, dir)
+		}
+		*dst = v
+	}
+	str("server", &g.server, ctx.Server, false)
+	str("token", &g.token, ctx.Token, false)
+	str("token-file", &g.tokenFile, ctx.TokenFile, true)
+	str("ca-file", &g.caFile, ctx.CAFile, true)
+	str("cert-file", &g.certFile, ctx.CertFile, true)
+	str("key-file", &g.keyFile, ctx.KeyFile, true)
+	str("server-name", &g.serverName, ctx.ServerName, false)
+	if ctx.TLS && !g.explicit("tls") {
+		g.tls = true
+	}
+	if ctx.Timeout != "" && !g.explicit("timeout") {
+		d, err := time.ParseDuration(ctx.Timeout)
+		if err != nil {
+			return fmt.Errorf("timeout: %w", err)
+		}
+		g.timeout = d
+	}
+	// A token given explicitly wins over the context's token file, and
+	// the other way round.
+	if g.explicit("token") && !g.explicit("token-file") {
+		g.tokenFile = ""
+	}
+	if g.explicit("token-file") && !g.explicit("token") {
+		g.token = ""
+	}
+	return nil
+}
+
+// explicit reports whether a global flag was set on the command line or
+// in the environment.
+func (g *globals) explicit(flag string) bool {
+	return g.fromEnv[flag] || (g.changed != nil && g.changed(flag))
+}
+
+// readTokenFile reads --token-file into the token.
+func (g *globals) readTokenFile() error {
+	if g.tokenFile == "" {
+		return nil
+	}
+	if g.token != "" && g.explicit("token") && g.explicit("token-file") {
+		return usagef("--token and --token-file are exclusive")
+	}
+	data, err := os.ReadFile(g.tokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimRight(string(data), "\r\n")
+	if tok == "" || strings.ContainsAny(tok, "\r\n") {
+		return fmt.Errorf("--token-file %s: want one line holding the token", g.tokenFile)
+	}
+	g.token = tok
+	return nil
+}
+
+// expandPath resolves "~/" and paths relative to dir.
+func expandPath(p, dir string) string {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, rest)
+		}
+	}
+	if !filepath.IsAbs(p) && !strings.Contains(p, "://") {
+		return filepath.Join(dir, p)
+	}
+	return p
+}
