@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 )
@@ -272,7 +273,8 @@ func (e *env) cobraCommand(c *command) *cobra.Command {
 	body := c.flags(cc.Flags())
 	cc.RunE = func(cmd *cobra.Command, pos []string) error {
 		e.ran = true
-		return asUnreachable(body(cmd.Context(), e, pos), e.g.server)
+		err := body(cmd.Context(), e, pos)
+		return asUnreachable(err, e.g.server, e.cc != nil && e.cc.GetState() == connectivity.Ready)
 	}
 	if c.completePools {
 		cc.ValidArgsFunction = func(_ *cobra.Command, pos []string, _ string) ([]string, cobra.ShellCompDirective) {

@@ -16,18 +16,6 @@ import (
 	"github.com/poolplane/poolplane/internal/version"
 )
 
-// fileList is a repeatable flag.
-type fileList []string
-
-// String implements flag.Value.
-func (f *fileList) String() string { return strings.Join(*f, ",") }
-
-// Set implements flag.Value: each -f adds a file.
-func (f *fileList) Set(v string) error {
-	*f = append(*f, v)
-	return nil
-}
-
 func applyCommand() *command {
 	return &command{
 		name: "apply", args: "-f FILE [-f FILE...] [--prune] [--dry-run]", maxArgs: 0,

@@ -105,16 +105,27 @@ func (e *unreachableError) Unwrap() error { return e.err }
 
 // asUnreachable wraps err in an *unreachableError when it says that poold
 // could not be reached: UNAVAILABLE without poolplane's ErrorInfo (poold's
-// own UNAVAILABLE errors, such as an upstream's open circuit, carry one).
-func asUnreachable(err error, server string) error {
+// own UNAVAILABLE errors, such as an upstream's open circuit, carry one),
+// or DEADLINE_EXCEEDED while the connection never became ready (an
+// address that drops packets).
+func asUnreachable(err error, server string, ready bool) error {
 	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable {
+	if !ok {
 		return err
 	}
-	for _, d := range st.Details() {
-		if _, ok := d.(*errdetails.ErrorInfo); ok {
+	switch st.Code() {
+	case codes.Unavailable:
+		for _, d := range st.Details() {
+			if _, ok := d.(*errdetails.ErrorInfo); ok {
+				return err
+			}
+		}
+	case codes.DeadlineExceeded:
+		if ready {
 			return err
 		}
+	default:
+		return err
 	}
 	return &unreachableError{server: server, err: err}
 }
@@ -130,8 +141,8 @@ func reportError(w io.Writer, err error) int {
 	var ue2 *unreachableError
 	if errors.As(err, &ue2) {
 		st, _ := status.FromError(ue2.err)
-		_, _ = fmt.Fprintf(w, "poolctl: UNAVAILABLE: cannot reach poold at %s: %s\n  is poold running at %s? (set the address with --server, $POOLPLANE_SERVER or a context)\n",
-			printable(ue2.server), printable(st.Message()), printable(ue2.server))
+		_, _ = fmt.Fprintf(w, "poolctl: %s: cannot reach poold at %s: %s\n  is poold running at %s? (set the address with --server, $POOLPLANE_SERVER or a context)\n",
+			code.Code(st.Code()).String(), printable(ue2.server), printable(st.Message()), printable(ue2.server))
 		return 1
 	}
 	_, _ = io.WriteString(w, formatError(err))
