@@ -161,6 +161,9 @@ func TestConfigContexts(t *testing.T) {
 	if err := e.applyConfig(); err != nil {
 		t.Fatal(err)
 	}
+	if err := e.g.readTokenFile(); err != nil {
+		t.Fatal(err)
+	}
 	if e.g.token != "s3cret" || e.g.server != ts.addr || e.g.contextName != "test" {
 		t.Errorf("globals from the context: %+v", e.g)
 	}
@@ -206,4 +209,32 @@ func closedAddr(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return addr
+}
+
+func TestReplicaList(t *testing.T) {
+	ts := startServer(t)
+	echo := testkit.EchoServer(t)
+	ts.ok(t, "pools:\n- id: alpha\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	// Calls go to the replicas that answer; one that is down is skipped.
+	for _, server := range []string{ts.addr + "," + ts.addr, closedAddr(t) + "," + ts.addr} {
+		r := runCLI(t, "", "--server", server, "list", "-o", "name")
+		if r.code != 0 || r.stdout != "pools/alpha\n" {
+			t.Errorf("--server %s: exit %d, stdout %q, stderr %q", server, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestTokenFile(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, "", "--server", closedAddr(t), "--token-file", empty, "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "want one line holding the token") {
+		t.Errorf("empty --token-file: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = runCLI(t, "", "--server", closedAddr(t), "--token-file", filepath.Join(t.TempDir(), "none"), "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "--token-file") {
+		t.Errorf("missing --token-file: exit %d, stderr %q", r.code, r.stderr)
+	}
 }

@@ -115,8 +115,8 @@ func (c *config) context(name string) (*configContext, error) {
 }
 
 // applyConfig fills the global flags that neither the command line nor
-// the environment set from the config file's context, then reads
-// --token-file. It runs once per run.
+// the environment set from the config file's context. It runs once per
+// run.
 func (e *env) applyConfig() error {
 	if e.g.resolved {
 		return nil
@@ -141,7 +141,10 @@ func (e *env) applyConfig() error {
 			}
 		}
 	}
-	return e.g.readTokenFile()
+	if e.g.token != "" && e.g.tokenFile != "" && e.g.explicit("token") && e.g.explicit("token-file") {
+		return usagef("--token and --token-file are exclusive")
+	}
+	return nil
 }
 
 // fromContext sets every global not given explicitly from ctx.
@@ -190,13 +193,10 @@ func (g *globals) explicit(flag string) bool {
 	return g.fromEnv[flag] || (g.changed != nil && g.changed(flag))
 }
 
-// readTokenFile reads --token-file into the token.
+// readTokenFile reads --token-file into the token, when connecting.
 func (g *globals) readTokenFile() error {
 	if g.tokenFile == "" {
 		return nil
-	}
-	if g.token != "" && g.explicit("token") && g.explicit("token-file") {
-		return usagef("--token and --token-file are exclusive")
 	}
 	data, err := os.ReadFile(g.tokenFile)
 	if err != nil {

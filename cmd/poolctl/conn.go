@@ -147,6 +147,9 @@ func (e *env) connect() error {
 	if e.cc != nil {
 		return nil
 	}
+	if err := e.g.readTokenFile(); err != nil {
+		return err
+	}
 	cfg, err := e.g.tlsConfig()
 	if err != nil {
 		return err
@@ -176,6 +179,9 @@ func (e *env) connect() error {
 // newClient returns an SDK client for forward, with the same server,
 // credentials and TLS as the admin connection.
 func (e *env) newClient(clientName string) (*client.Client, error) {
+	if err := e.g.readTokenFile(); err != nil {
+		return nil, err
+	}
 	cfg, err := e.g.tlsConfig()
 	if err != nil {
 		return nil, err

@@ -558,6 +558,13 @@ func TestTLSAndToken(t *testing.T) {
 	ts.fails(t, "UNAUTHENTICATED: bad token", append(tlsArgs, "--token", "wrong", "list")...)
 	// TLS and token, from flags or the environment.
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", append(tlsArgs, "--token", token, "apply", "-f", "-")...)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := ts.ok(t, "", append(tlsArgs, "--token-file", tokenFile, "list", "-o", "name")...); out != "pools/echo\n" {
+		t.Fatalf("list with --token-file:\n%s", out)
+	}
 	t.Setenv("POOLPLANE_CA_FILE", certFile)
 	t.Setenv("POOLPLANE_SERVER_NAME", "poold.test")
 	t.Setenv("POOLPLANE_TOKEN", token)
