@@ -78,6 +78,8 @@ type command struct {
 	summary string
 	// minArgs and maxArgs bound the positional arguments (maxArgs -1: any).
 	minArgs, maxArgs int
+	// long is the command's help text below the summary, if any.
+	long string
 	// completePools: the positional arguments are pools, completed from
 	// the server.
 	completePools bool
@@ -260,6 +262,7 @@ func (e *env) cobraCommand(c *command) *cobra.Command {
 	cc := &cobra.Command{
 		Use:   use,
 		Short: c.summary,
+		Long:  c.long,
 		Args: func(_ *cobra.Command, pos []string) error {
 			switch {
 			case len(pos) < c.minArgs:
@@ -364,18 +367,18 @@ Commands:
 	_ = tw.Flush()
 	_, _ = fmt.Fprint(w, `
 Global flags (also accepted after the command):
-  -s, --server ADDR     poold address: host:port, unix:///path, a comma-separated replica
-                        list or dns:///name:port (env POOLPLANE_SERVER; default 127.0.0.1:7700)
-      --token TOKEN     bearer token, sent as "authorization: Bearer TOKEN" (env POOLPLANE_TOKEN)
-      --token-file FILE file holding the bearer token (env POOLPLANE_TOKEN_FILE)
-      --tls             connect with TLS (env POOLPLANE_TLS)
-      --ca-file FILE    PEM CA bundle to verify poold; implies --tls (env POOLPLANE_CA_FILE)
-      --cert-file FILE  PEM client certificate for mTLS; implies --tls (env POOLPLANE_CERT_FILE)
-      --key-file FILE   PEM key of --cert-file (env POOLPLANE_KEY_FILE)
-      --server-name NAME  name to verify in poold's certificate (env POOLPLANE_SERVER_NAME)
-      --timeout DURATION  bound on each request (env POOLPLANE_TIMEOUT; default 10s)
-  -o, --output FORMAT   table (default), wide, name, json or yaml
-      --context NAME    a context of the config file (env POOLCTL_CONTEXT; default its current_context)
+  -s, --server ADDR         poold address: host:port, unix:///path, a comma-separated replica
+                            list or dns:///name:port (env POOLPLANE_SERVER; default 127.0.0.1:7700)
+      --token TOKEN         bearer token, sent as "authorization: Bearer TOKEN" (env POOLPLANE_TOKEN)
+      --token-file FILE     file holding the bearer token (env POOLPLANE_TOKEN_FILE)
+      --tls                 connect with TLS (env POOLPLANE_TLS)
+      --ca-file FILE        PEM CA bundle to verify poold; implies --tls (env POOLPLANE_CA_FILE)
+      --cert-file FILE      PEM client certificate for mTLS; implies --tls (env POOLPLANE_CERT_FILE)
+      --key-file FILE       PEM key of --cert-file (env POOLPLANE_KEY_FILE)
+      --server-name NAME    name to verify in poold's certificate (env POOLPLANE_SERVER_NAME)
+      --timeout DURATION    bound on each request (env POOLPLANE_TIMEOUT; default 10s)
+  -o, --output FORMAT       table (default), wide, name, json or yaml
+      --context NAME        a context of the config file (env POOLCTL_CONTEXT; default its current_context)
 
 Config file: $POOLCTL_CONFIG, else poolctl/config.yaml in the user's config directory
 (~/.config/poolctl/config.yaml); its contexts name a server, token_file and TLS settings,
@@ -396,7 +399,7 @@ func (e *env) commandHelp(c *cobra.Command) {
 	}
 	use := strings.TrimPrefix(c.Use, c.Name())
 	_, _ = fmt.Fprintf(w, "Usage: %s%s\n\n%s.\n", c.CommandPath(), use, capitalize(strings.TrimSuffix(c.Short, ".")))
-	if c.Long != "" {
+	if c.Long != "" && !strings.HasPrefix(c.Long, c.Short) {
 		_, _ = fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.Long))
 	}
 	if subs := c.Commands(); len(subs) > 0 {
@@ -409,7 +412,13 @@ func (e *env) commandHelp(c *cobra.Command) {
 		}
 		_ = tw.Flush()
 	}
-	if fs := c.LocalNonPersistentFlags(); fs.HasAvailableFlags() {
+	fs := pflag.NewFlagSet(c.Name(), pflag.ContinueOnError)
+	c.LocalNonPersistentFlags().VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" {
+			fs.AddFlag(f)
+		}
+	})
+	if fs.HasAvailableFlags() {
 		_, _ = fmt.Fprintf(w, "\nFlags:\n%s", fs.FlagUsages())
 	}
 	_, _ = fmt.Fprint(w, "\nGlobal flags: see 'poolctl help'.\n")

@@ -25,6 +25,10 @@ func statsCommand() *command {
 	return &command{
 		name: "stats", args: "[POOL...] [--watch] [--interval D]",
 		summary: "show pool statistics, once or refreshed in place",
+		long: "The table shows each pool's gauges, ACQUIRES/S (acquires per second) and WAIT_P50 and WAIT_P99\n" +
+			"(the median and 99th percentile of acquire waits, from the wait histogram). Once, the percentiles\n" +
+			"cover the pool's life and the rate needs --watch; under --watch both cover each interval.\n" +
+			"-o wide adds the counters, dial and hold times; -o json and -o yaml print the whole snapshot.",
 		maxArgs: -1, completePools: true,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			watch := fs.BoolP("watch", "w", false, "keep refreshing until interrupted; the table then shows rates and wait percentiles over each interval")
