@@ -108,6 +108,14 @@ func TestOutputFormats(t *testing.T) {
 	if out := ts.ok(t, "", "stats", "alpha", "beta"); !strings.Contains(out, "WAIT_P99") || !strings.Contains(out, "pools/beta") {
 		t.Errorf("stats alpha beta:\n%s", out)
 	}
+	// What list -o yaml and get -o yaml of several pools print applies
+	// back unchanged.
+	for _, args := range [][]string{{"list", "-o", "yaml"}, {"get", "alpha", "beta", "-o", "yaml"}, {"list", "-o", "json"}} {
+		out := ts.ok(t, ts.ok(t, "", args...), "apply", "-f", "-")
+		if !strings.Contains(out, "no changes") {
+			t.Errorf("%v | apply -f -:\n%s", args, out)
+		}
+	}
 	// What get -o json prints parses back.
 	p := &poolv1.Pool{}
 	if err := protojson.Unmarshal([]byte(ts.ok(t, "", "get", "alpha", "-o", "json")), p); err != nil || p.GetLabels()["team"] != "a" {
