@@ -106,6 +106,7 @@ func commands() []*command {
 		statsCommand(),
 		backupCommand(),
 		forwardCommand(),
+		configCommand(),
 		versionCommand(),
 	}
 }
@@ -315,8 +316,19 @@ func (e *env) poolIDs() []string {
 // resolveGlobals applies the config file's context to the global flags
 // not set on the command line or in the environment, and checks them.
 func (e *env) resolveGlobals(cmd *cobra.Command) error {
-	if err := e.applyConfig(); err != nil {
-		return err
+	// Commands that never call poold work with a broken config file (and
+	// config use-context repairs one).
+	local := false
+	for c := cmd; c != nil; c = c.Parent() {
+		switch c.Name() {
+		case "config", "help", "version", "completion":
+			local = true
+		}
+	}
+	if !local {
+		if err := e.applyConfig(); err != nil {
+			return err
+		}
 	}
 	if !slices.Contains(outputFormats, e.g.output) {
 		if cmd.Name() == "backup" {

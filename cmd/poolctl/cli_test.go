@@ -161,6 +161,31 @@ func TestConfigContexts(t *testing.T) {
 		t.Errorf("--context nope: exit %d, stderr %q", r.code, r.stderr)
 	}
 
+	// config lists the contexts and switches the current one, keeping the
+	// file's comments.
+	if out := runCLI(t, "", "config", "get-contexts").stdout; !regexp.MustCompile(`(?m)^\*\s+test\s+`+regexp.QuoteMeta(ts.addr)).MatchString(out) {
+		t.Errorf("config get-contexts (POOLCTL_CONTEXT=test):\n%s", out)
+	}
+	t.Setenv("POOLCTL_CONTEXT", "")
+	if err := os.WriteFile(cfg, append([]byte("# mine\n"), mustRead(t, cfg)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, "", "config", "use-context", "test"); r.code != 0 {
+		t.Fatalf("config use-context: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if out := runCLI(t, "", "config", "current-context").stdout; out != "test\n" {
+		t.Errorf("config current-context = %q", out)
+	}
+	if !strings.Contains(mustRead(t, cfg), "# mine") {
+		t.Errorf("use-context lost the file's comment:\n%s", mustRead(t, cfg))
+	}
+	if r := runCLI(t, "", "list", "-o", "name"); r.code != 0 {
+		t.Errorf("after use-context: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := runCLI(t, "", "config", "use-context", "nope"); r.code != 1 || !strings.Contains(r.stderr, `no context "nope"`) {
+		t.Errorf("use-context nope: exit %d, stderr %q", r.code, r.stderr)
+	}
+
 	e := &env{}
 	if err := e.g.envDefaults(); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 )
 
@@ -221,4 +224,124 @@ func expandPath(p, dir string) string {
 		return filepath.Join(dir, p)
 	}
 	return p
+}
+
+func configCommand() *command {
+	return &command{
+		name: "config", args: "get-contexts | current-context | use-context NAME",
+		summary: "show the config file's contexts, or choose the current one",
+		minArgs: 1, maxArgs: 2,
+		flags: func(*pflag.FlagSet) func(context.Context, *env, []string) error {
+			return func(_ context.Context, e *env, args []string) error {
+				cfg, path, err := loadConfig()
+				if err != nil {
+					return err
+				}
+				switch args[0] {
+				case "get-contexts":
+					if len(args) > 1 {
+						return usagef("config get-contexts: unexpected argument %q", args[1])
+					}
+					if cfg == nil {
+						return fmt.Errorf("config: no config file (%s)", path)
+					}
+					current := cmp.Or(e.g.context, cfg.CurrentContext)
+					if e.g.output == "name" {
+						for _, c := range cfg.Contexts {
+							_, _ = fmt.Fprintln(e.stdout, printable(c.Name))
+						}
+						return nil
+					}
+					t := newTable(e.stdout, "CURRENT", "NAME", "SERVER", "TOKEN_FILE", "TLS")
+					for _, c := range cfg.Contexts {
+						mark := ""
+						if c.Name == current {
+							mark = "*"
+						}
+						tls := c.TLS || c.CAFile != "" || c.CertFile != ""
+						t.row(mark, c.Name, c.Server, c.TokenFile, yesNo(tls))
+					}
+					return t.flush()
+				case "current-context":
+					if len(args) > 1 {
+						return usagef("config current-context: unexpected argument %q", args[1])
+					}
+					if cfg == nil || cmp.Or(e.g.context, cfg.CurrentContext) == "" {
+						return fmt.Errorf("config: no current context (%s)", path)
+					}
+					_, err := fmt.Fprintln(e.stdout, printable(cmp.Or(e.g.context, cfg.CurrentContext)))
+					return err
+				case "use-context":
+					if len(args) != 2 {
+						return usagef("config use-context: want a context NAME")
+					}
+					if cfg == nil {
+						return fmt.Errorf("config: no config file (%s)", path)
+					}
+					if _, err := cfg.context(args[1]); err != nil {
+						return err
+					}
+					if err := setCurrentContext(path, args[1]); err != nil {
+						return err
+					}
+					_, _ = fmt.Fprintf(e.stdout, "current context: %s\n", printable(args[1]))
+					return nil
+				}
+				return usagef("config: unknown subcommand %q: want get-contexts, current-context or use-context", args[0])
+			}
+		},
+	}
+}
+
+// setCurrentContext rewrites current_context in the config file at path,
+// keeping the rest of the file (comments included), through a temporary
+// file renamed over it.
+func setCurrentContext(path, name string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return fmt.Errorf("config %s: not a mapping", path)
+	}
+	m := doc.Content[0]
+	found := false
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == "current_context" {
+			m.Content[i+1].SetString(name)
+			found = true
+		}
+	}
+	if !found {
+		k, v := &yaml.Node{}, &yaml.Node{}
+		k.SetString("current_context")
+		v.SetString(name)
+		m.Content = append([]*yaml.Node{k, v}, m.Content...)
+	}
+	var out bytes.Buffer
+	enc := yaml.NewEncoder(&out)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := enc.Close(); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	mode := os.FileMode(0o600)
+	if fi, err := os.Stat(path); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, out.Bytes(), mode); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
 }
