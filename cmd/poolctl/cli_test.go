@@ -163,7 +163,7 @@ func TestConfigContexts(t *testing.T) {
 
 	// config lists the contexts and switches the current one, keeping the
 	// file's comments.
-	if out := runCLI(t, "", "config", "get-contexts").stdout; !regexp.MustCompile(`(?m)^\*\s+test\s+`+regexp.QuoteMeta(ts.addr)).MatchString(out) {
+	if out := runCLI(t, "", "config", "get-contexts").stdout; !regexp.MustCompile(`(?m)^\*\s+test\s+` + regexp.QuoteMeta(ts.addr)).MatchString(out) {
 		t.Errorf("config get-contexts (POOLCTL_CONTEXT=test):\n%s", out)
 	}
 	t.Setenv("POOLCTL_CONTEXT", "")
