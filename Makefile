@@ -22,7 +22,9 @@ LDFLAGS  := $(if $(VERSION),-X $(VERSION_PKG).Version=$(VERSION)) $(if $(COMMIT)
 POOLBENCH := cmd/poolbench
 
 # The Go modules of the repository (docs/modules.md): the generated API, the
-# lease wire layout, the SDK, a module that consumes only the SDK, the root
+# lease wire layout, the SDK, a module that consumes only the SDK, the SDK's
+# OpenTelemetry tracer (its own module, so the SDK requires no
+# OpenTelemetry), the root
 # (server, CLI), the benchmark harness, the deployment kit (the image
 # builder and the tests of the manifests and the systemd unit, whose
 # container and Kubernetes requirements stay out of every other go.mod) and
@@ -30,7 +32,7 @@ POOLBENCH := cmd/poolbench
 # go.mod of each replaced module. Every target that runs the go command runs
 # it in each of them, with PKGS as the package pattern; `make test
 # MODULES=client` narrows it down.
-MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest . $(POOLBENCH) deploy deploy/prometheus
+MODULES  := internal/testkit gen internal/leasewire client client/internal/consumertest client/examples/otel . $(POOLBENCH) deploy deploy/prometheus
 GOMODS   := $(foreach m,$(MODULES),$(m)/go.mod $(m)/go.sum)
 
 # The modules find each other through replace directives, never a go.work:

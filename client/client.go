@@ -2,7 +2,7 @@
 // connections from a poold server and hands them out as net.Conn values whose
 // bytes travel over a gRPC stream.
 //
-//	c, err := client.New("127.0.0.1:7070", client.WithInsecure())
+//	c, err := client.New("127.0.0.1:7700", client.WithInsecure())
 //	...
 //	defer c.Close()
 //	conn, err := c.Lease(ctx, "redis") // a net.Conn to a warm upstream connection
@@ -29,6 +29,12 @@
 // with the lease's context (ErrAcquireTimeout at its deadline). So one
 // Client holds as many leases as the pools grant, ten thousand and more.
 //
+// WithTracer traces leases, waits and releases through a LeaseTracer (the
+// way pgx traces queries): a tracer keeps its span in the context
+// TraceLeaseStart returns. client/examples/otel, a module of its own,
+// records them as OpenTelemetry spans. WithLogger logs what the Client does
+// on its own to a log/slog Logger.
+//
 // The package imports only the generated API and gRPC.
 package client
 
@@ -38,6 +44,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -93,6 +100,8 @@ type options struct {
 	idleStreams    int
 	releaseTimeout time.Duration
 	maxStreams     int
+	tracer         LeaseTracer
+	logger         *slog.Logger
 }
 
 // WithTLS dials the server over TLS with cfg (nil means the system roots and
@@ -198,6 +207,9 @@ type Client struct {
 	// one has.
 	serverStreams int
 
+	trace *tracer      // nil without WithTracer
+	log   *slog.Logger // nil without WithLogger
+
 	// testHookIdle, if set, is called after a stream joins the idle cache.
 	testHookIdle func(pool string)
 }
@@ -209,7 +221,7 @@ type idleKey struct {
 }
 
 // New returns a Client for the poold server at target, a gRPC target such as
-// "127.0.0.1:7070", "dns:///poold.internal:7070" or "unix:///run/poold.sock",
+// "127.0.0.1:7700", "dns:///poold.internal:7700" or "unix:///run/poold.sock",
 // or for several poold replicas: a comma-separated list of addresses
 // ("10.0.0.1:7700,10.0.0.2:7700") or a dns:/// name with one address per
 // replica.
@@ -287,6 +299,8 @@ func New(target string, opts ...Option) (*Client, error) {
 		stallWait:      defaultStallWait,
 		idle:           make(map[idleKey][]*stream),
 		chans:          []*channel{first},
+		trace:          newTracer(o.tracer),
+		log:            o.logger,
 	}, nil
 }
 
@@ -422,6 +436,36 @@ func (c *Client) Lease(ctx context.Context, pool string) (*Conn, error) {
 // another is ready. A lease whose warm stream turned out to be broken is
 // retried once on a new stream.
 func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) (*Conn, error) {
+	if t := c.trace; t != nil {
+		return c.leaseTraced(ctx, t, pool, firstWrite)
+	}
+	return c.lease(ctx, pool, firstWrite)
+}
+
+// leaseTraced is lease with the tracer's events around it.
+func (c *Client) leaseTraced(ctx context.Context, t *tracer, pool string, firstWrite []byte) (*Conn, error) {
+	tctx := t.lease.TraceLeaseStart(ctx, TraceLeaseStartData{Pool: pool, FirstWrite: len(firstWrite)})
+	start := time.Now()
+	conn, err := c.lease(ctx, pool, firstWrite)
+	if t.wait != nil {
+		switch {
+		case err == nil:
+			t.wait.TraceLeaseWait(tctx, TraceLeaseWaitData{Pool: pool, WaitTime: conn.info.WaitTime})
+		case errors.Is(err, ErrAcquireTimeout):
+			t.wait.TraceLeaseWait(tctx, TraceLeaseWaitData{Pool: pool, WaitTime: time.Since(start), Err: err})
+		}
+	}
+	var info LeaseInfo
+	if err == nil {
+		info = conn.info
+		conn.traceRelease(tctx)
+	}
+	t.lease.TraceLeaseEnd(tctx, TraceLeaseEndData{Pool: pool, Info: info, Err: err})
+	return conn, err
+}
+
+// lease is LeaseWith without tracing.
+func (c *Client) lease(ctx context.Context, pool string, firstWrite []byte) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, leaseCtxErr(pool, err)
 	}
@@ -454,10 +498,12 @@ func (c *Client) LeaseWith(ctx context.Context, pool string, firstWrite []byte) 
 		avoid = s.replica()
 		if warm && !warmRetried && firstWrite == nil && retryable(err) {
 			warmRetried, fresh = true, true
+			c.debug("poolplane: lease retried on a new stream: the warm stream broke", "pool", pool, "error", err)
 			continue // the warm stream had died: try a new one once
 		}
 		if !otherRetried && otherReplica(err, firstWrite != nil) {
 			otherRetried = true
+			c.debug("poolplane: lease retried on another replica", "pool", pool, "replica", avoid, "error", err)
 			continue // this replica is down or draining: try another once
 		}
 		return nil, err

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -84,12 +85,12 @@ type Conn struct {
 
 	eofc    chan struct{} // closed when the upstream half-closed (close_write)
 	eofOnce sync.Once
+	reading atomic.Int32 // Reads waiting for data (here, it fills eofOnce's padding)
 
 	// sent counts the bytes queued for the upstream (0-RTT and Write);
 	// written is the most upstream_written the server reported.
 	sent    atomic.Int64
 	written atomic.Int64
-	reading atomic.Int32 // Reads waiting for data
 
 	closedc   chan struct{} // closed by Close or Discard
 	closeOnce sync.Once
@@ -104,6 +105,28 @@ type Conn struct {
 	wclosed bool       // CloseWrite was called
 
 	rdl, wdl deadline
+
+	// trace is the lease's release tracing, nil without a ReleaseTracer:
+	// a Conn costs no more without one.
+	trace *connTrace
+}
+
+// connTrace is what a Conn keeps for its ReleaseTracer.
+type connTrace struct {
+	tr        ReleaseTracer
+	ctx       context.Context // what TraceLeaseStart returned
+	grantedAt time.Time       // set before grantedc closes
+	// parts counts the caller's release and the lease's end: the second
+	// one traces the release.
+	parts    atomic.Int32
+	recvd    atomic.Int64 // bytes received from the upstream
+	relClean bool         // the release asked for reuse; set before its parts add
+	relErr   error        // what Close or Discard returned; set likewise
+	// The ended frame's reason, message and reused flag, set before endc
+	// closes (unspecified and false without one).
+	endReason poolv1.EndReason
+	endMsg    string
+	endReused bool
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -118,7 +141,47 @@ func newConn(s *stream) *Conn {
 		closedc:  make(chan struct{}),
 		rdl:      makeDeadline(),
 		wdl:      makeDeadline(),
+		trace:    s.c.trace.forConn(),
 	}
+}
+
+// traceRelease sets the context of the lease's release event; called by
+// LeaseWith before it returns the Conn.
+func (c *Conn) traceRelease(ctx context.Context) {
+	if c.trace != nil {
+		c.trace.ctx = ctx
+	}
+}
+
+// traceEnd counts one of the two ends of a lease (the caller's release,
+// the server's end) and traces the release after the second.
+func (c *Conn) traceEnd() {
+	t := c.trace
+	if t == nil || t.parts.Add(1) != 2 {
+		return
+	}
+	err := t.relErr
+	if err == nil && t.endReason != poolv1.EndReason_END_REASON_RELEASED && t.endReason != poolv1.EndReason_END_REASON_UPSTREAM_EOF {
+		err = c.rerr
+	}
+	ctx := t.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	t.tr.TraceRelease(ctx, TraceReleaseData{
+		Pool:          c.s.pool,
+		LeaseID:       c.info.LeaseID,
+		UpstreamAddr:  c.info.UpstreamAddr,
+		Reusable:      t.relClean,
+		Reused:        t.endReused,
+		EndReason:     t.endReason,
+		EndMessage:    t.endMsg,
+		BytesSent:     c.sent.Load(),
+		BytesWritten:  max(c.endWritten, c.written.Load()),
+		BytesReceived: t.recvd.Load(),
+		Held:          time.Since(t.grantedAt),
+		Err:           err,
+	})
 }
 
 // grant records the granted frame; called once by the receive goroutine.
@@ -133,6 +196,9 @@ func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
 		Generation:   g.GetGeneration(),
 		Protocol:     g.GetProtocol(),
 	}
+	if c.trace != nil {
+		c.trace.grantedAt = time.Now()
+	}
 	c.laddr = Addr{name: c.s.c.name + "/" + g.GetLeaseId()}
 	c.raddr = Addr{name: g.GetUpstreamAddr()}
 	close(c.grantedc)
@@ -146,6 +212,9 @@ func (c *Conn) deliver(b []byte) {
 		return
 	}
 	c.unread.Add(int64(len(b)))
+	if c.trace != nil {
+		c.trace.recvd.Add(int64(len(b)))
+	}
 	select {
 	case c.datac <- b:
 	case <-c.closedc:
@@ -154,14 +223,21 @@ func (c *Conn) deliver(b []byte) {
 }
 
 // remoteEnd ends the lease from the server's side: Read returns rerr once
-// the data before it is read, Write returns werr. written is the ended
-// frame's upstream_written, or -1 without one.
-func (c *Conn) remoteEnd(rerr, werr error, written int64) {
+// the data before it is read, Write returns werr. e is the ended frame, or
+// nil when the lease ended without one (the stream broke).
+func (c *Conn) remoteEnd(rerr, werr error, e *poolv1.LeaseResponse_Ended) {
 	c.endOnce.Do(func() {
 		c.rerr, c.werr = rerr, werr
-		c.endWritten = written
+		c.endWritten = -1
+		if e != nil {
+			c.endWritten = int64(e.GetUpstreamWritten())
+			if t := c.trace; t != nil {
+				t.endReason, t.endMsg, t.endReused = e.GetReason(), e.GetMessage(), e.GetReused()
+			}
+		}
 		c.dirty.Store(true)
 		close(c.endc)
+		c.traceEnd()
 	})
 }
 
@@ -349,6 +425,10 @@ func (c *Conn) release(reusable, idleReader bool) error {
 		if sent := c.sent.Load(); sent > c.written.Load() {
 			err = c.awaitDelivery(sent)
 		}
+		if t := c.trace; t != nil {
+			t.relClean, t.relErr = clean, err
+			c.traceEnd()
+		}
 	})
 	return err
 }
@@ -381,6 +461,8 @@ func (c *Conn) awaitDelivery(sent int64) error {
 				timer.Reset(s.c.releaseTimeout)
 				continue
 			}
+			s.c.warn("poolplane: release stalled: closing the upstream connection", "pool", s.pool, "lease", c.info.LeaseID,
+				"sent", sent, "written", c.written.Load(), "timeout", s.c.releaseTimeout)
 			s.fail(errReleaseStalled)
 			<-c.endc
 			return fmt.Errorf("%w: the upstream took %d of %d bytes and then nothing for %s", ErrUndelivered, c.written.Load(), sent, s.c.releaseTimeout)

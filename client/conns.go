@@ -98,12 +98,20 @@ func (c *Client) streamLimitLocked() int {
 // reserveStream counts a new Lease stream on the connection with the
 // fewest streams that has room, dialling another when none has.
 func (c *Client) reserveStream() (*channel, error) {
+	ch, dialled, limit, err := c.reserveStreamLocked()
+	if dialled {
+		c.debug("poolplane: new gRPC connection: every connection is at its stream limit", "conns", c.conns(), "limit", limit)
+	}
+	return ch, err
+}
+
+func (c *Client) reserveStreamLocked() (_ *channel, dialled bool, limit int, _ error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, ErrClientClosed
+		return nil, false, 0, ErrClientClosed
 	}
-	limit := c.streamLimitLocked()
+	limit = c.streamLimitLocked()
 	var best *channel
 	for _, ch := range c.chans {
 		room := ch.streams < limit && (ch.full == 0 || ch.streams < ch.full)
@@ -117,13 +125,14 @@ func (c *Client) reserveStream() (*channel, error) {
 		// stream about to be opened on it.
 		ch, err := c.dialConn()
 		if err != nil {
-			return nil, err
+			return nil, false, limit, err
 		}
 		c.chans = append(c.chans, ch)
 		best = ch
+		dialled = true
 	}
 	best.streams++
-	return best, nil
+	return best, dialled, limit, nil
 }
 
 // releaseStream uncounts a Lease stream that ended (or never opened).
@@ -141,7 +150,9 @@ func (c *Client) stalled(ch *channel) {
 	if ch.streams > 0 {
 		ch.full = ch.streams
 	}
+	full := ch.full
 	c.mu.Unlock()
+	c.debug("poolplane: a new stream waited on a ready connection: taking it as full", "streams", full)
 }
 
 // learnStreamLimit records the server's stream limit from a Lease

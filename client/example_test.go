@@ -16,7 +16,7 @@ import (
 // these show the API and are compiled, not run.
 
 func ExampleClient_Lease() {
-	c, err := client.New("127.0.0.1:7070", client.WithInsecure(), client.WithToken("t0ken"))
+	c, err := client.New("127.0.0.1:7700", client.WithInsecure(), client.WithToken("t0ken"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func ExampleClient_LeaseWith() {
 }
 
 func ExampleClient_Dialer() {
-	c, err := client.New("127.0.0.1:7070", client.WithInsecure())
+	c, err := client.New("127.0.0.1:7700", client.WithInsecure())
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func ExampleClient_Dialer() {
 }
 
 func ExampleClient_WatchStats() {
-	c, err := client.New("127.0.0.1:7070", client.WithInsecure())
+	c, err := client.New("127.0.0.1:7700", client.WithInsecure())
 	if err != nil {
 		log.Fatal(err)
 	}

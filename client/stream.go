@@ -535,7 +535,7 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 		s.mu.Unlock()
 		c.confirm(f.Ended.GetUpstreamWritten())
 		rerr, werr := endErrs(f.Ended)
-		c.remoteEnd(rerr, werr, int64(f.Ended.GetUpstreamWritten()))
+		c.remoteEnd(rerr, werr, f.Ended)
 		if done {
 			s.c.putIdle(s)
 		}
@@ -635,6 +635,7 @@ func (s *stream) endedLate() {
 	}
 	s.mu.Unlock()
 	if late {
+		s.c.warn("poolplane: no ended frame after a release: discarding the stream", "pool", s.pool, "timeout", s.c.endedTimeout)
 		s.fail(errEndedTimeout)
 	}
 }
@@ -660,7 +661,7 @@ func (s *stream) fail(err error) {
 	s.mu.Unlock()
 	s.cancel()
 	if c != nil {
-		c.remoteEnd(err, err, -1)
+		c.remoteEnd(err, err, nil)
 	}
 	s.c.removeIdle(s)
 }

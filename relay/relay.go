@@ -133,6 +133,13 @@ type Options struct {
 	// Done is called once when the reader goroutine exits (or, for a
 	// started lease whose reader never ran, when it ends).
 	Done func()
+	// Splice is the client side's own socket, when it has one (a pool
+	// listener's connection). On a lease with no protocol whose upstream
+	// is a TCP or Unix socket and Splice a TCP socket, the reader copies
+	// upstream bytes into it with its ReadFrom, which Linux does in the
+	// kernel (splice(2)), instead of through the Sink's Data; the Sink
+	// still gets CloseWrite and Ended.
+	Splice net.Conn
 	// Go runs the reader: it must call its argument once, on a goroutine
 	// of its choosing, and may return before. nil starts a new goroutine.
 	// A client side whose own goroutine has nothing to do while a lease is
@@ -363,6 +370,14 @@ func (l *Lease) relayUpstream() {
 // client side (Release, Abandon), which then decides what becomes of the
 // connection, rather than ending the lease itself.
 func (l *Lease) readUpstream() (stopped bool) {
+	if dst := l.spliceTo(); dst != nil {
+		n, err := dst.ReadFrom(l.nc) // until the upstream's EOF (nil) or an error
+		l.bytesIn.Add(n)
+		if err == nil {
+			err = io.EOF
+		}
+		return l.readEnded(err)
+	}
 	r := l.opts.Reader
 	r.Reset(l.nc, l.opts.ReadSize)
 	for {
@@ -377,57 +392,113 @@ func (l *Lease) readUpstream() (stopped bool) {
 				return true // the client side is gone: Abandon follows
 			}
 		}
-		if err == nil {
-			continue
+		if err != nil {
+			return l.readEnded(err)
 		}
-		l.readErr = err
-		deadline := errors.Is(err, os.ErrDeadlineExceeded)
-		l.readFailed = !deadline
-		if l.releasing.Load() && deadline && !l.isCut() {
-			return true // stopped by Release, which sends the end
+	}
+}
+
+// spliceTo returns the socket the reader copies upstream bytes into in the
+// kernel (Options.Splice), or nil when it goes through the Sink.
+func (l *Lease) spliceTo() *net.TCPConn {
+	dst, ok := l.opts.Splice.(*net.TCPConn)
+	if !ok || l.sess != nil {
+		return nil
+	}
+	switch l.nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return dst
+	}
+	return nil
+}
+
+// ReadFrom copies client bytes from src, the client side's socket, to the
+// upstream until src's EOF (a nil error) or an error, in the kernel where
+// Linux can (splice(2)): on a lease with no protocol whose upstream is a
+// TCP socket, and src a TCP or Unix socket. It reports ok false, having
+// read nothing, where it cannot: the caller then reads src itself and
+// calls Write. A failed copy breaks the lease as a failed Write does.
+// Unlike Write, the count of bytes written is updated only at the end, and
+// a lease ended from the upstream's side stops the copy only once src
+// reads again (the client side sets its deadline).
+func (l *Lease) ReadFrom(src net.Conn) (ok bool, err error) {
+	up, isTCP := l.nc.(*net.TCPConn)
+	if !isTCP || l.sess != nil {
+		return false, nil
+	}
+	switch src.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return false, nil
+	}
+	if l.Ended() {
+		return true, nil
+	}
+	n, err := up.ReadFrom(src)
+	l.bytesOut.Add(n)
+	if err != nil {
+		l.wmu.Lock()
+		l.broken = true
+		if !l.isCut() {
+			werr := err
+			l.writeErr.Store(&werr)
 		}
-		if deadline && l.sess != nil && l.isCut() && Reason(l.cutReason.Load()) == ReasonNone {
-			// The client side ended (its Abandon follows): a protocol
-			// pool may still reset the connection.
+		l.wmu.Unlock()
+		_ = l.nc.Close() // the reader reports the end
+	}
+	return true, err
+}
+
+// readEnded handles the end of the reader's loop with err (never nil):
+// see readUpstream.
+func (l *Lease) readEnded(err error) (stopped bool) {
+	l.readErr = err
+	deadline := errors.Is(err, os.ErrDeadlineExceeded)
+	l.readFailed = !deadline
+	if l.releasing.Load() && deadline && !l.isCut() {
+		return true // stopped by Release, which sends the end
+	}
+	if deadline && l.sess != nil && l.isCut() && Reason(l.cutReason.Load()) == ReasonNone {
+		// The client side ended (its Abandon follows): a protocol
+		// pool may still reset the connection.
+		return true
+	}
+	if errors.Is(err, io.EOF) && l.opts.HalfClose && !l.isCut() {
+		l.upEOF = true
+		if l.sink.CloseWrite() != nil {
 			return true
 		}
-		if errors.Is(err, io.EOF) && l.opts.HalfClose && !l.isCut() {
-			l.upEOF = true
-			if l.sink.CloseWrite() != nil {
-				return true
-			}
-			select {
-			case <-l.stopc:
-				return true // released: Release sends the end
-			case <-l.cutc:
-			case <-l.up.Done():
-			}
+		select {
+		case <-l.stopc:
+			return true // released: Release sends the end
+		case <-l.cutc:
+		case <-l.up.Done():
 		}
-		reason := l.remoteReason(err)
-		if l.releasing.Load() && !l.isCut() {
-			return true // Release is ending the lease and sends the end
-		}
-		if !l.ended.CompareAndSwap(false, true) {
-			return true // Abandon ended it
-		}
-		// Closing the connection ends a write in progress; once Write has
-		// let go of wmu, the count is final.
-		_ = l.nc.Close()
-		l.wmu.Lock()
-		written := l.bytesOut.Load()
-		l.wmu.Unlock()
-		l.release(false)
-		msg := ""
-		switch {
-		case reason != UpstreamError:
-		case l.writeErr.Load() != nil:
-			msg = (*l.writeErr.Load()).Error()
-		default:
-			msg = err.Error()
-		}
-		_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: written})
-		return false
 	}
+	reason := l.remoteReason(err)
+	if l.releasing.Load() && !l.isCut() {
+		return true // Release is ending the lease and sends the end
+	}
+	if !l.ended.CompareAndSwap(false, true) {
+		return true // Abandon ended it
+	}
+	// Closing the connection ends a write in progress; once Write has
+	// let go of wmu, the count is final.
+	_ = l.nc.Close()
+	l.wmu.Lock()
+	written := l.bytesOut.Load()
+	l.wmu.Unlock()
+	l.release(false)
+	msg := ""
+	switch {
+	case reason != UpstreamError:
+	case l.writeErr.Load() != nil:
+		msg = (*l.writeErr.Load()).Error()
+	default:
+		msg = err.Error()
+	}
+	_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: written})
+	return false
 }
 
 // resettable reports, once the reader stopped, whether a protocol pool's

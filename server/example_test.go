@@ -188,7 +188,7 @@ func Example_httpTransport() {
 
 // Using go-redis through a pool. (Not run: it needs a Redis server.)
 func Example_goRedis() {
-	c, err := client.New("127.0.0.1:7070", client.WithInsecure())
+	c, err := client.New("127.0.0.1:7700", client.WithInsecure())
 	if err != nil {
 		log.Fatal(err)
 	}

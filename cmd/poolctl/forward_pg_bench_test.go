@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,8 +21,9 @@ import (
 // "trust": no password asked), TCP on a free loopback port, no Unix
 // socket. PgBouncer refuses to run as root: as root it runs as the
 // "postgres" user, in a directory it can read. It is stopped by PID at
-// cleanup. It skips without pgbouncer.
-func startPgBouncer(t testing.TB, pg, authType string) string {
+// cleanup. It skips without pgbouncer. It returns PgBouncer's address and
+// PID.
+func startPgBouncer(t testing.TB, pg, authType string) (string, int) {
 	t.Helper()
 	bin, err := exec.LookPath("pgbouncer")
 	if err != nil {
@@ -110,37 +112,42 @@ log_disconnections = 0
 		_ = c.Close()
 		return true
 	})
-	return addr
+	return addr, cmd.Process.Pid
 }
 
 // BenchmarkPgbenchPooling: pgbench, select-only, 8 clients for 10 s, on
 // loopback, against PostgreSQL directly (with the password), through
 // PgBouncer in session mode (8 server connections; the client
 // authenticated with SCRAM-SHA-256, as a deployment would, and with trust,
-// presenting no password as poolplane's client does) and through poolctl
-// forward on a POSTGRES pool of 8 connections (no
-// password from the client); each once with connections held for the run
-// and once with -C (a new client connection per transaction). It reports
-// the tps of each and poolplane's ratios to direct and to PgBouncer in
-// both modes (x-pgbouncer against SCRAM, x-pgbouncer-trust against
-// trust). Run it with -benchtime 1x: one iteration is the whole
-// procedure.
+// presenting no password as poolplane's client does), through the pool's
+// listener and through poolctl forward, on a POSTGRES pool of 8
+// connections (no password from the client); each once with connections
+// held for the run and once with -C (a new client connection per
+// transaction). It reports the tps of each, the CPU per transaction of
+// the process that relays (PgBouncer's; poold's, in this process), and
+// the listener's and forward's ratios to direct and to PgBouncer in both
+// modes (x-pgbouncer against SCRAM, x-pgbouncer-trust against trust).
+// Run it with -benchtime 1x: one iteration is the whole procedure.
 func BenchmarkPgbenchPooling(b *testing.B) {
 	bin := lookTool(b, "pgbench", "postgresql-client")
 	ts, pg := startPgServer(b, "bench", 8)
-	bouncer := startPgBouncer(b, pg, "scram-sha-256")
-	trust := startPgBouncer(b, pg, "trust")
+	bouncer, bouncerPid := startPgBouncer(b, pg, "scram-sha-256")
+	trust, trustPid := startPgBouncer(b, pg, "trust")
 	pgbench(b, bin, pg, testkit.PostgresPassword, "-i", "-s", "1", "-q")
+	lis := ts.listen(b, "bench")
 	fwd, _ := ts.startForward(b, "bench")
 	targets := []struct {
-		name, addr, password string
+		benchTarget
+		password string
 	}{
-		{"direct", pg, testkit.PostgresPassword},
-		{"pgbouncer", bouncer, testkit.PostgresPassword},
-		{"pgbouncer-trust", trust, ""},
-		{"poolplane", fwd, ""},
+		{benchTarget{"direct", pg, -1}, testkit.PostgresPassword},
+		{benchTarget{"pgbouncer", bouncer, bouncerPid}, testkit.PostgresPassword},
+		{benchTarget{"pgbouncer-trust", trust, trustPid}, ""},
+		{benchTarget{"listener", lis, 0}, ""},
+		{benchTarget{"forward", fwd, 0}, ""},
 	}
 	tps := map[string]float64{}
+	cpu := map[string]float64{}
 	for range b.N {
 		for _, mode := range []string{"", "-C"} {
 			for _, tg := range targets {
@@ -148,19 +155,47 @@ func BenchmarkPgbenchPooling(b *testing.B) {
 				if mode != "" {
 					args = append(args, mode)
 				}
-				v := pgbench(b, bin, tg.addr, tg.password, args...)
+				var v float64
+				start := testkit.ProcCPU(b, 0)
+				if tg.pid > 0 {
+					start = testkit.ProcCPU(b, tg.pid)
+				}
+				v = pgbench(b, bin, tg.addr, tg.password, args...)
+				used := time.Duration(0)
+				switch {
+				case tg.pid > 0:
+					used = testkit.ProcCPU(b, tg.pid) - start
+				case tg.pid == 0:
+					used = testkit.ProcCPU(b, 0) - start
+				}
 				name := tg.name + mode
-				b.Logf("%-18s %8.0f tps", name, v)
-				tps[name] = v
+				perTx := float64(used.Nanoseconds()) / 1e3 / (v * 10)
+				b.Logf("%-18s %8.0f tps %6.1f µs CPU/tx", name, v, perTx)
+				tps[name], cpu[name] = v, perTx
 			}
 		}
 	}
 	for _, mode := range []string{"", "-C"} {
 		for _, tg := range targets {
 			b.ReportMetric(tps[tg.name+mode], tg.name+mode+"-tps")
+			if tg.pid >= 0 {
+				b.ReportMetric(cpu[tg.name+mode], tg.name+mode+"-cpu-µs/tx")
+			}
 		}
-		b.ReportMetric(tps["poolplane"+mode]/tps["direct"+mode], "x-direct"+mode)
-		b.ReportMetric(tps["poolplane"+mode]/tps["pgbouncer"+mode], "x-pgbouncer"+mode)
-		b.ReportMetric(tps["poolplane"+mode]/tps["pgbouncer-trust"+mode], "x-pgbouncer-trust"+mode)
+		for _, p := range []string{"listener", "forward"} {
+			b.ReportMetric(tps[p+mode]/tps["direct"+mode], p+"-x-direct"+mode)
+			b.ReportMetric(tps[p+mode]/tps["pgbouncer"+mode], p+"-x-pgbouncer"+mode)
+			b.ReportMetric(tps[p+mode]/tps["pgbouncer-trust"+mode], p+"-x-pgbouncer-trust"+mode)
+		}
 	}
+	var groups []barGroup
+	for _, mode := range []string{"", "-C"} {
+		g := barGroup{label: strings.TrimSpace("pgbench -S -c 8 " + mode)}
+		for _, tg := range targets {
+			g.values = append(g.values, tps[tg.name+mode])
+		}
+		groups = append(groups, g)
+	}
+	writeBarChart(b, "benchmarks-listener-postgres.svg", "pgbench select-only, 8 clients, 10 s", "transactions/s",
+		[]string{"direct", "PgBouncer (SCRAM)", "PgBouncer (trust)", "pool listener", "poolctl forward"}, groups)
 }

@@ -55,7 +55,9 @@ func BenchmarkListenerRedis(b *testing.B) {
 		{"redis", ts.listen(b, "cache"), 0},
 	}
 	const rounds = 3
+	var groups []barGroup
 	for range b.N {
+		groups = groups[:0]
 		for _, clients := range benchClients() {
 			requests := 10000
 			if clients > 1 {
@@ -90,8 +92,15 @@ func BenchmarkListenerRedis(b *testing.B) {
 			for _, p := range []string{"raw", "redis"} {
 				b.ReportMetric(median(ratio[p]), "x-haproxy-"+p+c)
 			}
+			g := barGroup{label: fmt.Sprintf("redis-benchmark -c %d", clients)}
+			for _, tg := range targets {
+				g.values = append(g.values, median(rps[tg.name]))
+			}
+			groups = append(groups, g)
 		}
 	}
+	writeBarChart(b, "benchmarks-listener-redis.svg", "redis-benchmark SET/GET, median of 3 rounds", "requests/s",
+		[]string{"direct", "HAProxy (TCP)", "listener, RAW pool", "listener, REDIS pool"}, groups)
 }
 
 // benchClients are the client counts of BenchmarkListenerRedis.

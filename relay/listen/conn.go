@@ -36,6 +36,8 @@ type clientConn struct {
 
 	lease atomic.Pointer[relay.Lease] // set once acquired
 
+	// ending: the host is ending the connection (shutdown).
+	ending    atomic.Bool
 	upEOFOnce sync.Once
 	upEOFc    chan struct{} // closed when the upstream half-closed (RAW)
 	endOnce   sync.Once
@@ -138,7 +140,11 @@ func (c *clientConn) handshake(handler protocol.Handler) (holder string, err err
 func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 	decides := up.Protocol() != nil
 	c.h.wg.Add(1) // the relay's reader goroutine
-	l := relay.New(up, c, relay.Options{ReadSize: relay.SmallRead, HalfClose: !decides, Done: c.h.wg.Done})
+	opts := relay.Options{ReadSize: relay.SmallRead, HalfClose: !decides, Done: c.h.wg.Done}
+	if !decides {
+		opts.Splice = c.nc // a RAW pool: upstream bytes go to the client in the kernel where they can
+	}
+	l := relay.New(up, c, opts)
 	c.lease.Store(l)
 	if c.h.stopCtx.Err() != nil {
 		l.Cut(relay.Shutdown) // EndLeases ran while acquiring
@@ -146,6 +152,14 @@ func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 	l.Start()
 	if len(opening) > 0 {
 		l.Write(net.Buffers{opening})
+	}
+	if !decides {
+		// A RAW pool: client bytes go to the upstream in the kernel where
+		// they can, until the client's EOF.
+		if ok, err := l.ReadFrom(c.nc); ok {
+			c.clientDone(l, decides, err)
+			return
+		}
 	}
 	var r relay.Reader
 	r.Reset(c.nc, relay.SmallRead)
@@ -155,29 +169,36 @@ func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 			l.Write(net.Buffers{(*bp)[relay.Headroom : relay.Headroom+n]})
 			relay.Buffers.Put(bp)
 		}
-		if err == nil {
-			continue
-		}
-		if !errors.Is(err, io.EOF) || c.remoteEnded() {
-			l.Abandon()
+		if err != nil {
+			c.clientDone(l, decides, err)
 			return
 		}
-		if decides {
-			_ = l.Release(true)
-			return
-		}
-		select {
-		case <-c.upEOFc:
-		default:
-			l.CloseWrite()
-			select {
-			case <-c.upEOFc:
-			case <-c.endedc:
-			}
-		}
-		_ = l.Release(false)
+	}
+}
+
+// clientDone ends the lease once reading the client ended with err: the
+// client's EOF (io.EOF, or nil after ReadFrom) releases it, or on a RAW
+// pool half-closes the upstream and releases it once the upstream ends
+// too; anything else abandons it.
+func (c *clientConn) clientDone(l *relay.Lease, decides bool, err error) {
+	if err != nil && !errors.Is(err, io.EOF) || c.remoteEnded() {
+		l.Abandon()
 		return
 	}
+	if decides {
+		_ = l.Release(true)
+		return
+	}
+	select {
+	case <-c.upEOFc:
+	default:
+		l.CloseWrite()
+		select {
+		case <-c.upEOFc:
+		case <-c.endedc:
+		}
+	}
+	_ = l.Release(false)
 }
 
 func (c *clientConn) remoteEnded() bool {
@@ -192,6 +213,7 @@ func (c *clientConn) remoteEnded() bool {
 // end ends the connection's lease for a shutdown: the upstream connection
 // is closed, and blocked reads and writes of the client return.
 func (c *clientConn) end() {
+	c.ending.Store(true) // before the cut: Ended must not give the client more time
 	if l := c.lease.Load(); l != nil {
 		l.Cut(relay.Shutdown)
 	}
@@ -273,6 +295,10 @@ func (c *clientConn) Ended(e relay.End) error {
 		return nil // the client's own close: serve closes the connection
 	}
 	c.endOnce.Do(func() { close(c.endedc) })
+	if c.ending.Load() {
+		// The host is ending every lease: no time to linger.
+		return c.raw.SetDeadline(time.Unix(1, 0))
+	}
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}

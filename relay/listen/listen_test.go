@@ -2,6 +2,7 @@ package listen_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -33,7 +34,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	m, h := harness.ManagerServing(t, nil)
+	m, h := harness.ManagerServing(t, nil, func(mc *poolmgr.ManagerConfig) { mc.SecretKey = bytes.Repeat([]byte{7}, 32) })
 	return &env{m: m, h: h}
 }
 
@@ -332,7 +333,7 @@ func TestListenerRefusesInItsProtocol(t *testing.T) {
 }
 
 func TestHostCloseEndsConnections(t *testing.T) {
-	m, h := harness.ManagerServing(t, nil)
+	m, h := harness.ManagerServing(t, nil, nil)
 	echo := testkit.EchoServer(t)
 	if _, err := m.Create(context.Background(), "p", poolmgr.Config{Endpoints: []string{echo},
 		Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0"}}}, poolmgr.WriteOptions{}); err != nil {
@@ -497,4 +498,48 @@ func TestListenerChangesUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d exchanges across 40 changes", exchanges.Load())
+}
+
+// TestRawListenerBulk: 8 MiB each way through a RAW pool's listener (the
+// copy in the kernel where Linux can) over TCP and a Unix socket, every
+// byte echoed in order, then the client's half-close passed on.
+func TestRawListenerBulk(t *testing.T) {
+	e := newEnv(t)
+	sock := filepath.Join(shortDir(t), "bulk.sock")
+	addrs := e.create(t, "bulk", poolmgr.Config{Endpoints: []string{testkit.EchoServer(t)},
+		Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0"}, {Address: "unix://" + sock}}})
+	payload := make([]byte, 8<<20)
+	for i := range payload {
+		payload[i] = byte(i*7 + i>>11)
+	}
+	for _, a := range addrs {
+		c := dial(t, a)
+		_ = c.SetDeadline(time.Now().Add(time.Minute))
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Write(payload)
+			if err == nil {
+				err = c.(interface{ CloseWrite() error }).CloseWrite()
+			}
+			errc <- err
+		}()
+		got, err := io.ReadAll(c)
+		if werr := <-errc; werr != nil {
+			t.Fatalf("%s: write: %v", a, werr)
+		}
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("%s: read %d bytes (want %d), equal %v, %v", a, len(got), len(payload), bytes.Equal(got, payload), err)
+		}
+	}
+	testkit.WaitFor(t, "the leases to end", func() bool {
+		ls, _ := e.m.Leases(context.Background(), "bulk")
+		return len(ls) == 0
+	})
+	p, err := e.m.Pool("bulk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.BytesIn != 2*uint64(len(payload)) || st.BytesOut != 2*uint64(len(payload)) {
+		t.Fatalf("bytes in %d out %d, want %d each", st.BytesIn, st.BytesOut, 2*len(payload))
+	}
 }

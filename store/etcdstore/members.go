@@ -507,15 +507,18 @@ func (ms *Membership) fence(k *keeper, why string) {
 }
 
 // unfence marks the replica registered; the first time, WaitReady returns.
+// The log line comes before the state others read (Fenced), so whoever
+// sees the replica un-fenced finds the line written.
 func (ms *Membership) unfence(k *keeper, now time.Time) {
 	k.fenced = false
-	ms.setFenced(false)
 	select {
 	case <-ms.readyc:
 		ms.logger.LogAttrs(context.Background(), slog.LevelInfo, "replica unfenced: registered again",
 			slog.String("replica", ms.id), slog.Int("replicas", len(k.members)),
 			slog.Duration("deadline_in", k.deadline.Sub(now)))
+		ms.setFenced(false)
 	default:
+		ms.setFenced(false)
 		close(ms.readyc)
 	}
 	k.lastErr = nil

@@ -34,10 +34,17 @@ func ServeListeners(t testing.TB, h *listen.Host, m *poolmgr.Manager) {
 // ManagerServing is Manager with the default store options and a host
 // serving the pools' local listeners, closed at the test's cleanup before
 // the Manager.
-func ManagerServing(t testing.TB, logger *slog.Logger) (*poolmgr.Manager, *listen.Host) {
+//
+// mod, when set, changes the Manager's config first.
+func ManagerServing(t testing.TB, logger *slog.Logger, mod func(*poolmgr.ManagerConfig)) (*poolmgr.Manager, *listen.Host) {
 	t.Helper()
 	h := Listeners(t, logger)
-	m := Manager(t, store.Options{}, logger, func(mc *poolmgr.ManagerConfig) { mc.Listeners = h })
+	m := Manager(t, store.Options{}, logger, func(mc *poolmgr.ManagerConfig) {
+		mc.Listeners = h
+		if mod != nil {
+			mod(mc)
+		}
+	})
 	ServeListeners(t, h, m)
 	return m, h
 }
@@ -45,3 +52,7 @@ func ManagerServing(t testing.TB, logger *slog.Logger) (*poolmgr.Manager, *liste
 // StoreOptions are the store options of ManagerServing, for a test that
 // builds its own host.
 func StoreOptions() store.Options { return store.Options{} }
+
+// OpenStore opens the bbolt store at path with the default options, for a
+// test that stops and starts a Manager over the same store.
+func OpenStore(path string) (*store.Store, error) { return store.Open(path, store.Options{}) }
