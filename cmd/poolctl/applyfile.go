@@ -126,7 +126,13 @@ func (c *converter) poolItems(root *yaml.Node) (items []*yaml.Node, ok bool, err
 			return []*yaml.Node{root}, true, nil // a single pool
 		}
 		for i := 0; i+1 < len(root.Content); i += 2 {
-			if k := root.Content[i]; k.Value != "pools" {
+			k := root.Content[i]
+			// What list -o yaml and get -o yaml with several pools print
+			// (a ListPoolsResponse) applies as it is.
+			if k.Value == "next_page_token" || k.Value == "nextPageToken" {
+				continue
+			}
+			if k.Value != "pools" {
 				return nil, false, lineErr(k, "unknown top-level key %q next to \"pools\"", k.Value)
 			}
 		}

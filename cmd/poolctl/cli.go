@@ -3,23 +3,22 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
-	"github.com/poolplane/poolplane/internal/flagusage"
 )
-
-// errHelp ends a run that printed help: exit status 0.
-var errHelp = errors.New("help requested")
 
 // Defaults of the global flags.
 const (
@@ -27,17 +26,27 @@ const (
 	defaultTimeout = 10 * time.Second
 )
 
+// outputFormats are the values of -o.
+var outputFormats = []string{"table", "wide", "name", "json", "yaml"}
+
 // globals are the flags every command takes.
 type globals struct {
-	server     string
-	token      string
-	tls        bool
-	caFile     string
-	certFile   string
-	keyFile    string
-	serverName string
-	timeout    time.Duration
-	output     string
+	server      string
+	token       string
+	tokenFile   string
+	tls         bool
+	caFile      string
+	certFile    string
+	keyFile     string
+	serverName  string
+	timeout     time.Duration
+	output      string
+	context     string
+	fromEnv     map[string]bool // flag names set from POOLPLANE_* variables
+	contextName string          // the context in use, "" for none
+	resolved    bool            // the config file was applied
+	// changed reports whether a global flag was given on the command line.
+	changed func(name string) bool
 }
 
 // env is one run of poolctl: its streams, flags and lazily dialed
@@ -46,6 +55,9 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	g              globals
+	// ran is set once a command's body starts: an error before it is a
+	// usage error (exit status 2).
+	ran bool
 
 	cc    *grpc.ClientConn // nil until the first RPC
 	admin poolv1.PoolAdminServiceClient
@@ -66,10 +78,13 @@ type command struct {
 	summary string
 	// minArgs and maxArgs bound the positional arguments (maxArgs -1: any).
 	minArgs, maxArgs int
-	// noOutputFlag: the command defines its own -o (backup).
-	noOutputFlag bool
+	// long is the command's help text below the summary, if any.
+	long string
+	// completePools: the positional arguments are pools, completed from
+	// the server.
+	completePools bool
 	// flags registers the command's own flags and returns its body.
-	flags func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
+	flags func(fs *pflag.FlagSet) func(ctx context.Context, e *env, args []string) error
 }
 
 // commands lists every subcommand in help order.
@@ -91,44 +106,53 @@ func commands() []*command {
 		statsCommand(),
 		backupCommand(),
 		forwardCommand(),
+		configCommand(),
 		versionCommand(),
 	}
 }
 
-// lookupCommand finds a command by name.
-func lookupCommand(name string) *command {
-	for _, c := range commands() {
-		if c.name == name {
-			return c
-		}
-	}
-	return nil
+// envFlags maps each global flag to its environment variable.
+var envFlags = map[string]string{
+	"server":      "POOLPLANE_SERVER",
+	"token":       "POOLPLANE_TOKEN",
+	"token-file":  "POOLPLANE_TOKEN_FILE",
+	"tls":         "POOLPLANE_TLS",
+	"ca-file":     "POOLPLANE_CA_FILE",
+	"cert-file":   "POOLPLANE_CERT_FILE",
+	"key-file":    "POOLPLANE_KEY_FILE",
+	"server-name": "POOLPLANE_SERVER_NAME",
+	"timeout":     "POOLPLANE_TIMEOUT",
+	"context":     "POOLCTL_CONTEXT",
 }
 
 // envDefaults fills g from the environment and the built-in defaults.
 func (g *globals) envDefaults() error {
-	str := func(key, def string) string {
-		if v, ok := os.LookupEnv(key); ok && v != "" {
+	g.fromEnv = map[string]bool{}
+	str := func(flag, def string) string {
+		if v, ok := os.LookupEnv(envFlags[flag]); ok && v != "" {
+			g.fromEnv[flag] = true
 			return v
 		}
 		return def
 	}
-	g.server = str("POOLPLANE_SERVER", defaultServer)
-	g.token = str("POOLPLANE_TOKEN", "")
-	g.caFile = str("POOLPLANE_CA_FILE", "")
-	g.certFile = str("POOLPLANE_CERT_FILE", "")
-	g.keyFile = str("POOLPLANE_KEY_FILE", "")
-	g.serverName = str("POOLPLANE_SERVER_NAME", "")
+	g.server = str("server", defaultServer)
+	g.token = str("token", "")
+	g.tokenFile = str("token-file", "")
+	g.caFile = str("ca-file", "")
+	g.certFile = str("cert-file", "")
+	g.keyFile = str("key-file", "")
+	g.serverName = str("server-name", "")
+	g.context = str("context", "")
 	g.output = "table"
 	g.timeout = defaultTimeout
-	if v := str("POOLPLANE_TLS", ""); v != "" {
+	if v := str("tls", ""); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			return usagef("POOLPLANE_TLS=%q: want true or false", v)
 		}
 		g.tls = b
 	}
-	if v := str("POOLPLANE_TIMEOUT", ""); v != "" {
+	if v := str("timeout", ""); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			return usagef("POOLPLANE_TIMEOUT=%q: %v", v, err)
@@ -139,123 +163,203 @@ func (g *globals) envDefaults() error {
 }
 
 // addGlobalFlags registers the global flags on fs, defaulting to their
-// current values (so that a subcommand's flag set keeps what the flags
-// before the command set).
-func (g *globals) addGlobalFlags(fs *flag.FlagSet, withOutput bool) {
-	fs.StringVar(&g.server, "server", g.server, "poold address: host:port or unix:///path (env POOLPLANE_SERVER)")
-	fs.StringVar(&g.token, "token", g.token, "bearer token (env POOLPLANE_TOKEN)")
+// current values (the environment's).
+func (g *globals) addGlobalFlags(fs *pflag.FlagSet) {
+	fs.StringVarP(&g.server, "server", "s", g.server, "poold `ADDR`: host:port, unix:///path, a comma-separated replica list or dns:///name:port (env POOLPLANE_SERVER)")
+	fs.StringVar(&g.token, "token", g.token, "bearer `TOKEN` (env POOLPLANE_TOKEN); prefer --token-file")
+	fs.StringVar(&g.tokenFile, "token-file", g.tokenFile, "`FILE` holding the bearer token (env POOLPLANE_TOKEN_FILE)")
 	fs.BoolVar(&g.tls, "tls", g.tls, "connect with TLS (env POOLPLANE_TLS)")
 	fs.StringVar(&g.caFile, "ca-file", g.caFile, "PEM CA bundle to verify poold; implies --tls (env POOLPLANE_CA_FILE)")
 	fs.StringVar(&g.certFile, "cert-file", g.certFile, "PEM client certificate for mTLS; implies --tls (env POOLPLANE_CERT_FILE)")
 	fs.StringVar(&g.keyFile, "key-file", g.keyFile, "PEM client key for mTLS (env POOLPLANE_KEY_FILE)")
-	fs.StringVar(&g.serverName, "server-name", g.serverName, "name to verify in poold's certificate (env POOLPLANE_SERVER_NAME)")
+	fs.StringVar(&g.serverName, "server-name", g.serverName, "`NAME` to verify in poold's certificate (env POOLPLANE_SERVER_NAME)")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on each request (env POOLPLANE_TIMEOUT)")
-	if withOutput {
-		fs.StringVar(&g.output, "o", g.output, "output format: table, json or yaml")
-		fs.StringVar(&g.output, "output", g.output, "output format: table, json or yaml")
-	}
+	fs.StringVarP(&g.output, "output", "o", g.output, "output `FORMAT`: table, wide, name, json or yaml")
+	fs.StringVar(&g.context, "context", g.context, "the config file's context `NAME` to use (env POOLCTL_CONTEXT)")
 }
 
-// newFlagSet returns a flag set that reports errors instead of printing
-// them.
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return fs
+// newRoot builds the command tree of one run.
+func (e *env) newRoot(ctx context.Context) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "poolctl",
+		Short:         "poolctl manages poolplane pools on a poold server",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		RunE: func(*cobra.Command, []string) error {
+			e.usage(e.stderr)
+			return &usageError{msg: "missing command"}
+		},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return e.resolveGlobals(cmd)
+		},
+	}
+	root.SetArgs(nil)
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetContext(ctx)
+	e.g.addGlobalFlags(root.PersistentFlags())
+	e.g.changed = func(name string) bool {
+		f := root.PersistentFlags().Lookup(name)
+		return f != nil && f.Changed
+	}
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(outputFormats, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("context", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		cfg, _, err := loadConfig()
+		if err != nil || cfg == nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var names []string
+		for _, c := range cfg.Contexts {
+			names = append(names, c.Name)
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	})
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if c == root {
+			return usagef("%v", err)
+		}
+		return usagef("%s: %v", c.Name(), err)
+	})
+	root.SetHelpFunc(func(c *cobra.Command, _ []string) { e.commandHelp(c) })
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "print the command reference, or a command's flags",
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				e.usage(e.stdout)
+				return nil
+			}
+			sub, _, err := root.Find(args)
+			if err != nil || sub == root {
+				return usagef("help: unknown command %q", args[0])
+			}
+			e.commandHelp(sub)
+			return nil
+		},
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			var names []string
+			for _, c := range root.Commands() {
+				if c.IsAvailableCommand() {
+					names = append(names, c.Name())
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+	})
+	root.CompletionOptions.HiddenDefaultCmd = false
+	for _, c := range commands() {
+		root.AddCommand(e.cobraCommand(c))
+	}
+	return root
 }
 
-// parseInterspersed parses flags and positional arguments in any order,
-// until "--" (after which everything is positional).
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		// flag stops at the first non-flag or after "--".
-		if i := len(args) - len(rest); i > 0 && args[i-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+// cobraCommand turns a command into its cobra form.
+func (e *env) cobraCommand(c *command) *cobra.Command {
+	use := c.name
+	if c.args != "" {
+		use += " " + c.args
 	}
+	cc := &cobra.Command{
+		Use:   use,
+		Short: c.summary,
+		Long:  c.long,
+		Args: func(_ *cobra.Command, pos []string) error {
+			switch {
+			case len(pos) < c.minArgs:
+				return usagef("%s: missing argument; usage: poolctl %s %s", c.name, c.name, c.args)
+			case c.maxArgs >= 0 && len(pos) > c.maxArgs:
+				return usagef("%s: unexpected argument %q; usage: poolctl %s %s", c.name, pos[c.maxArgs], c.name, c.args)
+			}
+			return nil
+		},
+	}
+	body := c.flags(cc.Flags())
+	cc.RunE = func(cmd *cobra.Command, pos []string) error {
+		e.ran = true
+		err := body(cmd.Context(), e, pos)
+		return asUnreachable(err, e.g.server, e.cc != nil && e.cc.GetState() == connectivity.Ready)
+	}
+	if c.completePools {
+		cc.ValidArgsFunction = func(_ *cobra.Command, pos []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if c.maxArgs >= 0 && len(pos) >= c.maxArgs {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			return e.poolIDs(), cobra.ShellCompDirectiveNoFileComp
+		}
+	}
+	return cc
 }
 
-// dispatch parses the global flags, then the command and its flags, and
-// runs it.
-func (e *env) dispatch(ctx context.Context, args []string) error {
-	if err := e.g.envDefaults(); err != nil {
-		return err
+// poolIDs lists the server's pool IDs for shell completion; nothing when
+// the server cannot be asked.
+func (e *env) poolIDs() []string {
+	if err := e.applyConfig(); err != nil {
+		return nil
 	}
-	root := newFlagSet("poolctl")
-	e.g.addGlobalFlags(root, true)
-	if err := root.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			e.usage(e.stdout)
-			return errHelp
-		}
-		return usagef("%v", err)
+	if err := e.connect(); err != nil {
+		return nil
 	}
-	rest := root.Args()
-	if len(rest) == 0 {
-		e.usage(e.stderr)
-		return &usageError{msg: "missing command"}
-	}
-	name, rest := rest[0], rest[1:]
-	if name == "help" {
-		return e.help(rest)
-	}
-	cmd := lookupCommand(name)
-	if cmd == nil {
-		return usagef("unknown command %q", name)
-	}
-	fs := newFlagSet(name)
-	e.g.addGlobalFlags(fs, !cmd.noOutputFlag)
-	body := cmd.flags(fs)
-	pos, err := parseInterspersed(fs, rest)
+	ctx, cancel := context.WithTimeout(context.Background(), min(e.g.timeout, 2*time.Second))
+	defer cancel()
+	resp, err := e.admin.ListPools(ctx, &poolv1.ListPoolsRequest{PageSize: 1000})
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			e.commandUsage(e.stdout, cmd, fs)
-			return errHelp
+		return nil
+	}
+	ids := make([]string, 0, len(resp.GetPools()))
+	for _, p := range resp.GetPools() {
+		ids = append(ids, strings.TrimPrefix(p.GetName(), poolsPrefix))
+	}
+	return ids
+}
+
+// resolveGlobals applies the config file's context to the global flags
+// not set on the command line or in the environment, and checks them.
+func (e *env) resolveGlobals(cmd *cobra.Command) error {
+	// Commands that never call poold work with a broken config file (and
+	// config use-context repairs one).
+	local := false
+	for c := cmd; c != nil; c = c.Parent() {
+		switch c.Name() {
+		case "config", "help", "version", "completion":
+			local = true
 		}
-		return usagef("%s: %v", name, err)
 	}
-	switch {
-	case len(pos) < cmd.minArgs:
-		return usagef("%s: missing argument; usage: poolctl %s %s", name, name, cmd.args)
-	case cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs:
-		return usagef("%s: unexpected argument %q; usage: poolctl %s %s", name, pos[cmd.maxArgs], name, cmd.args)
+	if !local {
+		if err := e.applyConfig(); err != nil {
+			return err
+		}
 	}
-	switch e.g.output {
-	case "table", "json", "yaml":
-	default:
-		return usagef("-o %q: want table, json or yaml", e.g.output)
+	if !slices.Contains(outputFormats, e.g.output) {
+		if cmd.Name() == "backup" {
+			return usagef("backup: -o is the output format; write the snapshot with --file FILE (-f FILE)")
+		}
+		return usagef("-o %q: want table, wide, name, json or yaml", e.g.output)
 	}
 	if e.g.timeout <= 0 {
 		return usagef("--timeout must be positive")
 	}
-	return body(ctx, e, pos)
+	return nil
 }
 
-// help prints the reference, or one command's help.
-func (e *env) help(args []string) error {
-	if len(args) == 0 {
-		e.usage(e.stdout)
-		return errHelp
+// dispatch parses the flags and runs the command.
+func (e *env) dispatch(ctx context.Context, args []string) error {
+	if err := e.g.envDefaults(); err != nil {
+		return err
 	}
-	cmd := lookupCommand(args[0])
-	if cmd == nil {
-		return usagef("help: unknown command %q", args[0])
+	root := e.newRoot(ctx)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil || e.ran {
+		return err
 	}
-	fs := newFlagSet(cmd.name)
-	cmd.flags(fs)
-	e.commandUsage(e.stdout, cmd, fs)
-	return errHelp
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return err
+	}
+	// cobra's own errors (an unknown command, with suggestions) come
+	// before any command runs.
+	return &usageError{msg: strings.TrimRight(err.Error(), "\n")}
 }
 
 // usage prints the command reference.
@@ -270,18 +374,27 @@ Commands:
 	for _, c := range commands() {
 		_, _ = fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
 	}
+	_, _ = fmt.Fprintf(tw, "  %s\t%s\n", "completion bash|zsh|fish|powershell", "print a shell completion script (poolctl completion bash -h)")
+	_, _ = fmt.Fprintf(tw, "  %s\t%s\n", "help [COMMAND]", "print this reference, or a command's flags")
 	_ = tw.Flush()
 	_, _ = fmt.Fprint(w, `
 Global flags (also accepted after the command):
-  --server ADDR        poold address: host:port or unix:///path (env POOLPLANE_SERVER; default 127.0.0.1:7700)
-  --token TOKEN        bearer token, sent as "authorization: Bearer TOKEN" (env POOLPLANE_TOKEN)
-  --tls                connect with TLS (env POOLPLANE_TLS)
-  --ca-file FILE       PEM CA bundle to verify poold; implies --tls (env POOLPLANE_CA_FILE)
-  --cert-file FILE     PEM client certificate for mTLS; implies --tls (env POOLPLANE_CERT_FILE)
-  --key-file FILE      PEM key of --cert-file (env POOLPLANE_KEY_FILE)
-  --server-name NAME   name to verify in poold's certificate (env POOLPLANE_SERVER_NAME)
-  --timeout DURATION   bound on each request (env POOLPLANE_TIMEOUT; default 10s)
-  -o, --output FORMAT  table (default), json or yaml
+  -s, --server ADDR         poold address: host:port, unix:///path, a comma-separated replica
+                            list or dns:///name:port (env POOLPLANE_SERVER; default 127.0.0.1:7700)
+      --token TOKEN         bearer token, sent as "authorization: Bearer TOKEN" (env POOLPLANE_TOKEN)
+      --token-file FILE     file holding the bearer token (env POOLPLANE_TOKEN_FILE)
+      --tls                 connect with TLS (env POOLPLANE_TLS)
+      --ca-file FILE        PEM CA bundle to verify poold; implies --tls (env POOLPLANE_CA_FILE)
+      --cert-file FILE      PEM client certificate for mTLS; implies --tls (env POOLPLANE_CERT_FILE)
+      --key-file FILE       PEM key of --cert-file (env POOLPLANE_KEY_FILE)
+      --server-name NAME    name to verify in poold's certificate (env POOLPLANE_SERVER_NAME)
+      --timeout DURATION    bound on each request (env POOLPLANE_TIMEOUT; default 10s)
+  -o, --output FORMAT       table (default), wide, name, json or yaml
+      --context NAME        a context of the config file (env POOLCTL_CONTEXT; default its current_context)
+
+Config file: $POOLCTL_CONFIG, else poolctl/config.yaml in the user's config directory
+(~/.config/poolctl/config.yaml); its contexts name a server, token_file and TLS settings,
+used for every flag not given on the command line or in the environment.
 
 POOL is a pool ID ("api") or name ("pools/api").
 Exit status: 0 success, 1 failure, 2 usage error.
@@ -289,32 +402,38 @@ Run 'poolctl help <command>' for a command's flags.
 `)
 }
 
-// commandUsage prints one command's synopsis and flags.
-func (e *env) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
-	_, _ = fmt.Fprintf(w, "Usage: poolctl %s %s\n\n%s.\n", cmd.name, cmd.args, capitalize(cmd.summary))
-	global := map[string]bool{}
-	g := newFlagSet("")
-	(&globals{}).addGlobalFlags(g, !cmd.noOutputFlag)
-	g.VisitAll(func(f *flag.Flag) { global[f.Name] = true })
-	first := true
-	fs.VisitAll(func(f *flag.Flag) {
-		if global[f.Name] {
-			return
-		}
-		if first {
-			_, _ = fmt.Fprint(w, "\nFlags:\n")
-			first = false
-		}
-		flagusage.Print(w, f)
-	})
-	_, _ = fmt.Fprint(w, "\nGlobal flags: see 'poolctl help'.\n")
-}
-
-func capitalize(s string) string {
-	if s == "" {
-		return s
+// commandHelp prints one command's synopsis and flags.
+func (e *env) commandHelp(c *cobra.Command) {
+	w := c.OutOrStdout()
+	if c == c.Root() {
+		e.usage(w)
+		return
 	}
-	return strings.ToUpper(s[:1]) + s[1:]
+	use := strings.TrimPrefix(c.Use, c.Name())
+	_, _ = fmt.Fprintf(w, "Usage: %s%s\n\n%s.\n", c.CommandPath(), use, capitalize(strings.TrimSuffix(c.Short, ".")))
+	if c.Long != "" && !strings.HasPrefix(c.Long, c.Short) {
+		_, _ = fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.Long))
+	}
+	if subs := c.Commands(); len(subs) > 0 {
+		_, _ = fmt.Fprint(w, "\nCommands:\n")
+		tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+		for _, s := range subs {
+			if s.IsAvailableCommand() {
+				_, _ = fmt.Fprintf(tw, "  %s\t%s\n", s.Name(), s.Short)
+			}
+		}
+		_ = tw.Flush()
+	}
+	fs := pflag.NewFlagSet(c.Name(), pflag.ContinueOnError)
+	c.LocalNonPersistentFlags().VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" {
+			fs.AddFlag(f)
+		}
+	})
+	if fs.HasAvailableFlags() {
+		_, _ = fmt.Fprintf(w, "\nFlags:\n%s", fs.FlagUsages())
+	}
+	_, _ = fmt.Fprint(w, "\nGlobal flags: see 'poolctl help'.\n")
 }
 
 // poolName returns the resource name of a pool given by ID or name.
@@ -369,4 +488,11 @@ func rpcBody(body func(ctx context.Context, e *env, args []string) error) func(c
 		defer cancel()
 		return body(ctx, e, args)
 	}
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }

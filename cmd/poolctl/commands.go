@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,39 +10,28 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 	"github.com/poolplane/poolplane/internal/version"
 )
 
-// fileList is a repeatable flag.
-type fileList []string
-
-// String implements flag.Value.
-func (f *fileList) String() string { return strings.Join(*f, ",") }
-
-// Set implements flag.Value: each -f adds a file.
-func (f *fileList) Set(v string) error {
-	*f = append(*f, v)
-	return nil
-}
-
 func applyCommand() *command {
 	return &command{
-		name: "apply", args: "-f FILE [-f FILE...] [--prune] [--dry-run]",
+		name: "apply", args: "-f FILE [-f FILE...] [--prune] [--dry-run]", maxArgs: 0,
 		summary: "make the server's pools match a YAML or JSON file (\"-\" is stdin)",
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			var files fileList
-			fs.Var(&files, "f", "`FILE` to apply, YAML or JSON; \"-\" reads stdin; repeatable")
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+			files := fs.StringArrayP("file", "f", nil, "`FILE` to apply, YAML or JSON; \"-\" reads stdin; repeatable")
 			prune := fs.Bool("prune", false, "delete every pool not in the files")
 			dryRun := fs.Bool("dry-run", false, "print the plan without changing anything (validate_only)")
 			return func(ctx context.Context, e *env, _ []string) error {
-				if len(files) == 0 {
+				if len(*files) == 0 {
 					return usagef("apply: -f FILE is required")
 				}
-				if i := slices.Index(files, "-"); i >= 0 && slices.Contains(files[i+1:], "-") {
+				if i := slices.Index(*files, "-"); i >= 0 && slices.Contains((*files)[i+1:], "-") {
 					return usagef("apply: -f - given twice")
 				}
-				pools, err := readApplyFiles(e.stdin, files)
+				pools, err := readApplyFiles(e.stdin, *files)
 				if err != nil {
 					return err
 				}
@@ -107,8 +95,8 @@ func (e *env) apply(ctx context.Context, pools []*poolv1.Pool, prune, dryRun boo
 	if err != nil {
 		return err
 	}
-	if e.g.output != "table" {
-		return writeStructured(e.stdout, e.g.output, resp)
+	if e.g.output != "table" && e.g.output != "wide" {
+		return e.show(resp, nil)
 	}
 	t := newTable(e.stdout, "NAME", "ACTION", "CHANGED FIELDS", "RETIRED IDLE", "RETIRED LEASED")
 	counts := map[poolv1.PoolChange_Action]int{}
@@ -139,15 +127,30 @@ func (e *env) apply(ctx context.Context, pools []*poolv1.Pool, prune, dryRun boo
 
 func getCommand() *command {
 	return &command{
-		name: "get", args: "POOL", summary: "show a pool's configuration and state",
-		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		name: "get", args: "POOL [POOL...]", summary: "show pools' configuration and state",
+		minArgs: 1, maxArgs: -1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return rpcBody(func(ctx context.Context, e *env, args []string) error {
-				p, err := e.admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: poolName(args[0])})
-				if err != nil {
-					return err
+				pools := make([]*poolv1.Pool, 0, len(args))
+				for _, a := range args {
+					p, err := e.admin.GetPool(ctx, &poolv1.GetPoolRequest{Name: poolName(a)})
+					if err != nil {
+						return err
+					}
+					pools = append(pools, p)
 				}
-				return e.show(p, func() error { return fieldTable(e.stdout, p) })
+				if len(pools) == 1 {
+					// One pool: the Pool message itself, and FIELD VALUE rows.
+					p := pools[0]
+					return e.show(p, func(wide bool) error {
+						if wide {
+							return poolTable(e.stdout, pools, true)
+						}
+						return fieldTable(e.stdout, p)
+					})
+				}
+				all := &poolv1.ListPoolsResponse{Pools: pools}
+				return e.show(all, func(wide bool) error { return poolTable(e.stdout, pools, wide) })
 			})
 		},
 	}
@@ -156,7 +159,7 @@ func getCommand() *command {
 func listCommand() *command {
 	return &command{
 		name: "list", summary: "list pools",
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return rpcBody(func(ctx context.Context, e *env, _ []string) error {
 				pools, err := allPages(func(token string) ([]*poolv1.Pool, string, error) {
 					resp, err := e.admin.ListPools(ctx, &poolv1.ListPoolsRequest{PageSize: 1000, PageToken: token})
@@ -166,7 +169,7 @@ func listCommand() *command {
 					return err
 				}
 				all := &poolv1.ListPoolsResponse{Pools: pools}
-				return e.show(all, func() error { return poolTable(e.stdout, pools) })
+				return e.show(all, func(wide bool) error { return poolTable(e.stdout, pools, wide) })
 			})
 		},
 	}
@@ -176,8 +179,8 @@ func deleteCommand() *command {
 	return &command{
 		name: "delete", args: "POOL [--etag ETAG] [--dry-run]",
 		summary: "delete a pool: no new leases, idle connections closed, leased ones on release",
-		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		minArgs: 1, maxArgs: 1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			etag := fs.String("etag", "", "delete only if the pool's etag is still `ETAG` (from get -o yaml)")
 			dryRun := fs.Bool("dry-run", false, "check the request without deleting (validate_only)")
 			return rpcBody(func(ctx context.Context, e *env, args []string) error {
@@ -185,8 +188,8 @@ func deleteCommand() *command {
 				if _, err := e.admin.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: name, Etag: *etag, ValidateOnly: *dryRun}); err != nil {
 					return err
 				}
-				if e.g.output != "table" {
-					return writeValue(e.stdout, e.g.output, map[string]any{"name": name, "deleted": !*dryRun})
+				if done, err := e.showValue(name, map[string]any{"name": name, "deleted": !*dryRun}); done {
+					return err
 				}
 				if *dryRun {
 					_, _ = fmt.Fprintf(e.stdout, "%s would be deleted (dry run)\n", name)
@@ -206,8 +209,8 @@ const defaultWaitTimeout = 5 * time.Minute
 func lifecycleCommand(verb, summary string) *command {
 	return &command{
 		name: verb, args: "POOL [--wait] [--wait-timeout D]", summary: summary,
-		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		minArgs: 1, maxArgs: 1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			wait := fs.Bool("wait", false, waitHelp[verb])
 			waitTimeout := fs.Duration("wait-timeout", defaultWaitTimeout, "give up --wait after this long (exit status 1)")
 			return func(ctx context.Context, e *env, args []string) error {
@@ -236,7 +239,7 @@ func lifecycleCommand(verb, summary string) *command {
 						return err
 					}
 				}
-				return e.show(p, func() error { return poolTable(e.stdout, []*poolv1.Pool{p}) })
+				return e.show(p, func(wide bool) error { return poolTable(e.stdout, []*poolv1.Pool{p}, wide) })
 			}
 		},
 	}
@@ -338,8 +341,8 @@ func (e *env) pendingWork(ctx context.Context, verb string, p *poolv1.Pool) (str
 func historyCommand() *command {
 	return &command{
 		name: "history", args: "POOL", summary: "list a pool's configuration revisions, newest first",
-		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		minArgs: 1, maxArgs: 1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return rpcBody(func(ctx context.Context, e *env, args []string) error {
 				revs, err := allPages(func(token string) ([]*poolv1.PoolRevision, string, error) {
 					resp, err := e.admin.ListPoolRevisions(ctx, &poolv1.ListPoolRevisionsRequest{Name: poolName(args[0]), PageSize: 1000, PageToken: token})
@@ -349,7 +352,7 @@ func historyCommand() *command {
 					return err
 				}
 				all := &poolv1.ListPoolRevisionsResponse{Revisions: revs}
-				return e.show(all, func() error { return historyTable(e.stdout, revs) })
+				return e.show(all, func(bool) error { return historyTable(e.stdout, revs) })
 			})
 		},
 	}
@@ -429,8 +432,8 @@ func rollbackCommand() *command {
 	return &command{
 		name: "rollback", args: "POOL --revision N",
 		summary: "restore a pool's configuration from revision N (see history), as a new revision",
-		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		minArgs: 1, maxArgs: 1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			rev := fs.Int64("revision", 0, "the revision `N` to restore (required)")
 			return func(ctx context.Context, e *env, args []string) error {
 				if *rev <= 0 {
@@ -445,10 +448,10 @@ func rollbackCommand() *command {
 				if err != nil {
 					return err
 				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, p)
+				if e.g.output != "table" && e.g.output != "wide" {
+					return e.show(p, nil)
 				}
-				if err := poolTable(e.stdout, []*poolv1.Pool{p}); err != nil {
+				if err := poolTable(e.stdout, []*poolv1.Pool{p}, e.g.output == "wide"); err != nil {
 					return err
 				}
 				_, _ = fmt.Fprintf(e.stdout, "%s rolled back to revision %d, now revision %d\n", p.GetName(), *rev, p.GetRevision())
@@ -461,8 +464,8 @@ func rollbackCommand() *command {
 func leasesCommand() *command {
 	return &command{
 		name: "leases", args: "[POOL]", summary: "list active leases, of one pool or of all",
-		maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		maxArgs: 1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return rpcBody(func(ctx context.Context, e *env, args []string) error {
 				parent := "pools/-"
 				if len(args) == 1 {
@@ -472,15 +475,14 @@ func leasesCommand() *command {
 				if err != nil {
 					return err
 				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, resp)
-				}
-				t := newTable(e.stdout, "NAME", "CLIENT", "UPSTREAM", "GENERATION", "HELD", "GRANTED")
-				for _, l := range resp.GetLeases() {
-					t.row(l.GetName(), l.GetClientName(), l.GetUpstreamAddr(), itoa(l.GetGeneration()),
-						durString(l.GetHeld()), timeString(l.GetGrantTime()))
-				}
-				return t.flush()
+				return e.show(resp, func(bool) error {
+					t := newTable(e.stdout, "NAME", "CLIENT", "UPSTREAM", "GENERATION", "HELD", "GRANTED")
+					for _, l := range resp.GetLeases() {
+						t.row(l.GetName(), l.GetClientName(), l.GetUpstreamAddr(), itoa(l.GetGeneration()),
+							durString(l.GetHeld()), timeString(l.GetGrantTime()))
+					}
+					return t.flush()
+				})
 			})
 		},
 	}
@@ -489,14 +491,14 @@ func leasesCommand() *command {
 func replicasCommand() *command {
 	return &command{
 		name: "replicas", summary: "list the poold replicas sharing the server's configuration (etcd store) and whether the server is fenced",
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return rpcBody(func(ctx context.Context, e *env, _ []string) error {
 				resp, err := e.admin.ListReplicas(ctx, &poolv1.ListReplicasRequest{})
 				if err != nil {
 					return err
 				}
-				if e.g.output != "table" {
-					return writeStructured(e.stdout, e.g.output, resp)
+				if e.g.output != "table" && e.g.output != "wide" {
+					return e.show(resp, nil)
 				}
 				if len(resp.GetReplicas()) == 0 {
 					_, _ = fmt.Fprintln(e.stdout, "one poold on its own store: no replicas")
@@ -524,7 +526,7 @@ func revokeCommand() *command {
 		name: "revoke", args: "LEASE_NAME",
 		summary: "end a lease by closing its upstream connection (LEASE_NAME is pools/POOL/leases/ID, from leases)",
 		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, args []string) error {
 				if !strings.HasPrefix(args[0], poolsPrefix) || !strings.Contains(args[0], "/leases/") {
 					return usagef("revoke: want a lease name pools/POOL/leases/ID (see poolctl leases), got %q", args[0])
@@ -537,8 +539,8 @@ func revokeCommand() *command {
 				if _, err := e.admin.RevokeLease(ctx, &poolv1.RevokeLeaseRequest{Name: args[0]}); err != nil {
 					return err
 				}
-				if e.g.output != "table" {
-					return writeValue(e.stdout, e.g.output, map[string]any{"name": args[0], "revoked": true})
+				if done, err := e.showValue(args[0], map[string]any{"name": args[0], "revoked": true}); done {
+					return err
 				}
 				_, _ = fmt.Fprintf(e.stdout, "%s revoked\n", args[0])
 				return nil
@@ -549,15 +551,13 @@ func revokeCommand() *command {
 
 func backupCommand() *command {
 	return &command{
-		name: "backup", args: "-o FILE", summary: "write a consistent snapshot of the server's database to FILE",
-		noOutputFlag: true,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		name: "backup", args: "-f FILE", summary: "write a consistent snapshot of the server's database to FILE",
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			var out string
-			fs.StringVar(&out, "o", "", "the `FILE` to write (required)")
-			fs.StringVar(&out, "output", "", "the `FILE` to write (required)")
+			fs.StringVarP(&out, "file", "f", "", "the `FILE` to write (required)")
 			return func(ctx context.Context, e *env, _ []string) error {
 				if out == "" {
-					return usagef("backup: -o FILE is required")
+					return usagef("backup: --file FILE (-f FILE) is required")
 				}
 				ctx, cancel, err := e.rpc(ctx)
 				if err != nil {
@@ -621,10 +621,10 @@ func backup(ctx context.Context, admin poolv1.PoolAdminServiceClient, file strin
 func versionCommand() *command {
 	return &command{
 		name: "version", summary: "print poolctl's version (stamped by make build; see internal/version)",
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, _ []string) error {
 				v := version.Get()
-				if e.g.output != "table" {
+				if e.g.output == "json" || e.g.output == "yaml" {
 					return writeValue(e.stdout, e.g.output, map[string]any{
 						"version": v.Version, "commit": v.Commit, "go": v.GoVersion,
 						"platform": v.Platform,

@@ -13,18 +13,46 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/poolplane/poolplane/client"
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 )
 
 // target returns the gRPC target of --server: a bare absolute path is a
-// Unix socket.
+// Unix socket; a comma-separated list of replicas and dns:/// names are
+// passed on as the SDK takes them (client.New).
 func (g *globals) target() string {
 	if strings.HasPrefix(g.server, "/") {
 		return "unix://" + g.server
 	}
 	return g.server
+}
+
+// replicaTarget returns the target and dial options of the admin
+// connection: a comma-separated list of replicas becomes a resolver
+// private to the connection, serving the list, with calls spread over the
+// replicas (round robin) as the SDK spreads them; any other target is
+// returned as it is.
+func replicaTarget(target string) (string, []grpc.DialOption, error) {
+	if !strings.Contains(target, ",") || strings.Contains(target, "://") {
+		return target, nil, nil
+	}
+	var addrs []resolver.Address
+	for a := range strings.SplitSeq(target, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			return "", nil, usagef("--server %q: empty address in the replica list", target)
+		}
+		addrs = append(addrs, resolver.Address{Addr: a})
+	}
+	r := manual.NewBuilderWithScheme("poolctl-replicas")
+	r.InitialState(resolver.State{Addresses: addrs})
+	return r.Scheme() + ":///replicas", []grpc.DialOption{
+		grpc.WithResolvers(r),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"round_robin": {}}]}`),
+	}, nil
 }
 
 // useTLS reports whether the TLS flags ask for TLS.
@@ -80,15 +108,21 @@ func isLocalTarget(target string) bool {
 	if i := strings.Index(target, ":///"); i >= 0 {
 		target = target[i+4:]
 	}
-	host, _, err := net.SplitHostPort(target)
-	if err != nil {
-		host = target
+	for t := range strings.SplitSeq(target, ",") {
+		t = strings.TrimSpace(t)
+		host, _, err := net.SplitHostPort(t)
+		if err != nil {
+			host = t
+		}
+		if host == "localhost" {
+			continue
+		}
+		ip, err := netip.ParseAddr(host)
+		if err != nil || !ip.IsLoopback() {
+			return false
+		}
 	}
-	if host == "localhost" {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.IsLoopback()
+	return true
 }
 
 // bearer sends the --token on every call.
@@ -113,6 +147,9 @@ func (e *env) connect() error {
 	if e.cc != nil {
 		return nil
 	}
+	if err := e.g.readTokenFile(); err != nil {
+		return err
+	}
 	cfg, err := e.g.tlsConfig()
 	if err != nil {
 		return err
@@ -125,7 +162,11 @@ func (e *env) connect() error {
 		e.checkToken()
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: e.g.token}))
 	}
-	cc, err := grpc.NewClient(e.g.target(), opts...)
+	target, more, err := replicaTarget(e.g.target())
+	if err != nil {
+		return err
+	}
+	cc, err := grpc.NewClient(target, append(opts, more...)...)
 	if err != nil {
 		return fmt.Errorf("--server %s: %w", e.g.server, err)
 	}
@@ -138,6 +179,9 @@ func (e *env) connect() error {
 // newClient returns an SDK client for forward, with the same server,
 // credentials and TLS as the admin connection.
 func (e *env) newClient(clientName string) (*client.Client, error) {
+	if err := e.g.readTokenFile(); err != nil {
+		return nil, err
+	}
 	cfg, err := e.g.tlsConfig()
 	if err != nil {
 		return nil, err

@@ -122,7 +122,7 @@ pools:
 	if !regexp.MustCompile(`pools/echo\s+CREATE`).MatchString(out) || !strings.Contains(out, "dry run: 2 to create") {
 		t.Fatalf("apply --dry-run:\n%s", out)
 	}
-	if out := ts.ok(t, "", "list", "-o", "json"); out != "{\n  \"pools\": []\n}\n" {
+	if out := ts.ok(t, "", "list", "-o", "json"); out != "{\n  \"pools\": [],\n  \"next_page_token\": \"\"\n}\n" {
 		t.Fatalf("dry run created pools:\n%s", out)
 	}
 
@@ -558,6 +558,13 @@ func TestTLSAndToken(t *testing.T) {
 	ts.fails(t, "UNAUTHENTICATED: bad token", append(tlsArgs, "--token", "wrong", "list")...)
 	// TLS and token, from flags or the environment.
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", append(tlsArgs, "--token", token, "apply", "-f", "-")...)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := ts.ok(t, "", append(tlsArgs, "--token-file", tokenFile, "list", "-o", "name")...); out != "pools/echo\n" {
+		t.Fatalf("list with --token-file:\n%s", out)
+	}
 	t.Setenv("POOLPLANE_CA_FILE", certFile)
 	t.Setenv("POOLPLANE_SERVER_NAME", "poold.test")
 	t.Setenv("POOLPLANE_TOKEN", token)
@@ -824,7 +831,7 @@ func TestBackup(t *testing.T) {
 	echo := testkit.EchoServer(t)
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
 	file := filepath.Join(t.TempDir(), "backup.db")
-	if out := ts.ok(t, "", "backup", "-o", file); !strings.Contains(out, "wrote "+file) {
+	if out := ts.ok(t, "", "backup", "-f", file); !strings.Contains(out, "wrote "+file) {
 		t.Fatalf("backup output: %q", out)
 	}
 	if _, err := os.Stat(file + ".tmp"); !errors.Is(err, os.ErrNotExist) {

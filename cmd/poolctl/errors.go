@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -89,6 +90,46 @@ func formatError(err error) string {
 	return b.String()
 }
 
+// unreachableError is a call that could not reach poold: the connection
+// failed, or nothing answered before the deadline while none was ready.
+type unreachableError struct {
+	server string // --server as given
+	err    error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach poold at %s: %v", e.server, e.err)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
+
+// asUnreachable wraps err in an *unreachableError when it says that poold
+// could not be reached: UNAVAILABLE without poolplane's ErrorInfo (poold's
+// own UNAVAILABLE errors, such as an upstream's open circuit, carry one),
+// or DEADLINE_EXCEEDED while the connection never became ready (an
+// address that drops packets).
+func asUnreachable(err error, server string, ready bool) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		for _, d := range st.Details() {
+			if _, ok := d.(*errdetails.ErrorInfo); ok {
+				return err
+			}
+		}
+	case codes.DeadlineExceeded:
+		if ready {
+			return err
+		}
+	default:
+		return err
+	}
+	return &unreachableError{server: server, err: err}
+}
+
 // reportError prints err to w and returns the exit status: 2 for a usage
 // error, else 1.
 func reportError(w io.Writer, err error) int {
@@ -96,6 +137,13 @@ func reportError(w io.Writer, err error) int {
 	if errors.As(err, &ue) {
 		_, _ = fmt.Fprintf(w, "poolctl: %s\nRun 'poolctl help' for usage.\n", ue.msg)
 		return 2
+	}
+	var ue2 *unreachableError
+	if errors.As(err, &ue2) {
+		st, _ := status.FromError(ue2.err)
+		_, _ = fmt.Fprintf(w, "poolctl: %s: cannot reach poold at %s: %s\n  is poold running at %s? (set the address with --server, $POOLPLANE_SERVER or a context)\n",
+			code.Code(st.Code()).String(), printable(ue2.server), printable(st.Message()), printable(ue2.server))
+		return 1
 	}
 	_, _ = io.WriteString(w, formatError(err))
 	return 1

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/poolplane/poolplane/client"
 )
@@ -29,9 +30,9 @@ func forwardCommand() *command {
 	return &command{
 		name: "forward", args: "POOL [--listen ADDR]",
 		summary: "accept local TCP connections and relay each through its own lease of POOL",
-		minArgs: 1, maxArgs: 1,
-		flags: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			listen := fs.String("listen", "127.0.0.1:0", "accept connections on local `ADDR` (port 0 picks one)")
+		minArgs: 1, maxArgs: 1, completePools: true,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *env, []string) error {
+			listen := fs.StringP("listen", "l", "127.0.0.1:0", "accept connections on local `ADDR` (port 0 picks one)")
 			name := fs.String("client-name", "", "client `NAME` shown by poolctl leases (default host/poolctl:pid)")
 			acquire := fs.Duration("acquire-timeout", 0, "bound on each lease's wait for a connection (0: the pool's acquire_timeout)")
 			grace := fs.Duration("shutdown-timeout", defaultShutdownTimeout, "after SIGINT/SIGTERM, wait this long for connections, then close them")

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 	"os/signal"
@@ -31,9 +30,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	defer e.close()
 	err := e.dispatch(ctx, args)
 	if err == nil {
-		return 0
-	}
-	if errors.Is(err, errHelp) {
 		return 0
 	}
 	return reportError(stderr, err)

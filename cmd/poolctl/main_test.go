@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -20,6 +23,10 @@ import (
 
 // TestMain checks that no test leaks a goroutine.
 func TestMain(m *testing.M) {
+	// No test reads the config file of the user running the tests.
+	_ = os.Setenv("XDG_CONFIG_HOME", "/nonexistent/poolctl-test-config")
+	_ = os.Unsetenv("POOLCTL_CONFIG")
+	_ = os.Unsetenv("POOLCTL_CONTEXT")
 	goleak.VerifyTestMain(m)
 }
 
@@ -48,21 +55,25 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{"no command", nil, "missing command"},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
-		{"unknown global flag", []string{"--bogus", "list"}, "flag provided but not defined: -bogus"},
-		{"unknown command flag", []string{"list", "--bogus"}, "list: flag provided but not defined: -bogus"},
+		{"unknown global flag", []string{"--bogus", "list"}, "unknown flag: --bogus"},
+		{"unknown command flag", []string{"list", "--bogus"}, "list: unknown flag: --bogus"},
+		{"did you mean", []string{"lsit"}, "Did you mean this?\n\tlist"},
+		{"backup with the old -o FILE", []string{"backup", "-o", "snap.db"}, "write the snapshot with --file FILE"},
 		{"missing pool", []string{"get"}, "get: missing argument; usage: poolctl get POOL"},
-		{"extra argument", []string{"get", "a", "b"}, `get: unexpected argument "b"`},
+		{"extra argument", []string{"history", "a", "b"}, `history: unexpected argument "b"`},
 		{"list takes none", []string{"list", "x"}, `list: unexpected argument "x"`},
-		{"bad output", []string{"-o", "xml", "list"}, `-o "xml": want table, json or yaml`},
+		{"bad output", []string{"-o", "xml", "list"}, `-o "xml": want table, wide, name, json or yaml`},
 		{"bad output after command", []string{"list", "--output=csv"}, `-o "csv"`},
 		{"apply without file", []string{"apply"}, "apply: -f FILE is required"},
 		{"apply stdin twice", []string{"apply", "-f", "-", "-f", "-"}, "-f - given twice"},
 		{"rollback without revision", []string{"rollback", "a"}, "rollback: --revision N is required"},
-		{"bad revision", []string{"rollback", "a", "--revision", "x"}, "invalid value"},
-		{"bad duration", []string{"--timeout", "soon", "list"}, "invalid value"},
+		{"bad revision", []string{"rollback", "a", "--revision", "x"}, `invalid argument "x" for "--revision"`},
+		{"bad duration", []string{"--timeout", "soon", "list"}, `invalid argument "soon" for "--timeout"`},
 		{"zero timeout", []string{"--timeout", "0s", "list"}, "--timeout must be positive"},
 		{"stats interval", []string{"stats", "--interval", "1ms"}, "at least 100ms"},
-		{"backup without file", []string{"backup"}, "backup: -o FILE is required"},
+		{"backup without file", []string{"backup"}, "backup: --file FILE (-f FILE) is required"},
+		{"token and token file", []string{"--token", "t", "--token-file", "/nonexistent", "list"}, "--token and --token-file are exclusive"},
+		{"bad replica list", []string{"--server", "a:1,,b:2", "list"}, "empty address"},
 		{"revoke not a lease", []string{"revoke", "abc"}, "want a lease name"},
 		{"cert without key", []string{"--cert-file", "c.pem", "list"}, "--cert-file and --key-file go together"},
 		{"help for unknown", []string{"help", "nope"}, `help: unknown command "nope"`},
@@ -125,15 +136,29 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 	}
 	// Flags before the command win over the environment; flags after it
 	// win over flags before it; positional arguments may come anywhere.
-	fs := newFlagSet("get")
-	g.addGlobalFlags(fs, true)
-	etag := fs.String("etag", "", "")
-	pos, err := parseInterspersed(fs, []string{"a", "-o", "json", "--etag", "e1", "--server=x:2", "--", "-b"})
-	if err != nil {
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}
+	if err := e.g.envDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(pos) != "[a -b]" || g.output != "json" || *etag != "e1" || g.server != "x:2" {
-		t.Errorf("pos %v, globals %+v, etag %q", pos, g, *etag)
+	root := e.newRoot(context.Background())
+	var pos []string
+	var etag string
+	for _, c := range root.Commands() {
+		if c.Name() == "delete" {
+			c.Args = cobra.ArbitraryArgs
+			c.RunE = func(cmd *cobra.Command, args []string) error {
+				pos = args
+				etag, _ = cmd.Flags().GetString("etag")
+				return nil
+			}
+		}
+	}
+	root.SetArgs([]string{"--server=y:1", "delete", "a", "-o", "json", "--etag", "e1", "--server=x:2", "--", "-b"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(pos) != "[a -b]" || e.g.output != "json" || etag != "e1" || e.g.server != "x:2" {
+		t.Errorf("pos %v, globals %+v, etag %q", pos, e.g, etag)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"gopkg.in/yaml.v3"
@@ -21,95 +24,168 @@ import (
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
 )
 
-// show writes m as -o json or yaml, or calls table for -o table.
-func (e *env) show(m proto.Message, table func() error) error {
-	if e.g.output != "table" {
+// show writes m in the -o format: json or yaml (the whole message), name
+// (the resource names it holds, one a line), or a table, which calls
+// table with whether -o wide asked for more columns.
+func (e *env) show(m proto.Message, table func(wide bool) error) error {
+	switch e.g.output {
+	case "json", "yaml":
 		return writeStructured(e.stdout, e.g.output, m)
+	case "name":
+		for _, n := range resourceNames(m) {
+			if _, err := fmt.Fprintln(e.stdout, printable(n)); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	return table()
+	if table == nil {
+		return fmt.Errorf("internal error: no table for %s", m.ProtoReflect().Descriptor().FullName())
+	}
+	return table(e.g.output == "wide")
 }
 
-// writeStructured writes m as -o json (protojson, multiline, lowerCamelCase
-// field names as grpcurl prints them) or -o yaml (snake_case field names,
-// as apply files are usually written).
+// showValue writes the result of a command without a proto response for
+// -o json, yaml and name, and reports whether it did; the caller writes
+// its table otherwise.
+func (e *env) showValue(name string, v map[string]any) (bool, error) {
+	switch e.g.output {
+	case "json", "yaml":
+		return true, writeValue(e.stdout, e.g.output, v)
+	case "name":
+		_, err := fmt.Fprintln(e.stdout, printable(name))
+		return true, err
+	}
+	return false, nil
+}
+
+// resourceNames returns the name field of m, or else of each message in
+// its repeated message fields (a list response's pools, leases, stats or
+// changes).
+func resourceNames(m proto.Message) []string {
+	r := m.ProtoReflect()
+	fields := r.Descriptor().Fields()
+	if fd := fields.ByName("name"); fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList() {
+		return []string{r.Get(fd).String()}
+	}
+	var out []string
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if !fd.IsList() || fd.Kind() != protoreflect.MessageKind {
+			continue
+		}
+		l := r.Get(fd).List()
+		for j := range l.Len() {
+			el := l.Get(j).Message()
+			nf := el.Descriptor().Fields().ByName("name")
+			if nf == nil {
+				// A revision: its pool's name.
+				if pf := el.Descriptor().Fields().ByName("pool"); pf != nil && pf.Kind() == protoreflect.MessageKind {
+					out = append(out, resourceNames(el.Get(pf).Message().Interface())...)
+				}
+				continue
+			}
+			out = append(out, el.Get(nf).String())
+		}
+	}
+	return out
+}
+
+// structuredJSON is how -o json and -o yaml encode messages: the proto
+// field names (snake_case, as apply files are written) and every field,
+// zero values included, so that scripts can rely on "in_use": 0 being
+// there. Unset message fields are left out rather than printed as null.
+var structuredJSON = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+// writeStructured writes m as -o json or -o yaml, with the same field
+// names in both.
 func writeStructured(w io.Writer, format string, m proto.Message) error {
+	b, err := structuredJSON.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if b, err = dropNulls(b); err != nil {
+		return err
+	}
 	switch format {
 	case "json":
-		b, err := protojson.Marshal(m)
-		if err != nil {
-			return err
-		}
-		if b, err = withEmptyLists(b, m, false); err != nil {
-			return err
-		}
 		// protojson varies its spacing on purpose; indent with
 		// encoding/json for output that is stable across runs.
 		var out bytes.Buffer
-		if err := json.Indent(&out, compactJSON(b), "", "  "); err != nil {
+		if err := json.Indent(&out, b, "", "  "); err != nil {
 			return err
 		}
 		out.WriteByte('\n')
 		_, err = w.Write(out.Bytes())
 		return err
 	case "yaml":
-		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
-		if err != nil {
-			return err
-		}
-		if b, err = withEmptyLists(b, m, true); err != nil {
-			return err
-		}
 		return writeYAML(w, b)
 	}
 	return fmt.Errorf("internal error: writeStructured(%q)", format)
 }
 
-// withEmptyLists adds the empty top-level repeated fields of m to its
-// protojson encoding js, which leaves them out: a list command with nothing
-// to list prints {"pools": []}, so that scripts can iterate over it.
-func withEmptyLists(js []byte, m proto.Message, protoNames bool) ([]byte, error) {
-	var missing []string
-	fields := m.ProtoReflect().Descriptor().Fields()
-	for i := range fields.Len() {
-		fd := fields.Get(i)
-		if fd.IsList() && m.ProtoReflect().Get(fd).List().Len() == 0 {
-			name := fd.JSONName()
-			if protoNames {
-				name = string(fd.Name())
-			}
-			missing = append(missing, name)
-		}
+// dropNulls removes the members whose value is null from every object of
+// the JSON document js (EmitUnpopulated writes an unset message as null),
+// keeping the order of the rest. The result is compact.
+func dropNulls(js []byte) ([]byte, error) {
+	var out bytes.Buffer
+	if err := dropNullsTo(&out, js); err != nil {
+		return nil, err
 	}
-	if len(missing) == 0 {
-		return js, nil
-	}
-	// Appended at the end of the object, so the fields present keep
-	// their order (the proto's) whether or not a list is empty.
-	b := bytes.TrimRight(compactJSON(js), " \n")
-	if len(b) < 2 || b[len(b)-1] != '}' {
-		return nil, fmt.Errorf("internal error: not a JSON object: %q", js)
-	}
-	out := append([]byte(nil), b[:len(b)-1]...)
-	for _, k := range missing {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		key, err := json.Marshal(k)
-		if err != nil {
-			return nil, err
-		}
-		out = append(append(out, key...), ":[]"...)
-	}
-	return append(out, '}'), nil
+	return out.Bytes(), nil
 }
 
-// compactJSON removes insignificant space from b (which is valid JSON).
-func compactJSON(b []byte) []byte {
-	var out bytes.Buffer
-	if err := json.Compact(&out, b); err != nil {
-		return b
+func dropNullsTo(out *bytes.Buffer, js []byte) error {
+	js = bytes.TrimSpace(js)
+	if len(js) == 0 || (js[0] != '{' && js[0] != '[') {
+		return json.Compact(out, js)
 	}
-	return out.Bytes()
+	dec := json.NewDecoder(bytes.NewReader(js))
+	open, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	obj := open == json.Delim('{')
+	out.WriteByte(js[0])
+	first := true
+	for dec.More() {
+		var key string
+		if obj {
+			tok, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			key, _ = tok.(string)
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return err
+		}
+		if obj && string(bytes.TrimSpace(raw)) == "null" {
+			continue
+		}
+		if !first {
+			out.WriteByte(',')
+		}
+		first = false
+		if obj {
+			k, err := json.Marshal(key)
+			if err != nil {
+				return err
+			}
+			out.Write(k)
+			out.WriteByte(':')
+		}
+		if err := dropNullsTo(out, raw); err != nil {
+			return err
+		}
+	}
+	if obj {
+		out.WriteByte('}')
+	} else {
+		out.WriteByte(']')
+	}
+	return nil
 }
 
 // writeYAML converts JSON to block-style YAML, keeping the key order.
@@ -266,20 +342,43 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-// poolTable writes pools as list does.
-func poolTable(w io.Writer, pools []*poolv1.Pool) error {
+// poolTable writes pools as list does; wide adds the reuse policy, the
+// acquire timeout, the labels and the last update.
+func poolTable(w io.Writer, pools []*poolv1.Pool, wide bool) error {
 	now := time.Now()
-	t := newTable(w, "NAME", "STATE", "ENDPOINTS", "TLS", "PROTOCOL", "MAX", "MIN_IDLE", "LISTENERS", "GENERATION", "REVISION", "AGE")
+	header := []string{"NAME", "STATE", "ENDPOINTS", "TLS", "PROTOCOL", "MAX", "MIN_IDLE", "LISTENERS", "GENERATION", "REVISION", "AGE"}
+	if wide {
+		header = append(header, "REUSE", "ACQUIRE_TIMEOUT", "LABELS", "UPDATED")
+	}
+	t := newTable(w, header...)
 	for _, p := range pools {
 		max := "10"
 		if v := p.GetLimits().GetMaxConnections(); v != 0 {
 			max = itoa(v)
 		}
-		t.row(p.GetName(), stateString(p.GetState()), strings.Join(p.GetEndpoints(), ","),
+		row := []string{p.GetName(), stateString(p.GetState()), strings.Join(p.GetEndpoints(), ","),
 			yesNo(p.GetTls().GetEnabled()), protocolString(p.GetProtocol()), max, itoa(p.GetLimits().GetMinIdle()),
-			listenerAddrs(p.GetListeners()), itoa(p.GetGeneration()), itoa(p.GetRevision()), ageString(p.GetCreateTime(), now))
+			listenerAddrs(p.GetListeners()), itoa(p.GetGeneration()), itoa(p.GetRevision()), ageString(p.GetCreateTime(), now)}
+		if wide {
+			reuse := strings.TrimPrefix(p.GetReusePolicy().String(), "REUSE_POLICY_")
+			if p.GetReusePolicy() == 0 {
+				reuse = "REUSE"
+			}
+			row = append(row, reuse, durString(p.GetLimits().GetAcquireTimeout()), labelsString(p.GetLabels()),
+				ageString(p.GetUpdateTime(), now))
+		}
+		t.row(row...)
 	}
 	return t.flush()
+}
+
+// labelsString is k=v,k=v in key order.
+func labelsString(labels map[string]string) string {
+	out := make([]string, 0, len(labels))
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		out = append(out, k+"="+labels[k])
+	}
+	return strings.Join(out, ",")
 }
 
 // listenerAddrs lists a pool's listener addresses, "-" for none.

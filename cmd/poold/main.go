@@ -40,6 +40,8 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
@@ -101,11 +103,19 @@ type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
-// parseFlags reads flags, falling back to POOLPLANE_* environment variables.
-func parseFlags(args []string, stderr io.Writer) (options, error) {
-	var o options
-	fs := flag.NewFlagSet("poold", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// usageHeader starts poold's help, above the flags.
+const usageHeader = `usage: poold [flags]
+       echo -n TOKEN | poold hash-token   (prints the token_sha256 of an --auth-file principal)
+       poold restore --store etcd://host:port/prefix [flags] FILE   (loads a backup into etcd; poold restore -h)
+       poold completion bash|zsh|fish|powershell   (prints a shell completion script)
+
+Every flag can also be set as POOLPLANE_<FLAG> (for example POOLPLANE_DATA_DIR).
+
+`
+
+// defineFlags registers poold's flags on fs, writing to o.
+func defineFlags(fs *pflag.FlagSet, o *options) {
+	fs.SortFlags = true
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address: host:port, or unix:///path for a node-local socket (mode 0660; an existing path is replaced only if it is a stale socket)")
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory of the bbolt database (poolplane.db)")
 	fs.StringVar(&o.store, "store", "bolt", "where pool configuration lives: bolt (poolplane.db in --data-dir, one poold) or etcd://host:port[,host:port]/prefix "+
@@ -135,75 +145,117 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")
 	fs.IntVar(&o.maxStatsWatchers, "max-stats-watchers", server.DefaultMaxStatsWatchers, "most WatchPoolStats streams served at once")
 	fs.BoolVar(&o.version, "version", false, "print poold's version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: poold [flags]\n       echo -n TOKEN | poold hash-token   (prints the token_sha256 of an --auth-file principal)\n"+
-			"       poold restore --store etcd://host:port/prefix [flags] FILE   (loads a backup into etcd; poold restore -h)\n\n"+
-			"Every flag can also be set as POOLPLANE_<FLAG> (for example POOLPLANE_DATA_DIR).\n\n")
-		fs.PrintDefaults()
+}
+
+// longDashes rewrites the single-dash long flags Go's flag package takes
+// ("-data-dir x", "-listen=:7700") to the double-dash form, so that command
+// lines written for earlier versions of poold still work. Arguments after
+// "--" are left alone.
+func longDashes(fs *pflag.FlagSet, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			if len(name) > 1 && fs.Lookup(name) != nil {
+				a = "-" + a
+			}
+		}
+		out = append(out, a)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return o, err
+	return out
+}
+
+// parseFlags reads flags, falling back to POOLPLANE_* environment variables.
+// It returns flag.ErrHelp, having printed the help to stderr, for -h.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := pflag.NewFlagSet("poold", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	defineFlags(fs, &o)
+	fs.Usage = func() { printUsage(stderr, fs) }
+	if err := fs.Parse(longDashes(fs, args)); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return o, flag.ErrHelp
 		}
 		return o, &usageError{err.Error()}
 	}
 	if fs.NArg() > 0 {
 		return o, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
+	return o, checkFlags(fs, &o)
+}
+
+// printUsage writes poold's help.
+func printUsage(w io.Writer, fs *pflag.FlagSet) {
+	_, _ = fmt.Fprint(w, usageHeader)
+	_, _ = fmt.Fprint(w, fs.FlagUsagesWrapped(100))
+}
+
+// checkFlags applies the environment to the flags the command line did
+// not set, and checks the result.
+func checkFlags(fs *pflag.FlagSet, o *options) error {
 	if o.version {
 		// Only the command line asks for it: no POOLPLANE_VERSION, and
 		// no other setting matters.
-		return o, nil
+		return nil
 	}
-	if err := applyEnv(fs, "version"); err != nil {
-		return o, err
+	if err := applyPEnv(fs, "version"); err != nil {
+		return err
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
-		return o, &usageError{fmt.Sprintf("--log-format must be text or json, got %q", o.logFormat)}
+		return &usageError{fmt.Sprintf("--log-format must be text or json, got %q", o.logFormat)}
 	}
 	if o.shutdownGrace < 0 {
-		return o, &usageError{"--shutdown-grace must not be negative"}
+		return &usageError{"--shutdown-grace must not be negative"}
 	}
 	if o.store != "bolt" {
 		if _, _, err := etcdstore.ParseURL(o.store); err != nil {
-			return o, &usageError{fmt.Sprintf("--store: %v", err)}
+			return &usageError{fmt.Sprintf("--store: %v", err)}
 		}
 	}
-	if err := checkEtcdFlags(o); err != nil {
-		return o, err
+	if err := checkEtcdFlags(*o); err != nil {
+		return err
 	}
 	if o.history < 1 {
-		return o, &usageError{"--history must be at least 1"}
+		return &usageError{"--history must be at least 1"}
 	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return o, &usageError{"--tls-cert and --tls-key go together"}
+		return &usageError{"--tls-cert and --tls-key go together"}
 	}
 	if o.tlsClientCA != "" && o.tlsCert == "" {
-		return o, &usageError{"--tls-client-ca needs --tls-cert and --tls-key"}
+		return &usageError{"--tls-client-ca needs --tls-cert and --tls-key"}
 	}
 	if o.reloadInterval <= 0 {
-		return o, &usageError{"--reload-interval must be positive"}
+		return &usageError{"--reload-interval must be positive"}
 	}
 	if o.maxRecvMsgSize < server.MaxDataFrame+1024 {
-		return o, &usageError{fmt.Sprintf("--max-recv-msg-size must be at least %d (a lease data frame)", server.MaxDataFrame+1024)}
+		return &usageError{fmt.Sprintf("--max-recv-msg-size must be at least %d (a lease data frame)", server.MaxDataFrame+1024)}
 	}
 	if o.maxConcurrentStreams < 1 || o.maxConcurrentStreams > 1<<31 {
-		return o, &usageError{"--max-concurrent-streams must be between 1 and 2^31"}
+		return &usageError{"--max-concurrent-streams must be between 1 and 2^31"}
 	}
 	if o.maxStatsWatchers < 1 {
-		return o, &usageError{"--max-stats-watchers must be at least 1"}
+		return &usageError{"--max-stats-watchers must be at least 1"}
 	}
 	allow, err := poolmgr.NewAllowlist(o.allowUpstream)
 	if err != nil {
-		return o, &usageError{"--allow-upstream: " + err.Error()}
+		return &usageError{"--allow-upstream: " + err.Error()}
 	}
 	o.allowlist = allow
-	return o, nil
+	return nil
+}
+
+// stringFlags is a flag set of Go's flag package or of pflag.
+type stringFlags interface {
+	StringVar(p *string, name, value, usage string)
 }
 
 // addEtcdFlags registers the --etcd-* flags, which secure the connection
 // to an etcd --store, on fs.
-func addEtcdFlags(fs *flag.FlagSet, e *etcdOptions) {
+func addEtcdFlags(fs stringFlags, e *etcdOptions) {
 	fs.StringVar(&e.caFile, "etcd-ca-file", "", "with an etcd --store: PEM CA bundle that verifies the etcd members' certificates; dials etcd over TLS (etcds:// alone uses the system's roots)")
 	fs.StringVar(&e.certFile, "etcd-cert-file", "", "with an etcd --store: PEM client certificate presented to etcd (mTLS); dials etcd over TLS; re-read at each new connection")
 	fs.StringVar(&e.keyFile, "etcd-key-file", "", "PEM private key of --etcd-cert-file")
@@ -211,24 +263,46 @@ func addEtcdFlags(fs *flag.FlagSet, e *etcdOptions) {
 	fs.StringVar(&e.passwordFile, "etcd-password-file", "", "file holding the password of --etcd-username (a trailing newline is ignored); a file, so the password is not in argv")
 }
 
+// flagSet is what applyEnv needs of a flag set of Go's flag package or of
+// pflag.
+type flagSet interface {
+	Set(name, value string) error
+}
+
 // applyEnv sets every flag of fs that the command line did not set from
 // its POOLPLANE_<FLAG> environment variable, if any, except the flags named
 // in skip.
 func applyEnv(fs *flag.FlagSet, skip ...string) error {
+	var set, all []string
+	fs.Visit(func(f *flag.Flag) { set = append(set, f.Name) })
+	fs.VisitAll(func(f *flag.Flag) { all = append(all, f.Name) })
+	return applyEnvNames(fs, all, append(set, skip...))
+}
+
+// applyPEnv is applyEnv for a pflag flag set.
+func applyPEnv(fs *pflag.FlagSet, skip ...string) error {
+	var set, all []string
+	fs.Visit(func(f *pflag.Flag) { set = append(set, f.Name) })
+	fs.VisitAll(func(f *pflag.Flag) { all = append(all, f.Name) })
+	return applyEnvNames(fs, all, append(set, skip...))
+}
+
+// applyEnvNames sets each flag of names that is not in skip from its
+// POOLPLANE_<FLAG> environment variable, if any.
+func applyEnvNames(fs flagSet, names, skip []string) error {
 	set := map[string]bool{}
 	for _, name := range skip {
 		set[name] = true
 	}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "POOLPLANE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !set[f.Name] {
-			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
+	for _, name := range names {
+		env := "POOLPLANE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !set[name] {
+			if err := fs.Set(name, v); err != nil && envErr == nil {
 				envErr = &usageError{fmt.Sprintf("%s=%q: %v", env, v, err)}
 			}
 		}
-	})
+	}
 	return envErr
 }
 
@@ -282,25 +356,92 @@ type started func(grpcAddr, metricsAddr string)
 // run is poold: it returns the exit status. It serves until ctx ends, then
 // shuts down gracefully.
 func run(ctx context.Context, args []string, stderr io.Writer, onStart started) int {
-	if len(args) > 0 && args[0] == "hash-token" {
-		if err := hashToken(os.Stdin, os.Stdout); err != nil {
-			fmt.Fprintf(stderr, "poold: %v\n", err)
-			return 1
-		}
-		return 0
-	}
-	if len(args) > 0 && args[0] == "restore" {
-		return restoreCmd(ctx, args[1:], os.Stdout, stderr)
-	}
-	o, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	var uerr *usageError
-	if errors.As(err, &uerr) {
-		fmt.Fprintf(stderr, "poold: %v\n", err)
+	code := 0
+	root := newRoot(ctx, stderr, onStart, &code)
+	fs := root.Flags()
+	root.SetArgs(longDashes(fs, args))
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "poold: %v\n", strings.TrimRight(err.Error(), "\n"))
 		return 2
 	}
+	return code
+}
+
+// newRoot builds poold's command tree: serving (the root), hash-token,
+// restore and completion. The exit status of what ran goes to *code; an
+// error returned by Execute is a usage error.
+func newRoot(ctx context.Context, stderr io.Writer, onStart started, code *int) *cobra.Command {
+	var o options
+	root := &cobra.Command{
+		Use:           "poold",
+		Short:         "the poolplane server",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args:          cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				msg := fmt.Sprintf("unexpected argument %q", args[0])
+				if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+					msg += fmt.Sprintf("; did you mean %q?", s[0])
+				}
+				return &usageError{msg}
+			}
+			if err := checkFlags(cmd.Flags(), &o); err != nil {
+				return err
+			}
+			*code = serveCmd(cmd.Context(), o, stderr, onStart)
+			return nil
+		},
+	}
+	root.SetOut(os.Stdout) // completion scripts
+	root.SetErr(stderr)
+	root.SetContext(ctx)
+	defineFlags(root.Flags(), &o)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	root.SetHelpFunc(func(c *cobra.Command, _ []string) {
+		if c == root {
+			printUsage(stderr, root.Flags())
+			return
+		}
+		_, _ = fmt.Fprintf(stderr, "usage: %s\n\n%s.\n", c.UseLine(), c.Short)
+		if c.HasAvailableSubCommands() {
+			_, _ = fmt.Fprint(stderr, "\ncommands:\n")
+			for _, s := range c.Commands() {
+				if s.IsAvailableCommand() {
+					_, _ = fmt.Fprintf(stderr, "  %-12s %s\n", s.Name(), s.Short)
+				}
+			}
+		}
+		if fs := c.LocalFlags(); fs.HasAvailableFlags() {
+			_, _ = fmt.Fprintf(stderr, "\nflags:\n%s", fs.FlagUsages())
+		}
+	})
+	root.SetHelpCommand(&cobra.Command{Hidden: true, Use: "no-help"})
+	root.AddCommand(&cobra.Command{
+		Use:                "hash-token",
+		Short:              "print the token_sha256 of a token read from standard input",
+		DisableFlagParsing: true,
+		RunE: func(*cobra.Command, []string) error {
+			if err := hashToken(os.Stdin, os.Stdout); err != nil {
+				fmt.Fprintf(stderr, "poold: %v\n", err)
+				*code = 1
+			}
+			return nil
+		},
+	}, &cobra.Command{
+		Use:                "restore",
+		Short:              "load a backup into an etcd --store (poold restore -h)",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			*code = restoreCmd(cmd.Context(), args, os.Stdout, stderr)
+			return nil
+		},
+	})
+	return root
+}
+
+// serveCmd runs poold with settled options and returns its exit status.
+func serveCmd(ctx context.Context, o options, stderr io.Writer, onStart started) int {
 	if o.version {
 		fmt.Fprintf(os.Stdout, "poold %s\n", version.String())
 		return 0

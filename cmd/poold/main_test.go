@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -208,7 +211,8 @@ func TestPooldFlags(t *testing.T) {
 		{"non-loopback refused", []string{"--listen", "0.0.0.0:7700"}, nil, 2, "--insecure"},
 		{"bad log format", []string{"--log-format", "xml"}, nil, 2, "text or json"},
 		{"bad log level", []string{"--log-level", "loud"}, nil, 2, "--log-level"},
-		{"unknown flag", []string{"--nope"}, nil, 2, "not defined"},
+		{"unknown flag", []string{"--nope"}, nil, 2, "unknown flag: --nope"},
+		{"mistyped command", []string{"restor"}, nil, 2, `did you mean "restore"?`},
 		{"stray argument", []string{"serve"}, nil, 2, "unexpected argument"},
 		{"env checked", nil, map[string]string{"POOLPLANE_LISTEN": "10.1.2.3:7700"}, 2, "reachable from other hosts"},
 		{"bad env value", nil, map[string]string{"POOLPLANE_SHUTDOWN_GRACE": "soon"}, 2, "POOLPLANE_SHUTDOWN_GRACE"},
@@ -225,6 +229,24 @@ func TestPooldFlags(t *testing.T) {
 				t.Fatalf("exit %d (want %d), output:\n%s\nwant it to contain %q", code, tt.code, out.String(), tt.want)
 			}
 		})
+	}
+}
+
+func TestPooldSingleDashFlags(t *testing.T) {
+	// Command lines written for Go's flag package keep working.
+	o, err := parseFlags([]string{"-listen", "127.0.0.1:7800", "-history=7", "-insecure", "-data-dir", "d"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.listen != "127.0.0.1:7800" || o.history != 7 || !o.insecure || o.dataDir != "d" {
+		t.Errorf("parseFlags = %+v", o)
+	}
+	if _, err := parseFlags([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("parseFlags(-h) = %v, want flag.ErrHelp", err)
+	}
+	// After "--", nothing is a flag.
+	if got := longDashes(pflag.NewFlagSet("", pflag.ContinueOnError), []string{"--", "-listen"}); len(got) != 2 || got[1] != "-listen" {
+		t.Errorf("longDashes = %q", got)
 	}
 }
 

@@ -26,6 +26,9 @@ type stringList []string
 
 func (l *stringList) String() string { return strings.Join(*l, ",") }
 
+// Type names the flag's value in help (pflag.Value).
+func (l *stringList) Type() string { return "list" }
+
 // Set appends the comma-separated items of v.
 func (l *stringList) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
