@@ -366,8 +366,9 @@ type UpdatePoolRequest struct {
 	// pool.etag, when set, must match the current etag.
 	Pool *Pool `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
 	// Which fields to update, as paths such as "limits.max_connections"
-	// (grpcurl JSON: "limits.maxConnections"). Empty or "*" replaces every
-	// writable field. Output-only fields may not be named.
+	// (with grpcurl, the object form: {"paths": ["limits.max_connections"]}).
+	// Empty or "*" replaces every writable field. Output-only fields may not
+	// be named.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// Validate only: answer as if updated, change nothing.
 	ValidateOnly  bool `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
