@@ -317,7 +317,9 @@ func pooldFlags(t *testing.T) map[string]bool {
 	}
 	block, _, _ = bytes.Cut(block, []byte("```"))
 	flags := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllSubmatch(block, -1) {
+	// A flag's line: "      --data-dir string   ..." (cobra's help), or
+	// "  -data-dir string" (the flag package's).
+	for _, m := range regexp.MustCompile(`(?m)^ {2,6}(?:-[a-z], )?--?([a-z0-9][a-z0-9-]+)`).FindAllSubmatch(block, -1) {
 		flags[string(m[1])] = true
 	}
 	if len(flags) < 10 {
