@@ -755,6 +755,14 @@ func (t TLSConfig) clientTLS(defaultServerName string) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// Protocol returns the pool's protocol handler: nil for RAW. Safe for
+// concurrent use.
+func (p *Pool) Protocol() protocol.Handler {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.handler
+}
+
 // newHandler builds cfg.Protocol's handler with cfg's setup; nil for RAW.
 func newHandler(cfg Config) protocol.Handler {
 	switch cfg.Protocol {

@@ -797,11 +797,3 @@ type Stats struct {
 	// DialTime every successful dial, HoldTime every ended lease.
 	WaitTime, DialTime, HoldTime Histogram
 }
-
-// Protocol returns the pool's protocol handler: nil for RAW. Safe for
-// concurrent use.
-func (p *Pool) Protocol() protocol.Handler {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.handler
-}
