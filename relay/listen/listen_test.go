@@ -459,9 +459,14 @@ func TestListenerChangesUnderLoad(t *testing.T) {
 							return err
 						}
 						buf := make([]byte, len(msg))
-						if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+						_, err := io.ReadFull(c, buf)
+						switch {
+						case err != nil:
 							c.Close()
-							return fmt.Errorf("read %q: %q, %w", msg, buf, err)
+							return fmt.Errorf("read the echo of %q: %w", msg, err)
+						case string(buf) != msg:
+							c.Close()
+							return fmt.Errorf("echo of %q is %q", msg, buf)
 						}
 						exchanges.Add(1)
 					}
