@@ -145,6 +145,12 @@ type Options struct {
 	// A client side whose own goroutine has nothing to do while a lease is
 	// held lends it, so a held lease costs no goroutine of its own.
 	Go func(reader func())
+	// ResetInline: a protocol pool's reset at release runs on the
+	// goroutine of Release or Abandon, after the sink's Ended, instead of
+	// on the reader's, which exits once it stops reading. For a client side
+	// whose goroutine has nothing left to do after the release (a pool
+	// listener's connection) it saves a hand-off between goroutines.
+	ResetInline bool
 }
 
 // errCut is what an upstream write returns once the lease was cut.
@@ -162,8 +168,11 @@ type Lease struct {
 	sess protocol.Session
 	// reset is the decision Release and Abandon hand to the reader
 	// goroutine of a protocol pool's lease once it stopped reading: reset
-	// the connection (true) or leave it (false). Buffered.
-	reset chan bool
+	// the connection (true) or leave it (false). Buffered. With
+	// Options.ResetInline the reader does not wait for it: resetNow tells
+	// Release or Abandon to reset the connection themselves.
+	reset    chan bool
+	resetNow bool
 	// greeter is sess while it answers the client's opening (nil once
 	// done, or for a protocol without one); the reader starts after it.
 	// refused: the greeter refused the client, whose bytes are dropped.
@@ -175,6 +184,8 @@ type Lease struct {
 	readerGo  atomic.Bool
 	closeOnce sync.Once
 	greetOnce sync.Once // endGreeting's work
+	// clientEnded: the client ended the exchange in its protocol (Write).
+	clientEnded bool
 
 	stoppedc chan struct{} // closed when the reader stops reading
 	readerc  chan struct{} // closed when the reader goroutine exits (after a reset)
@@ -356,6 +367,9 @@ func (l *Lease) relayUpstream() {
 		return
 	}
 	close(l.stoppedc)
+	if l.opts.ResetInline {
+		return // Release or Abandon decide, and reset the connection themselves
+	}
 	select {
 	case ok := <-l.reset:
 		if ok {
@@ -490,6 +504,21 @@ func (l *Lease) resetUpstream() {
 	}
 }
 
+// ClientEnded reports that the client ended the exchange in its protocol
+// (a PostgreSQL Terminate, which the pool answers by ending the lease):
+// it sends nothing more, so its side may release the lease without
+// waiting for its EOF. It belongs to the goroutine of Write.
+func (l *Lease) ClientEnded() bool { return l.clientEnded }
+
+func empty(bufs net.Buffers) bool {
+	for _, b := range bufs {
+		if len(b) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // Write writes client bytes to the upstream, counting them as they go. A
 // write that blocks (the upstream reads slowly or not at all) waits as long
 // as it takes, as TCP would, reporting progress to the sink every
@@ -519,11 +548,15 @@ func (l *Lease) Write(bufs net.Buffers) {
 					withheld += len(r)
 				}
 				l.bytesOut.Add(int64(withheld))
+				l.clientEnded = true
 				bufs[i] = b[:k]
 				bufs = bufs[:i+1]
 				break
 			}
 		}
+	}
+	if empty(bufs) {
+		return // nothing left for the upstream: no write at all
 	}
 	var err error
 	switch l.nc.(type) {
@@ -659,13 +692,15 @@ func (l *Lease) Release(reusable bool) error {
 		if sendEnd && l.resettable() {
 			reused = l.decideReset()
 		} else {
-			l.reset <- false
+			l.tellReader(false)
 			l.release(false) // a no-op when the reader ended the lease
 		}
 		if !sendEnd {
 			return nil
 		}
-		return l.sink.Ended(End{Reason: Released, Reused: reused, Written: l.bytesOut.Load()})
+		err := l.sink.Ended(End{Reason: Released, Reused: reused, Written: l.bytesOut.Load()})
+		l.resetInline()
+		return err
 	}
 	clean := reusable && !l.broken && !l.upEOF && !l.isCut() && errors.Is(l.readErr, os.ErrDeadlineExceeded)
 	if clean {
@@ -688,17 +723,35 @@ func (l *Lease) Release(reusable bool) error {
 func (l *Lease) decideReset() bool {
 	if l.sess.State() == protocol.NotResettable {
 		l.discard(poolmgr.CloseNotResettable)
-		l.reset <- false
+		l.tellReader(false)
 		return false
 	}
 	if c, ok := l.sess.(protocol.Cleaner); ok && c.Clean() && l.nc.SetDeadline(time.Time{}) == nil {
 		// Nothing to reset: back to the pool now, as a RAW lease goes.
 		l.release(true)
-		l.reset <- false
+		l.tellReader(false)
 		return true
 	}
-	l.reset <- true
+	l.tellReader(true)
 	return true
+}
+
+// tellReader hands the reset decision to the reader goroutine, or with
+// Options.ResetInline keeps it for resetInline.
+func (l *Lease) tellReader(reset bool) {
+	if l.opts.ResetInline {
+		l.resetNow = reset
+		return
+	}
+	l.reset <- reset
+}
+
+// resetInline runs the reset decided for Options.ResetInline.
+func (l *Lease) resetInline() {
+	if l.resetNow {
+		l.resetNow = false
+		l.resetUpstream()
+	}
 }
 
 // Abandon ends a lease whose client side went away without a release: the
@@ -719,9 +772,10 @@ func (l *Lease) Abandon() {
 		<-l.stoppedc
 		if l.resettable() {
 			l.decideReset()
+			l.resetInline()
 			return
 		}
-		l.reset <- false
+		l.tellReader(false)
 	}
 	_ = l.nc.Close()
 	<-l.readerc

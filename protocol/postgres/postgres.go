@@ -159,6 +159,43 @@ type ConnState struct {
 	Secret []byte
 	addr   string
 	name   string // the server name TLS verifies
+
+	// fe speaks on feConn, the connection's net.Conn, for the pool's own
+	// round trips (startup SETs, resets): kept for the connection's life,
+	// and so its buffers. Every such round trip reads through the last
+	// ReadyForQuery, so it holds no bytes between them.
+	fe     *pgproto3.Frontend
+	feConn net.Conn
+	// greeting is the encoded tail of the greeting (the parameters in
+	// greetParams, the backend key, ReadyForQuery), built again when
+	// reported no longer equals greetParams.
+	greeting    []byte
+	greetParams map[string]string
+}
+
+// frontend returns the connection's Frontend on nc.
+func (st *ConnState) frontend(nc net.Conn) *pgproto3.Frontend {
+	if st.fe == nil || st.feConn != nc {
+		st.fe, st.feConn = pgproto3.NewFrontend(nc, nc), nc
+	}
+	return st.fe
+}
+
+// greetingTail returns what follows AuthenticationOk in the greeting: a
+// ParameterStatus for each parameter in force, the backend key and
+// ReadyForQuery (idle). The caller must not change it.
+func (st *ConnState) greetingTail() []byte {
+	if st.greeting != nil && maps.Equal(st.greetParams, st.reported) {
+		return st.greeting
+	}
+	var out []byte
+	for _, k := range sortedKeys(st.reported) {
+		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: st.reported[k]}).Encode(out)
+	}
+	out, _ = (&pgproto3.BackendKeyData{ProcessID: st.PID, SecretKey: st.Secret}).Encode(out)
+	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
+	st.greeting, st.greetParams = out, maps.Clone(st.reported)
+	return out
 }
 
 // connTLS returns the TLS configuration for a connection to host.

@@ -208,7 +208,7 @@ func (s *Session) reset(nc net.Conn) error {
 	if st := s.State(); st == protocol.NotResettable {
 		return errors.New("postgres: the session cannot be reset")
 	}
-	fe := pgproto3.NewFrontend(nc, nc)
+	fe := s.st.frontend(nc)
 	if s.unsynced {
 		fe.Send(&pgproto3.Sync{})
 		if err := fe.Flush(); err != nil {
@@ -402,7 +402,7 @@ func (s *Session) startup(nc net.Conn, sm *pgproto3.StartupMessage) ([]byte, err
 	}
 	if q := applyQuery(s.st, s.st.applied, want); q != "" {
 		s.used = true
-		fe := pgproto3.NewFrontend(nc, nc)
+		fe := s.st.frontend(nc)
 		fe.Send(&pgproto3.Query{String: q})
 		err := fe.Flush()
 		if err == nil {
@@ -422,12 +422,7 @@ func (s *Session) startup(nc net.Conn, sm *pgproto3.StartupMessage) ([]byte, err
 	}
 	s.st.applied = applied
 	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
-	for _, k := range sortedKeys(s.st.reported) {
-		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: s.st.reported[k]}).Encode(out)
-	}
-	out, _ = (&pgproto3.BackendKeyData{ProcessID: s.st.PID, SecretKey: s.st.Secret}).Encode(out)
-	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
-	return out, nil
+	return append(out, s.st.greetingTail()...), nil
 }
 
 func isFalse(v string) bool {

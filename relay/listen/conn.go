@@ -140,7 +140,10 @@ func (c *clientConn) handshake(handler protocol.Handler) (holder string, err err
 func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 	decides := up.Protocol() != nil
 	c.h.wg.Add(1) // the relay's reader goroutine
-	opts := relay.Options{ReadSize: relay.SmallRead, HalfClose: !decides, Done: c.h.wg.Done}
+	// The reset runs on this goroutine once the client is gone, and the
+	// reader on one of the host's.
+	opts := relay.Options{ReadSize: relay.SmallRead, HalfClose: !decides, Done: c.h.wg.Done,
+		ResetInline: true, Go: c.h.spawn}
 	if !decides {
 		opts.Splice = c.nc // a RAW pool: upstream bytes go to the client in the kernel where they can
 	}
@@ -168,6 +171,9 @@ func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 		if n > 0 {
 			l.Write(net.Buffers{(*bp)[relay.Headroom : relay.Headroom+n]})
 			relay.Buffers.Put(bp)
+			if err == nil && l.ClientEnded() {
+				err = io.EOF // its goodbye: what follows is only its close
+			}
 		}
 		if err != nil {
 			c.clientDone(l, decides, err)
@@ -292,7 +298,10 @@ func (c *clientConn) CloseWrite() error {
 // timeout.
 func (c *clientConn) Ended(e relay.End) error {
 	if e.Reason == relay.Released {
-		return nil // the client's own close: serve closes the connection
+		// The client's own close: the connection closes now, before a
+		// protocol pool's reset (serve's own Close is then a no-op).
+		_ = c.nc.Close()
+		return nil
 	}
 	c.endOnce.Do(func() { close(c.endedc) })
 	if c.ending.Load() {

@@ -70,7 +70,9 @@ type Host struct {
 	// down.
 	stopCtx context.Context
 	stop    context.CancelFunc
-	wg      sync.WaitGroup // accept loops, connections and relay readers
+	wg      sync.WaitGroup // accept loops, connections, relay readers and workers
+	// work hands a function to an idle worker goroutine (spawn).
+	work chan func()
 
 	mu sync.Mutex // protects the fields below; never held across I/O
 	// pools holds each pool's listeners in configured order, failed ones
@@ -97,7 +99,8 @@ func New(cfg Config) (*Host, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	h := &Host{cfg: cfg, logger: cfg.Logger, stopCtx: ctx, stop: stop,
-		pools: map[string][]*listener{}, prepared: map[string][]*listener{}, conns: map[*clientConn]struct{}{}}
+		pools: map[string][]*listener{}, prepared: map[string][]*listener{}, conns: map[*clientConn]struct{}{},
+		work: make(chan func())}
 	if cfg.Pools != nil {
 		h.SetPools(cfg.Pools)
 	}
@@ -518,6 +521,40 @@ func (h *Host) accept(l *listener) {
 			return
 		}
 		l.active.Add(1)
-		go c.serve()
+		h.spawn(c.serve)
+	}
+}
+
+// workerIdle is how long a worker goroutine waits for more work before it
+// exits.
+const workerIdle = 10 * time.Second
+
+// spawn runs f on an idle worker goroutine, or on a new one. Workers serve
+// connections and run relay readers one after another: a connection per
+// request then costs no new goroutine, nor the growth of its stack. A
+// worker exits after workerIdle without work, or when the host shuts down.
+func (h *Host) spawn(f func()) {
+	select {
+	case h.work <- f:
+	default:
+		h.wg.Add(1)
+		go h.worker(f)
+	}
+}
+
+func (h *Host) worker(f func()) {
+	defer h.wg.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		f()
+		idle.Reset(workerIdle)
+		select {
+		case f = <-h.work:
+		case <-idle.C:
+			return
+		case <-h.stopCtx.Done():
+			return
+		}
 	}
 }
