@@ -420,7 +420,7 @@ func (c *Conn) release(reusable, idleReader bool) error {
 		c.wdl.set(time.Time{})
 		c.wmu.Lock() // a pending Write has left; no data follows the release
 		clean := reusable && !reading && !c.dirty.Load() && !c.wclosed && c.unread.Load() == 0
-		c.s.release(c, clean)
+		c.s.release(c, clean, c.sent.Load() <= c.written.Load())
 		c.wmu.Unlock()
 		if sent := c.sent.Load(); sent > c.written.Load() {
 			err = c.awaitDelivery(sent)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,6 +98,7 @@ type stream struct {
 
 	progress  atomic.Uint64 // frames sent and received: a release waits while it moves
 	frameSize atomic.Int32  // the largest data frame to send; see learnFrameSize
+	openData  atomic.Bool   // the server takes open.data; see learnFrameSize
 	donec     chan struct{} // closed when both goroutines have exited
 	deadc     chan struct{} // closed when the stream died; err is set first
 
@@ -253,7 +256,16 @@ func (s *stream) open(ctx context.Context, o *poolv1.LeaseRequest_Open, first []
 	s.released, s.ended = false, false
 	s.mu.Unlock()
 
-	conn.sent.Store(int64(len(first)))
+	size := len(first)
+	conn.sent.Store(int64(size))
+	if len(first) > 0 && len(first) <= s.maxData() && s.openData.Load() {
+		// The request rides in the open (and its reply, if quick, in
+		// granted): one message each way. o is the caller's, for every
+		// attempt: this attempt's open is a copy.
+		o = &poolv1.LeaseRequest_Open{Pool: o.GetPool(), AcquireTimeout: o.GetAcquireTimeout(),
+			ClientName: o.GetClientName(), Data: slices.Clone(first)}
+		first = nil
+	}
 	reqs := make([]*poolv1.LeaseRequest, 0, 1+(len(first)+smallDataFrame-1)/smallDataFrame)
 	reqs = append(reqs, &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: o}})
 	for b := first; len(b) > 0; {
@@ -261,7 +273,9 @@ func (s *stream) open(ctx context.Context, o *poolv1.LeaseRequest_Open, first []
 		reqs = append(reqs, dataReq(b[:k]))
 		b = b[k:]
 	}
-	s.enqueue(reqs...)
+	// An idle stream's earlier data went out before its last lease ended,
+	// so a small open does not wait on flow control.
+	s.sendInline(s.queue(reqs...), size <= smallDataFrame, len(reqs))
 
 	select {
 	case <-conn.grantedc:
@@ -339,7 +353,8 @@ func putFrame(req *poolv1.LeaseRequest) {
 
 // frameSizeMD is the SDK's metadata on Lease calls: the frame size it
 // takes and the features it speaks.
-var frameSizeMD = []string{leasewire.FrameSizeKey, strconv.Itoa(maxFrame), leasewire.FeaturesKey, leasewire.FeatureHalfClose}
+var frameSizeMD = []string{leasewire.FrameSizeKey, strconv.Itoa(maxFrame),
+	leasewire.FeaturesKey, leasewire.FeatureHalfClose + "," + leasewire.FeatureGrantedData}
 
 // learnFrameSize sets the stream's data frame size from the server's
 // header, which arrives with its first response; without the header (or
@@ -353,6 +368,13 @@ func (s *stream) learnFrameSize() {
 		return
 	}
 	s.c.learnStreamLimit(md.Get(leasewire.MaxStreamsKey))
+	for _, v := range md.Get(leasewire.ServerFeaturesKey) {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.TrimSpace(f) == leasewire.FeatureOpenData {
+				s.openData.Store(true)
+			}
+		}
+	}
 	v := md.Get(leasewire.FrameSizeKey)
 	if len(v) != 1 {
 		return
@@ -367,14 +389,36 @@ func (s *stream) maxData() int { return int(s.frameSize.Load()) }
 
 // enqueue queues control frames (and 0-RTT data) without waiting.
 func (s *stream) enqueue(reqs ...*poolv1.LeaseRequest) {
+	if s.queue(reqs...) {
+		go s.sendLoop()
+	}
+}
+
+// queue queues frames and reports whether the caller must run the send
+// loop (none runs). A caller that knows its frames cannot wait on gRPC's
+// flow control runs it on its own goroutine (sendInline): a small open on
+// an idle stream, a release once every byte before it was confirmed. The
+// loop then sends just those frames, as nothing else is queued behind
+// them, and a lease per request costs no goroutine of its own.
+func (s *stream) queue(reqs ...*poolv1.LeaseRequest) bool {
 	s.qmu.Lock()
+	defer s.qmu.Unlock()
 	for _, r := range reqs {
 		s.q = append(s.q, r)
 		s.qbytes += len(r.GetData().GetData())
 	}
-	start := s.startSenderLocked()
-	s.qmu.Unlock()
-	if start {
+	return s.startSenderLocked()
+}
+
+// sendInline runs the send loop that queue asked for, when start: on the
+// caller's goroutine when inline, for the n frames it queued (a send
+// goroutine takes any queued behind them), else on a goroutine of its own.
+func (s *stream) sendInline(start, inline bool, n int) {
+	switch {
+	case !start:
+	case inline:
+		s.sendFrames(n)
+	default:
 		go s.sendLoop()
 	}
 }
@@ -429,13 +473,28 @@ func nudge(ch chan struct{}) {
 
 // sendLoop sends queued frames in order until the queue is empty or the
 // stream dies.
-func (s *stream) sendLoop() {
-	defer s.sendWG.Done()
-	for {
+func (s *stream) sendLoop() { s.sendFrames(-1) }
+
+// sendFrames is the send loop: after limit frames (limit >= 0) it hands what
+// is still queued to a send goroutine.
+func (s *stream) sendFrames(limit int) {
+	handed := false
+	defer func() {
+		if !handed {
+			s.sendWG.Done()
+		}
+	}()
+	for sent := 0; ; sent++ {
 		s.qmu.Lock()
 		if len(s.q) == 0 || s.ctx.Err() != nil {
 			s.sending = false
 			s.qmu.Unlock()
+			return
+		}
+		if sent == limit {
+			handed = true // the goroutine's loop is this one, continued
+			s.qmu.Unlock()
+			go s.sendLoop()
 			return
 		}
 		req := s.q[0]
@@ -506,6 +565,11 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 		c := s.cur
 		s.mu.Unlock()
 		c.grant(f.Granted)
+		if d := f.Granted.GetData(); len(d) > 0 {
+			// The reply to a request that rode in the open.
+			c.confirm(f.Granted.GetUpstreamWritten())
+			c.deliver(d)
+		}
 	case *poolv1.LeaseResponse_Data_:
 		c, err := s.liveConn("data")
 		if err != nil {
@@ -591,8 +655,9 @@ func (s *stream) settleLocked() {
 // release queues c's release. The stream goes back to the cache once the
 // server's ended has arrived too; if it does not come within the Client's
 // endedTimeout the stream is discarded. On a dead stream it waits for the
-// stream's goroutines.
-func (s *stream) release(c *Conn, reusable bool) {
+// stream's goroutines. inline: the server confirmed every byte c wrote
+// (none waits on flow control), so the caller sends the release itself.
+func (s *stream) release(c *Conn, reusable, inline bool) {
 	s.mu.Lock()
 	if s.cur != c || s.state != stActive || s.released {
 		dead := s.state == stDead
@@ -603,7 +668,7 @@ func (s *stream) release(c *Conn, reusable bool) {
 		return
 	}
 	s.released = true
-	s.enqueue(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Release_{Release: &poolv1.LeaseRequest_Release{Reusable: reusable}}})
+	start := s.queue(&poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Release_{Release: &poolv1.LeaseRequest_Release{Reusable: reusable}}})
 	done := s.ended
 	if done {
 		s.finishLocked()
@@ -618,6 +683,7 @@ func (s *stream) release(c *Conn, reusable bool) {
 		}
 	}
 	s.mu.Unlock()
+	s.sendInline(start, inline, 1) // before the stream can carry another lease
 	if done {
 		s.c.putIdle(s)
 	}

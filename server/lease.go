@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc/codes"
@@ -32,18 +33,26 @@ const (
 )
 
 // frameSizeHeader is the server's header on Lease streams.
-var frameSizeHeader = metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame))
+var frameSizeHeader = metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame),
+	leasewire.ServerFeaturesKey, leasewire.FeatureOpenData)
 
-// leaseHeader returns the header of Lease streams: the frame size, and the
-// stream limit per connection when it is known (n > 0), so that a client
-// holding more leases opens more connections.
+// leaseHeader returns the header of Lease streams: the frame size, the
+// features the server takes, and the stream limit per connection when it
+// is known (n > 0), so that a client holding more leases opens more
+// connections.
 func leaseHeader(n uint32) metadata.MD {
 	if n == 0 {
 		return frameSizeHeader
 	}
 	return metadata.Pairs(leasewire.FrameSizeKey, strconv.Itoa(MaxDataFrame),
+		leasewire.ServerFeaturesKey, leasewire.FeatureOpenData,
 		leasewire.MaxStreamsKey, strconv.FormatUint(uint64(n), 10))
 }
+
+// defaultGrantHold is how long granted may wait for the upstream's first
+// bytes, to travel with them (leasewire.FeatureGrantedData): a reply that
+// takes longer finds granted sent already.
+const defaultGrantHold = time.Millisecond
 
 // clientFrameSize returns the upstream read size for a Lease call: the
 // client's leasewire.FrameSizeKey, at least relay.SmallRead and at most
@@ -74,7 +83,10 @@ type LeaseServer struct {
 	pools  poolSource
 	logger *slog.Logger
 	header metadata.MD // of every Lease stream (leaseHeader)
-	caps   leaseCaps   // leases held per principal, for Principal.MaxLeases
+	// grantHold bounds how long granted waits for the reply to a request
+	// that rode in the open (defaultGrantHold).
+	grantHold atomic.Int64
+	caps      leaseCaps // leases held per principal, for Principal.MaxLeases
 	// reauth authenticates a stream again when its principal is revoked
 	// (revoke.go); nil without authentication.
 	reauth auth.AuthFunc
@@ -98,7 +110,9 @@ func newLeaseServer(pools poolSource, logger *slog.Logger) *LeaseServer {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &LeaseServer{pools: pools, logger: logger, header: frameSizeHeader, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
+	s := &LeaseServer{pools: pools, logger: logger, header: frameSizeHeader, stopc: make(chan struct{}), streams: map[*leaseStream]struct{}{}}
+	s.grantHold.Store(int64(defaultGrantHold))
+	return s
 }
 
 // Shutdown stops granting leases: streams without a lease end at once with
@@ -144,7 +158,7 @@ func (s *LeaseServer) Lease(stream poolv1.LeaseService_LeaseServer) error {
 	ctx := stream.Context()
 	ls := &leaseStream{srv: s, stream: stream, ctx: ctx, principal: PrincipalFromContext(ctx), out: newOutData(),
 		donec: make(chan struct{}), idlec: make(chan struct{}, 1), frameSize: clientFrameSize(ctx),
-		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose)}
+		halfClose: clientTakes(ctx, leasewire.FeatureHalfClose), grantedData: clientTakes(ctx, leasewire.FeatureGrantedData)}
 	if s.reauth == nil {
 		// The handler goroutine waits for the stream's end; meanwhile it
 		// runs the reader of each lease (lendReader). With reauth it
@@ -242,6 +256,14 @@ type leaseStream struct {
 	frameSize int
 	// halfClose: the client takes close_write frames (FeatureHalfClose).
 	halfClose bool
+	// grantedData: the client takes the first upstream bytes in granted
+	// (FeatureGrantedData).
+	grantedData bool
+	// grant is a granted frame held for the upstream's first bytes, sent
+	// with them or before any other frame, or by grantTimer after
+	// grantHold; under mu.
+	grant      *poolv1.LeaseResponse
+	grantTimer *time.Timer
 
 	lease *lease // the current lease, or nil; owned by the receive loop
 	// cur is lease's relay for the goroutines that cut it (the stream's
@@ -261,14 +283,68 @@ type leaseStream struct {
 }
 
 // send sends one frame, a *poolv1.LeaseResponse or an *outData, unless the
-// handler has already returned.
+// handler has already returned; a granted frame held for the upstream's
+// first bytes goes first.
 func (ls *leaseStream) send(m any) error {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.finished {
 		return errShutdown
 	}
+	if err := ls.sendGrantLocked(); err != nil {
+		return err
+	}
 	return ls.stream.SendMsg(m)
+}
+
+// holdGrant holds granted g for the upstream's first bytes, at most the
+// server's grantHold.
+func (ls *leaseStream) holdGrant(g *poolv1.LeaseResponse) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.grant = g
+	if ls.grantTimer == nil {
+		ls.grantTimer = time.AfterFunc(time.Duration(ls.srv.grantHold.Load()), ls.grantLate)
+	} else {
+		ls.grantTimer.Reset(time.Duration(ls.srv.grantHold.Load()))
+	}
+}
+
+// grantLate sends a granted frame still held when grantHold is over. A
+// failed send means the stream is ending: its receive loop sees that.
+func (ls *leaseStream) grantLate() {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if !ls.finished {
+		_ = ls.sendGrantLocked()
+	}
+}
+
+// sendGrantLocked sends a held granted frame.
+func (ls *leaseStream) sendGrantLocked() error {
+	g := ls.grant
+	if g == nil {
+		return nil
+	}
+	ls.grant = nil
+	ls.grantTimer.Stop()
+	return ls.stream.SendMsg(g)
+}
+
+// sendWithGrant sends upstream bytes in the held granted frame and reports
+// whether there was one.
+func (ls *leaseStream) sendWithGrant(b []byte, written int64) (bool, error) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	g := ls.grant
+	if g == nil || ls.finished {
+		return false, nil
+	}
+	ls.grant = nil
+	ls.grantTimer.Stop()
+	gr := g.GetGranted()
+	gr.Data, gr.UpstreamWritten = b, uint64(written)
+	return true, ls.stream.SendMsg(g)
 }
 
 // setBusy marks a lease being opened (true) or ended (false) and reports
@@ -326,6 +402,12 @@ var _ relay.Sink = (*leaseStream)(nil)
 
 // Data sends upstream bytes as a data frame by reference (codec.go).
 func (ls *leaseStream) Data(bp *[]byte, n int, written int64) error {
+	if ls.grantedData {
+		if sent, err := ls.sendWithGrant((*bp)[relay.Headroom:relay.Headroom+n], written); sent || err != nil {
+			relay.Buffers.Put(bp) // SendMsg encoded the frame: the bytes are copied
+			return err
+		}
+	}
 	buf := mem.NewBuffer(bp, relay.Buffers)
 	ls.out.set(buf, n, uint64(written))
 	err := ls.send(ls.out)
@@ -397,6 +479,10 @@ func (ls *leaseStream) recvLoop() (err error) {
 			if err := ls.open(f.Open); err != nil {
 				return err
 			}
+			if d := f.Open.GetData(); len(d) > 0 {
+				// As a data frame right behind the open.
+				ls.lease.relay.Write(net.Buffers{d})
+			}
 		case *poolv1.LeaseRequest_Data_:
 			l := ls.lease
 			if l == nil {
@@ -445,6 +531,9 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	holder := o.GetClientName()
 	if err := validateClientName(holder); err != nil {
 		return invalidArgument("open.client_name", err.Error())
+	}
+	if len(o.GetData()) > MaxDataFrame {
+		return protocolError("open.data larger than 1 MiB")
 	}
 	principal, err := ls.openAs(id)
 	if err != nil {
@@ -499,7 +588,7 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	if ls.ctx.Err() != nil {
 		l.relay.Cut(relay.ReasonNone) // the stream ended while acquiring
 	}
-	err = ls.send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Granted_{Granted: &poolv1.LeaseResponse_Granted{
+	g := &poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Granted_{Granted: &poolv1.LeaseResponse_Granted{
 		LeaseId:      "pools/" + id + "/leases/" + info.LeaseID,
 		UpstreamAddr: info.UpstreamAddr,
 		Reused:       info.Reused,
@@ -508,7 +597,14 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 		WaitTime:     durationpb.New(info.WaitTime),
 		Generation:   info.Generation,
 		Protocol:     protocolToProto(info.Protocol),
-	}}})
+	}}}
+	if ls.grantedData && len(o.GetData()) > 0 {
+		// A request rode in the open: granted waits briefly for its reply.
+		ls.holdGrant(g)
+		l.relay.Start()
+		return nil
+	}
+	err = ls.send(g)
 	if err != nil {
 		l.relay.NotStarted()
 		ls.srv.wg.Done()

@@ -16,10 +16,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/leasewire"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/store"
 
@@ -449,4 +451,102 @@ func TestLeaseShutdownEndsIdleStreams(t *testing.T) {
 
 func durationMs(ms int) *durationpb.Duration {
 	return durationpb.New(time.Duration(ms) * time.Millisecond)
+}
+
+// TestLeaseOpenData: bytes in the open frame reach the upstream as a data
+// frame right behind it would. A client that takes granted-data gets the
+// reply in granted (one message each way), also on a protocol pool whose
+// greeter answers the opening itself; a plain client (grpcurl) gets
+// granted, then data; granted held for a reply that does not come is sent
+// alone once the hold is over.
+func TestLeaseOpenData(t *testing.T) {
+	e := newLeaseEnv(t, poolmgr.Config{Limits: poolmgr.Limits{MaxConnections: 2}})
+	openData := func(b []byte) *poolv1.LeaseRequest {
+		return &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: &poolv1.LeaseRequest_Open{Pool: "echo", Data: b}}}
+	}
+	features := func(f string) context.Context {
+		return metadata.AppendToOutgoingContext(context.Background(), leasewire.FeaturesKey, f)
+	}
+
+	t.Run("plain client", func(t *testing.T) {
+		s, err := e.client.Lease(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustSend(t, s, openData([]byte("ping")))
+		md, err := s.Header()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := md.Get(leasewire.ServerFeaturesKey); len(got) != 1 || got[0] != leasewire.FeatureOpenData {
+			t.Fatalf("header %s = %q, want %q", leasewire.ServerFeaturesKey, got, leasewire.FeatureOpenData)
+		}
+		if g := recvGranted(t, s); len(g.GetData()) != 0 {
+			t.Fatalf("granted to a client without granted-data carries %q", g.GetData())
+		}
+		if got := readEcho(t, s, 4); string(got) != "ping" {
+			t.Fatalf("echo = %q", got)
+		}
+		mustSend(t, s, releaseFrame(true))
+		recvEnded(t, s)
+	})
+
+	t.Run("granted-data", func(t *testing.T) {
+		e.srv.grantHold.Store(int64(time.Hour)) // the reply always comes first
+		defer e.srv.grantHold.Store(int64(defaultGrantHold))
+		s, err := e.client.Lease(features(leasewire.FeatureHalfClose + ", " + leasewire.FeatureGrantedData))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			msg := []byte(fmt.Sprintf("request %d", i))
+			mustSend(t, s, openData(msg))
+			g := recvGranted(t, s)
+			// upstream_written reports what was counted when the reply was
+			// read: the echo can overtake the count of its request.
+			if !bytes.Equal(g.GetData(), msg) || g.GetUpstreamWritten() > uint64(len(msg)) || g.GetLeaseId() == "" {
+				t.Fatalf("lease %d: granted = %v, want the echo %q with upstream_written at most %d", i, g, msg, len(msg))
+			}
+			// Later bytes go as data frames both ways.
+			mustSend(t, s, dataFrame([]byte("more")))
+			if got := readEcho(t, s, 4); string(got) != "more" {
+				t.Fatalf("echo = %q", got)
+			}
+			mustSend(t, s, releaseFrame(true))
+			if end := recvEnded(t, s); !end.GetReused() || end.GetUpstreamWritten() != uint64(len(msg)+4) {
+				t.Fatalf("ended = %v", end)
+			}
+		}
+		if n := e.up.accepted.Load(); n > 2 {
+			t.Fatalf("upstream accepted %d connections", n)
+		}
+	})
+
+	t.Run("no reply", func(t *testing.T) {
+		sink := testkit.Serve(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+		if _, err := e.mgr.Create(context.Background(), "sink", poolmgr.Config{Endpoints: []string{sink}}, poolmgr.WriteOptions{Actor: "test"}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := e.client.Lease(features(leasewire.FeatureGrantedData))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustSend(t, s, &poolv1.LeaseRequest{Frame: &poolv1.LeaseRequest_Open_{Open: &poolv1.LeaseRequest_Open{Pool: "sink", Data: []byte("x")}}})
+		if g := recvGranted(t, s); len(g.GetData()) != 0 {
+			t.Fatalf("granted = %v, want no data", g)
+		}
+		mustSend(t, s, releaseFrame(true))
+		if end := recvEnded(t, s); end.GetUpstreamWritten() != 1 {
+			t.Fatalf("ended = %v", end)
+		}
+	})
+
+	t.Run("too large", func(t *testing.T) {
+		s, err := e.client.Lease(features(leasewire.FeatureGrantedData))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustSend(t, s, openData(make([]byte, MaxDataFrame+1)))
+		wantStatus(t, s, codes.InvalidArgument, poolv1.ErrorReason_PROTOCOL_VIOLATION)
+	})
 }

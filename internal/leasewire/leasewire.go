@@ -116,6 +116,20 @@ const FeaturesKey = "poolplane-lease-features"
 // ended{UPSTREAM_EOF}.
 const FeatureHalfClose = "half-close"
 
+// FeatureGrantedData says the client takes the upstream's first bytes in
+// the granted frame (Granted.data) of a lease whose open carried data.
+const FeatureGrantedData = "granted-data"
+
+// ServerFeaturesKey is the key in the server's header on a Lease stream
+// under which it lists, separated by commas, what it takes from a client
+// beyond the first version of the protocol. A client uses a feature only
+// with a server that listed it.
+const ServerFeaturesKey = "poolplane-lease-server-features"
+
+// FeatureOpenData says the server writes the bytes of an open frame
+// (Open.data) to the upstream; an older server would drop them.
+const FeatureOpenData = "open-data"
+
 // FrameSizeKey is the metadata key by which each side of a Lease stream
 // says how large a data frame it takes: the largest payload, in decimal
 // bytes. The client sends it with the call, the server in its header. A

@@ -350,7 +350,13 @@ type LeaseRequest_Open struct {
 	AcquireTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=acquire_timeout,json=acquireTimeout,proto3" json:"acquire_timeout,omitempty"`
 	// Names the caller in ListLeases (for example host/process). At most
 	// 128 bytes of printable UTF-8: no control or formatting characters.
-	ClientName    string `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`
+	ClientName string `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`
+	// Bytes for the upstream, written as soon as the connection is granted,
+	// as a data frame right behind the open would be: a request in the same
+	// message as its open. At most 1 MiB. A server that predates the field
+	// ignores it: send it only to a server whose Lease header lists the
+	// feature "open-data" under "poolplane-lease-server-features".
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -404,6 +410,13 @@ func (x *LeaseRequest_Open) GetClientName() string {
 		return x.ClientName
 	}
 	return ""
+}
+
+func (x *LeaseRequest_Open) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 // Data carries bytes for the upstream. At most 1 MiB per frame.
@@ -561,9 +574,18 @@ type LeaseResponse_Granted struct {
 	// connection is reused, whatever release.reusable says: a client side
 	// that cannot know whether its exchange was complete (a forwarded
 	// socket) may simply release.
-	Protocol      Protocol `protobuf:"varint,8,opt,name=protocol,proto3,enum=poolplane.v1.Protocol" json:"protocol,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Protocol Protocol `protobuf:"varint,8,opt,name=protocol,proto3,enum=poolplane.v1.Protocol" json:"protocol,omitempty"`
+	// The upstream's first bytes, as a data frame right behind granted
+	// would carry them. Only for a client whose Lease call lists the
+	// feature "granted-data" and whose open carried data: the server then
+	// holds granted briefly for the reply, so that a request and its reply
+	// cost one message each way.
+	Data []byte `protobuf:"bytes,9,opt,name=data,proto3" json:"data,omitempty"`
+	// As in a data frame: the lease's client bytes written to the upstream
+	// when the frame was sent (0: not reported).
+	UpstreamWritten uint64 `protobuf:"varint,10,opt,name=upstream_written,json=upstreamWritten,proto3" json:"upstream_written,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LeaseResponse_Granted) Reset() {
@@ -650,6 +672,20 @@ func (x *LeaseResponse_Granted) GetProtocol() Protocol {
 		return x.Protocol
 	}
 	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func (x *LeaseResponse_Granted) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *LeaseResponse_Granted) GetUpstreamWritten() uint64 {
+	if x != nil {
+		return x.UpstreamWritten
+	}
+	return 0
 }
 
 // Data carries bytes from the upstream. A frame with no bytes reports
@@ -826,31 +862,32 @@ var File_poolplane_v1_lease_proto protoreflect.FileDescriptor
 
 const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"\n" +
-	"\x18poolplane/v1/lease.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17poolplane/v1/pool.proto\"\xe1\x03\n" +
+	"\x18poolplane/v1/lease.proto\x12\fpoolplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17poolplane/v1/pool.proto\"\xf6\x03\n" +
 	"\fLeaseRequest\x125\n" +
 	"\x04open\x18\x01 \x01(\v2\x1f.poolplane.v1.LeaseRequest.OpenH\x00R\x04open\x125\n" +
 	"\x04data\x18\x02 \x01(\v2\x1f.poolplane.v1.LeaseRequest.DataH\x00R\x04data\x12H\n" +
 	"\vclose_write\x18\x03 \x01(\v2%.poolplane.v1.LeaseRequest.CloseWriteH\x00R\n" +
 	"closeWrite\x12>\n" +
-	"\arelease\x18\x04 \x01(\v2\".poolplane.v1.LeaseRequest.ReleaseH\x00R\arelease\x1a\x7f\n" +
+	"\arelease\x18\x04 \x01(\v2\".poolplane.v1.LeaseRequest.ReleaseH\x00R\arelease\x1a\x93\x01\n" +
 	"\x04Open\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12B\n" +
 	"\x0facquire_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0eacquireTimeout\x12\x1f\n" +
 	"\vclient_name\x18\x03 \x01(\tR\n" +
-	"clientName\x1a\x1a\n" +
+	"clientName\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\x1a\x1a\n" +
 	"\x04Data\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x1a\f\n" +
 	"\n" +
 	"CloseWrite\x1a%\n" +
 	"\aRelease\x12\x1a\n" +
 	"\breusable\x18\x01 \x01(\bR\breusableB\a\n" +
-	"\x05frame\"\xe2\x06\n" +
+	"\x05frame\"\xa1\a\n" +
 	"\rLeaseResponse\x12?\n" +
 	"\agranted\x18\x01 \x01(\v2#.poolplane.v1.LeaseResponse.GrantedH\x00R\agranted\x126\n" +
 	"\x04data\x18\x02 \x01(\v2 .poolplane.v1.LeaseResponse.DataH\x00R\x04data\x129\n" +
 	"\x05ended\x18\x03 \x01(\v2!.poolplane.v1.LeaseResponse.EndedH\x00R\x05ended\x12I\n" +
 	"\vclose_write\x18\x04 \x01(\v2&.poolplane.v1.LeaseResponse.CloseWriteH\x00R\n" +
-	"closeWrite\x1a\xdb\x02\n" +
+	"closeWrite\x1a\x9a\x03\n" +
 	"\aGranted\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12#\n" +
 	"\rupstream_addr\x18\x02 \x01(\tR\fupstreamAddr\x12\x16\n" +
@@ -861,7 +898,10 @@ const file_poolplane_v1_lease_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\a \x01(\x04R\n" +
 	"generation\x122\n" +
-	"\bprotocol\x18\b \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x1aE\n" +
+	"\bprotocol\x18\b \x01(\x0e2\x16.poolplane.v1.ProtocolR\bprotocol\x12\x12\n" +
+	"\x04data\x18\t \x01(\fR\x04data\x12)\n" +
+	"\x10upstream_written\x18\n" +
+	" \x01(\x04R\x0fupstreamWritten\x1aE\n" +
 	"\x04Data\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12)\n" +
 	"\x10upstream_written\x18\x02 \x01(\x04R\x0fupstreamWritten\x1a\f\n" +
