@@ -55,8 +55,9 @@ func (e *sdkEnv) createPool(t testing.TB, id string, cfg poolmgr.Config) {
 	}
 }
 
-// leaseStreamCounter is a client stats.Handler counting Lease RPCs.
-type leaseStreamCounter struct{ n atomic.Int64 }
+// leaseStreamCounter is a client stats.Handler counting Lease RPCs, and
+// the messages they send (out) and receive (in).
+type leaseStreamCounter struct{ n, out, in atomic.Int64 }
 
 type methodKey struct{}
 
@@ -65,8 +66,16 @@ func (s *leaseStreamCounter) TagRPC(ctx context.Context, info *stats.RPCTagInfo)
 }
 
 func (s *leaseStreamCounter) HandleRPC(ctx context.Context, st stats.RPCStats) {
-	if _, ok := st.(*stats.Begin); ok && ctx.Value(methodKey{}) == poolv1.LeaseService_Lease_FullMethodName {
+	if ctx.Value(methodKey{}) != poolv1.LeaseService_Lease_FullMethodName {
+		return
+	}
+	switch st.(type) {
+	case *stats.Begin:
 		s.n.Add(1)
+	case *stats.OutPayload:
+		s.out.Add(1)
+	case *stats.InPayload:
+		s.in.Add(1)
 	}
 }
 
@@ -481,5 +490,56 @@ func BenchmarkSDKThroughput(b *testing.B) {
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestSDKLeasePerRequestMessages: a lease per request on a warm stream
+// (LeaseWith with the request, Read, Close) costs one message each way
+// before the reply is in hand: the open carries the request and granted
+// its reply. Release and ended follow, and no one waits for them.
+func TestSDKLeasePerRequestMessages(t *testing.T) {
+	e := startSDKEnv(t)
+	e.svcs.Lease.SetGrantHold(time.Hour) // the echo always comes first, however slow the machine
+	up := startSDKUpstream(t, testkit.EchoConn)
+	e.createPool(t, "echo", poolmgr.Config{Endpoints: []string{up.addr}, Limits: poolmgr.Limits{MaxConnections: 1}})
+	ctx := context.Background()
+	// request runs lease i, which costs the server messages in all.
+	request := func(i int, messages int64) {
+		t.Helper()
+		msg := []byte(fmt.Sprintf("request %d", i))
+		in := e.streams.in.Load()
+		c, err := e.c.LeaseWith(ctx, "echo", msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || !bytes.Equal(buf, msg) {
+			t.Fatalf("read %q, %v; want %q", buf, err, msg)
+		}
+		if got := e.streams.in.Load() - in; i > 0 && got != 1 {
+			t.Fatalf("request %d: %d messages from the server before the reply was read, want 1 (granted with the reply)", i, got)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// The stream is idle again once ended arrived.
+		testkit.WaitWithin(t, 10*time.Second, "ended", func() bool { return e.streams.in.Load()-in >= messages })
+	}
+	// A new stream: the server's features come with its first response;
+	// granted, data and ended.
+	request(0, 3)
+	out, in := e.streams.out.Load(), e.streams.in.Load()
+	const n = 5
+	for i := 1; i <= n; i++ {
+		request(i, 2)
+	}
+	if got := e.streams.out.Load() - out; got != 2*n {
+		t.Errorf("%d client messages for %d leases, want %d (open with the request, release)", got, n, 2*n)
+	}
+	if got := e.streams.in.Load() - in; got != 2*n {
+		t.Errorf("%d server messages for %d leases, want %d (granted with the reply, ended)", got, n, 2*n)
+	}
+	if got := e.streams.n.Load(); got != 1 {
+		t.Errorf("%d Lease streams, want 1", got)
 	}
 }
