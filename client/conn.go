@@ -201,6 +201,17 @@ func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
 	}
 	c.laddr = Addr{name: c.s.c.name + "/" + g.GetLeaseId()}
 	c.raddr = Addr{name: g.GetUpstreamAddr()}
+	if d := g.GetData(); len(d) > 0 {
+		// The reply to a request that rode in the open: the first Read
+		// finds it here, with no hand-off from the receive goroutine. No
+		// Read runs before grantedc closes.
+		c.confirm(g.GetUpstreamWritten())
+		c.unread.Add(int64(len(d)))
+		if c.trace != nil {
+			c.trace.recvd.Add(int64(len(d)))
+		}
+		c.rbuf = d
+	}
 	close(c.grantedc)
 }
 

@@ -565,11 +565,6 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 		c := s.cur
 		s.mu.Unlock()
 		c.grant(f.Granted)
-		if d := f.Granted.GetData(); len(d) > 0 {
-			// The reply to a request that rode in the open.
-			c.confirm(f.Granted.GetUpstreamWritten())
-			c.deliver(d)
-		}
 	case *poolv1.LeaseResponse_Data_:
 		c, err := s.liveConn("data")
 		if err != nil {

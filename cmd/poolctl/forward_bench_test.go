@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/csv"
+	"math"
 	"net"
 	"os/exec"
 	"slices"
@@ -60,6 +61,9 @@ func redisBenchmarkRun(b *testing.B, bin, addr string, clients, requests int) fl
 }
 
 func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN() // nothing measured
+	}
 	s := slices.Clone(v)
 	slices.Sort(s)
 	if len(s)%2 == 1 {

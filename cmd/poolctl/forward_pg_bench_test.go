@@ -126,8 +126,10 @@ log_disconnections = 0
 // transaction). It reports the tps of each, the CPU per transaction of
 // the process that relays (PgBouncer's; poold's, in this process), and
 // the listener's and forward's ratios to direct and to PgBouncer in both
-// modes (x-pgbouncer against SCRAM, x-pgbouncer-trust against trust).
-// Run it with -benchtime 1x: one iteration is the whole procedure.
+// modes (x-pgbouncer against SCRAM, x-pgbouncer-trust against trust):
+// medians over 3 rounds, each running every target in turn, the ratios
+// taken within each round. Run it with -benchtime 1x: one iteration is
+// the whole procedure.
 func BenchmarkPgbenchPooling(b *testing.B) {
 	bin := lookTool(b, "pgbench", "postgresql-client")
 	ts, pg := startPgServer(b, "bench", 8)
@@ -146,56 +148,72 @@ func BenchmarkPgbenchPooling(b *testing.B) {
 		{benchTarget{"listener", lis, 0}, ""},
 		{benchTarget{"forward", fwd, 0}, ""},
 	}
-	tps := map[string]float64{}
-	cpu := map[string]float64{}
+	const rounds = 3
+	tps := map[string][]float64{}
+	cpu := map[string][]float64{}
+	ratio := map[string][]float64{}
 	for range b.N {
-		for _, mode := range []string{"", "-C"} {
-			for _, tg := range targets {
-				args := []string{"-S", "-n", "-T", "10", "-c", "8"}
-				if mode != "" {
-					args = append(args, mode)
+		clear(tps)
+		clear(cpu)
+		clear(ratio)
+		for round := range rounds {
+			for _, mode := range []string{"", "-C"} {
+				got := map[string]float64{}
+				for _, tg := range targets {
+					args := []string{"-S", "-n", "-T", "10", "-c", "8"}
+					if mode != "" {
+						args = append(args, mode)
+					}
+					start := testkit.ProcCPU(b, 0)
+					if tg.pid > 0 {
+						start = testkit.ProcCPU(b, tg.pid)
+					}
+					v := pgbench(b, bin, tg.addr, tg.password, args...)
+					used := time.Duration(0)
+					switch {
+					case tg.pid > 0:
+						used = testkit.ProcCPU(b, tg.pid) - start
+					case tg.pid == 0:
+						used = testkit.ProcCPU(b, 0) - start
+					}
+					name := tg.name + mode
+					perTx := float64(used.Nanoseconds()) / 1e3 / (v * 10)
+					b.Logf("round %d: %-18s %8.0f tps %6.1f µs CPU/tx", round, name, v, perTx)
+					got[tg.name] = v
+					tps[name] = append(tps[name], v)
+					cpu[name] = append(cpu[name], perTx)
 				}
-				var v float64
-				start := testkit.ProcCPU(b, 0)
-				if tg.pid > 0 {
-					start = testkit.ProcCPU(b, tg.pid)
+				for _, p := range []string{"listener", "forward"} {
+					for _, ref := range []string{"direct", "pgbouncer", "pgbouncer-trust"} {
+						k := p + "-x-" + ref + mode
+						ratio[k] = append(ratio[k], got[p]/got[ref])
+					}
 				}
-				v = pgbench(b, bin, tg.addr, tg.password, args...)
-				used := time.Duration(0)
-				switch {
-				case tg.pid > 0:
-					used = testkit.ProcCPU(b, tg.pid) - start
-				case tg.pid == 0:
-					used = testkit.ProcCPU(b, 0) - start
-				}
-				name := tg.name + mode
-				perTx := float64(used.Nanoseconds()) / 1e3 / (v * 10)
-				b.Logf("%-18s %8.0f tps %6.1f µs CPU/tx", name, v, perTx)
-				tps[name], cpu[name] = v, perTx
 			}
 		}
 	}
 	for _, mode := range []string{"", "-C"} {
 		for _, tg := range targets {
-			b.ReportMetric(tps[tg.name+mode], tg.name+mode+"-tps")
+			b.ReportMetric(median(tps[tg.name+mode]), tg.name+mode+"-tps")
 			if tg.pid >= 0 {
-				b.ReportMetric(cpu[tg.name+mode], tg.name+mode+"-cpu-µs/tx")
+				b.ReportMetric(median(cpu[tg.name+mode]), tg.name+mode+"-cpu-µs/tx")
 			}
 		}
 		for _, p := range []string{"listener", "forward"} {
-			b.ReportMetric(tps[p+mode]/tps["direct"+mode], p+"-x-direct"+mode)
-			b.ReportMetric(tps[p+mode]/tps["pgbouncer"+mode], p+"-x-pgbouncer"+mode)
-			b.ReportMetric(tps[p+mode]/tps["pgbouncer-trust"+mode], p+"-x-pgbouncer-trust"+mode)
+			for _, ref := range []string{"direct", "pgbouncer", "pgbouncer-trust"} {
+				k := p + "-x-" + ref + mode
+				b.ReportMetric(median(ratio[k]), k)
+			}
 		}
 	}
 	var groups []barGroup
 	for _, mode := range []string{"", "-C"} {
 		g := barGroup{label: strings.TrimSpace("pgbench -S -c 8 " + mode)}
 		for _, tg := range targets {
-			g.values = append(g.values, tps[tg.name+mode])
+			g.values = append(g.values, median(tps[tg.name+mode]))
 		}
 		groups = append(groups, g)
 	}
-	writeBarChart(b, "benchmarks-listener-postgres.svg", "pgbench select-only, 8 clients, 10 s", "transactions/s",
+	writeBarChart(b, "benchmarks-listener-postgres.svg", "pgbench select-only, 8 clients, 10 s, median of 3 rounds", "transactions/s",
 		[]string{"direct", "PgBouncer (SCRAM)", "PgBouncer (trust)", "pool listener", "poolctl forward"}, groups)
 }

@@ -173,7 +173,15 @@ func (h *Host) open(id string, cfg poolmgr.Listener) (*listener, error) {
 		}
 		ln, err = unixsock.Listen(a.Addr, mode, cfg.Group)
 	} else {
-		ln, err = net.Listen("tcp", a.Addr)
+		var lc net.ListenConfig
+		if a.Loopback {
+			// A loopback peer cannot vanish unnoticed: its kernel is this
+			// one, which closes its sockets when it dies. Keepalive probes
+			// would find nothing, and setting them up costs four system
+			// calls per connection.
+			lc.KeepAlive = -1
+		}
+		ln, err = lc.Listen(context.Background(), "tcp", a.Addr)
 	}
 	if err != nil {
 		return nil, err
