@@ -140,6 +140,21 @@ type respFrame struct {
 	poolv1.LeaseResponse
 	oneof poolv1.LeaseResponse_Data_
 	data  poolv1.LeaseResponse_Data
+	// pooled is the payloadBufs buffer of a data frame's bytes, nil for a
+	// frame proto decoded; the receive goroutine hands it on with them.
+	pooled *[]byte
+}
+
+// payloadBufs holds the buffers data frames are decoded into: the copy a
+// Read takes from goes back once read to its end, so a bulk transfer
+// neither allocates nor zeroes a buffer per frame.
+var payloadBufs = leasewire.NewTieredPool(4<<10, 32<<10, maxFrame)
+
+// putPayload returns a payloadBufs buffer; nil is none.
+func putPayload(bp *[]byte) {
+	if bp != nil {
+		payloadBufs.Put(bp)
+	}
 }
 
 // decodeData decodes a data frame, or reports false and leaves f untouched.
@@ -157,7 +172,8 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 	if !ok {
 		return false
 	}
-	p := make([]byte, total-hlen)
+	bp := payloadBufs.Get(total - hlen)
+	p := *bp
 	skip, off := hlen, 0
 	for _, b := range data {
 		d := b.ReadOnlyData()
@@ -173,6 +189,7 @@ func (f *respFrame) decodeData(data mem.BufferSlice) bool {
 	f.data.UpstreamWritten = written
 	f.oneof.Data = &f.data
 	f.Frame = &f.oneof
+	f.pooled = bp
 	return true
 }
 

@@ -73,7 +73,7 @@ type Conn struct {
 	laddr, raddr Addr
 
 	grantedc chan struct{} // closed when the lease is granted
-	datac    chan []byte   // unbuffered: the receive goroutine hands a chunk to Read
+	datac    chan chunk    // unbuffered: the receive goroutine hands a chunk to Read
 
 	endc    chan struct{} // closed when the lease ended remotely, after its last chunk
 	endOnce sync.Once
@@ -98,8 +98,9 @@ type Conn struct {
 	unread atomic.Int64 // bytes received and not read yet
 	dirty  atomic.Bool  // an error or timeout makes the connection unfit for reuse
 
-	rmu  sync.Mutex // serialises Read; protects rbuf
+	rmu  sync.Mutex // serialises Read; protects rbuf and rbp
 	rbuf []byte     // the unread rest of a chunk
+	rbp  *[]byte    // the pooled buffer rbuf is in, back to payloadBufs once read
 
 	wmu     sync.Mutex // serialises Write, CloseWrite and the release; protects wclosed
 	wclosed bool       // CloseWrite was called
@@ -135,7 +136,7 @@ func newConn(s *stream) *Conn {
 	return &Conn{
 		s:        s,
 		grantedc: make(chan struct{}),
-		datac:    make(chan []byte),
+		datac:    make(chan chunk),
 		endc:     make(chan struct{}),
 		eofc:     make(chan struct{}),
 		closedc:  make(chan struct{}),
@@ -215,21 +216,31 @@ func (c *Conn) grant(g *poolv1.LeaseResponse_Granted) {
 	close(c.grantedc)
 }
 
+// chunk is upstream bytes on their way to Read: b, in bp when it is a
+// payloadBufs buffer (the codec's), which goes back once b is read.
+type chunk struct {
+	b  []byte
+	bp *[]byte
+}
+
 // deliver hands one chunk to Read, waiting until a Read takes it (so gRPC's
 // flow control holds back a slow reader), the Conn is closed (the chunk is
 // dropped) or the stream dies.
-func (c *Conn) deliver(b []byte) {
-	if len(b) == 0 {
+func (c *Conn) deliver(ch chunk) {
+	if len(ch.b) == 0 {
+		putPayload(ch.bp)
 		return
 	}
-	c.unread.Add(int64(len(b)))
+	c.unread.Add(int64(len(ch.b)))
 	if c.trace != nil {
-		c.trace.recvd.Add(int64(len(b)))
+		c.trace.recvd.Add(int64(len(ch.b)))
 	}
 	select {
-	case c.datac <- b:
+	case c.datac <- ch:
 	case <-c.closedc:
+		putPayload(ch.bp)
 	case <-c.s.ctx.Done():
+		putPayload(ch.bp)
 	}
 }
 
@@ -298,8 +309,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 	c.reading.Add(1)
 	defer c.reading.Add(-1)
 	select {
-	case chunk := <-c.datac:
-		return c.copyOut(b, chunk), nil
+	case ch := <-c.datac:
+		c.rbp = ch.bp
+		return c.copyOut(b, ch.b), nil
 	case <-c.eofc:
 		return 0, io.EOF
 	case <-c.endc:
@@ -312,13 +324,16 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 }
 
-// copyOut copies chunk into b and keeps the rest; c.rmu is held.
+// copyOut copies chunk into b and keeps the rest; a pooled buffer read to
+// its end goes back. c.rmu is held.
 func (c *Conn) copyOut(b, chunk []byte) int {
 	n := copy(b, chunk)
 	if n < len(chunk) {
 		c.rbuf = chunk[n:]
 	} else {
 		c.rbuf = nil
+		putPayload(c.rbp)
+		c.rbp = nil
 	}
 	c.unread.Add(-int64(n))
 	return n

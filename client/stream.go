@@ -533,7 +533,9 @@ func (s *stream) recvLoop() {
 			return
 		}
 		s.progress.Add(1)
-		if err := s.handle(&m.LeaseResponse); err != nil {
+		bp := m.pooled
+		m.pooled = nil // the payload's buffer goes on with it (handle)
+		if err := s.handle(&m.LeaseResponse, bp); err != nil {
 			s.fail(err)
 			return
 		}
@@ -551,8 +553,9 @@ func (s *stream) recvErr(err error) error {
 	return fromStatus(err)
 }
 
-// handle routes one server frame; an error kills the stream.
-func (s *stream) handle(m *poolv1.LeaseResponse) error {
+// handle routes one server frame; an error kills the stream. bp is the
+// pooled buffer of a data frame's bytes (respFrame.pooled), or nil.
+func (s *stream) handle(m *poolv1.LeaseResponse, bp *[]byte) error {
 	switch f := m.GetFrame().(type) {
 	case *poolv1.LeaseResponse_Granted_:
 		s.mu.Lock()
@@ -571,7 +574,7 @@ func (s *stream) handle(m *poolv1.LeaseResponse) error {
 			return err
 		}
 		c.confirm(f.Data.GetUpstreamWritten())
-		c.deliver(f.Data.GetData())
+		c.deliver(chunk{f.Data.GetData(), bp})
 	case *poolv1.LeaseResponse_CloseWrite_:
 		c, err := s.liveConn("close_write")
 		if err != nil {
