@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"gopkg.in/yaml.v3"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
@@ -99,6 +100,10 @@ type Principal struct {
 	// AuthFunc's), which is never revoked.
 	revoked context.Context
 	revoke  context.CancelFunc
+	// caps counts its leases toward MaxLeases: its Authenticator's count,
+	// which pool listeners share with Lease streams; nil for a custom
+	// AuthFunc's principal, counted by the lease service alone.
+	caps *leaseCaps
 }
 
 // revokedc returns a channel closed once p is revoked (see revoked), or
@@ -319,6 +324,9 @@ func certHasSAN(c *x509.Certificate, san string) bool {
 type Authenticator struct {
 	table atomic.Pointer[authTable]
 	mu    sync.Mutex // serialises Update
+	// caps counts each principal's leases, by name, across reloads: Lease
+	// streams and pool listeners alike.
+	caps leaseCaps
 }
 
 // NewAuthenticator returns an Authenticator over ps. It returns an error
@@ -344,6 +352,9 @@ func (a *Authenticator) Update(ps []Principal) error {
 	t, err := newAuthTable(ps)
 	if err != nil {
 		return err
+	}
+	for _, p := range t.principals {
+		p.caps = &a.caps
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -448,20 +459,43 @@ func actorFromContext(ctx context.Context) string {
 // anonymous is the actor of requests without an authenticated principal.
 const anonymous = "anonymous"
 
+// ListenerGrant is what AuthorizeLease grants the client of a pool
+// listener.
+type ListenerGrant struct {
+	// Holder is the principal's name, for ListLeases.
+	Holder string
+	// Revoked ends when an Update removes or changes the principal: the
+	// client must be authorized again, as Lease streams are.
+	Revoked context.Context
+	// Release takes the lease off the principal's max_leases count; call
+	// it once, when the connection ends. Safe to call more than once.
+	Release func()
+}
+
 // AuthorizeLease maps a verified client certificate to its principal and
 // checks that it may lease pool id: what a pool listener with tls asks of
 // each client (the role admin, or client with the pool among its
-// patterns). It returns the principal's name, for ListLeases.
-func (a *Authenticator) AuthorizeLease(cert *x509.Certificate, id string) (string, error) {
+// patterns), counting the connection toward the principal's max_leases
+// with its Lease streams' leases.
+func (a *Authenticator) AuthorizeLease(cert *x509.Certificate, id string) (ListenerGrant, error) {
 	p := a.table.Load().byCert(cert)
 	if p == nil {
-		return "", fmt.Errorf("client certificate %q maps to no principal", cert.Subject.String())
+		return ListenerGrant{}, fmt.Errorf("client certificate %q maps to no principal", cert.Subject.String())
 	}
 	if !roleAllows(p.Role, permLease) {
-		return "", fmt.Errorf("principal %s (role %s) may not lease connections", p.Name, p.Role)
+		return ListenerGrant{}, fmt.Errorf("principal %s (role %s) may not lease connections", p.Name, p.Role)
 	}
 	if !p.allowsPool(id) {
-		return "", fmt.Errorf("principal %s may not lease pool %s", p.Name, id)
+		return ListenerGrant{}, fmt.Errorf("principal %s may not lease pool %s", p.Name, id)
 	}
-	return p.Name, nil
+	n, err := a.caps.take(p)
+	if err != nil {
+		return ListenerGrant{}, errors.New(status.Convert(err).Message())
+	}
+	g := ListenerGrant{Holder: p.Name, Revoked: p.revoked, Release: func() {}}
+	if n != nil {
+		var once sync.Once
+		g.Release = func() { once.Do(func() { n.Add(-1) }) }
+	}
+	return g, nil
 }

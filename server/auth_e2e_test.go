@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
 	"log/slog"
@@ -478,4 +479,69 @@ func TestMessageSizeLimit(t *testing.T) {
 	if _, _, err := New(Config{Manager: e.mgr, Auth: &Authenticator{}, AuthFunc: func(ctx context.Context) (context.Context, error) { return ctx, nil }}); err == nil {
 		t.Fatal("New accepted both Auth and AuthFunc")
 	}
+}
+
+// TestAuthLeaseCapSharedWithListeners: a principal's max_leases counts the
+// pool listener connections AuthorizeLease grants it together with its
+// Lease streams' leases, and an Update that changes the principal revokes
+// the grant.
+func TestAuthLeaseCapSharedWithListeners(t *testing.T) {
+	ps := []Principal{{Name: "capped", Role: RoleClient, TokenSHA256: HashToken("c"), MTLSSubject: "capped", MaxLeases: 1}}
+	var a *Authenticator
+	e := startAuthEnv(t, ps, nil, func(c *Config) { a = c.Auth })
+	e.create(t, "a")
+	leaf, err := x509.ParseCertificate(testkit.NewCA(t).Client(t, "capped").TLS.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := poolv1.NewLeaseServiceClient(e.dial(t, nil))
+	ctx := bearer(context.Background(), "c")
+	openLease := func() poolv1.LeaseService_LeaseClient {
+		t.Helper()
+		s, err := lc.Lease(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustSend(t, s, openFrame("pools/a"))
+		return s
+	}
+
+	g, err := a.AuthorizeLease(leaf, "a")
+	if err != nil || g.Holder != "capped" {
+		t.Fatalf("listener grant: %+v, %v", g, err)
+	}
+	if _, err := openLease().Recv(); status.Code(err) != codes.ResourceExhausted || reasonOf(err) != "QUOTA_EXCEEDED" {
+		t.Fatalf("a Lease stream while a listener connection holds the cap: %v, want QUOTA_EXCEEDED", err)
+	}
+	if _, err := a.AuthorizeLease(leaf, "a"); err == nil || !strings.Contains(err.Error(), "max_leases") {
+		t.Fatalf("a second listener connection: %v, want the max_leases refusal", err)
+	}
+	g.Release()
+	g.Release() // once only
+	s := openLease()
+	recvGranted(t, s)
+	if _, err := a.AuthorizeLease(leaf, "a"); err == nil {
+		t.Fatal("a listener connection while a Lease stream holds the cap was granted")
+	}
+	mustSend(t, s, releaseFrame(true))
+	recvEnded(t, s)
+
+	g, err = a.AuthorizeLease(leaf, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.Revoked.Done():
+		t.Fatal("revoked before any update")
+	default:
+	}
+	ps[0].Pools = []string{"b"}
+	if err := a.Update(ps); err != nil {
+		t.Fatal(err)
+	}
+	<-g.Revoked.Done() // the principal changed: decide again
+	if _, err := a.AuthorizeLease(leaf, "a"); err == nil || !strings.Contains(err.Error(), "may not lease pool a") {
+		t.Fatalf("after the update: %v, want refused", err)
+	}
+	g.Release()
 }

@@ -556,7 +556,11 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 			ctx, cancel = context.WithTimeout(ctx, t)
 		}
 	}
-	capc, err := ls.srv.caps.take(principal)
+	caps := &ls.srv.caps
+	if principal != nil && principal.caps != nil {
+		caps = principal.caps // shared with the pool listeners
+	}
+	capc, err := caps.take(principal)
 	if err != nil {
 		if cancel != nil {
 			cancel()

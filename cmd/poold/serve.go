@@ -245,11 +245,15 @@ func openSecurity(o options, logger *slog.Logger) (*security, error) {
 // authorizeLease decides whether the client of a pool listener with tls
 // may lease pool id: the principal --auth-file maps its certificate to,
 // or, without an auth file, any certificate --tls-client-ca verified.
-func (sec *security) authorizeLease(cert *x509.Certificate, id string) (string, error) {
+func (sec *security) authorizeLease(cert *x509.Certificate, id string) (listen.Grant, error) {
 	if sec.auth == nil {
-		return cert.Subject.String(), nil
+		return listen.Grant{Holder: cert.Subject.String()}, nil
 	}
-	return sec.auth.AuthorizeLease(cert, id)
+	g, err := sec.auth.AuthorizeLease(cert, id)
+	if err != nil {
+		return listen.Grant{}, err
+	}
+	return listen.Grant{Holder: g.Holder, Revoked: g.Revoked, Release: g.Release}, nil
 }
 
 // close stops the reload watcher.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -37,7 +38,15 @@ type clientConn struct {
 	lease atomic.Pointer[relay.Lease] // set once acquired
 
 	// ending: the host is ending the connection (shutdown).
-	ending    atomic.Bool
+	ending atomic.Bool
+	// The grant of a TLS listener's client (grant.go); under gmu.
+	gmu        sync.Mutex
+	cert       *x509.Certificate
+	release    func()
+	stopRevoke func() bool
+	gdone      bool // the connection ended: grants are released at once
+	revoked    atomic.Bool
+
 	upEOFOnce sync.Once
 	upEOFc    chan struct{} // closed when the upstream half-closed (RAW)
 	endOnce   sync.Once
@@ -50,6 +59,7 @@ var _ relay.Sink = (*clientConn)(nil)
 func (c *clientConn) serve() {
 	defer func() {
 		_ = c.nc.Close()
+		c.endGrant()
 		c.h.untrack(c)
 		c.l.active.Add(-1)
 		c.h.wg.Done()
@@ -120,16 +130,19 @@ func (c *clientConn) handshake(handler protocol.Handler) (holder string, err err
 	}
 	c.nc = tc
 	certs := tc.ConnectionState().PeerCertificates
+	var g Grant
 	if len(certs) == 0 {
 		err = errors.New("no client certificate")
 	} else {
-		holder, err = c.h.cfg.Authorize(certs[0], c.l.pool)
+		g, err = c.h.cfg.Authorize(certs[0], c.l.pool)
 	}
 	if err != nil {
 		c.refuse(handler, protocol.RefuseDenied, err.Error())
 		return "", err
 	}
-	return holder, nil
+	c.cert = certs[0]
+	c.setGrant(g)
+	return g.Holder, nil
 }
 
 // relay relays the lease of up until the client or the upstream ends it.
@@ -149,8 +162,11 @@ func (c *clientConn) relay(up *poolmgr.Conn, opening []byte) {
 	}
 	l := relay.New(up, c, opts)
 	c.lease.Store(l)
-	if c.h.stopCtx.Err() != nil {
+	switch {
+	case c.h.stopCtx.Err() != nil:
 		l.Cut(relay.Shutdown) // EndLeases ran while acquiring
+	case c.revoked.Load():
+		l.Cut(relay.Revoked) // the grant was revoked while acquiring
 	}
 	l.Start()
 	if len(opening) > 0 {

@@ -47,13 +47,25 @@ type Config struct {
 	// cannot be opened.
 	TLS *tls.Config
 	// Authorize decides whether the client with the verified certificate
-	// cert may lease pool, and returns the name its leases are listed
-	// under. Required with TLS.
-	Authorize func(cert *x509.Certificate, pool string) (holder string, err error)
+	// cert may lease pool, and returns the Grant. Required with TLS.
+	Authorize func(cert *x509.Certificate, pool string) (Grant, error)
 	// RefuseTimeout bounds telling a client the pool turned away why:
 	// reading its opening, writing the error and waiting for it to close.
 	// Default 2s.
 	RefuseTimeout time.Duration
+}
+
+// Grant is what Config.Authorize grants the client of a TLS listener.
+type Grant struct {
+	// Holder is the name its leases are listed under.
+	Holder string
+	// Revoked, when not nil, ends when the grant must be decided again
+	// (its principal was changed or removed): the client is authorized
+	// again, and its connection ends if it may no longer lease the pool.
+	Revoked context.Context
+	// Release, when not nil, is called once the connection ends (it gives
+	// back what the grant counted, such as a principal's lease cap).
+	Release func()
 }
 
 // handshakeTimeout bounds a TLS listener's handshake.

@@ -360,11 +360,11 @@ func TestTLSListener(t *testing.T) {
 	h, err := listen.New(listen.Config{
 		Logger: slog.New(slog.DiscardHandler),
 		TLS:    ca.ServerTLS(srvCert, true),
-		Authorize: func(cert *x509.Certificate, pool string) (string, error) {
+		Authorize: func(cert *x509.Certificate, pool string) (listen.Grant, error) {
 			if cert.Subject.CommonName == "alice" && pool == "web" {
-				return "alice", nil
+				return listen.Grant{Holder: "alice"}, nil
 			}
-			return "", fmt.Errorf("%s may not lease pool %s", cert.Subject.CommonName, pool)
+			return listen.Grant{}, fmt.Errorf("%s may not lease pool %s", cert.Subject.CommonName, pool)
 		},
 	})
 	if err != nil {
