@@ -66,8 +66,10 @@ func (s State) String() string {
 // Session follows one lease's exchange at message level. Request and Reply
 // are called with each chunk of the stream in order, Request from the
 // goroutine writing to the upstream and Reply from the one reading it;
-// State and Reset only once both have stopped. A Session never keeps the
-// bytes it is given.
+// State and Reset only once both have stopped, but for State on the
+// goroutine of Reply once Request is called no more (the client
+// half-closed: the relay delivers the replies due before the release). A
+// Session never keeps the bytes it is given.
 type Session interface {
 	// Request follows client bytes about to be written to the upstream and
 	// returns how many of them go: all, but for a message the pool answers
@@ -85,6 +87,15 @@ type Session interface {
 	// connection must be closed; errors.Is(err, ErrOutstanding) when
 	// outstanding replies did not finish in time.
 	Reset(nc net.Conn) error
+}
+
+// Drainer is a Session that says itself, on the goroutine of Reply once
+// Request is called no more, whether replies are still to come to a client
+// that half-closed; without it, they are while State is Outstanding. A
+// PostgreSQL session has none to come for extended-protocol messages
+// without their Sync, which the server holds until the Sync.
+type Drainer interface {
+	Drained() bool
 }
 
 // Cleaner is a Session that can tell, at release, that Reset has nothing

@@ -186,6 +186,11 @@ type Lease struct {
 	greetOnce sync.Once // endGreeting's work
 	// clientEnded: the client ended the exchange in its protocol (Write).
 	clientEnded bool
+	// drainWait: the client half-closed a protocol pool's lease and waits
+	// for the replies due (DrainReplies); the reader stops once none is,
+	// closing drainedc (made before drainWait is set).
+	drainWait atomic.Bool
+	drainedc  chan struct{}
 
 	stoppedc chan struct{} // closed when the reader stops reading
 	readerc  chan struct{} // closed when the reader goroutine exits (after a reset)
@@ -406,6 +411,21 @@ func (l *Lease) readUpstream() (stopped bool) {
 				return true // the client side is gone: Abandon follows
 			}
 		}
+		if l.drainWait.Load() {
+			if l.drainedNow(err) {
+				close(l.drainedc)
+				return true // DrainReplies' Release follows
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// DrainReplies' wake-up, with replies still due: read on.
+				// The deadline is cleared before the release and the cut
+				// are checked, as both set their flag before their
+				// deadline.
+				if l.nc.SetReadDeadline(time.Time{}) == nil && !l.releasing.Load() && !l.isCut() {
+					continue
+				}
+			}
+		}
 		if err != nil {
 			return l.readEnded(err)
 		}
@@ -462,46 +482,6 @@ func (l *Lease) readEnded(err error) (stopped bool) {
 	}
 	_ = l.sink.Ended(End{Reason: reason, Message: msg, Written: written})
 	return false
-}
-
-// resettable reports, once the reader stopped, whether a protocol pool's
-// connection may be reset for another lease: nothing failed or was cut
-// short on it, and the session can be brought back.
-func (l *Lease) resettable() bool {
-	if l.sess == nil || l.broken || l.upEOF || l.readFailed {
-		return false
-	}
-	if l.isCut() && Reason(l.cutReason.Load()) != ReasonNone {
-		return false
-	}
-	select {
-	case <-l.up.Done():
-		return false
-	default:
-	}
-	return true
-}
-
-// resetUpstream runs the protocol's reset within the pool's reset_timeout
-// and hands the connection back: to the idle set when it came back clean,
-// closed otherwise. It runs on the reader goroutine after the client side
-// has its end, so no client waits for it.
-func (l *Lease) resetUpstream() {
-	err := l.nc.SetDeadline(time.Now().Add(l.up.ResetTimeout()))
-	if err == nil {
-		err = l.sess.Reset(l.nc)
-	}
-	if err == nil {
-		err = l.nc.SetDeadline(time.Time{})
-	}
-	switch {
-	case err == nil:
-		l.release(true)
-	case errors.Is(err, protocol.ErrOutstanding):
-		l.discard(poolmgr.CloseOutstanding)
-	default:
-		l.discard(poolmgr.CloseResetFailed)
-	}
 }
 
 // ClientEnded reports that the client ended the exchange in its protocol
@@ -734,24 +714,6 @@ func (l *Lease) decideReset() bool {
 	}
 	l.tellReader(true)
 	return true
-}
-
-// tellReader hands the reset decision to the reader goroutine, or with
-// Options.ResetInline keeps it for resetInline.
-func (l *Lease) tellReader(reset bool) {
-	if l.opts.ResetInline {
-		l.resetNow = reset
-		return
-	}
-	l.reset <- reset
-}
-
-// resetInline runs the reset decided for Options.ResetInline.
-func (l *Lease) resetInline() {
-	if l.resetNow {
-		l.resetNow = false
-		l.resetUpstream()
-	}
 }
 
 // Abandon ends a lease whose client side went away without a release: the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -72,5 +73,64 @@ func TestListenerPostgresTerminate(t *testing.T) {
 			t.Fatalf("client %d: after Terminate read %d bytes, %v; want EOF", i, n, err)
 		}
 		_ = nc.Close()
+	}
+}
+
+// TestListenerPostgresHalfClose: a client that sends its query and
+// half-closes reads the query's results before the listener closes.
+func TestListenerPostgresHalfClose(t *testing.T) {
+	ts, pg := startPgServer(t, "pg", 1)
+	// The pool waits its reset_timeout at most for the results: long
+	// enough here for a loaded machine.
+	ts.ok(t, fmt.Sprintf(`pools:
+- id: pg
+  endpoints: [%s]
+  protocol: postgres
+  reset_timeout: 30s
+  limits: {max_connections: 1, acquire_timeout: 10s}
+  postgres:
+    database: %s
+    user: %s
+    password: %s
+`, pg, testkit.PostgresDatabase, testkit.PostgresUser, testkit.PostgresPassword), "apply", "-f", "-")
+	addr := ts.listen(t, "pg")
+	for i := range 3 {
+		nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		fe := pgproto3.NewFrontend(nc, nc)
+		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": testkit.PostgresUser, "database": testkit.PostgresDatabase}})
+		fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.05), 'half-closed'"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		var row string
+		ready := 0
+		for {
+			msg, err := fe.Receive()
+			if err != nil {
+				if ready != 2 || row != "half-closed" {
+					t.Fatalf("client %d: %v after %d ReadyForQuery, row %q; want the query's row and 2", i, err, ready, row)
+				}
+				break // the listener's close, after the results
+			}
+			switch m := msg.(type) {
+			case *pgproto3.DataRow:
+				row = string(m.Values[1])
+			case *pgproto3.ErrorResponse:
+				t.Fatalf("client %d: %s", i, m.Message)
+			case *pgproto3.ReadyForQuery:
+				ready++
+			}
+		}
 	}
 }

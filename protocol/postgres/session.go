@@ -183,6 +183,15 @@ func (s *Session) State() protocol.State {
 	return protocol.Idle
 }
 
+// Drained reports that no reply is to come to a client that half-closed:
+// every query, Sync and function call has its ReadyForQuery, or the stream
+// broke, or a COPY runs (the server would wait for COPY data that cannot
+// come, or stream COPY data to a client about to be reset). Messages
+// without their Sync get no reply until it comes, which it will not.
+func (s *Session) Drained() bool {
+	return s.answered >= s.sent || s.reqBroken || s.repBroken || s.copying
+}
+
 // Clean reports that the client ran nothing (only its startup): Reset has
 // nothing to do.
 func (s *Session) Clean() bool { return !s.used }

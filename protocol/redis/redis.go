@@ -271,6 +271,13 @@ func (s *Session) State() protocol.State {
 	return protocol.Idle
 }
 
+// Drained reports that no reply is due to a client that half-closed. After
+// CLIENT REPLY OFF or SKIP the count of replies due is unknown: none is
+// waited for.
+func (s *Session) Drained() bool {
+	return s.State() != protocol.Outstanding || s.undo&undoReplySkip != 0
+}
+
 // Clean reports that the lease sent only stateless commands and read
 // every reply: Reset has nothing to do.
 func (s *Session) Clean() bool { return !s.dirty && s.State() == protocol.Idle }

@@ -208,6 +208,11 @@ func (c *clientConn) clientDone(l *relay.Lease, decides bool, err error) {
 		return
 	}
 	if decides {
+		if !l.ClientEnded() {
+			// A half-close: the replies due still reach the client, as
+			// from the server itself, before the lease goes.
+			l.DrainReplies()
+		}
 		_ = l.Release(true)
 		return
 	}
