@@ -23,21 +23,7 @@ func TestListenerPostgresTerminate(t *testing.T) {
 	addr := ts.listen(t, "pg")
 	var pid uint32
 	for i := range 5 {
-		nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		fe := pgproto3.NewFrontend(nc, nc)
-		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-			Parameters: map[string]string{"user": testkit.PostgresUser, "database": testkit.PostgresDatabase}})
-		fe.Send(&pgproto3.Query{String: "SHOW search_path; SET search_path TO pg_catalog"})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		nc, fe := pgStartup(t, addr, "SHOW search_path; SET search_path TO pg_catalog")
 		var got uint32
 		for ready := 0; ready < 2; {
 			msg, err := fe.Receive()
@@ -95,21 +81,7 @@ func TestListenerPostgresHalfClose(t *testing.T) {
 `, pg, testkit.PostgresDatabase, testkit.PostgresUser, testkit.PostgresPassword), "apply", "-f", "-")
 	addr := ts.listen(t, "pg")
 	for i := range 3 {
-		nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		fe := pgproto3.NewFrontend(nc, nc)
-		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-			Parameters: map[string]string{"user": testkit.PostgresUser, "database": testkit.PostgresDatabase}})
-		fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.05), 'half-closed'"})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		nc, fe := pgStartup(t, addr, "SELECT pg_sleep(0.05), 'half-closed'")
 		if err := nc.(*net.TCPConn).CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
@@ -133,4 +105,27 @@ func TestListenerPostgresHalfClose(t *testing.T) {
 			}
 		}
 	}
+}
+
+// pgStartup connects to addr and sends, in one write, a StartupMessage for
+// the pool's user and database and a simple query; the connection is
+// closed at the test's end.
+func pgStartup(t *testing.T, addr, query string) (net.Conn, *pgproto3.Frontend) {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nc.Close() })
+	if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	fe := pgproto3.NewFrontend(nc, nc)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": testkit.PostgresUser, "database": testkit.PostgresDatabase}})
+	fe.Send(&pgproto3.Query{String: query})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return nc, fe
 }
