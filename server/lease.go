@@ -344,7 +344,9 @@ func (ls *leaseStream) sendWithGrant(b []byte, written int64) (bool, error) {
 	ls.grantTimer.Stop()
 	gr := g.GetGranted()
 	gr.Data, gr.UpstreamWritten = b, uint64(written)
-	return true, ls.stream.SendMsg(g)
+	err := ls.stream.SendMsg(g)
+	gr.Data = nil // b is a relay buffer, back in its pool once sent
+	return true, err
 }
 
 // setBusy marks a lease being opened (true) or ended (false) and reports
