@@ -264,6 +264,9 @@ type leaseStream struct {
 	// grantHold; under mu.
 	grant      *poolv1.LeaseResponse
 	grantTimer *time.Timer
+	// granting is set while grant is held, so that the data frames of a
+	// lease whose granted went out take no extra lock (Data).
+	granting atomic.Bool
 
 	lease *lease // the current lease, or nil; owned by the receive loop
 	// cur is lease's relay for the goroutines that cut it (the stream's
@@ -303,6 +306,7 @@ func (ls *leaseStream) holdGrant(g *poolv1.LeaseResponse) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	ls.grant = g
+	ls.granting.Store(true)
 	if ls.grantTimer == nil {
 		ls.grantTimer = time.AfterFunc(time.Duration(ls.srv.grantHold.Load()), ls.grantLate)
 	} else {
@@ -327,6 +331,7 @@ func (ls *leaseStream) sendGrantLocked() error {
 		return nil
 	}
 	ls.grant = nil
+	ls.granting.Store(false)
 	ls.grantTimer.Stop()
 	return ls.stream.SendMsg(g)
 }
@@ -341,6 +346,7 @@ func (ls *leaseStream) sendWithGrant(b []byte, written int64) (bool, error) {
 		return false, nil
 	}
 	ls.grant = nil
+	ls.granting.Store(false)
 	ls.grantTimer.Stop()
 	gr := g.GetGranted()
 	gr.Data, gr.UpstreamWritten = b, uint64(written)
@@ -404,7 +410,7 @@ var _ relay.Sink = (*leaseStream)(nil)
 
 // Data sends upstream bytes as a data frame by reference (codec.go).
 func (ls *leaseStream) Data(bp *[]byte, n int, written int64) error {
-	if ls.grantedData {
+	if ls.granting.Load() {
 		if sent, err := ls.sendWithGrant((*bp)[relay.Headroom:relay.Headroom+n], written); sent || err != nil {
 			relay.Buffers.Put(bp) // SendMsg encoded the frame: the bytes are copied
 			return err
