@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -66,6 +67,21 @@ func FuzzConfigValidate(f *testing.F) {
 		// A valid config stays valid through defaults and cloning.
 		if err := cloneConfig(d).WithDefaults().Validate(); err != nil {
 			t.Fatalf("a valid config no longer validates once cloned: %v", err)
+		}
+	})
+}
+
+// FuzzValidPoolID checks validPoolID against the pattern it implements,
+// ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$.
+func FuzzValidPoolID(f *testing.F) {
+	re := regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	for _, s := range []string{"", "a", "a-", "-a", "a-b", "ab9", "9a", "A", "a_b", "é", "a\n",
+		strings.Repeat("a", 63), strings.Repeat("a", 64), "a" + strings.Repeat("-", 61) + "b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		if got, want := validPoolID(id), re.MatchString(id); got != want {
+			t.Fatalf("validPoolID(%q) = %v, the pattern says %v", id, got, want)
 		}
 	})
 }
