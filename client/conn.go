@@ -387,9 +387,13 @@ func (c *Conn) writeErr() error {
 	return nil
 }
 
-// CloseWrite half-closes the connection: the upstream sees EOF (TCP FIN)
-// and Read goes on until the upstream's own EOF. The connection is not
-// reused. Later Writes fail. It returns net.ErrClosed after Close.
+// CloseWrite half-closes the connection: on a RAW pool the upstream sees
+// EOF (TCP FIN), Read goes on until the upstream's own EOF, and the
+// connection is not reused. On a pool with a protocol (a poold that
+// follows the exchange, Info().PoolDecidesReuse) the upstream is not told:
+// Read returns the replies due, then io.EOF, and Close lets the pool reset
+// the connection for another lease. Later Writes fail. It returns
+// net.ErrClosed after Close.
 func (c *Conn) CloseWrite() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

@@ -187,10 +187,17 @@ type Lease struct {
 	// clientEnded: the client ended the exchange in its protocol (Write).
 	clientEnded bool
 	// drainWait: the client half-closed a protocol pool's lease and waits
-	// for the replies due (DrainReplies); the reader stops once none is,
-	// closing drainedc (made before drainWait is set).
+	// for the replies due (DrainReplies, HalfCloseDrain); the reader stops
+	// once none is, closing drainedc, and with drainTell first tells the
+	// client side (Sink.CloseWrite). Both are set before drainWait.
 	drainWait atomic.Bool
 	drainedc  chan struct{}
+	drainTell bool
+	// drainLate bounds HalfCloseDrain's wait (drain.go); upShut: the
+	// reader half-closed the upstream when it ran out (the connection is
+	// not reused).
+	drainLate drainTimer
+	upShut    bool
 
 	stoppedc chan struct{} // closed when the reader stops reading
 	readerc  chan struct{} // closed when the reader goroutine exits (after a reset)
@@ -367,7 +374,9 @@ func (l *Lease) relayUpstream() {
 			l.opts.Done()
 		}
 	}()
-	if !l.readUpstream() || l.sess == nil {
+	stopped := l.readUpstream()
+	l.drainLate.stop() // before the connection can go to another lease
+	if !stopped || l.sess == nil {
 		close(l.stoppedc)
 		return
 	}
@@ -414,10 +423,21 @@ func (l *Lease) readUpstream() (stopped bool) {
 		if l.drainWait.Load() {
 			if l.drainedNow(err) {
 				close(l.drainedc)
-				return true // DrainReplies' Release follows
+				if l.drainTell && !l.releasing.Load() {
+					// A failed send: the client side is gone, Abandon follows.
+					_ = l.sink.CloseWrite()
+				}
+				return true // the client side's Release follows
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) && l.drainLate.fired() {
+				// HalfCloseDrain's replies did not come within the pool's
+				// reset_timeout: the half-close goes to the upstream after
+				// all, as on a RAW pool, and the lease goes on.
+				l.drainWait.Store(false)
+				l.halfCloseUpstream()
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// DrainReplies' wake-up, with replies still due: read on.
+				// A drain's wake-up, with replies still due: read on.
 				// The deadline is cleared before the release and the cut
 				// are checked, as both set their flag before their
 				// deadline.
@@ -673,7 +693,11 @@ func (l *Lease) Release(reusable bool) error {
 			reused = l.decideReset()
 		} else {
 			l.tellReader(false)
-			l.release(false) // a no-op when the reader ended the lease
+			if l.upShut {
+				// A half-close's replies did not come in time (HalfCloseDrain).
+				l.discard(poolmgr.CloseOutstanding)
+			}
+			l.release(false) // a no-op when the reader ended the lease, or after discard
 		}
 		if !sendEnd {
 			return nil

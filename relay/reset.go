@@ -16,7 +16,7 @@ import (
 // connection may be reset for another lease: nothing failed or was cut
 // short on it, and the session can be brought back.
 func (l *Lease) resettable() bool {
-	if l.sess == nil || l.broken || l.upEOF || l.readFailed {
+	if l.sess == nil || l.broken || l.upEOF || l.readFailed || l.upShut {
 		return false
 	}
 	if l.isCut() && Reason(l.cutReason.Load()) != ReasonNone {

@@ -150,6 +150,19 @@ func testHTTPPoolIsolatesClients(t *testing.T, f front) {
 		{name: "pipelined requests unread", leave: func(a *httpClient) {
 			a.send(strings.Repeat(get("/small.txt"), 5) + get("/big.bin"))
 		}},
+		{name: "client half-closed after two pipelined requests", leave: func(a *httpClient) {
+			// Both responses reach the client, then its EOF; nginx is not
+			// told, and the pool keeps the connection.
+			a.send(get("/small.txt") + get("/page.txt"))
+			if err := a.nc.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+				a.t.Fatal(err)
+			}
+			a.read("GET")
+			a.read("GET")
+			if b, err := io.ReadAll(a.br); err != nil || len(b) != 0 {
+				a.t.Fatalf("after both responses: %q, %v; want EOF", b, err)
+			}
+		}},
 		{name: "HEAD", leave: func(a *httpClient) {
 			a.send("HEAD /big.bin HTTP/1.1\r\nHost: web\r\n\r\n")
 			a.read("HEAD")

@@ -52,6 +52,26 @@ func (c *respClient) read() string {
 	return b.String()
 }
 
+// jobStaysQueued checks, after a client A left a BLPOP on jobs, that a job
+// B queues is still there for B: A's BLPOP did not take it.
+func jobStaysQueued(prefix string) func(t *testing.T, b *respClient, trial int) {
+	return func(t *testing.T, b *respClient, trial int) {
+		job := prefix + strconv.Itoa(trial)
+		b.do("RPUSH", "jobs", job)
+		if got := b.do("LPOP", "jobs"); got != fmt.Sprintf("$%d\r\n%s\r\n", len(job), job) {
+			t.Fatalf("B's LPOP answered %q: A's BLPOP took the job", got)
+		}
+	}
+}
+
+// closeWrite half-closes the client's connection.
+func (c *respClient) closeWrite() {
+	c.t.Helper()
+	if err := c.nc.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 func (c *respClient) do(args ...string) string {
 	c.t.Helper()
 	c.send(args...)
@@ -204,32 +224,35 @@ func testRedisPoolIsolatesClients(t *testing.T, f front) {
 		}},
 		{name: "BLPOP abandoned", closed: "outstanding_reply", leave: func(a *respClient) {
 			a.send("BLPOP", "jobs", "0")
-		}, check: func(t *testing.T, b *respClient, trial int) {
-			job := "job-" + strconv.Itoa(trial)
-			b.do("RPUSH", "jobs", job)
-			if got := b.do("LPOP", "jobs"); got != fmt.Sprintf("$%d\r\n%s\r\n", len(job), job) {
-				t.Fatalf("B's LPOP answered %q: A's BLPOP took the job", got)
+		}, check: jobStaysQueued("job-"),
+		},
+		{name: "BLPOP, then half-closed", closed: "outstanding_reply", leave: func(a *respClient) {
+			// A reply that may never come: the client's release still
+			// ends the lease.
+			a.send("BLPOP", "jobs", "0")
+			a.closeWrite()
+		}, check: jobStaysQueued("job-hc-"),
+		},
+		{name: "BLPOP, then half-closed, reading on", closed: "outstanding_reply", leave: func(a *respClient) {
+			// The reply does not come within reset_timeout: the client
+			// is told EOF all the same, with nothing before it.
+			a.send("BLPOP", "jobs", "0")
+			a.closeWrite()
+			_ = a.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(a.br); err != nil || len(b) != 0 {
+				a.t.Fatalf("after the half-close: %q, %v; want EOF", b, err)
 			}
 		}},
-		{name: "client half-closed", closed: halfCloseClosed(f), leave: func(a *respClient) {
+		{name: "client half-closed", leave: func(a *respClient) {
+			// The half-close ends the client's requests, not the
+			// connection: Redis is not told (it would drop the replies
+			// due), the PONG still due reaches the client, then its EOF,
+			// and the pool resets the connection and keeps it.
 			a.send("PING")
-			if err := a.nc.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-				a.t.Fatal(err)
-			}
-			if f.name == "sdk" {
-				// The FIN reaches Redis, which answers and closes: never
-				// reused.
-				if got := a.read(); got != "+PONG\r\n" {
-					a.t.Fatalf("PING after the half-close answered %q", got)
-				}
-				return
-			}
-			// On a listener the client's FIN ends its lease, as its close
-			// does: the pool reads the PONG still due and keeps the
-			// connection. The client may or may not see the PONG first.
+			a.closeWrite()
 			_ = a.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if b, err := io.ReadAll(a.br); err != nil || (len(b) != 0 && string(b) != "+PONG\r\n") {
-				a.t.Fatalf("after the half-close: %q, %v", b, err)
+			if b, err := io.ReadAll(a.br); err != nil || string(b) != "+PONG\r\n" {
+				a.t.Fatalf("after the half-close: %q, %v; want the PONG, then EOF", b, err)
 			}
 		}},
 		{name: "command half sent", closed: "not_resettable", leave: func(a *respClient) {
@@ -284,17 +307,6 @@ func testRedisPoolIsolatesClients(t *testing.T, f front) {
 			}
 		})
 	}
-}
-
-// halfCloseClosed is what becomes of a connection whose client half-closed
-// after a request: through the SDK the FIN reaches Redis, which closes
-// (any reason); on a listener the FIN ends the lease and the pool keeps
-// the connection ("").
-func halfCloseClosed(f front) string {
-	if f.name == "sdk" {
-		return "any"
-	}
-	return ""
 }
 
 // closes returns the pool's count of closes for reason ("" -> 0; "any":

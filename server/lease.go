@@ -515,7 +515,9 @@ func (ls *leaseStream) recvLoop() (err error) {
 			if l == nil {
 				return protocolError("close_write before open")
 			}
-			l.relay.CloseWrite()
+			if !l.relay.HalfCloseDrain() {
+				l.relay.CloseWrite()
+			}
 		case *poolv1.LeaseRequest_Release_:
 			l := ls.lease
 			if l == nil {

@@ -40,7 +40,8 @@ func forwardCommand() *command {
 				"on a RAW pool, release a lease as reusable when its local client closes (EOF), for clients known to close only "+
 					"after reading every reply; by default a local EOF on a RAW pool half-closes the upstream and the connection is "+
 					"not reused, since a reply may still be on its way and must not reach the next client. A pool with a protocol "+
-					"(REDIS, HTTP1, POSTGRES) decides reuse itself: a local EOF releases the lease, with or without --reuse")
+					"(REDIS, HTTP1, POSTGRES) decides reuse itself, with or without --reuse: after a local EOF the replies due still reach the "+
+					"client, then its EOF, and the pool resets the connection")
 			_ = fs.Bool("half-close", true, "kept for scripts: half-closing the upstream on a local EOF is the default on a RAW pool (see --reuse)")
 			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
 				"end a lease once the upstream is silent this long after the local EOF (0: never); RAW pools without --reuse only")
@@ -75,7 +76,7 @@ type forwarder struct {
 	acquireTimeout time.Duration
 	// reuse makes a local EOF release the lease as reusable instead of
 	// half-closing the upstream, on a RAW pool (a pool with a protocol
-	// decides reuse itself: a local EOF always releases its leases).
+	// decides reuse itself, and lets the replies due through first).
 	reuse bool
 	// halfCloseTimeout bounds how long the upstream may stay silent after
 	// the local side's EOF; 0 means forever.
@@ -204,11 +205,12 @@ func (fc *forwardConn) forceClose() {
 // upstream's replies end, and a reply still on its way must not reach the
 // next client. With reuse, the local side's EOF releases the lease at once,
 // reusable when clean, for clients that close only after every reply. On a
-// pool with a protocol (the lease's PoolDecidesReuse) the local EOF simply
-// releases the lease (Close): the pool follows the exchange, reads any
-// replies still due and resets the connection, or closes it. An error on
-// either side, or an upstream silent for halfCloseTimeout after the local
-// EOF, closes both and discards the upstream connection.
+// pool with a protocol (the lease's PoolDecidesReuse) the half-close does
+// not reach the upstream: the pool relays the replies due, then the
+// lease's EOF, which forward mirrors to the client before it releases the
+// lease; the pool resets the connection, or closes it. An error on either
+// side, or an upstream silent for halfCloseTimeout after the local EOF,
+// closes both and discards the upstream connection.
 func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	local := fc.local
 	defer func() { _ = local.Close() }()
@@ -237,7 +239,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 	// release, whatever the client side says.
 	poolDecides := up.Info().PoolDecidesReuse()
 	// releaseOnEOF: the local side's EOF releases the lease at once.
-	releaseOnEOF := f.reuse || poolDecides
+	releaseOnEOF := f.reuse && !poolDecides
 	var (
 		wg       sync.WaitGroup
 		failed   atomic.Bool
@@ -254,13 +256,7 @@ func (f *forwarder) serve(ctx context.Context, fc *forwardConn) {
 			return
 		}
 		localEOF.Store(true)
-		if poolDecides {
-			// The pool decides reuse: release now. The read loop below
-			// ends with net.ErrClosed.
-			f.released(local, up.Close())
-			return
-		}
-		if f.reuse {
+		if f.reuse && !poolDecides {
 			// The client closed after a complete exchange: release now.
 			// The read loop below ends with net.ErrClosed.
 			f.released(local, up.CloseIdle())

@@ -76,3 +76,50 @@ func TestForwardProtocolPoolDecidesReuse(t *testing.T) {
 		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+// TestForwardProtocolPoolHalfClose: on a REDIS pool, a client that
+// half-closes after its requests (nc -N, a script piping a file) gets
+// every reply, then EOF; Redis never sees the FIN (it would drop the
+// replies due), and the pool resets the connection and keeps it for the
+// next client.
+func TestForwardProtocolPoolHalfClose(t *testing.T) {
+	ts := startServer(t)
+	redis := testkit.Redis(t)
+	ts.ok(t, "pools:\n- id: cache\n  endpoints: ["+redis+"]\n  protocol: redis\n  limits: {max_connections: 1}\n", "apply", "-f", "-")
+	addr, stop := ts.startForward(t, "cache")
+	const (
+		requests = "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$4\r\nlate\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
+		replies  = "+PONG\r\n$4\r\nlate\r\n+OK\r\n"
+	)
+	const rounds = 5
+	for round := range rounds {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(c, requests); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != replies {
+			t.Fatalf("round %d: read %q, %v; want %q, then EOF", round, got, err, replies)
+		}
+		_ = c.Close()
+	}
+	testkit.WaitFor(t, "the connection to be idle again", func() bool {
+		st := unmarshal(t, ts.ok(t, "", "stats", "cache", "-o", "json"), &poolv1.PoolStats{})
+		return st.GetIdle() == 1 && st.GetInUse() == 0
+	})
+	st := unmarshal(t, ts.ok(t, "", "stats", "cache", "-o", "json"), &poolv1.PoolStats{})
+	if st.GetCreated() != 1 || st.GetReused() != rounds-1 {
+		t.Fatalf("after %d half-closing clients: created %d reused %d; want 1, %d (closes %v)",
+			rounds, st.GetCreated(), st.GetReused(), rounds-1, st.GetCloses())
+	}
+	if r := stop(); r.code != 0 {
+		t.Fatalf("forward: exit %d\n%s", r.code, r.stderr)
+	}
+}
