@@ -436,7 +436,11 @@ func (s *stream) startSenderLocked() bool {
 
 // sendData queues one data frame of c, waiting while maxQueued bytes are
 // queued already. It fails at c's write deadline, c's close, or the lease's
-// end.
+// end. A small frame behind bytes the server all confirmed goes out on the
+// caller's goroutine, as a small open does: gRPC's Send holds a frame only
+// while the stream's earlier ones wait on flow control, and the
+// confirmation says none does. A held lease's request then costs no
+// goroutine of its own.
 func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
 	for {
 		if err := c.writeErr(); err != nil {
@@ -444,13 +448,12 @@ func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
 		}
 		s.qmu.Lock()
 		if s.qbytes < maxQueued {
+			inline := len(s.q) == 0 && n <= smallDataFrame && c.sent.Load() <= c.written.Load()
 			s.q = append(s.q, req)
 			s.qbytes += n
 			start := s.startSenderLocked()
 			s.qmu.Unlock()
-			if start {
-				go s.sendLoop()
-			}
+			s.sendInline(start, inline, 1)
 			return nil
 		}
 		s.qmu.Unlock()
