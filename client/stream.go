@@ -76,7 +76,8 @@ func (st streamState) String() string {
 // stream is one Lease RPC carrying leases one after another. A receive
 // goroutine reads server frames and routes them to the current lease's Conn;
 // a send goroutine drains a queue of client frames, so a Write can time out
-// while gRPC's flow control holds a frame. The send goroutine runs only
+// while gRPC's flow control holds a frame (a frame that cannot be held, see
+// sendData, goes out on the caller's goroutine). The send goroutine runs only
 // while frames are queued: the first frame queued starts it and it exits
 // once the queue is empty, so an idle lease or warm stream has the receive
 // goroutine alone. The receive goroutine is owned by the Client
