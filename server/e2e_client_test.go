@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,8 +57,14 @@ func (e *sdkEnv) createPool(t testing.TB, id string, cfg poolmgr.Config) {
 }
 
 // leaseStreamCounter is a client stats.Handler counting Lease RPCs, and
-// the messages they send (out) and receive (in).
-type leaseStreamCounter struct{ n, out, in atomic.Int64 }
+// the messages they send (out) and receive (in). With traceSender set it
+// also counts the messages sent by one of the SDK's send goroutines
+// (bySendLoop) rather than on the caller's goroutine.
+type leaseStreamCounter struct {
+	n, out, in  atomic.Int64
+	traceSender atomic.Bool
+	bySendLoop  atomic.Int64
+}
 
 type methodKey struct{}
 
@@ -74,6 +81,13 @@ func (s *leaseStreamCounter) HandleRPC(ctx context.Context, st stats.RPCStats) {
 		s.n.Add(1)
 	case *stats.OutPayload:
 		s.out.Add(1)
+		if s.traceSender.Load() {
+			// gRPC reports a sent message on the goroutine that sent it.
+			buf := make([]byte, 16<<10)
+			if bytes.Contains(buf[:runtime.Stack(buf, false)], []byte(").sendLoop(")) {
+				s.bySendLoop.Add(1)
+			}
+		}
 	case *stats.InPayload:
 		s.in.Add(1)
 	}
@@ -497,6 +511,40 @@ func BenchmarkSDKThroughput(b *testing.B) {
 // (LeaseWith with the request, Read, Close) costs one message each way
 // before the reply is in hand: the open carries the request and granted
 // its reply. Release and ended follow, and no one waits for them.
+// TestSDKHeldLeaseWritesInline: on a held lease, a small Write behind
+// bytes the server confirmed (with its reply) goes out on the caller's
+// goroutine: a request costs no send goroutine.
+func TestSDKHeldLeaseWritesInline(t *testing.T) {
+	e := startSDKEnv(t)
+	up := startSDKUpstream(t, testkit.EchoConn)
+	e.createPool(t, "echo", poolmgr.Config{Endpoints: []string{up.addr}, Limits: poolmgr.Limits{MaxConnections: 1}})
+	c, err := e.c.Lease(context.Background(), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	e.streams.traceSender.Store(true)
+	defer e.streams.traceSender.Store(false)
+	out := e.streams.out.Load()
+	const n = 20
+	for i := range n {
+		msg := []byte(fmt.Sprintf("request %d", i))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || !bytes.Equal(buf, msg) {
+			t.Fatalf("read %q, %v; want %q", buf, err, msg)
+		}
+	}
+	if got := e.streams.out.Load() - out; got != n {
+		t.Fatalf("%d messages sent for %d writes, want %d", got, n, n)
+	}
+	if got := e.streams.bySendLoop.Load(); got != 0 {
+		t.Errorf("%d of %d writes sent by a send goroutine, want none", got, n)
+	}
+}
+
 func TestSDKLeasePerRequestMessages(t *testing.T) {
 	e := startSDKEnv(t)
 	e.svcs.Lease.SetGrantHold(time.Hour) // the echo always comes first, however slow the machine
