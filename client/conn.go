@@ -387,6 +387,19 @@ func (c *Conn) writeErr() error {
 	return nil
 }
 
+// unconfirmedInline bounds the bytes the server has not confirmed behind a
+// frame the caller's goroutine sends (sendsInline). gRPC's Send waits only
+// while the stream's frames not yet written to the connection use up its
+// write quota (64 KiB, each frame's bytes plus its framing, well under 64
+// bytes): 256 unconfirmed bytes are at most 256 frames, under 17 KiB. The
+// bound is not 0 because the server's count may lag a write it has just
+// made: the upstream's reply can overtake it.
+const unconfirmedInline = 256
+
+// sendsInline reports whether a frame of c may be sent on the caller's
+// goroutine: gRPC's Send cannot hold it on flow control.
+func (c *Conn) sendsInline() bool { return c.sent.Load()-c.written.Load() <= unconfirmedInline }
+
 // CloseWrite half-closes the connection: on a RAW pool the upstream sees
 // EOF (TCP FIN), Read goes on until the upstream's own EOF, and the
 // connection is not reused. On a pool with a protocol (a poold that
@@ -450,7 +463,7 @@ func (c *Conn) release(reusable, idleReader bool) error {
 		c.wdl.set(time.Time{})
 		c.wmu.Lock() // a pending Write has left; no data follows the release
 		clean := reusable && !reading && !c.dirty.Load() && !c.wclosed && c.unread.Load() == 0
-		c.s.release(c, clean, c.sent.Load() <= c.written.Load())
+		c.s.release(c, clean, c.sendsInline())
 		c.wmu.Unlock()
 		if sent := c.sent.Load(); sent > c.written.Load() {
 			err = c.awaitDelivery(sent)

@@ -398,9 +398,10 @@ func (s *stream) enqueue(reqs ...*poolv1.LeaseRequest) {
 // queue queues frames and reports whether the caller must run the send
 // loop (none runs). A caller that knows its frames cannot wait on gRPC's
 // flow control runs it on its own goroutine (sendInline): a small open on
-// an idle stream, a release once every byte before it was confirmed. The
-// loop then sends just those frames, as nothing else is queued behind
-// them, and a lease per request costs no goroutine of its own.
+// an idle stream, a release or a small data frame behind bytes the server
+// (nearly) all confirmed (Conn.sendsInline). The loop then sends just
+// those frames, as nothing else is queued behind them, and a lease per
+// request costs no goroutine of its own.
 func (s *stream) queue(reqs ...*poolv1.LeaseRequest) bool {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
@@ -437,11 +438,9 @@ func (s *stream) startSenderLocked() bool {
 
 // sendData queues one data frame of c, waiting while maxQueued bytes are
 // queued already. It fails at c's write deadline, c's close, or the lease's
-// end. A small frame behind bytes the server all confirmed goes out on the
-// caller's goroutine, as a small open does: gRPC's Send holds a frame only
-// while the stream's earlier ones wait on flow control, and the
-// confirmation says none does. A held lease's request then costs no
-// goroutine of its own.
+// end. A small frame behind bytes the server (nearly) all confirmed goes
+// out on the caller's goroutine, as a small open does (Conn.sendsInline): a
+// held lease's request then costs no goroutine of its own.
 func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
 	for {
 		if err := c.writeErr(); err != nil {
@@ -449,7 +448,7 @@ func (s *stream) sendData(c *Conn, req *poolv1.LeaseRequest, n int) error {
 		}
 		s.qmu.Lock()
 		if s.qbytes < maxQueued {
-			inline := len(s.q) == 0 && n <= smallDataFrame && c.sent.Load() <= c.written.Load()
+			inline := len(s.q) == 0 && n <= smallDataFrame && c.sendsInline()
 			s.q = append(s.q, req)
 			s.qbytes += n
 			start := s.startSenderLocked()
@@ -657,8 +656,9 @@ func (s *stream) settleLocked() {
 // release queues c's release. The stream goes back to the cache once the
 // server's ended has arrived too; if it does not come within the Client's
 // endedTimeout the stream is discarded. On a dead stream it waits for the
-// stream's goroutines. inline: the server confirmed every byte c wrote
-// (none waits on flow control), so the caller sends the release itself.
+// stream's goroutines. inline: the server confirmed (nearly) every byte c
+// wrote, so no frame waits on flow control (Conn.sendsInline) and the
+// caller sends the release itself.
 func (s *stream) release(c *Conn, reusable, inline bool) {
 	s.mu.Lock()
 	if s.cur != c || s.state != stActive || s.released {
