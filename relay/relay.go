@@ -762,6 +762,9 @@ func (l *Lease) Abandon() {
 			return
 		}
 		l.tellReader(false)
+		if l.upShut {
+			l.discard(poolmgr.CloseOutstanding) // as in Release
+		}
 	}
 	_ = l.nc.Close()
 	<-l.readerc
