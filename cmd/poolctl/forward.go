@@ -44,7 +44,7 @@ func forwardCommand() *command {
 					"client, then its EOF, and the pool resets the connection")
 			_ = fs.Bool("half-close", true, "kept for scripts: half-closing the upstream on a local EOF is the default on a RAW pool (see --reuse)")
 			halfClose := fs.Duration("half-close-timeout", defaultHalfCloseTimeout,
-				"end a lease once the upstream is silent this long after the local EOF (0: never); RAW pools without --reuse only")
+				"end a lease once the upstream is silent this long after the local EOF (0: never); not with --reuse on a RAW pool, whose local EOF releases the lease at once")
 			return func(ctx context.Context, e *env, args []string) error {
 				if *acquire < 0 || *grace < 0 || *halfClose < 0 {
 					return usagef("forward: durations must not be negative")
