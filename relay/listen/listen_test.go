@@ -296,8 +296,9 @@ func TestListenerRefusesInItsProtocol(t *testing.T) {
 	e := newEnv(t)
 	up := httpUpstream(t)
 	a := e.create(t, "web", poolmgr.Config{Endpoints: []string{up}, Protocol: poolmgr.ProtocolHTTP1,
-		Limits:    poolmgr.Limits{MaxConnections: 1, AcquireTimeout: 50 * time.Millisecond},
+		Limits:    poolmgr.Limits{MaxConnections: 1, MinIdle: 1, AcquireTimeout: 50 * time.Millisecond},
 		Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0"}}})[0]
+	e.waitIdle(t, "web") // dialled before the short acquire timeout counts
 	held := dial(t, a)
 	if r := get(t, held); r.StatusCode != 200 || r.Header.Get("X-Body") != "ok" {
 		t.Fatalf("first: %d %q", r.StatusCode, r.Header.Get("X-Body"))

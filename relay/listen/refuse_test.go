@@ -26,10 +26,14 @@ import (
 // 53300 that libpq's own code path (pgconn) reports.
 func TestRedisAndPostgresRefusals(t *testing.T) {
 	e := newEnv(t)
-	limits := poolmgr.Limits{MaxConnections: 1, AcquireTimeout: 50 * time.Millisecond}
+	// The one connection is dialled (and for PostgreSQL authenticated)
+	// before the held client comes, so the short acquire timeout refuses
+	// only the second client, however slow the dial.
+	limits := poolmgr.Limits{MaxConnections: 1, MinIdle: 1, AcquireTimeout: 50 * time.Millisecond}
 	t.Run("redis", func(t *testing.T) {
 		a := e.create(t, "cache", poolmgr.Config{Endpoints: []string{testkit.Redis(t)}, Protocol: poolmgr.ProtocolRedis,
 			Limits: limits, Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0"}}})[0]
+		e.waitIdle(t, "cache")
 		held := dial(t, a)
 		if _, err := io.WriteString(held, "PING\r\n"); err != nil {
 			t.Fatal(err)
@@ -51,6 +55,7 @@ func TestRedisAndPostgresRefusals(t *testing.T) {
 		a := e.create(t, "db", poolmgr.Config{Endpoints: []string{pg}, Protocol: poolmgr.ProtocolPostgres, Limits: limits,
 			Postgres:  poolmgr.PostgresSetup{Database: testkit.PostgresDatabase, User: testkit.PostgresUser, Password: testkit.PostgresPassword},
 			Listeners: []poolmgr.Listener{{Address: "127.0.0.1:0"}}})[0]
+		e.waitIdle(t, "db")
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		url := "postgres://" + testkit.PostgresUser + "@" + a + "/" + testkit.PostgresDatabase + "?sslmode=prefer"
@@ -68,6 +73,16 @@ func TestRedisAndPostgresRefusals(t *testing.T) {
 			t.Fatalf("the held connection after the refusal: %v", err)
 		}
 	})
+}
+
+// waitIdle waits until pool id has an idle connection.
+func (e *env) waitIdle(t *testing.T, id string) {
+	t.Helper()
+	p, err := e.m.Pool(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "an idle connection in pool "+id, func() bool { return p.Stats().Idle == 1 })
 }
 
 // TestRevokeEndsListenerConnection: RevokeLease on a listener's lease
