@@ -556,15 +556,12 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	ctx := ls.ctx
-	var cancel context.CancelFunc
+	var timeout time.Duration // the client's acquire_timeout; the pool caps it
 	if d := o.GetAcquireTimeout(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
 			return invalidArgument("open.acquire_timeout", "must be a non-negative duration")
 		}
-		if t := d.AsDuration(); t > 0 && t < p.Config().Limits.AcquireTimeout {
-			ctx, cancel = context.WithTimeout(ctx, t)
-		}
+		timeout = d.AsDuration()
 	}
 	caps := &ls.srv.caps
 	if principal != nil && principal.caps != nil {
@@ -572,23 +569,12 @@ func (ls *leaseStream) open(o *poolv1.LeaseRequest_Open) error {
 	}
 	capc, err := caps.take(principal)
 	if err != nil {
-		if cancel != nil {
-			cancel()
-		}
 		return err
 	}
-	c, err := p.Acquire(ctx, holder)
-	if cancel != nil {
-		cancel()
-	}
+	c, err := p.AcquireWithin(ls.ctx, holder, timeout)
 	if err != nil {
 		if capc != nil {
 			capc.Add(-1)
-		}
-		if cancel != nil && errors.Is(err, context.DeadlineExceeded) && ls.ctx.Err() == nil {
-			st := p.Stats()
-			err = &poolmgr.AcquireError{Err: poolmgr.ErrAcquireTimeout, Pool: id, Snapshot: poolmgr.Snapshot{
-				Max: st.Max, Total: st.Total, InUse: st.InUse, Idle: st.Idle, Waiters: st.Waiters}}
 		}
 		return toStatus(err)
 	}

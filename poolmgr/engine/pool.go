@@ -313,6 +313,15 @@ func (p *Pool) putWaiterLocked(w *waiter) {
 //
 // An acquire served from the idle set allocates nothing.
 func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
+	return p.AcquireWithin(ctx, holder, 0)
+}
+
+// AcquireWithin is Acquire with the caller's own acquire timeout, for a
+// caller that asks for less than the pool's: an acquire that has to wait
+// fails with ErrAcquireTimeout after timeout, or after acquire_timeout when
+// that is shorter or timeout is not positive. Like the pool's, it costs no
+// timer or context: the maintenance loop expires queued acquires.
+func (p *Pool) AcquireWithin(ctx context.Context, holder string, timeout time.Duration) (*Conn, error) {
 	var (
 		c *Conn   // the connection leased to the caller
 		w *waiter // the caller's place in the queue, once it waited
@@ -338,7 +347,7 @@ func (p *Pool) Acquire(ctx context.Context, holder string) (*Conn, error) {
 				drop = idle
 			}
 		} else if err = p.refuseWaitLocked(now); err == nil {
-			w = p.enqueueLocked(ctx, w, holder, start)
+			w = p.enqueueLocked(ctx, w, holder, start, timeout)
 			p.mu.Unlock()
 			var r waitResult
 			select {
@@ -444,10 +453,14 @@ func (p *Pool) refuseWaitLocked(now time.Time) error {
 
 // enqueueLocked queues w (a new waiter if nil) at the back, and lets the
 // pool dial for it if it may.
-func (p *Pool) enqueueLocked(ctx context.Context, w *waiter, holder string, start time.Time) *waiter {
+func (p *Pool) enqueueLocked(ctx context.Context, w *waiter, holder string, start time.Time, timeout time.Duration) *waiter {
 	if w == nil {
 		w = p.getWaiterLocked(holder, start)
-		w.deadline = start.Add(p.cfg.Limits.AcquireTimeout)
+		d := p.cfg.Limits.AcquireTimeout
+		if timeout > 0 && timeout < d {
+			d = timeout
+		}
+		w.deadline = start.Add(d)
 		p.st.waits++
 	}
 	p.waiters.PushBack(&w.elem)

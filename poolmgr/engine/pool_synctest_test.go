@@ -158,6 +158,49 @@ func TestAcquireTimeoutRemovesWaiter(t *testing.T) {
 	})
 }
 
+// TestAcquireWithinCallerTimeout: a caller's own acquire timeout ends its
+// wait when it is shorter than the pool's acquire_timeout, which caps a
+// longer one, as a timeout of the pool with its snapshot and count.
+func TestAcquireWithinCallerTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newFakeNet(t, false)
+		p := newTestPool(t, n, testConfig(func(c *Config) {
+			c.Limits.MaxConnections = 1
+			c.Limits.AcquireTimeout = 2 * time.Second
+		}))
+		held := acquireAsync(context.Background(), p, "held")
+		n.wantDial().finish(nil)
+		c, err := held.result(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, tc := range []struct{ timeout, want time.Duration }{
+			{300 * time.Millisecond, 300 * time.Millisecond},
+			{5 * time.Second, 2 * time.Second}, // the pool's is shorter
+			{0, 2 * time.Second},               // none of the caller's
+		} {
+			start := time.Now()
+			_, err := p.AcquireWithin(context.Background(), "waiter", tc.timeout)
+			if waited := time.Since(start); waited != tc.want {
+				t.Fatalf("timeout %v: waited %v, want %v", tc.timeout, waited, tc.want)
+			}
+			var ae *AcquireError
+			if !errors.As(err, &ae) || !errors.Is(err, ErrAcquireTimeout) || ae.Snapshot.InUse != 1 {
+				t.Fatalf("timeout %v: err = %v, want *AcquireError ErrAcquireTimeout with the pool's snapshot", tc.timeout, err)
+			}
+			if s := p.Stats(); s.Waiters != 0 || s.Timeouts != uint64(i+1) {
+				t.Fatalf("timeout %v: Stats = %+v, want no waiter, %d timeouts", tc.timeout, s, i+1)
+			}
+		}
+		c.Release(true)
+		synctest.Wait()
+		if c2, err := p.AcquireWithin(context.Background(), "next", time.Millisecond); err != nil || c2 != c {
+			t.Fatalf("an idle connection at hand: %v, %v; want it, whatever the timeout", c2, err)
+		}
+		n.wantNoDial()
+	})
+}
+
 func TestContextCancelRemovesWaiterDialContinues(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		n := newFakeNet(t, false)
