@@ -16,8 +16,9 @@ import (
 type waiter struct {
 	elem waitq.Elem[*waiter]
 	ch   chan waitResult // size 1: exactly one delivery, which never blocks
-	// deadline is when acquire_timeout expires; the maintenance loop
-	// fails the waiter then, so a wait needs no timer of its own.
+	// deadline is when the acquire times out (acquire_timeout, or the
+	// caller's shorter one: AcquireWithin); the maintenance loop fails
+	// the waiter then, so a wait needs no timer of its own.
 	deadline time.Time
 	holder   string
 	start    time.Time
