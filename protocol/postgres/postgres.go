@@ -256,6 +256,15 @@ func (h *Handler) Setup(ctx context.Context, nc net.Conn) (net.Conn, any, error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("postgres startup: %w", err)
 	}
+	// As pgconn asks before Hijack: its background reader (started when
+	// a write is slow, as during a loaded startup) may still be in a Read
+	// that would take the first reply meant for the relay. SyncConn waits
+	// it out and drains pgconn's buffers; when neither is there, it does
+	// no I/O.
+	if err := pc.SyncConn(ctx); err != nil {
+		_ = pc.Close(ctx)
+		return nil, nil, fmt.Errorf("postgres startup: %w", err)
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		return nil, nil, fmt.Errorf("postgres startup: %w", err)
