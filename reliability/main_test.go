@@ -1,7 +1,6 @@
 package reliability_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -9,17 +8,13 @@ import (
 )
 
 // TestMain checks for leaked goroutines and removes the poold binary the
-// process tests build (lazily, so that -test.list and fuzz workers build
-// nothing).
+// process tests build (lazily, so that -test.list, fuzz workers and the
+// test binary's own child processes create nothing).
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "reliability-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	binDir = dir
 	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		os.RemoveAll(dir)
+		if binDir != "" {
+			_ = os.RemoveAll(binDir)
+		}
 		os.Exit(code)
 	}))
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -19,8 +20,8 @@ import (
 	"github.com/poolplane/poolplane/internal/testkit"
 )
 
-// binDir holds the poold binary built for the process tests; TestMain
-// creates and removes it.
+// binDir holds the poold binary built for the process tests, created with
+// it; TestMain removes it.
 var binDir string
 
 var (
@@ -33,6 +34,11 @@ var (
 func buildPoold(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "reliability-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = dir
 		out := filepath.Join(binDir, "poold")
 		testkit.GoBuild(t, "", out, "github.com/poolplane/poolplane/cmd/poold", raceEnabled)
 		pooldBin = out
