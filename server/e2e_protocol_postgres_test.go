@@ -98,9 +98,17 @@ func pgExec(t *testing.T, conn *pgx.Conn, sql string) {
 }
 
 // pgRaw writes raw protocol bytes on the connection under pgx, as a client
-// cut off mid-exchange would have.
+// cut off mid-exchange would have. SyncConn first: pgx may have left a
+// read of its own in progress on the connection (its background reader,
+// started when a write was slow), which would take the reply the test
+// then reads itself.
 func pgRaw(t *testing.T, conn *pgx.Conn, typ byte, body []byte) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), pgWait)
+	defer cancel()
+	if err := conn.PgConn().SyncConn(ctx); err != nil {
+		t.Fatal(err)
+	}
 	msg := append([]byte{typ, 0, 0, 0, 0}, body...)
 	binary.BigEndian.PutUint32(msg[1:5], uint32(4+len(body)))
 	if _, err := conn.PgConn().Conn().Write(msg); err != nil {
