@@ -470,6 +470,37 @@ func TestOutstandingDrained(t *testing.T) {
 	}
 }
 
+// TestResetCancelsAgain: a query still running at the release that
+// outlives the reset's first cancel is cancelled again, so the reset ends
+// within its deadline and keeps the backend. Here the query catches the
+// first cancel itself; on a loaded server the first one can also reach
+// the backend before it has read the query, which ignores it.
+func TestResetCancelsAgain(t *testing.T) {
+	addr := server(t)
+	h := newHandler(Options{})
+	up, st := mustSetup(t, h, addr)
+	raddr, done := relay(t, h, up, st)
+	c, fe := rawClient(t, raddr)
+	const query = `DO $$ BEGIN
+  BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END;
+  PERFORM pg_sleep(60);
+END $$`
+	fe.Send(&pgproto3.Query{String: query})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, addr, query) // the first cancel reaches the running query
+	_ = c.Close()
+	s := testkit.Recv(t, done)
+	if err := reset(t, s, up); err != nil {
+		t.Fatalf("Reset: %v", err)
+	}
+	_ = up.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := h.Probe(up); err != nil {
+		t.Fatalf("Probe after the reset: %v", err)
+	}
+}
+
 func TestCopyNotResettable(t *testing.T) {
 	addr := server(t)
 	h := newHandler(Options{})

@@ -230,19 +230,16 @@ func (s *Session) reset(nc net.Conn) error {
 		// A query still running when its client left: cancel it unless it
 		// ends within cancelAfter, rather than wait out reset_timeout and
 		// close the connection (the server would go on running it).
-		cancelled := make(chan struct{})
-		t := time.AfterFunc(cancelAfter, func() {
-			defer close(cancelled)
-			_ = s.h.cancel(s.st.addr, s.st.name, s.st.PID, s.st.Secret)
-		})
-		// A cancel sent has reached the server before anything else runs
-		// on the connection: a backend that gets it while idle ignores it,
-		// one that gets it during the reset query fails the reset (which
-		// closes the connection); it never reaches the next client's query.
+		stop, cancelled := make(chan struct{}), make(chan struct{})
+		go s.cancelUntil(stop, cancelled)
 		err := s.drain(fe)
-		if !t.Stop() {
-			<-cancelled
-		}
+		// Every cancel sent has reached the server before anything else
+		// runs on the connection: a backend that gets it while idle
+		// ignores it, one that gets it during the reset query fails the
+		// reset (which closes the connection); it never reaches the next
+		// client's query.
+		close(stop)
+		<-cancelled
 		if err != nil {
 			return err
 		}
@@ -273,8 +270,40 @@ func (s *Session) reset(nc net.Conn) error {
 }
 
 // cancelAfter is how long a query its client left running may go on
-// before the reset cancels it.
-const cancelAfter = 10 * time.Millisecond
+// before the reset cancels it; cancelEvery bounds how often the cancel
+// goes again while the query still runs.
+const (
+	cancelAfter = 10 * time.Millisecond
+	cancelEvery = 500 * time.Millisecond
+)
+
+// cancelUntil cancels the backend's query cancelAfter from now, and again
+// at growing intervals up to cancelEvery until stop is closed (the
+// replies were drained, or the reset's deadline passed): a backend ignores
+// a cancel that reaches it before it has read the query (a loaded server
+// runs it after), and a query may outlive one (PL/pgSQL that catches
+// query_canceled). It closes done once no cancel is in flight.
+func (s *Session) cancelUntil(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	wait := cancelAfter
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		select {
+		case <-stop:
+			return // both were ready: the drain is done, no cancel is due
+		default:
+		}
+		_ = s.h.cancel(s.st.addr, s.st.name, s.st.PID, s.st.Secret)
+		wait = min(4*wait, cancelEvery)
+		t.Reset(wait)
+	}
+}
 
 // drain reads and discards the replies still due, failing a COPY FROM
 // STDIN the client left, until every Query and Sync has its
