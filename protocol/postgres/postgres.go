@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -428,11 +429,22 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
+// errCancelUnconfirmed is cancel's error for a request that may have been
+// sent but that the server did not confirm (by closing the connection)
+// within cancelTimeout: it may still act on it later.
+var errCancelUnconfirmed = errors.New("postgres cancel: the server did not confirm the request")
+
+// cancelTimeout bounds one cancel request, from the dial to the server's
+// close.
+const cancelTimeout = 5 * time.Second
+
 // cancel forwards a CancelRequest for a backend of addr on a fresh
 // connection (over TLS when the pool's SSLMode asks for it), and waits
-// briefly for the server to close it.
+// for the server to close it, which it does once it has signalled the
+// backend. An error wraps errCancelUnconfirmed when the request may have
+// been sent without that close.
 func (h *Handler) cancel(addr, name string, pid uint32, secret []byte) error {
-	ctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, stop := context.WithTimeout(context.Background(), cancelTimeout)
 	defer stop()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -463,10 +475,14 @@ func (h *Handler) cancel(addr, name string, pid uint32, secret []byte) error {
 		return err
 	}
 	if _, err := c.Write(req); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errCancelUnconfirmed, err)
 	}
+	// The server closes the connection once it has signalled the backend
+	// (EOF, or a reset); only the deadline leaves that unknown.
 	var b [1]byte
-	_, _ = c.Read(b[:]) // the server closes the connection once it has the request
+	if _, err := c.Read(b[:]); errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w within %s", errCancelUnconfirmed, cancelTimeout)
+	}
 	return nil
 }
 

@@ -501,6 +501,55 @@ END $$`
 	}
 }
 
+// TestResetUnconfirmedCancelCloses: a cancel the server does not confirm
+// (it never closes the cancel connection) may still reach the backend
+// later, during another client's query: the reset fails, and the pool
+// closes the connection, even though the query it cancelled ended by
+// itself.
+func TestResetUnconfirmedCancelCloses(t *testing.T) {
+	addr := server(t)
+	h := newHandler(Options{})
+	up, st := mustSetup(t, h, addr)
+	// Cancel requests go to a server that takes them and never answers.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held sync.WaitGroup
+	t.Cleanup(func() { _ = lis.Close(); held.Wait() })
+	held.Add(1)
+	go func() {
+		defer held.Done()
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	st.addr = lis.Addr().String()
+	raddr, done := relay(t, h, up, st)
+	c, fe := rawClient(t, raddr)
+	fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.5)"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	s := testkit.Recv(t, done)
+	_ = up.SetDeadline(time.Now().Add(2 * cancelTimeout))
+	err = s.Reset(up)
+	if !errors.Is(err, errCancelUnconfirmed) {
+		t.Fatalf("Reset: %v; want an unconfirmed cancel", err)
+	}
+}
+
 func TestCopyNotResettable(t *testing.T) {
 	addr := server(t)
 	h := newHandler(Options{})

@@ -230,16 +230,19 @@ func (s *Session) reset(nc net.Conn) error {
 		// A query still running when its client left: cancel it unless it
 		// ends within cancelAfter, rather than wait out reset_timeout and
 		// close the connection (the server would go on running it).
-		stop, cancelled := make(chan struct{}), make(chan struct{})
+		stop, cancelled := make(chan struct{}), make(chan error, 1)
 		go s.cancelUntil(stop, cancelled)
 		err := s.drain(fe)
 		// Every cancel sent has reached the server before anything else
 		// runs on the connection: a backend that gets it while idle
 		// ignores it, one that gets it during the reset query fails the
 		// reset (which closes the connection); it never reaches the next
-		// client's query.
+		// client's query. One the server did not confirm might: the
+		// connection is closed.
 		close(stop)
-		<-cancelled
+		if cerr := <-cancelled; err == nil && cerr != nil {
+			err = fmt.Errorf("postgres reset: %w", cerr)
+		}
 		if err != nil {
 			return err
 		}
@@ -282,9 +285,12 @@ const (
 // replies were drained, or the reset's deadline passed): a backend ignores
 // a cancel that reaches it before it has read the query (a loaded server
 // runs it after), and a query may outlive one (PL/pgSQL that catches
-// query_canceled). It closes done once no cancel is in flight.
-func (s *Session) cancelUntil(stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
+// query_canceled). Once no cancel is in flight it sends done the first
+// error of a cancel the server may still act on (errCancelUnconfirmed),
+// or nil.
+func (s *Session) cancelUntil(stop <-chan struct{}, done chan<- error) {
+	var unconfirmed error
+	defer func() { done <- unconfirmed }()
 	wait := cancelAfter
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -299,7 +305,9 @@ func (s *Session) cancelUntil(stop <-chan struct{}, done chan<- struct{}) {
 			return // both were ready: the drain is done, no cancel is due
 		default:
 		}
-		_ = s.h.cancel(s.st.addr, s.st.name, s.st.PID, s.st.Secret)
+		if err := s.h.cancel(s.st.addr, s.st.name, s.st.PID, s.st.Secret); errors.Is(err, errCancelUnconfirmed) && unconfirmed == nil {
+			unconfirmed = err
+		}
 		wait = min(4*wait, cancelEvery)
 		t.Reset(wait)
 	}
