@@ -505,16 +505,28 @@ END $$`
 // (it never closes the cancel connection) may still reach the backend
 // later, during another client's query: the reset fails, and the pool
 // closes the connection, even though the query it cancelled ended by
-// itself.
+// itself. The query waits for an advisory lock the test holds, and ends
+// once the cancel is on its way.
 func TestResetUnconfirmedCancelCloses(t *testing.T) {
 	addr := server(t)
 	h := newHandler(Options{})
 	up, st := mustSetup(t, h, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	locker, err := pgx.Connect(ctx, "postgres://"+testkit.PostgresUser+":"+testkit.PostgresPassword+"@"+addr+"/"+testkit.PostgresDatabase+"?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = locker.Close(context.Background()) }()
+	if _, err := locker.Exec(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
+		t.Fatal(err)
+	}
 	// Cancel requests go to a server that takes them and never answers.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	asked := make(chan struct{}, 1)
 	var held sync.WaitGroup
 	t.Cleanup(func() { _ = lis.Close(); held.Wait() })
 	held.Add(1)
@@ -532,19 +544,37 @@ func TestResetUnconfirmedCancelCloses(t *testing.T) {
 				return
 			}
 			conns = append(conns, c)
+			select {
+			case asked <- struct{}{}:
+			default:
+			}
 		}
 	}()
 	st.addr = lis.Addr().String()
 	raddr, done := relay(t, h, up, st)
 	c, fe := rawClient(t, raddr)
-	fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.5)"})
+	const query = "SELECT pg_advisory_lock(4242)"
+	fe.Send(&pgproto3.Query{String: query})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	waitRunning(t, addr, query)
 	_ = c.Close()
 	s := testkit.Recv(t, done)
+	// The query ends once the reset has sent its first cancel.
+	unlocked := make(chan struct{})
+	go func() {
+		defer close(unlocked)
+		select {
+		case <-asked:
+		case <-ctx.Done():
+			return
+		}
+		_, _ = locker.Exec(ctx, "SELECT pg_advisory_unlock(4242)")
+	}()
 	_ = up.SetDeadline(time.Now().Add(2 * cancelTimeout))
 	err = s.Reset(up)
+	<-unlocked // before locker closes
 	if !errors.Is(err, errCancelUnconfirmed) {
 		t.Fatalf("Reset: %v; want an unconfirmed cancel", err)
 	}
