@@ -470,6 +470,21 @@ func TestOutstandingDrained(t *testing.T) {
 	}
 }
 
+// leaveRunning relays a client that sends query, waits until the server
+// runs it, and leaves without its reply; it returns the lease's Session.
+func leaveRunning(t *testing.T, h *Handler, up net.Conn, st *ConnState, addr, query string) *Session {
+	t.Helper()
+	raddr, done := relay(t, h, up, st)
+	c, fe := rawClient(t, raddr)
+	fe.Send(&pgproto3.Query{String: query})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, addr, query)
+	_ = c.Close()
+	return testkit.Recv(t, done)
+}
+
 // TestResetCancelsAgain: a query still running at the release that
 // outlives the reset's first cancel is cancelled again, so the reset ends
 // within its deadline and keeps the backend. Here the query catches the
@@ -479,19 +494,11 @@ func TestResetCancelsAgain(t *testing.T) {
 	addr := server(t)
 	h := newHandler(Options{})
 	up, st := mustSetup(t, h, addr)
-	raddr, done := relay(t, h, up, st)
-	c, fe := rawClient(t, raddr)
-	const query = `DO $$ BEGIN
+	// The first cancel reaches the running query, which catches it.
+	s := leaveRunning(t, h, up, st, addr, `DO $$ BEGIN
   BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END;
   PERFORM pg_sleep(60);
-END $$`
-	fe.Send(&pgproto3.Query{String: query})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	waitRunning(t, addr, query) // the first cancel reaches the running query
-	_ = c.Close()
-	s := testkit.Recv(t, done)
+END $$`)
 	if err := reset(t, s, up); err != nil {
 		t.Fatalf("Reset: %v", err)
 	}
@@ -551,16 +558,7 @@ func TestResetUnconfirmedCancelCloses(t *testing.T) {
 		}
 	}()
 	st.addr = lis.Addr().String()
-	raddr, done := relay(t, h, up, st)
-	c, fe := rawClient(t, raddr)
-	const query = "SELECT pg_advisory_lock(4242)"
-	fe.Send(&pgproto3.Query{String: query})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	waitRunning(t, addr, query)
-	_ = c.Close()
-	s := testkit.Recv(t, done)
+	s := leaveRunning(t, h, up, st, addr, "SELECT pg_advisory_lock(4242)")
 	// The query ends once the reset has sent its first cancel.
 	unlocked := make(chan struct{})
 	go func() {
