@@ -51,6 +51,7 @@ type benchConfig struct {
 	maxRequests int // per cell per round
 	cases       []string
 	poold       string
+	maxProcs    int // poold's --max-procs; 0: its default
 	haproxy     string
 	reportDir   string
 	profileDir  string
@@ -69,6 +70,7 @@ type benchFlags struct {
 	maxReq   *int
 	cases    *string
 	poold    *string
+	maxProcs *int
 	haproxy  *string
 	report   *string
 	profile  *string
@@ -85,7 +87,9 @@ func addBenchFlags(fs *flag.FlagSet) *benchFlags {
 		maxReq:   fs.Int("max-requests", defaultBenchMaxReq, "bound on the requests of one case in one round"),
 		cases: fs.String("cases", "", "comma-separated case names or prefixes to run (default: all): "+
 			"tcp|tls/new-conn, tcp|tls/direct, tcp|tls/lease-per-req, tcp|tls/lease-held, tcp/haproxy, bulk/direct|lease|haproxy"),
-		poold:   fs.String("poold", "", "poold binary `PATH` (default: poold next to poolbench, else on PATH)"),
+		poold: fs.String("poold", "", "poold binary `PATH` (default: poold next to poolbench, else on PATH)"),
+		maxProcs: fs.Int("max-procs", 0, "poold's --max-procs `N`: most threads running its Go code at once "+
+			"(default 0: poold's default, one per CPU)"),
 		haproxy: fs.String("haproxy", "haproxy", `haproxy binary (PATH or name); "off" skips the HAProxy cases`),
 		report:  fs.String("report", "", "write report.md and latency.png to `DIR`"),
 		profile: fs.String("profile", "", "write CPU and allocation profiles of poold and of the bench client to `DIR`"),
@@ -97,11 +101,11 @@ func addBenchFlags(fs *flag.FlagSet) *benchFlags {
 func (f *benchFlags) config(timeout time.Duration, output, command string) (benchConfig, error) {
 	cfg := benchConfig{
 		rounds: *f.rounds, duration: *f.duration, warmup: *f.warmup, timeout: timeout,
-		size: *f.size, maxRequests: *f.maxReq, poold: *f.poold, haproxy: *f.haproxy,
+		size: *f.size, maxRequests: *f.maxReq, poold: *f.poold, maxProcs: *f.maxProcs, haproxy: *f.haproxy,
 		reportDir: *f.report, profileDir: *f.profile, output: output, command: command,
 	}
-	if cfg.rounds < 1 || cfg.duration <= 0 || cfg.warmup < 0 || cfg.size < 1 || cfg.size > 1<<20 || cfg.maxRequests < 1 {
-		return cfg, usagef("bench: --rounds, --duration, --size (1..1048576) and --max-requests must be positive, --warmup not negative")
+	if cfg.rounds < 1 || cfg.duration <= 0 || cfg.warmup < 0 || cfg.size < 1 || cfg.size > 1<<20 || cfg.maxRequests < 1 || cfg.maxProcs < 0 {
+		return cfg, usagef("bench: --rounds, --duration, --size (1..1048576) and --max-requests must be positive, --warmup and --max-procs not negative")
 	}
 	if output != "table" && output != "json" {
 		return cfg, usagef("bench: -o %q: want table or json", output)
@@ -174,6 +178,7 @@ func runBench(ctx context.Context, cfg benchConfig, stdout, stderr io.Writer) (e
 
 	b := &bench{cfg: cfg, stderr: stderr}
 	defer b.stop()
+	b.maxProcs = cfg.maxProcs
 	if err := b.start(ctx, dir, pooldPath, cfg.profileDir != ""); err != nil {
 		return err
 	}
@@ -201,8 +206,8 @@ func runBench(ctx context.Context, cfg benchConfig, stdout, stderr io.Writer) (e
 	if err != nil {
 		return err
 	}
-	_, _ = fmt.Fprintf(stderr, "bench: %d cases x %d rounds x %v; upstream pid %d, poold pid %d%s\n",
-		len(cells), cfg.rounds, cfg.duration, b.up.pid(), b.poold.pid(), b.hapPID())
+	_, _ = fmt.Fprintf(stderr, "bench: %d cases x %d rounds x %v; upstream pid %d, poold pid %d (%s)%s\n",
+		len(cells), cfg.rounds, cfg.duration, b.up.pid(), b.poold.pid(), procsNote(cfg.maxProcs), b.hapPID())
 	if cfg.warmup > 0 {
 		for _, c := range cells {
 			if _, err := b.runCell(ctx, c, cfg.warmup); err != nil {

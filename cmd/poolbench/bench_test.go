@@ -47,7 +47,7 @@ func TestBenchShort(t *testing.T) {
 	defer cancel()
 	var out, errb testkit.SyncBuffer
 	code := run(ctx, []string{"--poold", poold, "--haproxy", haproxy, "--rounds", "1", "--duration", "100ms",
-		"--warmup", "0", "--clients", "1,4", "-o", "json", "--report", report}, &out, &errb)
+		"--warmup", "0", "--clients", "1,4", "--max-procs", "1", "-o", "json", "--report", report}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("bench: exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
@@ -57,6 +57,9 @@ func TestBenchShort(t *testing.T) {
 	}
 	if rep.Errors != 0 {
 		t.Errorf("errors = %d", rep.Errors)
+	}
+	if rep.Config.PooldMaxProcs != 1 {
+		t.Errorf("config: poold_max_procs %d, want 1", rep.Config.PooldMaxProcs)
 	}
 	got := map[string]caseSummary{}
 	for _, c := range rep.Cases {
@@ -106,7 +109,7 @@ func TestBenchShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"latency.png", caseTLSLeaseReq, "| target |"} {
+	for _, want := range []string{"latency.png", caseTLSLeaseReq, "| target |", "poold: --max-procs 1"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q", want)
 		}
@@ -152,6 +155,7 @@ func TestBenchUsage(t *testing.T) {
 		{"--rounds", "0"},
 		{"--duration", "0s"},
 		{"-o", "yaml"},
+		{"--max-procs", "-1"},
 		{"extra"},
 	} {
 		if r := runCLI(t, args...); r.code != 2 {

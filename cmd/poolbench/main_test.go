@@ -46,7 +46,7 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("poolbench -h: exit %d, stderr %q", r.code, r.stderr)
 	}
-	for _, flag := range []string{"--cases", "--clients LIST", "--duration", "--haproxy", "--max-requests", "-o",
+	for _, flag := range []string{"--cases", "--clients LIST", "--duration", "--haproxy", "--max-requests", "--max-procs N", "-o",
 		"--output", "--poold PATH", "--profile DIR", "--report DIR", "--rounds", "--size BYTES", "--soak DURATION",
 		"--soak-clients", "--soak-holders", "--soak-sample", "--timeout", "--warmup"} {
 		if !strings.Contains(r.stdout, "\n  "+flag) {

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -378,7 +379,7 @@ func findPoold(flag string) (string, error) {
 
 // startPoold starts poold on loopback ports of its choosing with a fresh
 // data directory and waits until it serves.
-func startPoold(ctx context.Context, path, dataDir string, pprof bool) (*pooldProc, error) {
+func startPoold(ctx context.Context, path, dataDir string, pprof bool, maxProcs int) (*pooldProc, error) {
 	args := []string{
 		"--listen", "127.0.0.1:0",
 		"--metrics-listen", "127.0.0.1:0",
@@ -387,6 +388,9 @@ func startPoold(ctx context.Context, path, dataDir string, pprof bool) (*pooldPr
 	}
 	if pprof {
 		args = append(args, "--pprof")
+	}
+	if maxProcs > 0 {
+		args = append(args, "--max-procs", strconv.Itoa(maxProcs))
 	}
 	cmd := exec.Command(path, args...)
 	readyc := make(chan [2]string, 1)
@@ -512,6 +516,8 @@ type procs struct {
 	tlsConf *tls.Config // trusts the upstream's certificate
 	up      *upstreamProc
 	poold   *pooldProc
+	// maxProcs is poold's --max-procs, set before start (0: its default).
+	maxProcs int
 }
 
 // start makes the certificates, then starts the upstream and poold (from
@@ -526,10 +532,18 @@ func (p *procs) start(ctx context.Context, dir, pooldPath string, profile bool) 
 	if p.up, err = startUpstream(ctx, dir, p.certs); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
-	if p.poold, err = startPoold(ctx, pooldPath, filepath.Join(dir, "data"), profile); err != nil {
+	if p.poold, err = startPoold(ctx, pooldPath, filepath.Join(dir, "data"), profile, p.maxProcs); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
 	return nil
+}
+
+// procsNote says how many threads run poold's Go code, for the reports.
+func procsNote(maxProcs int) string {
+	if maxProcs > 0 {
+		return fmt.Sprintf("--max-procs %d", maxProcs)
+	}
+	return "--max-procs default: one per CPU"
 }
 
 // stop stops poold, then the upstream: whichever started.

@@ -51,6 +51,8 @@ type benchSettings struct {
 	WarmupS   float64 `json:"warmup_s"`
 	Clients   []int   `json:"clients"`
 	Size      int     `json:"size"`
+	// PooldMaxProcs is poold's --max-procs; 0: its default, one per CPU.
+	PooldMaxProcs int `json:"poold_max_procs"`
 }
 
 // caseSummary is one cell over the rounds: medians, spread (min and max over
@@ -108,7 +110,7 @@ func (b *bench) summarize(cells []cell, results map[string][]cellResult, pooldPa
 		Time:    time.Now().UTC().Format(time.RFC3339),
 		Env:     benchEnv(pooldPath, hapVersion),
 		Config: benchSettings{Rounds: b.cfg.rounds, DurationS: b.cfg.duration.Seconds(), WarmupS: b.cfg.warmup.Seconds(),
-			Clients: b.cfg.clients, Size: b.cfg.size},
+			Clients: b.cfg.clients, Size: b.cfg.size, PooldMaxProcs: b.cfg.maxProcs},
 		Notes: b.notes,
 	}
 	key := func(name string, clients int) string { return fmt.Sprintf("%s c=%d", name, clients) }
@@ -417,8 +419,9 @@ func (r *benchReport) writeReport(dir string) error {
 	_, _ = fmt.Fprintf(&b, "# poolbench\n\n")
 	_, _ = fmt.Fprintf(&b, "Run %s: %d rounds of %gs per case, %d-byte requests, clients %v; `%s`.\n\n",
 		r.Time, r.Config.Rounds, r.Config.DurationS, r.Config.Size, r.Config.Clients, r.Command)
-	_, _ = fmt.Fprintf(&b, "Machine: %d CPUs (%s), Linux %s, %s %s/%s; HAProxy: %s.\n\n",
-		r.Env.CPUs, orDash(r.Env.CPUModel), orDash(r.Env.Kernel), r.Env.GoVersion, r.Env.OS, r.Env.Arch, orDash(r.Env.HAProxy))
+	_, _ = fmt.Fprintf(&b, "Machine: %d CPUs (%s), Linux %s, %s %s/%s; HAProxy: %s; poold: %s.\n\n",
+		r.Env.CPUs, orDash(r.Env.CPUModel), orDash(r.Env.Kernel), r.Env.GoVersion, r.Env.OS, r.Env.Arch, orDash(r.Env.HAProxy),
+		procsNote(r.Config.PooldMaxProcs))
 	_, _ = fmt.Fprintf(&b, "Medians over rounds; spread is the half-range over rounds; ratios are taken round by round, then their median. "+
 		"\"floor\" is a persistent direct connection of the same kind (TCP or TLS); \"no-pool\" a new connection per request. "+
 		"CPU per request is the proxy process's user+system time (/proc/PID/stat) over the requests.\n\n")

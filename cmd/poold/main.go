@@ -84,6 +84,7 @@ type options struct {
 	maxRecvMsgSize               int
 	maxConcurrentStreams         uint
 	maxStatsWatchers             int
+	maxProcs                     int // GOMAXPROCS; 0: Go's default
 }
 
 // etcdOptions are the security settings of the connection to an etcd
@@ -144,6 +145,8 @@ func defineFlags(fs *pflag.FlagSet, o *options) {
 	fs.IntVar(&o.maxRecvMsgSize, "max-recv-msg-size", server.DefaultMaxRecvMsgSize, "largest gRPC message accepted, in bytes (at least 1 MiB + 1 KiB: a lease data frame)")
 	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")
 	fs.IntVar(&o.maxStatsWatchers, "max-stats-watchers", server.DefaultMaxStatsWatchers, "most WatchPoolStats streams served at once")
+	fs.IntVar(&o.maxProcs, "max-procs", 0, "most threads running poold's Go code at once (GOMAXPROCS); 0 keeps Go's default, the CPUs poold may use (the machine's, or its container's CPU limit). "+
+		"On a node where poold shares a few CPUs with the clients it serves, 1 spends about half the CPU per request of 2 (docs/benchmarks.md)")
 	fs.BoolVar(&o.version, "version", false, "print poold's version and exit")
 }
 
@@ -239,6 +242,9 @@ func checkFlags(fs *pflag.FlagSet, o *options) error {
 	}
 	if o.maxStatsWatchers < 1 {
 		return &usageError{"--max-stats-watchers must be at least 1"}
+	}
+	if o.maxProcs < 0 {
+		return &usageError{"--max-procs must not be negative (0: Go's default)"}
 	}
 	allow, err := poolmgr.NewAllowlist(o.allowUpstream)
 	if err != nil {

@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +92,21 @@ func httpGet(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// TestMaxProcs: --max-procs sets how many threads run Go code at once,
+// and the serving line says what poold runs with.
+func TestMaxProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+	want := before + 1
+	p := startPoold(t, t.TempDir(), "--max-procs", strconv.Itoa(want))
+	if got := runtime.GOMAXPROCS(0); got != want {
+		t.Errorf("--max-procs %d: GOMAXPROCS is %d", want, got)
+	}
+	if line := fmt.Sprintf("max_procs=%d", want); !strings.Contains(p.log.String(), line) {
+		t.Errorf("serving line lacks %s:\n%s", line, p.log)
+	}
 }
 
 func TestPooldServesPersistsAndShutsDown(t *testing.T) {

@@ -316,6 +316,7 @@ func TestSecurityFlags(t *testing.T) {
 		{[]string{"--allow-upstream", "example.com"}, "--allow-upstream"},
 		{[]string{"--max-recv-msg-size", "1024"}, "--max-recv-msg-size"},
 		{[]string{"--max-stats-watchers", "0"}, "--max-stats-watchers"},
+		{[]string{"--max-procs", "-1"}, "--max-procs must not be negative"},
 		{[]string{"--reload-interval", "0s"}, "--reload-interval"},
 	} {
 		var out bytes.Buffer

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -26,6 +27,9 @@ import (
 // the security around it, the gRPC and metrics listeners, then the
 // graceful shutdown.
 func serve(ctx context.Context, o options, logger *slog.Logger, onStart started) error {
+	if o.maxProcs > 0 {
+		runtime.GOMAXPROCS(o.maxProcs)
+	}
 	sec, err := openSecurity(o, logger)
 	if err != nil {
 		return err
@@ -84,7 +88,7 @@ func serve(ctx context.Context, o options, logger *slog.Logger, onStart started)
 	close(ready)
 	metricsAddr := ms.addr()
 	// The Manager logged "pools loaded" (how many, how many failed).
-	logger.Info("poold serving", "version", version.Get().Version, "listen", ln.Addr().String(), "metrics", metricsAddr, "data", c.where, "follow", c.shared)
+	logger.Info("poold serving", "version", version.Get().Version, "listen", ln.Addr().String(), "metrics", metricsAddr, "data", c.where, "follow", c.shared, "max_procs", runtime.GOMAXPROCS(0))
 	if onStart != nil {
 		onStart(ln.Addr().String(), metricsAddr)
 	}
