@@ -146,7 +146,7 @@ func defineFlags(fs *pflag.FlagSet, o *options) {
 	fs.UintVar(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams, "most concurrent streams (calls and leases) per client connection")
 	fs.IntVar(&o.maxStatsWatchers, "max-stats-watchers", server.DefaultMaxStatsWatchers, "most WatchPoolStats streams served at once")
 	fs.IntVar(&o.maxProcs, "max-procs", 0, "most threads running poold's Go code at once (GOMAXPROCS); 0 keeps Go's default, the CPUs poold may use (the machine's, or its container's CPU limit). "+
-		"On a node where poold shares a few CPUs with the clients it serves, 1 spends about half the CPU per request of 2 (docs/benchmarks.md)")
+		"On a node where poold shares a few CPUs with the clients it serves, 1 spends less CPU per lease and answers sooner (docs/benchmarks.md)")
 	fs.BoolVar(&o.version, "version", false, "print poold's version and exit")
 }
 
