@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestAwakeEnv(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want []string // nil: no re-execution
+	}{
+		{[]string{"HOME=/root"}, []string{"HOME=/root", "GODEBUG=" + awakeSetting}},
+		{[]string{"GODEBUG=gctrace=1", "A=b"}, []string{"A=b", "GODEBUG=gctrace=1," + awakeSetting}},
+		{[]string{"GODEBUG="}, []string{"GODEBUG=" + awakeSetting}},
+		// The first GODEBUG is the one Getenv and the runtime read.
+		{[]string{"GODEBUG=madvdontneed=1", "GODEBUG=gctrace=1"}, []string{"GODEBUG=madvdontneed=1," + awakeSetting}},
+		{[]string{"GODEBUG=schedtrace=0"}, nil},
+		{[]string{"GODEBUG=gctrace=1,schedtrace=1000", "B=c"}, nil},
+	} {
+		got, ok := awakeEnv(tc.env)
+		if ok != (tc.want != nil) || (ok && !slices.Equal(got, tc.want)) {
+			t.Errorf("awakeEnv(%q) = %q, %v; want %q", tc.env, got, ok, tc.want)
+		}
+		if !ok && !slices.Equal(got, tc.env) {
+			t.Errorf("awakeEnv(%q) changed the environment: %q", tc.env, got)
+		}
+	}
+}
+
+// TestHelperAwake is the process TestKeepSysmonAwake starts: it runs what
+// poold's main runs first, then prints its PID and GODEBUG.
+func TestHelperAwake(t *testing.T) {
+	if os.Getenv("POOLD_AWAKE_HELPER") != "1" {
+		t.Skip("helper process for TestKeepSysmonAwake")
+	}
+	keepSysmonAwake()
+	fmt.Printf("pid=%d godebug=%q\n", os.Getpid(), os.Getenv("GODEBUG"))
+}
+
+// TestKeepSysmonAwake: poold executes itself again, in the same process,
+// with schedtrace added to GODEBUG, and leaves a GODEBUG that sets
+// schedtrace as it is.
+func TestKeepSysmonAwake(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("poold re-executes itself on Linux only")
+	}
+	for _, tc := range []struct{ godebug, want string }{
+		{"", awakeSetting},
+		{"gctrace=0", "gctrace=0," + awakeSetting},
+		{"schedtrace=0", "schedtrace=0"},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAwake$", "-test.count=1", "-test.v")
+		cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") }),
+			"POOLD_AWAKE_HELPER=1")
+		if tc.godebug != "" {
+			cmd.Env = append(cmd.Env, "GODEBUG="+tc.godebug)
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("GODEBUG=%q: %v\n%s", tc.godebug, err, out)
+		}
+		want := fmt.Sprintf("pid=%d godebug=%q", cmd.Process.Pid, tc.want)
+		if !strings.Contains(string(out), want) {
+			t.Errorf("GODEBUG=%q: output lacks %s:\n%s", tc.godebug, want, out)
+		}
+	}
+}
