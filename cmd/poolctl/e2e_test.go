@@ -311,8 +311,17 @@ func (ts *testServer) startForward(t testing.TB, pool string, extra ...string) (
 func TestForward(t *testing.T) {
 	ts := startServer(t)
 	echo := testkit.EchoServer(t)
+	awakes := 0
+	keepAwake = func() { awakes++ }
+	t.Cleanup(func() { keepAwake = nil })
 	ts.ok(t, "pools:\n- id: echo\n  endpoints: ["+echo+"]\n", "apply", "-f", "-")
+	if awakes != 0 {
+		t.Errorf("apply kept the monitor thread awake: only forward relays for long")
+	}
 	addr, stop := ts.startForward(t, "echo", "--client-name", "forward-test")
+	if awakes != 1 {
+		t.Errorf("forward called keepAwake %d times, want 1", awakes)
+	}
 
 	// Two connections at once, each its own lease, bytes both ways.
 	c1, err := net.Dial("tcp", addr)

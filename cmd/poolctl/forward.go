@@ -49,6 +49,9 @@ func forwardCommand() *command {
 				if *acquire < 0 || *grace < 0 || *halfClose < 0 {
 					return usagef("forward: durations must not be negative")
 				}
+				if keepAwake != nil {
+					keepAwake() // a relay: its idle moments must not cost a wake-up each (internal/awake)
+				}
 				c, err := e.newClient(*name)
 				if err != nil {
 					return err

@@ -12,9 +12,18 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/poolplane/poolplane/internal/awake"
 )
 
+// keepAwake runs where a command knows it will relay for long (forward):
+// awake.Keep in the real program, which executes poolctl again with the
+// runtime's monitor thread kept awake; nil in tests, which run commands in
+// the test binary.
+var keepAwake func()
+
 func main() {
+	keepAwake = awake.Keep
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()

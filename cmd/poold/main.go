@@ -45,6 +45,7 @@ import (
 	"google.golang.org/grpc"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
+	"github.com/poolplane/poolplane/internal/awake"
 	"github.com/poolplane/poolplane/internal/version"
 	"github.com/poolplane/poolplane/poolmgr"
 	"github.com/poolplane/poolplane/server"
@@ -53,7 +54,7 @@ import (
 )
 
 func main() {
-	keepSysmonAwake()
+	awake.Keep() // does not return, unless GODEBUG sets schedtrace already
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stderr, nil))
