@@ -32,7 +32,16 @@ func TestSealOpen(t *testing.T) {
 	if _, err := other.Open(a, []byte("ctx")); !errors.Is(err, ErrOpen) {
 		t.Fatalf("other key: %v", err)
 	}
-	tampered := a[:len(a)-2] + "AA"
+	// One character in the middle, where all six bits of a base64
+	// character are payload, changed to another: the last characters of an
+	// unpadded encoding carry bits the decoder ignores, and may already be
+	// what a fixed replacement writes.
+	i := len(a) / 2
+	c := byte('A')
+	if a[i] == c {
+		c = 'B'
+	}
+	tampered := a[:i] + string(c) + a[i+1:]
 	if _, err := s.Open(tampered, []byte("ctx")); !errors.Is(err, ErrOpen) {
 		t.Fatalf("tampered: %v", err)
 	}
