@@ -179,6 +179,11 @@ type Lease struct {
 	// Both belong to the client side's goroutine.
 	greeter protocol.Greeter
 	refused bool
+	// handed: the connection went back to the pool (release, discard);
+	// a later Cut must not touch it. Under handMu, which orders it
+	// against Cut's deadline.
+	handMu sync.Mutex
+	handed bool
 	// readerGo is set when the reader goroutine starts; closeOnce closes
 	// stoppedc and readerc for a lease whose reader never ran.
 	readerGo  atomic.Bool
@@ -299,8 +304,14 @@ func (l *Lease) Cut(reason Reason) bool {
 		l.cutReason.Store(int32(reason))
 		close(l.cutc)
 		// A past deadline wakes the reader and a blocked write. Set after
-		// the flag: Write arms its deadline, then checks the flag.
-		_ = l.nc.SetDeadline(time.Unix(1, 0))
+		// the flag: Write arms its deadline, then checks the flag. Not
+		// once the connection went back to the pool: it may be idle there,
+		// or leased to another client (see release).
+		l.handMu.Lock()
+		if !l.handed {
+			_ = l.nc.SetDeadline(time.Unix(1, 0))
+		}
+		l.handMu.Unlock()
 	})
 	return did
 }
@@ -325,14 +336,30 @@ func (l *Lease) isCut() bool {
 // release hands the connection back once.
 func (l *Lease) release(reusable bool) {
 	l.finish.Do(func() {
+		// A cut that came first may have left its past deadline on the
+		// connection: it is not reused. One that comes later leaves the
+		// connection alone.
+		if l.handOver() {
+			reusable = false
+		}
 		l.up.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
 		l.up.Release(reusable)
 	})
 }
 
+// handOver marks the connection as the pool's again, for Cut, and reports
+// whether the lease was cut before.
+func (l *Lease) handOver() (cut bool) {
+	l.handMu.Lock()
+	defer l.handMu.Unlock()
+	l.handed = true
+	return l.isCut()
+}
+
 // discard closes the connection once, counted under reason.
 func (l *Lease) discard(reason poolmgr.CloseReason) {
 	l.finish.Do(func() {
+		l.handOver()
 		l.up.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
 		l.up.Discard(reason)
 	})

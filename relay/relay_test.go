@@ -241,3 +241,37 @@ func TestReaderOnLentGoroutine(t *testing.T) {
 		t.Fatalf("ended %+v", e)
 	}
 }
+
+// TestCutAfterRelease: a cut that comes after a clean release (the client
+// side's stream ending just after its release) leaves the connection
+// alone: it is back in the pool, idle or leased to another client, and a
+// past deadline on it would fail that client's reads.
+func TestCutAfterRelease(t *testing.T) {
+	near, far := tcpPair(t)
+	up := newFakeUp(near)
+	s := newFakeSink()
+	l := New(up, s, Options{})
+	l.Start()
+	l.Write(net.Buffers{[]byte("ping")})
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(far, buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(true); err != nil {
+		t.Fatal(err)
+	}
+	if !testkit.Recv(t, up.released) {
+		t.Fatal("a clean release was not reusable")
+	}
+	l.Cut(Shutdown)
+	// The next lease's read: bytes the upstream sends must arrive, not a
+	// timeout left by the stale cut.
+	if _, err := far.Write([]byte("next")); err != nil {
+		t.Fatal(err)
+	}
+	n, err := near.Read(buf) // no deadline of its own: "next" is there already
+
+	if err != nil || string(buf[:n]) != "next" {
+		t.Fatalf("read after a late cut: %q, %v", buf[:n], err)
+	}
+}
