@@ -336,10 +336,10 @@ func (l *Lease) isCut() bool {
 // release hands the connection back once.
 func (l *Lease) release(reusable bool) {
 	l.finish.Do(func() {
-		// A cut that came first may have left its past deadline on the
-		// connection: it is not reused. One that comes later leaves the
-		// connection alone.
-		if l.handOver() {
+		// A cut that comes later leaves the connection alone; one that
+		// came first may have left its past deadline on it, after a
+		// reset cleared the deadlines.
+		if !l.handOver() {
 			reusable = false
 		}
 		l.up.AddBytes(l.bytesIn.Load(), l.bytesOut.Load())
@@ -347,13 +347,16 @@ func (l *Lease) release(reusable bool) {
 	})
 }
 
-// handOver marks the connection as the pool's again, for Cut, and reports
-// whether the lease was cut before.
-func (l *Lease) handOver() (cut bool) {
+// handOver marks the connection as the pool's again, for Cut, clearing a
+// cut's deadline; false means the deadline could not be cleared.
+func (l *Lease) handOver() bool {
 	l.handMu.Lock()
 	defer l.handMu.Unlock()
 	l.handed = true
-	return l.isCut()
+	if l.isCut() {
+		return l.nc.SetDeadline(time.Time{}) == nil
+	}
+	return true
 }
 
 // discard closes the connection once, counted under reason.
