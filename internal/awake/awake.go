@@ -16,6 +16,7 @@ package awake
 
 import (
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -29,18 +30,52 @@ const Setting = "schedtrace=2147483647"
 // (GODEBUG=schedtrace=0 keeps the runtime's own behaviour). On success it
 // does not return; if the re-execution fails, the program goes on as it
 // is. Linux only: the same process image is executed again through
-// /proc/self/exe, with the same PID, arguments and open files. Call it
-// first in main, or where a command knows it will run long, never from a
-// test: it would execute the test binary again.
+// /proc/self/exe, with the same PID, arguments and open files, and the
+// process takes back its name (nameSelf). Call it first in main, or where
+// a command knows it will run long, never from a test: it would execute
+// the test binary again.
 func Keep() {
 	if runtime.GOOS != "linux" {
 		return
 	}
 	env, ok := Env(os.Environ())
 	if !ok {
+		nameSelf()
 		return
 	}
 	_ = syscall.Exec("/proc/self/exe", os.Args, env)
+}
+
+// maxComm is the longest name the kernel keeps for a process (its comm,
+// TASK_COMM_LEN less the terminating NUL).
+const maxComm = 15
+
+// nameSelf names the process after its argv[0] again when it is "exe":
+// the kernel names a process after the file it executes, so a process
+// executed through /proc/self/exe would be "exe" to ps, top, pgrep and
+// pkill, not "poold". The first execution's name was the base name of the
+// path executed, which is argv[0]'s as a shell, systemd or a container
+// runtime starts a program.
+func nameSelf() {
+	b, err := os.ReadFile("/proc/self/comm")
+	if err != nil || strings.TrimSuffix(string(b), "\n") != "exe" || len(os.Args) == 0 {
+		return
+	}
+	name := filepath.Base(os.Args[0])
+	if name == "exe" || name == "." || name == string(filepath.Separator) {
+		return
+	}
+	if len(name) > maxComm {
+		name = name[:maxComm]
+	}
+	// /proc/self is the thread group's leader, whose name is the
+	// process's; any thread of the group may set it.
+	f, err := os.OpenFile("/proc/self/comm", os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	_, _ = f.WriteString(name)
+	_ = f.Close()
 }
 
 // Env returns env with Setting added to GODEBUG, and false (env as it is)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -40,12 +41,17 @@ func TestHelperKeep(t *testing.T) {
 		t.Skip("helper process for TestKeep")
 	}
 	Keep()
-	fmt.Printf("pid=%d godebug=%q\n", os.Getpid(), os.Getenv("GODEBUG"))
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("pid=%d godebug=%q comm=%q\n", os.Getpid(), os.Getenv("GODEBUG"), strings.TrimSuffix(string(comm), "\n"))
 }
 
 // TestKeep: the program executes itself again, in the same process, with
 // schedtrace added to GODEBUG, and leaves a GODEBUG that sets schedtrace
-// as it is.
+// as it is; either way the process keeps its name (not "exe", the name of
+// /proc/self/exe).
 func TestKeep(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("Keep re-executes on Linux only")
@@ -65,7 +71,8 @@ func TestKeep(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GODEBUG=%q: %v\n%s", tc.godebug, err, out)
 		}
-		want := fmt.Sprintf("pid=%d godebug=%q", cmd.Process.Pid, tc.want)
+		name := filepath.Base(os.Args[0])
+		want := fmt.Sprintf("pid=%d godebug=%q comm=%q", cmd.Process.Pid, tc.want, name[:min(len(name), maxComm)])
 		if !strings.Contains(string(out), want) {
 			t.Errorf("GODEBUG=%q: output lacks %s:\n%s", tc.godebug, want, out)
 		}
