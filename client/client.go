@@ -584,29 +584,10 @@ func (c *Client) stream(ctx context.Context, pool, avoid string, fresh bool) (s 
 }
 
 // takeIdle pops the most recently released live stream of k and marks it
-// opening, or returns nil; when k names no replica, a stream of the pool
-// on any replica.
+// opening, or returns nil.
 func (c *Client) takeIdle(k idleKey) *stream {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s := c.popIdleLocked(k); s != nil || k.replica != "" {
-		return s
-	}
-	// No replica known ready (before the balancer first published its
-	// ready set, or with none ready): gRPC places a new stream on its own,
-	// so a warm stream on any replica serves as well.
-	for o := range c.idle {
-		if o.pool == k.pool {
-			if s := c.popIdleLocked(o); s != nil {
-				return s
-			}
-		}
-	}
-	return nil
-}
-
-// popIdleLocked pops the most recently released live stream of k.
-func (c *Client) popIdleLocked(k idleKey) *stream {
 	for {
 		ss := c.idle[k]
 		if len(ss) == 0 {

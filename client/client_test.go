@@ -272,31 +272,6 @@ func TestUpstreamEOF(t *testing.T) {
 	}
 }
 
-// TestWarmStreamNoReplicaReady: a lease taken while the balancer knows no
-// replica ready (the moment before it first publishes its ready set, when
-// gRPC already runs the first stream) takes the warm stream whatever
-// replica it is on, rather than opening another.
-func TestWarmStreamNoReplicaReady(t *testing.T) {
-	f := newFake(t)
-	c := newTestClient(t, f)
-	idle := idleSignal(c)
-	leaseAPI(t, c).Close()
-	testkit.Recv(t, idle)
-	c.mu.Lock()
-	for k := range c.idle {
-		if k.replica == "" {
-			t.Errorf("a warm stream on no named replica: %+v", k)
-		}
-	}
-	c.mu.Unlock()
-	c.replicas.setReady(nil)
-	leaseAPI(t, c).Close()
-	testkit.Recv(t, idle)
-	if n := f.streams.Load(); n != 1 {
-		t.Errorf("%d streams, want 1: the warm stream was not taken", n)
-	}
-}
-
 func TestRevoked(t *testing.T) {
 	f := newFake(t)
 	c := newTestClient(t, f)
