@@ -127,7 +127,8 @@ log_disconnections = 0
 // the process that relays (PgBouncer's; poold's, in this process), and
 // the listener's and forward's ratios to direct and to PgBouncer in both
 // modes (x-pgbouncer against SCRAM, x-pgbouncer-trust against trust):
-// medians over 3 rounds, each running every target in turn, the ratios
+// medians over 3 rounds, each running every target in turn (in an order
+// rotated round by round, so that none always follows another), the ratios
 // taken within each round. Run it with -benchtime 1x: one iteration is
 // the whole procedure.
 func BenchmarkPgbenchPooling(b *testing.B) {
@@ -159,7 +160,8 @@ func BenchmarkPgbenchPooling(b *testing.B) {
 		for round := range rounds {
 			for _, mode := range []string{"", "-C"} {
 				got := map[string]float64{}
-				for _, tg := range targets {
+				for i := range targets {
+					tg := targets[(i+round)%len(targets)] // rotate the order round by round
 					args := []string{"-S", "-n", "-T", "10", "-c", "8"}
 					if mode != "" {
 						args = append(args, mode)

@@ -34,12 +34,13 @@ func cpuPer(b *testing.B, tg benchTarget, n int, run func()) time.Duration {
 // clients, on loopback, side by side: directly, through HAProxy in TCP
 // mode, and through a pool listener on a RAW pool and on a REDIS pool of
 // the same redis-server (poold in this process, the benchmark otherwise
-// idle), interleaved over 3 rounds. It reports each one's median
-// requests/s (the mean of SET and GET) and CPU per request of the process
-// that relays (HAProxy's, poold's), and the pool listeners' ratios to
-// HAProxy: x-haproxy-raw-c50 is RAW's rate over HAProxy's at 50 clients,
-// the median over rounds of the ratio within a round. Run it with
-// -benchtime 1x: one iteration is the whole procedure.
+// idle), interleaved over 3 rounds in an order rotated round by round. It
+// reports each one's median requests/s (the mean of SET and GET) and CPU
+// per request of the process that relays (HAProxy's, poold's), and the
+// pool listeners' ratios to HAProxy: x-haproxy-raw-c50 is RAW's rate
+// over HAProxy's at 50 clients, the median over rounds of the ratio within
+// a round. Run it with -benchtime 1x: one iteration is the whole
+// procedure.
 func BenchmarkListenerRedis(b *testing.B) {
 	bin := lookTool(b, "redis-benchmark", "redis-tools")
 	ts := startServer(b)
@@ -69,7 +70,8 @@ func BenchmarkListenerRedis(b *testing.B) {
 			for round := range rounds {
 				var line strings.Builder
 				got := map[string]float64{}
-				for _, tg := range targets {
+				for i := range targets {
+					tg := targets[(i+round)%len(targets)] // rotate the order round by round
 					var r float64
 					per := cpuPer(b, tg, 2*requests, func() { r = redisBenchmarkRun(b, bin, tg.addr, clients, requests) })
 					got[tg.name] = r
