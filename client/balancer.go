@@ -164,6 +164,14 @@ func (leaseBalancerBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOpt
 // stream on another, possibly the one a retry avoids). When the channel is
 // not ready, the base balancer installs an error picker without building
 // one, and no replica is ready.
+//
+// The first picker after such a state is the exception: it is published
+// first. The error picker it replaces holds RPCs back or fails them, and
+// knows no replica either, so nothing is placed against a lease's wish;
+// published after, the streams the new picker lets through could carry a
+// lease to its end before the Client knew any replica ready, and the next
+// lease would then miss the warm stream, which is filed under its
+// replica, and open another.
 type lbClientConn struct {
 	balancer.ClientConn
 	pb *pickerBuilder
@@ -176,8 +184,14 @@ func (cc lbClientConn) UpdateState(s balancer.State) {
 		cc.ClientConn.UpdateState(s)
 		return
 	}
+	addrs := slices.Clone(p.addrs)
+	if cc.pb.set.noneReady() {
+		cc.pb.set.setReadyIfAny(addrs)
+		cc.ClientConn.UpdateState(s)
+		return
+	}
 	cc.ClientConn.UpdateState(s)
-	cc.pb.set.setReadyIfAny(slices.Clone(p.addrs))
+	cc.pb.set.setReadyIfAny(addrs)
 }
 
 // leaseBalancer hands its Client's replicaSet to the picker builder. gRPC
@@ -199,6 +213,15 @@ func (b *leaseBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 func (b *leaseBalancer) Close() {
 	b.pb.set.setReadyIfAny(nil)
 	b.Balancer.Close()
+}
+
+// noneReady reports whether no replica is known ready (true for a nil set).
+func (r *replicaSet) noneReady() bool {
+	if r == nil {
+		return true
+	}
+	p := r.ready.Load()
+	return p == nil || len(*p) == 0
 }
 
 func (r *replicaSet) setReadyIfAny(addrs []string) {

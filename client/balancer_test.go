@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/base"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	poolv1 "github.com/poolplane/poolplane/gen/poolplane/v1"
@@ -217,5 +221,48 @@ func TestPickFrom(t *testing.T) {
 				t.Errorf("turn counter %d, want %d", got, tt.next)
 			}
 		})
+	}
+}
+
+// recordingCC is a balancer.ClientConn that records, at each UpdateState,
+// the replicas the Client knew ready as the picker was installed.
+type recordingCC struct {
+	balancer.ClientConn
+	set  *replicaSet
+	seen []string
+}
+
+func (cc *recordingCC) UpdateState(balancer.State) {
+	var ready []string
+	if p := cc.set.ready.Load(); p != nil {
+		ready = *p
+	}
+	cc.seen = append(cc.seen, strings.Join(ready, ","))
+}
+
+// The ready replicas reach the Client before the picker that leads out of
+// a state with none ready (its streams could carry a lease to its end
+// before the Client knew a replica, and the next lease would miss the
+// warm stream), and after any later picker (a lease must not name a
+// replica the installed picker does not know).
+func TestReadyPublishedAroundPicker(t *testing.T) {
+	set := &replicaSet{}
+	rec := &recordingCC{set: set}
+	cc := lbClientConn{ClientConn: rec, pb: &pickerBuilder{set: set}}
+	ready := func(addrs ...string) balancer.State {
+		return balancer.State{ConnectivityState: connectivity.Ready, Picker: &picker{addrs: addrs}}
+	}
+	cc.UpdateState(balancer.State{ConnectivityState: connectivity.Connecting, Picker: base.NewErrPicker(balancer.ErrNoSubConnAvailable)})
+	cc.UpdateState(ready("a:1"))        // the first picker: published before
+	cc.UpdateState(ready("a:1", "b:2")) // a replica more: published after
+	cc.UpdateState(ready("b:2"))        // one fewer: after
+	cc.UpdateState(balancer.State{ConnectivityState: connectivity.TransientFailure, Picker: base.NewErrPicker(errors.New("down"))})
+	cc.UpdateState(ready("b:2")) // ready again: before
+	want := []string{"", "a:1", "a:1", "a:1,b:2", "", "b:2"}
+	if !slices.Equal(rec.seen, want) {
+		t.Errorf("ready replicas as each picker was installed: %q, want %q", rec.seen, want)
+	}
+	if got := set.pick(""); got != "b:2" {
+		t.Errorf("pick after the last picker = %q, want b:2", got)
 	}
 }
