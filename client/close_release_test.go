@@ -1,6 +1,8 @@
 package client
 
 import (
+	"context"
+	"io"
 	"testing"
 	"time"
 
@@ -49,5 +51,33 @@ func TestClientCloseReleaseBounded(t *testing.T) {
 	c.Close()
 	if d := time.Since(start); d > closeGrace+time.Second {
 		t.Errorf("Close took %v waiting for ended, want at most about %v", d, closeGrace)
+	}
+}
+
+// TestCloseWaitsForSlowEnded: a Close whose bytes the server has not yet
+// confirmed waits for its ended past a pause shorter than the release
+// timeout, and the bytes count as delivered. With the earlier default of
+// 100 ms a pause of 250 ms (a loaded server, or a round trip to a distant
+// one) failed the Close with ErrUndelivered and closed the connection.
+func TestCloseWaitsForSlowEnded(t *testing.T) {
+	f := newFake(t)
+	f.noWriteReports = true
+	f.endedDelay = 250 * time.Millisecond
+	c := newTestClient(t, f)
+	conn, err := c.LeaseWith(context.Background(), "api", []byte("request"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := testkit.Recv(t, f.leases)
+	buf := make([]byte, len("request"))
+	if _, err := io.ReadFull(l.far, buf); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := conn.Close(); err != nil {
+		t.Fatalf("Close after %v: %v, want nil: the upstream took every byte", time.Since(start), err)
+	}
+	if !testkit.Recv(t, f.releases) {
+		t.Error("released not reusable")
 	}
 }

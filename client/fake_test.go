@@ -51,6 +51,12 @@ type fakeServer struct {
 	endAfterRelease bool
 	// dataBeforeGranted sends a data frame before granted.
 	dataBeforeGranted bool
+	// noWriteReports leaves client bytes written unconfirmed until ended,
+	// as when the upstream's reply overtakes poold's count.
+	noWriteReports bool
+	// endedDelay holds the ended frame after a release that long, as a
+	// paused or distant server does.
+	endedDelay time.Duration
 	// token, if set, is the bearer token every call must carry.
 	token string
 	// health is the fake's gRPC health service; "" is SERVING at start.
@@ -178,6 +184,9 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 		n, _ := l.near.Write(b)
 		if n > 0 {
 			w := l.written.Add(int64(n))
+			if f.noWriteReports {
+				return
+			}
 			send(&poolv1.LeaseResponse{Frame: &poolv1.LeaseResponse_Data_{Data: &poolv1.LeaseResponse_Data{UpstreamWritten: uint64(w)}}})
 		}
 	}
@@ -301,6 +310,9 @@ func (f *fakeServer) Lease(stream grpc.BidiStreamingServer[poolv1.LeaseRequest, 
 			l.near.Close()
 			f.releases <- fr.Release.GetReusable()
 			if !l.ended.Load() && !f.noEnded {
+				if f.endedDelay > 0 {
+					<-time.After(f.endedDelay)
+				}
 				if err := send(ended(l, poolv1.EndReason_END_REASON_RELEASED)); err != nil {
 					return err
 				}
