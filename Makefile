@@ -73,9 +73,11 @@ lint:
 	else echo "buf breaking: no main branch with buf.yaml to compare against, skipped"; fi
 	$(call foreach_module,$(GO) vet $(PKGS) && $(TOOL) golangci-lint run --allow-serial-runners --config $(CURDIR)/.golangci.yml $(PKGS))
 
-## test: every test of every module, with the race detector.
+## test: every test of every module, with the race detector. The server
+## package takes about 5 minutes on 2 CPUs: a package may take 20, not
+## go test's default 10, on a slower or busier machine.
 test:
-	$(call foreach_module,$(GO) test -race -count=1 -shuffle=on $(PKGS))
+	$(call foreach_module,$(GO) test -race -count=1 -shuffle=on -timeout=20m $(PKGS))
 
 ## bench: engine benchmarks, saved for benchstat.
 bench:
