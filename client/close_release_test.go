@@ -77,6 +77,11 @@ func TestCloseWaitsForSlowEnded(t *testing.T) {
 	if err := conn.Close(); err != nil {
 		t.Fatalf("Close after %v: %v, want nil: the upstream took every byte", time.Since(start), err)
 	}
+	// The fake holds ended from the release on, so a Close that waited
+	// for it cannot return sooner; one that returned sooner did not wait.
+	if took := time.Since(start); took < f.endedDelay {
+		t.Fatalf("Close returned after %v, before the ended held %v: the bytes were confirmed some other way", took, f.endedDelay)
+	}
 	if !testkit.Recv(t, f.releases) {
 		t.Error("released not reusable")
 	}
